@@ -1,0 +1,1 @@
+"""Shared domain library of the FHE coprocessor: types, settings, errors, data layer, engine."""

@@ -1,0 +1,143 @@
+"""``fhectl``: one command line for people and scripts (DESIGN.md section 9).
+
+Every user error ends as one line on stderr and a non-zero exit code; tracebacks are
+kept for bugs. Commands that print data accept ``-o json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import EXIT_FATAL, CoprocessorError, UserError
+from .logs import configure_logging
+from .settings import load_settings
+
+
+def _print(data: Any, output: str) -> None:
+    if output == "json":
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            print(f"{key}: {json.dumps(value, default=str) if isinstance(value, dict) else value}")
+    else:
+        print(data)
+
+
+# --- fhectl dev ----------------------------------------------------------------------
+
+def _stack_args(args: argparse.Namespace) -> tuple[Path, list]:
+    from .devstack import stack
+
+    state_dir = Path(args.state_dir) if args.state_dir else load_settings().dev_state_dir
+    skip = {part for part in (args.skip or "").split(",") if part}
+    return state_dir, stack.select(stack.default_components(), skip)
+
+
+def cmd_dev_up(args: argparse.Namespace) -> int:
+    from .devstack import stack
+
+    state_dir, components = _stack_args(args)
+    report = stack.up(state_dir, components)
+    _print({"state_dir": str(state_dir), "components": report}, args.output)
+    return 0
+
+
+def cmd_dev_down(args: argparse.Namespace) -> int:
+    from .devstack import stack
+
+    state_dir, components = _stack_args(args)
+    stopped = stack.down(state_dir, components)
+    _print({"stopped": stopped}, args.output)
+    return 0
+
+
+def cmd_dev_status(args: argparse.Namespace) -> int:
+    from .devstack import stack
+
+    state_dir, components = _stack_args(args)
+    report = stack.status(state_dir, components)
+    _print(report, "json")
+    return 0 if all(c["healthy"] for c in report.values()) else 1
+
+
+def cmd_dev_env(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .devstack import stack
+
+    state_dir, components = _stack_args(args)
+    for key, value in stack.env(state_dir, components).items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+# --- fhectl db -------------------------------------------------------------------------
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from .db import migrate
+
+    settings = load_settings()
+    applied = asyncio.run(migrate.migrate(settings.database_url, settings.migrations_dir))
+    _print({"applied": applied, "version": migrate.latest_version(settings.migrations_dir)},
+           args.output)
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fhectl", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    dev = groups.add_parser("dev", help="the local stack (PostgreSQL, S3, chain)")
+    dev_cmds = dev.add_subparsers(dest="command", required=True, metavar="ACTION")
+    for name, handler, text in (
+        ("up", cmd_dev_up, "start every component (idempotent)"),
+        ("down", cmd_dev_down, "stop the processes `up` started"),
+        ("status", cmd_dev_status, "JSON health per component; exit 1 if any is unhealthy"),
+        ("env", cmd_dev_env, "export lines that point clients at the stack"),
+    ):
+        sub = dev_cmds.add_parser(name, help=text, description=text)
+        sub.add_argument("--state-dir", help="stack data and pid files (default: FHE_STATE_DIR "
+                                             "or ~/.cache/fhe-coprocessor/dev)")
+        sub.add_argument("--skip", help="comma-separated components to leave out")
+        sub.add_argument("-o", "--output", choices=["text", "json"], default="text")
+        sub.set_defaults(handler=handler)
+
+    db = groups.add_parser("db", help="database schema")
+    db_cmds = db.add_subparsers(dest="command", required=True, metavar="ACTION")
+    migrate = db_cmds.add_parser("migrate", help="apply migrations under an advisory lock")
+    migrate.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    migrate.set_defaults(handler=cmd_db_migrate)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        configure_logging("DEBUG" if args.verbose else settings.log_level, "text")
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except UserError as error:
+        print(f"fhectl: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except CoprocessorError as error:
+        print(f"fhectl: {type(error).__name__}: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except OSError as error:  # e.g. permission denied on the state dir
+        print(f"fhectl: error: {error}", file=sys.stderr)
+        return EXIT_FATAL
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,31 @@
+"""Connections to PostgreSQL, with connection failures mapped to ServiceUnavailable."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from ..errors import ServiceUnavailable
+
+CONNECT_TIMEOUT_S = 10.0
+_UNAVAILABLE = (OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
+                asyncpg.InterfaceError, TimeoutError)
+
+
+async def connect(database_url: str) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(database_url, timeout=CONNECT_TIMEOUT_S)
+    except _UNAVAILABLE as error:
+        raise ServiceUnavailable("postgres", f"{type(error).__name__}: {error}") from error
+    except asyncpg.InvalidCatalogNameError as error:
+        raise ServiceUnavailable("postgres", str(error)) from error
+
+
+async def create_pool(database_url: str, size: int = 8) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(
+            database_url, min_size=1, max_size=size, timeout=CONNECT_TIMEOUT_S
+        )
+    except _UNAVAILABLE as error:
+        raise ServiceUnavailable("postgres", f"{type(error).__name__}: {error}") from error
+    assert pool is not None
+    return pool

@@ -1,0 +1,320 @@
+"""Every SQL statement of the product, one small function each, named for what it does.
+
+Functions take a connection (or a pool where they own their transaction). Those that
+must run inside a caller's transaction say so and check it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+
+from ..errors import InvalidRow
+from .rows import BatchAdmission, backoff_seconds, check_batch
+
+# NOTIFY channels (DESIGN.md section 6).
+WORK_AVAILABLE = "work_available"
+CIPHERTEXT_COMPUTED = "event_ciphertext_computed"
+PBS_COMPUTATIONS = "event_pbs_computations"
+CIPHERTEXTS_UPLOADED = "event_ciphertexts_uploaded"
+ZKPOK_NEW_WORK = "event_zkpok_new_work"
+ZKPOK_COMPUTED = "event_zkpok_computed"
+CHANNELS = (WORK_AVAILABLE, CIPHERTEXT_COMPUTED, PBS_COMPUTATIONS, CIPHERTEXTS_UPLOADED,
+            ZKPOK_NEW_WORK, ZKPOK_COMPUTED)
+
+
+def _optional_bytes(value: bytes | None) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
+def _in_transaction(connection: asyncpg.Connection) -> None:
+    if not connection.is_in_transaction():
+        raise RuntimeError("this query must run inside the caller's transaction")
+
+
+# --- notifications ---------------------------------------------------------------------
+
+async def notify(connection: asyncpg.Connection, channel: str, payload: str = "") -> None:
+    """Delivered at commit when called inside a transaction, so listeners never see
+    work that was rolled back."""
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}")
+    await connection.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+
+# --- tenants ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Tenant:
+    tenant_id: int
+    name: str
+    chain_id: int
+    key_id: bytes
+    backend: str
+    keys_location: str | None
+
+
+async def create_tenant(connection: asyncpg.Connection, name: str, chain_id: int,
+                        key_id: bytes, backend: str, *, server_key: bytes | None = None,
+                        keys_location: str | None = None,
+                        public_params: bytes | None = None) -> Tenant:
+    """Idempotent by name: a second call returns the existing tenant unchanged."""
+    await connection.execute(
+        """INSERT INTO tenants (name, chain_id, key_id, backend, server_key, keys_location,
+                                public_params)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING""",
+        name, chain_id, key_id, backend, server_key, keys_location, public_params,
+    )
+    tenant = await get_tenant(connection, name)
+    assert tenant is not None
+    return tenant
+
+
+async def get_tenant(connection: asyncpg.Connection, name: str) -> Tenant | None:
+    row = await connection.fetchrow(
+        """SELECT tenant_id, name, chain_id, key_id, backend, keys_location
+           FROM tenants WHERE name = $1""", name)
+    return Tenant(**dict(row)) if row else None
+
+
+async def get_server_key(connection: asyncpg.Connection, tenant_id: int) -> bytes | None:
+    return await connection.fetchval("SELECT server_key FROM tenants WHERE tenant_id = $1",
+                                     tenant_id)
+
+
+# --- ciphertexts -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StoredCiphertext:
+    handle: bytes
+    ciphertext: bytes
+    version: int
+    fhe_type: int
+
+
+async def insert_ciphertext(connection: asyncpg.Connection, tenant_id: int, handle: bytes,
+                            ciphertext: bytes, version: int, fhe_type: int) -> bool:
+    """Store a ciphertext once; True if this call stored it."""
+    status = await connection.execute(
+        """INSERT INTO ciphertexts (tenant_id, handle, ciphertext, ciphertext_version,
+                                    ciphertext_type)
+           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, handle) DO NOTHING""",
+        tenant_id, handle, ciphertext, version, fhe_type,
+    )
+    return status.endswith(" 1")
+
+
+async def get_ciphertexts(connection: asyncpg.Connection, tenant_id: int,
+                          handles: Sequence[bytes]) -> dict[bytes, StoredCiphertext]:
+    rows = await connection.fetch(
+        """SELECT handle, ciphertext, ciphertext_version, ciphertext_type FROM ciphertexts
+           WHERE tenant_id = $1 AND handle = ANY($2::bytea[])""", tenant_id, list(handles))
+    return {
+        bytes(r["handle"]): StoredCiphertext(bytes(r["handle"]), bytes(r["ciphertext"]),
+                                             r["ciphertext_version"], r["ciphertext_type"])
+        for r in rows
+    }
+
+
+# --- batches and computations ----------------------------------------------------------
+
+async def admit_batch(connection: asyncpg.Connection, admission: BatchAdmission) -> bool:
+    """Write a batch and its computations in one transaction.
+
+    Returns False, writing nothing, when the batch id was admitted before (the
+    resource was re-applied or re-created with the same spec). A computation whose
+    handle another batch already holds is linked, not duplicated: handles are
+    derived deterministically, so equal handles are equal computations.
+    """
+    ordered = check_batch(admission.rows)
+    async with connection.transaction():
+        inserted = await connection.fetchval(
+            """INSERT INTO batches (batch_id, tenant_id, namespace, name, spec_hash, uid, total)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id""",
+            admission.batch_id, admission.tenant_id, admission.namespace, admission.name,
+            admission.spec_hash, admission.uid, len(ordered),
+        )
+        if inserted is None:
+            await connection.execute(
+                "UPDATE batches SET uid = $2 WHERE batch_id = $1 AND uid IS DISTINCT FROM $2",
+                admission.batch_id, admission.uid)
+            return False
+        await connection.executemany(
+            """INSERT INTO computations (tenant_id, output_handle, output_type, fhe_operation,
+                   dependencies, is_scalar, transaction_id, dependence_chain_id, schedule_order)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, nextval('computations_schedule_order'))
+               ON CONFLICT (tenant_id, output_handle) DO NOTHING""",
+            [(admission.tenant_id, r.output_handle, r.output_type, r.fhe_operation,
+              list(r.dependencies), r.is_scalar, r.transaction_id, r.dependence_chain_id)
+             for r in ordered],
+        )
+        await connection.executemany(
+            """INSERT INTO batch_computations (batch_id, tenant_id, output_handle, position)
+               VALUES ($1, $2, $3, $4)""",
+            [(admission.batch_id, admission.tenant_id, r.output_handle, i)
+             for i, r in enumerate(ordered)],
+        )
+        await notify(connection, WORK_AVAILABLE, admission.batch_id)
+    return True
+
+
+@dataclass(frozen=True)
+class ClaimedComputation:
+    tenant_id: int
+    output_handle: bytes
+    output_type: int
+    fhe_operation: int
+    dependencies: tuple[bytes, ...]
+    is_scalar: bool
+    dependence_chain_id: bytes | None
+    schedule_order: int
+    uncomputable_counter: int
+
+
+async def claim_ready(connection: asyncpg.Connection, limit: int,
+                      batch_id: str | None = None) -> list[ClaimedComputation]:
+    """Lock up to ``limit`` computations whose inputs are all computed.
+
+    Runs inside the caller's transaction: the row locks are the claim, and they end
+    with it (a crashed worker's claims are released with its connection). Rows locked
+    by other workers are skipped, never waited for. Results come in schedule order,
+    grouped so that computations of one dependence chain are adjacent.
+    """
+    _in_transaction(connection)
+    rows = await connection.fetch(
+        """SELECT c.tenant_id, c.output_handle, c.output_type, c.fhe_operation,
+                  c.dependencies, c.is_scalar, c.dependence_chain_id, c.schedule_order,
+                  c.uncomputable_counter
+           FROM computations c
+           WHERE NOT c.is_completed AND NOT c.is_error
+             AND (c.retry_after IS NULL OR c.retry_after <= now())
+             AND ($2::text IS NULL OR EXISTS (
+                   SELECT 1 FROM batch_computations b
+                   WHERE b.batch_id = $2 AND b.tenant_id = c.tenant_id
+                     AND b.output_handle = c.output_handle))
+             AND NOT EXISTS (
+                   SELECT 1 FROM computations p
+                   WHERE p.tenant_id = c.tenant_id
+                     AND p.output_handle = ANY(c.dependencies)
+                     AND NOT p.is_completed)
+           ORDER BY c.schedule_order
+           LIMIT $1
+           FOR UPDATE OF c SKIP LOCKED""",
+        limit, batch_id,
+    )
+    claimed = [
+        ClaimedComputation(
+            tenant_id=r["tenant_id"],
+            output_handle=bytes(r["output_handle"]),
+            output_type=r["output_type"],
+            fhe_operation=r["fhe_operation"],
+            dependencies=tuple(bytes(d) for d in r["dependencies"]),
+            is_scalar=r["is_scalar"],
+            dependence_chain_id=_optional_bytes(r["dependence_chain_id"]),
+            schedule_order=r["schedule_order"],
+            uncomputable_counter=r["uncomputable_counter"],
+        )
+        for r in rows
+    ]
+    first_seen: dict[bytes | None, int] = {}
+    for index, item in enumerate(claimed):
+        first_seen.setdefault(item.dependence_chain_id, index)
+    return sorted(claimed, key=lambda c: (first_seen[c.dependence_chain_id], c.schedule_order))
+
+
+@asynccontextmanager
+async def claimed_work(pool: asyncpg.Pool, limit: int, batch_id: str | None = None
+                       ) -> AsyncIterator[tuple[asyncpg.Connection, list[ClaimedComputation]]]:
+    """``async with claimed_work(pool, 8) as (conn, work):`` - commit on exit."""
+    async with pool.acquire() as connection, connection.transaction():
+        yield connection, await claim_ready(connection, limit, batch_id)
+
+
+async def complete_computation(connection: asyncpg.Connection, tenant_id: int,
+                               handle: bytes, ciphertext: bytes, version: int,
+                               fhe_type: int) -> None:
+    """Store the result and mark it completed, in the caller's claim transaction."""
+    _in_transaction(connection)
+    await insert_ciphertext(connection, tenant_id, handle, ciphertext, version, fhe_type)
+    await connection.execute(
+        """UPDATE computations SET is_completed = true, completed_at = now(),
+                                   retry_after = NULL
+           WHERE tenant_id = $1 AND output_handle = $2""", tenant_id, handle)
+    await notify(connection, CIPHERTEXT_COMPUTED, "0x" + handle.hex())
+
+
+async def mark_uncomputable(connection: asyncpg.Connection, tenant_id: int, handle: bytes,
+                            reason: str) -> int:
+    """A recoverable failure: count it and back off exponentially. Returns the delay (s)."""
+    counter = await connection.fetchval(
+        """UPDATE computations SET uncomputable_counter = uncomputable_counter + 1,
+                                   error_message = $3
+           WHERE tenant_id = $1 AND output_handle = $2 RETURNING uncomputable_counter""",
+        tenant_id, handle, reason)
+    if counter is None:
+        raise InvalidRow(f"no computation 0x{handle.hex()} for tenant {tenant_id}")
+    delay = backoff_seconds(counter)
+    await connection.execute(
+        """UPDATE computations SET retry_after = now() + make_interval(secs => $3)
+           WHERE tenant_id = $1 AND output_handle = $2""", tenant_id, handle, float(delay))
+    return delay
+
+
+async def mark_error(connection: asyncpg.Connection, tenant_id: int, handle: bytes,
+                     reason: str) -> list[bytes]:
+    """An irrecoverable failure: mark it and, transitively, every computation that
+    consumes it (they can never run). Returns the handles of those dependents."""
+    await connection.execute(
+        """UPDATE computations SET is_error = true, error_message = $3
+           WHERE tenant_id = $1 AND output_handle = $2""", tenant_id, handle, reason)
+    rows = await connection.fetch(
+        """WITH RECURSIVE downstream(handle) AS (
+               SELECT c.output_handle FROM computations c
+               WHERE c.tenant_id = $1 AND c.dependencies @> ARRAY[$2::bytea]
+                 AND NOT c.is_completed
+             UNION
+               SELECT c.output_handle FROM computations c JOIN downstream d
+                 ON c.dependencies @> ARRAY[d.handle]
+               WHERE c.tenant_id = $1 AND NOT c.is_completed)
+           UPDATE computations SET is_error = true,
+                  error_message = 'input 0x' || encode($2, 'hex') || ' failed: ' || $3
+           WHERE tenant_id = $1 AND output_handle IN (SELECT handle FROM downstream)
+             AND NOT is_error
+           RETURNING output_handle""", tenant_id, handle, reason)
+    return [bytes(r["output_handle"]) for r in rows]
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    total: int
+    completed: int
+    failed: int
+
+    @property
+    def pending(self) -> int:
+        return self.total - self.completed - self.failed
+
+
+async def batch_progress(connection: asyncpg.Connection, batch_id: str) -> BatchProgress | None:
+    row = await connection.fetchrow(
+        """SELECT b.total,
+                  count(*) FILTER (WHERE c.is_completed) AS completed,
+                  count(*) FILTER (WHERE c.is_error AND NOT c.is_completed) AS failed
+           FROM batches b
+           LEFT JOIN batch_computations bc ON bc.batch_id = b.batch_id
+           LEFT JOIN computations c ON c.tenant_id = bc.tenant_id
+                                   AND c.output_handle = bc.output_handle
+           WHERE b.batch_id = $1 GROUP BY b.total""", batch_id)
+    return BatchProgress(row["total"], row["completed"], row["failed"]) if row else None
+
+
+async def release_batch(connection: asyncpg.Connection, batch_id: str) -> bool:
+    """The finalizer's step: record that the resource is gone. Results stay."""
+    status = await connection.execute(
+        "UPDATE batches SET released_at = now() WHERE batch_id = $1 AND released_at IS NULL",
+        batch_id)
+    return status.endswith(" 1")

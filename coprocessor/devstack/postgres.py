@@ -1,0 +1,136 @@
+"""PostgreSQL from Debian's package, one cluster per state directory.
+
+PostgreSQL refuses to run as root, so when ``fhectl`` runs as root the cluster belongs
+to the ``postgres`` system user (created by Debian's package; created here if missing).
+Clients connect over TCP on 127.0.0.1 as role ``fhe`` with trust authentication: a dev
+stack on loopback, never a production configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+from ..errors import ServiceUnavailable, UserError
+from . import process
+from .component import Info
+from .versions import postgres_bin_dir
+
+log = logging.getLogger(__name__)
+
+ROLE = "fhe"
+DATABASE = "coprocessor"
+
+
+def _service_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--home-dir", "/var/lib/postgresql", "postgres"],
+            check=True,
+        )
+    return "postgres"
+
+
+def _grant_traverse(path: Path) -> None:
+    """Let the service user reach its data dir through ancestors such as /root."""
+    for ancestor in [path, *path.parents]:
+        mode = ancestor.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            ancestor.chmod(mode | stat.S_IXOTH)
+            log.info("granted traverse permission", extra={"fields": {"path": str(ancestor)}})
+
+
+def _run(argv: list[str], user: str | None, what: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        argv, capture_output=True, text=True, user=user, timeout=120, cwd="/", check=False
+    )
+    if result.returncode != 0:
+        raise ServiceUnavailable("postgres", f"{what} failed: {result.stderr.strip()[-400:]}")
+    return result
+
+
+class Postgres:
+    name = "postgres"
+
+    def __init__(self, port: int | None = None) -> None:
+        self.requested_port = port
+
+    def up(self, state_dir: Path, previous: Info | None) -> Info:
+        if previous and self.health(previous)["healthy"]:
+            return previous
+        bindir = postgres_bin_dir()
+        if not (bindir / "postgres").exists():
+            raise UserError("postgres is not installed; run `make setup` first")
+        user = _service_user()
+        data = state_dir / "postgres" / "data"
+        logfile = state_dir / "postgres" / "postgres.log"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        if user:
+            _grant_traverse(data.parent)
+            shutil.chown(data.parent, user=user)
+        if not (data / "PG_VERSION").exists():
+            _run(
+                [str(bindir / "initdb"), "-D", str(data), "-U", ROLE, "--auth=trust",
+                 "-E", "UTF8", "--no-instructions"],
+                user, "initdb",
+            )
+        port = self._choose_port(previous)
+        pid = process.spawn(
+            [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data}",
+             "-c", "max_connections=200"],
+            logfile, user=user,
+        )
+        info: Info = {"pid": pid, "port": port, "data_dir": str(data), "log": str(logfile),
+                      "user": user}
+        process.wait_until(lambda: self._ready(port), timeout=60, service="postgres",
+                           log_path=logfile, pid=pid)
+        self._ensure_database(port)
+        return info
+
+    def _choose_port(self, previous: Info | None) -> int:
+        if self.requested_port:
+            process.require_free_port(self.requested_port, "postgres")
+            return self.requested_port
+        if previous and not process.port_is_open(previous["port"]):
+            return int(previous["port"])  # keep the URL stable across restarts
+        return process.free_port()
+
+    @staticmethod
+    def _ready(port: int) -> bool:
+        result = subprocess.run(
+            [str(postgres_bin_dir() / "pg_isready"), "-h", "127.0.0.1", "-p", str(port),
+             "-U", ROLE, "-d", "postgres", "-t", "2"],
+            capture_output=True, check=False,
+        )
+        return result.returncode == 0
+
+    @staticmethod
+    def _ensure_database(port: int) -> None:
+        psql = [str(postgres_bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", ROLE,
+                "-d", "postgres", "-tAc"]
+        exists = _run([*psql, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"],
+                      None, "database lookup")
+        if exists.stdout.strip() != "1":
+            _run([*psql, f'CREATE DATABASE "{DATABASE}"'], None, "createdb")
+
+    def down(self, info: Info) -> None:
+        process.stop(info.get("pid"), expect="postgres", timeout=30)
+
+    def health(self, info: Info) -> Info:
+        alive = process.is_running(info.get("pid"), expect="postgres")
+        healthy = alive and self._ready(int(info["port"]))
+        return {"healthy": healthy, "pid": info.get("pid"), "port": info.get("port"),
+                "url": self.env(info)["FHE_DATABASE_URL"]}
+
+    def env(self, info: Info) -> dict[str, str]:
+        return {"FHE_DATABASE_URL": f"postgresql://{ROLE}@127.0.0.1:{info['port']}/{DATABASE}"}

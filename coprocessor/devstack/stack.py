@@ -1,0 +1,85 @@
+"""``fhectl dev up | down | status | env``: the components in start order, one state file."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from .chain import Anvil
+from .component import Component
+from .postgres import Postgres
+from .s3 import MinioS3
+from .state import StackState
+
+log = logging.getLogger(__name__)
+
+
+def default_components() -> list[Component]:
+    return [Postgres(), MinioS3(), Anvil()]
+
+
+def select(components: list[Component], skip: set[str]) -> list[Component]:
+    known = {c.name for c in components}
+    unknown = skip - known
+    if unknown:
+        from ..errors import UserError
+
+        raise UserError(f"unknown component(s) {sorted(unknown)}; known: {sorted(known)}")
+    return [c for c in components if c.name not in skip]
+
+
+def up(state_dir: Path, components: list[Component]) -> dict[str, Any]:
+    """Start what is not running; adopt what is. Saves state after each component so a
+    failure half-way still lets ``down`` stop what did start."""
+    state = StackState.load(state_dir)
+    report: dict[str, Any] = {}
+    for component in components:
+        started = time.monotonic()
+        previous = state.components.get(component.name)
+        info = component.up(state_dir, previous)
+        state.components[component.name] = info
+        state.save()
+        seconds = round(time.monotonic() - started, 2)
+        reused = previous is not None and info == previous
+        report[component.name] = {"reused": reused, "seconds": seconds}
+        log.info("component up", extra={"fields": {"component": component.name,
+                                                    "reused": reused, "seconds": seconds}})
+    return report
+
+
+def down(state_dir: Path, components: list[Component]) -> list[str]:
+    """Stop in reverse start order; forget each component once it is stopped."""
+    state = StackState.load(state_dir)
+    stopped = []
+    for component in reversed(components):
+        info = state.components.get(component.name)
+        if info is None:
+            continue
+        component.down(info)
+        del state.components[component.name]
+        state.save()
+        stopped.append(component.name)
+    return stopped
+
+
+def status(state_dir: Path, components: list[Component]) -> dict[str, Any]:
+    state = StackState.load(state_dir)
+    report: dict[str, Any] = {}
+    for component in components:
+        info = state.components.get(component.name)
+        report[component.name] = (
+            component.health(info) if info else {"healthy": False, "reason": "not started"}
+        )
+    return report
+
+
+def env(state_dir: Path, components: list[Component]) -> dict[str, str]:
+    state = StackState.load(state_dir)
+    variables: dict[str, str] = {"FHE_STATE_DIR": str(state_dir)}
+    for component in components:
+        info = state.components.get(component.name)
+        if info:
+            variables.update(component.env(info))
+    return variables

@@ -1,0 +1,55 @@
+"""Pinned server versions and where the installer puts their binaries."""
+
+from __future__ import annotations
+
+import glob
+import shutil
+from pathlib import Path
+
+from ..settings import REPO_ROOT, default_cache_dir
+
+VERSIONS_FILE = REPO_ROOT / "tools" / "versions.env"
+
+
+def pinned() -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in VERSIONS_FILE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def bin_dir(cache_dir: Path | None = None) -> Path:
+    return (cache_dir or default_cache_dir()) / "bin"
+
+
+def minio_binary(cache_dir: Path | None = None) -> Path:
+    return bin_dir(cache_dir) / f"minio-{pinned()['MINIO_VERSION']}" / "minio"
+
+
+def npm_prefix(cache_dir: Path | None = None) -> Path:
+    return (cache_dir or default_cache_dir()) / "npm"
+
+
+def anvil_binary(cache_dir: Path | None = None) -> Path:
+    """The native anvil shipped inside the npm package's platform dependency."""
+    pattern = str(npm_prefix(cache_dir) / "node_modules/@foundry-rs/anvil-linux-*/bin/anvil")
+    found = sorted(glob.glob(pattern))
+    if found:
+        return Path(found[0])
+    on_path = shutil.which("anvil")
+    return Path(on_path) if on_path else Path(pattern.replace("*", "amd64"))
+
+
+def postgres_bin_dir() -> Path:
+    """Debian installs each major under /usr/lib/postgresql/<major>/bin; take the newest."""
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if candidates:
+        return candidates[-1].parent
+    found = shutil.which("postgres")
+    return Path(found).resolve().parent if found else Path("/usr/lib/postgresql/15/bin")

@@ -1,0 +1,92 @@
+"""The one settings model of the product, read from ``FHE_*`` environment variables.
+
+Every deployable (CLI, operator, job runner, listeners) loads it once through
+``load_settings()``. Defaults point at the local dev stack so a newcomer needs no
+configuration; ``fhectl dev env`` prints the exports that match a running stack.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_cache_dir() -> Path:
+    """Builds, keys and the dev stack's state all live under one directory."""
+    return Path.home() / ".cache" / "fhe-coprocessor"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FHE_", extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        "postgresql://fhe@127.0.0.1:5432/coprocessor",
+        description="PostgreSQL DSN used by every component.",
+    )
+    database_pool_size: int = Field(8, ge=1, le=256, description="Connections per process.")
+
+    s3_endpoint: str = Field("http://127.0.0.1:9000", description="S3 API endpoint URL.")
+    s3_bucket: str = Field("fhe-ciphertexts", min_length=3, max_length=63)
+    s3_access_key: str = Field("fheadmin", description="S3 access key id.")
+    s3_secret_key: str = Field("fheadmin-secret", description="S3 secret key.")
+    s3_region: str = Field("us-east-1")
+
+    host_rpc_url: str = Field("http://127.0.0.1:8545", description="Host chain JSON-RPC.")
+    gateway_rpc_url: str = Field("http://127.0.0.1:8545", description="Gateway chain JSON-RPC.")
+
+    kubeconfig: Path | None = Field(None, description="Kubeconfig; None = in-cluster or default.")
+    namespace: str = Field("fhe", description="Namespace the operator and its Jobs use.")
+
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    state_dir: Path | None = Field(
+        None, description="Dev stack data and pid files; default <cache_dir>/dev."
+    )
+    migrations_dir: Path = Field(REPO_ROOT / "migrations")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    notify_poll_interval_s: float = Field(
+        5.0, gt=0, description="Waiters poll this often even without a NOTIFY."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_scheme(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// or postgres://")
+        return value
+
+    @field_validator("s3_endpoint", "host_rpc_url", "gateway_rpc_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://", "ws://", "wss://")):
+            raise ValueError("must be an http(s):// or ws(s):// URL")
+        return value
+
+    @property
+    def dev_state_dir(self) -> Path:
+        return self.state_dir or (self.cache_dir / "dev")
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "?"
+    return f"setting FHE_{field.upper()} is invalid: {first['msg']}"
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> Settings:
+    """Load once per process; a malformed variable becomes one ConfigError line."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None

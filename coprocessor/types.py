@@ -1,0 +1,209 @@
+"""The fhEVM wire contract (DESIGN.md section 5): type codes, op codes, handles.
+
+These codes travel in chain events, database rows and ciphertext bytes, so they never
+change meaning. Everything that checks a code or a handle's shape lives here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+HANDLE_LENGTH = 32
+HANDLE_VERSION = 0
+COMPUTED_INDEX = 0xFF
+
+
+class FheType(IntEnum):
+    Bool = 0
+    Uint4 = 1
+    Uint8 = 2
+    Uint16 = 3
+    Uint32 = 4
+    Uint64 = 5
+    Uint128 = 6
+    Uint160 = 7
+    Uint256 = 8
+    Bytes64 = 9
+    Bytes128 = 10
+    Bytes256 = 11
+
+    @property
+    def bits(self) -> int:
+        return _BITS[self]
+
+    @property
+    def max_value(self) -> int:
+        return (1 << self.bits) - 1
+
+    @classmethod
+    def parse(cls, value: str | int) -> FheType:
+        """Accept a name (``Uint64``, ``euint64``) or a code; raise ValueError otherwise."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return cls(value)
+            except ValueError:
+                raise ValueError(f"type code {value} is out of range 0..{max(cls)}") from None
+        text = str(value).strip()
+        lowered = text.lower().removeprefix("e")
+        for member in cls:
+            if member.name.lower() == lowered or member.name.lower() == text.lower():
+                return member
+        raise ValueError(f"unknown FHE type {text!r}; known: {', '.join(m.name for m in cls)}")
+
+
+_BITS = {
+    FheType.Bool: 1, FheType.Uint4: 4, FheType.Uint8: 8, FheType.Uint16: 16,
+    FheType.Uint32: 32, FheType.Uint64: 64, FheType.Uint128: 128, FheType.Uint160: 160,
+    FheType.Uint256: 256, FheType.Bytes64: 512, FheType.Bytes128: 1024, FheType.Bytes256: 2048,
+}
+
+
+class Op(IntEnum):
+    Add = 0
+    Sub = 1
+    Mul = 2
+    Div = 3
+    Rem = 4
+    BitAnd = 5
+    BitOr = 6
+    BitXor = 7
+    Shl = 8
+    Shr = 9
+    Rotl = 10
+    Rotr = 11
+    Eq = 12
+    Ne = 13
+    Ge = 14
+    Gt = 15
+    Le = 16
+    Lt = 17
+    Min = 18
+    Max = 19
+    Neg = 20
+    Not = 21
+    Cast = 23
+    TrivialEncrypt = 24
+    IfThenElse = 25
+    Rand = 26
+    RandBounded = 27
+    Sum = 28
+    IsIn = 29
+    MulDiv = 30
+
+    @property
+    def event_name(self) -> str:
+        """The graph/event spelling: ``FheAdd``."""
+        return "Fhe" + self.name
+
+    @property
+    def signature(self) -> OpSignature:
+        return SIGNATURES[self]
+
+    @classmethod
+    def parse(cls, value: str | int) -> Op:
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return cls(value)
+            except ValueError:
+                raise ValueError(f"unknown op code {value}") from None
+        text = str(value).strip()
+        name = text.removeprefix("Fhe")
+        try:
+            return cls[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown op {text!r}; known: {', '.join(o.event_name for o in cls)}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class OpSignature:
+    """Operand count (None = variadic, at least ``min_args``) and the result's kind."""
+
+    arity: int | None
+    scalar_rhs: bool  # fhEVM accepts a plaintext second operand
+    result: str  # "same" | "bool" | "explicit" (needs `type`)
+    min_args: int = 1
+
+
+_BINARY = OpSignature(2, True, "same")
+_COMPARE = OpSignature(2, True, "bool")
+SIGNATURES: dict[Op, OpSignature] = {
+    **{op: _BINARY for op in (Op.Add, Op.Sub, Op.Mul, Op.Div, Op.Rem, Op.BitAnd, Op.BitOr,
+                              Op.BitXor, Op.Shl, Op.Shr, Op.Rotl, Op.Rotr, Op.Min, Op.Max)},
+    **{op: _COMPARE for op in (Op.Eq, Op.Ne, Op.Ge, Op.Gt, Op.Le, Op.Lt)},
+    Op.Neg: OpSignature(1, False, "same"),
+    Op.Not: OpSignature(1, False, "same"),
+    Op.Cast: OpSignature(1, False, "explicit"),
+    Op.TrivialEncrypt: OpSignature(1, True, "explicit"),
+    Op.IfThenElse: OpSignature(3, False, "same"),
+    Op.Rand: OpSignature(1, True, "explicit"),
+    Op.RandBounded: OpSignature(2, True, "explicit"),
+    Op.Sum: OpSignature(None, False, "same", min_args=1),
+    Op.IsIn: OpSignature(None, True, "bool", min_args=2),
+    Op.MulDiv: OpSignature(3, True, "same"),
+}
+
+
+@dataclass(frozen=True)
+class Handle:
+    """A 32-byte ciphertext handle (DESIGN.md section 5 layout)."""
+
+    raw: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.raw, bytes | bytearray) or len(self.raw) != HANDLE_LENGTH:
+            length = len(self.raw) if isinstance(self.raw, bytes | bytearray) else "?"
+            raise ValueError(f"a handle is {HANDLE_LENGTH} bytes, got {length}")
+        if self.raw[30] > max(FheType):
+            raise ValueError(f"handle type byte {self.raw[30]} is out of range 0..{max(FheType)}")
+
+    @classmethod
+    def parse(cls, text: str) -> Handle:
+        """From ``0x``-hex; the error says what is wrong with the string."""
+        body = text.removeprefix("0x") if isinstance(text, str) else ""
+        if not isinstance(text, str) or not text.startswith("0x"):
+            raise ValueError(f"handle {text!r} must be 0x-prefixed hex")
+        try:
+            raw = bytes.fromhex(body)
+        except ValueError:
+            raise ValueError(f"handle {text!r} is not valid hex") from None
+        return cls(raw)
+
+    @property
+    def fhe_type(self) -> FheType:
+        return FheType(self.raw[30])
+
+    @property
+    def chain_id(self) -> int:
+        return int.from_bytes(self.raw[22:30], "big")
+
+    @property
+    def index(self) -> int:
+        return self.raw[21]
+
+    @property
+    def is_computed(self) -> bool:
+        return self.raw[21] == COMPUTED_INDEX
+
+    @property
+    def version(self) -> int:
+        return self.raw[31]
+
+    def hex(self) -> str:
+        return "0x" + self.raw.hex()
+
+    def __str__(self) -> str:
+        return self.hex()
+
+
+def make_handle(prehandle: bytes, index: int, chain_id: int, fhe_type: FheType,
+                version: int = HANDLE_VERSION) -> Handle:
+    """Assemble a handle from a (keccak-derived) prehandle and its metadata bytes."""
+    if not 0 <= index <= 0xFF:
+        raise ValueError(f"handle index {index} out of range 0..255")
+    if not 0 <= chain_id < 1 << 64:
+        raise ValueError(f"chain id {chain_id} does not fit 8 bytes")
+    return Handle(prehandle[:21] + bytes([index]) + chain_id.to_bytes(8, "big")
+                  + bytes([int(fhe_type), version]))

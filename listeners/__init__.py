@@ -1,0 +1,1 @@
+"""Long-running Deployments: the host-chain listener, the gateway listener, the sender."""
