@@ -36,7 +36,8 @@ def _stack_args(args: argparse.Namespace) -> tuple[Path, list]:
 
     state_dir = Path(args.state_dir) if args.state_dir else load_settings().dev_state_dir
     skip = {part for part in (args.skip or "").split(",") if part}
-    return state_dir, stack.select(stack.default_components(), skip)
+    ports = {name: getattr(args, f"{name}_port", None) for name in ("postgres", "s3", "chain")}
+    return state_dir, stack.select(stack.default_components(ports), skip)
 
 
 def cmd_dev_up(args: argparse.Namespace) -> int:
@@ -92,7 +93,8 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 # --- parser ----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fhectl", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fhectl", description="Operate the FHE coprocessor and its local stack.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
 
@@ -110,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--skip", help="comma-separated components to leave out")
         sub.add_argument("-o", "--output", choices=["text", "json"], default="text")
         sub.set_defaults(handler=handler)
+        if name == "up":
+            for component in ("postgres", "s3", "chain"):
+                sub.add_argument(f"--{component}-port", type=int, metavar="PORT",
+                                 help=f"{component} port (default: a free one, kept across "
+                                      "restarts)")
 
     db = groups.add_parser("db", help="database schema")
     db_cmds = db.add_subparsers(dest="command", required=True, metavar="ACTION")
@@ -141,3 +148,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 def main() -> None:
     sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -51,7 +51,8 @@ def _grant_traverse(path: Path) -> None:
 
 def _run(argv: list[str], user: str | None, what: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        argv, capture_output=True, text=True, user=user, timeout=120, cwd="/", check=False
+        argv, capture_output=True, text=True, timeout=120, cwd="/", check=False,
+        **process.run_as(user),  # type: ignore[arg-type]
     )
     if result.returncode != 0:
         raise ServiceUnavailable("postgres", f"{what} failed: {result.stderr.strip()[-400:]}")
@@ -70,6 +71,7 @@ class Postgres:
         bindir = postgres_bin_dir()
         if not (bindir / "postgres").exists():
             raise UserError("postgres is not installed; run `make setup` first")
+        port = self._choose_port(previous)  # before any side effect: fail fast
         user = _service_user()
         data = state_dir / "postgres" / "data"
         logfile = state_dir / "postgres" / "postgres.log"
@@ -83,7 +85,6 @@ class Postgres:
                  "-E", "UTF8", "--no-instructions"],
                 user, "initdb",
             )
-        port = self._choose_port(previous)
         pid = process.spawn(
             [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
              "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data}",

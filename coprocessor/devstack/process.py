@@ -63,13 +63,20 @@ def spawn(
                 env=full_env,
                 cwd=cwd,
                 start_new_session=True,
-                user=user,
-                group=pwd.getpwnam(user).pw_gid if user else None,
-                extra_groups=[] if user else None,
+                **run_as(user),
             )
         except FileNotFoundError:
             raise UserError(f"{argv[0]} is not installed; run `make setup` first") from None
     return proc.pid
+
+
+def run_as(user: str | None) -> dict[str, object]:
+    """Popen arguments that switch to ``user`` completely: uid, primary group and no
+    supplementary groups. Keeping root's gid would apply the *group* bits of root-owned
+    directories (often 0) instead of the *other* bits we grant."""
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
 
 
 def cmdline(pid: int) -> list[str] | None:

@@ -16,8 +16,10 @@ from .state import StackState
 log = logging.getLogger(__name__)
 
 
-def default_components() -> list[Component]:
-    return [Postgres(), MinioS3(), Anvil()]
+def default_components(ports: dict[str, int | None] | None = None) -> list[Component]:
+    """Start order matters: later components may need earlier ones."""
+    ports = ports or {}
+    return [Postgres(ports.get("postgres")), MinioS3(ports.get("s3")), Anvil(ports.get("chain"))]
 
 
 def select(components: list[Component], skip: set[str]) -> list[Component]:

@@ -1,0 +1,31 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv/bin
+
+.PHONY: setup demo test test-unit lint bench lock down
+
+setup:            ## install everything (idempotent; caches under ~/.cache/fhe-coprocessor)
+	scripts/install
+
+demo: setup       ## start the local stack, migrate the database, show its health
+	$(VENV)/fhectl dev up
+	eval "$$($(VENV)/fhectl dev env)" && $(VENV)/fhectl db migrate
+	$(VENV)/fhectl dev status
+
+test: setup       ## the whole suite: unit, integration (real services), e2e where built
+	$(VENV)/pytest $(PYTEST_ARGS)
+
+test-unit:
+	$(VENV)/pytest -m unit $(PYTEST_ARGS)
+
+lint:
+	$(VENV)/ruff check .
+
+bench: setup      ## benchmarks: print figures, write JSON under bench/results/
+	$(VENV)/python bench/db.py
+
+lock:             ## re-pin constraints.txt from the current .venv
+	$(VENV)/pip freeze --exclude-editable | grep -v '^fhe-coprocessor' > constraints.txt
+
+down:
+	$(VENV)/fhectl dev down

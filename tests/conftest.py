@@ -1,0 +1,84 @@
+"""Session fixtures: the real local stack, reused when one runs, started otherwise.
+
+Markers are given by directory (tests/unit -> unit, tests/integration -> integration,
+tests/e2e -> e2e), so a test cannot forget its marker.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from coprocessor.db import migrate
+from coprocessor.devstack import stack
+from coprocessor.settings import REPO_ROOT, Settings, load_settings
+
+_MARKERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration,
+            "e2e": pytest.mark.e2e}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO_ROOT / "tests").parts
+        if parts and parts[0] in _MARKERS:
+            item.add_marker(_MARKERS[parts[0]])
+
+
+@pytest.fixture(scope="session")
+def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Environment variables of a healthy stack: the user's own if it is up, else ours."""
+    components = stack.default_components()
+    own_dir = Settings().dev_state_dir
+    report = stack.status(own_dir, components)
+    if all(entry["healthy"] for entry in report.values()):
+        state_dir, started = own_dir, False
+    else:
+        state_dir, started = tmp_path_factory.mktemp("stack"), True
+        stack.up(state_dir, components)
+    variables = stack.env(state_dir, components)
+    saved = {key: os.environ.get(key) for key in variables}
+    os.environ.update(variables)
+    load_settings.cache_clear()
+    try:
+        yield variables
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        load_settings.cache_clear()
+        if started:
+            stack.down(state_dir, components)
+
+
+@pytest.fixture
+async def database_url(dev_stack: dict[str, str]) -> AsyncIterator[str]:
+    """A fresh, migrated database per test, dropped afterwards."""
+    server_url = dev_stack["FHE_DATABASE_URL"]
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = server_url.rsplit("/", 1)[0] + "/" + name
+    await migrate.migrate(url, REPO_ROOT / "migrations")
+    yield url
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=8)
+    yield pool
+    await pool.close()
