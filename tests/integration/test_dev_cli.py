@@ -74,7 +74,8 @@ def test_port_in_use_is_one_clear_line(state_dir):
         result = fhectl("dev", "up", "--state-dir", str(state_dir), "--skip", "s3,chain",
                         "--postgres-port", str(port), check=False)
     assert result.returncode != 0
-    assert result.stderr.strip() == f"fhectl: error: postgres: port {port} on 127.0.0.1 is already in use"
+    expected = f"fhectl: error: postgres: port {port} on 127.0.0.1 is already in use"
+    assert result.stderr.strip() == expected
 
 
 @pytest.mark.parametrize(("args", "env", "needle", "code"), [
