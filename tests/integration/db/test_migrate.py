@@ -68,7 +68,7 @@ async def test_refuses_an_edited_migration(empty_database, tmp_path):
 @pytest.mark.parametrize("name", ["1_short.sql", "0002-dash.sql", "0003_Upper.sql"])
 def test_badly_named_migration_is_refused(tmp_path, name):
     (tmp_path / name).write_text("SELECT 1;")
-    with pytest.raises(Fatal, match="NNNN_description.sql"):
+    with pytest.raises(Fatal, match=r"NNNN_description\.sql"):
         migrate.load_migrations(tmp_path)
 
 
