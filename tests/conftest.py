@@ -33,13 +33,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Environment variables of a healthy stack: the user's own if it is up, else ours."""
     components = stack.default_components()
-    own_dir = Settings().dev_state_dir
-    report = stack.status(own_dir, components)
-    if all(entry["healthy"] for entry in report.values()):
-        state_dir, started = own_dir, False
-    else:
-        state_dir, started = tmp_path_factory.mktemp("stack"), True
-        stack.up(state_dir, components)
+    state_dir, started = stack.reuse_or_start(
+        Settings().dev_state_dir, tmp_path_factory.mktemp("stack"), components)
     variables = stack.env(state_dir, components)
     saved = {key: os.environ.get(key) for key in variables}
     os.environ.update(variables)

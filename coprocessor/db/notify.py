@@ -42,6 +42,7 @@ class NotificationWaiter:
         self._reconnect_delay = 0.1
         self._next_connect_at = 0.0
         self._ever_connected = False
+        self._closing = False
         self.reconnects = 0
 
     @property
@@ -56,6 +57,7 @@ class NotificationWaiter:
         await self.close()
 
     async def close(self) -> None:
+        self._closing = True
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close(timeout=2)
@@ -65,6 +67,8 @@ class NotificationWaiter:
         self._queue.put_nowait(Wakeup("notified", channel, payload))
 
     def _on_termination(self, _conn: object) -> None:
+        if self._closing:
+            return
         log.warning("notification connection lost", extra={"fields": {
             "channels": list(self.channels)}})
         self._connection = None

@@ -197,10 +197,10 @@ async def claim_ready(connection: asyncpg.Connection, limit: int,
                    WHERE b.batch_id = $2 AND b.tenant_id = c.tenant_id
                      AND b.output_handle = c.output_handle))
              AND NOT EXISTS (
-                   SELECT 1 FROM computations p
-                   WHERE p.tenant_id = c.tenant_id
-                     AND p.output_handle = ANY(c.dependencies)
-                     AND NOT p.is_completed)
+                   SELECT 1 FROM unnest(c.dependencies) AS d(handle)
+                   JOIN computations p ON p.tenant_id = c.tenant_id
+                                      AND p.output_handle = d.handle
+                   WHERE NOT p.is_completed)
            ORDER BY c.schedule_order
            LIMIT $1
            FOR UPDATE OF c SKIP LOCKED""",

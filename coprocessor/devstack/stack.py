@@ -85,3 +85,14 @@ def env(state_dir: Path, components: list[Component]) -> dict[str, str]:
         if info:
             variables.update(component.env(info))
     return variables
+
+
+def reuse_or_start(own_dir: Path, fallback_dir: Path,
+                   components: list[Component]) -> tuple[Path, bool]:
+    """For tests and benchmarks: use the stack in ``own_dir`` if it is fully healthy,
+    else start one in ``fallback_dir``. Returns (state dir, whether we started it)."""
+    report = status(own_dir, components)
+    if all(entry["healthy"] for entry in report.values()):
+        return own_dir, False
+    up(fallback_dir, components)
+    return fallback_dir, True
