@@ -32,13 +32,14 @@ async def test_waiter_wakes_on_notify_and_polls_without_one(database_url):
 def own_postgres(tmp_path):
     """A PostgreSQL of this test's own: it is about to be restarted."""
     server = Postgres()
-    info = server.up(tmp_path, None)
-    yield server, tmp_path, info
-    server.down(info)
+    running = {"info": server.up(tmp_path, None)}  # the test replaces it on restart
+    yield server, tmp_path, running
+    server.down(running["info"])
 
 
 async def test_waiter_survives_a_postgres_restart(own_postgres):
-    server, state_dir, info = own_postgres
+    server, state_dir, running = own_postgres
+    info = running["info"]
     url = server.env(info)["FHE_DATABASE_URL"]
     await migrate.migrate(url, REPO_ROOT / "migrations")
     async with NotificationWaiter(url, (queries.WORK_AVAILABLE,), poll_interval=0.5,
@@ -47,7 +48,7 @@ async def test_waiter_survives_a_postgres_restart(own_postgres):
         # While the server is down the waiter degrades to polling, without raising.
         assert (await waiter.wait(timeout=1.0)).reason == "poll"
         assert not waiter.connected
-        info = server.up(state_dir, info)
+        info = running["info"] = server.up(state_dir, info)
         assert server.env(info)["FHE_DATABASE_URL"] == url  # same port after restart
 
         connection = await asyncpg.connect(url)
