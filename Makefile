@@ -25,7 +25,7 @@ bench: setup      ## benchmarks: print figures, write JSON under bench/results/
 	$(VENV)/python bench/db.py
 
 lock:             ## re-pin constraints.txt from the current .venv
-	$(VENV)/pip freeze --exclude-editable | grep -v '^fhe-coprocessor' > constraints.txt
+	$(VENV)/pip freeze --all --exclude-editable | grep -vE '^(fhe-coprocessor|pip)==' > constraints.txt
 
 down:
 	$(VENV)/fhectl dev down
