@@ -1,0 +1,1 @@
+"""The FHE engine: one interface, backends behind it, a plaintext reference."""
