@@ -16,6 +16,7 @@ import pytest
 
 from coprocessor.db import migrate
 from coprocessor.devstack import stack
+from coprocessor.devstack.kube import KubeControlPlane
 from coprocessor.settings import REPO_ROOT, Settings, load_settings
 
 _MARKERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration,
@@ -32,7 +33,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Environment variables of a healthy stack: the user's own if it is up, else ours."""
-    components = stack.default_components()
+    components = stack.service_components()
     state_dir, started = stack.reuse_or_start(
         Settings().dev_state_dir, tmp_path_factory.mktemp("stack"), components)
     variables = stack.env(state_dir, components)
@@ -77,3 +78,16 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=8)
     yield pool
     await pool.close()
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real control plane (and node agent): the user's own if healthy, else ours."""
+    components = [KubeControlPlane()]
+    state_dir, started = stack.reuse_or_start(
+        Settings().dev_state_dir, tmp_path_factory.mktemp("kube"), components)
+    try:
+        yield {**stack.env(state_dir, components), "STATE_DIR": str(state_dir)}
+    finally:
+        if started:
+            stack.down(state_dir, components)

@@ -9,6 +9,7 @@ from typing import Any
 
 from .chain import Anvil
 from .component import Component
+from .kube import KubeControlPlane
 from .postgres import Postgres
 from .s3 import MinioS3
 from .state import StackState
@@ -19,7 +20,13 @@ log = logging.getLogger(__name__)
 def default_components(ports: dict[str, int | None] | None = None) -> list[Component]:
     """Start order matters: later components may need earlier ones."""
     ports = ports or {}
-    return [Postgres(ports.get("postgres")), MinioS3(ports.get("s3")), Anvil(ports.get("chain"))]
+    return [Postgres(ports.get("postgres")), MinioS3(ports.get("s3")), Anvil(ports.get("chain")),
+            KubeControlPlane()]
+
+
+def service_components() -> list[Component]:
+    """The data services alone: what integration tests need."""
+    return [c for c in default_components() if c.name != "kube"]
 
 
 def select(components: list[Component], skip: set[str]) -> list[Component]:

@@ -53,3 +53,25 @@ def postgres_bin_dir() -> Path:
         return candidates[-1].parent
     found = shutil.which("postgres")
     return Path(found).resolve().parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+def kubernetes_version() -> str:
+    """The k8s.io/kubernetes release pinned in tools/k8s/go.mod."""
+    for line in (REPO_ROOT / "tools" / "k8s" / "go.mod").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "k8s.io/kubernetes":
+            return parts[1]
+    raise RuntimeError("tools/k8s/go.mod does not require k8s.io/kubernetes")
+
+
+def kubernetes_bin_dir(cache_dir: Path | None = None) -> Path:
+    return bin_dir(cache_dir) / f"k8s-{kubernetes_version()}"
+
+
+def kubectl_binary(cache_dir: Path | None = None) -> Path:
+    """Ours when scripts/build-k8s built one (the machine's was too far off), else the
+    machine's."""
+    built = kubernetes_bin_dir(cache_dir) / "kubectl"
+    if built.exists():
+        return built
+    return Path(shutil.which("kubectl") or built)

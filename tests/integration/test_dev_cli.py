@@ -29,13 +29,16 @@ def state_dir(tmp_path):
 
 
 def test_up_is_idempotent_status_env_and_down(state_dir):
-    first = json.loads(fhectl("dev", "up", "--state-dir", str(state_dir), "-o", "json").stdout)
+    # The control plane has its own idempotency test (tests/e2e); skip it here.
+    up = ("dev", "up", "--state-dir", str(state_dir), "--skip", "kube", "-o", "json")
+    first = json.loads(fhectl(*up).stdout)
     assert not any(c["reused"] for c in first["components"].values())
 
-    second = json.loads(fhectl("dev", "up", "--state-dir", str(state_dir), "-o", "json").stdout)
+    second = json.loads(fhectl(*up).stdout)
     assert all(c["reused"] for c in second["components"].values())
 
-    status = json.loads(fhectl("dev", "status", "--state-dir", str(state_dir)).stdout)
+    status = json.loads(fhectl("dev", "status", "--state-dir", str(state_dir),
+                               "--skip", "kube").stdout)
     assert {name: c["healthy"] for name, c in status.items()} == {
         "postgres": True, "s3": True, "chain": True}
     pids = {name: c["pid"] for name, c in status.items()}
@@ -48,7 +51,8 @@ def test_up_is_idempotent_status_env_and_down(state_dir):
     down = json.loads(fhectl("dev", "down", "--state-dir", str(state_dir), "-o", "json").stdout)
     assert sorted(down["stopped"]) == ["chain", "postgres", "s3"]
     assert not any(process.is_running(pid) for pid in pids.values())
-    after = fhectl("dev", "status", "--state-dir", str(state_dir), check=False)
+    after = fhectl("dev", "status", "--state-dir", str(state_dir), "--skip", "kube",
+                   check=False)
     assert after.returncode == 1
     assert not any(c["healthy"] for c in json.loads(after.stdout).values())
 
@@ -71,7 +75,7 @@ def test_port_in_use_is_one_clear_line(state_dir):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = fhectl("dev", "up", "--state-dir", str(state_dir), "--skip", "s3,chain",
+        result = fhectl("dev", "up", "--state-dir", str(state_dir), "--skip", "s3,chain,kube",
                         "--postgres-port", str(port), check=False)
     assert result.returncode != 0
     expected = f"fhectl: error: postgres: port {port} on 127.0.0.1 is already in use"
