@@ -444,6 +444,9 @@ class NodeAgent:
         log.info("pod %s/%s exited %d", entry.namespace, entry.name, code)
 
     def _terminate(self, entry: RunningPod, pod: dict[str, Any], grace: int) -> None:
+        """Graceful deletion, as the kubelet does it: SIGTERM, SIGKILL after the grace
+        period, record the terminal phase (the Job controller only drops its tracking
+        finalizer from terminal pods), then the final delete."""
         process = entry.process
         if process is not None and process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -454,15 +457,24 @@ class NodeAgent:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        if process is not None:
+            code = process.returncode
+            code = 128 - code if code < 0 else code
+            self._patch_status(pod, terminated_status(
+                pod, code or 137, "the pod was deleted", entry.started, now(), entry.restarts,
+                reason="Killed"))
         self._remove(pod)
 
     def _remove(self, pod: dict[str, Any]) -> None:
         metadata = pod["metadata"]
         with contextlib.suppress(ApiException):
+            # The grace period must be in the body: with a body, the query parameter
+            # is ignored and the pod would wait for a final delete that never comes.
             self.core.delete_namespaced_pod(metadata["name"], metadata["namespace"],
-                                            grace_period_seconds=0,
                                             body=client.V1DeleteOptions(
-                                                preconditions={"uid": metadata["uid"]}))
+                                                grace_period_seconds=0,
+                                                preconditions=client.V1Preconditions(
+                                                    uid=metadata["uid"])))
         with self.lock:
             entry = self.pods.pop(metadata["uid"], None)
         if entry:

@@ -112,7 +112,7 @@ def test_deleting_a_job_ends_its_process(kube_api, namespace, tmp_path):
     tmp_path.chmod(0o777)
     pid_file = tmp_path / f"{uuid.uuid4().hex}.pid"
     batch.create_namespaced_job(namespace, job(
-        "long", f"echo $$ > {pid_file}; exec sleep 300"))
+        "long", f"echo $$$$ > {pid_file}; exec sleep 300"))  # $$ escapes $ in k8s
     pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(),
                        timeout=60, what="the process to start"))
     assert process.is_running(pid)

@@ -1,0 +1,183 @@
+"""The engine interface: what the rest of the product may ask of an FHE backend.
+
+Nothing outside ``coprocessor/fhe`` imports a backend. Code asks the registry for the
+backend a tenant's keyset names (``get_backend(tenant.backend)``) and talks to it
+through these protocols, with ciphertexts as enveloped bytes (see ``envelope``), so a
+ciphertext of one backend is never fed to another.
+
+Roles follow who holds which key:
+
+* ``Backend.generate_keyset`` makes a tenant's keys (once, by ``fhectl tenant create``);
+* a ``Client`` holds the secret key: encrypt and decrypt (CLI, tests, demo);
+* an ``Evaluator`` holds only the server key: evaluate, trivially encrypt, draw
+  randoms, and squash for decryption (the Jobs' pods).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..errors import Irrecoverable, UserError
+from ..types import FheType, Op
+from . import reference
+
+
+class UnsupportedOperation(Irrecoverable):
+    """This backend does not implement ``op`` on this type; the message says why."""
+
+
+class InvalidOperands(Irrecoverable):
+    """Operands that do not fit the operation (arity, types, scalar position)."""
+
+
+@dataclass(frozen=True)
+class Keyset:
+    backend: str
+    client_key: bytes  # secret: stays with the tenant's owner, never in the database
+    server_key: bytes  # evaluation keys: what the coprocessor stores and loads
+    public_params: bytes = b""  # compact public key / CRS where the backend has them
+
+    @property
+    def key_id(self) -> bytes:
+        """Stable identifier of the keyset: SHA-256 of the server key."""
+        return hashlib.sha256(self.server_key).digest()
+
+
+@dataclass(frozen=True)
+class OpRequest:
+    """One operation, as the job runner reads it from a computation row.
+
+    ``operands`` are enveloped ciphertexts; ``scalars`` the plaintext operands (the
+    second operand of a binary op, TrivialEncrypt's value, RandBounded's bound, IsIn's
+    candidates, MulDiv's last two); ``seed`` for Rand/RandBounded.
+    """
+
+    op: Op
+    operands: tuple[bytes, ...] = ()
+    scalars: tuple[int, ...] = ()
+    result_type: FheType | None = None
+    seed: bytes = b""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Client(Protocol):
+    backend: str
+
+    def encrypt(self, value: int, fhe_type: FheType) -> bytes: ...
+
+    def decrypt(self, ciphertext: bytes) -> int: ...
+
+
+class Evaluator(Protocol):
+    backend: str
+    key_digest: bytes
+
+    def evaluate(self, request: OpRequest) -> bytes: ...
+
+    def squash(self, ciphertext: bytes) -> bytes: ...
+
+    def fhe_type_of(self, ciphertext: bytes) -> FheType: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def support(self, op: Op, fhe_type: FheType) -> str | None:
+        """None when supported, else the reason (shown by ``fhectl fhe ops``)."""
+
+    def generate_keyset(self) -> Keyset: ...
+
+    def client(self, keyset: Keyset) -> Client: ...
+
+    def evaluator(self, server_key: bytes) -> Evaluator: ...
+
+
+def support_matrix(backend: Backend) -> dict[str, dict[str, str]]:
+    """``{op: {type: "supported" | reason}}`` for every op and type of the contract."""
+    matrix: dict[str, dict[str, str]] = {}
+    for op in Op:
+        matrix[op.event_name] = {
+            fhe_type.name: backend.support(op, fhe_type) or "supported" for fhe_type in FheType
+        }
+    return matrix
+
+
+def require_support(backend: Backend, op: Op, fhe_type: FheType) -> None:
+    reason = reference.defined(op, fhe_type) or backend.support(op, fhe_type)
+    if reason:
+        raise UnsupportedOperation(f"{op.event_name} on {fhe_type.name}: {reason}")
+
+
+def operand_type(op: Op, types: Sequence[FheType], result_type: FheType | None) -> FheType:
+    """The type an operation works on, after checking the operands agree (the same
+    rules the operator uses to validate a graph, so a bad graph fails before it runs)."""
+    signature = op.signature
+    if op is Op.IfThenElse:
+        if len(types) != 3:
+            raise InvalidOperands("FheIfThenElse takes a Bool condition and two values")
+        if types[0] is not FheType.Bool:
+            raise InvalidOperands(f"FheIfThenElse condition is {types[0].name}, not Bool")
+        if types[1] is not types[2]:
+            raise InvalidOperands(f"FheIfThenElse branches differ: {types[1].name} and "
+                                  f"{types[2].name}")
+        return types[1]
+    if op in (Op.TrivialEncrypt, Op.Rand, Op.RandBounded):
+        if result_type is None:
+            raise InvalidOperands(f"{op.event_name} needs an explicit result type")
+        return result_type
+    if not types:
+        raise InvalidOperands(f"{op.event_name} needs an encrypted operand")
+    if op is Op.Cast:
+        if result_type is None:
+            raise InvalidOperands("FheCast needs an explicit result type")
+        return types[0]
+    first = types[0]
+    for other in types[1:]:
+        if other is not first:
+            raise InvalidOperands(f"{op.event_name} operands differ: {first.name} and "
+                                  f"{other.name}")
+    if signature.arity is not None and signature.arity < len(types):
+        raise InvalidOperands(f"{op.event_name} takes {signature.arity} operand(s)")
+    return first
+
+
+def result_type_of(op: Op, operand: FheType, explicit: FheType | None) -> FheType:
+    kind = op.signature.result
+    if kind == "bool":
+        return FheType.Bool
+    if kind == "explicit":
+        assert explicit is not None
+        return explicit
+    return operand
+
+
+# --- registry --------------------------------------------------------------------------
+
+_FACTORIES = {
+    "concrete": "coprocessor.fhe.concrete_backend:ConcreteBackend",
+    "tfhe-rs": "coprocessor.fhe.tfhe_backend:TfheRsBackend",
+}
+_INSTANCES: dict[str, Backend] = {}
+
+
+def backend_names() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend recorded on a tenant; imported lazily (concrete pulls in torch)."""
+    if name not in _FACTORIES:
+        raise UserError(f"unknown FHE backend {name!r}; known: {', '.join(backend_names())}")
+    if name not in _INSTANCES:
+        import importlib
+
+        module_name, class_name = _FACTORIES[name].split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise UserError(f"FHE backend {name!r} is not installed here: {error}") from None
+        _INSTANCES[name] = getattr(module, class_name)()
+    return _INSTANCES[name]
