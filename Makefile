@@ -23,6 +23,7 @@ lint:
 
 bench: setup      ## benchmarks: print figures, write JSON under bench/results/
 	$(VENV)/python bench/db.py
+	$(VENV)/python bench/kube.py
 
 lock:             ## re-pin constraints.txt from the current .venv
 	$(VENV)/pip freeze --all --exclude-editable | grep -vE '^(fhe-coprocessor|pip)==' > constraints.txt
