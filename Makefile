@@ -26,7 +26,7 @@ bench: setup      ## benchmarks: print figures, write JSON under bench/results/
 	$(VENV)/python bench/kube.py
 
 lock:             ## re-pin constraints.txt from the current .venv
-	$(VENV)/pip freeze --all --exclude-editable | grep -vE '^(fhe-coprocessor|pip)==' > constraints.txt
+	$(VENV)/pip freeze --all --exclude-editable | grep -vE '^(fhe-coprocessor|fhe-native|pip)( @|==)' > constraints.txt
 
 down:
 	$(VENV)/fhectl dev down

@@ -90,6 +90,26 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- fhectl fhe -------------------------------------------------------------------------
+
+def cmd_fhe_ops(args: argparse.Namespace) -> int:
+    from .fhe.engine import backend_names, get_backend, support_matrix
+
+    names = [args.backend] if args.backend else backend_names()
+    matrices = {name: support_matrix(get_backend(name)) for name in names}
+    if args.output == "json":
+        _print(matrices, "json")
+        return 0
+    for name, matrix in matrices.items():
+        types = list(next(iter(matrix.values())))
+        print(f"backend {name}: 'ok' = supported; otherwise see -o json for the reason")
+        print(f"{'op':18s}" + "".join(f"{t[:7]:>8s}" for t in types))
+        for op, row in matrix.items():
+            cells = "".join(f"{'ok' if row[t] == 'supported' else '-':>8s}" for t in types)
+            print(f"{op:18s}{cells}")
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
                 sub.add_argument(f"--{component}-port", type=int, metavar="PORT",
                                  help=f"{component} port (default: a free one, kept across "
                                       "restarts)")
+
+    fhe = groups.add_parser("fhe", help="the FHE engine")
+    fhe_cmds = fhe.add_subparsers(dest="command", required=True, metavar="ACTION")
+    ops = fhe_cmds.add_parser("ops", help="support matrix: op x type -> supported or why not")
+    ops.add_argument("--backend", help="one backend (default: all)")
+    ops.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    ops.set_defaults(handler=cmd_fhe_ops)
 
     db = groups.add_parser("db", help="database schema")
     db_cmds = db.add_subparsers(dest="command", required=True, metavar="ACTION")

@@ -20,7 +20,7 @@ from coprocessor.devstack.kube import KubeControlPlane
 from coprocessor.settings import REPO_ROOT, Settings, load_settings
 
 _MARKERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration,
-            "e2e": pytest.mark.e2e}
+            "e2e": pytest.mark.e2e, "engine": pytest.mark.engine}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,0 +1,265 @@
+"""The ``tfhe-rs`` backend: TFHE-rs 1.7 through our PyO3 extension (``native/``).
+
+Parameters are the reference coprocessor's: message 2 carry 2, p-fail 2^-128
+(``PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128``), a dedicated compact public key for
+client inputs, and noise squashing for the 128-bit decryption form.
+
+fhEVM semantics that TFHE-rs does not give by itself are settled here, before the
+native call: a scalar divisor of zero (x / 0 = max, x % 0 = x), scalar shift and
+rotate amounts (modulo the bit width), Cast to Bool (the lowest bit, like every other
+truncation), and Sum / IsIn (folds of Add and Eq/Or).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+
+from ..types import FheType, Op
+from . import reference
+from .engine import (
+    InvalidOperands,
+    Keyset,
+    OpRequest,
+    UnsupportedOperation,
+    operand_type,
+    require_support,
+    result_type_of,
+)
+from .envelope import BadCiphertext, Envelope, Kind, key_digest
+
+NAME = "tfhe-rs"
+SUPPORTED_TYPES = frozenset(FheType(code) for code in range(9))  # Bool .. Uint256
+EVALUATOR_CACHE_SIZE = 4
+
+
+def _native():
+    try:
+        import fhe_native
+    except ImportError as error:
+        raise UnsupportedOperation(
+            "the tfhe-rs extension is not built; run `make setup` (native/)") from error
+    return fhe_native
+
+
+def _le(value: int) -> bytes:
+    return int(value).to_bytes(32, "little")
+
+
+def _from_le(data: bytes) -> int:
+    return int.from_bytes(data, "little")
+
+
+class TfheRsClient:
+    backend = NAME
+
+    def __init__(self, keyset: Keyset) -> None:
+        self._client = _native().Client(keyset.client_key)
+        self._digest = key_digest(keyset.server_key)
+
+    def encrypt(self, value: int, fhe_type: FheType) -> bytes:
+        if fhe_type not in SUPPORTED_TYPES:
+            raise UnsupportedOperation(f"{fhe_type.name} is not supported by {NAME} yet")
+        reference.check_value(value, fhe_type)
+        payload = self._client.encrypt(int(fhe_type), _le(value))
+        return Envelope(NAME, fhe_type, Kind.CIPHERTEXT, self._digest, payload).to_bytes()
+
+    def decrypt(self, ciphertext: bytes) -> int:
+        envelope = Envelope.from_bytes(ciphertext)
+        envelope.expect(backend=NAME, digest=self._digest, kind=envelope.kind)
+        try:
+            if envelope.kind is Kind.SQUASHED:
+                raw = self._client.decrypt_squashed(int(envelope.fhe_type), envelope.payload)
+            else:
+                raw = self._client.decrypt(int(envelope.fhe_type), envelope.payload)
+        except ValueError as error:
+            raise BadCiphertext(f"cannot decrypt: {error}") from None
+        return _from_le(raw)
+
+
+class TfheRsEvaluator:
+    backend = NAME
+
+    def __init__(self, server_key: bytes) -> None:
+        self._evaluator = _native().Evaluator(server_key)
+        self.key_digest = key_digest(server_key)
+
+    # --- helpers -------------------------------------------------------------------
+    def _open(self, ciphertext: bytes) -> Envelope:
+        return Envelope.from_bytes(ciphertext).expect(backend=NAME, digest=self.key_digest)
+
+    def _wrap(self, type_code: int, payload: bytes, kind: Kind = Kind.CIPHERTEXT) -> bytes:
+        return Envelope(NAME, FheType(type_code), kind, self.key_digest, payload).to_bytes()
+
+    def _call(self, method: str, *args: object) -> tuple[int, bytes]:
+        try:
+            return getattr(self._evaluator, method)(*args)
+        except ValueError as error:
+            text = str(error)
+            if text.startswith("unsupported"):
+                raise UnsupportedOperation(text) from None
+            raise BadCiphertext(f"rejected by TFHE-rs: {text}") from None
+
+    def fhe_type_of(self, ciphertext: bytes) -> FheType:
+        return self._open(ciphertext).fhe_type
+
+    # --- the interface -------------------------------------------------------------
+    def evaluate(self, request: OpRequest) -> bytes:
+        op = request.op
+        envelopes = [self._open(c) for c in request.operands]
+        types = [e.fhe_type for e in envelopes]
+        working = operand_type(op, types, request.result_type)
+        require_support(TfheRsBackend(), op, working)
+        if op is Op.Cast:
+            target = request.result_type
+            assert target is not None
+            require_support(TfheRsBackend(), op, target)
+            return self._wrap(*self._call("cast", int(working), int(target),
+                                          envelopes[0].payload))
+        if op is Op.TrivialEncrypt:
+            value = reference.trivial_encrypt(_one_scalar(request), working)
+            return self._wrap(*self._call("trivial", int(working), _le(value)))
+        if op in (Op.Rand, Op.RandBounded):
+            return self._random(request, working)
+        if op is Op.IfThenElse:
+            condition, first, second = envelopes
+            return self._wrap(*self._call("if_then_else", int(working), condition.payload,
+                                          first.payload, second.payload))
+        if op in (Op.Neg, Op.Not):
+            if request.scalars:
+                raise InvalidOperands(f"{op.event_name} takes no scalar")
+            return self._wrap(*self._call("unary", int(op), int(working), envelopes[0].payload))
+        if op is Op.Sum:
+            return self._fold(envelopes, Op.Add, working)
+        if op is Op.IsIn:
+            return self._is_in(envelopes, request.scalars, working)
+        if op is Op.MulDiv:
+            raise UnsupportedOperation("FheMulDiv is not implemented on tfhe-rs yet")
+        # Binary ops: encrypted or scalar second operand.
+        if len(envelopes) == 2 and not request.scalars:
+            return self._wrap(*self._call("binary", int(op), int(working),
+                                          envelopes[0].payload, envelopes[1].payload))
+        if len(envelopes) == 1 and len(request.scalars) == 1:
+            return self._binary_scalar(op, envelopes[0], request.scalars[0], working)
+        raise InvalidOperands(f"{op.event_name} takes two operands, the second may be a scalar")
+
+    def _binary_scalar(self, op: Op, lhs: Envelope, scalar: int, fhe_type: FheType) -> bytes:
+        if scalar < 0:
+            raise InvalidOperands("a scalar operand must not be negative")
+        value = reference.wrap(scalar, fhe_type)
+        if op in (Op.Div, Op.Rem) and value == 0:
+            if op is Op.Rem:  # x % 0 = x
+                return self._wrap(int(fhe_type), lhs.payload)
+            return self._wrap(*self._call("trivial", int(fhe_type), _le(fhe_type.max_value)))
+        if op in (Op.Shl, Op.Shr, Op.Rotl, Op.Rotr):
+            value = scalar % fhe_type.bits
+        return self._wrap(*self._call("binary_scalar", int(op), int(fhe_type), lhs.payload,
+                                      _le(value)))
+
+    def _fold(self, envelopes: list[Envelope], op: Op, fhe_type: FheType) -> bytes:
+        accumulated = envelopes[0].payload
+        for item in envelopes[1:]:
+            _, accumulated = self._call("binary", int(op), int(fhe_type), accumulated,
+                                        item.payload)
+        return self._wrap(int(fhe_type), accumulated)
+
+    def _is_in(self, envelopes: list[Envelope], scalars: tuple[int, ...],
+               fhe_type: FheType) -> bytes:
+        needle, candidates = envelopes[0], envelopes[1:]
+        hits = [self._call("binary", int(Op.Eq), int(fhe_type), needle.payload, c.payload)[1]
+                for c in candidates]
+        hits += [self._call("binary_scalar", int(Op.Eq), int(fhe_type), needle.payload,
+                            _le(reference.wrap(s, fhe_type)))[1] for s in scalars]
+        if not hits:
+            raise InvalidOperands("FheIsIn needs at least one candidate")
+        found = hits[0]
+        for hit in hits[1:]:
+            _, found = self._call("binary", int(Op.BitOr), int(FheType.Bool), found, hit)
+        return self._wrap(int(FheType.Bool), found)
+
+    def _random(self, request: OpRequest, fhe_type: FheType) -> bytes:
+        if not request.seed:
+            raise InvalidOperands(f"{request.op.event_name} needs a seed")
+        seed = hashlib.sha3_256(b"fhe-rand" + request.seed).digest()[:16]
+        bits = 0
+        if request.op is Op.RandBounded:
+            bound = _one_scalar(request)
+            if bound <= 0 or bound & (bound - 1) or bound > fhe_type.max_value + 1:
+                raise InvalidOperands(f"upper bound {bound} must be a power of two within "
+                                      f"{fhe_type.name}")
+            bits = bound.bit_length() - 1
+            if bits == 0:  # the only value below 1 is 0
+                return self._wrap(*self._call("trivial", int(fhe_type), _le(0)))
+        if fhe_type is FheType.Bool and bits:
+            raise InvalidOperands("RandBounded is not defined on Bool")
+        return self._wrap(*self._call("random", int(fhe_type), seed, bits))
+
+    def squash(self, ciphertext: bytes) -> bytes:
+        envelope = self._open(ciphertext)
+        try:
+            payload = self._evaluator.squash(int(envelope.fhe_type), envelope.payload)
+        except ValueError as error:
+            raise BadCiphertext(f"rejected by TFHE-rs: {error}") from None
+        return self._wrap(int(envelope.fhe_type), payload, Kind.SQUASHED)
+
+    def check(self, ciphertext: bytes) -> FheType:
+        """Raise BadCiphertext unless the bytes deserialize under this key's parameters."""
+        envelope = self._open(ciphertext)
+        self._call_check(envelope)
+        return envelope.fhe_type
+
+    def _call_check(self, envelope: Envelope) -> None:
+        try:
+            self._evaluator.check(int(envelope.fhe_type), envelope.payload)
+        except ValueError as error:
+            raise BadCiphertext(f"rejected by TFHE-rs: {error}") from None
+
+
+def _one_scalar(request: OpRequest) -> int:
+    if len(request.scalars) != 1:
+        raise InvalidOperands(f"{request.op.event_name} takes exactly one plaintext value")
+    return request.scalars[0]
+
+
+class TfheRsBackend:
+    name = NAME
+    _cache: OrderedDict[bytes, TfheRsEvaluator] = OrderedDict()
+    _lock = threading.Lock()
+
+    def support(self, op: Op, fhe_type: FheType) -> str | None:
+        if fhe_type not in SUPPORTED_TYPES:
+            return f"{fhe_type.name} is not supported by {NAME} yet (byte arrays)"
+        if op is Op.MulDiv:
+            return "not implemented on tfhe-rs yet (needs a double-width intermediate)"
+        if fhe_type is FheType.Bool and op is Op.RandBounded:
+            return "RandBounded is not defined on Bool"
+        return reference.defined(op, fhe_type)
+
+    def generate_keyset(self) -> Keyset:
+        client_key, server_key, public_key = _native().generate_keys()
+        return Keyset(NAME, client_key, server_key, public_key)
+
+    def client(self, keyset: Keyset) -> TfheRsClient:
+        if keyset.backend != NAME:
+            raise BadCiphertext(f"keyset is for backend {keyset.backend!r}, not {NAME!r}")
+        return TfheRsClient(keyset)
+
+    def evaluator(self, server_key: bytes) -> TfheRsEvaluator:
+        """One evaluator per keyset and process (decompressing the key takes seconds),
+        kept in a small LRU."""
+        digest = hashlib.sha256(server_key).digest()
+        with self._lock:
+            if digest in self._cache:
+                self._cache.move_to_end(digest)
+                return self._cache[digest]
+        evaluator = TfheRsEvaluator(server_key)
+        with self._lock:
+            self._cache[digest] = evaluator
+            while len(self._cache) > EVALUATOR_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return evaluator
+
+    def result_type(self, request: OpRequest, operand_types: list[FheType]) -> FheType:
+        working = operand_type(request.op, operand_types, request.result_type)
+        return result_type_of(request.op, working, request.result_type)
