@@ -12,7 +12,8 @@ demo: setup       ## start the local stack, migrate the database, show its healt
 	eval "$$($(VENV)/fhectl dev env)" && $(VENV)/fhectl db migrate
 	$(VENV)/fhectl dev status
 
-test: setup       ## the whole suite: unit, integration (real services), e2e where built
+test: setup       ## lint, then the whole suite: unit, engine, integration (real services), e2e
+	$(VENV)/ruff check .
 	$(VENV)/pytest $(PYTEST_ARGS)
 
 test-unit:
