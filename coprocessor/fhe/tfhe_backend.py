@@ -138,11 +138,25 @@ class TfheRsEvaluator:
             raise UnsupportedOperation("FheMulDiv is not implemented on tfhe-rs yet")
         # Binary ops: encrypted or scalar second operand.
         if len(envelopes) == 2 and not request.scalars:
+            rhs = envelopes[1].payload
+            if op in (Op.Shl, Op.Shr, Op.Rotl, Op.Rotr):
+                rhs = self._amount_modulo_bits(op, rhs, working)
             return self._wrap(*self._call("binary", int(op), int(working),
-                                          envelopes[0].payload, envelopes[1].payload))
+                                          envelopes[0].payload, rhs))
         if len(envelopes) == 1 and len(request.scalars) == 1:
             return self._binary_scalar(op, envelopes[0], request.scalars[0], working)
         raise InvalidOperands(f"{op.event_name} takes two operands, the second may be a scalar")
+
+    def _amount_modulo_bits(self, op: Op, amount: bytes, fhe_type: FheType) -> bytes:
+        """fhEVM takes shift amounts modulo the bit width; TFHE-rs shifts by an amount
+        >= bits give 0 (measured), and its rotations wrap only for power-of-two widths."""
+        bits = fhe_type.bits
+        if bits & (bits - 1) == 0:
+            if op in (Op.Rotl, Op.Rotr):
+                return amount
+            return self._call("binary_scalar", int(Op.BitAnd), int(fhe_type), amount,
+                              _le(bits - 1))[1]
+        return self._call("binary_scalar", int(Op.Rem), int(fhe_type), amount, _le(bits))[1]
 
     def _binary_scalar(self, op: Op, lhs: Envelope, scalar: int, fhe_type: FheType) -> bytes:
         if scalar < 0:

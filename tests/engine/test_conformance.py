@@ -5,7 +5,7 @@ decryption. The default run samples (few examples, wide types for cheap ops only
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from coprocessor.fhe import reference as ref
@@ -14,9 +14,12 @@ from coprocessor.fhe.envelope import BadCiphertext, Envelope
 from coprocessor.types import FheType, Op
 
 BINARY_OPS = [op for op in ref.BINARY]
-FEW = settings(max_examples=3, deadline=None, derandomize=True,
+# Every example costs real FHE work (up to seconds), so no shrinking: a failing example
+# is reported as drawn.
+_PHASES = [Phase.explicit, Phase.reuse, Phase.generate]
+FEW = settings(max_examples=3, deadline=None, derandomize=True, phases=_PHASES,
                suppress_health_check=[HealthCheck.function_scoped_fixture])
-ONE = settings(max_examples=1, deadline=None, derandomize=True,
+ONE = settings(max_examples=1, deadline=None, derandomize=True, phases=_PHASES,
                suppress_health_check=[HealthCheck.function_scoped_fixture])
 U4, U8, U64 = FheType.Uint4, FheType.Uint8, FheType.Uint64
 
