@@ -9,6 +9,8 @@
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use tfhe::conformance::ParameterSetConformant;
+use tfhe::integer::ciphertext::IntegerCiphertext;
 use tfhe::integer::U256;
 use tfhe::prelude::*;
 use tfhe::safe_serialization::{DeserializationConfig, SerializationConfig};
@@ -20,11 +22,11 @@ use tfhe::shortint::parameters::{
 };
 use tfhe::{
     set_server_key, ClientKey, CompactPublicKey, CompressedServerKey, Config, ConfigBuilder,
-    FheBool, FheBoolConformanceParams, FheUint128, FheUint128ConformanceParams, FheUint16,
-    FheUint160, FheUint160ConformanceParams, FheUint16ConformanceParams, FheUint256,
-    FheUint256ConformanceParams, FheUint32, FheUint32ConformanceParams, FheUint4,
-    FheUint4ConformanceParams, FheUint64, FheUint64ConformanceParams, FheUint8,
-    FheUint8ConformanceParams, Seed, ServerKey, SquashedNoiseFheBool, SquashedNoiseFheUint,
+    FheBool, FheUint128, FheUint16,
+    FheUint160, FheUint256,
+    FheUint32, FheUint4,
+    FheUint64, FheUint8,
+    Seed, ServerKey, SquashedNoiseFheBool, SquashedNoiseFheUint,
 };
 
 const KEY_LIMIT: u64 = 1 << 31;
@@ -99,14 +101,14 @@ enum Ct {
 
 macro_rules! each_uint {
     ($m:ident) => {
-        $m!(U4, FheUint4, FheUint4ConformanceParams, 1, u8);
-        $m!(U8, FheUint8, FheUint8ConformanceParams, 2, u8);
-        $m!(U16, FheUint16, FheUint16ConformanceParams, 3, u16);
-        $m!(U32, FheUint32, FheUint32ConformanceParams, 4, u32);
-        $m!(U64, FheUint64, FheUint64ConformanceParams, 5, u64);
-        $m!(U128, FheUint128, FheUint128ConformanceParams, 6, u128);
-        $m!(U160, FheUint160, FheUint160ConformanceParams, 7, U256);
-        $m!(U256, FheUint256, FheUint256ConformanceParams, 8, U256);
+        $m!(U4, FheUint4, 1, u8);
+        $m!(U8, FheUint8, 2, u8);
+        $m!(U16, FheUint16, 3, u16);
+        $m!(U32, FheUint32, 4, u32);
+        $m!(U64, FheUint64, 5, u64);
+        $m!(U128, FheUint128, 6, u128);
+        $m!(U160, FheUint160, 7, U256);
+        $m!(U256, FheUint256, 8, U256);
     };
 }
 
@@ -169,34 +171,53 @@ impl Ct {
         }
     }
 
-    /// Deserialize and, with a server key, check the ciphertext matches its parameters.
-    fn from_bytes(type_code: u8, bytes: &[u8], sk: Option<&ServerKey>) -> PyResult<Ct> {
-        let cfg = DeserializationConfig::new(CT_LIMIT);
+    /// Deserialize (safe, versioned, size-limited) and, for the evaluator, check the
+    /// structure against our parameters: the number of blocks of the type, and per block
+    /// the LWE shape, moduli, atomic pattern, and degree and noise within bounds.
+    ///
+    /// TFHE-rs's own conformance check demands *fresh* ciphertexts (exact degree and
+    /// nominal noise), which refuses valid results of trivial encryption, casts and
+    /// scalar ops, so it is kept for client inputs (proofs) only.
+    fn from_bytes(type_code: u8, bytes: &[u8], check: bool) -> PyResult<Ct> {
+        let cfg = DeserializationConfig::new(CT_LIMIT).disable_conformance();
+        let bad = || PyValueError::new_err("ciphertext does not match the keyset's parameters or its type");
         macro_rules! load {
-            ($variant:ident, $ty:ident, $id:ident, $code:expr, $clear:ty) => {
+            ($variant:ident, $ty:ident, $code:expr, $clear:ty) => {
                 if type_code == $code {
-                    let value: $ty = match sk {
-                        Some(sk) => cfg
-                            .deserialize_from(bytes, &$id::from(sk))
-                            .map_err(err)?,
-                        None => cfg.disable_conformance().deserialize_from(bytes).map_err(err)?,
-                    };
+                    let value: $ty = cfg.deserialize_from(bytes).map_err(err)?;
+                    if check {
+                        let (radix, _, _, _) = value.clone().into_raw_parts();
+                        let expected = ($ty::num_bits() + 1) / 2;
+                        if radix.blocks().len() != expected || !radix.blocks().iter().all(block_ok) {
+                            return Err(bad());
+                        }
+                    }
                     return Ok(Ct::$variant(value));
                 }
             };
         }
         if type_code == 0 {
-            let value: FheBool = match sk {
-                Some(sk) => cfg
-                    .deserialize_from(bytes, &FheBoolConformanceParams::from(sk))
-                    .map_err(err)?,
-                None => cfg.disable_conformance().deserialize_from(bytes).map_err(err)?,
-            };
+            let value: FheBool = cfg.deserialize_from(bytes).map_err(err)?;
+            if check && !block_ok(&value.clone().into_raw_parts()) {
+                return Err(bad());
+            }
             return Ok(Ct::Bool(value));
         }
         each_uint!(load);
         Err(PyValueError::new_err(format!("type code {type_code} is not supported")))
     }
+}
+
+fn block_ok(block: &tfhe::shortint::Ciphertext) -> bool {
+    let params = PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128;
+    let conformance = params.to_shortint_conformance_param();
+    let max_degree = params.message_modulus.0 * params.carry_modulus.0 - 1;
+    block.ct.is_conformant(&conformance.ct_params)
+        && block.message_modulus == params.message_modulus
+        && block.carry_modulus == params.carry_modulus
+        && block.atomic_pattern == conformance.atomic_pattern
+        && block.degree.get() <= max_degree
+        && block.noise_level().get() <= params.max_noise_level.get()
 }
 
 fn unsupported(what: &str) -> PyErr {
@@ -241,7 +262,7 @@ impl Client {
         let bytes = py.allow_threads(|| -> PyResult<Vec<u8>> {
             let ck = &self.key;
             macro_rules! enc {
-                ($variant:ident, $ty:ident, $id:ident, $code:expr, $clear:ty) => {
+                ($variant:ident, $ty:ident, $code:expr, $clear:ty) => {
                     if type_code == $code {
                         return Ct::$variant($ty::encrypt(<$clear>::from_u256(v), ck)).to_bytes();
                     }
@@ -259,7 +280,7 @@ impl Client {
     fn decrypt(&self, py: Python<'_>, type_code: u8, ciphertext: Vec<u8>) -> PyResult<Py<PyBytes>> {
         let out = py.allow_threads(|| -> PyResult<[u8; 32]> {
             let ck = &self.key;
-            let value = match Ct::from_bytes(type_code, &ciphertext, None)? {
+            let value = match Ct::from_bytes(type_code, &ciphertext, false)? {
                 Ct::Bool(c) => U256::from(c.decrypt(ck) as u128),
                 Ct::U4(c) => FheDecrypt::<u8>::decrypt(&c, ck).into_u256(),
                 Ct::U8(c) => FheDecrypt::<u8>::decrypt(&c, ck).into_u256(),
@@ -346,7 +367,7 @@ trait IntoCt {
     fn into_ct(self) -> Ct;
 }
 macro_rules! into_ct {
-    ($variant:ident, $ty:ident, $id:ident, $code:expr, $clear:ty) => {
+    ($variant:ident, $ty:ident, $code:expr, $clear:ty) => {
         impl IntoCt for $ty {
             fn into_ct(self) -> Ct {
                 Ct::$variant(self)
@@ -422,7 +443,7 @@ fn bool_scalar(op: u8, a: &FheBool, s: bool) -> PyResult<Ct> {
 
 fn cast_to(target: u8, source: Ct) -> PyResult<Ct> {
     macro_rules! to_uint {
-        ($variant:ident, $ty:ident, $id:ident, $code:expr, $clear:ty) => {
+        ($variant:ident, $ty:ident, $code:expr, $clear:ty) => {
             if target == $code {
                 return Ok(Ct::$variant(match source {
                     Ct::Bool(c) => $ty::cast_from(c),
@@ -475,7 +496,7 @@ impl Evaluator {
     /// Encrypted (op, a, b) -> (result type code, bytes).
     fn binary(&self, py: Python<'_>, op: u8, type_code: u8, a: Vec<u8>, b: Vec<u8>) -> PyResult<(u8, Py<PyBytes>)> {
         self.run(py, || {
-            let sk = Some(&self.key);
+            let sk = true;
             let (x, y) = (Ct::from_bytes(type_code, &a, sk)?, Ct::from_bytes(type_code, &b, sk)?);
             match (&x, &y) {
                 (Ct::Bool(x), Ct::Bool(y)) => bool_binary(op, x, y),
@@ -496,7 +517,7 @@ impl Evaluator {
     fn binary_scalar(&self, py: Python<'_>, op: u8, type_code: u8, a: Vec<u8>, scalar: Vec<u8>) -> PyResult<(u8, Py<PyBytes>)> {
         let s = u256_from(&scalar)?;
         self.run(py, || {
-            let x = Ct::from_bytes(type_code, &a, Some(&self.key))?;
+            let x = Ct::from_bytes(type_code, &a, true)?;
             let amount = low(s) as u32;
             macro_rules! go {
                 ($c:expr, $clear:ty) => {
@@ -524,7 +545,7 @@ impl Evaluator {
     /// Neg (20) and Not (21).
     fn unary(&self, py: Python<'_>, op: u8, type_code: u8, a: Vec<u8>) -> PyResult<(u8, Py<PyBytes>)> {
         self.run(py, || {
-            let x = Ct::from_bytes(type_code, &a, Some(&self.key))?;
+            let x = Ct::from_bytes(type_code, &a, true)?;
             macro_rules! go {
                 ($c:expr) => {
                     match op {
@@ -550,12 +571,12 @@ impl Evaluator {
     }
 
     fn cast(&self, py: Python<'_>, from_type: u8, to_type: u8, a: Vec<u8>) -> PyResult<(u8, Py<PyBytes>)> {
-        self.run(py, || cast_to(to_type, Ct::from_bytes(from_type, &a, Some(&self.key))?))
+        self.run(py, || cast_to(to_type, Ct::from_bytes(from_type, &a, true)?))
     }
 
     fn if_then_else(&self, py: Python<'_>, type_code: u8, condition: Vec<u8>, a: Vec<u8>, b: Vec<u8>) -> PyResult<(u8, Py<PyBytes>)> {
         self.run(py, || {
-            let sk = Some(&self.key);
+            let sk = true;
             let c = match Ct::from_bytes(0, &condition, sk)? {
                 Ct::Bool(c) => c,
                 _ => return Err(unsupported("condition")),
@@ -580,7 +601,7 @@ impl Evaluator {
         let v = u256_from(&value)?;
         self.run(py, || {
             macro_rules! go {
-                ($variant:ident, $ty:ident, $id:ident, $code:expr, $clear:ty) => {
+                ($variant:ident, $ty:ident, $code:expr, $clear:ty) => {
                     if type_code == $code {
                         return Ok(Ct::$variant($ty::encrypt_trivial(<$clear>::from_u256(v))));
                     }
@@ -601,7 +622,7 @@ impl Evaluator {
         let seed = Seed(u128::from_le_bytes(seed));
         self.run(py, || {
             macro_rules! go {
-                ($variant:ident, $ty:ident, $id:ident, $code:expr, $clear:ty) => {
+                ($variant:ident, $ty:ident, $code:expr, $clear:ty) => {
                     if type_code == $code {
                         return Ok(Ct::$variant(if bits == 0 {
                             $ty::generate_oblivious_pseudo_random(seed)
@@ -624,7 +645,7 @@ impl Evaluator {
         let key = self.key.clone();
         let bytes = py.allow_threads(move || -> PyResult<Vec<u8>> {
             set_server_key(key.clone());
-            let x = Ct::from_bytes(type_code, &a, Some(&key))?;
+            let x = Ct::from_bytes(type_code, &a, true)?;
             macro_rules! sq {
                 ($c:expr) => {
                     ser(&$c.squash_noise().map_err(err)?, CT_LIMIT)
@@ -647,7 +668,7 @@ impl Evaluator {
 
     /// Check that bytes are a ciphertext of this key's parameters and the given type.
     fn check(&self, py: Python<'_>, type_code: u8, a: Vec<u8>) -> PyResult<()> {
-        py.allow_threads(|| Ct::from_bytes(type_code, &a, Some(&self.key)).map(|_| ()))
+        py.allow_threads(|| Ct::from_bytes(type_code, &a, true).map(|_| ()))
     }
 }
 

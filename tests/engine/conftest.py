@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -15,9 +15,9 @@ class Harness:
     """Encrypt, evaluate and decrypt through the engine interface only."""
 
     name: str
-    client: Client
-    evaluator: Evaluator
-    server_key: bytes
+    client: Client = field(repr=False)
+    evaluator: Evaluator = field(repr=False)
+    server_key: bytes = field(repr=False)  # hundreds of MB: never in a failure report
 
     def enc(self, value: int, fhe_type: FheType) -> bytes:
         return self.client.encrypt(value, fhe_type)
