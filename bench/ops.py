@@ -1,0 +1,131 @@
+"""FHE engine benchmark: latency per op x type, sizes, key generation, per backend.
+
+    .venv/bin/python bench/ops.py [--backend tfhe-rs] [--types Uint8,Uint64]
+                                  [--ops Add,Mul,Lt,IfThenElse] [--repeat 3]
+
+Every result is decrypted and checked against the plaintext reference, so a fast wrong
+answer cannot pass as a figure. Writes bench/results/ops-<backend>.json and .md, with
+the reference coprocessor's published CPU figures beside ours (whitepaper, 192 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import time
+
+from coprocessor.fhe import reference as ref
+from coprocessor.fhe.engine import OpRequest, backend_names, get_backend
+from coprocessor.settings import REPO_ROOT
+from coprocessor.types import FheType, Op
+
+RESULTS = REPO_ROOT / "bench" / "results"
+DEFAULT_OPS = "Add,Sub,Mul,Lt,Eq,BitAnd,Shl,Min,IfThenElse"
+DEFAULT_TYPES = "Uint8,Uint16,Uint32,Uint64"
+FAILURE_PROBABILITY = {
+    "tfhe-rs": "2^-128 per PBS (PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128)"}
+# Zama's published CPU latencies (ms) for the reference, by op and bits.
+PUBLISHED_MS = {
+    "Add": {8: 54, 16: 60, 32: 82, 64: 109},
+    "Mul": {8: 98, 16: 141, 32: 213, 64: 400},
+    "Lt": {8: 37, 16: 55, 32: 77, 64: 99},
+    "IfThenElse": {8: 30, 16: 32, 32: 33, 64: 36},
+}
+
+
+def timed(function):
+    started = time.perf_counter()
+    value = function()
+    return value, (time.perf_counter() - started) * 1000
+
+
+def bench_backend(name: str, ops: list[Op], types: list[FheType], repeat: int) -> dict:
+    backend = get_backend(name)
+    keyset, keygen_ms = timed(backend.generate_keyset)
+    evaluator, load_ms = timed(lambda: backend.evaluator(keyset.server_key))
+    client = backend.client(keyset)
+    rng = random.Random(11)
+    result: dict = {
+        "backend": name, "cpus": os.cpu_count(), "keygen_ms": round(keygen_ms),
+        "server_key_load_ms": round(load_ms),
+        "sizes_bytes": {"client_key": len(keyset.client_key),
+                        "server_key_compressed": len(keyset.server_key),
+                        "public_params": len(keyset.public_params)},
+        # Ciphertext sizes include the 15-byte envelope header.
+        "ciphertext_bytes": {}, "squashed_bytes": {}, "latency_ms": {}, "pbs_count": "n/a",
+        "failure_probability": FAILURE_PROBABILITY.get(name, "see backend"),
+    }
+    for fhe_type in types:
+        sample = client.encrypt(1, fhe_type)
+        result["ciphertext_bytes"][fhe_type.name] = len(sample)
+        squashed = evaluator.squash(sample)
+        result["squashed_bytes"][fhe_type.name] = len(squashed)
+        assert client.decrypt(squashed) == 1
+    for op in ops:
+        row = result["latency_ms"].setdefault(op.name, {})
+        for fhe_type in types:
+            samples = []
+            for _ in range(repeat):
+                a, b = rng.randint(0, fhe_type.max_value), rng.randint(0, fhe_type.max_value)
+                if op is Op.IfThenElse:
+                    condition = rng.randint(0, 1)
+                    operands = (client.encrypt(condition, FheType.Bool),
+                                client.encrypt(a, fhe_type), client.encrypt(b, fhe_type))
+                    expected = ref.if_then_else(condition, a, b)
+                else:
+                    operands = (client.encrypt(a, fhe_type), client.encrypt(b, fhe_type))
+                    expected = ref.binary(op, a, b, fhe_type)
+                request = OpRequest(op, operands)
+                output, ms = timed(lambda r=request: evaluator.evaluate(r))
+                got = client.decrypt(output)
+                if got != expected:
+                    raise AssertionError(f"{name} {op.name} {fhe_type.name}: {got} != {expected}")
+                samples.append(ms)
+            row[fhe_type.name] = round(statistics.median(samples), 1)
+            print(f"{name:8s} {op.name:11s} {fhe_type.name:8s} {row[fhe_type.name]:10.1f} ms",
+                  flush=True)
+    return result
+
+
+def markdown(result: dict, types: list[FheType]) -> str:
+    lines = [f"### {result['backend']} ({result['cpus']} cores): median latency, ms "
+             "(published reference on 192 cores in brackets)", "",
+             "| op | " + " | ".join(t.name for t in types) + " |",
+             "|---|" + "---|" * len(types)]
+    for op, row in result["latency_ms"].items():
+        cells = []
+        for fhe_type in types:
+            ours = row.get(fhe_type.name)
+            theirs = PUBLISHED_MS.get(op, {}).get(fhe_type.bits)
+            cells.append(f"{ours}" + (f" ({theirs})" if theirs else ""))
+        lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    lines += ["", f"keygen {result['keygen_ms']} ms, server key load "
+              f"{result['server_key_load_ms']} ms, sizes {result['sizes_bytes']}",
+              f"ciphertext bytes {result['ciphertext_bytes']}",
+              f"squashed bytes {result['squashed_bytes']}"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=backend_names())
+    parser.add_argument("--ops", default=DEFAULT_OPS)
+    parser.add_argument("--types", default=DEFAULT_TYPES)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    ops = [Op.parse(name) for name in args.ops.split(",")]
+    types = [FheType.parse(name) for name in args.types.split(",")]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in [args.backend] if args.backend else backend_names():
+        result = bench_backend(name, ops, types, args.repeat)
+        (RESULTS / f"ops-{name}.json").write_text(json.dumps(result, indent=2))
+        table = markdown(result, types)
+        (RESULTS / f"ops-{name}.md").write_text(table)
+        print(table)
+
+
+if __name__ == "__main__":
+    main()
