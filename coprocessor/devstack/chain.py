@@ -50,7 +50,7 @@ class Anvil:
             raise UserError(f"anvil is not installed ({binary}); run `make setup` first")
         logfile = state_dir / "chain" / "anvil.log"
         dump = state_dir / "chain" / "state.json"
-        port = self._choose_port(previous)
+        port = process.choose_port(self.requested_port, previous, "chain")
         argv = [str(binary), "--host", "127.0.0.1", "--port", str(port),
                 "--chain-id", str(self.chain_id), "--state", str(dump)]
         pid = process.spawn(argv, logfile)
@@ -58,13 +58,6 @@ class Anvil:
                            service="chain", log_path=logfile, pid=pid)
         return {"pid": pid, "port": port, "chain_id": self.chain_id, "log": str(logfile)}
 
-    def _choose_port(self, previous: Info | None) -> int:
-        if self.requested_port:
-            process.require_free_port(self.requested_port, "chain")
-            return self.requested_port
-        if previous and not process.port_is_open(previous["port"]):
-            return int(previous["port"])
-        return process.free_port()
 
     def down(self, info: Info) -> None:
         process.stop(info.get("pid"), expect="anvil")

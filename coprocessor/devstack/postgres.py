@@ -72,7 +72,8 @@ class Postgres:
         bindir = postgres_bin_dir()
         if not (bindir / "postgres").exists():
             raise UserError("postgres is not installed; run `make setup` first")
-        port = self._choose_port(previous)  # before any side effect: fail fast
+        # Before any side effect, so a busy port fails fast and leaves nothing behind.
+        port = process.choose_port(self.requested_port, previous, "postgres")
         user = _service_user()
         data = state_dir / "postgres" / "data"
         logfile = state_dir / "postgres" / "postgres.log"
@@ -99,13 +100,6 @@ class Postgres:
         self._ensure_database(port)
         return info
 
-    def _choose_port(self, previous: Info | None) -> int:
-        if self.requested_port:
-            process.require_free_port(self.requested_port, "postgres")
-            return self.requested_port
-        if previous and not process.port_is_open(previous["port"]):
-            return int(previous["port"])  # keep the URL stable across restarts
-        return process.free_port()
 
     @staticmethod
     def _ready(port: int) -> bool:

@@ -39,6 +39,17 @@ def require_free_port(port: int, service: str) -> None:
         raise UserError(f"{service}: port {port} on 127.0.0.1 is already in use")
 
 
+def choose_port(requested: int | None, previous: dict | None, service: str) -> int:
+    """The port a component listens on: the one asked for (it must be free), else the
+    one it had before if still free (so URLs survive a restart), else any free one."""
+    if requested:
+        require_free_port(requested, service)
+        return requested
+    if previous and previous.get("port") and not port_is_open(previous["port"]):
+        return int(previous["port"])
+    return free_port()
+
+
 def spawn(
     argv: list[str],
     log_path: Path,

@@ -39,7 +39,7 @@ class MinioS3:
         data = state_dir / "s3" / "data"
         logfile = state_dir / "s3" / "minio.log"
         data.mkdir(parents=True, exist_ok=True)
-        port = self._choose_port(previous)
+        port = process.choose_port(self.requested_port, previous, "s3")
         console = process.free_port()
         pid = process.spawn(
             [str(binary), "server", str(data), "--quiet",
@@ -60,13 +60,6 @@ class MinioS3:
         self._ensure_bucket(info)
         return info
 
-    def _choose_port(self, previous: Info | None) -> int:
-        if self.requested_port:
-            process.require_free_port(self.requested_port, "s3")
-            return self.requested_port
-        if previous and not process.port_is_open(previous["port"]):
-            return int(previous["port"])
-        return process.free_port()
 
     def _ensure_bucket(self, info: Info) -> None:
         import boto3
