@@ -46,7 +46,7 @@ def bench_backend(name: str, ops: list[Op], types: list[FheType], repeat: int) -
     backend = get_backend(name)
     keyset, keygen_ms = timed(backend.generate_keyset)
     evaluator, load_ms = timed(lambda: backend.evaluator(keyset.server_key))
-    client = backend.client(keyset)
+    client = backend.client(keyset.client_key, keyset.key_id)
     rng = random.Random(11)
     result: dict = {
         "backend": name, "cpus": os.cpu_count(), "keygen_ms": round(keygen_ms),

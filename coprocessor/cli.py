@@ -90,6 +90,98 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- fhectl tenant / encrypt / decrypt --------------------------------------------------
+
+async def _connected(action):
+    """Run ``action(connection)`` on one database connection."""
+    from .db.pool import connect
+
+    connection = await connect(load_settings().database_url)
+    try:
+        return await action(connection)
+    finally:
+        await connection.close()
+
+
+async def _tenant(connection, name: str):
+    from .db import queries
+
+    tenant = await queries.get_tenant(connection, name)
+    if tenant is None:
+        raise UserError(f"unknown tenant {name!r}; create it with `fhectl tenant create {name}`")
+    return tenant
+
+
+def cmd_tenant_create(args: argparse.Namespace) -> int:
+    from . import tenants
+    from .storage import ObjectStore
+
+    settings = load_settings()
+    tenants.check_name(args.name)
+    store = ObjectStore(settings)
+    store.check()
+    result = asyncio.run(_connected(lambda c: tenants.create_tenant(
+        c, store, settings, args.name, args.chain_id, args.backend)))
+    tenant = result.tenant
+    _print({"tenant": tenant.name, "created": result.created, "backend": tenant.backend,
+            "chain_id": tenant.chain_id, "key_id": "0x" + tenant.key_id.hex(),
+            "server_key": tenant.keys_location,
+            "client_key": str(tenants.key_dir(settings, tenant.name) / "client_key")},
+           args.output)
+    return 0
+
+
+def cmd_encrypt(args: argparse.Namespace) -> int:
+    from . import tenants
+    from .db import queries
+    from .types import FheType
+
+    settings = load_settings()
+    try:
+        fhe_type = FheType.parse(args.type)
+        value = int(args.value, 0)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+    async def run(connection):
+        tenant = await _tenant(connection, args.tenant)
+        client = tenants.load_client(settings, tenant)
+        try:
+            ciphertext = client.encrypt(value, fhe_type)
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        handle = tenants.input_handle(ciphertext, tenant.chain_id, fhe_type)
+        await queries.insert_ciphertext(connection, tenant.tenant_id, handle, ciphertext, 0,
+                                        int(fhe_type))
+        return handle
+
+    handle = asyncio.run(_connected(run))
+    print("0x" + handle.hex())
+    return 0
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    from . import tenants
+    from .db import queries
+    from .types import Handle
+
+    settings = load_settings()
+    try:
+        handle = Handle.parse(args.handle)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+    async def run(connection):
+        tenant = await _tenant(connection, args.tenant)
+        stored = await queries.get_ciphertexts(connection, tenant.tenant_id, [handle.raw])
+        if handle.raw not in stored:
+            raise UserError(f"no ciphertext {handle} for tenant {tenant.name!r}")
+        return tenants.load_client(settings, tenant).decrypt(stored[handle.raw].ciphertext)
+
+    print(asyncio.run(_connected(run)))
+    return 0
+
+
 # --- fhectl fhe -------------------------------------------------------------------------
 
 def cmd_fhe_ops(args: argparse.Namespace) -> int:
@@ -137,6 +229,26 @@ def build_parser() -> argparse.ArgumentParser:
                 sub.add_argument(f"--{component}-port", type=int, metavar="PORT",
                                  help=f"{component} port (default: a free one, kept across "
                                       "restarts)")
+
+    tenant = groups.add_parser("tenant", help="tenants and their keysets")
+    tenant_cmds = tenant.add_subparsers(dest="command", required=True, metavar="ACTION")
+    create = tenant_cmds.add_parser("create", help="generate a keyset (idempotent by name)")
+    create.add_argument("name")
+    create.add_argument("--chain-id", type=int, default=12345)
+    create.add_argument("--backend", default="tfhe-rs")
+    create.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    create.set_defaults(handler=cmd_tenant_create)
+
+    encrypt = groups.add_parser("encrypt", help="encrypt a value, store it, print its handle")
+    encrypt.add_argument("--tenant", required=True)
+    encrypt.add_argument("--type", required=True, help="Bool, Uint4 ... Uint256")
+    encrypt.add_argument("value", help="decimal or 0x-hex")
+    encrypt.set_defaults(handler=cmd_encrypt)
+
+    decrypt = groups.add_parser("decrypt", help="print the plaintext of a stored ciphertext")
+    decrypt.add_argument("--tenant", required=True)
+    decrypt.add_argument("handle", help="32-byte handle, 0x-hex")
+    decrypt.set_defaults(handler=cmd_decrypt)
 
     fhe = groups.add_parser("fhe", help="the FHE engine")
     fhe_cmds = fhe.add_subparsers(dest="command", required=True, metavar="ACTION")

@@ -53,10 +53,7 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
             stack.down(state_dir, components)
 
 
-@pytest.fixture
-async def database_url(dev_stack: dict[str, str]) -> AsyncIterator[str]:
-    """A fresh, migrated database per test, dropped afterwards."""
-    server_url = dev_stack["FHE_DATABASE_URL"]
+async def _fresh_database(server_url: str) -> AsyncIterator[str]:
     name = f"test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(server_url)
     try:
@@ -71,6 +68,20 @@ async def database_url(dev_stack: dict[str, str]) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def database_url(dev_stack: dict[str, str]) -> AsyncIterator[str]:
+    """A fresh, migrated database per test, dropped afterwards."""
+    async for url in _fresh_database(dev_stack["FHE_DATABASE_URL"]):
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def database_url_module(dev_stack: dict[str, str]) -> AsyncIterator[str]:
+    """The same, shared by one module's tests (when setting up is expensive)."""
+    async for url in _fresh_database(dev_stack["FHE_DATABASE_URL"]):
+        yield url
 
 
 @pytest.fixture

@@ -90,7 +90,9 @@ class Backend(Protocol):
 
     def generate_keyset(self) -> Keyset: ...
 
-    def client(self, keyset: Keyset) -> Client: ...
+    def client(self, client_key: bytes, key_id: bytes) -> Client:
+        """A client needs only its secret key and the keyset's id (to label ciphertexts
+        with the key digest), never the server key."""
 
     def evaluator(self, server_key: bytes) -> Evaluator: ...
 

@@ -54,9 +54,9 @@ def _from_le(data: bytes) -> int:
 class TfheRsClient:
     backend = NAME
 
-    def __init__(self, keyset: Keyset) -> None:
-        self._client = _native().Client(keyset.client_key)
-        self._digest = key_digest(keyset.server_key)
+    def __init__(self, client_key: bytes, key_id: bytes) -> None:
+        self._client = _native().Client(client_key)
+        self._digest = key_id[:8]  # == key_digest(server_key): key_id is its SHA-256
 
     def encrypt(self, value: int, fhe_type: FheType) -> bytes:
         if fhe_type not in SUPPORTED_TYPES:
@@ -254,10 +254,11 @@ class TfheRsBackend:
         client_key, server_key, public_key = _native().generate_keys()
         return Keyset(NAME, client_key, server_key, public_key)
 
-    def client(self, keyset: Keyset) -> TfheRsClient:
-        if keyset.backend != NAME:
-            raise BadCiphertext(f"keyset is for backend {keyset.backend!r}, not {NAME!r}")
-        return TfheRsClient(keyset)
+    def client(self, client_key: bytes, key_id: bytes) -> TfheRsClient:
+        try:
+            return TfheRsClient(client_key, key_id)
+        except ValueError as error:
+            raise BadCiphertext(f"not a {NAME} client key: {error}") from None
 
     def evaluator(self, server_key: bytes) -> TfheRsEvaluator:
         """One evaluator per keyset and process (decompressing the key takes seconds),

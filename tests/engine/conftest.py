@@ -35,5 +35,5 @@ class Harness:
 def engine(request) -> Harness:
     backend = get_backend(request.param)
     keyset = backend.generate_keyset()
-    return Harness(backend.name, backend.client(keyset), backend.evaluator(keyset.server_key),
-                   keyset.server_key)
+    return Harness(backend.name, backend.client(keyset.client_key, keyset.key_id),
+                   backend.evaluator(keyset.server_key), keyset.server_key)

@@ -1,0 +1,123 @@
+"""Tenants and their keysets: creation, and loading the keys each role needs.
+
+Where each key lives:
+* the **client key** (secret) stays on the machine that created the tenant, under
+  ``<cache>/keys/<tenant>/`` with mode 0600; the coprocessor never stores it;
+* the **server key** (hundreds of MB for TFHE-rs) goes to S3 at
+  ``keys/<tenant>/<key id>/server_key``, named on the tenant row (keys_location);
+* the **public parameters** (compact public key) are small and stay in the row.
+
+Creation is restartable: the keyset is first written locally, so a run that dies after
+key generation but before the database row reuses those keys instead of making new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from .db import queries
+from .errors import UserError
+from .fhe.engine import Client, Keyset, get_backend
+from .settings import Settings
+from .storage import ObjectStore
+
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise UserError(f"tenant name {name!r} must be lowercase letters, digits and '-', "
+                        "1-63 characters, starting and ending with a letter or digit")
+    return name
+
+
+def key_dir(settings: Settings, name: str) -> Path:
+    return settings.cache_dir / "keys" / check_name(name)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+def _local_keyset(directory: Path, backend: str) -> Keyset | None:
+    files = [directory / n for n in ("client_key", "server_key", "public_params", "backend")]
+    if not all(f.exists() for f in files):
+        return None
+    if files[3].read_text().strip() != backend:
+        raise UserError(f"local keys in {directory} are for backend "
+                        f"{files[3].read_text().strip()!r}, not {backend!r}")
+    return Keyset(backend, files[0].read_bytes(), files[1].read_bytes(), files[2].read_bytes())
+
+
+@dataclass(frozen=True)
+class CreatedTenant:
+    tenant: queries.Tenant
+    created: bool
+
+
+async def create_tenant(connection: asyncpg.Connection, store: ObjectStore,
+                        settings: Settings, name: str, chain_id: int,
+                        backend_name: str) -> CreatedTenant:
+    check_name(name)
+    if not 0 < chain_id < 2**63:
+        raise UserError(f"chain id {chain_id} must be a positive 63-bit integer")
+    existing = await queries.get_tenant(connection, name)
+    if existing is not None:
+        return CreatedTenant(existing, created=False)
+    backend = get_backend(backend_name)
+    directory = key_dir(settings, name)
+    keyset = _local_keyset(directory, backend_name)
+    if keyset is None:
+        keyset = backend.generate_keyset()
+        _write_private(directory / "server_key", keyset.server_key)
+        _write_private(directory / "public_params", keyset.public_params)
+        _write_private(directory / "client_key", keyset.client_key)
+        _write_private(directory / "backend", backend_name.encode())
+    location = f"keys/{name}/{keyset.key_id.hex()}/server_key"
+    store.put(location, keyset.server_key)
+    tenant = await queries.create_tenant(
+        connection, name, chain_id, keyset.key_id, backend_name,
+        keys_location=f"s3://{store.bucket}/{location}", public_params=keyset.public_params)
+    # The server key is in S3 now; the local copy was only there for restarts.
+    (directory / "server_key").unlink(missing_ok=True)
+    return CreatedTenant(tenant, created=True)
+
+
+def load_client(settings: Settings, tenant: queries.Tenant) -> Client:
+    path = key_dir(settings, tenant.name) / "client_key"
+    if not path.exists():
+        raise UserError(f"no client key for tenant {tenant.name!r} on this machine "
+                        f"(expected {path}); decrypt where the tenant was created")
+    return get_backend(tenant.backend).client(path.read_bytes(), tenant.key_id)
+
+
+def load_server_key(store: ObjectStore, tenant: queries.Tenant) -> bytes:
+    if not tenant.keys_location or not tenant.keys_location.startswith("s3://"):
+        raise UserError(f"tenant {tenant.name!r} has no server key location")
+    key = tenant.keys_location.split("/", 3)[3]
+    data = store.get(key)
+    if hashlib.sha256(data).digest() != tenant.key_id:
+        raise UserError(f"server key at {tenant.keys_location} does not match tenant "
+                        f"{tenant.name!r}'s key id")
+    return data
+
+
+def input_handle(ciphertext: bytes, chain_id: int, fhe_type: int) -> bytes:
+    """A handle for a ciphertext given directly by a person (`fhectl encrypt`): keccak of
+    the bytes as the prehandle, input index 0, the tenant's chain id, type, version 0."""
+    from eth_hash.auto import keccak
+
+    from .types import FheType, make_handle
+
+    return make_handle(keccak(b"fhectl-input" + ciphertext), 0, chain_id,
+                       FheType(fhe_type)).raw
