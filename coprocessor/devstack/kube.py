@@ -129,6 +129,13 @@ class KubeControlPlane:
             # A loopback advertise address is not a valid Endpoints IP; without this the
             # apiserver logs an error every 10 s.
             "--endpoint-reconciler-type=none",
+            "--requestheader-client-ca-file", str(pki / "front-proxy-ca.crt"),
+            "--requestheader-allowed-names", "front-proxy-client",
+            "--requestheader-username-headers", "X-Remote-User",
+            "--requestheader-group-headers", "X-Remote-Group",
+            "--requestheader-extra-headers-prefix", "X-Remote-Extra-",
+            "--proxy-client-cert-file", str(pki / "front-proxy-client.crt"),
+            "--proxy-client-key-file", str(pki / "front-proxy-client.key"),
             "--enable-priority-and-fairness=false", "--profiling=false",
             "--event-ttl", "1h"])
         process.wait_until(lambda: _api_get(info, "/readyz")[0] == 200, timeout=120,

@@ -38,9 +38,15 @@ def ensure_pki(directory: Path) -> Path:
     """Create the CA, serving and client certificates and the service-account key."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
-    if not (directory / "ca.crt").exists():
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
-                 "-out", "ca.crt", "-days", "3650", "-subj", "/CN=fhe-dev-ca", cwd=directory)
+    for ca, subject in (("ca", "/CN=fhe-dev-ca"), ("front-proxy-ca", "/CN=fhe-front-proxy-ca")):
+        if not (directory / f"{ca}.crt").exists():
+            _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key",
+                     "-out", f"{ca}.crt", "-days", "3650", "-subj", subject, cwd=directory)
+    # The aggregation layer's client: without it the controller-manager and scheduler
+    # log "missing content for CA bundle ... requestheader-client-ca-file" forever.
+    if not (directory / "front-proxy-client.crt").exists():
+        _sign(directory, "front-proxy-client", "/CN=front-proxy-client",
+              "extendedKeyUsage=clientAuth", ca="front-proxy-ca")
     if not (directory / "sa.key").exists():
         _openssl("genrsa", "-out", "sa.key", "2048", cwd=directory)
         _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=directory)
@@ -56,11 +62,11 @@ def ensure_pki(directory: Path) -> Path:
     return directory
 
 
-def _sign(directory: Path, name: str, subject: str, extension: str) -> None:
+def _sign(directory: Path, name: str, subject: str, extension: str, ca: str = "ca") -> None:
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
              f"{name}.csr", "-subj", subject, cwd=directory)
     (directory / f"{name}.ext").write_text(extension + "\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
              "-CAcreateserial", "-out", f"{name}.crt", "-days", "3650", "-extfile",
              f"{name}.ext", cwd=directory)
 
