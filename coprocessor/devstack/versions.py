@@ -6,7 +6,7 @@ import glob
 import shutil
 from pathlib import Path
 
-from ..settings import REPO_ROOT, default_cache_dir
+from ..settings import REPO_ROOT, load_settings
 
 VERSIONS_FILE = REPO_ROOT / "tools" / "versions.env"
 
@@ -21,8 +21,13 @@ def pinned() -> dict[str, str]:
     return values
 
 
+def _cache(cache_dir: Path | None) -> Path:
+    """FHE_CACHE_DIR (the installer's cache) unless a directory is given."""
+    return cache_dir or load_settings().cache_dir
+
+
 def bin_dir(cache_dir: Path | None = None) -> Path:
-    return (cache_dir or default_cache_dir()) / "bin"
+    return _cache(cache_dir) / "bin"
 
 
 def minio_binary(cache_dir: Path | None = None) -> Path:
@@ -30,7 +35,7 @@ def minio_binary(cache_dir: Path | None = None) -> Path:
 
 
 def npm_prefix(cache_dir: Path | None = None) -> Path:
-    return (cache_dir or default_cache_dir()) / "npm"
+    return _cache(cache_dir) / "npm"
 
 
 def anvil_binary(cache_dir: Path | None = None) -> Path:
