@@ -11,7 +11,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..errors import UserError
 from . import process
 from .component import Info
 from .versions import anvil_binary
@@ -45,9 +44,7 @@ class Anvil:
     def up(self, state_dir: Path, previous: Info | None) -> Info:
         if previous and self.health(previous)["healthy"]:
             return previous
-        binary = anvil_binary()
-        if not binary.exists():
-            raise UserError(f"anvil is not installed ({binary}); run `make setup` first")
+        binary = process.require_installed(anvil_binary(), "anvil")
         logfile = state_dir / "chain" / "anvil.log"
         dump = state_dir / "chain" / "state.json"
         port = process.choose_port(self.requested_port, previous, "chain")

@@ -17,7 +17,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from ..errors import ServiceUnavailable, UserError
+from ..errors import ServiceUnavailable
 from . import process
 from .component import Info
 from .versions import postgres_bin_dir
@@ -69,9 +69,7 @@ class Postgres:
     def up(self, state_dir: Path, previous: Info | None) -> Info:
         if previous and self.health(previous)["healthy"]:
             return previous
-        bindir = postgres_bin_dir()
-        if not (bindir / "postgres").exists():
-            raise UserError("postgres is not installed; run `make setup` first")
+        bindir = process.require_installed(postgres_bin_dir() / "postgres", "postgres").parent
         # Before any side effect, so a busy port fails fast and leaves nothing behind.
         port = process.choose_port(self.requested_port, previous, "postgres")
         user = _service_user()

@@ -50,6 +50,13 @@ def choose_port(requested: int | None, previous: dict | None, service: str) -> i
     return free_port()
 
 
+def require_installed(path: Path, what: str) -> Path:
+    """A server binary the installer should have put in place."""
+    if not path.exists():
+        raise UserError(f"{what} is not installed ({path}); run `make setup` first")
+    return path
+
+
 def spawn(
     argv: list[str],
     log_path: Path,

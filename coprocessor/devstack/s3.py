@@ -6,7 +6,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..errors import UserError
 from ..settings import load_settings
 from . import process
 from .component import Info
@@ -32,9 +31,7 @@ class MinioS3:
     def up(self, state_dir: Path, previous: Info | None) -> Info:
         if previous and self.health(previous)["healthy"]:
             return previous
-        binary = minio_binary()
-        if not binary.exists():
-            raise UserError(f"MinIO is not built ({binary}); run `make setup` first")
+        binary = process.require_installed(minio_binary(), "MinIO")
         settings = load_settings()
         data = state_dir / "s3" / "data"
         logfile = state_dir / "s3" / "minio.log"

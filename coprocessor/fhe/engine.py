@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import Irrecoverable, UserError
@@ -60,7 +60,6 @@ class OpRequest:
     scalars: tuple[int, ...] = ()
     result_type: FheType | None = None
     seed: bytes = b""
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class Client(Protocol):

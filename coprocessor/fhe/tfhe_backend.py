@@ -25,7 +25,6 @@ from .engine import (
     UnsupportedOperation,
     operand_type,
     require_support,
-    result_type_of,
 )
 from .envelope import BadCiphertext, Envelope, Kind, key_digest
 
@@ -92,7 +91,8 @@ class TfheRsEvaluator:
     def _wrap(self, type_code: int, payload: bytes, kind: Kind = Kind.CIPHERTEXT) -> bytes:
         return Envelope(NAME, FheType(type_code), kind, self.key_digest, payload).to_bytes()
 
-    def _call(self, method: str, *args: object) -> tuple[int, bytes]:
+    def _call(self, method: str, *args: object):
+        """Call the native evaluator; its ValueErrors become our error classes."""
         try:
             return getattr(self._evaluator, method)(*args)
         except ValueError as error:
@@ -211,23 +211,14 @@ class TfheRsEvaluator:
 
     def squash(self, ciphertext: bytes) -> bytes:
         envelope = self._open(ciphertext)
-        try:
-            payload = self._evaluator.squash(int(envelope.fhe_type), envelope.payload)
-        except ValueError as error:
-            raise BadCiphertext(f"rejected by TFHE-rs: {error}") from None
+        payload = self._call("squash", int(envelope.fhe_type), envelope.payload)
         return self._wrap(int(envelope.fhe_type), payload, Kind.SQUASHED)
 
     def check(self, ciphertext: bytes) -> FheType:
         """Raise BadCiphertext unless the bytes deserialize under this key's parameters."""
         envelope = self._open(ciphertext)
-        self._call_check(envelope)
+        self._call("check", int(envelope.fhe_type), envelope.payload)
         return envelope.fhe_type
-
-    def _call_check(self, envelope: Envelope) -> None:
-        try:
-            self._evaluator.check(int(envelope.fhe_type), envelope.payload)
-        except ValueError as error:
-            raise BadCiphertext(f"rejected by TFHE-rs: {error}") from None
 
 
 def _one_scalar(request: OpRequest) -> int:
@@ -274,7 +265,3 @@ class TfheRsBackend:
             while len(self._cache) > EVALUATOR_CACHE_SIZE:
                 self._cache.popitem(last=False)
         return evaluator
-
-    def result_type(self, request: OpRequest, operand_types: list[FheType]) -> FheType:
-        working = operand_type(request.op, operand_types, request.result_type)
-        return result_type_of(request.op, working, request.result_type)

@@ -142,6 +142,23 @@ impl FromU256 for U256 {
     }
 }
 
+/// `on_any!(ct, c => expr)`: the same expression for every variant.
+macro_rules! on_any {
+    ($value:expr, $c:ident => $e:expr) => {
+        match $value {
+            Ct::Bool($c) => $e,
+            Ct::U4($c) => $e,
+            Ct::U8($c) => $e,
+            Ct::U16($c) => $e,
+            Ct::U32($c) => $e,
+            Ct::U64($c) => $e,
+            Ct::U128($c) => $e,
+            Ct::U160($c) => $e,
+            Ct::U256($c) => $e,
+        }
+    };
+}
+
 impl Ct {
     fn type_code(&self) -> u8 {
         match self {
@@ -158,17 +175,7 @@ impl Ct {
     }
 
     fn to_bytes(&self) -> PyResult<Vec<u8>> {
-        match self {
-            Ct::Bool(c) => ser(c, CT_LIMIT),
-            Ct::U4(c) => ser(c, CT_LIMIT),
-            Ct::U8(c) => ser(c, CT_LIMIT),
-            Ct::U16(c) => ser(c, CT_LIMIT),
-            Ct::U32(c) => ser(c, CT_LIMIT),
-            Ct::U64(c) => ser(c, CT_LIMIT),
-            Ct::U128(c) => ser(c, CT_LIMIT),
-            Ct::U160(c) => ser(c, CT_LIMIT),
-            Ct::U256(c) => ser(c, CT_LIMIT),
-        }
+        on_any!(self, c => ser(c, CT_LIMIT))
     }
 
     /// Deserialize (safe, versioned, size-limited) and, for the evaluator, check the
@@ -646,22 +653,7 @@ impl Evaluator {
         let bytes = py.allow_threads(move || -> PyResult<Vec<u8>> {
             set_server_key(key.clone());
             let x = Ct::from_bytes(type_code, &a, true)?;
-            macro_rules! sq {
-                ($c:expr) => {
-                    ser(&$c.squash_noise().map_err(err)?, CT_LIMIT)
-                };
-            }
-            match x {
-                Ct::Bool(c) => sq!(c),
-                Ct::U4(c) => sq!(c),
-                Ct::U8(c) => sq!(c),
-                Ct::U16(c) => sq!(c),
-                Ct::U32(c) => sq!(c),
-                Ct::U64(c) => sq!(c),
-                Ct::U128(c) => sq!(c),
-                Ct::U160(c) => sq!(c),
-                Ct::U256(c) => sq!(c),
-            }
+            on_any!(x, c => ser(&c.squash_noise().map_err(err)?, CT_LIMIT))
         })?;
         Ok(PyBytes::new(py, &bytes).into())
     }

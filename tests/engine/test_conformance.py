@@ -9,7 +9,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from coprocessor.fhe import reference as ref
-from coprocessor.fhe.engine import InvalidOperands, UnsupportedOperation, support_matrix
+from coprocessor.fhe.engine import (
+    InvalidOperands,
+    UnsupportedOperation,
+    get_backend,
+    support_matrix,
+)
 from coprocessor.fhe.envelope import BadCiphertext, Envelope
 from coprocessor.types import FheType, Op
 
@@ -214,8 +219,7 @@ def test_unsupported_pairs_raise_instead_of_computing(engine):
         engine.run(Op.Add, engine.enc(1, FheType.Bool), engine.enc(1, FheType.Bool))
     with pytest.raises(UnsupportedOperation):
         engine.enc(1, FheType.Bytes64)
-    matrix = support_matrix(__import__("coprocessor.fhe.engine", fromlist=["x"]).get_backend(
-        engine.name))
+    matrix = support_matrix(get_backend(engine.name))
     assert matrix["FheAdd"]["Uint64"] == "supported"
     assert matrix["FheAdd"]["Bool"] != "supported"
     assert set(matrix) == {op.event_name for op in Op}
