@@ -140,3 +140,13 @@ def test_kubectl_works_with_the_exported_kubeconfig(kube_cluster):
                             env={**os.environ, "KUBECONFIG": kube_cluster["KUBECONFIG"]},
                             capture_output=True, text=True, timeout=30, check=True)
     assert {"node/fhe-gpu-0", "node/fhe-cpu-0"} <= set(result.stdout.split())
+
+
+def test_each_pod_output_is_kept_in_a_log_file(kube_api, kube_cluster, namespace):
+    batch, core = client.BatchV1Api(kube_api), client.CoreV1Api(kube_api)
+    batch.create_namespaced_job(namespace, job("chatty", 'echo "hello from $POD_NAME"'))
+    wait_for(lambda: job_condition(batch, "chatty", namespace), timeout=60, what="the job")
+    pod = pods_of(core, "chatty", namespace)[0]
+    log = (Path(kube_cluster["STATE_DIR"]) / "kube" / "pods"
+           / f"{namespace}_{pod.metadata.name}_{pod.metadata.uid}.log")
+    assert log.read_text().strip() == f"hello from {pod.metadata.name}"
