@@ -58,6 +58,18 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Waiters poll this often even without a NOTIFY."
     )
 
+    compute_workers: int = Field(
+        0, ge=0, le=1024,
+        description="Operations a compute pod runs at once; 0 = one per usable core.")
+    compute_strategy: Literal["max_parallelism", "max_locality"] = Field(
+        "max_parallelism", description="How a compute pod orders ready work.")
+    compute_input_wait_s: float = Field(
+        120.0, gt=0, description="How long a compute pod waits for inputs another batch "
+        "has not produced yet before exiting recoverably (75).")
+    termination_log: Path = Field(
+        Path("/dev/termination-log"),
+        description="Where a Job's pod writes its JSON summary for the operator.")
+
     @field_validator("database_url")
     @classmethod
     def _postgres_scheme(cls, value: str) -> str:

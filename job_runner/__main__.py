@@ -1,26 +1,96 @@
 """``fhe-job STAGE --batch ID``: the entry point of every stage pod.
 
-Exit codes follow coprocessor.errors: 0 done, 3 irrecoverable (the Job's
-podFailurePolicy fails the Job at once), 75 recoverable (retried), 1 fatal.
+Exit codes follow coprocessor.errors: 0 done, 3 irrecoverable (bad input; the Job's
+podFailurePolicy fails the Job at once), 75 recoverable (database or S3 down, inputs
+not produced yet; the Job controller retries the pod), 1 fatal. Whatever happens, a
+JSON summary goes to the termination log, where Kubernetes (and our node agent)
+reads it into the pod status for the operator.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import os
 import sys
+from pathlib import Path
 
-from coprocessor.errors import EXIT_IRRECOVERABLE
+from coprocessor.db.pool import classify
+from coprocessor.errors import EXIT_IRRECOVERABLE, EXIT_OK, exit_code_for
+from coprocessor.logs import configure_logging
+from coprocessor.settings import load_settings
 
 STAGES = ("compute", "sns", "send", "verify")
-AVAILABLE: dict[str, object] = {}  # stage name -> runner; filled as stages are built
+AVAILABLE = ("compute",)  # stages built so far; the operator rejects the others
+
+log = logging.getLogger("fhe-job")
+
+
+def _index_default() -> int:
+    """Indexed Jobs give each pod its index in JOB_COMPLETION_INDEX."""
+    value = os.environ.get("JOB_COMPLETION_INDEX", "0")
+    return int(value) if value.isdigit() else 0
+
+
+def write_termination_message(path: Path, summary: dict[str, object]) -> None:
+    """Best effort: outside a pod the path may not exist; the summary is logged anyway."""
+    text = json.dumps(summary, separators=(",", ":"))[:4000]
+    try:
+        path.write_text(text)
+    except OSError as error:
+        log.info("no termination log", extra={"fields": {"path": str(path),
+                                                          "error": str(error)}})
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fhe-job", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=STAGES)
     parser.add_argument("--batch", required=True, help="batch id (namespace/name@spec-hash)")
+    parser.add_argument("--index", type=int, default=_index_default(),
+                        help="this pod's index in an Indexed Job (default: "
+                             "$JOB_COMPLETION_INDEX or 0)")
+    parser.add_argument("--count", type=int, default=1, help="pods sharing the batch")
     args = parser.parse_args(argv)
     if args.stage not in AVAILABLE:
         print(f"fhe-job: error: stage {args.stage!r} is not available in this release",
               file=sys.stderr)
         sys.exit(EXIT_IRRECOVERABLE)
+    if args.count < 1 or not 0 <= args.index < args.count:
+        parser.error(f"--index {args.index} must be in 0..{args.count - 1}")
+    sys.exit(run_stage(args.stage, args.batch, args.index, args.count))
+
+
+def run_stage(stage: str, batch_id: str, index: int, count: int) -> int:
+    try:
+        settings = load_settings()
+    except Exception as error:
+        print(f"fhe-job: error: {error}", file=sys.stderr)
+        return exit_code_for(error)
+    configure_logging(settings.log_level, settings.log_format)
+    from .compute import run_compute
+
+    try:
+        summary = asyncio.run(run_compute(settings, batch_id, index, count))
+    except Exception as raised:  # every class of error maps to its exit code
+        error = classify(raised)
+        code = exit_code_for(error)
+        log.error("stage failed", exc_info=raised if code == 1 else None, extra={"fields": {
+            "stage": stage, "batch": batch_id, "error": str(error), "exit_code": code}})
+        write_termination_message(settings.termination_log, {
+            "completed": 0, "failed": 0, "error": str(error)[:800], "exit_code": code})
+        return code
+    report = summary.as_dict()
+    code = EXIT_IRRECOVERABLE if summary.failed else EXIT_OK
+    if summary.failed and not summary.error:
+        first = next(iter(summary.failures.items()), ("?", "?"))
+        report["error"] = f"{summary.failed} computation(s) failed; {first[0]}: {first[1]}"[:800]
+    report["exit_code"] = code
+    write_termination_message(settings.termination_log, report)
+    log.info("stage finished", extra={"fields": {"stage": stage, "batch": batch_id, **report}})
+    return code
+
+
+if __name__ == "__main__":
+    main()

@@ -29,3 +29,11 @@ async def create_pool(database_url: str, size: int = 8) -> asyncpg.Pool:
         raise ServiceUnavailable("postgres", f"{type(error).__name__}: {error}") from error
     assert pool is not None
     return pool
+
+
+def classify(error: BaseException) -> BaseException:
+    """A lost connection in the middle of work is the database being unavailable
+    (recoverable), not a bug; everything else is returned unchanged."""
+    if isinstance(error, (*_UNAVAILABLE, asyncpg.PostgresConnectionError)):
+        return ServiceUnavailable("postgres", f"{type(error).__name__}: {error}")
+    return error

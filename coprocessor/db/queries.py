@@ -80,6 +80,13 @@ async def get_tenant(connection: asyncpg.Connection, name: str) -> Tenant | None
     return Tenant(**dict(row)) if row else None
 
 
+async def get_tenant_by_id(connection: asyncpg.Connection, tenant_id: int) -> Tenant | None:
+    row = await connection.fetchrow(
+        """SELECT tenant_id, name, chain_id, key_id, backend, keys_location
+           FROM tenants WHERE tenant_id = $1""", tenant_id)
+    return Tenant(**dict(row)) if row else None
+
+
 async def get_server_key(connection: asyncpg.Connection, tenant_id: int) -> bytes | None:
     return await connection.fetchval("SELECT server_key FROM tenants WHERE tenant_id = $1",
                                      tenant_id)
@@ -286,6 +293,104 @@ async def mark_error(connection: asyncpg.Connection, tenant_id: int, handle: byt
              AND NOT is_error
            RETURNING output_handle""", tenant_id, handle, reason)
     return [bytes(r["output_handle"]) for r in rows]
+
+
+@dataclass(frozen=True)
+class Batch:
+    batch_id: str
+    tenant_id: int
+    namespace: str
+    name: str
+    total: int
+    released: bool
+
+
+async def get_batch(connection: asyncpg.Connection, batch_id: str) -> Batch | None:
+    row = await connection.fetchrow(
+        """SELECT batch_id, tenant_id, namespace, name, total,
+                  released_at IS NOT NULL AS released
+           FROM batches WHERE batch_id = $1""", batch_id)
+    return Batch(**dict(row)) if row else None
+
+
+@dataclass(frozen=True)
+class BatchComputation:
+    """A computation of a batch as the job runner sees it, with its state."""
+
+    output_handle: bytes
+    output_type: int
+    fhe_operation: int
+    dependencies: tuple[bytes, ...]
+    is_scalar: bool
+    dependence_chain_id: bytes | None
+    schedule_order: int
+    is_completed: bool
+    is_error: bool
+    error_message: str | None
+
+
+async def batch_computations(connection: asyncpg.Connection, batch_id: str
+                             ) -> list[BatchComputation]:
+    rows = await connection.fetch(
+        """SELECT c.output_handle, c.output_type, c.fhe_operation, c.dependencies,
+                  c.is_scalar, c.dependence_chain_id, c.schedule_order, c.is_completed,
+                  c.is_error, c.error_message
+           FROM batch_computations bc
+           JOIN computations c ON c.tenant_id = bc.tenant_id
+                              AND c.output_handle = bc.output_handle
+           WHERE bc.batch_id = $1 ORDER BY bc.position""", batch_id)
+    return [
+        BatchComputation(
+            output_handle=bytes(r["output_handle"]), output_type=r["output_type"],
+            fhe_operation=r["fhe_operation"],
+            dependencies=tuple(bytes(d) for d in r["dependencies"]),
+            is_scalar=r["is_scalar"],
+            dependence_chain_id=_optional_bytes(r["dependence_chain_id"]),
+            schedule_order=r["schedule_order"], is_completed=r["is_completed"],
+            is_error=r["is_error"], error_message=r["error_message"])
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True)
+class LockedComputation:
+    is_completed: bool
+    is_error: bool
+    error_message: str | None
+
+
+async def lock_computation(connection: asyncpg.Connection, tenant_id: int, handle: bytes
+                           ) -> LockedComputation | None:
+    """Claim one computation for this transaction; None when another worker holds it
+    (or it does not exist). The lock ends with the transaction, so a crashed worker's
+    claim is released with its connection."""
+    _in_transaction(connection)
+    row = await connection.fetchrow(
+        """SELECT is_completed, is_error, error_message FROM computations
+           WHERE tenant_id = $1 AND output_handle = $2 FOR UPDATE SKIP LOCKED""",
+        tenant_id, handle)
+    return LockedComputation(**dict(row)) if row else None
+
+
+@dataclass(frozen=True)
+class InputState:
+    """Where an input handle stands: stored, failed (with why), or neither yet."""
+
+    stored: bool
+    failed: str | None = None
+
+
+async def input_states(connection: asyncpg.Connection, tenant_id: int,
+                       handles: Sequence[bytes]) -> dict[bytes, InputState]:
+    rows = await connection.fetch(
+        """SELECT h.handle,
+                  EXISTS (SELECT 1 FROM ciphertexts t
+                          WHERE t.tenant_id = $1 AND t.handle = h.handle) AS stored,
+                  (SELECT coalesce(c.error_message, 'failed') FROM computations c
+                   WHERE c.tenant_id = $1 AND c.output_handle = h.handle
+                     AND c.is_error) AS failed
+           FROM unnest($2::bytea[]) AS h(handle)""", tenant_id, list(handles))
+    return {bytes(r["handle"]): InputState(r["stored"], r["failed"]) for r in rows}
 
 
 @dataclass(frozen=True)

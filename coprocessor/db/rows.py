@@ -19,8 +19,8 @@ MAX_BACKOFF_S = 32_000
 class ComputationRow:
     """One FHE operation: ``output_handle = fhe_operation(dependencies...)``.
 
-    When ``is_scalar`` is set, the last element of ``dependencies`` is the plaintext
-    operand's big-endian bytes rather than a handle (the reference's encoding).
+    ``dependencies`` holds operand handles and, where the op takes them, plaintext
+    operands as big-endian bytes; ``split_dependencies`` says which is which.
     """
 
     output_handle: bytes
@@ -33,7 +33,23 @@ class ComputationRow:
 
     @property
     def handle_dependencies(self) -> tuple[bytes, ...]:
-        return self.dependencies[:-1] if self.is_scalar else self.dependencies
+        return split_dependencies(self.fhe_operation, self.dependencies, self.is_scalar)[0]
+
+
+# Ops whose every operand is plaintext: TrivialEncrypt(value), Rand(seed),
+# RandBounded(upper bound, seed).
+PLAINTEXT_ONLY = frozenset({Op.TrivialEncrypt, Op.Rand, Op.RandBounded})
+
+
+def split_dependencies(op: int, dependencies: tuple[bytes, ...], is_scalar: bool
+                       ) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """(operand handles, plaintext operands) of a row, the reference's encoding: with
+    ``is_scalar`` the last element is plaintext; for the ops of PLAINTEXT_ONLY all are."""
+    if op in PLAINTEXT_ONLY:
+        return (), tuple(dependencies)
+    if is_scalar:
+        return tuple(dependencies[:-1]), tuple(dependencies[-1:])
+    return tuple(dependencies), ()
 
 
 @dataclass(frozen=True)

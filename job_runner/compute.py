@@ -1,0 +1,62 @@
+"""``fhe-job compute``: load one batch's graph, take this pod's share, run it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from coprocessor.db import queries
+from coprocessor.db.pool import create_pool
+from coprocessor.errors import Irrecoverable
+from coprocessor.fhe.engine import get_backend
+from coprocessor.settings import Settings
+from coprocessor.storage import ObjectStore
+from coprocessor.tenants import load_server_key
+
+from .dag import build_graph, node_from_row, partition, restrict
+from .executor import Executor, Summary, usable_cores
+from .schedule import Strategy
+
+log = logging.getLogger(__name__)
+
+
+class UnknownBatch(Irrecoverable):
+    """The batch id names nothing in the database (never admitted, or a typo)."""
+
+
+async def run_compute(settings: Settings, batch_id: str, index: int = 0, count: int = 1
+                      ) -> Summary:
+    pool = await create_pool(settings.database_url, size=settings.database_pool_size)
+    try:
+        async with pool.acquire() as connection:
+            batch = await queries.get_batch(connection, batch_id)
+            if batch is None:
+                raise UnknownBatch(f"batch {batch_id!r} is not admitted in the database")
+            tenant = await queries.get_tenant_by_id(connection, batch.tenant_id)
+            rows = await queries.batch_computations(connection, batch_id)
+        assert tenant is not None  # foreign key
+        graph = build_graph(node_from_row(r) for r in rows)
+        share = restrict(graph, partition(graph, index, count))
+        workers = settings.compute_workers or usable_cores()
+        log.info("batch loaded", extra={"fields": {
+            "batch": batch_id, "tenant": tenant.name, "nodes": len(graph.nodes),
+            "share": len(share.nodes), "pod": f"{index}/{count}", "workers": workers,
+            "strategy": settings.compute_strategy}})
+        if all(n.completed or n.error for n in share.nodes.values()):
+            evaluator = None  # nothing to compute: do not load a key of hundreds of MB
+        else:
+            evaluator = await asyncio.to_thread(_load_evaluator, settings, tenant)
+        executor = Executor(
+            pool, settings.database_url, tenant.tenant_id, evaluator, share,  # type: ignore[arg-type]
+            workers=workers, strategy=Strategy(settings.compute_strategy),
+            input_wait_s=settings.compute_input_wait_s,
+            poll_interval_s=min(settings.notify_poll_interval_s, 2.0))
+        return await executor.run()
+    finally:
+        await pool.close()
+
+
+def _load_evaluator(settings: Settings, tenant: queries.Tenant):
+    """The tenant's evaluator: once per process (the backend keeps an LRU of them)."""
+    server_key = load_server_key(ObjectStore(settings), tenant)
+    return get_backend(tenant.backend).evaluator(server_key)
