@@ -207,3 +207,16 @@ def make_handle(prehandle: bytes, index: int, chain_id: int, fhe_type: FheType,
         raise ValueError(f"chain id {chain_id} does not fit 8 bytes")
     return Handle(prehandle[:21] + bytes([index]) + chain_id.to_bytes(8, "big")
                   + bytes([int(fhe_type), version]))
+
+
+def derive_handle(op: Op, dependencies: tuple[bytes, ...], context: bytes, chain_id: int,
+                  result_type: FheType) -> Handle:
+    """The output handle of a computation: keccak256 over the op, its operands (handles
+    and plaintext bytes, length-prefixed so no two operand lists collide) and a
+    context (the emitting contract, or the batch for an inline graph). Every
+    coprocessor that sees the same operation derives the same handle."""
+    from eth_hash.auto import keccak
+
+    body = bytes([int(op)]) + b"".join(len(d).to_bytes(2, "big") + d for d in dependencies)
+    prehandle = keccak(b"fhe-coprocessor/computed" + body + context)
+    return make_handle(prehandle, COMPUTED_INDEX, chain_id, result_type)

@@ -1,0 +1,44 @@
+"""One real tenant (TFHE-rs keys in S3) and database for the compute-stage tests."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from coprocessor.settings import Settings
+from coprocessor.storage import ObjectStore
+from coprocessor.tenants import create_tenant, load_client
+
+from .builder import CHAIN_ID, GraphBuilder
+
+
+@pytest.fixture(scope="module")
+def compute_settings(dev_stack, database_url_module, tmp_path_factory) -> Settings:
+    base = tmp_path_factory.mktemp("compute")
+    return Settings(database_url=database_url_module, cache_dir=base / "cache",
+                    termination_log=base / "termination-log", compute_input_wait_s=60,
+                    notify_poll_interval_s=1.0)
+
+
+@pytest.fixture(scope="module")
+async def tenant(compute_settings):
+    connection = await asyncpg.connect(compute_settings.database_url)
+    try:
+        created = await create_tenant(connection, ObjectStore(compute_settings),
+                                      compute_settings, "compute-test", CHAIN_ID, "tfhe-rs")
+    finally:
+        await connection.close()
+    return created.tenant, load_client(compute_settings, created.tenant)
+
+
+@pytest.fixture
+def graph(tenant) -> GraphBuilder:
+    record, client = tenant
+    return GraphBuilder(client, record.tenant_id)
+
+
+@pytest.fixture
+async def conn(compute_settings):
+    connection = await asyncpg.connect(compute_settings.database_url)
+    yield connection
+    await connection.close()
