@@ -70,6 +70,21 @@ class Settings(BaseSettings):
         Path("/dev/termination-log"),
         description="Where a Job's pod writes its JSON summary for the operator.")
 
+    operator_resync_s: float = Field(
+        5.0, gt=0, description="Every batch is reconciled at least this often, so a lost "
+        "watch event only adds latency.")
+    job_image: str = Field("ghcr.io/fhe-coprocessor/fhe-coprocessor:0.1.0",
+                           description="Image of the stage Jobs' pods.")
+    job_config_map: str = Field("fhe-coprocessor-config",
+                                description="ConfigMap of FHE_* settings given to stage pods.")
+    job_secret: str = Field("fhe-coprocessor-secrets",
+                            description="Secret of credentials given to stage pods.")
+    job_ttl_s: int = Field(86400, ge=0, description="ttlSecondsAfterFinished of stage Jobs.")
+    max_running_batches_gpu: int | None = Field(
+        None, ge=1, description="Batches computing at once on GPU nodes; None = no limit.")
+    max_running_batches_cpu: int | None = Field(
+        None, ge=1, description="Batches computing at once on CPU nodes; None = no limit.")
+
     @field_validator("database_url")
     @classmethod
     def _postgres_scheme(cls, value: str) -> str:

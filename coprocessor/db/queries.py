@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from ..errors import InvalidRow
-from .rows import BatchAdmission, backoff_seconds, check_batch
+from .rows import BatchAdmission, ComputationRow, backoff_seconds, check_batch
 
 # NOTIFY channels (DESIGN.md section 6).
 WORK_AVAILABLE = "work_available"
@@ -423,3 +423,30 @@ async def release_batch(connection: asyncpg.Connection, batch_id: str) -> bool:
         "UPDATE batches SET released_at = now() WHERE batch_id = $1 AND released_at IS NULL",
         batch_id)
     return status.endswith(" 1")
+
+
+async def known_handles(connection: asyncpg.Connection, tenant_id: int,
+                        handles: Sequence[bytes]) -> set[bytes]:
+    """The handles that exist for the tenant: stored, or a computation will make them."""
+    rows = await connection.fetch(
+        """SELECT h.handle FROM unnest($2::bytea[]) AS h(handle)
+           WHERE EXISTS (SELECT 1 FROM ciphertexts t
+                         WHERE t.tenant_id = $1 AND t.handle = h.handle)
+              OR EXISTS (SELECT 1 FROM computations c
+                         WHERE c.tenant_id = $1 AND c.output_handle = h.handle)""",
+        tenant_id, list(handles))
+    return {bytes(r["handle"]) for r in rows}
+
+
+async def transaction_computations(connection: asyncpg.Connection, tenant_id: int,
+                                   transactions: Sequence[bytes]) -> list[ComputationRow]:
+    """The computations listeners stored for these transactions (a ``source`` batch)."""
+    rows = await connection.fetch(
+        """SELECT output_handle, output_type, fhe_operation, dependencies, is_scalar,
+                  transaction_id, dependence_chain_id
+           FROM computations WHERE tenant_id = $1 AND transaction_id = ANY($2::bytea[])
+           ORDER BY schedule_order""", tenant_id, list(transactions))
+    return [ComputationRow(bytes(r["output_handle"]), r["output_type"], r["fhe_operation"],
+                           tuple(bytes(d) for d in r["dependencies"]), r["is_scalar"],
+                           _optional_bytes(r["transaction_id"]),
+                           _optional_bytes(r["dependence_chain_id"])) for r in rows]

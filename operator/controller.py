@@ -1,0 +1,346 @@
+"""The operator's I/O shell: observe a batch, ask reconcile.plan, apply the plan.
+
+Everything that talks to the API server or the database is here; every decision is in
+``reconcile`` and ``validation``. One reconcile at a time per batch (a lock), and the
+operator is the only writer of ``status`` (one merge patch, maps keyed by stage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import asyncpg
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from coprocessor.db import queries
+from coprocessor.db.rows import BatchAdmission
+from coprocessor.errors import Recoverable
+from coprocessor.fhe.engine import get_backend
+from coprocessor.settings import Settings
+
+from .jobs import (
+    ANNOTATION_BATCH_ID,
+    GPU_RESOURCE,
+    LABEL_BATCH,
+    LABEL_DEVICE,
+    LABEL_STAGE,
+    JobSettings,
+    job_manifest,
+)
+from .reconcile import JobView, Observed, Plan, Progress, QueueEntry, capacity_decision, plan
+from .spec import GROUP, KIND, PLURAL, VERSION, FheBatchSpec, batch_id, describe_error
+from .validation import InvalidSpec, PlannedGraph, plan_graph
+
+log = logging.getLogger(__name__)
+AVAILABLE_STAGES = ("compute",)  # stages whose runner exists (job_runner.AVAILABLE)
+NODE_CACHE_S = 30.0
+
+
+def _parse_time(text: str | None) -> dt.datetime:
+    if not text:
+        return dt.datetime.now(dt.UTC)
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _as_dict(api: client.ApiClient, obj: Any) -> dict[str, Any]:
+    return api.sanitize_for_serialization(obj)
+
+
+def job_view(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobView:
+    """Summarise a Job and its pods (pure, so unit tests feed it API-shaped dicts)."""
+    status = job.get("status") or {}
+    conditions = {c["type"]: c for c in status.get("conditions") or []
+                  if c.get("status") == "True"}
+    failed = conditions.get("Failed")
+    summary = None
+    waiting = None
+    finished = sorted(
+        (term for pod in pods for cs in (pod.get("status") or {}).get("containerStatuses") or []
+         if (term := (cs.get("state") or {}).get("terminated"))),
+        key=lambda t: t.get("finishedAt") or "")
+    if finished and finished[-1].get("message"):
+        text = finished[-1]["message"]
+        try:
+            summary = json.loads(text)
+        except ValueError:
+            summary = {"error": text.strip().splitlines()[-1][:500] if text.strip() else ""}
+        if not isinstance(summary, dict):
+            summary = {"error": str(summary)[:500]}
+    for pod in pods:
+        for condition in (pod.get("status") or {}).get("conditions") or []:
+            if (condition.get("type") == "PodScheduled" and condition.get("status") == "False"
+                    and condition.get("reason") == "Unschedulable"):
+                waiting = f"pod unschedulable: {condition.get('message', '')}"[:300]
+    attempts = (status.get("failed") or 0) + (status.get("succeeded") or 0) + \
+        (status.get("active") or 0)
+    return JobView(
+        name=job["metadata"]["name"], active=status.get("active") or 0,
+        succeeded="Complete" in conditions, failed=failed is not None,
+        failure_message=(f"{failed.get('reason')}: {failed.get('message')}" if failed else None),
+        attempts=max(attempts, 1), started_at=status.get("startTime"),
+        finished_at=status.get("completionTime") or (failed or {}).get("lastTransitionTime"),
+        summary=summary, waiting=waiting)
+
+
+class Controller:
+    def __init__(self, settings: Settings, api: client.ApiClient, pool: asyncpg.Pool) -> None:
+        self.settings = settings
+        self.api = api
+        self.pool = pool
+        self.custom = client.CustomObjectsApi(api)
+        self.batch_api = client.BatchV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.job_settings = JobSettings(image=settings.job_image,
+                                        config_map=settings.job_config_map,
+                                        secret=settings.job_secret,
+                                        ttl_seconds_after_finished=settings.job_ttl_s)
+        self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._gpu_nodes: tuple[float, bool] | None = None
+
+    # --- entry points ----------------------------------------------------------------
+    async def reconcile(self, namespace: str, name: str) -> Plan | None:
+        async with self._locks[(namespace, name)]:
+            try:
+                return await self._reconcile(namespace, name)
+            except Recoverable as error:  # retried by the next event or the timer
+                log.warning("reconcile deferred", extra={"fields": {
+                    "batch": f"{namespace}/{name}", "error": str(error)}})
+                return None
+
+    async def release(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """The finalizer: record in the database that the resource is gone. Jobs go
+        with their owner (garbage collector); computed results stay."""
+        known = (body.get("status") or {}).get("batchId")
+        if not known:
+            try:
+                known = batch_id(namespace, name, FheBatchSpec.model_validate(body["spec"]))
+            except Exception:  # an invalid spec was never admitted
+                return
+        async with self.pool.acquire() as connection:
+            released = await queries.release_batch(connection, known)
+        log.info("batch released", extra={"fields": {"batch": known, "released": released}})
+
+    # --- one pass --------------------------------------------------------------------
+    async def _reconcile(self, namespace: str, name: str) -> Plan | None:
+        body = await self._get_batch(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        meta = body["metadata"]
+        previous = body.get("status") or {}
+        now = dt.datetime.now(dt.UTC)
+        spec, error, planned, tenant = await self._validate(namespace, name, body)
+        ident = batch_id(namespace, name, spec) if spec and not error else None
+        admitted, progress = False, None
+        if ident:
+            async with self.pool.acquire() as connection:
+                if await queries.get_batch(connection, ident) is not None:
+                    admitted = True
+                    counts = await queries.batch_progress(connection, ident)
+                    progress = Progress(counts.total, counts.completed, counts.failed)
+        jobs = await self._job_views(namespace, name) if admitted else {}
+        device = await self._device(spec) if spec else "cpu"
+        may_start, wait_reason = True, None
+        if (spec and admitted and "compute" not in jobs and not spec.suspend
+                and not error):
+            may_start, wait_reason = await self._capacity(namespace, name, meta, spec, device)
+        observed = Observed(
+            generation=meta.get("generation", 1), created_at=_parse_time(
+                meta.get("creationTimestamp")), now=now, spec=spec, spec_error=error,
+            batch_id=ident, admitted=admitted, progress=progress,
+            outputs=planned.outputs if planned else {}, jobs=jobs, device=device,
+            may_start=may_start, wait_reason=wait_reason, previous=previous)
+        result = plan(observed)
+        if result.admit:
+            assert spec is not None and tenant is not None and ident is not None
+            rows = await self._rows(spec, planned, tenant)
+            async with self.pool.acquire() as connection:
+                await queries.admit_batch(connection, BatchAdmission(
+                    ident, tenant.tenant_id, namespace, name, spec.spec_hash(), meta["uid"],
+                    tuple(rows)))
+            log.info("batch admitted", extra={"fields": {"batch": ident, "rows": len(rows)}})
+            return await self._reconcile(namespace, name)
+        for stage in result.create_jobs:
+            await self._create_job(body, spec, ident, stage, device, observed)
+        await self._post_events(body, result.events)
+        await self._write_status(namespace, name, previous, result.status)
+        return result
+
+    async def _validate(self, namespace: str, name: str, body: dict[str, Any]):
+        """(spec, error, planned graph, tenant): error is one line naming what is wrong."""
+        try:
+            spec = FheBatchSpec.model_validate(body.get("spec") or {})
+        except Exception as invalid:
+            return None, describe_error(invalid), None, None
+        unavailable = [s for s in spec.stages if s not in AVAILABLE_STAGES]
+        if unavailable:
+            return spec, (f"stage(s) {', '.join(unavailable)} are not available in this "
+                          f"release (available: {', '.join(AVAILABLE_STAGES)})"), None, None
+        async with self.pool.acquire() as connection:
+            tenant = await queries.get_tenant(connection, spec.tenant)
+            if tenant is None:
+                return spec, f"tenant {spec.tenant!r} does not exist", None, None
+            planned = None
+            if spec.graph is not None:
+                try:
+                    planned = plan_graph(spec.graph, namespace=namespace, name=name,
+                                         chain_id=tenant.chain_id,
+                                         backend=get_backend(tenant.backend))
+                except (InvalidSpec, ValueError) as invalid:
+                    return spec, str(invalid), None, tenant
+                known = await queries.known_handles(connection, tenant.tenant_id,
+                                                    planned.inputs)
+                for input_name, text in spec.graph.inputs.items():
+                    if bytes.fromhex(text[2:]) not in known:
+                        return spec, (f"input {input_name!r} ({text[:18]}...) exists nowhere: "
+                                      f"no ciphertext and no computation for tenant "
+                                      f"{spec.tenant!r}"), planned, tenant
+            elif spec.source is not None:
+                rows = await queries.transaction_computations(
+                    connection, tenant.tenant_id,
+                    [bytes.fromhex(t[2:]) for t in spec.source.transactions])
+                if not rows:
+                    return spec, "no computations in the database for the given transactions", \
+                        None, tenant
+        return spec, None, planned, tenant
+
+    async def _rows(self, spec: FheBatchSpec, planned: PlannedGraph | None, tenant):
+        if planned is not None:
+            return planned.rows
+        assert spec.source is not None
+        async with self.pool.acquire() as connection:
+            return await queries.transaction_computations(
+                connection, tenant.tenant_id,
+                [bytes.fromhex(t[2:]) for t in spec.source.transactions])
+
+    # --- Kubernetes reads ------------------------------------------------------------
+    async def _get_batch(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await asyncio.to_thread(self.custom.get_namespaced_custom_object,
+                                           GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def _job_views(self, namespace: str, name: str) -> dict[str, JobView]:
+        selector = f"{LABEL_BATCH}={name}"
+        jobs = await asyncio.to_thread(self.batch_api.list_namespaced_job, namespace,
+                                       label_selector=selector)
+        pods = await asyncio.to_thread(self.core.list_namespaced_pod, namespace,
+                                       label_selector=selector)
+        pod_dicts = [_as_dict(self.api, p) for p in pods.items]
+        views = {}
+        for job in jobs.items:
+            data = _as_dict(self.api, job)
+            stage = data["metadata"]["labels"].get(LABEL_STAGE)
+            if data["metadata"].get("deletionTimestamp") or not stage:
+                continue
+            mine = [p for p in pod_dicts
+                    if (p["metadata"].get("labels") or {}).get("job-name")
+                    == data["metadata"]["name"]]
+            views[stage] = job_view(data, mine)
+        return views
+
+    async def _device(self, spec: FheBatchSpec) -> str:
+        if spec.device != "auto":
+            return spec.device
+        now = time.monotonic()
+        if self._gpu_nodes is None or now - self._gpu_nodes[0] > NODE_CACHE_S:
+            nodes = await asyncio.to_thread(self.core.list_node)
+            has_gpu = any(int((n.status.allocatable or {}).get(GPU_RESOURCE, "0")) > 0
+                          for n in nodes.items)
+            self._gpu_nodes = (now, has_gpu)
+        return "gpu" if self._gpu_nodes[1] else "cpu"
+
+    async def _capacity(self, namespace: str, name: str, meta: dict[str, Any],
+                        spec: FheBatchSpec, device: str) -> tuple[bool, str | None]:
+        limit = (self.settings.max_running_batches_gpu if device == "gpu"
+                 else self.settings.max_running_batches_cpu)
+        if limit is None:
+            return True, None
+        jobs = await asyncio.to_thread(
+            self.batch_api.list_job_for_all_namespaces,
+            label_selector=f"{LABEL_STAGE}=compute,{LABEL_DEVICE}={device}")
+        running = sum(1 for j in jobs.items if (j.status.active or 0) > 0
+                      or not any(c.type in ("Complete", "Failed") and c.status == "True"
+                                 for c in j.status.conditions or []))
+        batches = await asyncio.to_thread(self.custom.list_cluster_custom_object,
+                                          GROUP, VERSION, PLURAL)
+        waiting = []
+        for item in batches["items"]:
+            status = item.get("status") or {}
+            if status.get("phase") in ("Pending", "Admitted") and status.get("device") == device \
+                    and not (item.get("spec") or {}).get("suspend"):
+                waiting.append(QueueEntry(
+                    f"{item['metadata']['namespace']}/{item['metadata']['name']}",
+                    int((item.get("spec") or {}).get("priority", 0)),
+                    _parse_time(item["metadata"].get("creationTimestamp"))))
+        me = QueueEntry(f"{namespace}/{name}", spec.priority,
+                        _parse_time(meta.get("creationTimestamp")))
+        return capacity_decision(me, waiting, running, limit, device)
+
+    # --- Kubernetes writes -----------------------------------------------------------
+    async def _create_job(self, body: dict[str, Any], spec, ident, stage: str, device: str,
+                          observed: Observed) -> None:
+        meta = body["metadata"]
+        elapsed = (observed.now - observed.created_at).total_seconds()
+        manifest = job_manifest(
+            namespace=meta["namespace"], name=meta["name"], uid=meta["uid"], batch_id=ident,
+            spec=spec, stage=stage, device=device, settings=self.job_settings,
+            remaining_seconds=int(spec.deadline_seconds - elapsed))
+        try:
+            await asyncio.to_thread(self.batch_api.create_namespaced_job, meta["namespace"],
+                                    manifest)
+            log.info("job created", extra={"fields": {
+                "job": manifest["metadata"]["name"], "batch": ident, "stage": stage}})
+        except ApiException as error:
+            if error.status != 409:  # 409: it exists (restart, lost response): fine
+                raise
+
+    async def _post_events(self, body: dict[str, Any], events) -> None:
+        meta = body["metadata"]
+        for kind, reason, message in events:
+            now = dt.datetime.now(dt.UTC)
+            event = {
+                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+                "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+                                   "name": meta["name"], "namespace": meta["namespace"],
+                                   "uid": meta["uid"]},
+                "type": kind, "reason": reason, "message": message[:1000],
+                "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "count": 1,
+                "source": {"component": "fhe-operator"},
+                "reportingComponent": "fhe-operator", "reportingInstance": "fhe-operator",
+            }
+            try:
+                await asyncio.to_thread(self.core.create_namespaced_event, meta["namespace"],
+                                        event)
+            except ApiException as error:  # an event is best effort, never a failure
+                log.warning("event not posted", extra={"fields": {"error": error.reason}})
+
+    async def _write_status(self, namespace: str, name: str, previous: dict[str, Any],
+                            status: dict[str, Any]) -> None:
+        if {k: previous.get(k) for k in status} == status:
+            return
+        # Merge patch: keys we no longer report are set to null so they disappear.
+        patch = {**{k: None for k in previous if k not in status}, **status}
+        try:
+            await asyncio.to_thread(self.custom.patch_namespaced_custom_object_status,
+                                    GROUP, VERSION, namespace, PLURAL, name, {"status": patch})
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        if status["phase"] != previous.get("phase"):
+            log.info("phase", extra={"fields": {"batch": f"{namespace}/{name}",
+                                                "phase": status["phase"],
+                                                "message": status["message"]}})
+
+
+__all__ = ["ANNOTATION_BATCH_ID", "Controller", "job_view"]

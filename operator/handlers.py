@@ -1,0 +1,84 @@
+"""kopf handlers: thin. Each one only says *when* to reconcile; ``Controller`` says how.
+
+* any watch event of a FheBatch (create, update, the initial listing after a restart);
+* any event of a Job labelled with a batch (a pod finished, the Job completed);
+* a timer per batch, so a lost event or a failed pass is repaired within
+  ``operator_resync_s``;
+* deletion: the finalizer releases the batch's claims in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from coprocessor.db.pool import create_pool
+from coprocessor.settings import load_settings
+
+from .controller import Controller
+from .jobs import LABEL_BATCH
+from .spec import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+RESOURCE = (GROUP, VERSION, PLURAL)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    from kubernetes import client, config
+
+    ours = load_settings()
+    # kopf keeps its own bookkeeping in annotations: status belongs to us alone.
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    # A watch that dies silently is reconnected (DESIGN.md section 10).
+    settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 90
+    settings.watching.connect_timeout = 10
+    settings.posting.level = logging.WARNING
+    if ours.kubeconfig:
+        api = config.new_client_from_config(str(ours.kubeconfig))
+    else:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        api = client.ApiClient()
+    pool = await create_pool(ours.database_url, size=ours.database_pool_size)
+    memo["controller"] = Controller(ours, api, pool)
+    log.info("operator started", extra={"fields": {"resync_s": ours.operator_resync_s}})
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller | None = memo.get("controller")
+    if controller is not None:
+        await controller.pool.close()
+
+
+@kopf.on.event(*RESOURCE)
+async def batch_event(event: dict[str, Any], namespace: str, name: str, memo: kopf.Memo,
+                      **_: Any) -> None:
+    if event.get("type") != "DELETED":
+        await memo["controller"].reconcile(namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_BATCH: kopf.PRESENT})
+async def job_event(namespace: str, labels: dict[str, str], memo: kopf.Memo,
+                    **_: Any) -> None:
+    await memo["controller"].reconcile(namespace, labels[LABEL_BATCH])
+
+
+@kopf.timer(*RESOURCE, interval=load_settings().operator_resync_s, sharp=False)
+async def resync(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    await memo["controller"].reconcile(namespace, name)
+
+
+@kopf.on.delete(*RESOURCE)
+async def release(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
+                  **_: Any) -> None:
+    await memo["controller"].release(namespace, name, dict(body))

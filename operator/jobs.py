@@ -1,0 +1,105 @@
+"""Job manifests for a batch's stages (DESIGN.md section 4). Pure: dicts in, dict out.
+
+Names are deterministic (``<batch>-<stage>``, shortened with a hash when too long), so
+creating a Job twice - an operator restart, two replicas, a lost response - gives a
+409 Conflict, never a second Job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from .spec import GROUP, KIND, VERSION, FheBatchSpec
+
+LABEL_BATCH = f"{GROUP}/batch"
+LABEL_STAGE = f"{GROUP}/stage"
+LABEL_TENANT = f"{GROUP}/tenant"
+LABEL_DEVICE = f"{GROUP}/device"
+ANNOTATION_BATCH_ID = f"{GROUP}/batch-id"
+GPU_RESOURCE = "nvidia.com/gpu"
+CONTAINER = "stage"
+MAX_NAME = 63
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What the operator's settings say about every Job it creates."""
+
+    image: str = "ghcr.io/fhe-coprocessor/fhe-coprocessor:0.1.0"
+    config_map: str = "fhe-coprocessor-config"  # FHE_* settings for the pods (envFrom)
+    secret: str = "fhe-coprocessor-secrets"  # database/S3 credentials (envFrom)
+    ttl_seconds_after_finished: int = 86400
+    service_account: str | None = None
+
+
+def job_name(batch: str, stage: str) -> str:
+    name = f"{batch}-{stage}"
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:MAX_NAME - 9 - len(stage)].rstrip('-')}-{digest}-{stage}"
+
+
+def job_manifest(*, namespace: str, name: str, uid: str, batch_id: str, spec: FheBatchSpec,
+                 stage: str, device: str, settings: JobSettings,
+                 remaining_seconds: int) -> dict[str, Any]:
+    """The Job for one stage. ``device`` is the resolved class (gpu or cpu)."""
+    labels = {LABEL_BATCH: name, LABEL_STAGE: stage, LABEL_TENANT: spec.tenant,
+              LABEL_DEVICE: device}
+    pods = spec.parallelism if stage == "compute" else 1
+    command = ["fhe-job", stage, "--batch", batch_id]
+    if pods > 1:
+        command += ["--count", str(pods)]
+    resources: dict[str, dict[str, str]] = {
+        "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
+        "limits": {"memory": spec.resources.memory},
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # required by podFailurePolicy; the Job retries pods
+        "containers": [{
+            "name": CONTAINER, "image": settings.image, "command": command,
+            "envFrom": [{"configMapRef": {"name": settings.config_map, "optional": True}},
+                        {"secretRef": {"name": settings.secret, "optional": True}}],
+            "resources": resources,
+            "terminationMessagePath": "/dev/termination-log",
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }],
+    }
+    if settings.service_account:
+        pod_spec["serviceAccountName"] = settings.service_account
+    if device == "gpu" and stage == "compute" and spec.resources.gpus:
+        gpus = str(spec.resources.gpus)
+        resources["limits"][GPU_RESOURCE] = gpus
+        resources["requests"][GPU_RESOURCE] = gpus
+        pod_spec["nodeSelector"] = {"nvidia.com/gpu.present": "true"}
+        pod_spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists",
+                                    "effect": "NoSchedule"}]
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.retries.backoff_limit,
+        "activeDeadlineSeconds": max(1, remaining_seconds),
+        "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+        "completions": pods, "parallelism": pods,
+        "podFailurePolicy": {"rules": [
+            # Bad input (exit 3) can never succeed: fail the Job now, do not retry.
+            {"action": "FailJob",
+             "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [3]}},
+            # A node drained or a pod preempted is not the batch's fault.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]},
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if pods > 1:
+        job_spec["completionMode"] = "Indexed"
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {
+            "name": job_name(name, stage), "namespace": namespace, "labels": labels,
+            "annotations": {ANNOTATION_BATCH_ID: batch_id},
+            "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+                                 "name": name, "uid": uid, "controller": True,
+                                 "blockOwnerDeletion": True}],
+        },
+        "spec": job_spec,
+    }

@@ -1,0 +1,229 @@
+"""The FheBatch phase machine, as pure functions: what is observed -> what to do.
+
+The controller gathers an ``Observed`` (the resource, its Jobs and pods, the database
+counts, the capacity decision) and applies the ``Plan`` this module returns: admit,
+create Jobs, post Events, write status. Nothing here remembers anything between
+calls; status is recomputed from the world every time, so a lost event or an
+operator restart converges (DESIGN.md section 10).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from .spec import FheBatchSpec
+
+PHASE_OF_STAGE = {"compute": "Computing", "sns": "Squashing", "send": "Sending"}
+TERMINAL = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the controller read about one stage's Job and its pods."""
+
+    name: str
+    active: int = 0
+    succeeded: bool = False
+    failed: bool = False
+    failure_message: str | None = None
+    attempts: int = 1
+    started_at: str | None = None
+    finished_at: str | None = None
+    summary: dict[str, Any] | None = None  # the last pod's termination message (JSON)
+    waiting: str | None = None  # why a pod is not running (unschedulable, ...)
+
+
+@dataclass(frozen=True)
+class Progress:
+    total: int
+    completed: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class Observed:
+    generation: int
+    created_at: dt.datetime
+    now: dt.datetime
+    spec: FheBatchSpec | None
+    spec_error: str | None = None
+    batch_id: str | None = None
+    admitted: bool = False
+    progress: Progress | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    jobs: dict[str, JobView] = field(default_factory=dict)
+    device: str = "cpu"
+    may_start: bool = True
+    wait_reason: str | None = None
+    previous: dict[str, Any] = field(default_factory=dict)  # status on the resource now
+
+
+@dataclass
+class Plan:
+    status: dict[str, Any]
+    admit: bool = False
+    create_jobs: list[str] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # type, reason, msg
+
+    @property
+    def phase(self) -> str:
+        return self.status["phase"]
+
+
+def stage_state(job: JobView | None) -> str:
+    if job is None:
+        return "Pending"
+    if job.failed:
+        return "Failed"
+    if job.succeeded:
+        return "Succeeded"
+    return "Running"
+
+
+def plan(observed: Observed) -> Plan:
+    phase, message, admit, create = _decide(observed)
+    status = _status(observed, phase, message)
+    result = Plan(status, admit=admit, create_jobs=create)
+    before = observed.previous.get("phase")
+    if phase != before or (phase == "Failed" and message != observed.previous.get("message")):
+        kind = "Warning" if phase == "Failed" else "Normal"
+        result.events.append((kind, phase, message))
+    for stage in create:
+        result.events.append(("Normal", "JobCreated", f"created Job for stage {stage}"))
+    return result
+
+
+def _decide(o: Observed) -> tuple[str, str, bool, list[str]]:
+    """(phase, message, admit?, stages whose Job to create)."""
+    if o.spec is None or o.spec_error:
+        return "Failed", o.spec_error or "invalid spec", False, []
+    if not o.admitted:
+        return "Pending", "admitting the graph into the database", True, []
+    spec = o.spec
+    for stage in spec.stages:
+        job = o.jobs.get(stage)
+        state = stage_state(job)
+        if state == "Succeeded":
+            continue
+        if state == "Failed":
+            assert job is not None
+            return "Failed", f"stage {stage} failed: {_failure(job)}", False, []
+        if state == "Running":
+            assert job is not None
+            return PHASE_OF_STAGE[stage], _running_message(o, stage, job), False, []
+        # No Job yet for this stage: every earlier one succeeded.
+        elapsed = (o.now - o.created_at).total_seconds()
+        if elapsed >= spec.deadline_seconds:
+            return ("Failed", f"deadline of {spec.deadline_seconds}s passed before stage "
+                    f"{stage} started", False, [])
+        if spec.suspend:
+            return "Suspended", f"suspended before stage {stage}; {_done(o)}", False, []
+        if stage == "compute" and not o.may_start:
+            return "Admitted", o.wait_reason or "waiting for capacity", False, []
+        return PHASE_OF_STAGE[stage], f"starting stage {stage}", False, [stage]
+    return "Succeeded", f"all stages done; {_done(o)}", False, []
+
+
+def _done(o: Observed) -> str:
+    if o.progress is None:
+        return "no computations"
+    p = o.progress
+    failed = f", {p.failed} failed" if p.failed else ""
+    return f"{p.completed}/{p.total} computed{failed}"
+
+
+def _failure(job: JobView) -> str:
+    if job.summary and job.summary.get("error"):
+        return str(job.summary["error"])
+    return job.failure_message or "the Job failed"
+
+
+def _running_message(o: Observed, stage: str, job: JobView) -> str:
+    if job.waiting:
+        return f"stage {stage}: {job.waiting}"
+    suffix = "; suspended: no new Jobs will start" if o.spec and o.spec.suspend else ""
+    if stage == "compute":
+        return f"computing: {_done(o)}{suffix}"
+    return f"stage {stage} running{suffix}"
+
+
+def _status(o: Observed, phase: str, message: str) -> dict[str, Any]:
+    progress = o.progress or Progress(0, 0, 0)
+    stages: dict[str, Any] = {}
+    for stage in (o.spec.stages if o.spec else []):
+        job = o.jobs.get(stage)
+        entry: dict[str, Any] = {"state": stage_state(job)}
+        if job is not None:
+            entry.update({"job": job.name, "attempts": job.attempts})
+            if job.started_at:
+                entry["startedAt"] = job.started_at
+            if job.finished_at:
+                entry["finishedAt"] = job.finished_at
+            if job.summary:
+                entry["summary"] = {k: v for k, v in job.summary.items()
+                                    if k in ("completed", "computed", "failed", "seconds",
+                                             "exit_code")}
+        stages[stage] = entry
+    status: dict[str, Any] = {
+        "phase": phase,
+        "message": message[:1000],
+        "observedGeneration": o.generation,
+        "computations": {"total": progress.total, "completed": progress.completed,
+                         "failed": progress.failed},
+        "done": f"{progress.completed}/{progress.total}",
+        "device": o.device,
+        "stages": stages,
+        "outputs": dict(o.outputs) if phase == "Succeeded" else {},
+        "conditions": _conditions(o, phase, message),
+    }
+    if o.batch_id:
+        status["batchId"] = o.batch_id
+    return status
+
+
+def _conditions(o: Observed, phase: str, message: str) -> list[dict[str, str]]:
+    now = o.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    previous = {c.get("type"): c for c in o.previous.get("conditions") or []}
+    wanted = {
+        "Ready": ("True" if phase == "Succeeded" else "False", phase),
+        "Failed": ("True" if phase == "Failed" else "False", phase),
+        "Progressing": ("False" if phase in (*TERMINAL, "Suspended") else "True", phase),
+    }
+    conditions = []
+    for kind, (value, reason) in wanted.items():
+        old = previous.get(kind) or {}
+        since = old.get("lastTransitionTime") if old.get("status") == value else None
+        conditions.append({"type": kind, "status": value, "reason": reason,
+                           "message": message[:300], "lastTransitionTime": since or now})
+    return conditions
+
+
+# --- capacity ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QueueEntry:
+    name: str  # namespace/name
+    priority: int
+    created_at: dt.datetime
+
+
+def capacity_decision(me: QueueEntry, waiting: list[QueueEntry], running: int,
+                      limit: int | None, device: str) -> tuple[bool, str | None]:
+    """May ``me`` start its compute Job now? Higher priority first, then older.
+
+    ``waiting`` are the batches of this device class that want to start (``me``
+    included); ``running`` those whose compute Job is active.
+    """
+    if limit is None:
+        return True, None
+    free = limit - running
+    order = sorted({e.name: e for e in [*waiting, me]}.values(),
+                   key=lambda e: (-e.priority, e.created_at, e.name))
+    position = [e.name for e in order].index(me.name)
+    if position < free:
+        return True, None
+    ahead = position - max(free, 0)
+    return False, (f"waiting for capacity: {running} of {limit} {device} batches running"
+                   + (f", {ahead} waiting ahead" if ahead else ""))

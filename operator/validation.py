@@ -1,0 +1,165 @@
+"""Semantic validation of an inline graph, and its translation into computation rows.
+
+Pure: the caller supplies the tenant's chain id and backend. Every error is one line
+naming the node and the reason, the message a person sees in ``kubectl get fheb``.
+Handles are derived the way the wire contract says (op, operands, context, chain), so
+admitting the same graph twice gives the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from coprocessor.db.rows import ComputationRow
+from coprocessor.errors import Irrecoverable, UserError
+from coprocessor.fhe.engine import Backend, operand_type, require_support, result_type_of
+from coprocessor.types import FheType, Handle, Op, derive_handle
+
+from .spec import Graph, GraphNode, Scalar
+
+EXPLICIT_TYPE_OPS = frozenset({Op.TrivialEncrypt, Op.Cast, Op.Rand, Op.RandBounded})
+MAX_SCALAR = (1 << 256) - 1
+
+
+class InvalidSpec(UserError):
+    """The resource asks for something that can never run; the message says what."""
+
+
+@dataclass(frozen=True)
+class PlannedGraph:
+    rows: tuple[ComputationRow, ...]
+    outputs: dict[str, str]  # node name -> 0x handle, for nodes marked output
+    handles: dict[str, str]  # every node name -> 0x handle
+    inputs: tuple[bytes, ...]  # handles the graph reads and does not compute
+
+
+def graph_context(namespace: str, name: str) -> bytes:
+    return f"fhebatch:{namespace}/{name}".encode()
+
+
+def _where(node: GraphNode) -> str:
+    return f"node {node.name!r} ({node.op})"
+
+
+def _order(graph: Graph) -> list[GraphNode]:
+    """Nodes in dependency order; a cycle or a dangling name is an InvalidSpec."""
+    by_name: dict[str, GraphNode] = {}
+    for node in graph.nodes:
+        if node.name in by_name:
+            raise InvalidSpec(f"node name {node.name!r} is used twice")
+        if node.name in graph.inputs:
+            raise InvalidSpec(f"node name {node.name!r} is also an input name")
+        by_name[node.name] = node
+    waiting: dict[str, set[str]] = {}
+    for node in graph.nodes:
+        names = {a for a in node.args if isinstance(a, str)}
+        for ref in names:
+            if ref not in by_name and ref not in graph.inputs:
+                raise InvalidSpec(f"{_where(node)}: argument {ref!r} names no input or node")
+        waiting[node.name] = {ref for ref in names if ref in by_name}
+    dependents: dict[str, list[str]] = {n: [] for n in by_name}
+    for name, needs in waiting.items():
+        for ref in needs:
+            dependents[ref].append(name)
+    ready = [n.name for n in graph.nodes if not waiting[n.name]]
+    ordered: list[GraphNode] = []
+    while ready:
+        current = ready.pop(0)
+        ordered.append(by_name[current])
+        for dependent in dependents[current]:
+            waiting[dependent].discard(current)
+            if not waiting[dependent]:
+                ready.append(dependent)
+    if len(ordered) != len(by_name):
+        loop = sorted(n for n, needs in waiting.items() if needs)
+        raise InvalidSpec(f"the graph has a cycle through nodes {', '.join(loop[:5])}")
+    return ordered
+
+
+def _scalar_bytes(value: int) -> bytes:
+    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+
+
+def plan_graph(graph: Graph, *, namespace: str, name: str, chain_id: int,
+               backend: Backend) -> PlannedGraph:
+    context = graph_context(namespace, name)
+    known: dict[str, tuple[bytes, FheType]] = {}
+    for input_name, text in graph.inputs.items():
+        handle = Handle.parse(text)
+        if handle.chain_id != chain_id:
+            raise InvalidSpec(f"input {input_name!r} is a handle of chain {handle.chain_id}, "
+                              f"but the tenant is on chain {chain_id}")
+        known[input_name] = (handle.raw, handle.fhe_type)
+    rows: list[ComputationRow] = []
+    handles: dict[str, str] = {}
+    outputs: dict[str, str] = {}
+    for node in _order(graph):
+        handle, result_type, row = _plan_node(node, known, context, chain_id, backend)
+        known[node.name] = (handle, result_type)
+        rows.append(row)
+        handles[node.name] = "0x" + handle.hex()
+        if node.output:
+            outputs[node.name] = handles[node.name]
+    inputs = tuple(dict.fromkeys(known[n][0] for n in graph.inputs))
+    return PlannedGraph(tuple(rows), outputs, handles, inputs)
+
+
+def _plan_node(node: GraphNode, known: dict[str, tuple[bytes, FheType]], context: bytes,
+               chain_id: int, backend: Backend) -> tuple[bytes, FheType, ComputationRow]:
+    where = _where(node)
+    try:
+        op = Op.parse(node.op)
+    except ValueError as error:
+        raise InvalidSpec(f"{where}: {error}") from None
+    signature = op.signature
+    scalars = [a for a in node.args if isinstance(a, Scalar)]
+    operands = [a for a in node.args if isinstance(a, str)]
+    if (scalars and not isinstance(node.args[-1], Scalar)) or len(scalars) > 1:
+        raise InvalidSpec(f"{where}: a scalar may only be the last argument, and only one")
+    if scalars and not signature.scalar_rhs:
+        raise InvalidSpec(f"{where}: takes no scalar argument")
+    for scalar in scalars:
+        if scalar.value > MAX_SCALAR:
+            raise InvalidSpec(f"{where}: scalar {scalar.scalar} does not fit 256 bits")
+    explicit: FheType | None = None
+    if node.type is not None:
+        try:
+            explicit = FheType.parse(node.type)
+        except ValueError as error:
+            raise InvalidSpec(f"{where}: {error}") from None
+    if op in EXPLICIT_TYPE_OPS and explicit is None:
+        raise InvalidSpec(f"{where}: needs `type` (the result type)")
+    expected_args = {Op.TrivialEncrypt: (0, 1), Op.Rand: (0, 0), Op.RandBounded: (0, 1)}
+    if op in expected_args:
+        want_operands, want_scalars = expected_args[op]
+        if len(operands) != want_operands or len(scalars) != want_scalars:
+            shape = "one {scalar: ...}" if want_scalars else "no arguments"
+            raise InvalidSpec(f"{where}: takes {shape}")
+    else:
+        count = len(node.args)
+        if signature.arity is not None and count != signature.arity:
+            raise InvalidSpec(f"{where}: takes {signature.arity} argument(s), got {count}")
+        if signature.arity is None and count < signature.min_args:
+            raise InvalidSpec(f"{where}: takes at least {signature.min_args} argument(s), "
+                              f"got {count}")
+    types = [known[ref][1] for ref in operands]
+    try:
+        working = operand_type(op, types, explicit)
+        result_type = result_type_of(op, working, explicit)
+        require_support(backend, op, working)
+        if op is Op.Cast:
+            require_support(backend, op, result_type)
+    except Irrecoverable as error:
+        raise InvalidSpec(f"{where}: {error}") from None
+    if explicit is not None and op not in EXPLICIT_TYPE_OPS and explicit is not result_type:
+        raise InvalidSpec(f"{where}: `type` says {explicit.name} but the node computes "
+                          f"{result_type.name}")
+    dependencies = tuple(known[ref][0] for ref in operands)
+    dependencies += tuple(_scalar_bytes(s.value) for s in scalars)
+    if op in (Op.Rand, Op.RandBounded):  # a seed per node and batch: reproducible
+        dependencies += (hashlib.sha3_256(context + b"/" + node.name.encode()).digest()[:16],)
+    handle = derive_handle(op, dependencies, context, chain_id, result_type).raw
+    row = ComputationRow(handle, int(result_type), int(op), dependencies,
+                         is_scalar=bool(scalars) or op in (Op.Rand, Op.RandBounded))
+    return handle, result_type, row
