@@ -202,6 +202,96 @@ def cmd_fhe_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- fhectl crd / batch ----------------------------------------------------------------
+
+def cmd_crd_generate(args: argparse.Namespace) -> int:
+    from fhe_operator.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
+def _custom_objects():
+    from kubernetes import client, config
+
+    settings = load_settings()
+    try:
+        if settings.kubeconfig:
+            return client.CustomObjectsApi(config.new_client_from_config(str(settings.kubeconfig)))
+        config.load_kube_config()
+    except (config.ConfigException, OSError) as error:
+        raise UserError(f"no usable kubeconfig: {error}") from None
+    return client.CustomObjectsApi()
+
+
+def _batch_call(call, *args, **kwargs):
+    from kubernetes.client.rest import ApiException
+
+    from fhe_operator.spec import GROUP, PLURAL, VERSION
+
+    try:
+        return call(GROUP, VERSION, *args[:1], PLURAL, *args[1:], **kwargs)
+    except ApiException as error:
+        try:
+            detail = json.loads(error.body).get("message", error.reason)
+        except (TypeError, ValueError):
+            detail = error.reason
+        raise UserError(f"the API server refused: {detail}") from None
+
+
+def cmd_batch_submit(args: argparse.Namespace) -> int:
+    import yaml
+
+    from fhe_operator.spec import FheBatchSpec, describe_error
+
+    try:
+        manifest = yaml.safe_load(Path(args.file).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise UserError(f"cannot read {args.file}: {error}") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != "FheBatch":
+        raise UserError(f"{args.file} is not a FheBatch manifest")
+    try:
+        FheBatchSpec.model_validate(manifest.get("spec") or {})
+    except Exception as error:  # the same message the operator would write
+        raise UserError(f"{args.file}: {describe_error(error)}") from None
+    namespace = args.namespace or manifest.get("metadata", {}).get("namespace") or \
+        load_settings().namespace
+    created = _batch_call(_custom_objects().create_namespaced_custom_object, namespace,
+                          manifest)
+    print(f"fhebatch {namespace}/{created['metadata']['name']} created")
+    return 0
+
+
+def cmd_batch_get(args: argparse.Namespace) -> int:
+    namespace = args.namespace or load_settings().namespace
+    body = _batch_call(_custom_objects().get_namespaced_custom_object, namespace, args.name)
+    if args.output == "json":
+        _print(body, "json")
+    else:
+        status = body.get("status") or {}
+        print(f"{args.name}: {status.get('phase', 'Pending')} {status.get('done', '')} "
+              f"{status.get('message', '')}".rstrip())
+    return 0
+
+
+def cmd_batch_wait(args: argparse.Namespace) -> int:
+    import time
+
+    namespace = args.namespace or load_settings().namespace
+    api = _custom_objects()
+    deadline = time.monotonic() + args.timeout
+    while True:
+        status = _batch_call(api.get_namespaced_custom_object, namespace, args.name
+                             ).get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed"):
+            print(f"{args.name}: {status['phase']}: {status.get('message', '')}")
+            return 0 if status["phase"] == "Succeeded" else 1
+        if time.monotonic() >= deadline:
+            raise UserError(f"timed out after {args.timeout}s; {args.name} is "
+                            f"{status.get('phase', 'Pending')}: {status.get('message', '')}")
+        time.sleep(1)
+
+
 # --- parser ----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,6 +346,26 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument("--backend", help="one backend (default: all)")
     ops.add_argument("-o", "--output", choices=["text", "json"], default="text")
     ops.set_defaults(handler=cmd_fhe_ops)
+
+    crd = groups.add_parser("crd", help="the FheBatch CustomResourceDefinition")
+    crd_cmds = crd.add_subparsers(dest="command", required=True, metavar="ACTION")
+    crd_cmds.add_parser("generate", help="print the CRD generated from the spec model"
+                        ).set_defaults(handler=cmd_crd_generate)
+
+    batch = groups.add_parser("batch", help="FheBatch resources (over the Kubernetes API)")
+    batch_cmds = batch.add_subparsers(dest="command", required=True, metavar="ACTION")
+    submit = batch_cmds.add_parser("submit", help="check a manifest and create it")
+    submit.add_argument("file")
+    wait = batch_cmds.add_parser("wait", help="wait for Succeeded (exit 0) or Failed (1)")
+    wait.add_argument("name")
+    wait.add_argument("--timeout", type=float, default=600)
+    get = batch_cmds.add_parser("get", help="phase and message, or the resource as JSON")
+    get.add_argument("name")
+    get.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    for sub, handler in ((submit, cmd_batch_submit), (wait, cmd_batch_wait),
+                         (get, cmd_batch_get)):
+        sub.add_argument("-n", "--namespace", help="default: FHE_NAMESPACE")
+        sub.set_defaults(handler=handler)
 
     db = groups.add_parser("db", help="database schema")
     db_cmds = db.add_subparsers(dest="command", required=True, metavar="ACTION")

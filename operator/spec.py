@@ -130,8 +130,11 @@ def describe_error(error: Exception) -> str:
     from pydantic import ValidationError
 
     if isinstance(error, ValidationError):
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        # With a union (an argument is a name or {scalar}), the deepest error is the
+        # branch the user meant; union branch tags (str, Scalar) are not field names.
+        first = max(error.errors(), key=lambda e: len(e["loc"]))
+        where = ".".join(str(p) for p in first["loc"]
+                         if not (isinstance(p, str) and (p == "str" or p[:1].isupper())))
         extra = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
         return f"spec.{where}: {first['msg']}{extra}" if where else f"spec: {first['msg']}"
     return str(error)

@@ -91,8 +91,9 @@ class KubeControlPlane:
         kubeconfigs = {identity: write_kubeconfig(base / f"{identity}.kubeconfig", pki,
                                                   identity, server)
                        for identity in ("admin", "controller-manager", "scheduler",
-                                        "node-agent")}
+                                        "node-agent", "fhe-operator")}
         info: Info = {"pki": str(pki), "kubeconfig": str(kubeconfigs["admin"]),
+                      "operator_kubeconfig": str(kubeconfigs["fhe-operator"]),
                       "version": kubernetes_version(), "pids": {}, "logs": str(base / "logs")}
         info.update({f"{key}_port": port for key, port in ports.items()})
         logs = base / "logs"
@@ -187,3 +188,12 @@ class KubeControlPlane:
 
     def env(self, info: Info) -> dict[str, str]:
         return {"KUBECONFIG": info["kubeconfig"], "FHE_KUBECONFIG": info["kubeconfig"]}
+
+
+def operator_kubeconfig(info: Info) -> Path:
+    """A kubeconfig for the ``fhe-operator`` user (limited by config/operator-rbac.yaml);
+    made on demand for a control plane started before this identity existed."""
+    base = Path(info["kubeconfig"]).parent
+    pki = ensure_pki(Path(info["pki"]))
+    return write_kubeconfig(base / "fhe-operator.kubeconfig", pki, "fhe-operator",
+                            f"https://127.0.0.1:{info['apiserver_port']}")

@@ -24,6 +24,8 @@ CLIENTS = {
     "controller-manager": ("system:kube-controller-manager", None),
     "scheduler": ("system:kube-scheduler", None),
     "node-agent": ("fhe-node-agent", "system:masters"),
+    # The operator is NOT an admin: config/operator-rbac.yaml binds this user.
+    "fhe-operator": ("fhe-operator", None),
 }
 
 

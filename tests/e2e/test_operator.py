@@ -1,0 +1,437 @@
+"""The operator end to end: the real API server, Job controller, scheduler and garbage
+collector, our node agent running `fhe-job compute` pods, real PostgreSQL and S3, real
+TFHE-rs keys. The operator runs as the user `fhe-operator`, bound only by
+config/operator-rbac.yaml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from coprocessor.db import queries
+from coprocessor.devstack import process
+from coprocessor.devstack.kube import operator_kubeconfig
+from coprocessor.devstack.state import StackState
+from coprocessor.fhe import reference
+from coprocessor.fhe.envelope import Envelope
+from coprocessor.settings import REPO_ROOT, Settings
+from coprocessor.storage import ObjectStore
+from coprocessor.tenants import create_tenant, input_handle, load_client
+from coprocessor.types import FheType, Op
+from fhe_operator.crd import crd
+
+from .conftest import wait_for
+
+GROUP, VERSION, PLURAL = "fhe.coprocessor.dev", "v1alpha1", "fhebatches"
+CHAIN_ID = 12345
+
+
+def apply(kube_api, manifest: dict) -> None:
+    api = client.ApiClient() if kube_api is None else kube_api
+    kind = manifest["kind"]
+    if kind == "CustomResourceDefinition":
+        ext = client.ApiextensionsV1Api(api)
+        try:
+            ext.create_custom_resource_definition(manifest)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            current = ext.read_custom_resource_definition(manifest["metadata"]["name"])
+            manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
+            ext.replace_custom_resource_definition(manifest["metadata"]["name"], manifest)
+        return
+    rbac = client.RbacAuthorizationV1Api(api)
+    create = {"ClusterRole": rbac.create_cluster_role,
+              "ClusterRoleBinding": rbac.create_cluster_role_binding}[kind]
+    try:
+        create(manifest)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+
+
+@pytest.fixture(scope="module")
+def installed(kube_api):
+    """CRD and RBAC, as the chart would install them."""
+    apply(kube_api, crd())
+    for manifest in yaml.safe_load_all((REPO_ROOT / "config/operator-rbac.yaml").read_text()):
+        apply(kube_api, manifest)
+    ext = client.ApiextensionsV1Api(kube_api)
+
+    def established():
+        status = ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}").status
+        return any(c.type == "Established" and c.status == "True"
+                   for c in status.conditions or [])
+    wait_for(established, timeout=30, what="the FheBatch CRD to be established")
+    return True
+
+
+@pytest.fixture(scope="module")
+def settings(dev_stack, database_url_module, tmp_path_factory) -> Settings:
+    return Settings(database_url=database_url_module,
+                    cache_dir=tmp_path_factory.mktemp("operator-cache"))
+
+
+@pytest.fixture(scope="module")
+async def tenant(settings):
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        created = await create_tenant(connection, ObjectStore(settings), settings, "ops",
+                                      CHAIN_ID, "tfhe-rs")
+    finally:
+        await connection.close()
+    return created.tenant, load_client(settings, created.tenant)
+
+
+class Operator:
+    """The operator as a process, so tests can kill it and start it again."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        self.port = process.free_port()
+        log = open(self.log_path, "a")  # noqa: SIM115 (kept for the process's life)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fhe_operator", "--liveness",
+             f"http://127.0.0.1:{self.port}/healthz"],
+            env=self.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self.alive, timeout=60, what="the operator's liveness endpoint")
+
+    def alive(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"operator exited {self.process.returncode}: "
+                                 f"{self.log_path.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def operator(kube_cluster, installed, settings, tenant, dev_stack, tmp_path_factory):
+    info = StackState.load(Path(kube_cluster["STATE_DIR"])).components["kube"]
+    env = {**os.environ, **dev_stack, "FHE_DATABASE_URL": settings.database_url,
+           "FHE_KUBECONFIG": str(operator_kubeconfig(info)), "FHE_OPERATOR_RESYNC_S": "1",
+           "FHE_LOG_FORMAT": "json", "FHE_MAX_RUNNING_BATCHES_CPU": "2"}
+    env.pop("KUBECONFIG", None)
+    running = Operator(env, tmp_path_factory.mktemp("operator") / "operator.log")
+    running.start()
+    yield running
+    running.kill()
+
+
+@pytest.fixture
+def ns(namespace, kube_api, settings, dev_stack):
+    """A namespace whose pods get the database and S3 settings (the chart's ConfigMap)."""
+    data = {key: value for key, value in dev_stack.items() if key.startswith("FHE_S3")}
+    data.update({"FHE_DATABASE_URL": settings.database_url, "FHE_LOG_FORMAT": "json",
+                 "FHE_COMPUTE_INPUT_WAIT_S": "30"})
+    client.CoreV1Api(kube_api).create_namespaced_config_map(namespace, {
+        "metadata": {"name": "fhe-coprocessor-config"}, "data": data})
+    return namespace
+
+
+async def store_input(settings, tenant, value: int, fhe_type: FheType) -> str:
+    record, client_ = tenant
+    ciphertext = client_.encrypt(value, fhe_type)
+    handle = input_handle(ciphertext, CHAIN_ID, int(fhe_type))
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        await queries.insert_ciphertext(connection, record.tenant_id, handle, ciphertext, 0,
+                                        int(fhe_type))
+    finally:
+        await connection.close()
+    return "0x" + handle.hex()
+
+
+def batch(name: str, graph: dict, **spec) -> dict:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FheBatch",
+            "metadata": {"name": name},
+            "spec": {"tenant": "ops", "device": "cpu", "graph": graph, **spec}}
+
+
+def custom(kube_api) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(kube_api)
+
+
+def get(kube_api, ns: str, name: str) -> dict:
+    return custom(kube_api).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+
+
+def phase_in(kube_api, ns: str, name: str, *phases: str):
+    def check():
+        status = get(kube_api, ns, name).get("status") or {}
+        return status if status.get("phase") in phases else None
+    return check
+
+
+def jobs_in(kube_api, ns: str) -> list:
+    return client.BatchV1Api(kube_api).list_namespaced_job(ns).items
+
+
+async def decrypt_output(settings, tenant, handle_hex: str) -> int:
+    record, client_ = tenant
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        stored = await queries.get_ciphertexts(connection, record.tenant_id,
+                                               [bytes.fromhex(handle_hex[2:])])
+    finally:
+        await connection.close()
+    return client_.decrypt(next(iter(stored.values())).ciphertext)
+
+
+async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(operator, ns, kube_api,
+                                                              settings, tenant, kube_cluster):
+    a = await store_input(settings, tenant, 200, FheType.Uint8)
+    b = await store_input(settings, tenant, 100, FheType.Uint8)
+    graph = {"inputs": {"a": a, "b": b}, "nodes": [
+        {"name": "ok", "op": "FheGe", "args": ["a", "b"]},
+        {"name": "dec", "op": "FheSub", "args": ["a", "b"]},
+        {"name": "new", "op": "FheIfThenElse", "args": ["ok", "dec", "a"], "output": True},
+        {"name": "c", "op": "FheAdd", "args": ["b", {"scalar": "0x2a"}], "output": True},
+        {"name": "k", "op": "FheTrivialEncrypt", "args": [{"scalar": "7"}], "type": "Uint8"},
+        {"name": "w", "op": "FheCast", "args": ["k"], "type": "Uint16", "output": True},
+    ]}
+    custom(kube_api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
+                                                     batch("transfer", graph))
+    status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "transfer", "Succeeded",
+                                                        "Failed"), timeout=240,
+                                     what="batch transfer to finish")
+    assert status["phase"] == "Succeeded", status
+    assert status["computations"] == {"total": 6, "completed": 6, "failed": 0}
+    assert status["stages"]["compute"]["state"] == "Succeeded"
+    assert status["observedGeneration"] == 1
+    expected = {"new": reference.binary(Op.Sub, 200, 100, FheType.Uint8),
+                "c": 142, "w": reference.cast(7, FheType.Uint16)}
+    assert set(status["outputs"]) == set(expected)
+    for name, value in expected.items():
+        assert await decrypt_output(settings, tenant, status["outputs"][name]) == value
+    (job,) = jobs_in(kube_api, ns)
+    assert job.metadata.owner_references[0].kind == "FheBatch"
+    assert job.metadata.labels["fhe.coprocessor.dev/stage"] == "compute"
+    assert job.spec.pod_failure_policy.rules[0].on_exit_codes.values == [3]
+    assert job.spec.ttl_seconds_after_finished and job.spec.active_deadline_seconds
+    printed = subprocess.run(["kubectl", "get", "fhebatches", "-n", ns],
+                             env={**os.environ, "KUBECONFIG": kube_cluster["KUBECONFIG"]},
+                             capture_output=True, text=True, check=True).stdout
+    header, row = printed.splitlines()[:2]
+    assert header.split()[:6] == ["NAME", "PHASE", "DONE", "DEVICE", "AGE", "MESSAGE"]
+    assert row.split()[:4] == ["transfer", "Succeeded", "6/6", "cpu"]
+    events = client.CoreV1Api(kube_api).list_namespaced_event(ns).items
+    assert any(e.reason == "Succeeded" and e.involved_object.name == "transfer"
+               for e in events)
+
+
+INVALID = [
+    ("unknown-op", {"nodes": [{"name": "x", "op": "FheFrobnicate", "args": ["a", "a"]}]},
+     "unknown op 'FheFrobnicate'"),
+    ("arity", {"nodes": [{"name": "x", "op": "FheAdd", "args": ["a"]}]},
+     "node 'x' (FheAdd): takes 2 argument(s), got 1"),
+    ("mismatch", {"nodes": [{"name": "x", "op": "FheAdd", "args": ["a", "wide"]}]},
+     "operands differ: Uint8 and Uint16"),
+    ("cycle", {"nodes": [{"name": "x", "op": "FheAdd", "args": ["a", "y"]},
+                         {"name": "y", "op": "FheAdd", "args": ["x", "a"]}]},
+     "cycle through nodes x, y"),
+    ("dangling", {"nodes": [{"name": "x", "op": "FheAdd", "args": ["a", "nope"]}]},
+     "argument 'nope' names no input or node"),
+    ("no-type", {"nodes": [{"name": "x", "op": "FheCast", "args": ["a"]}]}, "needs `type`"),
+    ("unsupported", {"nodes": [{"name": "x", "op": "FheMulDiv", "args": ["a", "a", "a"]}]},
+     "not implemented on tfhe-rs"),
+]
+
+
+async def test_invalid_graphs_fail_with_a_message_and_no_job(operator, ns, kube_api, settings,
+                                                             tenant):
+    a = await store_input(settings, tenant, 1, FheType.Uint8)
+    wide = await store_input(settings, tenant, 1, FheType.Uint16)
+    cases = [(name, batch(name, {"inputs": {"a": a, "wide": wide}, **graph}), message)
+             for name, graph, message in INVALID]
+    cases.append(("tenant", {**batch("tenant", {"inputs": {"a": a}, "nodes": [
+        {"name": "x", "op": "FheNot", "args": ["a"]}]}), "spec": {
+        "tenant": "nobody", "graph": {"inputs": {"a": a}, "nodes": [
+            {"name": "x", "op": "FheNot", "args": ["a"]}]}}}, "tenant 'nobody' does not exist"))
+    unknown = "0x" + (b"\x01" * 22 + CHAIN_ID.to_bytes(8, "big") + bytes([2, 0])).hex()
+    cases.append(("handle", batch("handle", {"inputs": {"a": unknown}, "nodes": [
+        {"name": "x", "op": "FheNot", "args": ["a"]}]}), "input 'a' (0x0101"))
+    cases.append(("stage", batch("stage", {"inputs": {"a": a}, "nodes": [
+        {"name": "x", "op": "FheNot", "args": ["a"]}]}, stages=["compute", "sns"]),
+        "stage(s) sns are not available"))
+    for _, manifest, _ in cases:
+        custom(kube_api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, manifest)
+    for name, _, message in cases:
+        status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, name, "Failed",
+                                                            "Succeeded", "Computing"),
+                                         timeout=60, what=f"batch {name} to be judged")
+        assert status["phase"] == "Failed", (name, status)
+        assert message in status["message"], (name, status["message"])
+    assert jobs_in(kube_api, ns) == []
+    events = client.CoreV1Api(kube_api).list_namespaced_event(ns).items
+    failed = {e.involved_object.name for e in events if e.reason == "Failed"}
+    assert failed == {name for name, _, _ in cases}
+
+
+@pytest.mark.parametrize(("mutation", "fragment"), [
+    ({"spec": {"tenant": "ops", "graph": {"nodes": []}, "color": "red"}}, "unknown field"),
+    ({"spec": {"tenant": "ops", "device": "tpu", "graph": {"nodes": [
+        {"name": "x", "op": "FheNot", "args": ["a"]}]}}}, "Unsupported value"),
+    ({"spec": {"tenant": "ops", "graph": {"nodes": [
+        {"name": "x", "op": "FheNot", "args": ["a"]}]},
+        "source": {"transactions": ["0x" + "00" * 32]}}}, "exactly one of spec.graph"),
+    ({"spec": {"tenant": "ops", "graph": {"nodes": [
+        {"name": f"n{i}", "op": "FheNot", "args": ["a"]} for i in range(501)]}}},
+     "must have at most 500 items"),
+    ({"spec": {"tenant": "ops", "graph": {"inputs": {"a": "0x12"}, "nodes": [
+        {"name": "x", "op": "FheNot", "args": ["a"]}]}}}, "should match"),
+])
+def test_the_api_server_rejects_structurally_wrong_batches(installed, kube_api, namespace,
+                                                           mutation, fragment):
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FheBatch",
+            "metadata": {"name": "wrong"}, **mutation}
+    with pytest.raises(ApiException) as rejected:
+        custom(kube_api).create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict")
+    assert rejected.value.status in (400, 422)
+    assert fragment in rejected.value.body
+
+
+async def test_bad_ciphertext_exit_3_fails_the_job_at_once(operator, ns, kube_api, settings,
+                                                           tenant):
+    record, client_ = tenant
+    good = client_.encrypt(5, FheType.Uint8)
+    envelope = Envelope.from_bytes(good)
+    payload = bytearray(envelope.payload)
+    payload[len(payload) // 2: len(payload) // 2 + 64] = b"\xff" * 64
+    broken = Envelope(envelope.backend, envelope.fhe_type, envelope.kind, envelope.key_digest,
+                      bytes(payload)).to_bytes()
+    handle = input_handle(broken, CHAIN_ID, int(FheType.Uint8))
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        await queries.insert_ciphertext(connection, record.tenant_id, handle, broken, 0, 2)
+    finally:
+        await connection.close()
+    graph = {"inputs": {"a": "0x" + handle.hex()},
+             "nodes": [{"name": "x", "op": "FheAdd", "args": ["a", {"scalar": "1"}]}]}
+    custom(kube_api).create_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, batch("corrupt", graph, retries={"backoffLimit": 3}))
+    status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "corrupt", "Failed",
+                                                        "Succeeded"), timeout=180,
+                                     what="batch corrupt to finish")
+    assert status["phase"] == "Failed"
+    assert "rejected by TFHE-rs" in status["message"], status["message"]
+    assert status["stages"]["compute"]["attempts"] == 1  # exit 3: no retry
+    assert status["computations"]["failed"] == 1
+
+
+async def test_recoverable_exit_is_retried_then_succeeds(operator, ns, kube_api, settings,
+                                                         tenant, dev_stack):
+    core = client.CoreV1Api(kube_api)
+    core.patch_namespaced_config_map("fhe-coprocessor-config", ns, {
+        "data": {"FHE_S3_ENDPOINT": "http://127.0.0.1:1"}})  # S3 unreachable: exit 75
+    a = await store_input(settings, tenant, 9, FheType.Uint8)
+    graph = {"inputs": {"a": a}, "nodes": [
+        {"name": "x", "op": "FheAdd", "args": ["a", {"scalar": "1"}], "output": True}]}
+    custom(kube_api).create_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, batch("retry", graph, retries={"backoffLimit": 3}))
+
+    def first_attempt_failed():
+        jobs = jobs_in(kube_api, ns)
+        return jobs and (jobs[0].status.failed or 0) >= 1
+    await asyncio.to_thread(wait_for, first_attempt_failed, timeout=120,
+                            what="the first pod to fail recoverably")
+    core.patch_namespaced_config_map("fhe-coprocessor-config", ns, {
+        "data": {"FHE_S3_ENDPOINT": dev_stack["FHE_S3_ENDPOINT"]}})
+    status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "retry", "Failed",
+                                                        "Succeeded"), timeout=180,
+                                     what="batch retry to finish")
+    assert status["phase"] == "Succeeded", status
+    assert status["stages"]["compute"]["attempts"] >= 2
+    assert await decrypt_output(settings, tenant, status["outputs"]["x"]) == 10
+
+
+def chain_graph(a: str, length: int) -> dict:
+    nodes = [{"name": "n0", "op": "FheMul", "args": ["a", {"scalar": "3"}]}]
+    for i in range(1, length):
+        nodes.append({"name": f"n{i}", "op": "FheMul", "args": [f"n{i - 1}", {"scalar": "3"}]})
+    nodes[-1]["output"] = True
+    return {"inputs": {"a": a}, "nodes": nodes}
+
+
+async def test_operator_killed_mid_batch_converges_without_a_second_job(
+        operator, ns, kube_api, settings, tenant):
+    a = await store_input(settings, tenant, 7, FheType.Uint16)
+    custom(kube_api).create_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, batch("restart", chain_graph(a, 4)))
+    await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "restart", "Computing"),
+                            timeout=60, what="batch restart to start computing")
+    (job,) = jobs_in(kube_api, ns)
+    operator.kill()
+    operator.start()
+    status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "restart", "Succeeded",
+                                                        "Failed"), timeout=240,
+                                     what="batch restart to finish")
+    assert status["phase"] == "Succeeded", status
+    (again,) = jobs_in(kube_api, ns)
+    assert again.metadata.uid == job.metadata.uid
+    assert await decrypt_output(settings, tenant, status["outputs"]["n3"]) == \
+        (7 * 3 ** 4) % 2**16
+
+
+def job_processes(batch_id: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"fhe-job" in b" ".join(cmdline) and batch_id.encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+async def test_deleting_a_batch_mid_run_stops_its_process(operator, ns, kube_api, settings,
+                                                          tenant):
+    a = await store_input(settings, tenant, 5, FheType.Uint32)
+    custom(kube_api).create_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, batch("doomed", chain_graph(a, 30)))
+    status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "doomed", "Computing"),
+                                     timeout=60, what="batch doomed to start computing")
+    batch_id = status["batchId"]
+    await asyncio.to_thread(wait_for, lambda: job_processes(batch_id), timeout=60,
+                            what="the compute process to start")
+    custom(kube_api).delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "doomed")
+    await asyncio.to_thread(wait_for, lambda: not job_processes(batch_id), timeout=60,
+                            what="the compute process to stop")
+    await asyncio.to_thread(wait_for, lambda: not jobs_in(kube_api, ns), timeout=60,
+                            what="the Job to be garbage-collected")
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        released = await connection.fetchval(
+            "SELECT released_at IS NOT NULL FROM batches WHERE batch_id = $1", batch_id)
+    finally:
+        await connection.close()
+    assert released
+

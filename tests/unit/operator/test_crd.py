@@ -1,0 +1,32 @@
+"""The checked-in CRD is the generated one, and it is a structural schema."""
+
+from coprocessor.settings import REPO_ROOT
+from fhe_operator.crd import crd, crd_yaml
+
+
+def test_checked_in_crd_equals_the_generated_one():
+    checked_in = (REPO_ROOT / "crds" / "fhebatch.yaml").read_text()
+    assert checked_in == crd_yaml(), "run `fhectl crd generate > crds/fhebatch.yaml`"
+
+
+def _walk(node, path="spec"):
+    yield path, node
+    for key, child in (node.get("properties") or {}).items():
+        yield from _walk(child, f"{path}.{key}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}{{}}")
+
+
+def test_every_node_is_typed_or_explicitly_open():
+    version = crd()["spec"]["versions"][0]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for path, node in _walk(spec):
+        assert "$ref" not in node and "anyOf" not in node, path
+        assert node.get("type") or node.get("x-kubernetes-preserve-unknown-fields"), path
+    names = crd()["spec"]["names"]
+    assert (names["shortNames"], names["categories"]) == (["fheb"], ["fhe"])
+    columns = [c["name"].upper() for c in version["additionalPrinterColumns"]]
+    assert columns == ["PHASE", "DONE", "DEVICE", "AGE", "MESSAGE"]
+    assert version["subresources"] == {"status": {}}
