@@ -39,7 +39,7 @@ def job_name(batch: str, stage: str) -> str:
     if len(name) <= MAX_NAME:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[:MAX_NAME - 9 - len(stage)].rstrip('-')}-{digest}-{stage}"
+    return f"{name[:MAX_NAME - 10 - len(stage)].rstrip('-')}-{digest}-{stage}"
 
 
 def job_manifest(*, namespace: str, name: str, uid: str, batch_id: str, spec: FheBatchSpec,

@@ -1,0 +1,142 @@
+"""The phase machine as tables: spec x observed Jobs x database counts -> actions."""
+
+import datetime as dt
+
+import pytest
+
+from fhe_operator.controller import job_view
+from fhe_operator.jobs import JobSettings, job_manifest, job_name
+from fhe_operator.reconcile import (
+    JobView,
+    Observed,
+    Progress,
+    QueueEntry,
+    capacity_decision,
+    plan,
+)
+from fhe_operator.spec import FheBatchSpec
+
+T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+
+
+def spec(**extra) -> FheBatchSpec:
+    return FheBatchSpec.model_validate({"tenant": "acme", "graph": {
+        "nodes": [{"name": "x", "op": "FheNot", "args": ["a"]}]}, **extra})
+
+
+def observed(**kw) -> Observed:
+    base = dict(generation=2, created_at=T0, now=T0 + dt.timedelta(seconds=10), spec=spec(),
+                batch_id="fhe/b@1", admitted=True, progress=Progress(3, 0, 0))
+    base.update(kw)
+    return Observed(**base)
+
+
+RUNNING = JobView("b-compute", active=1)
+DONE = JobView("b-compute", succeeded=True, summary={"completed": 3, "failed": 0})
+FAILED = JobView("b-compute", failed=True, failure_message="PodFailurePolicy: exit 3",
+                 summary={"error": "1 computation(s) failed; 0xab: bad bytes"})
+
+
+@pytest.mark.parametrize(("case", "phase", "admit", "create", "message"), [
+    (dict(spec=None, spec_error="spec.tenant: bad"), "Failed", False, [], "spec.tenant: bad"),
+    (dict(admitted=False, progress=None), "Pending", True, [], "admitting"),
+    (dict(), "Computing", False, ["compute"], "starting stage compute"),
+    (dict(jobs={"compute": RUNNING}), "Computing", False, [], "computing: 0/3 computed"),
+    (dict(jobs={"compute": DONE}, progress=Progress(3, 3, 0)), "Succeeded", False, [],
+     "3/3 computed"),
+    (dict(jobs={"compute": FAILED}), "Failed", False, [], "bad bytes"),
+    (dict(spec=spec(suspend=True)), "Suspended", False, [], "suspended before stage compute"),
+    (dict(spec=spec(suspend=True), jobs={"compute": RUNNING}), "Computing", False, [],
+     "suspended: no new Jobs"),
+    (dict(may_start=False, wait_reason="waiting for capacity: 2 of 2 gpu"), "Admitted", False,
+     [], "waiting for capacity"),
+    (dict(now=T0 + dt.timedelta(hours=2)), "Failed", False, [], "deadline of 3600s passed"),
+    (dict(jobs={"compute": JobView("b-compute", active=0, waiting="pod unschedulable: 0/2 "
+                                   "nodes are available: Insufficient nvidia.com/gpu")}),
+     "Computing", False, [], "Insufficient nvidia.com/gpu"),
+])
+def test_phase_table(case, phase, admit, create, message):
+    result = plan(observed(**case))
+    assert (result.phase, result.admit, result.create_jobs) == (phase, admit, create)
+    assert message in result.status["message"]
+    assert result.status["observedGeneration"] == 2
+
+
+def test_events_only_on_a_phase_change_and_job_creation():
+    first = plan(observed())
+    assert [e[1] for e in first.events] == ["Computing", "JobCreated"]
+    again = plan(observed(jobs={"compute": RUNNING}, previous=first.status))
+    assert again.events == []
+    failed = plan(observed(jobs={"compute": FAILED}, previous=again.status))
+    assert failed.events == [("Warning", "Failed", failed.status["message"])]
+
+
+def test_status_reports_outputs_only_when_succeeded_and_keeps_transition_times():
+    running = plan(observed(jobs={"compute": RUNNING}, outputs={"x": "0x01"}))
+    assert running.status["outputs"] == {}
+    later = observed(jobs={"compute": RUNNING}, previous=running.status,
+                     now=T0 + dt.timedelta(seconds=99))
+    assert plan(later).status["conditions"] == running.status["conditions"]
+    done = plan(observed(jobs={"compute": DONE}, outputs={"x": "0x01"},
+                         progress=Progress(3, 3, 0)))
+    assert done.status["outputs"] == {"x": "0x01"} and done.status["done"] == "3/3"
+    ready = {c["type"]: c["status"] for c in done.status["conditions"]}
+    assert ready == {"Ready": "True", "Failed": "False", "Progressing": "False"}
+
+
+def entry(name, priority=0, minute=0):
+    return QueueEntry(name, priority, T0 + dt.timedelta(minutes=minute))
+
+
+def test_capacity_goes_by_priority_then_age():
+    queue = [entry("old", 0, 0), entry("new", 0, 5), entry("vip", 9, 9)]
+    assert capacity_decision(entry("vip", 9, 9), queue, 1, 2, "gpu") == (True, None)
+    allowed, why = capacity_decision(entry("new", 0, 5), queue, 1, 2, "gpu")
+    assert not allowed and "1 of 2 gpu batches running, 1 waiting ahead" in why
+    assert capacity_decision(entry("new", 0, 5), queue, 0, None, "gpu") == (True, None)
+
+
+def test_job_manifest_for_gpu_has_limits_toleration_and_failure_policy():
+    manifest = job_manifest(namespace="fhe", name="b", uid="u1", batch_id="fhe/b@1",
+                            spec=spec(parallelism=3), stage="compute", device="gpu",
+                            settings=JobSettings(), remaining_seconds=100)
+    pod = manifest["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert container["command"] == ["fhe-job", "compute", "--batch", "fhe/b@1", "--count", "3"]
+    assert manifest["spec"]["completionMode"] == "Indexed"
+    assert manifest["spec"]["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
+    assert manifest["metadata"]["ownerReferences"][0]["uid"] == "u1"
+    cpu = job_manifest(namespace="fhe", name="b", uid="u1", batch_id="fhe/b@1", spec=spec(),
+                       stage="compute", device="cpu", settings=JobSettings(),
+                       remaining_seconds=100)
+    assert "nvidia.com/gpu" not in cpu["spec"]["template"]["spec"]["containers"][0][
+        "resources"]["limits"]
+
+
+def test_job_names_stay_valid_and_deterministic():
+    long = "b" * 70
+    assert len(job_name(long, "compute")) <= 63
+    assert job_name(long, "compute") == job_name(long, "compute")
+    assert job_name(long, "compute").endswith("-compute")
+
+
+def test_job_view_reads_conditions_termination_message_and_unschedulable_pods():
+    job = {"metadata": {"name": "b-compute"}, "status": {
+        "failed": 1, "startTime": "t0",
+        "conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                        "message": "exit 3", "lastTransitionTime": "t1"}]}}
+    pods = [{"metadata": {}, "status": {"containerStatuses": [{"state": {"terminated": {
+        "exitCode": 3, "finishedAt": "t1",
+        "message": '{"completed": 1, "failed": 1, "error": "bad"}'}}}]}}]
+    view = job_view(job, pods)
+    assert view.failed and view.summary["error"] == "bad" and view.finished_at == "t1"
+    garbled = [{"metadata": {}, "status": {"containerStatuses": [{"state": {"terminated": {
+        "message": "Traceback...\nValueError: boom"}}}]}}]
+    assert job_view(job, garbled).summary == {"error": "ValueError: boom"}
+    pending = [{"metadata": {}, "status": {"conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/2 nodes are available"}]}}]
+    view = job_view({"metadata": {"name": "j"}, "status": {"active": 1}}, pending)
+    assert view.waiting == "pod unschedulable: 0/2 nodes are available"
