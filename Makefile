@@ -26,6 +26,7 @@ bench: setup      ## benchmarks: print figures, write JSON under bench/results/
 	$(VENV)/python bench/db.py
 	$(VENV)/python bench/kube.py
 	$(VENV)/python bench/ops.py --repeat 1
+	$(VENV)/python bench/graph.py
 
 lock:             ## re-pin constraints.txt from the current .venv
 	$(VENV)/pip freeze --all --exclude-editable | grep -vE '^(fhe-coprocessor|fhe-native|pip)( @|==)' > constraints.txt

@@ -12,6 +12,8 @@ import sys
 import time
 
 _RESERVED = set(vars(logging.makeLogRecord({})))
+# kopf attaches its whole OperatorSettings to every record; k8s_skip is its own flag.
+_DROPPED = {"fields", "message", "asctime", "settings", "k8s_skip"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,7 +26,7 @@ class JsonFormatter(logging.Formatter):
             "event": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _RESERVED and key not in ("fields", "message", "asctime"):
+            if key not in _RESERVED and key not in _DROPPED:
                 line[key] = value
         line.update(getattr(record, "fields", None) or {})
         if record.exc_info:
@@ -47,5 +49,6 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("botocore", "urllib3", "asyncio", "web3", "kubernetes"):
+    for noisy in ("botocore", "urllib3", "asyncio", "web3", "kubernetes", "kopf.objects",
+                  "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     kopf.configure(verbose=False)
     configure_logging(settings.log_level, settings.log_format)  # kopf replaced handlers
     kopf.run(standalone=True, clusterwide=not args.namespace,
-             namespaces=args.namespace or None, liveness_endpoint=args.liveness)
+             namespaces=args.namespace, liveness_endpoint=args.liveness)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from kubernetes.client.rest import ApiException
 
 from coprocessor.db import queries
 from coprocessor.db.rows import BatchAdmission
-from coprocessor.errors import Recoverable
+from coprocessor.errors import Recoverable, ServiceUnavailable
 from coprocessor.fhe.engine import get_backend
 from coprocessor.settings import Settings
 
@@ -39,6 +39,7 @@ from .spec import GROUP, KIND, PLURAL, VERSION, FheBatchSpec, batch_id, describe
 from .validation import InvalidSpec, PlannedGraph, plan_graph
 
 log = logging.getLogger(__name__)
+FINALIZER = f"{GROUP}/release"  # ours: releases the batch in the database
 AVAILABLE_STAGES = ("compute",)  # stages whose runner exists (job_runner.AVAILABLE)
 NODE_CACHE_S = 30.0
 
@@ -130,9 +131,17 @@ class Controller:
     # --- one pass --------------------------------------------------------------------
     async def _reconcile(self, namespace: str, name: str) -> Plan | None:
         body = await self._get_batch(namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
+        if body is None:
             return None
         meta = body["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if meta.get("deletionTimestamp"):
+            if FINALIZER in finalizers:
+                await self.release(namespace, name, body)
+                await self._set_finalizers(body, [f for f in finalizers if f != FINALIZER])
+            return None
+        if FINALIZER not in finalizers:
+            await self._set_finalizers(body, [*finalizers, FINALIZER])
         previous = body.get("status") or {}
         now = dt.datetime.now(dt.UTC)
         spec, error, planned, tenant = await self._validate(namespace, name, body)
@@ -287,6 +296,21 @@ class Controller:
         return capacity_decision(me, waiting, running, limit, device)
 
     # --- Kubernetes writes -----------------------------------------------------------
+    async def _set_finalizers(self, body: dict[str, Any], finalizers: list[str]) -> None:
+        """Replace the list, guarded by resourceVersion: a concurrent change (kopf's own
+        finalizer) makes this a 409, and the next reconcile tries again."""
+        meta = body["metadata"]
+        patch = {"metadata": {"finalizers": finalizers,
+                              "resourceVersion": meta["resourceVersion"]}}
+        try:
+            await asyncio.to_thread(self.custom.patch_namespaced_custom_object, GROUP, VERSION,
+                                    meta["namespace"], PLURAL, meta["name"], patch)
+        except ApiException as error:
+            if error.status not in (404, 409):
+                raise
+            raise ServiceUnavailable("kube-apiserver", f"finalizer update raced: "
+                                     f"{error.reason}") from None
+
     async def _create_job(self, body: dict[str, Any], spec, ident, stage: str, device: str,
                           observed: Observed) -> None:
         meta = body["metadata"]

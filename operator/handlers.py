@@ -3,8 +3,12 @@
 * any watch event of a FheBatch (create, update, the initial listing after a restart);
 * any event of a Job labelled with a batch (a pod finished, the Job completed);
 * a timer per batch, so a lost event or a failed pass is repaired within
-  ``operator_resync_s``;
-* deletion: the finalizer releases the batch's claims in the database.
+  ``operator_resync_s``.
+
+Deletion needs no handler of its own: the controller keeps its own finalizer on each
+batch and, on the event that carries the deletion timestamp, releases the batch in the
+database and removes it. (kopf's on.delete runs after the on.event handlers of the
+same event cycle, so one slow reconcile could delay the finalizer being added at all.)
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(*RESOURCE)
 async def batch_event(event: dict[str, Any], namespace: str, name: str, memo: kopf.Memo,
                       **_: Any) -> None:
-    if event.get("type") != "DELETED":
+    if event.get("type") != "DELETED":  # the last event, after every finalizer is gone
         await memo["controller"].reconcile(namespace, name)
 
 
@@ -77,8 +81,3 @@ async def job_event(namespace: str, labels: dict[str, str], memo: kopf.Memo,
 async def resync(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     await memo["controller"].reconcile(namespace, name)
 
-
-@kopf.on.delete(*RESOURCE)
-async def release(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
-                  **_: Any) -> None:
-    await memo["controller"].release(namespace, name, dict(body))

@@ -427,6 +427,14 @@ async def test_deleting_a_batch_mid_run_stops_its_process(operator, ns, kube_api
                             what="the compute process to stop")
     await asyncio.to_thread(wait_for, lambda: not jobs_in(kube_api, ns), timeout=60,
                             what="the Job to be garbage-collected")
+
+    def gone() -> bool:  # the finalizer (release in the database) has run
+        try:
+            get(kube_api, ns, "doomed")
+        except ApiException as error:
+            return error.status == 404
+        return False
+    await asyncio.to_thread(wait_for, gone, timeout=60, what="the finalizer to finish")
     connection = await asyncpg.connect(settings.database_url)
     try:
         released = await connection.fetchval(
