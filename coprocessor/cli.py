@@ -247,7 +247,10 @@ def cmd_batch_submit(args: argparse.Namespace) -> int:
     try:
         manifest = yaml.safe_load(Path(args.file).read_text())
     except (OSError, yaml.YAMLError) as error:
-        raise UserError(f"cannot read {args.file}: {error}") from None
+        where = getattr(error, "problem_mark", None)
+        detail = (f"YAML error at line {where.line + 1}, column {where.column + 1}: "
+                  f"{getattr(error, 'problem', error)}") if where else str(error)
+        raise UserError(f"cannot read {args.file}: {detail}") from None
     if not isinstance(manifest, dict) or manifest.get("kind") != "FheBatch":
         raise UserError(f"{args.file} is not a FheBatch manifest")
     try:
