@@ -15,6 +15,7 @@ from coprocessor.db.queries import BatchComputation
 from coprocessor.db.rows import split_dependencies
 from coprocessor.errors import InvalidRow
 from coprocessor.fhe.engine import OpRequest
+from coprocessor.toposort import topological_order
 from coprocessor.types import FheType, Op
 
 
@@ -100,25 +101,13 @@ def build_graph(nodes: Iterable[Node]) -> Graph:
             raise InvalidRow(f"computation {label(node.handle)} appears twice in the batch")
         by_handle[node.handle] = node
     dependents: dict[bytes, list[bytes]] = {h: [] for h in by_handle}
-    waiting: dict[bytes, set[bytes]] = {}
     external: set[bytes] = set()
     for handle, node in by_handle.items():
-        inside = {o for o in node.operands if o in by_handle}
         external.update(o for o in node.operands if o not in by_handle)
-        waiting[handle] = inside
-        for operand in inside:
+        for operand in {o for o in node.operands if o in by_handle}:
             dependents[operand].append(handle)
-    ready = [h for h, needs in waiting.items() if not needs]
-    order: list[bytes] = []
-    while ready:
-        handle = ready.pop(0)
-        order.append(handle)
-        for dependent in dependents[handle]:
-            waiting[dependent].discard(handle)
-            if not waiting[dependent]:
-                ready.append(dependent)
-    if len(order) != len(by_handle):
-        stuck = [h for h in by_handle if waiting[h]]
+    order, stuck = topological_order({h: n.operands for h, n in by_handle.items()})
+    if stuck:
         shown = ", ".join(label(h) for h in stuck[:3])
         more = f" and {len(stuck) - 3} more" if len(stuck) > 3 else ""
         raise GraphCycle(f"dependency cycle among {len(stuck)} computation(s): {shown}{more}")

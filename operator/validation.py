@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from coprocessor.db.rows import ComputationRow
 from coprocessor.errors import Irrecoverable, UserError
 from coprocessor.fhe.engine import Backend, operand_type, require_support, result_type_of
+from coprocessor.toposort import topological_order
 from coprocessor.types import FheType, Handle, Op, derive_handle
 
 from .spec import Graph, GraphNode, Scalar
@@ -51,30 +52,15 @@ def _order(graph: Graph) -> list[GraphNode]:
         if node.name in graph.inputs:
             raise InvalidSpec(f"node name {node.name!r} is also an input name")
         by_name[node.name] = node
-    waiting: dict[str, set[str]] = {}
     for node in graph.nodes:
-        names = {a for a in node.args if isinstance(a, str)}
-        for ref in names:
+        for ref in (a for a in node.args if isinstance(a, str)):
             if ref not in by_name and ref not in graph.inputs:
                 raise InvalidSpec(f"{_where(node)}: argument {ref!r} names no input or node")
-        waiting[node.name] = {ref for ref in names if ref in by_name}
-    dependents: dict[str, list[str]] = {n: [] for n in by_name}
-    for name, needs in waiting.items():
-        for ref in needs:
-            dependents[ref].append(name)
-    ready = [n.name for n in graph.nodes if not waiting[n.name]]
-    ordered: list[GraphNode] = []
-    while ready:
-        current = ready.pop(0)
-        ordered.append(by_name[current])
-        for dependent in dependents[current]:
-            waiting[dependent].discard(current)
-            if not waiting[dependent]:
-                ready.append(dependent)
-    if len(ordered) != len(by_name):
-        loop = sorted(n for n, needs in waiting.items() if needs)
-        raise InvalidSpec(f"the graph has a cycle through nodes {', '.join(loop[:5])}")
-    return ordered
+    ordered, stuck = topological_order(
+        {n.name: [a for a in n.args if isinstance(a, str)] for n in graph.nodes})
+    if stuck:
+        raise InvalidSpec(f"the graph has a cycle through nodes {', '.join(sorted(stuck)[:5])}")
+    return [by_name[n] for n in ordered]
 
 
 def _scalar_bytes(value: int) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import InvalidRow
+from ..toposort import topological_order
 from ..types import HANDLE_LENGTH, FheType, Op
 
 MAX_BACKOFF_S = 32_000
@@ -111,29 +112,12 @@ def check_batch(rows: tuple[ComputationRow, ...] | list[ComputationRow]) -> list
 
 
 def _topological(by_handle: dict[bytes, ComputationRow]) -> list[ComputationRow]:
-    """Kahn's algorithm over the in-batch edges; leftovers form a cycle."""
-    waiting = {
-        handle: {d for d in row.handle_dependencies if d in by_handle}
-        for handle, row in by_handle.items()
-    }
-    dependents: dict[bytes, list[bytes]] = {h: [] for h in by_handle}
-    for handle, needs in waiting.items():
-        for dependency in needs:
-            dependents[dependency].append(handle)
-    ready = [h for h, needs in waiting.items() if not needs]
-    ordered: list[ComputationRow] = []
-    while ready:
-        handle = ready.pop(0)
-        ordered.append(by_handle[handle])
-        for dependent in dependents[handle]:
-            waiting[dependent].discard(handle)
-            if not waiting[dependent]:
-                ready.append(dependent)
-    if len(ordered) != len(by_handle):
-        stuck = sorted(h for h, needs in waiting.items() if needs)
-        shown = ", ".join("0x" + h.hex() for h in stuck[:3])
+    ordered, stuck = topological_order(
+        {handle: row.handle_dependencies for handle, row in by_handle.items()})
+    if stuck:
+        shown = ", ".join("0x" + h.hex() for h in sorted(stuck)[:3])
         raise InvalidRow(f"dependency cycle among {len(stuck)} computation(s): {shown}")
-    return ordered
+    return [by_handle[h] for h in ordered]
 
 
 def backoff_seconds(failures: int) -> int:
