@@ -15,7 +15,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import asyncpg
@@ -88,12 +87,7 @@ async def notify_latency(url: str, samples: int) -> dict[str, float]:
 
 
 async def main_async(args: argparse.Namespace, server_url: str) -> dict:
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(server_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = server_url.rsplit("/", 1)[0] + "/" + name
-    try:
-        await migrate.migrate(url, REPO_ROOT / "migrations")
+    async with migrate.scratch_database(server_url, REPO_ROOT / "migrations", "bench") as url:
         pool = await asyncpg.create_pool(url, min_size=4, max_size=8)
         throughput = {}
         for run, workers in enumerate((1, 2, 4)):
@@ -103,9 +97,6 @@ async def main_async(args: argparse.Namespace, server_url: str) -> dict:
         await pool.close()
         latency = await notify_latency(url, args.samples)
         print(f"NOTIFY -> wakeup: p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms")
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
     return {"claim_complete_rows_per_s": throughput, "notify_wakeup": latency,
             "items": args.items, "claim_limit": args.limit}
 

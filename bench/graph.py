@@ -142,22 +142,14 @@ async def run_graph(args, settings: Settings, keyset) -> dict:
 
 
 async def with_database(args, server_env: dict[str, str], keyset) -> dict:
-    server_url = server_env["FHE_DATABASE_URL"]
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(server_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = server_url.rsplit("/", 1)[0] + "/" + name
-    try:
-        await migrate.migrate(url, REPO_ROOT / "migrations")
+    async with migrate.scratch_database(server_env["FHE_DATABASE_URL"],
+                                        REPO_ROOT / "migrations", "bench") as url:
         with tempfile.TemporaryDirectory(prefix="fhe-bench-cache-") as cache:
             os.environ.update(server_env)
             settings = Settings(database_url=url, cache_dir=Path(cache),
                                 termination_log=Path(cache) / "termination-log",
                                 compute_workers=args.workers, compute_strategy=args.strategy)
             return await run_graph(args, settings, keyset)
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def single_core_child(directory: Path, fhe_type: str, repeat: int) -> dict[str, float]:

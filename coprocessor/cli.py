@@ -224,13 +224,15 @@ def _custom_objects():
     return client.CustomObjectsApi()
 
 
-def _batch_call(call, *args, **kwargs):
+def _batch_call(call, namespace: str, *rest):
+    """``call(group, version, namespace, plural, *rest)`` with the API's refusal turned
+    into one line."""
     from kubernetes.client.rest import ApiException
 
     from fhe_operator.spec import GROUP, PLURAL, VERSION
 
     try:
-        return call(GROUP, VERSION, *args[:1], PLURAL, *args[1:], **kwargs)
+        return call(GROUP, VERSION, namespace, PLURAL, *rest)
     except ApiException as error:
         try:
             detail = json.loads(error.body).get("message", error.reason)

@@ -22,8 +22,7 @@ from coprocessor.errors import EXIT_IRRECOVERABLE, EXIT_OK, exit_code_for
 from coprocessor.logs import configure_logging
 from coprocessor.settings import load_settings
 
-STAGES = ("compute", "sns", "send", "verify")
-AVAILABLE = ("compute",)  # stages built so far; the operator rejects the others
+from . import AVAILABLE, STAGES
 
 log = logging.getLogger("fhe-job")
 

@@ -47,7 +47,7 @@ async def run_compute(settings: Settings, batch_id: str, index: int = 0, count: 
         else:
             evaluator = await asyncio.to_thread(_load_evaluator, settings, tenant)
         executor = Executor(
-            pool, settings.database_url, tenant.tenant_id, evaluator, share,  # type: ignore[arg-type]
+            pool, settings.database_url, tenant.tenant_id, evaluator, share,
             workers=workers, strategy=Strategy(settings.compute_strategy),
             input_wait_s=settings.compute_input_wait_s,
             poll_interval_s=min(settings.notify_poll_interval_s, 2.0))

@@ -90,13 +90,13 @@ _Outcome = _Computed | _Skipped | _Busy | _Failed
 
 class Executor:
     def __init__(self, pool: asyncpg.Pool, database_url: str, tenant_id: int,
-                 evaluator: Evaluator, graph: Graph, *, workers: int,
+                 evaluator: Evaluator | None, graph: Graph, *, workers: int,
                  strategy: Strategy = Strategy.MAX_PARALLELISM,
                  input_wait_s: float = 120.0, poll_interval_s: float = 2.0) -> None:
         self.pool = pool
         self.database_url = database_url
         self.tenant_id = tenant_id
-        self.evaluator = evaluator
+        self.evaluator = evaluator  # None only when the share has nothing left to run
         self.graph = graph
         self.workers = max(1, workers)
         self.strategy = strategy
@@ -175,8 +175,7 @@ class Executor:
                     for consumer in self.schedule.input_failed(handle, state.failed):
                         await queries.mark_error(connection, self.tenant_id, consumer,
                                                  self.schedule.failed[consumer])
-        if awaited:
-            log.debug("inputs awaited", extra={"fields": {"count": len(awaited)}})
+        log.debug("inputs awaited", extra={"fields": {"count": len(awaited)}})
         return changed
 
     async def _record(self, handle: bytes, outcome: _Outcome) -> None:
@@ -237,6 +236,7 @@ class Executor:
                 for h in node.operands]
 
     def _evaluate(self, node: Node, operands: Sequence[bytes]) -> bytes:
+        assert self.evaluator is not None, "an executor with work needs an evaluator"
         result = self.evaluator.evaluate(node.request(operands))
         produced = Envelope.from_bytes(result).fhe_type
         if produced is not node.result_type:

@@ -24,9 +24,9 @@ from coprocessor.db.rows import BatchAdmission
 from coprocessor.errors import Recoverable, ServiceUnavailable
 from coprocessor.fhe.engine import get_backend
 from coprocessor.settings import Settings
+from job_runner import AVAILABLE
 
 from .jobs import (
-    ANNOTATION_BATCH_ID,
     GPU_RESOURCE,
     LABEL_BATCH,
     LABEL_DEVICE,
@@ -40,7 +40,6 @@ from .validation import InvalidSpec, PlannedGraph, plan_graph
 
 log = logging.getLogger(__name__)
 FINALIZER = f"{GROUP}/release"  # ours: releases the batch in the database
-AVAILABLE_STAGES = ("compute",)  # stages whose runner exists (job_runner.AVAILABLE)
 NODE_CACHE_S = 30.0
 
 
@@ -168,12 +167,13 @@ class Controller:
         result = plan(observed)
         if result.admit:
             assert spec is not None and tenant is not None and ident is not None
-            rows = await self._rows(spec, planned, tenant)
+            assert planned is not None
             async with self.pool.acquire() as connection:
                 await queries.admit_batch(connection, BatchAdmission(
                     ident, tenant.tenant_id, namespace, name, spec.spec_hash(), meta["uid"],
-                    tuple(rows)))
-            log.info("batch admitted", extra={"fields": {"batch": ident, "rows": len(rows)}})
+                    planned.rows))
+            log.info("batch admitted", extra={"fields": {"batch": ident,
+                                                         "rows": len(planned.rows)}})
             return await self._reconcile(namespace, name)
         for stage in result.create_jobs:
             await self._create_job(body, spec, ident, stage, device, observed)
@@ -187,10 +187,10 @@ class Controller:
             spec = FheBatchSpec.model_validate(body.get("spec") or {})
         except Exception as invalid:
             return None, describe_error(invalid), None, None
-        unavailable = [s for s in spec.stages if s not in AVAILABLE_STAGES]
+        unavailable = [s for s in spec.stages if s not in AVAILABLE]
         if unavailable:
             return spec, (f"stage(s) {', '.join(unavailable)} are not available in this "
-                          f"release (available: {', '.join(AVAILABLE_STAGES)})"), None, None
+                          f"release (available: {', '.join(AVAILABLE)})"), None, None
         async with self.pool.acquire() as connection:
             tenant = await queries.get_tenant(connection, spec.tenant)
             if tenant is None:
@@ -217,16 +217,8 @@ class Controller:
                 if not rows:
                     return spec, "no computations in the database for the given transactions", \
                         None, tenant
+                planned = PlannedGraph(tuple(rows), {}, {}, ())
         return spec, None, planned, tenant
-
-    async def _rows(self, spec: FheBatchSpec, planned: PlannedGraph | None, tenant):
-        if planned is not None:
-            return planned.rows
-        assert spec.source is not None
-        async with self.pool.acquire() as connection:
-            return await queries.transaction_computations(
-                connection, tenant.tenant_id,
-                [bytes.fromhex(t[2:]) for t in spec.source.transactions])
 
     # --- Kubernetes reads ------------------------------------------------------------
     async def _get_batch(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -366,5 +358,3 @@ class Controller:
                                                 "phase": status["phase"],
                                                 "message": status["message"]}})
 
-
-__all__ = ["ANNOTATION_BATCH_ID", "Controller", "job_view"]

@@ -39,9 +39,8 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     if "anyOf" in node:
         branches = [b for b in node["anyOf"] if b.get("type") != "null"]
         if len(branches) == 1:  # Optional[X]: X, absent when not given
-            merged = {**branches[0], **{k: v for k, v in node.items()
-                                        if k in ("description",)}}
-            return _structural(merged, defs)
+            described = {"description": node["description"]} if "description" in node else {}
+            return _structural({**branches[0], **described}, defs)
         out: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
         if "description" in node:
             out["description"] = node["description"]

@@ -29,6 +29,9 @@ class InvalidSpec(UserError):
 
 @dataclass(frozen=True)
 class PlannedGraph:
+    """What admission writes (a ``source`` batch has rows only: its computations are
+    already in the database)."""
+
     rows: tuple[ComputationRow, ...]
     outputs: dict[str, str]  # node name -> 0x handle, for nodes marked output
     handles: dict[str, str]  # every node name -> 0x handle

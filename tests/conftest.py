@@ -7,7 +7,6 @@ tests/e2e -> e2e), so a test cannot forget its marker.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -54,20 +53,8 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
 
 
 async def _fresh_database(server_url: str) -> AsyncIterator[str]:
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = server_url.rsplit("/", 1)[0] + "/" + name
-    await migrate.migrate(url, REPO_ROOT / "migrations")
-    yield url
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with migrate.scratch_database(server_url, REPO_ROOT / "migrations", "test") as url:
+        yield url
 
 
 @pytest.fixture

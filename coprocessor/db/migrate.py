@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,3 +104,26 @@ async def _apply(connection: asyncpg.Connection, migrations: list[Migration]) ->
             )
         done.append(migration.version)
     return done
+
+
+@asynccontextmanager
+async def scratch_database(server_url: str, directory: Path, prefix: str = "scratch"
+                           ) -> AsyncIterator[str]:
+    """A new, migrated database on the server of ``server_url``, dropped on exit: what
+    tests and benchmarks use so they never touch a database someone works in."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = server_url.rsplit("/", 1)[0] + "/" + name
+    try:
+        await migrate(url, directory)
+        yield url
+    finally:
+        admin = await connect(server_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()

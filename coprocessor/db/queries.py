@@ -26,8 +26,12 @@ CHANNELS = (WORK_AVAILABLE, CIPHERTEXT_COMPUTED, PBS_COMPUTATIONS, CIPHERTEXTS_U
             ZKPOK_NEW_WORK, ZKPOK_COMPUTED)
 
 
-def _optional_bytes(value: bytes | None) -> bytes | None:
-    return None if value is None else bytes(value)
+def _computation_fields(record: asyncpg.Record) -> dict[str, object]:
+    """A computations row as keyword arguments for the dataclasses below (the SELECTs
+    name their columns after the fields); the operand array becomes a tuple."""
+    fields = dict(record)
+    fields["dependencies"] = tuple(bytes(d) for d in fields["dependencies"])
+    return fields
 
 
 def _in_transaction(connection: asyncpg.Connection) -> None:
@@ -213,20 +217,7 @@ async def claim_ready(connection: asyncpg.Connection, limit: int,
            FOR UPDATE OF c SKIP LOCKED""",
         limit, batch_id,
     )
-    claimed = [
-        ClaimedComputation(
-            tenant_id=r["tenant_id"],
-            output_handle=bytes(r["output_handle"]),
-            output_type=r["output_type"],
-            fhe_operation=r["fhe_operation"],
-            dependencies=tuple(bytes(d) for d in r["dependencies"]),
-            is_scalar=r["is_scalar"],
-            dependence_chain_id=_optional_bytes(r["dependence_chain_id"]),
-            schedule_order=r["schedule_order"],
-            uncomputable_counter=r["uncomputable_counter"],
-        )
-        for r in rows
-    ]
+    claimed = [ClaimedComputation(**_computation_fields(r)) for r in rows]
     first_seen: dict[bytes | None, int] = {}
     for index, item in enumerate(claimed):
         first_seen.setdefault(item.dependence_chain_id, index)
@@ -339,17 +330,7 @@ async def batch_computations(connection: asyncpg.Connection, batch_id: str
            JOIN computations c ON c.tenant_id = bc.tenant_id
                               AND c.output_handle = bc.output_handle
            WHERE bc.batch_id = $1 ORDER BY bc.position""", batch_id)
-    return [
-        BatchComputation(
-            output_handle=bytes(r["output_handle"]), output_type=r["output_type"],
-            fhe_operation=r["fhe_operation"],
-            dependencies=tuple(bytes(d) for d in r["dependencies"]),
-            is_scalar=r["is_scalar"],
-            dependence_chain_id=_optional_bytes(r["dependence_chain_id"]),
-            schedule_order=r["schedule_order"], is_completed=r["is_completed"],
-            is_error=r["is_error"], error_message=r["error_message"])
-        for r in rows
-    ]
+    return [BatchComputation(**_computation_fields(r)) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -446,7 +427,4 @@ async def transaction_computations(connection: asyncpg.Connection, tenant_id: in
                   transaction_id, dependence_chain_id
            FROM computations WHERE tenant_id = $1 AND transaction_id = ANY($2::bytea[])
            ORDER BY schedule_order""", tenant_id, list(transactions))
-    return [ComputationRow(bytes(r["output_handle"]), r["output_type"], r["fhe_operation"],
-                           tuple(bytes(d) for d in r["dependencies"]), r["is_scalar"],
-                           _optional_bytes(r["transaction_id"]),
-                           _optional_bytes(r["dependence_chain_id"])) for r in rows]
+    return [ComputationRow(**_computation_fields(r)) for r in rows]

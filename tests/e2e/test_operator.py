@@ -39,10 +39,9 @@ CHAIN_ID = 12345
 
 
 def apply(kube_api, manifest: dict) -> None:
-    api = client.ApiClient() if kube_api is None else kube_api
     kind = manifest["kind"]
     if kind == "CustomResourceDefinition":
-        ext = client.ApiextensionsV1Api(api)
+        ext = client.ApiextensionsV1Api(kube_api)
         try:
             ext.create_custom_resource_definition(manifest)
         except ApiException as error:
@@ -52,7 +51,7 @@ def apply(kube_api, manifest: dict) -> None:
             manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
             ext.replace_custom_resource_definition(manifest["metadata"]["name"], manifest)
         return
-    rbac = client.RbacAuthorizationV1Api(api)
+    rbac = client.RbacAuthorizationV1Api(kube_api)
     create = {"ClusterRole": rbac.create_cluster_role,
               "ClusterRoleBinding": rbac.create_cluster_role_binding}[kind]
     try:
