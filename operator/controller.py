@@ -27,6 +27,7 @@ from coprocessor.settings import Settings
 from job_runner import AVAILABLE
 
 from .jobs import (
+    ANNOTATION_BATCH_ID,
     GPU_RESOURCE,
     LABEL_BATCH,
     LABEL_DEVICE,
@@ -152,7 +153,7 @@ class Controller:
                     admitted = True
                     counts = await queries.batch_progress(connection, ident)
                     progress = Progress(counts.total, counts.completed, counts.failed)
-        jobs = await self._job_views(namespace, name) if admitted else {}
+        jobs = await self._job_views(namespace, name, ident) if admitted else {}
         device = await self._device(spec) if spec else "cpu"
         may_start, wait_reason = True, None
         if (spec and admitted and "compute" not in jobs and not spec.suspend
@@ -230,7 +231,10 @@ class Controller:
                 return None
             raise
 
-    async def _job_views(self, namespace: str, name: str) -> dict[str, JobView]:
+    async def _job_views(self, namespace: str, name: str, ident: str | None
+                         ) -> dict[str, JobView]:
+        """This batch id's Jobs by stage; Jobs of an earlier spec of the same resource
+        are not this batch's progress."""
         selector = f"{LABEL_BATCH}={name}"
         jobs = await asyncio.to_thread(self.batch_api.list_namespaced_job, namespace,
                                        label_selector=selector)
@@ -241,7 +245,9 @@ class Controller:
         for job in jobs.items:
             data = _as_dict(self.api, job)
             stage = data["metadata"]["labels"].get(LABEL_STAGE)
-            if data["metadata"].get("deletionTimestamp") or not stage:
+            annotations = data["metadata"].get("annotations") or {}
+            if (data["metadata"].get("deletionTimestamp") or not stage
+                    or annotations.get(ANNOTATION_BATCH_ID) != ident):
                 continue
             mine = [p for p in pod_dicts
                     if (p["metadata"].get("labels") or {}).get("job-name")

@@ -1,8 +1,9 @@
 """Job manifests for a batch's stages (DESIGN.md section 4). Pure: dicts in, dict out.
 
-Names are deterministic (``<batch>-<stage>``, shortened with a hash when too long), so
-creating a Job twice - an operator restart, two replicas, a lost response - gives a
-409 Conflict, never a second Job.
+Names are deterministic (``<batch>-<spec hash>-<stage>``, shortened with a hash when
+too long), so creating a Job twice - an operator restart, two replicas, a lost
+response - gives a 409 Conflict, never a second Job; and a batch whose spec was edited
+gets new Jobs instead of mistaking the old spec's finished Job for its own.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def job_manifest(*, namespace: str, name: str, uid: str, batch_id: str, spec: Fh
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {
-            "name": job_name(name, stage), "namespace": namespace, "labels": labels,
+            "name": job_name(f"{name}-{spec.spec_hash()[:8]}", stage),
+            "namespace": namespace, "labels": labels,
             "annotations": {ANNOTATION_BATCH_ID: batch_id},
             "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
                                  "name": name, "uid": uid, "controller": True,

@@ -140,3 +140,14 @@ def test_job_view_reads_conditions_termination_message_and_unschedulable_pods():
         "message": "0/2 nodes are available"}]}}]
     view = job_view({"metadata": {"name": "j"}, "status": {"active": 1}}, pending)
     assert view.waiting == "pod unschedulable: 0/2 nodes are available"
+
+
+def test_an_edited_spec_gets_its_own_job_and_the_same_spec_the_same_job():
+    def name_for(batch_spec):
+        return job_manifest(namespace="fhe", name="b", uid="u1", batch_id="fhe/b@1",
+                            spec=batch_spec, stage="compute", device="cpu",
+                            settings=JobSettings(), remaining_seconds=100)["metadata"]["name"]
+    edited = FheBatchSpec.model_validate({"tenant": "acme", "graph": {
+        "nodes": [{"name": "y", "op": "FheNot", "args": ["a"]}]}})
+    assert name_for(spec()) == name_for(spec(priority=3))
+    assert name_for(spec()) != name_for(edited)
