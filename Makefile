@@ -7,10 +7,8 @@ VENV := .venv/bin
 setup:            ## install everything (idempotent; caches under ~/.cache/fhe-coprocessor)
 	scripts/install
 
-demo: setup       ## start the local stack, migrate the database, show its health
-	$(VENV)/fhectl dev up
-	eval "$$($(VENV)/fhectl dev env)" && $(VENV)/fhectl db migrate
-	$(VENV)/fhectl dev status
+demo: setup       ## the main job end to end: stack, tenant, one FheBatch through the operator
+	scripts/demo
 
 test: setup       ## lint, then the whole suite: unit, engine, integration (real services), e2e
 	$(VENV)/ruff check .
