@@ -70,6 +70,23 @@ class Settings(BaseSettings):
         Path("/dev/termination-log"),
         description="Where a Job's pod writes its JSON summary for the operator.")
 
+    sns_workers: int = Field(
+        0, ge=0, le=1024,
+        description="Squashes an SNS pod runs at once; 1 = sequential, 0 = one per usable "
+        "core (the reference's Sequential / RayonParallel schedule policy).")
+    sns_upload_concurrency: int = Field(
+        8, ge=1, le=256, description="S3 uploads an SNS pod keeps in flight.")
+    sns_upload_attempts: int = Field(
+        5, ge=1, le=50, description="Tries per S3 upload before the handle is given up "
+        "on for this run (recoverable).")
+    sns_backoff_s: float = Field(
+        0.2, gt=0, description="First retry delay of an S3 upload; doubles each time.")
+    sns_backoff_cap_s: float = Field(
+        5.0, gt=0, description="Longest delay between two tries of an S3 upload.")
+    sns_breaker_threshold: int = Field(
+        10, ge=1, description="Consecutive failed S3 requests after which an SNS pod stops "
+        "trying (circuit open) and exits recoverably (75).")
+
     operator_resync_s: float = Field(
         5.0, gt=0, description="Every batch is reconciled at least this often, so a lost "
         "watch event only adds latency.")

@@ -1,4 +1,4 @@
-"""S3 object storage (boto3): keys now, ciphertexts for the SNS stage later.
+"""S3 object storage (boto3): tenant keys and the SNS stage's ciphertexts.
 
 Every failure to reach the server is a ``ServiceUnavailable`` (recoverable); a missing
 object is ``KeyError``. Writes are idempotent: an object already stored with the same
@@ -75,3 +75,14 @@ class ObjectStore:
             raise self._unavailable(error) from None
         except (BotoCoreError, EndpointConnectionError) as error:
             raise self._unavailable(error) from None
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every key under ``prefix``, sorted (for checks and tools, not hot paths)."""
+        found: list[str] = []
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=prefix):
+                found += [item["Key"] for item in page.get("Contents", [])]
+        except (BotoCoreError, ClientError, EndpointConnectionError) as error:
+            raise self._unavailable(error) from None
+        return sorted(found)

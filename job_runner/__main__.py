@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from coprocessor.db.pool import classify
-from coprocessor.errors import EXIT_IRRECOVERABLE, EXIT_OK, exit_code_for
+from coprocessor.errors import EXIT_IRRECOVERABLE, exit_code_for
 from coprocessor.logs import configure_logging
 from coprocessor.settings import load_settings
 
@@ -68,10 +68,8 @@ def run_stage(stage: str, batch_id: str, index: int, count: int) -> int:
         print(f"fhe-job: error: {error}", file=sys.stderr)
         return exit_code_for(error)
     configure_logging(settings.log_level, settings.log_format)
-    from .compute import run_compute
-
     try:
-        summary = asyncio.run(run_compute(settings, batch_id, index, count))
+        summary = asyncio.run(_run(stage, settings, batch_id, index, count))
     except Exception as raised:  # every class of error maps to its exit code
         error = classify(raised)
         code = exit_code_for(error)
@@ -81,14 +79,29 @@ def run_stage(stage: str, batch_id: str, index: int, count: int) -> int:
             "completed": 0, "failed": 0, "error": str(error)[:800], "exit_code": code})
         return code
     report = summary.as_dict()
-    code = EXIT_IRRECOVERABLE if summary.failed else EXIT_OK
-    if summary.failed and not summary.error:
+    code = summary.exit_code
+    if summary.failed and not report.get("error"):
         first = next(iter(summary.failures.items()), ("?", "?"))
-        report["error"] = f"{summary.failed} computation(s) failed; {first[0]}: {first[1]}"[:800]
+        report["error"] = (f"{summary.failed} {_ITEMS[stage]} failed; "
+                           f"{first[0]}: {first[1]}")[:800]
     report["exit_code"] = code
     write_termination_message(settings.termination_log, report)
     log.info("stage finished", extra={"fields": {"stage": stage, "batch": batch_id, **report}})
     return code
+
+
+_ITEMS = {"compute": "computation(s)", "sns": "handle(s)"}
+
+
+async def _run(stage: str, settings, batch_id: str, index: int, count: int):
+    """The stage's runner; imported here so `fhe-job --help` stays fast."""
+    if stage == "compute":
+        from .compute import run_compute
+
+        return await run_compute(settings, batch_id, index, count)
+    from .sns import run_sns
+
+    return await run_sns(settings, batch_id)
 
 
 if __name__ == "__main__":

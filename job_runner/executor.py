@@ -25,7 +25,7 @@ import asyncpg
 
 from coprocessor.db import queries
 from coprocessor.db.notify import NotificationWaiter
-from coprocessor.errors import Irrecoverable, MissingInputs
+from coprocessor.errors import EXIT_IRRECOVERABLE, EXIT_OK, Irrecoverable, MissingInputs
 from coprocessor.fhe.engine import Evaluator
 from coprocessor.fhe.envelope import Envelope
 
@@ -56,6 +56,10 @@ class Summary:
     seconds: float = 0.0
     error: str | None = None
     failures: dict[str, str] = field(default_factory=dict)  # a few, for the message
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_IRRECOVERABLE if self.failed else EXIT_OK
 
     def as_dict(self) -> dict[str, object]:
         shown = dict(list(self.failures.items())[:3])

@@ -37,7 +37,7 @@ from .jobs import (
 )
 from .reconcile import JobView, Observed, Plan, Progress, QueueEntry, capacity_decision, plan
 from .spec import GROUP, KIND, PLURAL, VERSION, FheBatchSpec, batch_id, describe_error
-from .validation import InvalidSpec, PlannedGraph, plan_graph
+from .validation import InvalidSpec, PlannedGraph, check_stages, plan_graph
 
 log = logging.getLogger(__name__)
 FINALIZER = f"{GROUP}/release"  # ours: releases the batch in the database
@@ -172,7 +172,8 @@ class Controller:
             async with self.pool.acquire() as connection:
                 await queries.admit_batch(connection, BatchAdmission(
                     ident, tenant.tenant_id, namespace, name, spec.spec_hash(), meta["uid"],
-                    planned.rows))
+                    planned.rows,
+                    frozenset(bytes.fromhex(h[2:]) for h in planned.outputs.values())))
             log.info("batch admitted", extra={"fields": {"batch": ident,
                                                          "rows": len(planned.rows)}})
             return await self._reconcile(namespace, name)
@@ -188,10 +189,10 @@ class Controller:
             spec = FheBatchSpec.model_validate(body.get("spec") or {})
         except Exception as invalid:
             return None, describe_error(invalid), None, None
-        unavailable = [s for s in spec.stages if s not in AVAILABLE]
-        if unavailable:
-            return spec, (f"stage(s) {', '.join(unavailable)} are not available in this "
-                          f"release (available: {', '.join(AVAILABLE)})"), None, None
+        try:
+            check_stages(spec.stages, AVAILABLE, spec.graph)
+        except InvalidSpec as invalid:
+            return spec, str(invalid), None, None
         async with self.pool.acquire() as connection:
             tenant = await queries.get_tenant(connection, spec.tenant)
             if tenant is None:

@@ -17,6 +17,9 @@ from .spec import FheBatchSpec
 
 PHASE_OF_STAGE = {"compute": "Computing", "sns": "Squashing", "send": "Sending"}
 TERMINAL = ("Succeeded", "Failed")
+# Counters of the stage pods' termination messages shown in status.stages.<stage>.summary.
+SUMMARY_KEYS = ("total", "completed", "computed", "squashed", "uploaded", "reused", "failed",
+                "retries", "seconds", "exit_code")
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ def _decide(o: Observed) -> tuple[str, str, bool, list[str]]:
         if stage == "compute" and not o.may_start:
             return "Admitted", o.wait_reason or "waiting for capacity", False, []
         return PHASE_OF_STAGE[stage], f"starting stage {stage}", False, [stage]
-    return "Succeeded", f"all stages done; {_done(o)}", False, []
+    return "Succeeded", f"all stages done; {_done(o)}{_published(o)}", False, []
 
 
 def _done(o: Observed) -> str:
@@ -132,6 +135,13 @@ def _done(o: Observed) -> str:
     p = o.progress
     failed = f", {p.failed} failed" if p.failed else ""
     return f"{p.completed}/{p.total} computed{failed}"
+
+
+def _published(o: Observed) -> str:
+    sns = o.jobs.get("sns")
+    if sns is None or not sns.summary:
+        return ""
+    return f"; {sns.summary.get('completed', 0)}/{sns.summary.get('total', 0)} outputs published"
 
 
 def _failure(job: JobView) -> str:
@@ -146,6 +156,8 @@ def _running_message(o: Observed, stage: str, job: JobView) -> str:
     suffix = "; suspended: no new Jobs will start" if o.spec and o.spec.suspend else ""
     if stage == "compute":
         return f"computing: {_done(o)}{suffix}"
+    if stage == "sns":
+        return f"squashing and uploading the outputs{suffix}"
     return f"stage {stage} running{suffix}"
 
 
@@ -163,8 +175,7 @@ def _status(o: Observed, phase: str, message: str) -> dict[str, Any]:
                 entry["finishedAt"] = job.finished_at
             if job.summary:
                 entry["summary"] = {k: v for k, v in job.summary.items()
-                                    if k in ("completed", "computed", "failed", "seconds",
-                                             "exit_code")}
+                                    if k in SUMMARY_KEYS}
         stages[stage] = entry
     status: dict[str, Any] = {
         "phase": phase,

@@ -152,3 +152,15 @@ def _plan_node(node: GraphNode, known: dict[str, tuple[bytes, FheType]], context
     row = ComputationRow(handle, int(result_type), int(op), dependencies,
                          is_scalar=bool(scalars) or op in (Op.Rand, Op.RandBounded))
     return handle, result_type, row
+
+
+def check_stages(stages: list[str], available: tuple[str, ...], graph: Graph | None) -> None:
+    """Stages the batch asks for must exist, and the SNS stage needs something to
+    publish: in an inline graph, at least one node marked ``output: true``."""
+    unavailable = [s for s in stages if s not in available]
+    if unavailable:
+        raise InvalidSpec(f"stage(s) {', '.join(unavailable)} are not available in this "
+                          f"release (available: {', '.join(available)})")
+    if "sns" in stages and graph is not None and not any(n.output for n in graph.nodes):
+        raise InvalidSpec("stage sns publishes the graph's outputs, but no node is marked "
+                          "output: true")

@@ -34,9 +34,15 @@ def _computation_fields(record: asyncpg.Record) -> dict[str, object]:
     return fields
 
 
-def _in_transaction(connection: asyncpg.Connection) -> None:
+def require_transaction(connection: asyncpg.Connection) -> None:
     if not connection.is_in_transaction():
         raise RuntimeError("this query must run inside the caller's transaction")
+
+
+def storable_reason(reason: str, limit: int = 2000) -> str:
+    """An error message PostgreSQL text accepts: native errors may quote raw bytes, and
+    a NUL would make the very write that records the failure fail."""
+    return reason.replace("\x00", "\\x00")[:limit]
 
 
 # --- notifications ---------------------------------------------------------------------
@@ -164,9 +170,11 @@ async def admit_batch(connection: asyncpg.Connection, admission: BatchAdmission)
              for r in ordered],
         )
         await connection.executemany(
-            """INSERT INTO batch_computations (batch_id, tenant_id, output_handle, position)
-               VALUES ($1, $2, $3, $4)""",
-            [(admission.batch_id, admission.tenant_id, r.output_handle, i)
+            """INSERT INTO batch_computations (batch_id, tenant_id, output_handle, position,
+                   is_output)
+               VALUES ($1, $2, $3, $4, $5)""",
+            [(admission.batch_id, admission.tenant_id, r.output_handle, i,
+              r.output_handle in admission.outputs)
              for i, r in enumerate(ordered)],
         )
         await notify(connection, WORK_AVAILABLE, admission.batch_id)
@@ -195,7 +203,7 @@ async def claim_ready(connection: asyncpg.Connection, limit: int,
     by other workers are skipped, never waited for. Results come in schedule order,
     grouped so that computations of one dependence chain are adjacent.
     """
-    _in_transaction(connection)
+    require_transaction(connection)
     rows = await connection.fetch(
         """SELECT c.tenant_id, c.output_handle, c.output_type, c.fhe_operation,
                   c.dependencies, c.is_scalar, c.dependence_chain_id, c.schedule_order,
@@ -236,7 +244,7 @@ async def complete_computation(connection: asyncpg.Connection, tenant_id: int,
                                handle: bytes, ciphertext: bytes, version: int,
                                fhe_type: int) -> None:
     """Store the result and mark it completed, in the caller's claim transaction."""
-    _in_transaction(connection)
+    require_transaction(connection)
     await insert_ciphertext(connection, tenant_id, handle, ciphertext, version, fhe_type)
     await connection.execute(
         """UPDATE computations SET is_completed = true, completed_at = now(),
@@ -252,7 +260,7 @@ async def mark_uncomputable(connection: asyncpg.Connection, tenant_id: int, hand
         """UPDATE computations SET uncomputable_counter = uncomputable_counter + 1,
                                    error_message = $3
            WHERE tenant_id = $1 AND output_handle = $2 RETURNING uncomputable_counter""",
-        tenant_id, handle, reason)
+        tenant_id, handle, storable_reason(reason))
     if counter is None:
         raise InvalidRow(f"no computation 0x{handle.hex()} for tenant {tenant_id}")
     delay = backoff_seconds(counter)
@@ -268,7 +276,8 @@ async def mark_error(connection: asyncpg.Connection, tenant_id: int, handle: byt
     consumes it (they can never run). Returns the handles of those dependents."""
     await connection.execute(
         """UPDATE computations SET is_error = true, error_message = $3
-           WHERE tenant_id = $1 AND output_handle = $2""", tenant_id, handle, reason)
+           WHERE tenant_id = $1 AND output_handle = $2""", tenant_id, handle,
+        storable_reason(reason))
     rows = await connection.fetch(
         """WITH RECURSIVE downstream(handle) AS (
                SELECT c.output_handle FROM computations c
@@ -282,7 +291,7 @@ async def mark_error(connection: asyncpg.Connection, tenant_id: int, handle: byt
                   error_message = 'input 0x' || encode($2, 'hex') || ' failed: ' || $3
            WHERE tenant_id = $1 AND output_handle IN (SELECT handle FROM downstream)
              AND NOT is_error
-           RETURNING output_handle""", tenant_id, handle, reason)
+           RETURNING output_handle""", tenant_id, handle, storable_reason(reason))
     return [bytes(r["output_handle"]) for r in rows]
 
 
@@ -345,7 +354,7 @@ async def lock_computation(connection: asyncpg.Connection, tenant_id: int, handl
     """Claim one computation for this transaction; None when another worker holds it
     (or it does not exist). The lock ends with the transaction, so a crashed worker's
     claim is released with its connection."""
-    _in_transaction(connection)
+    require_transaction(connection)
     row = await connection.fetchrow(
         """SELECT is_completed, is_error, error_message FROM computations
            WHERE tenant_id = $1 AND output_handle = $2 FOR UPDATE SKIP LOCKED""",

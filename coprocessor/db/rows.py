@@ -62,6 +62,7 @@ class BatchAdmission:
     spec_hash: str
     uid: str | None = None
     rows: tuple[ComputationRow, ...] = field(default_factory=tuple)
+    outputs: frozenset[bytes] = frozenset()  # handles the SNS stage publishes
 
 
 def _label(row: ComputationRow) -> str:

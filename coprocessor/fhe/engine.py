@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Protocol
 
 from ..errors import Irrecoverable, UserError
@@ -70,9 +71,20 @@ class Client(Protocol):
     def decrypt(self, ciphertext: bytes) -> int: ...
 
 
+class SquashedFormat(IntEnum):
+    """How a squashed (ct128) object is stored; the reference's ``ciphertext128_format``."""
+
+    UNKNOWN = 0
+    UNCOMPRESSED_ON_CPU = 10
+    COMPRESSED_ON_CPU = 11
+    UNCOMPRESSED_ON_GPU = 20
+    COMPRESSED_ON_GPU = 21
+
+
 class Evaluator(Protocol):
     backend: str
     key_digest: bytes
+    squashed_format: SquashedFormat  # what ``squash`` returns
 
     def evaluate(self, request: OpRequest) -> bytes: ...
 

@@ -22,6 +22,7 @@ from .engine import (
     InvalidOperands,
     Keyset,
     OpRequest,
+    SquashedFormat,
     UnsupportedOperation,
     operand_type,
     require_support,
@@ -79,6 +80,7 @@ class TfheRsClient:
 
 class TfheRsEvaluator:
     backend = NAME
+    squashed_format = SquashedFormat.UNCOMPRESSED_ON_CPU  # SquashedNoiseFheUint, serialized
 
     def __init__(self, server_key: bytes) -> None:
         self._evaluator = _native().Evaluator(server_key)

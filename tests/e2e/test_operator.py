@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import yaml
+from eth_hash.auto import keccak
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -31,6 +32,7 @@ from coprocessor.storage import ObjectStore
 from coprocessor.tenants import create_tenant, input_handle, load_client
 from coprocessor.types import FheType, Op
 from fhe_operator.crd import crd
+from job_runner.sns import object_keys
 
 from .conftest import wait_for
 
@@ -214,25 +216,44 @@ async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(operator, ns, kube
         {"name": "k", "op": "FheTrivialEncrypt", "args": [{"scalar": "7"}], "type": "Uint8"},
         {"name": "w", "op": "FheCast", "args": ["k"], "type": "Uint16", "output": True},
     ]}
-    custom(kube_api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
-                                                     batch("transfer", graph))
+    custom(kube_api).create_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, batch("transfer", graph, stages=["compute", "sns"]))
     status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "transfer", "Succeeded",
-                                                        "Failed"), timeout=240,
+                                                        "Failed"), timeout=300,
                                      what="batch transfer to finish")
     assert status["phase"] == "Succeeded", status
     assert status["computations"] == {"total": 6, "completed": 6, "failed": 0}
     assert status["stages"]["compute"]["state"] == "Succeeded"
+    assert status["stages"]["sns"]["state"] == "Succeeded"
+    assert status["stages"]["sns"]["summary"]["completed"] == 3
+    assert "3/3 outputs published" in status["message"]
     assert status["observedGeneration"] == 1
     expected = {"new": reference.binary(Op.Sub, 200, 100, FheType.Uint8),
                 "c": 142, "w": reference.cast(7, FheType.Uint16)}
     assert set(status["outputs"]) == set(expected)
+    record, client_ = tenant
+    store = ObjectStore(settings)
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        digests = {bytes(r["handle"]): r for r in await connection.fetch(
+            "SELECT handle, ciphertext, ciphertext128 FROM ciphertext_digest "
+            "WHERE tenant_id = $1", record.tenant_id)}
+    finally:
+        await connection.close()
     for name, value in expected.items():
         assert await decrypt_output(settings, tenant, status["outputs"][name]) == value
-    (job,) = jobs_in(kube_api, ns)
+        handle = bytes.fromhex(status["outputs"][name][2:])
+        ct64, ct128 = (store.get(key) for key in object_keys(handle))
+        assert client_.decrypt(ct128) == value
+        assert bytes(digests[handle]["ciphertext"]) == keccak(ct64)
+        assert bytes(digests[handle]["ciphertext128"]) == keccak(ct128)
+    jobs = {j.metadata.labels["fhe.coprocessor.dev/stage"]: j for j in jobs_in(kube_api, ns)}
+    assert set(jobs) == {"compute", "sns"}
+    job = jobs["compute"]
     assert job.metadata.owner_references[0].kind == "FheBatch"
-    assert job.metadata.labels["fhe.coprocessor.dev/stage"] == "compute"
     assert job.spec.pod_failure_policy.rules[0].on_exit_codes.values == [3]
     assert job.spec.ttl_seconds_after_finished and job.spec.active_deadline_seconds
+    assert jobs["sns"].status.start_time >= job.status.completion_time
     printed = subprocess.run(["kubectl", "get", "fhebatches", "-n", ns],
                              env={**os.environ, "KUBECONFIG": kube_cluster["KUBECONFIG"]},
                              capture_output=True, text=True, check=True).stdout
@@ -276,8 +297,11 @@ async def test_invalid_graphs_fail_with_a_message_and_no_job(operator, ns, kube_
     cases.append(("handle", batch("handle", {"inputs": {"a": unknown}, "nodes": [
         {"name": "x", "op": "FheNot", "args": ["a"]}]}), "input 'a' (0x0101"))
     cases.append(("stage", batch("stage", {"inputs": {"a": a}, "nodes": [
+        {"name": "x", "op": "FheNot", "args": ["a"]}]}, stages=["compute", "send"]),
+        "stage(s) send are not available"))
+    cases.append(("no-outputs", batch("no-outputs", {"inputs": {"a": a}, "nodes": [
         {"name": "x", "op": "FheNot", "args": ["a"]}]}, stages=["compute", "sns"]),
-        "stage(s) sns are not available"))
+        "no node is marked output: true"))
     for _, manifest, _ in cases:
         custom(kube_api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, manifest)
     for name, _, message in cases:

@@ -62,8 +62,9 @@ class GraphBuilder:
         self.types[handle] = result_type
         return handle
 
-    async def admit(self, connection, name: str | None = None) -> str:
-        """Store the inputs and admit the rows as one batch; returns the batch id."""
+    async def admit(self, connection, name: str | None = None, outputs=()) -> str:
+        """Store the inputs and admit the rows as one batch; returns the batch id.
+        ``outputs`` are the handles the SNS stage publishes."""
         for handle, ciphertext in self.inputs.items():
             await queries.insert_ciphertext(connection, self.tenant_id, handle, ciphertext, 0,
                                             int(self.types[handle]))
@@ -71,7 +72,7 @@ class GraphBuilder:
         batch_id = f"fhe/{name}@{uuid.uuid4().hex[:8]}"
         await queries.admit_batch(connection, BatchAdmission(
             batch_id, self.tenant_id, "fhe", name, batch_id.split("@")[1], None,
-            tuple(self.rows)))
+            tuple(self.rows), frozenset(outputs)))
         self.rows = []
         return batch_id
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from coprocessor.settings import Settings
+from coprocessor.settings import Settings, load_settings
 from coprocessor.storage import ObjectStore
 from coprocessor.tenants import create_tenant, load_client
 
@@ -42,3 +42,15 @@ async def conn(compute_settings):
     connection = await asyncpg.connect(compute_settings.database_url)
     yield connection
     await connection.close()
+
+
+@pytest.fixture
+def stage_env(monkeypatch, compute_settings):
+    """The environment of a stage pod; returns where its termination message goes."""
+    monkeypatch.setenv("FHE_DATABASE_URL", compute_settings.database_url)
+    monkeypatch.setenv("FHE_CACHE_DIR", str(compute_settings.cache_dir))
+    monkeypatch.setenv("FHE_TERMINATION_LOG", str(compute_settings.termination_log))
+    monkeypatch.setenv("FHE_LOG_FORMAT", "text")
+    load_settings.cache_clear()
+    yield compute_settings.termination_log
+    load_settings.cache_clear()

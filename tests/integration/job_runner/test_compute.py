@@ -151,17 +151,6 @@ def _muldiv_row(graph, x):
 
 # --- the process entry point: exit codes and termination messages -----------------
 
-@pytest.fixture
-def stage_env(monkeypatch, compute_settings):
-    monkeypatch.setenv("FHE_DATABASE_URL", compute_settings.database_url)
-    monkeypatch.setenv("FHE_CACHE_DIR", str(compute_settings.cache_dir))
-    monkeypatch.setenv("FHE_TERMINATION_LOG", str(compute_settings.termination_log))
-    monkeypatch.setenv("FHE_LOG_FORMAT", "text")
-    load_settings.cache_clear()
-    yield compute_settings.termination_log
-    load_settings.cache_clear()
-
-
 def run_in_thread(*args):
     """run_stage owns its event loop (asyncio.run), so it runs beside the test's."""
     return asyncio.to_thread(run_stage, "compute", *args)

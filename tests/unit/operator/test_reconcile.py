@@ -56,6 +56,39 @@ FAILED = JobView("b-compute", failed=True, failure_message="PodFailurePolicy: ex
      "Computing", False, [], "Insufficient nvidia.com/gpu"),
 ])
 def test_phase_table(case, phase, admit, create, message):
+    check_plan(case, phase, admit, create, message)
+
+
+TWO_STAGES = spec(stages=["compute", "sns"])
+SNS_RUNNING = JobView("b-sns", active=1)
+SNS_DONE = JobView("b-sns", succeeded=True, summary={"total": 1, "completed": 1,
+                                                    "uploaded": 2, "failed": 0})
+SNS_FAILED = JobView("b-sns", failed=True, summary={
+    "error": "s3 is unavailable: connection refused (0/1 published; a re-run continues)"})
+
+
+@pytest.mark.parametrize(("case", "phase", "admit", "create", "message"), [
+    (dict(jobs={"compute": RUNNING}), "Computing", False, [], "computing"),
+    (dict(jobs={"compute": DONE}, progress=Progress(3, 3, 0)), "Squashing", False, ["sns"],
+     "starting stage sns"),
+    (dict(jobs={"compute": DONE, "sns": SNS_RUNNING}), "Squashing", False, [],
+     "squashing and uploading"),
+    (dict(jobs={"compute": DONE, "sns": SNS_DONE}, progress=Progress(3, 3, 0)), "Succeeded",
+     False, [], "3/3 computed; 1/1 outputs published"),
+    (dict(jobs={"compute": DONE, "sns": SNS_FAILED}), "Failed", False, [],
+     "stage sns failed: s3 is unavailable"),
+    (dict(jobs={"compute": FAILED}), "Failed", False, [], "stage compute failed"),
+    # The capacity limit holds back compute only; a later stage starts at once.
+    (dict(jobs={"compute": DONE}, may_start=False, wait_reason="waiting for capacity"),
+     "Squashing", False, ["sns"], "starting stage sns"),
+    (dict(jobs={"compute": DONE}, spec=spec(stages=["compute", "sns"], suspend=True)),
+     "Suspended", False, [], "suspended before stage sns"),
+])
+def test_two_stage_table(case, phase, admit, create, message):
+    check_plan({"spec": TWO_STAGES, **case}, phase, admit, create, message)
+
+
+def check_plan(case, phase, admit, create, message):
     result = plan(observed(**case))
     assert (result.phase, result.admit, result.create_jobs) == (phase, admit, create)
     assert message in result.status["message"]

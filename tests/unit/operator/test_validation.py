@@ -7,7 +7,7 @@ from coprocessor.db.rows import check_batch
 from coprocessor.fhe.engine import get_backend
 from coprocessor.types import FheType, Handle, Op, make_handle
 from fhe_operator.spec import FheBatchSpec, describe_error
-from fhe_operator.validation import InvalidSpec, plan_graph
+from fhe_operator.validation import InvalidSpec, check_stages, plan_graph
 
 CHAIN = 12345
 
@@ -116,3 +116,20 @@ def test_spec_hash_ignores_how_a_batch_runs_but_not_what_it_computes():
     base = spec(nodes)
     assert base.spec_hash() == spec(nodes, priority=5, suspend=True).spec_hash()
     assert base.spec_hash() != spec([{"name": "y", "op": "FheNot", "args": ["a"]}]).spec_hash()
+
+
+@pytest.mark.parametrize(("stages", "outputs", "message"), [
+    (["compute", "send"], True, "stage(s) send are not available in this release"),
+    (["compute", "sns"], False, "no node is marked output: true"),
+    (["compute", "sns"], True, None),
+    (["compute"], False, None),
+])
+def test_stages_must_exist_and_sns_needs_outputs(stages, outputs, message):
+    graph = spec([{"name": "x", "op": "FheNot", "args": ["a"], "output": outputs}],
+                 inputs={"a": handle(1)}).graph
+    if message is None:
+        check_stages(stages, ("compute", "sns"), graph)
+    else:
+        with pytest.raises(InvalidSpec) as rejected:
+            check_stages(stages, ("compute", "sns"), graph)
+        assert message in str(rejected.value)

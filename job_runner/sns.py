@@ -1,0 +1,297 @@
+"""``fhe-job sns``: switch-and-squash a batch's outputs, upload them, record digests.
+
+For every published handle (the reference's sns-worker, one batch at a time):
+
+1. squash the computed ciphertext into its decryption-ready form (ct128) on a thread
+   pool - one thread is the reference's Sequential policy, several its RayonParallel;
+2. upload ``ct64/<hex handle>`` (the stored ciphertext) and ``ct128/<hex handle>``
+   with bounded concurrency, retries with backoff and a circuit breaker;
+3. in the handle's own transaction, which has held its queue row
+   (``FOR UPDATE SKIP LOCKED``) since step 1: store ct128, write keccak256 digests of
+   both objects to ``ciphertext_digest``, mark the row done, NOTIFY.
+
+A crash anywhere loses only handles in flight: their transactions roll back and a
+re-run re-squashes them (deterministic) and finds the objects already in S3 with the
+same bytes, so nothing is uploaded or recorded twice. Bad bytes fail that handle
+with the reason and the others still publish (exit 3); S3 unreachable after the
+retries is recoverable (exit 75) and keeps what was done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import asyncpg
+from eth_hash.auto import keccak
+
+from coprocessor.db import publish, queries
+from coprocessor.db.pool import create_pool
+from coprocessor.errors import (
+    EXIT_IRRECOVERABLE,
+    EXIT_OK,
+    EXIT_RECOVERABLE,
+    Irrecoverable,
+    Recoverable,
+)
+from coprocessor.fhe.engine import Evaluator, SquashedFormat, get_backend
+from coprocessor.fhe.envelope import Envelope, Kind
+from coprocessor.settings import Settings
+from coprocessor.storage import ObjectStore
+from coprocessor.tenants import load_server_key
+from coprocessor.types import FheType
+
+from .compute import UnknownBatch
+from .executor import MAX_ERROR_CHARS, usable_cores
+from .retry import CircuitBreaker
+from .upload import Uploader
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT_S = 5.0
+
+
+def object_keys(handle: bytes) -> tuple[str, str]:
+    """The S3 keys of a handle's two forms (DESIGN.md section 5)."""
+    return f"ct64/{handle.hex()}", f"ct128/{handle.hex()}"
+
+
+@dataclass
+class SnsSummary:
+    """What an SNS pod reports in its termination message."""
+
+    total: int = 0  # handles the batch publishes
+    completed: int = 0  # of them, published (by this run or an earlier one)
+    squashed: int = 0  # squashed by this run
+    uploaded: int = 0  # objects uploaded by this run
+    reused: int = 0  # objects already in S3 with the same bytes
+    failed: int = 0
+    retries: int = 0  # S3 requests retried
+    megabytes: float = 0.0  # uploaded by this run
+    seconds: float = 0.0
+    error: str | None = None  # why some handles were left for a re-run (recoverable)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.error:
+            return EXIT_RECOVERABLE
+        return EXIT_IRRECOVERABLE if self.failed else EXIT_OK
+
+    def as_dict(self) -> dict[str, object]:
+        shown = dict(list(self.failures.items())[:3])
+        return {"total": self.total, "completed": self.completed, "squashed": self.squashed,
+                "uploaded": self.uploaded, "reused": self.reused, "failed": self.failed,
+                "retries": self.retries, "megabytes": round(self.megabytes, 3),
+                "seconds": round(self.seconds, 3),
+                "error": (self.error or "")[:MAX_ERROR_CHARS] or None,
+                "failures": {k: v[:200] for k, v in shown.items()}}
+
+
+@dataclass(frozen=True)
+class _Published:
+    squashed: bool
+    uploaded: int
+
+
+@dataclass(frozen=True)
+class _AlreadyDone:
+    pass
+
+
+@dataclass(frozen=True)
+class _Failed:
+    reason: str
+
+
+class Publisher:
+    """Publishes handles of one tenant; one instance per SNS pod."""
+
+    def __init__(self, pool: asyncpg.Pool, tenant: queries.Tenant, settings: Settings,
+                 uploader: Uploader) -> None:
+        self.pool = pool
+        self.tenant = tenant
+        self.settings = settings
+        self.uploader = uploader
+        self._evaluator: Evaluator | None = None
+        self._evaluator_lock = asyncio.Lock()
+        self._squash_pool = ThreadPoolExecutor(settings.sns_workers or usable_cores(),
+                                               thread_name_prefix="squash")
+        self._upload_pool = ThreadPoolExecutor(settings.sns_upload_concurrency,
+                                               thread_name_prefix="upload")
+        # A handle in flight holds a pooled connection (its transaction) throughout.
+        self._in_flight = asyncio.Semaphore(max(1, settings.database_pool_size - 1))
+
+    def close(self) -> None:
+        self._squash_pool.shutdown(wait=True)
+        self._upload_pool.shutdown(wait=True)
+
+    async def evaluator(self) -> Evaluator:
+        """Loaded on first need: a re-run with every handle squashed needs no key."""
+        async with self._evaluator_lock:
+            if self._evaluator is None:
+                self._evaluator = await asyncio.to_thread(self._load_evaluator)
+            return self._evaluator
+
+    def _load_evaluator(self) -> Evaluator:
+        server_key = load_server_key(self.uploader.store, self.tenant)
+        return get_backend(self.tenant.backend).evaluator(server_key)
+
+    async def publish(self, handle: bytes) -> _Published | _AlreadyDone | _Failed:
+        """Publish one handle; waits while another pod holds it."""
+        async with self._in_flight:
+            deadline = time.monotonic() + self.settings.compute_input_wait_s
+            while True:
+                outcome = await self._publish_once(handle)
+                if outcome is not None:
+                    return outcome
+                if time.monotonic() > deadline:
+                    raise _HeldElsewhere(handle)
+                await asyncio.sleep(min(self.settings.notify_poll_interval_s, 1.0))
+
+    async def _publish_once(self, handle: bytes) -> _Published | _AlreadyDone | _Failed | None:
+        tenant_id = self.tenant.tenant_id
+        async with self.pool.acquire() as connection, connection.transaction():
+            state = await publish.lock_publication(connection, tenant_id, handle)
+            if state is None:
+                return None  # another pod holds it
+            if state.is_completed:
+                return _AlreadyDone()
+            if state.is_error:
+                return _Failed(state.error_message or "failed earlier")
+            source = await publish.publication_source(connection, tenant_id, handle)
+            # A missing or unloadable key is the pod's problem, not this handle's.
+            evaluator = await self.evaluator() if source.ciphertext128 is None else None
+            try:
+                squashed = await self._squash(source, evaluator)
+            except Irrecoverable as error:
+                await publish.fail_publication(connection, tenant_id, handle, str(error))
+                log.warning("handle failed", extra={"fields": {
+                    "handle": "0x" + handle.hex(), "error": str(error)}})
+                return _Failed(str(error))
+            loop = asyncio.get_running_loop()
+            key64, key128 = object_keys(handle)
+            uploaded = sum(await asyncio.gather(
+                loop.run_in_executor(self._upload_pool, self.uploader.put, key64,
+                                     squashed.ct64),
+                loop.run_in_executor(self._upload_pool, self.uploader.put, key128,
+                                     squashed.ct128)))
+            await publish.complete_publication(
+                connection, tenant_id, handle, squashed.ct128, publish.Digests(
+                    self.tenant.key_id, keccak(squashed.ct64), keccak(squashed.ct128),
+                    int(squashed.format)))
+            log.info("handle published", extra={"fields": {
+                "handle": "0x" + handle.hex(), "type": squashed.fhe_type.name,
+                "squashed": squashed.fresh, "uploaded": uploaded,
+                "ct64_bytes": len(squashed.ct64), "ct128_bytes": len(squashed.ct128)}})
+            return _Published(squashed.fresh, uploaded)
+
+    async def _squash(self, source: publish.PublicationSource, evaluator: Evaluator | None
+                      ) -> _Squashed:
+        """The handle's two forms; Irrecoverable when there is nothing valid to publish."""
+        if source.computation_error:
+            raise _NotPublishable(f"its computation failed: {source.computation_error}")
+        if source.ciphertext is None or source.ciphertext_type is None:
+            raise _NotPublishable("no ciphertext is stored for it (not computed)")
+        declared = FheType(source.ciphertext_type)
+        # The tenant's key id is the SHA-256 of its server key; envelopes carry 8 bytes.
+        digest = self.tenant.key_id[:8]
+        Envelope.from_bytes(source.ciphertext).expect(
+            backend=self.tenant.backend, digest=digest, fhe_type=declared)
+        if evaluator is None:  # squashed by an earlier run whose upload did not finish
+            assert source.ciphertext128 is not None
+            Envelope.from_bytes(source.ciphertext128).expect(
+                backend=self.tenant.backend, digest=digest, fhe_type=declared,
+                kind=Kind.SQUASHED)
+            return _Squashed(source.ciphertext, source.ciphertext128, False, declared,
+                             SquashedFormat(source.ciphertext128_format or 0))
+        loop = asyncio.get_running_loop()
+        ct128 = await loop.run_in_executor(self._squash_pool, evaluator.squash,
+                                           source.ciphertext)
+        return _Squashed(source.ciphertext, ct128, True, declared, evaluator.squashed_format)
+
+
+@dataclass(frozen=True)
+class _Squashed:
+    ct64: bytes
+    ct128: bytes
+    fresh: bool  # squashed by this run
+    fhe_type: FheType
+    format: SquashedFormat
+
+
+class _NotPublishable(Irrecoverable):
+    pass
+
+
+class _HeldElsewhere(Recoverable):
+    def __init__(self, handle: bytes) -> None:
+        super().__init__(f"handle 0x{handle.hex()} is held by another pod")
+
+
+async def run_sns(settings: Settings, batch_id: str) -> SnsSummary:
+    started = time.monotonic()
+    pool = await create_pool(settings.database_url, size=settings.database_pool_size)
+    try:
+        async with pool.acquire() as connection:
+            batch = await queries.get_batch(connection, batch_id)
+            if batch is None:
+                raise UnknownBatch(f"batch {batch_id!r} is not admitted in the database")
+            tenant = await queries.get_tenant_by_id(connection, batch.tenant_id)
+            assert tenant is not None  # foreign key
+            async with connection.transaction():
+                queued = await publish.enqueue_batch_outputs(connection, batch_id)
+            publications = await publish.batch_publications(connection, batch_id)
+        store = ObjectStore(settings, connect_timeout=HEALTH_TIMEOUT_S, attempts=1)
+        await asyncio.to_thread(store.check)  # the bucket answers, or exit 75 now
+        pending = [p.handle for p in publications if not (p.is_completed or p.is_error)]
+        log.info("sns started", extra={"fields": {
+            "batch": batch_id, "tenant": tenant.name, "handles": len(publications),
+            "queued_now": queued, "pending": len(pending),
+            "workers": settings.sns_workers or usable_cores(),
+            "uploads": settings.sns_upload_concurrency}})
+        uploader = Uploader(store, attempts=settings.sns_upload_attempts,
+                            first_delay_s=settings.sns_backoff_s,
+                            max_delay_s=settings.sns_backoff_cap_s,
+                            breaker=CircuitBreaker(settings.sns_breaker_threshold))
+        publisher = Publisher(pool, tenant, settings, uploader)
+        try:
+            outcomes = await asyncio.gather(*(publisher.publish(h) for h in pending),
+                                            return_exceptions=True)
+        finally:
+            publisher.close()
+        return _summarize(publications, dict(zip(pending, outcomes, strict=True)),
+                          uploader, time.monotonic() - started)
+    finally:
+        await pool.close()
+
+
+def _summarize(publications: list[publish.Publication], outcomes: dict[bytes, object],
+               uploader: Uploader, seconds: float) -> SnsSummary:
+    summary = SnsSummary(total=len(publications), retries=uploader.retries,
+                         megabytes=uploader.uploaded_bytes / 1e6, seconds=seconds)
+    for item in publications:
+        label = "0x" + item.handle.hex()
+        outcome = outcomes.get(item.handle)
+        if item.is_completed or isinstance(outcome, _AlreadyDone):
+            summary.completed += 1
+        elif item.is_error or isinstance(outcome, _Failed):
+            summary.failed += 1
+            reason = item.error_message if item.is_error else outcome.reason  # type: ignore
+            summary.failures[label] = reason or "failed"
+        elif isinstance(outcome, _Published):
+            summary.completed += 1
+            summary.squashed += outcome.squashed
+            summary.uploaded += outcome.uploaded
+            summary.reused += 2 - outcome.uploaded
+        elif isinstance(outcome, Recoverable):
+            summary.error = summary.error or str(outcome)
+        elif isinstance(outcome, BaseException):
+            raise outcome  # a bug or a fatal error: exit 1 with the traceback
+    if summary.error:
+        summary.error = (f"{summary.error} ({summary.completed}/{summary.total} published; "
+                         "a re-run continues)")
+    return summary
