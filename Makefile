@@ -25,6 +25,7 @@ bench: setup      ## benchmarks: print figures, write JSON under bench/results/
 	$(VENV)/python bench/kube.py
 	$(VENV)/python bench/ops.py --repeat 1
 	$(VENV)/python bench/graph.py
+	$(VENV)/python bench/sns.py
 
 lock:             ## re-pin constraints.txt from the current .venv
 	$(VENV)/pip freeze --all --exclude-editable | grep -vE '^(fhe-coprocessor|fhe-native|pip)( @|==)' > constraints.txt

@@ -86,3 +86,12 @@ class ObjectStore:
         except (BotoCoreError, ClientError, EndpointConnectionError) as error:
             raise self._unavailable(error) from None
         return sorted(found)
+
+    def delete(self, keys: list[str]) -> None:
+        """Remove objects (benchmarks clean up after themselves); missing keys are fine."""
+        try:
+            for start in range(0, len(keys), 1000):  # the API's limit per request
+                self._client.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": k} for k in keys[start:start + 1000]]})
+        except (BotoCoreError, ClientError, EndpointConnectionError) as error:
+            raise self._unavailable(error) from None
