@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from coprocessor.db import queries
 from coprocessor.db.pool import create_pool
@@ -42,16 +43,20 @@ async def run_compute(settings: Settings, batch_id: str, index: int = 0, count: 
             "batch": batch_id, "tenant": tenant.name, "nodes": len(graph.nodes),
             "share": len(share.nodes), "pod": f"{index}/{count}", "workers": workers,
             "strategy": settings.compute_strategy}})
+        loading = time.monotonic()
         if all(n.completed or n.error for n in share.nodes.values()):
             evaluator = None  # nothing to compute: do not load a key of hundreds of MB
         else:
             evaluator = await asyncio.to_thread(_load_evaluator, settings, tenant)
+        key_load_s = time.monotonic() - loading
         executor = Executor(
             pool, settings.database_url, tenant.tenant_id, evaluator, share,
             workers=workers, strategy=Strategy(settings.compute_strategy),
             input_wait_s=settings.compute_input_wait_s,
             poll_interval_s=min(settings.notify_poll_interval_s, 2.0))
-        return await executor.run()
+        summary = await executor.run()
+        summary.key_load_s = key_load_s
+        return summary
     finally:
         await pool.close()
 

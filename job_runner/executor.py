@@ -54,6 +54,7 @@ class Summary:
     computed: int = 0  # computed by this run
     failed: int = 0
     seconds: float = 0.0
+    key_load_s: float = 0.0  # loading the tenant's server key (before ``seconds`` starts)
     error: str | None = None
     failures: dict[str, str] = field(default_factory=dict)  # a few, for the message
 
@@ -65,6 +66,7 @@ class Summary:
         shown = dict(list(self.failures.items())[:3])
         return {"total": self.total, "completed": self.completed, "computed": self.computed,
                 "failed": self.failed, "seconds": round(self.seconds, 3),
+                "key_load_s": round(self.key_load_s, 3),
                 "error": (self.error or "")[:MAX_ERROR_CHARS] or None,
                 "failures": {k: v[:200] for k, v in shown.items()}}
 

@@ -19,7 +19,7 @@ PHASE_OF_STAGE = {"compute": "Computing", "sns": "Squashing", "send": "Sending"}
 TERMINAL = ("Succeeded", "Failed")
 # Counters of the stage pods' termination messages shown in status.stages.<stage>.summary.
 SUMMARY_KEYS = ("total", "completed", "computed", "squashed", "uploaded", "reused", "failed",
-                "retries", "seconds", "exit_code")
+                "retries", "seconds", "key_load_s", "exit_code")
 
 
 @dataclass(frozen=True)
