@@ -80,8 +80,9 @@ def start_operator(env: dict[str, str], log: Path, limit: int | None) -> subproc
     info = StackState.load(Path(env["FHE_STATE_DIR"])).components["kube"]
     port = free_port()
     operator_env = {**env, "FHE_KUBECONFIG": str(operator_kubeconfig(info))}
-    if limit:
+    if limit:  # device auto picks gpu when the cluster has GPU nodes (the dev stack does)
         operator_env["FHE_MAX_RUNNING_BATCHES_CPU"] = str(limit)
+        operator_env["FHE_MAX_RUNNING_BATCHES_GPU"] = str(limit)
     operator_env.pop("KUBECONFIG", None)
     process = subprocess.Popen(
         [str(BIN / "fhe-operator"), "--liveness", f"http://127.0.0.1:{port}/healthz"],
@@ -170,8 +171,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--batches", type=int, default=50)
-    parser.add_argument("--limit", type=int, help="FHE_MAX_RUNNING_BATCHES_CPU for the "
-                        "operator (default: none, every batch starts at once)")
+    parser.add_argument("--limit", type=int, help="FHE_MAX_RUNNING_BATCHES_CPU and _GPU "
+                        "for the operator (default: none, every batch starts at once)")
     args = parser.parse_args()
     env = stack_env()
     install(env)

@@ -466,3 +466,64 @@ async def test_deleting_a_batch_mid_run_stops_its_process(operator, ns, kube_api
         await connection.close()
     assert released
 
+
+
+async def test_a_suspended_batch_starts_no_job_until_resumed(operator, ns, kube_api, settings,
+                                                             tenant):
+    a = await store_input(settings, tenant, 41, FheType.Uint8)
+    graph = {"inputs": {"a": a}, "nodes": [
+        {"name": "x", "op": "FheAdd", "args": ["a", {"scalar": "1"}], "output": True}]}
+    custom(kube_api).create_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, batch("paused", graph, suspend=True,
+                                          stages=["compute", "sns"]))
+    status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "paused", "Suspended"),
+                                     timeout=60, what="batch paused to be suspended")
+    assert "suspended before stage compute" in status["message"]
+    assert status["computations"]["total"] == 1  # admitted, not started
+    assert jobs_in(kube_api, ns) == []
+    custom(kube_api).patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "paused",
+                                                    {"spec": {"suspend": False}})
+    status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "paused", "Succeeded",
+                                                        "Failed"), timeout=240,
+                                     what="batch paused to finish after resuming")
+    assert status["phase"] == "Succeeded", status
+    assert status["observedGeneration"] == 2
+    assert {j.metadata.labels["fhe.coprocessor.dev/stage"] for j in jobs_in(kube_api, ns)} \
+        == {"compute", "sns"}
+    assert await decrypt_output(settings, tenant, status["outputs"]["x"]) == 42
+
+
+async def test_over_the_limit_batches_wait_in_admitted_and_start_by_priority(
+        operator, ns, kube_api, settings, tenant):
+    """The operator under test allows 2 CPU batches at once (FHE_MAX_RUNNING_BATCHES_CPU)."""
+    a = await store_input(settings, tenant, 3, FheType.Uint16)
+    api = custom(kube_api)
+    api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
+                                        batch("short", chain_graph(a, 2)))
+    api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
+                                        batch("long", chain_graph(a, 24)))
+    for name in ("short", "long"):
+        await asyncio.to_thread(wait_for, phase_in(kube_api, ns, name, "Computing"),
+                                timeout=60, what=f"batch {name} to start computing")
+    api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
+                                        batch("low", chain_graph(a, 1)))
+    api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
+                                        batch("high", chain_graph(a, 1), priority=5))
+    for name in ("low", "high"):
+        status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, name, "Admitted"),
+                                         timeout=60, what=f"batch {name} to wait")
+        assert "waiting for capacity: 2 of 2 cpu batches running" in status["message"]
+
+    def started(name: str) -> bool:
+        return any(j.metadata.labels["fhe.coprocessor.dev/batch"] == name
+                   for j in jobs_in(kube_api, ns))
+    await asyncio.to_thread(wait_for, lambda: started("high"), timeout=240,
+                            what="the high-priority batch to start when short finishes")
+    assert get(kube_api, ns, "long")["status"]["phase"] == "Computing"
+    low = get(kube_api, ns, "low")["status"]
+    assert low["phase"] == "Admitted" and not started("low"), low
+    for name in ("short", "long", "low", "high"):
+        status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, name, "Succeeded",
+                                                            "Failed"), timeout=300,
+                                         what=f"batch {name} to finish")
+        assert status["phase"] == "Succeeded", (name, status)
