@@ -1,0 +1,39 @@
+// Compile every contracts/*.sol with solc (the npm package, pinned in tools/versions.env)
+// into contracts/build/<Contract>.json = {abi, bytecode, solc}. Run by scripts/install:
+//   NODE_PATH=<npm dir>/node_modules node contracts/compile.js
+"use strict";
+const fs = require("fs");
+const path = require("path");
+const solc = require("solc");
+
+const here = __dirname;
+const sources = {};
+for (const file of fs.readdirSync(here).filter((f) => f.endsWith(".sol")).sort()) {
+  sources[file] = { content: fs.readFileSync(path.join(here, file), "utf8") };
+}
+const input = {
+  language: "Solidity",
+  sources,
+  settings: {
+    optimizer: { enabled: true, runs: 200 },
+    evmVersion: "cancun",
+    outputSelection: { "*": { "*": ["abi", "evm.bytecode.object"] } },
+  },
+};
+const output = JSON.parse(solc.compile(JSON.stringify(input), {
+  import: (name) => (sources[name] ? { contents: sources[name].content } : { error: `not found: ${name}` }),
+}));
+const errors = (output.errors || []).filter((e) => e.severity === "error");
+for (const message of output.errors || []) console.error(message.formattedMessage);
+if (errors.length) process.exit(1);
+const out = path.join(here, "build");
+fs.mkdirSync(out, { recursive: true });
+for (const [file, contracts] of Object.entries(output.contracts)) {
+  for (const [name, artifact] of Object.entries(contracts)) {
+    fs.writeFileSync(path.join(out, `${name}.json`), JSON.stringify({
+      contract: name, source: file, solc: solc.version(),
+      abi: artifact.abi, bytecode: "0x" + artifact.evm.bytecode.object,
+    }, null, 1));
+    console.log(`compiled ${name} (${artifact.evm.bytecode.object.length / 2} bytes)`);
+  }
+}

@@ -1,0 +1,1 @@
+"""The product's contracts and chain access (web3)."""

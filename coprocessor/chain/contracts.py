@@ -1,0 +1,82 @@
+"""Compiled contracts (``contracts/build``, made by ``scripts/install`` with solc) and
+their deployment through web3.
+
+The ABIs are read from the build output, never copied by hand, so the listener decodes
+exactly the events the deployed bytecode emits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from web3 import Web3
+from web3.contract import Contract
+
+from ..errors import Fatal
+from ..settings import REPO_ROOT
+from ..types import Op
+
+BUILD_DIR = REPO_ROOT / "contracts" / "build"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    abi: list[dict[str, Any]]
+    bytecode: str
+
+
+@cache
+def artifact(name: str, build_dir: Path = BUILD_DIR) -> Artifact:
+    path = build_dir / f"{name}.json"
+    if not path.is_file():
+        raise Fatal(f"contract {name} is not compiled ({path} missing); run `make setup`")
+    data = json.loads(path.read_text())
+    return Artifact(name, data["abi"], data["bytecode"])
+
+
+def deploy(w3: Web3, name: str, *args: Any, sender: str | None = None) -> Contract:
+    """Deploy and wait for the receipt; returns the bound contract."""
+    built = artifact(name)
+    factory = w3.eth.contract(abi=built.abi, bytecode=built.bytecode)
+    tx_hash = factory.constructor(*args).transact({"from": sender or w3.eth.accounts[0]})
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
+    if receipt["status"] != 1:
+        raise Fatal(f"deploying {name} reverted (tx {tx_hash.hex()})")
+    return w3.eth.contract(address=receipt["contractAddress"], abi=built.abi)
+
+
+def bound(w3: Web3, name: str, address: str) -> Contract:
+    return w3.eth.contract(address=Web3.to_checksum_address(address), abi=artifact(name).abi)
+
+
+def decode_logs(contract: Contract, logs: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(event name, arguments) for each log this contract emitted, in order; logs of
+    other contracts and unknown topics are left out."""
+    from eth_utils import event_abi_to_log_topic
+
+    by_topic = {event_abi_to_log_topic(item): item["name"]
+                for item in contract.abi if item.get("type") == "event"}
+    decoded = []
+    for log in logs:
+        if log["address"] != contract.address or not log["topics"]:
+            continue
+        name = by_topic.get(bytes(log["topics"][0]))
+        if name is not None:
+            event = getattr(contract.events, name)().process_log(log)
+            decoded.append((name, dict(event["args"])))
+    return decoded
+
+
+# fhEVM's executor names two events without the "Fhe" prefix that graph op names use.
+_UNPREFIXED = {"Cast", "TrivialEncrypt"}
+
+
+def executor_event_name(op: Op) -> str:
+    """The FheExecutor event that records ``op`` (DESIGN.md section 5)."""
+    name = op.event_name
+    return name[3:] if name[3:] in _UNPREFIXED else name
