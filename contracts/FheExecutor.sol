@@ -6,8 +6,8 @@ pragma solidity ^0.8.24;
 /// Handles are derived exactly as coprocessor/types.py `derive_handle` does:
 ///   prehandle = keccak256("fhe-coprocessor/computed" | op | (uint16 len | operand)* | caller)
 ///   handle    = prehandle[0..21] | 0xff | chain id (8 bytes) | result type | version
-/// where a handle operand is its 32 bytes and a plaintext operand (scalar, trivial
-/// value, bound, seed) its minimal big-endian bytes (at least one).
+/// where a handle operand is its 32 bytes, a random seed its 16 bytes, and any other
+/// plaintext operand (scalar, trivial value, bound) its minimal big-endian bytes.
 contract FheExecutor {
     uint8 internal constant HANDLE_VERSION = 0;
     uint8 internal constant BOOL = 0;
@@ -97,13 +97,13 @@ contract FheExecutor {
 
     function fheRand(uint8 randType) external returns (bytes32 result) {
         bytes16 seed = _nextSeed();
-        result = deriveHandle(OP_RAND, _operand(minimalBytes(uint128(seed))), msg.sender, randType);
+        result = deriveHandle(OP_RAND, _seedOperand(seed), msg.sender, randType);
         emit FheRand(msg.sender, randType, seed, result);
     }
 
     function fheRandBounded(uint256 upperBound, uint8 randType) external returns (bytes32 result) {
         bytes16 seed = _nextSeed();
-        bytes memory operands = abi.encodePacked(_operand(minimalBytes(upperBound)), _operand(minimalBytes(uint128(seed))));
+        bytes memory operands = abi.encodePacked(_operand(minimalBytes(upperBound)), _seedOperand(seed));
         result = deriveHandle(OP_RAND_BOUNDED, operands, msg.sender, randType);
         emit FheRandBounded(msg.sender, upperBound, randType, seed, result);
     }
@@ -142,6 +142,10 @@ contract FheExecutor {
 
     function _operand(bytes memory plaintext) internal pure returns (bytes memory) {
         return abi.encodePacked(uint16(plaintext.length), plaintext);
+    }
+
+    function _seedOperand(bytes16 seed) internal pure returns (bytes memory) {
+        return abi.encodePacked(uint16(16), seed);
     }
 
     function _nextSeed() internal returns (bytes16) {

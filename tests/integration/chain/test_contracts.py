@@ -13,7 +13,9 @@ from web3 import Web3
 from web3.exceptions import ContractCustomError
 
 from coprocessor.chain.contracts import decode_logs, deploy, executor_event_name
+from coprocessor.db.rows import check_batch
 from coprocessor.types import FheType, Op, derive_handle, make_handle
+from listeners.host_events import allowed_rows, check_derivation, computation_row
 
 U64, U8, BOOL = FheType.Uint64, FheType.Uint8, FheType.Bool
 
@@ -64,6 +66,8 @@ def test_binary_ops_derive_the_same_handle(w3, executor, caller, op):
     result_type = BOOL if op.signature.result == "bool" else U64
     assert (args["lhs"], args["rhs"], args["caller"]) == (lhs, rhs, caller)
     assert args["result"] == expected(op, (lhs, rhs), caller, chain, result_type)
+    check_derivation(computation_row(name, args, b"\x00" * 32), bytes.fromhex(caller[2:]),
+                     chain)
 
 
 @pytest.mark.parametrize("scalar", [0, 1, 255, 256, 2**64 - 1, 2**64, 2**256 - 1])
@@ -74,6 +78,8 @@ def test_scalar_operands_are_their_minimal_bytes(w3, executor, caller, scalar):
         int(Op.Sub), lhs, scalar.to_bytes(32, "big"), b"\x01"), caller)
     assert args["scalarByte"] == b"\x01"
     assert args["result"] == expected(Op.Sub, (lhs, minimal(scalar)), caller, chain, U8)
+    check_derivation(computation_row("FheSub", args, b"\x00" * 32),
+                     bytes.fromhex(caller[2:]), chain)
 
 
 @settings(max_examples=40, deadline=None,
@@ -100,14 +106,17 @@ def test_unary_cast_trivial_if_then_else_and_random(w3, executor, caller):
         ((name, args),) = emitted(w3, executor, call, caller)
         assert name == executor_event_name(op)
         assert args["result"] == expected(op, operands, caller, chain, fhe_type), op
+        check_derivation(computation_row(name, args, b"\x00" * 32),
+                         bytes.fromhex(caller[2:]), chain)
     ((_, rand),) = emitted(w3, executor, f.fheRand(int(U64)), caller)
-    seed = minimal(int.from_bytes(rand["seed"], "big"))
-    assert rand["result"] == expected(Op.Rand, (seed,), caller, chain, U64)
+    assert rand["result"] == expected(Op.Rand, (rand["seed"],), caller, chain, U64)
     ((_, bounded),) = emitted(w3, executor, f.fheRandBounded(16, int(U8)), caller)
     assert bounded["seed"] != rand["seed"]  # every call gets its own seed
-    seed = minimal(int.from_bytes(bounded["seed"], "big"))
-    assert bounded["result"] == expected(Op.RandBounded, (minimal(16), seed), caller,
-                                         chain, U8)
+    assert bounded["result"] == expected(Op.RandBounded, (minimal(16), bounded["seed"]),
+                                         caller, chain, U8)
+    for name, args in (("FheRand", rand), ("FheRandBounded", bounded)):
+        check_derivation(computation_row(name, args, b"\x00" * 32),
+                         bytes.fromhex(caller[2:]), chain)
 
 
 def test_mismatched_types_revert_with_a_named_error(w3, executor, caller):
@@ -144,6 +153,14 @@ def test_erc20_transfer_emits_the_transfer_graph(w3, executor):
         (ge["result"], sub["result"], alice_before)
     assert (new_bob["control"], new_bob["ifTrue"], new_bob["ifFalse"]) == \
         (ge["result"], add["result"], zero["result"])
+    # The host listener's translation: every event a row whose handle re-derives, and
+    # the rows of one transaction form a valid batch.
+    tx = bytes(receipt["transactionHash"])
+    rows = [computation_row(name, a, tx) for name, a in ops]
+    for row in rows:
+        check_derivation(row, bytes.fromhex(token.address[2:]), w3.eth.chain_id)
+    assert [r.output_handle for r in check_batch(rows)][-2:] == \
+        [new_alice["result"], new_bob["result"]]
     assert token.functions.balanceOf(alice).call() == new_alice["result"]
     assert token.functions.balanceOf(bob).call() == new_bob["result"]
     acl_events = decode_logs(acl, receipt["logs"])
@@ -151,3 +168,7 @@ def test_erc20_transfer_emits_the_transfer_graph(w3, executor):
                    for h in a["handlesList"]]
     assert decryptable == [new_alice["result"], new_bob["result"]]
     assert acl.functions.isAllowed(new_bob["result"], bob).call()
+    allowed = [r for name, a in acl_events for r in allowed_rows(name, a, tx)]
+    assert {(r.handle, r.account_address) for r in allowed if r.event_type == 0} >= {
+        (new_alice["result"], bytes.fromhex(alice[2:])),
+        (new_bob["result"], bytes.fromhex(bob[2:]))}

@@ -1,0 +1,139 @@
+"""Host-chain events -> database rows: the pure half of the host listener.
+
+The executor's events carry the result handle the contract derived; the rows repeat
+its operands in the encoding ``types.derive_handle`` hashes (handles as 32 bytes, seeds
+as 16, other plaintext as minimal big-endian bytes), so the coprocessor can re-derive
+and check every handle, and a computation seen twice (a re-processed block) is the
+same row. ACL events become ``allowed_handles`` rows.
+
+Anything that does not fit - an unknown event, a wrong field, a handle whose type byte
+is out of range - is an ``UndecodableEvent`` naming the transaction and the reason;
+the listener counts it, logs it and goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from coprocessor.db.rows import ComputationRow
+from coprocessor.errors import Irrecoverable
+from coprocessor.types import FheType, Handle, Op, derive_handle
+
+BINARY_OPS = {Op(code).event_name: Op(code) for code in range(20)}
+UNARY_OPS = {"FheNeg": Op.Neg, "FheNot": Op.Not}
+ALLOWED, ALLOWED_FOR_DECRYPTION = 0, 1
+
+
+class UndecodableEvent(Irrecoverable):
+    """A log the listener cannot turn into rows; skipped with a warning."""
+
+
+def minimal_bytes(value: int) -> bytes:
+    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+
+
+@dataclass(frozen=True)
+class AllowedRow:
+    handle: bytes
+    account_address: bytes
+    event_type: int  # ALLOWED or ALLOWED_FOR_DECRYPTION
+    transaction_id: bytes
+
+
+def _handle(args: Mapping[str, Any], key: str, transaction: bytes) -> bytes:
+    value = args.get(key)
+    if value is None:
+        raise UndecodableEvent(f"tx 0x{transaction.hex()}: field {key!r} is missing")
+    try:
+        return Handle(bytes(value)).raw  # type: ignore[arg-type]
+    except (TypeError, ValueError) as error:
+        raise UndecodableEvent(f"tx 0x{transaction.hex()}: field {key!r}: {error}") from None
+
+
+def _type(value: Any, transaction: bytes) -> FheType:
+    try:
+        return FheType(int(value))
+    except (TypeError, ValueError):
+        raise UndecodableEvent(f"tx 0x{transaction.hex()}: type code {value!r} is not a "
+                               "ciphertext type") from None
+
+
+def computation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> ComputationRow:
+    """The computation an executor event records."""
+    try:
+        return _computation_row(name, args, transaction)
+    except (KeyError, TypeError, ValueError) as error:
+        raise UndecodableEvent(f"tx 0x{transaction.hex()}: {name}: missing or malformed "
+                               f"field ({type(error).__name__}: {error})") from None
+
+
+def _computation_row(name: str, args: Mapping[str, Any], transaction: bytes
+                     ) -> ComputationRow:
+    result = _handle(args, "result", transaction)
+    result_type = int(result[30])
+    h = lambda key: _handle(args, key, transaction)  # noqa: E731
+    if name in BINARY_OPS:
+        op = BINARY_OPS[name]
+        scalar = bytes(args.get("scalarByte", b"")) == b"\x01"
+        rhs = (minimal_bytes(int.from_bytes(bytes(args["rhs"]), "big")) if scalar
+               else h("rhs"))
+        return ComputationRow(result, result_type, int(op), (h("lhs"), rhs),
+                              is_scalar=scalar, transaction_id=transaction)
+    if name in UNARY_OPS:
+        return ComputationRow(result, result_type, int(UNARY_OPS[name]), (h("ct"),),
+                              transaction_id=transaction)
+    if name == "Cast":
+        _type(args.get("toType"), transaction)
+        return ComputationRow(result, result_type, int(Op.Cast), (h("ct"),),
+                              transaction_id=transaction)
+    if name == "TrivialEncrypt":
+        _type(args.get("toType"), transaction)
+        return ComputationRow(result, result_type, int(Op.TrivialEncrypt),
+                              (minimal_bytes(int(args["pt"])),), is_scalar=True,
+                              transaction_id=transaction)
+    if name == "FheIfThenElse":
+        return ComputationRow(result, result_type, int(Op.IfThenElse),
+                              (h("control"), h("ifTrue"), h("ifFalse")),
+                              transaction_id=transaction)
+    if name == "FheRand":
+        return ComputationRow(result, result_type, int(Op.Rand), (bytes(args["seed"]),),
+                              is_scalar=True, transaction_id=transaction)
+    if name == "FheRandBounded":
+        return ComputationRow(result, result_type, int(Op.RandBounded),
+                              (minimal_bytes(int(args["upperBound"])), bytes(args["seed"])),
+                              is_scalar=True, transaction_id=transaction)
+    raise UndecodableEvent(f"tx 0x{transaction.hex()}: {name!r} is not an executor event")
+
+
+def check_derivation(row: ComputationRow, caller: bytes, chain_id: int) -> None:
+    """The contract's handle must be the one our rule gives: a contract that derives
+    handles differently would make every coprocessor disagree later, so refuse now."""
+    derived = derive_handle(Op(row.fhe_operation), row.dependencies, caller, chain_id,
+                            FheType(row.output_type)).raw
+    if derived != row.output_handle:
+        raise UndecodableEvent(
+            f"tx 0x{(row.transaction_id or b'').hex()}: result 0x{row.output_handle.hex()} "
+            f"is not the derived handle 0x{derived.hex()}")
+
+
+def allowed_rows(name: str, args: Mapping[str, Any], transaction: bytes) -> list[AllowedRow]:
+    """ACL events: who may use a handle, and which handles may be decrypted."""
+    try:
+        return _allowed_rows(name, args, transaction)
+    except (KeyError, TypeError, ValueError) as error:
+        raise UndecodableEvent(f"tx 0x{transaction.hex()}: {name}: missing or malformed "
+                               f"field ({type(error).__name__}: {error})") from None
+
+
+def _allowed_rows(name: str, args: Mapping[str, Any], transaction: bytes
+                  ) -> list[AllowedRow]:
+    if name == "Allowed":
+        return [AllowedRow(_handle(args, "handle", transaction),
+                           bytes.fromhex(str(args["account"])[2:]), ALLOWED, transaction)]
+    if name == "AllowedForDecryption":
+        caller = bytes.fromhex(str(args["caller"])[2:])
+        return [AllowedRow(Handle(bytes(h)).raw, caller, ALLOWED_FOR_DECRYPTION, transaction)
+                for h in args["handlesList"]]
+    raise UndecodableEvent(f"tx 0x{transaction.hex()}: {name!r} is not an ACL event")
