@@ -50,6 +50,9 @@ contract FheExecutor {
     error UnknownOperation(uint8 op);
     error ScalarNotAllowed(uint8 op);
     error TypeMismatch(uint8 lhsType, uint8 rhsType);
+    error UnknownType(uint8 typeCode);
+
+    uint8 internal constant MAX_TYPE = 11; // Bytes256
 
     uint256 private randCounter;
 
@@ -58,6 +61,7 @@ contract FheExecutor {
     function fheBinaryOp(uint8 op, bytes32 lhs, bytes32 rhs, bytes1 scalarByte) public returns (bytes32 result) {
         if (op > 19) revert UnknownOperation(op);
         bool scalar = scalarByte == 0x01;
+        _checkType(typeOf(lhs));
         if (!scalar && typeOf(lhs) != typeOf(rhs)) revert TypeMismatch(typeOf(lhs), typeOf(rhs));
         uint8 resultType = (op >= 12 && op <= 17) ? BOOL : typeOf(lhs);
         bytes memory operands = scalar
@@ -78,11 +82,13 @@ contract FheExecutor {
     }
 
     function cast(bytes32 ct, uint8 toType) external returns (bytes32 result) {
+        _checkType(toType);
         result = deriveHandle(OP_CAST, _operand(ct), msg.sender, toType);
         emit Cast(msg.sender, ct, toType, result);
     }
 
     function trivialEncrypt(uint256 pt, uint8 toType) external returns (bytes32 result) {
+        _checkType(toType);
         result = deriveHandle(OP_TRIVIAL_ENCRYPT, _operand(minimalBytes(pt)), msg.sender, toType);
         emit TrivialEncrypt(msg.sender, pt, toType, result);
     }
@@ -96,12 +102,14 @@ contract FheExecutor {
     }
 
     function fheRand(uint8 randType) external returns (bytes32 result) {
+        _checkType(randType);
         bytes16 seed = _nextSeed();
         result = deriveHandle(OP_RAND, _seedOperand(seed), msg.sender, randType);
         emit FheRand(msg.sender, randType, seed, result);
     }
 
     function fheRandBounded(uint256 upperBound, uint8 randType) external returns (bytes32 result) {
+        _checkType(randType);
         bytes16 seed = _nextSeed();
         bytes memory operands = abi.encodePacked(_operand(minimalBytes(upperBound)), _seedOperand(seed));
         result = deriveHandle(OP_RAND_BOUNDED, operands, msg.sender, randType);
@@ -142,6 +150,10 @@ contract FheExecutor {
 
     function _operand(bytes memory plaintext) internal pure returns (bytes memory) {
         return abi.encodePacked(uint16(plaintext.length), plaintext);
+    }
+
+    function _checkType(uint8 typeCode) internal pure {
+        if (typeCode > MAX_TYPE) revert UnknownType(typeCode);
     }
 
     function _seedOperand(bytes16 seed) internal pure returns (bytes memory) {

@@ -1,4 +1,4 @@
-// Compile every contracts/*.sol with solc (the npm package, pinned in tools/versions.env)
+// Compile every contracts/*.sol and contracts/testing/*.sol with solc (the npm package, pinned in tools/versions.env)
 // into contracts/build/<Contract>.json = {abi, bytecode, solc}. Run by scripts/install:
 //   NODE_PATH=<npm dir>/node_modules node contracts/compile.js
 "use strict";
@@ -8,8 +8,11 @@ const solc = require("solc");
 
 const here = __dirname;
 const sources = {};
-for (const file of fs.readdirSync(here).filter((f) => f.endsWith(".sol")).sort()) {
-  sources[file] = { content: fs.readFileSync(path.join(here, file), "utf8") };
+for (const dir of [".", "testing"]) {  // testing/: contracts only tests deploy
+  for (const file of fs.readdirSync(path.join(here, dir)).filter((f) => f.endsWith(".sol")).sort()) {
+    const name = dir === "." ? file : `${dir}/${file}`;
+    sources[name] = { content: fs.readFileSync(path.join(here, name), "utf8") };
+  }
 }
 const input = {
   language: "Solidity",

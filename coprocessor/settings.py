@@ -87,6 +87,22 @@ class Settings(BaseSettings):
         10, ge=1, description="Consecutive failed S3 requests after which an SNS pod stops "
         "trying (circuit open) and exits recoverably (75).")
 
+    host_tenant: str = Field("demo", description="Tenant whose keys the host chain's "
+                             "ciphertexts use (the listener serves one tenant).")
+    host_executor_address: str | None = Field(
+        None, description="FheExecutor contract on the host chain (0x address).")
+    host_acl_address: str | None = Field(None, description="ACL contract (0x address).")
+    host_start_block: int = Field(0, ge=0, description="First block the listener reads "
+                                  "when it has no cursor in the database.")
+    host_finality_depth: int = Field(
+        0, ge=0, description="Blocks behind the head the listener stays (0 = follow the "
+        "head and rely on the reorg window).")
+    host_reorg_window: int = Field(64, ge=1, description="Recent blocks re-checked for "
+                                   "a reorg on every poll.")
+    host_poll_interval_s: float = Field(1.0, gt=0, description="Head polling period.")
+    host_batch_stages: list[str] = Field(
+        ["compute", "sns"], description="Stages of the FheBatches the listener creates.")
+
     operator_resync_s: float = Field(
         5.0, gt=0, description="Every batch is reconciled at least this often, so a lost "
         "watch event only adds latency.")
@@ -107,6 +123,13 @@ class Settings(BaseSettings):
     def _postgres_scheme(cls, value: str) -> str:
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// or postgres://")
+        return value
+
+    @field_validator("host_executor_address", "host_acl_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not (value.startswith("0x") and len(value) == 42):
+            raise ValueError("must be a 0x-prefixed 20-byte address")
         return value
 
     @field_validator("s3_endpoint", "host_rpc_url", "gateway_rpc_url")

@@ -1,19 +1,79 @@
-"""``fhe-listener host|gateway|sender``: long-running chain listeners."""
+"""``fhe-listener host|gateway|sender``: long-running chain listeners.
+
+Exit codes as every deployable: 0 stopped by a signal, 1 fatal (misconfiguration: the
+supervisor restarts it, the log says what to fix), 3 a listener this release lacks.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import signal
 import sys
 
-from coprocessor.errors import EXIT_IRRECOVERABLE
+from coprocessor.errors import EXIT_IRRECOVERABLE, EXIT_OK, exit_code_for
+from coprocessor.logs import configure_logging
+from coprocessor.settings import load_settings
 
 LISTENERS = ("host", "gateway", "sender")
+AVAILABLE = ("host",)
+
+log = logging.getLogger("fhe-listener")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fhe-listener", description=__doc__.splitlines()[0])
     parser.add_argument("listener", choices=LISTENERS)
+    parser.add_argument("--no-batches", action="store_true",
+                        help="write rows only; create no FheBatch resources")
     args = parser.parse_args(argv)
-    print(f"fhe-listener: error: listener {args.listener!r} is not available in this release",
-          file=sys.stderr)
-    sys.exit(EXIT_IRRECOVERABLE)
+    if args.listener not in AVAILABLE:
+        print(f"fhe-listener: error: listener {args.listener!r} is not available in this "
+              "release", file=sys.stderr)
+        sys.exit(EXIT_IRRECOVERABLE)
+    try:
+        settings = load_settings()
+    except Exception as error:
+        print(f"fhe-listener: error: {error}", file=sys.stderr)
+        sys.exit(exit_code_for(error))
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(_run_host(settings, batches=not args.no_batches))
+    except Exception as error:
+        code = exit_code_for(error)
+        log.error("listener stopped", exc_info=error if code == 1 else None,
+                  extra={"fields": {"error": str(error), "exit_code": code}})
+        sys.exit(code)
+    sys.exit(EXIT_OK)
+
+
+async def _run_host(settings, *, batches: bool) -> None:
+    from web3 import Web3
+
+    from coprocessor.db.pool import create_pool
+
+    from .host import HostListener, require_contracts
+
+    require_contracts(settings)  # before any connection: the message says what to set
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    api = None
+    if batches:
+        from kubernetes import client, config
+
+        if settings.kubeconfig:
+            config.load_kube_config(str(settings.kubeconfig))
+        else:
+            config.load_incluster_config()
+        api = client.CustomObjectsApi()
+    w3 = Web3(Web3.HTTPProvider(settings.host_rpc_url, request_kwargs={"timeout": 10}))
+    pool = await create_pool(settings.database_url, size=4)
+    try:
+        listener = HostListener(settings, w3, pool, api)
+        await listener.run(stop)
+        log.info("listener stopped", extra={"fields": vars(listener.counters)})
+    finally:
+        await pool.close()

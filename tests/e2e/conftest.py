@@ -8,7 +8,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from coprocessor.settings import REPO_ROOT
+from fhe_operator.crd import crd
+
+GROUP, PLURAL = "fhe.coprocessor.dev", "fhebatches"
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +46,42 @@ def wait_for(check: Callable[[], Any], *, timeout: float, what: str,
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def apply(kube_api, manifest: dict) -> None:
+    kind = manifest["kind"]
+    if kind == "CustomResourceDefinition":
+        ext = client.ApiextensionsV1Api(kube_api)
+        try:
+            ext.create_custom_resource_definition(manifest)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            current = ext.read_custom_resource_definition(manifest["metadata"]["name"])
+            manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
+            ext.replace_custom_resource_definition(manifest["metadata"]["name"], manifest)
+        return
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    create = {"ClusterRole": rbac.create_cluster_role,
+              "ClusterRoleBinding": rbac.create_cluster_role_binding}[kind]
+    try:
+        create(manifest)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+
+
+@pytest.fixture(scope="session")
+def installed(kube_api):
+    """CRD and RBAC, as the chart would install them."""
+    apply(kube_api, crd())
+    for manifest in yaml.safe_load_all((REPO_ROOT / "config/operator-rbac.yaml").read_text()):
+        apply(kube_api, manifest)
+    ext = client.ApiextensionsV1Api(kube_api)
+
+    def established():
+        status = ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}").status
+        return any(c.type == "Established" and c.status == "True"
+                   for c in status.conditions or [])
+    wait_for(established, timeout=30, what="the FheBatch CRD to be established")
+    return True

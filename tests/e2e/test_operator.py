@@ -16,7 +16,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-import yaml
 from eth_hash.auto import keccak
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -31,52 +30,12 @@ from coprocessor.settings import REPO_ROOT, Settings
 from coprocessor.storage import ObjectStore
 from coprocessor.tenants import create_tenant, input_handle, load_client
 from coprocessor.types import FheType, Op
-from fhe_operator.crd import crd
 from job_runner.sns import object_keys
 
 from .conftest import wait_for
 
 GROUP, VERSION, PLURAL = "fhe.coprocessor.dev", "v1alpha1", "fhebatches"
 CHAIN_ID = 12345
-
-
-def apply(kube_api, manifest: dict) -> None:
-    kind = manifest["kind"]
-    if kind == "CustomResourceDefinition":
-        ext = client.ApiextensionsV1Api(kube_api)
-        try:
-            ext.create_custom_resource_definition(manifest)
-        except ApiException as error:
-            if error.status != 409:
-                raise
-            current = ext.read_custom_resource_definition(manifest["metadata"]["name"])
-            manifest["metadata"]["resourceVersion"] = current.metadata.resource_version
-            ext.replace_custom_resource_definition(manifest["metadata"]["name"], manifest)
-        return
-    rbac = client.RbacAuthorizationV1Api(kube_api)
-    create = {"ClusterRole": rbac.create_cluster_role,
-              "ClusterRoleBinding": rbac.create_cluster_role_binding}[kind]
-    try:
-        create(manifest)
-    except ApiException as error:
-        if error.status != 409:
-            raise
-
-
-@pytest.fixture(scope="module")
-def installed(kube_api):
-    """CRD and RBAC, as the chart would install them."""
-    apply(kube_api, crd())
-    for manifest in yaml.safe_load_all((REPO_ROOT / "config/operator-rbac.yaml").read_text()):
-        apply(kube_api, manifest)
-    ext = client.ApiextensionsV1Api(kube_api)
-
-    def established():
-        status = ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}").status
-        return any(c.type == "Established" and c.status == "True"
-                   for c in status.conditions or [])
-    wait_for(established, timeout=30, what="the FheBatch CRD to be established")
-    return True
 
 
 @pytest.fixture(scope="module")

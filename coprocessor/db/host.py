@@ -1,0 +1,171 @@
+"""Queries of the host listener: the block cursor, a block's rows, reorgs, batches.
+
+Blocks are written once (``blocks_canonical`` is unique per height among non-orphaned
+rows) together with their computations, ACL rows and transactions, in one transaction.
+A reorg marks the replaced blocks orphaned and their unfinished computations failed
+("orphaned"); when a transaction comes back in the new branch its computations (same
+deterministic handles) are revived instead of duplicated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from .queries import WORK_AVAILABLE, notify, require_transaction
+from .rows import ComputationRow
+
+ORPHANED = "orphaned by a chain reorganisation"
+
+
+@dataclass(frozen=True)
+class SeenBlock:
+    number: int
+    hash: bytes
+
+
+async def canonical_blocks(connection: asyncpg.Connection, chain_id: int, since: int
+                           ) -> list[SeenBlock]:
+    """Non-orphaned blocks at height >= since, highest first."""
+    rows = await connection.fetch(
+        """SELECT block_number, block_hash FROM blocks
+           WHERE chain_id = $1 AND block_number >= $2 AND NOT is_orphaned
+           ORDER BY block_number DESC""", chain_id, since)
+    return [SeenBlock(r["block_number"], bytes(r["block_hash"])) for r in rows]
+
+
+async def last_block(connection: asyncpg.Connection, chain_id: int) -> SeenBlock | None:
+    row = await connection.fetchrow(
+        """SELECT block_number, block_hash FROM blocks
+           WHERE chain_id = $1 AND NOT is_orphaned
+           ORDER BY block_number DESC LIMIT 1""", chain_id)
+    return SeenBlock(row["block_number"], bytes(row["block_hash"])) if row else None
+
+
+@dataclass(frozen=True)
+class AllowedHandle:
+    handle: bytes
+    account_address: bytes
+    event_type: int
+    transaction_id: bytes
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    chain_id: int
+    number: int
+    hash: bytes
+    parent_hash: bytes
+    tenant_id: int
+    computations: tuple[ComputationRow, ...]
+    allowed: tuple[AllowedHandle, ...]
+    transactions: tuple[bytes, ...]  # those with FHE work, in block order
+    batch_name: str | None
+
+
+async def record_block(connection: asyncpg.Connection, block: BlockRecord) -> bool:
+    """Write one block and its rows; False (and nothing written) if it was seen before."""
+    require_transaction(connection)
+    inserted = await connection.fetchval(
+        """INSERT INTO blocks (chain_id, block_number, block_hash, parent_hash, batch_name)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (chain_id, block_hash) DO NOTHING RETURNING block_number""",
+        block.chain_id, block.number, block.hash, block.parent_hash, block.batch_name)
+    if inserted is None:
+        return False
+    await connection.executemany(
+        """INSERT INTO computations (tenant_id, output_handle, output_type, fhe_operation,
+               dependencies, is_scalar, transaction_id, schedule_order)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('computations_schedule_order'))
+           ON CONFLICT (tenant_id, output_handle) DO UPDATE
+             SET is_error = false, error_message = NULL, transaction_id = EXCLUDED.transaction_id
+             WHERE computations.is_error AND computations.error_message = $8""",
+        [(block.tenant_id, r.output_handle, r.output_type, r.fhe_operation,
+          list(r.dependencies), r.is_scalar, r.transaction_id, ORPHANED)
+         for r in block.computations])
+    await connection.executemany(
+        """INSERT INTO allowed_handles (tenant_id, handle, account_address, event_type,
+               transaction_id)
+           VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
+        [(block.tenant_id, a.handle, a.account_address, a.event_type, a.transaction_id)
+         for a in block.allowed])
+    await connection.executemany(
+        """INSERT INTO block_transactions (chain_id, block_hash, transaction_id)
+           VALUES ($1, $2, $3) ON CONFLICT DO NOTHING""",
+        [(block.chain_id, block.hash, t) for t in block.transactions])
+    if block.computations:
+        await notify(connection, WORK_AVAILABLE, f"block:{block.chain_id}:{block.number}")
+    return True
+
+
+async def orphan_above(connection: asyncpg.Connection, chain_id: int, tenant_id: int,
+                       number: int) -> list[str]:
+    """Orphan every canonical block above ``number``; fail their unfinished computations
+    whose transaction is in no canonical block. Returns the orphans' batch names."""
+    require_transaction(connection)
+    rows = await connection.fetch(
+        """UPDATE blocks SET is_orphaned = true
+           WHERE chain_id = $1 AND block_number > $2 AND NOT is_orphaned
+           RETURNING block_hash, batch_name""", chain_id, number)
+    hashes = [bytes(r["block_hash"]) for r in rows]
+    await connection.execute(
+        """UPDATE computations c SET is_error = true, error_message = $4
+           WHERE c.tenant_id = $2 AND NOT c.is_completed AND NOT c.is_error
+             AND c.transaction_id IN (
+                 SELECT bt.transaction_id FROM block_transactions bt
+                 WHERE bt.chain_id = $1 AND bt.block_hash = ANY($3::bytea[]))
+             AND NOT EXISTS (
+                 SELECT 1 FROM block_transactions bt JOIN blocks b
+                   ON b.chain_id = bt.chain_id AND b.block_hash = bt.block_hash
+                 WHERE bt.transaction_id = c.transaction_id AND NOT b.is_orphaned)""",
+        chain_id, tenant_id, hashes, ORPHANED)
+    return [r["batch_name"] for r in rows if r["batch_name"]]
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    number: int
+    hash: bytes
+    batch_name: str
+    transactions: tuple[bytes, ...]
+
+
+async def pending_batches(connection: asyncpg.Connection, chain_id: int
+                          ) -> list[PendingBatch]:
+    """Canonical blocks whose FheBatch is not created yet, oldest first."""
+    rows = await connection.fetch(
+        """SELECT b.block_number, b.block_hash, b.batch_name,
+                  array_agg(bt.transaction_id ORDER BY bt.transaction_id) AS transactions
+           FROM blocks b JOIN block_transactions bt
+             ON bt.chain_id = b.chain_id AND bt.block_hash = b.block_hash
+           WHERE b.chain_id = $1 AND NOT b.is_orphaned AND b.batch_name IS NOT NULL
+             AND b.batch_created_at IS NULL
+           GROUP BY b.block_number, b.block_hash, b.batch_name
+           ORDER BY b.block_number""", chain_id)
+    return [PendingBatch(r["block_number"], bytes(r["block_hash"]), r["batch_name"],
+                         tuple(bytes(t) for t in r["transactions"])) for r in rows]
+
+
+async def mark_batch_created(connection: asyncpg.Connection, chain_id: int,
+                             block_hash: bytes) -> None:
+    await connection.execute(
+        """UPDATE blocks SET batch_created_at = now()
+           WHERE chain_id = $1 AND block_hash = $2 AND batch_created_at IS NULL""",
+        chain_id, block_hash)
+
+
+async def pending_cancellations(connection: asyncpg.Connection, chain_id: int) -> list[str]:
+    """Batch names of orphaned blocks whose FheBatch has not been cancelled yet."""
+    rows = await connection.fetch(
+        """SELECT batch_name FROM blocks
+           WHERE chain_id = $1 AND is_orphaned AND batch_name IS NOT NULL
+             AND batch_cancelled_at IS NULL ORDER BY block_number""", chain_id)
+    return [r["batch_name"] for r in rows]
+
+
+async def mark_batch_cancelled(connection: asyncpg.Connection, chain_id: int,
+                               batch_name: str) -> None:
+    await connection.execute(
+        """UPDATE blocks SET batch_cancelled_at = now()
+           WHERE chain_id = $1 AND batch_name = $2 AND is_orphaned""", chain_id, batch_name)

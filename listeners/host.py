@@ -1,0 +1,273 @@
+"""``fhe-listener host``: follow the host chain and turn FHE events into work.
+
+Each poll:
+
+1. **reorg check** - the stored canonical blocks within ``FHE_HOST_REORG_WINDOW`` are
+   compared with the chain's; from the highest one that still matches, everything above
+   is orphaned (unfinished computations of transactions that are in no canonical block
+   fail as "orphaned"; their FheBatches are deleted);
+2. **new blocks** up to ``head - FHE_HOST_FINALITY_DEPTH``, one at a time and in
+   order: the executor's and ACL's logs are decoded (``host_events``); the block row, its
+   computations, ACL rows and transactions are written in one transaction and
+   ``work_available`` is notified. A log that does not decode is counted and skipped
+   with a warning;
+3. **batches** - one FheBatch per block with FHE work (``source.transactions``), created
+   after the commit and then stamped, so a listener killed in between creates it on
+   restart; a 409 means it exists.
+
+Restartable at any line: the cursor is the database, block rows are unique, rows are
+inserted ON CONFLICT DO NOTHING, and batch names are deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from web3 import Web3
+
+from coprocessor.chain.contracts import bound, decode_logs
+from coprocessor.db import host as host_db
+from coprocessor.db import queries
+from coprocessor.errors import Fatal, ServiceUnavailable
+from coprocessor.settings import Settings
+
+from .host_events import (
+    AllowedRow,
+    UndecodableEvent,
+    allowed_rows,
+    check_derivation,
+    computation_row,
+)
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "fhe.coprocessor.dev", "v1alpha1", "fhebatches"
+
+
+def batch_name(chain_id: int, number: int, block_hash: bytes) -> str:
+    return f"host-{chain_id}-{number}-{block_hash.hex()[:8]}"
+
+
+def batch_manifest(name: str, namespace: str, tenant: str, stages: list[str],
+                   transactions: tuple[bytes, ...], block: int) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "FheBatch",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {f"{GROUP}/source": "host-listener"},
+                     "annotations": {f"{GROUP}/block": str(block)}},
+        "spec": {"tenant": tenant, "stages": stages,
+                 "source": {"transactions": ["0x" + t.hex() for t in transactions]}},
+    }
+
+
+def require_contracts(settings: Settings) -> None:
+    if not settings.host_executor_address or not settings.host_acl_address:
+        raise Fatal("FHE_HOST_EXECUTOR_ADDRESS and FHE_HOST_ACL_ADDRESS are required "
+                    "(the FheExecutor and ACL contracts on the host chain)")
+
+
+@dataclass
+class Counters:
+    blocks: int = 0
+    computations: int = 0
+    allowed: int = 0
+    skipped_logs: int = 0
+    batches: int = 0
+    reorgs: int = 0
+    orphaned_blocks: int = 0
+    skipped_reasons: list[str] = field(default_factory=list)
+
+
+class HostListener:
+    def __init__(self, settings: Settings, w3: Web3, pool: asyncpg.Pool,
+                 batches_api: Any | None) -> None:
+        """``batches_api`` is a kubernetes CustomObjectsApi, or None to write rows only."""
+        require_contracts(settings)
+        self.settings = settings
+        self.w3 = w3
+        self.pool = pool
+        self.batches_api = batches_api
+        self.executor = bound(w3, "FheExecutor", settings.host_executor_address)
+        self.acl = bound(w3, "ACL", settings.host_acl_address)
+        self.counters = Counters()
+        self.chain_id = 0
+        self.tenant: queries.Tenant | None = None
+
+    async def start(self) -> None:
+        self.chain_id = await self._rpc(lambda: self.w3.eth.chain_id)
+        async with self.pool.acquire() as connection:
+            self.tenant = await queries.get_tenant(connection, self.settings.host_tenant)
+        if self.tenant is None:
+            raise Fatal(f"tenant {self.settings.host_tenant!r} does not exist")
+        if self.tenant.chain_id != self.chain_id:
+            raise Fatal(f"tenant {self.tenant.name!r} is on chain {self.tenant.chain_id}, "
+                        f"the host RPC serves chain {self.chain_id}")
+
+    async def _rpc(self, call):
+        try:
+            return await asyncio.to_thread(call)
+        except (OSError, ConnectionError) as error:
+            raise ServiceUnavailable("host chain", str(error)) from None
+
+    async def poll(self) -> int:
+        """One round: reorgs, new blocks, batches. Returns the blocks processed."""
+        head = await self._rpc(lambda: self.w3.eth.block_number)
+        target = head - self.settings.host_finality_depth
+        await self._check_reorg()
+        async with self.pool.acquire() as connection:
+            last = await host_db.last_block(connection, self.chain_id)
+        start = last.number + 1 if last else self.settings.host_start_block
+        processed = 0
+        for number in range(start, target + 1):
+            await self._process(number)
+            processed += 1
+        await self._sync_batches()
+        return processed
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        while not stop.is_set():
+            try:
+                await self.poll()
+            except ServiceUnavailable as error:
+                log.warning("host poll deferred", extra={"fields": {"error": str(error)}})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.host_poll_interval_s)
+
+    # --- reorgs ----------------------------------------------------------------------
+    async def _check_reorg(self) -> None:
+        async with self.pool.acquire() as connection:
+            last = await host_db.last_block(connection, self.chain_id)
+            if last is None:
+                return
+            window = await host_db.canonical_blocks(
+                connection, self.chain_id, last.number - self.settings.host_reorg_window + 1)
+        fork = None
+        for seen in window:  # highest first
+            chain_block = await self._rpc(lambda n=seen.number: self.w3.eth.get_block(n))
+            if chain_block is not None and bytes(chain_block["hash"]) == seen.hash:
+                fork = seen.number
+                break
+        if fork == last.number:
+            return
+        keep = fork if fork is not None else window[-1].number - 1
+        async with self.pool.acquire() as connection, connection.transaction():
+            assert self.tenant is not None
+            names = await host_db.orphan_above(connection, self.chain_id,
+                                               self.tenant.tenant_id, keep)
+        self.counters.reorgs += 1
+        self.counters.orphaned_blocks += last.number - keep
+        log.warning("reorg", extra={"fields": {"chain": self.chain_id, "kept": keep,
+                                               "orphaned": last.number - keep,
+                                               "batches": names}})
+
+    # --- one block -------------------------------------------------------------------
+    async def _process(self, number: int) -> None:
+        block = await self._rpc(lambda: self.w3.eth.get_block(number))
+        block_hash = bytes(block["hash"])
+        logs = await self._rpc(lambda: self.w3.eth.get_logs({
+            "blockHash": block_hash,
+            "address": [self.executor.address, self.acl.address]}))
+        assert self.tenant is not None
+        computations, allowed, transactions = self._decode(logs)
+        name = batch_name(self.chain_id, number, block_hash) if computations else None
+        record = host_db.BlockRecord(
+            self.chain_id, number, block_hash, bytes(block["parentHash"]),
+            self.tenant.tenant_id, tuple(computations),
+            tuple(host_db.AllowedHandle(a.handle, a.account_address, a.event_type,
+                                        a.transaction_id) for a in allowed),
+            tuple(transactions), name)
+        async with self.pool.acquire() as connection, connection.transaction():
+            new = await host_db.record_block(connection, record)
+        if new:
+            self.counters.blocks += 1
+            self.counters.computations += len(computations)
+            self.counters.allowed += len(allowed)
+        log.info("block", extra={"fields": {
+            "number": number, "hash": "0x" + block_hash.hex()[:16], "new": new,
+            "computations": len(computations), "allowed": len(allowed), "batch": name}})
+
+    def _decode(self, logs: list[Any]) -> tuple[list, list[AllowedRow], list[bytes]]:
+        computations, allowed, transactions = [], [], []
+        by_index = sorted(logs, key=lambda item: (item["transactionIndex"], item["logIndex"]))
+        for contract, rows_of in ((self.executor, "computation"), (self.acl, "acl")):
+            for entry, (name, args) in self._events(contract, by_index):
+                tx = bytes(entry["transactionHash"])
+                try:
+                    if rows_of == "computation":
+                        row = computation_row(name, args, tx)
+                        check_derivation(row, bytes.fromhex(args["caller"][2:]),
+                                         self.chain_id)
+                        computations.append(row)
+                        if tx not in transactions:
+                            transactions.append(tx)
+                    else:
+                        allowed.extend(allowed_rows(name, args, tx))
+                except (UndecodableEvent, KeyError, TypeError, ValueError) as error:
+                    self._skip(entry, str(error))
+        return computations, allowed, transactions
+
+    def _events(self, contract, logs):
+        """(log, (name, args)) of the logs this contract emitted that decode at all."""
+        for entry in logs:
+            if entry["address"] != contract.address:
+                continue
+            try:
+                decoded = decode_logs(contract, [entry])
+            except Exception as error:  # web3 raises several types on bad data
+                self._skip(entry, f"cannot decode: {type(error).__name__}: {error}")
+                continue
+            if not decoded:
+                self._skip(entry, "unknown event topic")
+                continue
+            yield entry, decoded[0]
+
+    def _skip(self, entry: Any, reason: str) -> None:
+        self.counters.skipped_logs += 1
+        if len(self.counters.skipped_reasons) < 20:
+            self.counters.skipped_reasons.append(reason)
+        log.warning("log skipped", extra={"fields": {
+            "tx": "0x" + bytes(entry["transactionHash"]).hex(),
+            "log_index": entry["logIndex"], "reason": reason[:300]}})
+
+    # --- batches ---------------------------------------------------------------------
+    async def _sync_batches(self) -> None:
+        if self.batches_api is None:
+            return
+        from kubernetes.client.rest import ApiException
+
+        async with self.pool.acquire() as connection:
+            pending = await host_db.pending_batches(connection, self.chain_id)
+            cancelled = await host_db.pending_cancellations(connection, self.chain_id)
+        namespace = self.settings.namespace
+        for name in cancelled:
+            try:
+                await asyncio.to_thread(self.batches_api.delete_namespaced_custom_object,
+                                        GROUP, VERSION, namespace, PLURAL, name)
+            except ApiException as error:
+                if error.status != 404:
+                    raise ServiceUnavailable("kubernetes", str(error)) from None
+            async with self.pool.acquire() as connection:
+                await host_db.mark_batch_cancelled(connection, self.chain_id, name)
+            log.info("batch cancelled", extra={"fields": {"batch": name}})
+        assert self.tenant is not None
+        for item in pending:
+            manifest = batch_manifest(item.batch_name, namespace, self.tenant.name,
+                                      self.settings.host_batch_stages, item.transactions,
+                                      item.number)
+            try:
+                await asyncio.to_thread(self.batches_api.create_namespaced_custom_object,
+                                        GROUP, VERSION, namespace, PLURAL, manifest)
+                self.counters.batches += 1
+            except ApiException as error:
+                if error.status != 409:
+                    raise ServiceUnavailable("kubernetes", str(error)) from None
+            async with self.pool.acquire() as connection:
+                await host_db.mark_batch_created(connection, self.chain_id, item.hash)
+            log.info("batch created", extra={"fields": {"batch": item.batch_name,
+                                                        "block": item.number}})

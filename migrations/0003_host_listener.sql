@@ -1,0 +1,17 @@
+-- The host listener (DESIGN.md section 2): which transactions each seen block held, and
+-- the FheBatch made for it. A block row, its computations and its transactions are
+-- written in one transaction; the batch is created after the commit and then stamped,
+-- so a listener that dies in between creates it on restart.
+ALTER TABLE blocks ADD COLUMN batch_name TEXT;             -- NULL: no FHE work in the block
+ALTER TABLE blocks ADD COLUMN batch_created_at TIMESTAMPTZ;
+ALTER TABLE blocks ADD COLUMN batch_cancelled_at TIMESTAMPTZ;  -- deleted after a reorg
+
+CREATE TABLE block_transactions (
+    chain_id        BIGINT NOT NULL,
+    block_hash      BYTEA NOT NULL CHECK (length(block_hash) = 32),
+    transaction_id  BYTEA NOT NULL CHECK (length(transaction_id) = 32),
+    PRIMARY KEY (chain_id, block_hash, transaction_id),
+    FOREIGN KEY (chain_id, block_hash) REFERENCES blocks ON DELETE CASCADE
+);
+CREATE INDEX block_transactions_by_transaction ON block_transactions (transaction_id);
+CREATE INDEX computations_by_transaction ON computations (transaction_id);

@@ -1,0 +1,230 @@
+"""The host listener on a real anvil, PostgreSQL and control plane: confidential ERC20
+transfers become computations, ACL rows and one FheBatch per block - exactly once,
+across restarts and reorgs - and logs it cannot use are skipped with a reason."""
+
+from __future__ import annotations
+
+import os
+
+import asyncpg
+import pytest
+from kubernetes import client
+from web3 import Web3
+
+from coprocessor.chain.contracts import bound, deploy
+from coprocessor.db import queries
+from coprocessor.db.host import ORPHANED
+from coprocessor.db.pool import create_pool
+from coprocessor.settings import Settings
+from coprocessor.types import FheType, Op, derive_handle, make_handle
+from listeners.host import GROUP, PLURAL, VERSION, HostListener
+
+U64 = FheType.Uint64
+
+
+@pytest.fixture(scope="module")
+def w3(dev_stack) -> Web3:
+    return Web3(Web3.HTTPProvider(dev_stack["FHE_HOST_RPC_URL"]))
+
+
+@pytest.fixture(scope="module")
+def contracts(w3):
+    executor = deploy(w3, "FheExecutor")
+    acl = deploy(w3, "ACL")
+    token = deploy(w3, "ConfidentialERC20", executor.address, acl.address)
+    return executor, acl, token
+
+
+@pytest.fixture
+async def listener_settings(database_url, w3, contracts, namespace):
+    executor, acl, _ = contracts
+    connection = await asyncpg.connect(database_url)
+    try:
+        await queries.create_tenant(connection, "chain", w3.eth.chain_id, os.urandom(32),
+                                    "tfhe-rs")
+    finally:
+        await connection.close()
+    return Settings(database_url=database_url, host_tenant="chain",
+                    host_executor_address=executor.address, host_acl_address=acl.address,
+                    host_start_block=w3.eth.block_number + 1, namespace=namespace)
+
+
+@pytest.fixture
+async def pool(listener_settings):
+    created = await create_pool(listener_settings.database_url, size=4)
+    yield created
+    await created.close()
+
+
+def custom(kube_api) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(kube_api)
+
+
+async def make_listener(settings, w3, pool, api) -> HostListener:
+    listener = HostListener(settings, w3, pool, api)
+    await listener.start()
+    return listener
+
+
+def send(w3, call, sender):
+    receipt = w3.eth.wait_for_transaction_receipt(call.transact({"from": sender}))
+    assert receipt["status"] == 1
+    return receipt
+
+
+def amount_handle(w3) -> bytes:
+    return make_handle(os.urandom(32), 0, w3.eth.chain_id, U64).raw
+
+
+def transfer(w3, contracts, sender, to):
+    _, acl, token = contracts
+    amount = amount_handle(w3)
+    send(w3, acl.functions.allow(amount, sender), sender)
+    return send(w3, token.functions.transfer(to, amount), sender)
+
+
+def batches(kube_api, namespace) -> dict[str, dict]:
+    items = custom(kube_api).list_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                           PLURAL)["items"]
+    return {item["metadata"]["name"]: item for item in items}
+
+
+async def rows_of(pool, transaction: bytes):
+    async with pool.acquire() as connection:
+        return await connection.fetch(
+            "SELECT output_handle, fhe_operation, is_error, error_message FROM computations "
+            "WHERE transaction_id = $1 ORDER BY schedule_order", transaction)
+
+
+async def test_transfers_become_rows_and_one_batch_per_block_exactly_once(
+        w3, contracts, listener_settings, pool, kube_api, installed, namespace):
+    owner, alice, bob = w3.eth.accounts[:3]
+    _, _, token = contracts
+    mint = send(w3, token.functions.mint(alice, 1000), owner)
+    moves = [transfer(w3, contracts, alice, bob), transfer(w3, contracts, bob, alice)]
+    listener = await make_listener(listener_settings, w3, pool, custom(kube_api))
+    assert await listener.poll() == w3.eth.block_number - listener_settings.host_start_block + 1
+
+    for receipt in moves:
+        ops = [r["fhe_operation"] for r in await rows_of(pool, bytes(receipt["transactionHash"]))]
+        assert sorted(ops) == sorted([int(Op.Ge), int(Op.Sub), int(Op.Add),
+                                      int(Op.IfThenElse), int(Op.IfThenElse)])
+    assert len(await rows_of(pool, bytes(mint["transactionHash"]))) == 3  # 2 trivial + add
+    made = batches(kube_api, namespace)
+    fhe_blocks = {r["blockNumber"] for r in [mint, *moves]}
+    assert len(made) == len(fhe_blocks)  # allow-only blocks have no FHE work
+    by_block = {int(b["metadata"]["annotations"]["fhe.coprocessor.dev/block"]): b
+                for b in made.values()}
+    for receipt in [mint, *moves]:
+        spec = by_block[receipt["blockNumber"]]["spec"]
+        assert spec["source"]["transactions"] == ["0x" + bytes(receipt["transactionHash"]).hex()]
+        assert spec["tenant"] == "chain" and spec["stages"] == ["compute", "sns"]
+    async with pool.acquire() as connection:
+        allowed = await connection.fetchval(
+            "SELECT count(*) FROM allowed_handles WHERE event_type = 1")
+        count = await connection.fetchval("SELECT count(*) FROM computations")
+    assert allowed >= 2 * len(moves)  # both new balances of every transfer
+    assert listener.counters.skipped_logs == 0
+
+    # A second poll, and a second listener, find nothing new and create nothing twice.
+    assert await listener.poll() == 0
+    again = await make_listener(listener_settings, w3, pool, custom(kube_api))
+    assert await again.poll() == 0
+    async with pool.acquire() as connection:
+        assert await connection.fetchval("SELECT count(*) FROM computations") == count
+    assert set(batches(kube_api, namespace)) == set(made)
+
+
+async def test_a_batch_lost_between_commit_and_create_is_created_on_restart(
+        w3, contracts, listener_settings, pool, kube_api, installed, namespace):
+    owner, alice = w3.eth.accounts[:2]
+    _, _, token = contracts
+    receipt = send(w3, token.functions.mint(alice, 5), owner)
+    # The first listener "dies" right after its commit: it writes rows but no batch.
+    rows_only = await make_listener(listener_settings, w3, pool, None)
+    await rows_only.poll()
+    assert batches(kube_api, namespace) == {}
+    restarted = await make_listener(listener_settings, w3, pool, custom(kube_api))
+    assert await restarted.poll() == 0  # no block processed twice
+    (made,) = batches(kube_api, namespace).values()
+    assert made["spec"]["source"]["transactions"] == [
+        "0x" + bytes(receipt["transactionHash"]).hex()]
+
+
+async def test_a_reorg_orphans_the_old_block_and_cancels_its_batch(
+        w3, contracts, listener_settings, pool, kube_api, installed, namespace):
+    alice, bob = w3.eth.accounts[1:3]
+    _, _, token = contracts
+    send(w3, token.functions.mint(alice, 50), w3.eth.accounts[0])
+    listener = await make_listener(listener_settings, w3, pool, custom(kube_api))
+    await listener.poll()
+    snapshot = w3.provider.make_request("evm_snapshot", [])["result"]
+    old = transfer(w3, contracts, alice, bob)
+    await listener.poll()
+    old_batches = set(batches(kube_api, namespace))
+    assert w3.provider.make_request("evm_revert", [snapshot])["result"] is True
+    new = transfer(w3, contracts, alice, bob)  # same heights, other blocks
+    assert new["blockNumber"] == old["blockNumber"]
+    await listener.poll()
+    assert listener.counters.reorgs == 1
+    async with pool.acquire() as connection:
+        orphaned = await connection.fetchval(
+            "SELECT count(*) FROM blocks WHERE block_hash = $1 AND is_orphaned",
+            bytes(old["blockHash"]))
+    assert orphaned == 1
+    old_rows = await rows_of(pool, bytes(old["transactionHash"]))
+    assert old_rows and all(r["is_error"] and r["error_message"] == ORPHANED
+                            for r in old_rows)
+    assert not any(r["is_error"] for r in await rows_of(pool, bytes(new["transactionHash"])))
+    now = batches(kube_api, namespace)
+    cancelled = {n for n in old_batches if n.startswith(f"host-{w3.eth.chain_id}-"
+                                                        f"{old['blockNumber']}-")}
+    assert cancelled and not cancelled & set(now)
+    assert any(n.startswith(f"host-{w3.eth.chain_id}-{new['blockNumber']}-"
+                            f"{bytes(new['blockHash']).hex()[:8]}") for n in now)
+
+
+async def test_logs_it_cannot_use_are_counted_and_skipped(w3, listener_settings, pool):
+    rogue = deploy(w3, "RogueExecutor")
+    settings = listener_settings.model_copy(update={"host_executor_address": rogue.address})
+    sender = w3.eth.accounts[0]
+    chain = w3.eth.chain_id
+    lhs, rhs = (make_handle(os.urandom(32), 0, chain, U64).raw for _ in range(2))
+    # The caller in the rogue's events is the sender: the handle's context.
+    good = derive_handle(Op.Add, (lhs, rhs), bytes.fromhex(sender[2:]), chain, U64).raw
+    bad_type = bytearray(good)
+    bad_type[30] = 99
+    calls = [rogue.functions.emitAdd(lhs, rhs, b"\x00", good),
+             rogue.functions.emitAdd(lhs, rhs, b"\x00", make_handle(os.urandom(32), 0xFF,
+                                                                     chain, U64).raw),
+             rogue.functions.emitAdd(lhs, rhs, b"\x00", bytes(bad_type)),
+             rogue.functions.emitTeleport(lhs, good)]
+    receipts = [send(w3, call, sender) for call in calls]
+    listener = await make_listener(settings, w3, pool, None)
+    await listener.poll()
+    assert listener.counters.skipped_logs == 3
+    reasons = " | ".join(listener.counters.skipped_reasons)
+    assert "is not the derived handle" in reasons
+    assert "type byte 99" in reasons
+    assert "unknown event topic" in reasons
+    assert len(await rows_of(pool, bytes(receipts[0]["transactionHash"]))) == 1
+    assert listener.counters.computations == 1
+    # Later blocks are still read: the listener did not stop at the bad logs.
+    more = send(w3, rogue.functions.emitAdd(rhs, lhs, b"\x00", derive_handle(
+        Op.Add, (rhs, lhs), bytes.fromhex(sender[2:]), chain, U64).raw), sender)
+    await listener.poll()
+    assert len(await rows_of(pool, bytes(more["transactionHash"]))) == 1
+
+
+def test_a_listener_without_contracts_is_a_clear_fatal_error(w3):
+    from coprocessor.errors import Fatal
+
+    with pytest.raises(Fatal, match="FHE_HOST_EXECUTOR_ADDRESS"):
+        HostListener(Settings(), w3, None, None)  # type: ignore[arg-type]
+
+
+def test_bound_refuses_a_missing_artifact(w3):
+    from coprocessor.errors import Fatal
+
+    with pytest.raises(Fatal, match="not compiled"):
+        bound(w3, "NoSuchContract", "0x" + "00" * 20)

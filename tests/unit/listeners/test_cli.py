@@ -1,0 +1,33 @@
+"""`fhe-listener` refuses what it cannot run with one clear line."""
+
+import pytest
+
+from coprocessor.settings import load_settings
+from listeners.__main__ import main
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings(monkeypatch):
+    for name in ("FHE_HOST_EXECUTOR_ADDRESS", "FHE_HOST_ACL_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    load_settings.cache_clear()
+    yield
+    load_settings.cache_clear()
+
+
+@pytest.mark.parametrize(("argv", "env", "code", "message"), [
+    (["gateway"], {}, 3, "listener 'gateway' is not available in this release"),
+    (["host"], {}, 1, "FHE_HOST_EXECUTOR_ADDRESS and FHE_HOST_ACL_ADDRESS are required"),
+    (["host"], {"FHE_HOST_EXECUTOR_ADDRESS": "0x12"}, 3,
+     "setting FHE_HOST_EXECUTOR_ADDRESS is invalid"),
+    (["teleport"], {}, 2, "invalid choice: 'teleport'"),
+])
+def test_bad_invocations(argv, env, code, message, monkeypatch, capsys):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("FHE_LOG_FORMAT", "text")
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == code
+    captured = capsys.readouterr()
+    assert message in captured.err + captured.out
