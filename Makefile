@@ -26,6 +26,8 @@ bench: setup      ## benchmarks: print figures, write JSON under bench/results/
 	$(VENV)/python bench/ops.py --repeat 1
 	$(VENV)/python bench/graph.py
 	$(VENV)/python bench/sns.py
+	$(VENV)/python bench/listener.py
+	$(VENV)/python bench/orchestration.py
 
 lock:             ## re-pin constraints.txt from the current .venv
 	$(VENV)/pip freeze --all --exclude-editable | grep -vE '^(fhe-coprocessor|fhe-native|pip)( @|==)' > constraints.txt
