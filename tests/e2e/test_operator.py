@@ -486,3 +486,49 @@ async def test_over_the_limit_batches_wait_in_admitted_and_start_by_priority(
                                                             "Failed"), timeout=300,
                                          what=f"batch {name} to finish")
         assert status["phase"] == "Succeeded", (name, status)
+
+
+async def test_host_chain_transfer_to_decrypted_balances(operator, ns, kube_api, settings,
+                                                         tenant, dev_stack):
+    """The whole path: contracts on anvil -> host listener -> FheBatches -> operator ->
+    compute Jobs -> balances that decrypt to the plaintext transfer."""
+    from web3 import Web3
+
+    from coprocessor.chain.contracts import deploy
+    from coprocessor.db.pool import create_pool
+    from listeners.host import HostListener
+
+    w3 = Web3(Web3.HTTPProvider(dev_stack["FHE_HOST_RPC_URL"]))
+    owner, alice, bob = w3.eth.accounts[:3]
+    executor, acl = deploy(w3, "FheExecutor"), deploy(w3, "ACL")
+    token = deploy(w3, "ConfidentialERC20", executor.address, acl.address)
+    record, _ = tenant
+    listener_settings = settings.model_copy(update={
+        "host_tenant": record.name, "host_executor_address": executor.address,
+        "host_acl_address": acl.address, "host_start_block": w3.eth.block_number + 1,
+        "namespace": ns, "host_batch_stages": ["compute"]})
+    amount = bytes.fromhex((await store_input(settings, tenant, 300, FheType.Uint64))[2:])
+    for call, sender in ((token.functions.mint(alice, 1000), owner),
+                         (acl.functions.allow(amount, alice), alice),
+                         (token.functions.transfer(bob, amount), alice)):
+        assert w3.eth.wait_for_transaction_receipt(
+            call.transact({"from": sender}))["status"] == 1
+    pool = await create_pool(listener_settings.database_url, size=2)
+    try:
+        listener = HostListener(listener_settings, w3, pool, custom(kube_api))
+        await listener.start()
+        await listener.poll()
+    finally:
+        await pool.close()
+    names = [item["metadata"]["name"] for item in custom(kube_api).list_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL)["items"]]
+    assert len(names) == 2  # the mint block and the transfer block
+    for name in names:
+        status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, name, "Succeeded",
+                                                            "Failed"), timeout=300,
+                                         what=f"batch {name} to finish")
+        assert status["phase"] == "Succeeded", (name, status)
+    balances = {who: "0x" + token.functions.balanceOf(who).call().hex()
+                for who in (alice, bob)}
+    assert await decrypt_output(settings, tenant, balances[alice]) == 700
+    assert await decrypt_output(settings, tenant, balances[bob]) == 300
