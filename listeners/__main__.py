@@ -77,3 +77,7 @@ async def _run_host(settings, *, batches: bool) -> None:
         log.info("listener stopped", extra={"fields": vars(listener.counters)})
     finally:
         await pool.close()
+
+
+if __name__ == "__main__":
+    main()

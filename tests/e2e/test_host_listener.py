@@ -4,6 +4,7 @@ across restarts and reorgs - and logs it cannot use are skipped with a reason.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import asyncpg
@@ -228,3 +229,60 @@ def test_bound_refuses_a_missing_artifact(w3):
 
     with pytest.raises(Fatal, match="not compiled"):
         bound(w3, "NoSuchContract", "0x" + "00" * 20)
+
+
+async def test_killed_mid_backlog_and_restarted_misses_and_duplicates_nothing(
+        w3, contracts, listener_settings, pool, kube_api, installed, namespace, kube_cluster,
+        tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    owner, alice, bob = w3.eth.accounts[:3]
+    _, _, token = contracts
+    send(w3, token.functions.mint(alice, 10**6), owner)
+    moves = [transfer(w3, contracts, alice, bob) for _ in range(25)]
+    last = w3.eth.block_number
+    env = {**os.environ, "FHE_DATABASE_URL": listener_settings.database_url,
+           "FHE_HOST_RPC_URL": w3.provider.endpoint_uri, "FHE_HOST_TENANT": "chain",
+           "FHE_HOST_EXECUTOR_ADDRESS": listener_settings.host_executor_address,
+           "FHE_HOST_ACL_ADDRESS": listener_settings.host_acl_address,
+           "FHE_HOST_START_BLOCK": str(listener_settings.host_start_block),
+           "FHE_HOST_POLL_INTERVAL_S": "0.2", "FHE_NAMESPACE": namespace,
+           "FHE_KUBECONFIG": kube_cluster["KUBECONFIG"], "FHE_LOG_FORMAT": "text"}
+    log = (tmp_path / "listener.log").open("w")
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "listeners", "host"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+    async def seen() -> int:
+        async with pool.acquire() as connection:
+            return await connection.fetchval("SELECT count(*) FROM blocks")
+
+    first = start()
+    for _ in range(600):
+        if await seen() >= 10 or first.poll() is not None:
+            break
+        await asyncio.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    killed_at = await seen()
+    assert 10 <= killed_at < last - listener_settings.host_start_block + 1
+    second = start()
+    try:
+        expected_blocks = last - listener_settings.host_start_block + 1
+        for _ in range(1200):
+            if await seen() == expected_blocks and len(batches(kube_api, namespace)) == 26:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 0
+    assert await seen() == expected_blocks
+    made = batches(kube_api, namespace)
+    assert len(made) == 26  # the mint block and 25 transfer blocks; allow blocks have none
+    transactions = [t for b in made.values() for t in b["spec"]["source"]["transactions"]]
+    assert len(transactions) == len(set(transactions)) == 26
+    for receipt in moves:
+        assert len(await rows_of(pool, bytes(receipt["transactionHash"]))) == 5
