@@ -99,7 +99,13 @@ class Settings(BaseSettings):
         "head and rely on the reorg window).")
     host_reorg_window: int = Field(64, ge=1, description="Recent blocks re-checked for "
                                    "a reorg on every poll.")
-    host_poll_interval_s: float = Field(1.0, gt=0, description="Head polling period.")
+    host_poll_interval_s: float = Field(
+        1.0, gt=0, description="Head polling period; with a newHeads subscription this is "
+        "only the fallback.")
+    host_ws_url: str | None = Field(
+        None, description="WebSocket RPC for the newHeads subscription; default: "
+        "FHE_HOST_RPC_URL with ws:// (anvil and most nodes serve both on one port); "
+        "'off' polls only.")
     host_batch_stages: list[str] = Field(
         ["compute", "sns"], description="Stages of the FheBatches the listener creates.")
 

@@ -15,6 +15,9 @@ Each poll:
    after the commit and then stamped, so a listener killed in between creates it on
    restart; a 409 means it exists.
 
+A poll runs on every ``newHeads`` notification of a WebSocket subscription and, as the
+fallback when there is none (or it drops), every ``FHE_HOST_POLL_INTERVAL_S``.
+
 Restartable at any line: the cursor is the database, block rows are unique, rows are
 inserted ON CONFLICT DO NOTHING, and batch names are deterministic.
 """
@@ -80,6 +83,8 @@ class Counters:
     batches: int = 0
     reorgs: int = 0
     orphaned_blocks: int = 0
+    heads: int = 0  # newHeads notifications received
+    subscribed: bool = False
     skipped_reasons: list[str] = field(default_factory=list)
 
 
@@ -130,14 +135,63 @@ class HostListener:
         return processed
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Poll on every new head the subscription reports, and at least every
+        ``host_poll_interval_s`` (the fallback when there is no subscription)."""
         await self.start()
+        new_head = asyncio.Event()
+        heads = asyncio.create_task(self._follow_heads(new_head, stop))
+        try:
+            while not stop.is_set():
+                new_head.clear()
+                try:
+                    await self.poll()
+                except ServiceUnavailable as error:
+                    log.warning("host poll deferred", extra={"fields": {"error": str(error)}})
+                wake = asyncio.ensure_future(new_head.wait())
+                stopping = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({wake, stopping}, timeout=self.settings.host_poll_interval_s,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                wake.cancel()
+                stopping.cancel()
+        finally:
+            heads.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heads
+
+    def ws_url(self) -> str | None:
+        configured = self.settings.host_ws_url
+        if configured == "off":
+            return None
+        if configured:
+            return configured
+        rpc = self.settings.host_rpc_url
+        return "ws" + rpc[4:] if rpc.startswith("http") else rpc
+
+    async def _follow_heads(self, new_head: asyncio.Event, stop: asyncio.Event) -> None:
+        """Set ``new_head`` on every newHeads notification; on any failure, log it,
+        rely on polling for a while and subscribe again."""
+        url = self.ws_url()
+        if url is None:
+            return
+        from web3 import AsyncWeb3, WebSocketProvider
+
         while not stop.is_set():
             try:
-                await self.poll()
-            except ServiceUnavailable as error:
-                log.warning("host poll deferred", extra={"fields": {"error": str(error)}})
+                async with AsyncWeb3(WebSocketProvider(url)) as w3:
+                    await w3.eth.subscribe("newHeads")
+                    self.counters.subscribed = True
+                    log.info("subscribed", extra={"fields": {"url": url}})
+                    async for _ in w3.socket.process_subscriptions():
+                        self.counters.heads += 1
+                        new_head.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # no ws endpoint, a dropped connection, ...
+                self.counters.subscribed = False
+                log.warning("newHeads subscription unavailable; polling", extra={"fields": {
+                    "url": url, "error": f"{type(error).__name__}: {error}"[:300]}})
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.host_poll_interval_s)
+                await asyncio.wait_for(stop.wait(), 30)
 
     # --- reorgs ----------------------------------------------------------------------
     async def _check_reorg(self) -> None:

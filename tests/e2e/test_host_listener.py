@@ -286,3 +286,36 @@ async def test_killed_mid_backlog_and_restarted_misses_and_duplicates_nothing(
     assert len(transactions) == len(set(transactions)) == 26
     for receipt in moves:
         assert len(await rows_of(pool, bytes(receipt["transactionHash"]))) == 5
+
+
+@pytest.mark.parametrize(("ws_url", "poll_s", "subscribed"), [
+    (None, 120.0, True),  # only the newHeads subscription can wake it in time
+    ("ws://127.0.0.1:1", 0.3, False),  # no subscription: the polling fallback
+])
+async def test_new_blocks_wake_the_listener(w3, contracts, listener_settings, pool, ws_url,
+                                            poll_s, subscribed):
+    owner, alice = w3.eth.accounts[:2]
+    _, _, token = contracts
+    settings = listener_settings.model_copy(update={"host_ws_url": ws_url,
+                                                    "host_poll_interval_s": poll_s})
+    listener = HostListener(settings, w3, pool, None)
+    stop = asyncio.Event()
+    running = asyncio.create_task(listener.run(stop))
+    try:
+        for _ in range(100):  # the first poll and, with a subscription, its set-up
+            if listener.counters.subscribed == subscribed and listener.chain_id:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        receipt = await asyncio.to_thread(send, w3, token.functions.mint(alice, 1), owner)
+        for _ in range(150):
+            if await rows_of(pool, bytes(receipt["transactionHash"])):
+                break
+            await asyncio.sleep(0.1)
+        assert len(await rows_of(pool, bytes(receipt["transactionHash"]))) >= 2
+        assert listener.counters.subscribed is subscribed
+        if subscribed:
+            assert listener.counters.heads >= 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
