@@ -106,6 +106,9 @@ class Settings(BaseSettings):
         None, description="WebSocket RPC for the newHeads subscription; default: "
         "FHE_HOST_RPC_URL with ws:// (anvil and most nodes serve both on one port); "
         "'off' polls only.")
+    host_batch_max_computations: int = Field(
+        0, ge=0, description="Split a block's work into FheBatches of at most this many "
+        "computations (whole transactions; 0 = one FheBatch per block).")
     host_batch_stages: list[str] = Field(
         ["compute", "sns"], description="Stages of the FheBatches the listener creates.")
 

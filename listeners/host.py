@@ -11,7 +11,8 @@ Each poll:
    computations, ACL rows and transactions are written in one transaction and
    ``work_available`` is notified. A log that does not decode is counted and skipped
    with a warning;
-3. **batches** - one FheBatch per block with FHE work (``source.transactions``), created
+3. **batches** - one FheBatch per block with FHE work (``source.transactions``; split
+   into parts of at most ``FHE_HOST_BATCH_MAX_COMPUTATIONS`` when set), created
    after the commit and then stamped, so a listener killed in between creates it on
    restart; a 409 means it exists.
 
@@ -43,6 +44,7 @@ from .host_events import (
     AllowedRow,
     UndecodableEvent,
     allowed_rows,
+    batch_parts,
     check_derivation,
     computation_row,
 )
@@ -230,12 +232,15 @@ class HostListener:
         assert self.tenant is not None
         computations, allowed, transactions = self._decode(logs)
         name = batch_name(self.chain_id, number, block_hash) if computations else None
+        per_transaction = [sum(1 for r in computations if r.transaction_id == t)
+                           for t in transactions]
+        parts = batch_parts(per_transaction, self.settings.host_batch_max_computations)
         record = host_db.BlockRecord(
             self.chain_id, number, block_hash, bytes(block["parentHash"]),
             self.tenant.tenant_id, tuple(computations),
             tuple(host_db.AllowedHandle(a.handle, a.account_address, a.event_type,
                                         a.transaction_id) for a in allowed),
-            tuple(transactions), name)
+            tuple(transactions), name, tuple(parts))
         async with self.pool.acquire() as connection, connection.transaction():
             new = await host_db.record_block(connection, record)
         if new:
@@ -299,29 +304,34 @@ class HostListener:
             pending = await host_db.pending_batches(connection, self.chain_id)
             cancelled = await host_db.pending_cancellations(connection, self.chain_id)
         namespace = self.settings.namespace
-        for name in cancelled:
-            try:
-                await asyncio.to_thread(self.batches_api.delete_namespaced_custom_object,
-                                        GROUP, VERSION, namespace, PLURAL, name)
-            except ApiException as error:
-                if error.status != 404:
-                    raise ServiceUnavailable("kubernetes", str(error)) from None
+        for block_hash, names in cancelled:
+            for name in names:
+                try:
+                    await asyncio.to_thread(self.batches_api.delete_namespaced_custom_object,
+                                            GROUP, VERSION, namespace, PLURAL, name)
+                except ApiException as error:
+                    if error.status != 404:
+                        raise ServiceUnavailable("kubernetes", str(error)) from None
+                log.info("batch cancelled", extra={"fields": {"batch": name}})
             async with self.pool.acquire() as connection:
-                await host_db.mark_batch_cancelled(connection, self.chain_id, name)
-            log.info("batch cancelled", extra={"fields": {"batch": name}})
+                await host_db.mark_batch_cancelled(connection, self.chain_id, block_hash)
         assert self.tenant is not None
+        by_block: dict[bytes, list[host_db.PendingBatch]] = {}
         for item in pending:
-            manifest = batch_manifest(item.batch_name, namespace, self.tenant.name,
-                                      self.settings.host_batch_stages, item.transactions,
-                                      item.number)
-            try:
-                await asyncio.to_thread(self.batches_api.create_namespaced_custom_object,
-                                        GROUP, VERSION, namespace, PLURAL, manifest)
-                self.counters.batches += 1
-            except ApiException as error:
-                if error.status != 409:
-                    raise ServiceUnavailable("kubernetes", str(error)) from None
+            by_block.setdefault(item.hash, []).append(item)
+        for block_hash, parts in by_block.items():  # stamped only when every part exists
+            for item in parts:
+                manifest = batch_manifest(item.batch_name, namespace, self.tenant.name,
+                                          self.settings.host_batch_stages,
+                                          item.transactions, item.number)
+                try:
+                    await asyncio.to_thread(self.batches_api.create_namespaced_custom_object,
+                                            GROUP, VERSION, namespace, PLURAL, manifest)
+                    self.counters.batches += 1
+                except ApiException as error:
+                    if error.status != 409:
+                        raise ServiceUnavailable("kubernetes", str(error)) from None
+                log.info("batch created", extra={"fields": {"batch": item.batch_name,
+                                                            "block": item.number}})
             async with self.pool.acquire() as connection:
-                await host_db.mark_batch_created(connection, self.chain_id, item.hash)
-            log.info("batch created", extra={"fields": {"batch": item.batch_name,
-                                                        "block": item.number}})
+                await host_db.mark_batch_created(connection, self.chain_id, block_hash)

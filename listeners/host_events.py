@@ -137,3 +137,16 @@ def _allowed_rows(name: str, args: Mapping[str, Any], transaction: bytes
         return [AllowedRow(Handle(bytes(h)).raw, caller, ALLOWED_FOR_DECRYPTION, transaction)
                 for h in args["handlesList"]]
     raise UndecodableEvent(f"tx 0x{transaction.hex()}: {name!r} is not an ACL event")
+
+
+def batch_parts(computations_per_transaction: list[int], max_computations: int) -> list[int]:
+    """The part (FheBatch) of each transaction when a block's work is split into batches
+    of at most ``max_computations`` (0: one batch). Transactions stay whole and in order:
+    one larger than the limit gets a part of its own."""
+    parts, part, filled = [], 0, 0
+    for count in computations_per_transaction:
+        if max_computations and filled and filled + count > max_computations:
+            part, filled = part + 1, 0
+        parts.append(part)
+        filled += count
+    return parts

@@ -10,6 +10,8 @@ CREATE TABLE block_transactions (
     chain_id        BIGINT NOT NULL,
     block_hash      BYTEA NOT NULL CHECK (length(block_hash) = 32),
     transaction_id  BYTEA NOT NULL CHECK (length(transaction_id) = 32),
+    batch_part      INT NOT NULL DEFAULT 0 CHECK (batch_part >= 0),  -- which of the
+                    -- block's FheBatches holds it (FHE_HOST_BATCH_MAX_COMPUTATIONS)
     PRIMARY KEY (chain_id, block_hash, transaction_id),
     FOREIGN KEY (chain_id, block_hash) REFERENCES blocks ON DELETE CASCADE
 );

@@ -61,7 +61,8 @@ class BlockRecord:
     computations: tuple[ComputationRow, ...]
     allowed: tuple[AllowedHandle, ...]
     transactions: tuple[bytes, ...]  # those with FHE work, in block order
-    batch_name: str | None
+    batch_name: str | None  # the block's batch name (a prefix when split in parts)
+    parts: tuple[int, ...] = ()  # batch part of each transaction; empty: all part 0
 
 
 async def record_block(connection: asyncpg.Connection, block: BlockRecord) -> bool:
@@ -91,9 +92,10 @@ async def record_block(connection: asyncpg.Connection, block: BlockRecord) -> bo
         [(block.tenant_id, a.handle, a.account_address, a.event_type, a.transaction_id)
          for a in block.allowed])
     await connection.executemany(
-        """INSERT INTO block_transactions (chain_id, block_hash, transaction_id)
-           VALUES ($1, $2, $3) ON CONFLICT DO NOTHING""",
-        [(block.chain_id, block.hash, t) for t in block.transactions])
+        """INSERT INTO block_transactions (chain_id, block_hash, transaction_id, batch_part)
+           VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
+        [(block.chain_id, block.hash, t, block.parts[i] if block.parts else 0)
+         for i, t in enumerate(block.transactions)])
     if block.computations:
         await notify(connection, WORK_AVAILABLE, f"block:{block.chain_id}:{block.number}")
     return True
@@ -127,23 +129,29 @@ async def orphan_above(connection: asyncpg.Connection, chain_id: int, tenant_id:
 class PendingBatch:
     number: int
     hash: bytes
-    batch_name: str
+    batch_name: str  # the name of this part
     transactions: tuple[bytes, ...]
+
+
+def part_name(batch_name: str, part: int, parts: int) -> str:
+    return batch_name if parts == 1 else f"{batch_name}-{part}"
 
 
 async def pending_batches(connection: asyncpg.Connection, chain_id: int
                           ) -> list[PendingBatch]:
-    """Canonical blocks whose FheBatch is not created yet, oldest first."""
+    """The FheBatches of canonical blocks not created yet, oldest first."""
     rows = await connection.fetch(
-        """SELECT b.block_number, b.block_hash, b.batch_name,
-                  array_agg(bt.transaction_id ORDER BY bt.transaction_id) AS transactions
+        """SELECT b.block_number, b.block_hash, b.batch_name, bt.batch_part,
+                  array_agg(bt.transaction_id ORDER BY bt.transaction_id) AS transactions,
+                  count(*) OVER (PARTITION BY b.block_hash) AS parts
            FROM blocks b JOIN block_transactions bt
              ON bt.chain_id = b.chain_id AND bt.block_hash = b.block_hash
            WHERE b.chain_id = $1 AND NOT b.is_orphaned AND b.batch_name IS NOT NULL
              AND b.batch_created_at IS NULL
-           GROUP BY b.block_number, b.block_hash, b.batch_name
-           ORDER BY b.block_number""", chain_id)
-    return [PendingBatch(r["block_number"], bytes(r["block_hash"]), r["batch_name"],
+           GROUP BY b.block_number, b.block_hash, b.batch_name, bt.batch_part
+           ORDER BY b.block_number, bt.batch_part""", chain_id)
+    return [PendingBatch(r["block_number"], bytes(r["block_hash"]),
+                         part_name(r["batch_name"], r["batch_part"], r["parts"]),
                          tuple(bytes(t) for t in r["transactions"])) for r in rows]
 
 
@@ -155,17 +163,24 @@ async def mark_batch_created(connection: asyncpg.Connection, chain_id: int,
         chain_id, block_hash)
 
 
-async def pending_cancellations(connection: asyncpg.Connection, chain_id: int) -> list[str]:
-    """Batch names of orphaned blocks whose FheBatch has not been cancelled yet."""
+async def pending_cancellations(connection: asyncpg.Connection, chain_id: int
+                                ) -> list[tuple[bytes, list[str]]]:
+    """(block hash, its FheBatch names) of orphaned blocks not cancelled yet."""
     rows = await connection.fetch(
-        """SELECT batch_name FROM blocks
-           WHERE chain_id = $1 AND is_orphaned AND batch_name IS NOT NULL
-             AND batch_cancelled_at IS NULL ORDER BY block_number""", chain_id)
-    return [r["batch_name"] for r in rows]
+        """SELECT b.block_hash, b.batch_name,
+                  array_agg(DISTINCT bt.batch_part ORDER BY bt.batch_part) AS parts
+           FROM blocks b JOIN block_transactions bt
+             ON bt.chain_id = b.chain_id AND bt.block_hash = b.block_hash
+           WHERE b.chain_id = $1 AND b.is_orphaned AND b.batch_name IS NOT NULL
+             AND b.batch_cancelled_at IS NULL
+           GROUP BY b.block_number, b.block_hash, b.batch_name
+           ORDER BY b.block_number""", chain_id)
+    return [(bytes(r["block_hash"]), [part_name(r["batch_name"], p, len(r["parts"]))
+                                      for p in r["parts"]]) for r in rows]
 
 
 async def mark_batch_cancelled(connection: asyncpg.Connection, chain_id: int,
-                               batch_name: str) -> None:
+                               block_hash: bytes) -> None:
     await connection.execute(
         """UPDATE blocks SET batch_cancelled_at = now()
-           WHERE chain_id = $1 AND batch_name = $2 AND is_orphaned""", chain_id, batch_name)
+           WHERE chain_id = $1 AND block_hash = $2 AND is_orphaned""", chain_id, block_hash)

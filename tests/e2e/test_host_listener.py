@@ -319,3 +319,34 @@ async def test_new_blocks_wake_the_listener(w3, contracts, listener_settings, po
     finally:
         stop.set()
         await asyncio.wait_for(running, 30)
+
+
+async def test_a_busy_block_is_split_into_batches_of_whole_transactions(
+        w3, contracts, listener_settings, pool, kube_api, installed, namespace):
+    owner, alice, bob = w3.eth.accounts[:3]
+    _, acl, token = contracts
+    send(w3, token.functions.mint(alice, 100), owner)
+    amounts = [amount_handle(w3) for _ in range(3)]
+    for amount in amounts:
+        send(w3, acl.functions.allow(amount, alice), alice)
+    w3.provider.make_request("evm_setAutomine", [False])
+    try:
+        hashes = [token.functions.transfer(bob, a).transact({"from": alice, "gas": 2_000_000})
+                  for a in amounts]
+        w3.provider.make_request("evm_mine", [])
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])
+    receipts = [w3.eth.wait_for_transaction_receipt(h) for h in hashes]
+    assert len({r["blockNumber"] for r in receipts}) == 1 and all(r["status"] for r in receipts)
+    settings = listener_settings.model_copy(update={"host_batch_max_computations": 5})
+    listener = await make_listener(settings, w3, pool, custom(kube_api))
+    await listener.poll()
+    block = receipts[0]["blockNumber"]
+    parts = {name: b for name, b in batches(kube_api, namespace).items()
+             if int(b["metadata"]["annotations"]["fhe.coprocessor.dev/block"]) == block}
+    assert sorted(parts) == sorted(f"host-{w3.eth.chain_id}-{block}-"
+                                   f"{bytes(receipts[0]['blockHash']).hex()[:8]}-{n}"
+                                   for n in range(3))
+    held = sorted(t for b in parts.values() for t in b["spec"]["source"]["transactions"])
+    assert held == sorted("0x" + bytes(h).hex() for h in hashes)
+    assert all(len(b["spec"]["source"]["transactions"]) == 1 for b in parts.values())

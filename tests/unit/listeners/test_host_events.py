@@ -9,6 +9,7 @@ from listeners.host_events import (
     ALLOWED_FOR_DECRYPTION,
     UndecodableEvent,
     allowed_rows,
+    batch_parts,
     check_derivation,
     computation_row,
 )
@@ -85,3 +86,14 @@ def test_acl_events():
         allowed_rows("Allowed", {"caller": "0x22", "handle": h}, TX)
     with pytest.raises(UndecodableEvent, match="not an ACL event"):
         allowed_rows("Denied", {}, TX)
+
+
+@pytest.mark.parametrize(("counts", "limit", "parts"), [
+    ([5, 5, 5], 0, [0, 0, 0]),  # no limit: one batch per block
+    ([5, 5, 5], 5, [0, 1, 2]),
+    ([5, 5, 5], 10, [0, 0, 1]),
+    ([2, 9, 1, 1], 4, [0, 1, 2, 2]),  # a transaction over the limit stays whole, alone
+    ([], 4, []),
+])
+def test_a_block_splits_into_batches_of_whole_transactions(counts, limit, parts):
+    assert batch_parts(counts, limit) == parts
