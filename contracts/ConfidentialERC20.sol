@@ -22,6 +22,7 @@ contract ConfidentialERC20 {
 
     error OnlyOwner();
     error NotAllowed(bytes32 handle);
+    error SelfTransfer();
 
     constructor(FheExecutor executor_, ACL acl_) {
         executor = executor_;
@@ -39,6 +40,9 @@ contract ConfidentialERC20 {
 
     /// @notice Move an encrypted `amount` (a handle the caller may use) to `to`.
     function transfer(address to, bytes32 amount) external {
+        // Both balances are read before either is written: to == sender would credit
+        // the amount on top of the debit.
+        if (to == msg.sender) revert SelfTransfer();
         if (!acl.isAllowed(amount, msg.sender)) revert NotAllowed(amount);
         bytes32 fromBalance = _balance(msg.sender);
         bytes32 toBalance = _balance(to);

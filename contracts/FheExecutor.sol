@@ -72,16 +72,19 @@ contract FheExecutor {
     }
 
     function fheNeg(bytes32 ct) external returns (bytes32 result) {
+        _checkType(typeOf(ct));
         result = deriveHandle(OP_NEG, _operand(ct), msg.sender, typeOf(ct));
         emit FheNeg(msg.sender, ct, result);
     }
 
     function fheNot(bytes32 ct) external returns (bytes32 result) {
+        _checkType(typeOf(ct));
         result = deriveHandle(OP_NOT, _operand(ct), msg.sender, typeOf(ct));
         emit FheNot(msg.sender, ct, result);
     }
 
     function cast(bytes32 ct, uint8 toType) external returns (bytes32 result) {
+        _checkType(typeOf(ct));
         _checkType(toType);
         result = deriveHandle(OP_CAST, _operand(ct), msg.sender, toType);
         emit Cast(msg.sender, ct, toType, result);
@@ -96,6 +99,7 @@ contract FheExecutor {
     function fheIfThenElse(bytes32 control, bytes32 ifTrue, bytes32 ifFalse) external returns (bytes32 result) {
         if (typeOf(control) != BOOL) revert TypeMismatch(typeOf(control), BOOL);
         if (typeOf(ifTrue) != typeOf(ifFalse)) revert TypeMismatch(typeOf(ifTrue), typeOf(ifFalse));
+        _checkType(typeOf(ifTrue));
         bytes memory operands = abi.encodePacked(_operand(control), _operand(ifTrue), _operand(ifFalse));
         result = deriveHandle(OP_IF_THEN_ELSE, operands, msg.sender, typeOf(ifTrue));
         emit FheIfThenElse(msg.sender, control, ifTrue, ifFalse, result);

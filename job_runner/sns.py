@@ -47,7 +47,7 @@ from coprocessor.types import FheType
 from .compute import UnknownBatch
 from .executor import MAX_ERROR_CHARS, usable_cores
 from .retry import CircuitBreaker
-from .upload import Uploader
+from .upload import CircuitOpen, Uploader
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,8 @@ class Publisher:
                 return _AlreadyDone()
             if state.is_error:
                 return _Failed(state.error_message or "failed earlier")
+            if self.uploader.breaker.is_open:  # S3 is gone: do not squash for nothing
+                raise CircuitOpen("s3", "circuit open; handle left for a re-run")
             source = await publish.publication_source(connection, tenant_id, handle)
             # A missing or unloadable key is the pod's problem, not this handle's.
             evaluator = await self.evaluator() if source.ciphertext128 is None else None
@@ -195,7 +197,9 @@ class Publisher:
         if source.computation_error:
             raise _NotPublishable(f"its computation failed: {source.computation_error}")
         if source.ciphertext is None or source.ciphertext_type is None:
-            raise _NotPublishable("no ciphertext is stored for it (not computed)")
+            # Its computation may still run (an sns-only batch, another batch's node):
+            # leave the queue row alone and let the Job retry the pod.
+            raise _NotComputedYet("no ciphertext is stored for it yet (not computed)")
         declared = FheType(source.ciphertext_type)
         # The tenant's key id is the SHA-256 of its server key; envelopes carry 8 bytes.
         digest = self.tenant.key_id[:8]
@@ -224,6 +228,10 @@ class _Squashed:
 
 
 class _NotPublishable(Irrecoverable):
+    pass
+
+
+class _NotComputedYet(Recoverable):
     pass
 
 

@@ -37,7 +37,8 @@ from web3 import Web3
 from coprocessor.chain.contracts import bound, decode_logs
 from coprocessor.db import host as host_db
 from coprocessor.db import queries
-from coprocessor.errors import Fatal, ServiceUnavailable
+from coprocessor.db.pool import classify
+from coprocessor.errors import Fatal, Recoverable, ServiceUnavailable
 from coprocessor.settings import Settings
 
 from .host_events import (
@@ -116,10 +117,25 @@ class HostListener:
                         f"the host RPC serves chain {self.chain_id}")
 
     async def _rpc(self, call):
+        """A chain call off the event loop; transport and node errors are recoverable
+        (BlockNotFound is the caller's to interpret)."""
+        from web3.exceptions import BlockNotFound, Web3Exception
+
         try:
             return await asyncio.to_thread(call)
-        except (OSError, ConnectionError) as error:
-            raise ServiceUnavailable("host chain", str(error)) from None
+        except BlockNotFound:
+            raise
+        except (OSError, ConnectionError, Web3Exception) as error:
+            raise ServiceUnavailable("host chain", f"{type(error).__name__}: {error}") from None
+
+    async def _block_hash_at(self, number: int) -> bytes | None:
+        from web3.exceptions import BlockNotFound
+
+        try:
+            block = await self._rpc(lambda: self.w3.eth.get_block(number))
+        except BlockNotFound:  # the chain is shorter now (a reorg to a shorter branch)
+            return None
+        return bytes(block["hash"])
 
     async def poll(self) -> int:
         """One round: reorgs, new blocks, batches. Returns the blocks processed."""
@@ -130,8 +146,12 @@ class HostListener:
             last = await host_db.last_block(connection, self.chain_id)
         start = last.number + 1 if last else self.settings.host_start_block
         processed = 0
+        parent = last.hash if last else None
         for number in range(start, target + 1):
-            await self._process(number)
+            block_hash = await self._process(number, parent)
+            if block_hash is None:  # the chain moved under us: re-check for a reorg
+                break
+            parent = block_hash
             processed += 1
         await self._sync_batches()
         return processed
@@ -147,7 +167,10 @@ class HostListener:
                 new_head.clear()
                 try:
                     await self.poll()
-                except ServiceUnavailable as error:
+                except Exception as raised:
+                    error = classify(raised)
+                    if not isinstance(error, Recoverable):
+                        raise
                     log.warning("host poll deferred", extra={"fields": {"error": str(error)}})
                 wake = asyncio.ensure_future(new_head.wait())
                 stopping = asyncio.ensure_future(stop.wait())
@@ -204,13 +227,14 @@ class HostListener:
             window = await host_db.canonical_blocks(
                 connection, self.chain_id, last.number - self.settings.host_reorg_window + 1)
         fork = None
-        for seen in window:  # highest first
-            chain_block = await self._rpc(lambda n=seen.number: self.w3.eth.get_block(n))
-            if chain_block is not None and bytes(chain_block["hash"]) == seen.hash:
+        for seen in window:  # highest first; stored blocks are parent-linked
+            if await self._block_hash_at(seen.number) == seen.hash:
                 fork = seen.number
                 break
         if fork == last.number:
             return
+        # No match in the window: orphan the window; the next poll's parent check finds
+        # the older stored block does not fit either, and the search goes on from there.
         keep = fork if fork is not None else window[-1].number - 1
         async with self.pool.acquire() as connection, connection.transaction():
             assert self.tenant is not None
@@ -223,9 +247,21 @@ class HostListener:
                                                "batches": names}})
 
     # --- one block -------------------------------------------------------------------
-    async def _process(self, number: int) -> None:
-        block = await self._rpc(lambda: self.w3.eth.get_block(number))
+    async def _process(self, number: int, parent: bytes | None) -> bytes | None:
+        """Record one block; None (nothing written) when it does not extend the stored
+        chain - a reorg happened since the check, and the next poll handles it."""
+        from web3.exceptions import BlockNotFound
+
+        try:
+            block = await self._rpc(lambda: self.w3.eth.get_block(number))
+        except BlockNotFound:
+            return None
         block_hash = bytes(block["hash"])
+        if parent is not None and bytes(block["parentHash"]) != parent:
+            log.warning("parent mismatch", extra={"fields": {
+                "number": number, "parent": "0x" + bytes(block["parentHash"]).hex()[:16],
+                "stored": "0x" + parent.hex()[:16]}})
+            return None
         logs = await self._rpc(lambda: self.w3.eth.get_logs({
             "blockHash": block_hash,
             "address": [self.executor.address, self.acl.address]}))
@@ -250,26 +286,37 @@ class HostListener:
         log.info("block", extra={"fields": {
             "number": number, "hash": "0x" + block_hash.hex()[:16], "new": new,
             "computations": len(computations), "allowed": len(allowed), "batch": name}})
+        return block_hash
 
     def _decode(self, logs: list[Any]) -> tuple[list, list[AllowedRow], list[bytes]]:
-        computations, allowed, transactions = [], [], []
+        """Rows of the block's logs. A transaction with an executor event that cannot
+        be used is refused whole: half of its graph would leave the rest waiting for
+        handles nothing produces."""
         by_index = sorted(logs, key=lambda item: (item["transactionIndex"], item["logIndex"]))
-        for contract, rows_of in ((self.executor, "computation"), (self.acl, "acl")):
-            for entry, (name, args) in self._events(contract, by_index):
-                tx = bytes(entry["transactionHash"])
-                try:
-                    if rows_of == "computation":
-                        row = computation_row(name, args, tx)
-                        check_derivation(row, bytes.fromhex(args["caller"][2:]),
-                                         self.chain_id)
-                        computations.append(row)
-                        if tx not in transactions:
-                            transactions.append(tx)
-                    else:
-                        allowed.extend(allowed_rows(name, args, tx))
-                except (UndecodableEvent, KeyError, TypeError, ValueError) as error:
-                    self._skip(entry, str(error))
-        return computations, allowed, transactions
+        per_transaction: dict[bytes, list] = {}
+        refused: dict[bytes, str] = {}
+        for entry, (name, args) in self._events(self.executor, by_index):
+            tx = bytes(entry["transactionHash"])
+            try:
+                row = computation_row(name, args, tx)
+                check_derivation(row, bytes.fromhex(args["caller"][2:]), self.chain_id)
+                per_transaction.setdefault(tx, []).append(row)
+            except (UndecodableEvent, KeyError, TypeError, ValueError) as error:
+                self._skip(entry, str(error))
+                refused.setdefault(tx, str(error))
+        allowed: list[AllowedRow] = []
+        for entry, (name, args) in self._events(self.acl, by_index):
+            try:
+                allowed.extend(allowed_rows(name, args, bytes(entry["transactionHash"])))
+            except (UndecodableEvent, KeyError, TypeError, ValueError) as error:
+                self._skip(entry, str(error))
+        for tx, reason in refused.items():
+            dropped = per_transaction.pop(tx, [])
+            if dropped:
+                log.warning("transaction refused", extra={"fields": {
+                    "tx": "0x" + tx.hex(), "dropped": len(dropped), "reason": reason[:300]}})
+        computations = [row for rows in per_transaction.values() for row in rows]
+        return computations, allowed, list(per_transaction)
 
     def _events(self, contract, logs):
         """(log, (name, args)) of the logs this contract emitted that decode at all."""

@@ -17,3 +17,16 @@ CREATE TABLE block_transactions (
 );
 CREATE INDEX block_transactions_by_transaction ON block_transactions (transaction_id);
 CREATE INDEX computations_by_transaction ON computations (transaction_id);
+
+-- Handles are deterministic, so two transactions can emit the same computation (two
+-- mints of one amount). The computation is stored once; this links it to every
+-- transaction that emitted it, so each transaction's batch and reorg see it.
+CREATE TABLE transaction_computations (
+    tenant_id       INT NOT NULL,
+    transaction_id  BYTEA NOT NULL CHECK (length(transaction_id) = 32),
+    output_handle   BYTEA NOT NULL,
+    PRIMARY KEY (tenant_id, transaction_id, output_handle),
+    FOREIGN KEY (tenant_id, output_handle) REFERENCES computations ON DELETE CASCADE
+);
+CREATE INDEX transaction_computations_by_computation
+    ON transaction_computations (tenant_id, output_handle);

@@ -12,6 +12,13 @@ contract RogueExecutor {
         emit FheAdd(msg.sender, lhs, rhs, scalarByte, result);
     }
 
+    /// Two events in one transaction: the listener must refuse the transaction whole
+    /// when one of them is bad.
+    function emitAddPair(bytes32 lhs, bytes32 rhs, bytes32 first, bytes32 second) external {
+        emit FheAdd(msg.sender, lhs, rhs, 0x00, first);
+        emit FheAdd(msg.sender, rhs, lhs, 0x00, second);
+    }
+
     function emitTeleport(bytes32 ct, bytes32 result) external {
         emit FheTeleport(msg.sender, ct, result);
     }

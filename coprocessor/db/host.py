@@ -3,8 +3,10 @@
 Blocks are written once (``blocks_canonical`` is unique per height among non-orphaned
 rows) together with their computations, ACL rows and transactions, in one transaction.
 A reorg marks the replaced blocks orphaned and their unfinished computations failed
-("orphaned"); when a transaction comes back in the new branch its computations (same
-deterministic handles) are revived instead of duplicated.
+("orphaned") unless a canonical transaction also emitted them; when a transaction comes
+back in the new branch its computations (same deterministic handles) are revived instead
+of duplicated. A block orphaned and then canonical again (A -> B -> A) is revived
+too, with a new batch name (the old FheBatch may still be finishing its deletion).
 """
 
 from __future__ import annotations
@@ -71,7 +73,11 @@ async def record_block(connection: asyncpg.Connection, block: BlockRecord) -> bo
     inserted = await connection.fetchval(
         """INSERT INTO blocks (chain_id, block_number, block_hash, parent_hash, batch_name)
            VALUES ($1, $2, $3, $4, $5)
-           ON CONFLICT (chain_id, block_hash) DO NOTHING RETURNING block_number""",
+           ON CONFLICT (chain_id, block_hash) DO UPDATE
+             SET is_orphaned = false, batch_created_at = NULL, batch_cancelled_at = NULL,
+                 batch_name = blocks.batch_name || '-r'
+             WHERE blocks.is_orphaned
+           RETURNING block_number""",
         block.chain_id, block.number, block.hash, block.parent_hash, block.batch_name)
     if inserted is None:
         return False
@@ -85,6 +91,10 @@ async def record_block(connection: asyncpg.Connection, block: BlockRecord) -> bo
         [(block.tenant_id, r.output_handle, r.output_type, r.fhe_operation,
           list(r.dependencies), r.is_scalar, r.transaction_id, ORPHANED)
          for r in block.computations])
+    await connection.executemany(
+        """INSERT INTO transaction_computations (tenant_id, transaction_id, output_handle)
+           VALUES ($1, $2, $3) ON CONFLICT DO NOTHING""",
+        [(block.tenant_id, r.transaction_id, r.output_handle) for r in block.computations])
     await connection.executemany(
         """INSERT INTO allowed_handles (tenant_id, handle, account_address, event_type,
                transaction_id)
@@ -114,13 +124,17 @@ async def orphan_above(connection: asyncpg.Connection, chain_id: int, tenant_id:
     await connection.execute(
         """UPDATE computations c SET is_error = true, error_message = $4
            WHERE c.tenant_id = $2 AND NOT c.is_completed AND NOT c.is_error
-             AND c.transaction_id IN (
-                 SELECT bt.transaction_id FROM block_transactions bt
-                 WHERE bt.chain_id = $1 AND bt.block_hash = ANY($3::bytea[]))
+             AND EXISTS (
+                 SELECT 1 FROM transaction_computations l JOIN block_transactions bt
+                   ON bt.transaction_id = l.transaction_id
+                 WHERE l.tenant_id = c.tenant_id AND l.output_handle = c.output_handle
+                   AND bt.chain_id = $1 AND bt.block_hash = ANY($3::bytea[]))
              AND NOT EXISTS (
-                 SELECT 1 FROM block_transactions bt JOIN blocks b
-                   ON b.chain_id = bt.chain_id AND b.block_hash = bt.block_hash
-                 WHERE bt.transaction_id = c.transaction_id AND NOT b.is_orphaned)""",
+                 SELECT 1 FROM transaction_computations l
+                 JOIN block_transactions bt ON bt.transaction_id = l.transaction_id
+                 JOIN blocks b ON b.chain_id = bt.chain_id AND b.block_hash = bt.block_hash
+                 WHERE l.tenant_id = c.tenant_id AND l.output_handle = c.output_handle
+                   AND NOT b.is_orphaned)""",
         chain_id, tenant_id, hashes, ORPHANED)
     return [r["batch_name"] for r in rows if r["batch_name"]]
 

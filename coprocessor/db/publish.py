@@ -1,10 +1,11 @@
 """Queries of the SNS stage: the publication queue, squashed ciphertexts and digests.
 
 A batch publishes its outputs (graph nodes marked ``output: true``; for listener-made
-batches, handles with an ACL row). Each published handle has one ``pbs_computations``
-row - the queue - and, once squashed and uploaded, one ``ciphertext_digest`` row that
-the sender commits on the gateway chain. A handle shared by two batches has one row
-of each: the first batch to publish it does the work, the second finds it done.
+batches, handles allowed for decryption by the ACL). Each published handle has one
+``pbs_computations`` row - the queue - and, once squashed and uploaded, one
+``ciphertext_digest`` row that the sender commits on the gateway chain. A handle shared
+by two batches has one row of each: the first batch to publish it does the work, the
+second finds it done.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ async def enqueue_batch_outputs(connection: asyncpg.Connection, batch_id: str) -
            WHERE bc.batch_id = $1
              AND (bc.is_output OR EXISTS (
                     SELECT 1 FROM allowed_handles a
-                    WHERE a.tenant_id = bc.tenant_id AND a.handle = bc.output_handle))
+                    WHERE a.tenant_id = bc.tenant_id AND a.handle = bc.output_handle
+                      AND a.event_type = 1))  -- AllowedForDecryption
            ORDER BY bc.position
            ON CONFLICT (tenant_id, handle) DO NOTHING
            RETURNING handle""", batch_id)

@@ -430,10 +430,16 @@ async def known_handles(connection: asyncpg.Connection, tenant_id: int,
 
 async def transaction_computations(connection: asyncpg.Connection, tenant_id: int,
                                    transactions: Sequence[bytes]) -> list[ComputationRow]:
-    """The computations listeners stored for these transactions (a ``source`` batch)."""
+    """The computations listeners stored for these transactions (a ``source`` batch):
+    those stored with the transaction, and those it emitted again (linked)."""
     rows = await connection.fetch(
-        """SELECT output_handle, output_type, fhe_operation, dependencies, is_scalar,
-                  transaction_id, dependence_chain_id
-           FROM computations WHERE tenant_id = $1 AND transaction_id = ANY($2::bytea[])
-           ORDER BY schedule_order""", tenant_id, list(transactions))
+        """SELECT c.output_handle, c.output_type, c.fhe_operation, c.dependencies,
+                  c.is_scalar, c.transaction_id, c.dependence_chain_id
+           FROM computations c
+           WHERE c.tenant_id = $1
+             AND (c.transaction_id = ANY($2::bytea[]) OR EXISTS (
+                    SELECT 1 FROM transaction_computations l
+                    WHERE l.tenant_id = c.tenant_id AND l.output_handle = c.output_handle
+                      AND l.transaction_id = ANY($2::bytea[])))
+           ORDER BY c.schedule_order""", tenant_id, list(transactions))
     return [ComputationRow(**_computation_fields(r)) for r in rows]

@@ -210,6 +210,11 @@ async def test_logs_it_cannot_use_are_counted_and_skipped(w3, listener_settings,
     assert "unknown event topic" in reasons
     assert len(await rows_of(pool, bytes(receipts[0]["transactionHash"]))) == 1
     assert listener.counters.computations == 1
+    # A transaction with one good and one bad event is refused whole.
+    pair = send(w3, rogue.functions.emitAddPair(lhs, rhs, good, good), sender)
+    await listener.poll()
+    assert await rows_of(pool, bytes(pair["transactionHash"])) == []
+    assert listener.counters.skipped_logs == 4
     # Later blocks are still read: the listener did not stop at the bad logs.
     more = send(w3, rogue.functions.emitAdd(rhs, lhs, b"\x00", derive_handle(
         Op.Add, (rhs, lhs), bytes.fromhex(sender[2:]), chain, U64).raw), sender)
@@ -350,3 +355,26 @@ async def test_a_busy_block_is_split_into_batches_of_whole_transactions(
     held = sorted(t for b in parts.values() for t in b["spec"]["source"]["transactions"])
     assert held == sorted("0x" + bytes(h).hex() for h in hashes)
     assert all(len(b["spec"]["source"]["transactions"]) == 1 for b in parts.values())
+
+
+async def test_equal_computations_of_two_transactions_belong_to_both(
+        w3, listener_settings, pool, kube_api, installed, namespace):
+    """Handles are deterministic: two mints of one amount to fresh accounts emit the
+    same three computations. Stored once, they are linked to both transactions, so
+    both blocks' FheBatches hold them."""
+    executor, acl = deploy(w3, "FheExecutor"), deploy(w3, "ACL")
+    token = deploy(w3, "ConfidentialERC20", executor.address, acl.address)
+    settings = listener_settings.model_copy(update={
+        "host_executor_address": executor.address, "host_acl_address": acl.address,
+        "host_start_block": w3.eth.block_number + 1})
+    owner, first, second = w3.eth.accounts[0], w3.eth.accounts[5], w3.eth.accounts[6]
+    mints = [send(w3, token.functions.mint(who, 777), owner) for who in (first, second)]
+    listener = await make_listener(settings, w3, pool, custom(kube_api))
+    await listener.poll()
+    async with pool.acquire() as connection:
+        tenant = await queries.get_tenant(connection, "chain")
+        held = [await queries.transaction_computations(
+            connection, tenant.tenant_id, [bytes(m["transactionHash"])]) for m in mints]
+    assert [len(rows) for rows in held] == [3, 3]
+    assert {r.output_handle for r in held[0]} == {r.output_handle for r in held[1]}
+    assert len(batches(kube_api, namespace)) == 2

@@ -139,6 +139,8 @@ def test_erc20_transfer_emits_the_transfer_graph(w3, executor):
     with pytest.raises(ContractCustomError):  # not allowed to use the amount yet
         token.functions.transfer(bob, amount).transact({"from": alice})
     emitted(w3, acl, acl.functions.allow(amount, alice), alice)
+    with pytest.raises(ContractCustomError):  # a transfer to oneself would mint
+        token.functions.transfer(alice, amount).transact({"from": alice})
     receipt = w3.eth.wait_for_transaction_receipt(
         token.functions.transfer(bob, amount).transact({"from": alice}))
     ops = decode_logs(executor, receipt["logs"])

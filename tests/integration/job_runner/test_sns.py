@@ -225,3 +225,15 @@ async def test_s3_stopped_mid_stage_then_rerun_completes_without_duplicates(
         graph.tenant_id, outputs) == len(outputs)
     keys = ObjectStore(own).keys("ct")
     assert keys == sorted(k for h in outputs for k in object_keys(h))
+
+
+async def test_an_output_not_computed_yet_is_left_for_a_retry(graph, conn, compute_settings):
+    x = graph.input(3, U8)
+    out = graph.node(Op.Add, x, 1)
+    batch = await graph.admit(conn, outputs=[out])  # not computed
+    summary = await run_sns(compute_settings, batch)
+    assert summary.exit_code == 75 and "not computed" in summary.error
+    assert not await conn.fetchval("SELECT is_error FROM pbs_computations WHERE handle = $1",
+                                   out)
+    assert (await run_compute(compute_settings, batch)).failed == 0
+    assert (await run_sns(compute_settings, batch)).completed == 1
