@@ -3,7 +3,8 @@
     .venv/bin/python bench/listener.py [--transfers 200]
 
 On the dev stack's anvil and a scratch PostgreSQL database: deploy the contracts, make
-a backlog of confidential transfers (each: 5 executor events, plus ACL events), then
+a backlog of confidential transfers (each: 5 executor events plus ACL events, in its own block after
+the wallet's claim and share transactions), then
 time one listener poll that reads, decodes, checks (every handle re-derived) and
 writes the whole backlog. Rows only (no FheBatch creation: that is the operator
 benchmark's business). Writes bench/results/listener.json.
@@ -22,7 +23,7 @@ from pathlib import Path
 import asyncpg
 from web3 import Web3
 
-from coprocessor.chain.contracts import deploy
+from coprocessor.chain.contracts import deploy_host, deploy_token
 from coprocessor.db import queries
 from coprocessor.db.migrate import scratch_database
 from coprocessor.db.pool import create_pool
@@ -35,8 +36,8 @@ RESULTS = REPO_ROOT / "bench" / "results"
 
 
 def backlog(w3: Web3, transfers: int) -> tuple[object, object, int]:
-    executor, acl = deploy(w3, "FheExecutor"), deploy(w3, "ACL")
-    token = deploy(w3, "ConfidentialERC20", executor.address, acl.address)
+    host = deploy_host(w3)
+    executor, acl, token = host.executor, host.acl, deploy_token(w3, host)
     owner, alice, bob = w3.eth.accounts[:3]
     start = w3.eth.block_number + 1
     w3.eth.wait_for_transaction_receipt(
@@ -45,8 +46,9 @@ def backlog(w3: Web3, transfers: int) -> tuple[object, object, int]:
     for n in range(transfers):
         sender, to = (alice, bob) if n % 2 == 0 else (bob, alice)
         amount = make_handle(os.urandom(32), 0, w3.eth.chain_id, FheType.Uint64).raw
+        acl.functions.claimInput(amount).transact({"from": sender})
         w3.eth.wait_for_transaction_receipt(
-            acl.functions.allow(amount, sender).transact({"from": sender}))
+            acl.functions.allow(amount, token.address).transact({"from": sender}))
         hashes.append(token.functions.transfer(to, amount).transact({"from": sender}))
     for tx in hashes[-1:]:
         w3.eth.wait_for_transaction_receipt(tx)

@@ -38,7 +38,8 @@ contract ConfidentialERC20 {
         _setBalance(to, executor.fheBinaryOp(OP_ADD, balance, minted, 0x00));
     }
 
-    /// @notice Move an encrypted `amount` (a handle the caller may use) to `to`.
+    /// @notice Move an encrypted `amount` to `to`. The caller must hold the amount and
+    /// have shared it with this contract (`acl.allow(amount, token)`).
     function transfer(address to, bytes32 amount) external {
         // Both balances are read before either is written: to == sender would credit
         // the amount on top of the debit.
@@ -58,7 +59,6 @@ contract ConfidentialERC20 {
         balance = balanceOf[account];
         if (balance == bytes32(0)) {
             balance = executor.trivialEncrypt(0, UINT64);
-            acl.allow(balance, account);
         }
     }
 

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: BSD-3-Clause-Clear
 pragma solidity ^0.8.24;
 
+import {ACL} from "./ACL.sol";
+
 /// @notice Symbolic FHE operations: each call derives the result handle and emits one
 /// event; the coprocessor's host listener turns the events into computations.
 /// Handles are derived exactly as coprocessor/types.py `derive_handle` does:
@@ -8,6 +10,7 @@ pragma solidity ^0.8.24;
 ///   handle    = prehandle[0..21] | 0xff | chain id (8 bytes) | result type | version
 /// where a handle operand is its 32 bytes, a random seed its 16 bytes, and any other
 /// plaintext operand (scalar, trivial value, bound) its minimal big-endian bytes.
+/// The caller must be allowed (ACL) on every handle operand, and is granted the result.
 contract FheExecutor {
     uint8 internal constant HANDLE_VERSION = 0;
     uint8 internal constant BOOL = 0;
@@ -51,6 +54,13 @@ contract FheExecutor {
     error ScalarNotAllowed(uint8 op);
     error TypeMismatch(uint8 lhsType, uint8 rhsType);
     error UnknownType(uint8 typeCode);
+    error NotAllowed(bytes32 handle, address caller);
+
+    ACL public immutable acl;
+
+    constructor(ACL acl_) {
+        acl = acl_;
+    }
 
     uint8 internal constant MAX_TYPE = 11; // Bytes256
 
@@ -62,37 +72,42 @@ contract FheExecutor {
         if (op > 19) revert UnknownOperation(op);
         bool scalar = scalarByte == 0x01;
         _checkType(typeOf(lhs));
+        _use(lhs);
+        if (!scalar) _use(rhs);
         if (!scalar && typeOf(lhs) != typeOf(rhs)) revert TypeMismatch(typeOf(lhs), typeOf(rhs));
         uint8 resultType = (op >= 12 && op <= 17) ? BOOL : typeOf(lhs);
         bytes memory operands = scalar
             ? abi.encodePacked(_operand(lhs), _operand(minimalBytes(uint256(rhs))))
             : abi.encodePacked(_operand(lhs), _operand(rhs));
-        result = deriveHandle(op, operands, msg.sender, resultType);
+        result = _result(op, operands, resultType);
         _emitBinary(op, lhs, rhs, scalarByte, result);
     }
 
     function fheNeg(bytes32 ct) external returns (bytes32 result) {
         _checkType(typeOf(ct));
-        result = deriveHandle(OP_NEG, _operand(ct), msg.sender, typeOf(ct));
+        _use(ct);
+        result = _result(OP_NEG, _operand(ct), typeOf(ct));
         emit FheNeg(msg.sender, ct, result);
     }
 
     function fheNot(bytes32 ct) external returns (bytes32 result) {
         _checkType(typeOf(ct));
-        result = deriveHandle(OP_NOT, _operand(ct), msg.sender, typeOf(ct));
+        _use(ct);
+        result = _result(OP_NOT, _operand(ct), typeOf(ct));
         emit FheNot(msg.sender, ct, result);
     }
 
     function cast(bytes32 ct, uint8 toType) external returns (bytes32 result) {
         _checkType(typeOf(ct));
         _checkType(toType);
-        result = deriveHandle(OP_CAST, _operand(ct), msg.sender, toType);
+        _use(ct);
+        result = _result(OP_CAST, _operand(ct), toType);
         emit Cast(msg.sender, ct, toType, result);
     }
 
     function trivialEncrypt(uint256 pt, uint8 toType) external returns (bytes32 result) {
         _checkType(toType);
-        result = deriveHandle(OP_TRIVIAL_ENCRYPT, _operand(minimalBytes(pt)), msg.sender, toType);
+        result = _result(OP_TRIVIAL_ENCRYPT, _operand(minimalBytes(pt)), toType);
         emit TrivialEncrypt(msg.sender, pt, toType, result);
     }
 
@@ -100,15 +115,18 @@ contract FheExecutor {
         if (typeOf(control) != BOOL) revert TypeMismatch(typeOf(control), BOOL);
         if (typeOf(ifTrue) != typeOf(ifFalse)) revert TypeMismatch(typeOf(ifTrue), typeOf(ifFalse));
         _checkType(typeOf(ifTrue));
+        _use(control);
+        _use(ifTrue);
+        _use(ifFalse);
         bytes memory operands = abi.encodePacked(_operand(control), _operand(ifTrue), _operand(ifFalse));
-        result = deriveHandle(OP_IF_THEN_ELSE, operands, msg.sender, typeOf(ifTrue));
+        result = _result(OP_IF_THEN_ELSE, operands, typeOf(ifTrue));
         emit FheIfThenElse(msg.sender, control, ifTrue, ifFalse, result);
     }
 
     function fheRand(uint8 randType) external returns (bytes32 result) {
         _checkType(randType);
         bytes16 seed = _nextSeed();
-        result = deriveHandle(OP_RAND, _seedOperand(seed), msg.sender, randType);
+        result = _result(OP_RAND, _seedOperand(seed), randType);
         emit FheRand(msg.sender, randType, seed, result);
     }
 
@@ -116,7 +134,7 @@ contract FheExecutor {
         _checkType(randType);
         bytes16 seed = _nextSeed();
         bytes memory operands = abi.encodePacked(_operand(minimalBytes(upperBound)), _seedOperand(seed));
-        result = deriveHandle(OP_RAND_BOUNDED, operands, msg.sender, randType);
+        result = _result(OP_RAND_BOUNDED, operands, randType);
         emit FheRandBounded(msg.sender, upperBound, randType, seed, result);
     }
 
@@ -154,6 +172,15 @@ contract FheExecutor {
 
     function _operand(bytes memory plaintext) internal pure returns (bytes memory) {
         return abi.encodePacked(uint16(plaintext.length), plaintext);
+    }
+
+    function _use(bytes32 handle) internal view {
+        if (!acl.isAllowed(handle, msg.sender)) revert NotAllowed(handle, msg.sender);
+    }
+
+    function _result(uint8 op, bytes memory operands, uint8 resultType) internal returns (bytes32 result) {
+        result = deriveHandle(op, operands, msg.sender, resultType);
+        acl.allowFromExecutor(result, msg.sender);
     }
 
     function _checkType(uint8 typeCode) internal pure {

@@ -15,7 +15,7 @@ import time
 from kubernetes import client, config
 from web3 import Web3
 
-from coprocessor.chain.contracts import deploy
+from coprocessor.chain.contracts import deploy_host, deploy_token
 from coprocessor.db import queries
 from coprocessor.db.pool import create_pool
 from coprocessor.settings import load_settings
@@ -32,8 +32,8 @@ async def main() -> int:
     w3 = Web3(Web3.HTTPProvider(settings.host_rpc_url))
     owner, alice, bob, carol = w3.eth.accounts[:4]
     names = {alice: "alice", bob: "bob", carol: "carol"}
-    executor, acl = deploy(w3, "FheExecutor"), deploy(w3, "ACL")
-    token = deploy(w3, "ConfidentialERC20", executor.address, acl.address)
+    host = deploy_host(w3)
+    executor, acl, token = host.executor, host.acl, deploy_token(w3, host)
     print(f"contracts: FheExecutor {executor.address}, ACL {acl.address}, "
           f"ConfidentialERC20 {token.address}")
     pool = await create_pool(settings.database_url, size=2)
@@ -57,7 +57,8 @@ async def main() -> int:
         send(w3, token.functions.mint(alice, 1000), owner)
         for sender, to, value in ((alice, bob, 300), (bob, carol, 100), (alice, carol, 5000)):
             handle = await amount(value)
-            send(w3, acl.functions.allow(handle, sender), sender)
+            send(w3, acl.functions.claimInput(handle), sender)  # the wallet's input
+            send(w3, acl.functions.allow(handle, token.address), sender)  # for the token
             send(w3, token.functions.transfer(to, handle), sender)
             if expected[sender] >= value:  # otherwise the contract moves nothing
                 expected[sender] -= value

@@ -80,3 +80,31 @@ def executor_event_name(op: Op) -> str:
     """The FheExecutor event that records ``op`` (DESIGN.md section 5)."""
     name = op.event_name
     return name[3:] if name[3:] in _UNPREFIXED else name
+
+
+@dataclass(frozen=True)
+class HostContracts:
+    executor: Contract
+    acl: Contract
+
+
+def deploy_host(w3: Web3, sender: str | None = None) -> HostContracts:
+    """ACL, then FheExecutor(acl), then tell the ACL which executor grants results."""
+    sender = sender or w3.eth.accounts[0]
+    acl = deploy(w3, "ACL", sender=sender)
+    executor = deploy(w3, "FheExecutor", acl.address, sender=sender)
+    receipt = w3.eth.wait_for_transaction_receipt(
+        acl.functions.setExecutor(executor.address).transact({"from": sender}))
+    if receipt["status"] != 1:
+        raise Fatal("ACL.setExecutor reverted")
+    return HostContracts(executor, acl)
+
+
+def deploy_token(w3: Web3, host: HostContracts, sender: str | None = None) -> Contract:
+    return deploy(w3, "ConfidentialERC20", host.executor.address, host.acl.address,
+                  sender=sender)
+
+
+def revert_selector(signature: str) -> str:
+    """The 4-byte selector a custom error reverts with, as 0x-hex (for tests and logs)."""
+    return "0x" + Web3.keccak(text=signature)[:4].hex()

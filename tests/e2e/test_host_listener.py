@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 from web3 import Web3
 
-from coprocessor.chain.contracts import bound, deploy
+from coprocessor.chain.contracts import bound, deploy, deploy_host, deploy_token
 from coprocessor.db import queries
 from coprocessor.db.host import ORPHANED
 from coprocessor.db.pool import create_pool
@@ -30,10 +30,8 @@ def w3(dev_stack) -> Web3:
 
 @pytest.fixture(scope="module")
 def contracts(w3):
-    executor = deploy(w3, "FheExecutor")
-    acl = deploy(w3, "ACL")
-    token = deploy(w3, "ConfidentialERC20", executor.address, acl.address)
-    return executor, acl, token
+    host = deploy_host(w3)
+    return host.executor, host.acl, deploy_token(w3, host)
 
 
 @pytest.fixture
@@ -77,11 +75,19 @@ def amount_handle(w3) -> bytes:
     return make_handle(os.urandom(32), 0, w3.eth.chain_id, U64).raw
 
 
-def transfer(w3, contracts, sender, to):
+def give_to_token(w3, contracts, sender) -> bytes:
+    """A wallet's steps before a transfer: claim its encrypted amount, share it with
+    the token."""
     _, acl, token = contracts
     amount = amount_handle(w3)
-    send(w3, acl.functions.allow(amount, sender), sender)
-    return send(w3, token.functions.transfer(to, amount), sender)
+    send(w3, acl.functions.claimInput(amount), sender)
+    send(w3, acl.functions.allow(amount, token.address), sender)
+    return amount
+
+
+def transfer(w3, contracts, sender, to):
+    amount = give_to_token(w3, contracts, sender)
+    return send(w3, contracts[2].functions.transfer(to, amount), sender)
 
 
 def batches(kube_api, namespace) -> dict[str, dict]:
@@ -329,11 +335,9 @@ async def test_new_blocks_wake_the_listener(w3, contracts, listener_settings, po
 async def test_a_busy_block_is_split_into_batches_of_whole_transactions(
         w3, contracts, listener_settings, pool, kube_api, installed, namespace):
     owner, alice, bob = w3.eth.accounts[:3]
-    _, acl, token = contracts
+    token = contracts[2]
     send(w3, token.functions.mint(alice, 100), owner)
-    amounts = [amount_handle(w3) for _ in range(3)]
-    for amount in amounts:
-        send(w3, acl.functions.allow(amount, alice), alice)
+    amounts = [give_to_token(w3, contracts, alice) for _ in range(3)]
     w3.provider.make_request("evm_setAutomine", [False])
     try:
         hashes = [token.functions.transfer(bob, a).transact({"from": alice, "gas": 2_000_000})
@@ -362,8 +366,8 @@ async def test_equal_computations_of_two_transactions_belong_to_both(
     """Handles are deterministic: two mints of one amount to fresh accounts emit the
     same three computations. Stored once, they are linked to both transactions, so
     both blocks' FheBatches hold them."""
-    executor, acl = deploy(w3, "FheExecutor"), deploy(w3, "ACL")
-    token = deploy(w3, "ConfidentialERC20", executor.address, acl.address)
+    host = deploy_host(w3)
+    executor, acl, token = host.executor, host.acl, deploy_token(w3, host)
     settings = listener_settings.model_copy(update={
         "host_executor_address": executor.address, "host_acl_address": acl.address,
         "host_start_block": w3.eth.block_number + 1})

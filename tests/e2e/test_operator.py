@@ -494,14 +494,14 @@ async def test_host_chain_transfer_to_decrypted_balances(operator, ns, kube_api,
     compute Jobs -> balances that decrypt to the plaintext transfer."""
     from web3 import Web3
 
-    from coprocessor.chain.contracts import deploy
+    from coprocessor.chain.contracts import deploy_host, deploy_token
     from coprocessor.db.pool import create_pool
     from listeners.host import HostListener
 
     w3 = Web3(Web3.HTTPProvider(dev_stack["FHE_HOST_RPC_URL"]))
     owner, alice, bob = w3.eth.accounts[:3]
-    executor, acl = deploy(w3, "FheExecutor"), deploy(w3, "ACL")
-    token = deploy(w3, "ConfidentialERC20", executor.address, acl.address)
+    host = deploy_host(w3)
+    executor, acl, token = host.executor, host.acl, deploy_token(w3, host)
     record, _ = tenant
     listener_settings = settings.model_copy(update={
         "host_tenant": record.name, "host_executor_address": executor.address,
@@ -509,7 +509,8 @@ async def test_host_chain_transfer_to_decrypted_balances(operator, ns, kube_api,
         "namespace": ns, "host_batch_stages": ["compute"]})
     amount = bytes.fromhex((await store_input(settings, tenant, 300, FheType.Uint64))[2:])
     for call, sender in ((token.functions.mint(alice, 1000), owner),
-                         (acl.functions.allow(amount, alice), alice),
+                         (acl.functions.claimInput(amount), alice),
+                         (acl.functions.allow(amount, token.address), alice),
                          (token.functions.transfer(bob, amount), alice)):
         assert w3.eth.wait_for_transaction_receipt(
             call.transact({"from": sender}))["status"] == 1

@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from web3 import Web3
 from web3.exceptions import ContractCustomError
 
-from coprocessor.chain.contracts import decode_logs, deploy, executor_event_name
+from coprocessor.chain.contracts import (
+    decode_logs,
+    deploy_host,
+    deploy_token,
+    executor_event_name,
+    revert_selector,
+)
 from coprocessor.db.rows import check_batch
 from coprocessor.types import FheType, Op, derive_handle, make_handle
 from listeners.host_events import allowed_rows, check_derivation, computation_row
@@ -36,8 +42,27 @@ def w3(dev_stack) -> Web3:
 
 
 @pytest.fixture(scope="module")
-def executor(w3):
-    return deploy(w3, "FheExecutor")
+def host(w3):
+    return deploy_host(w3)
+
+
+@pytest.fixture(scope="module")
+def executor(host):
+    return host.executor
+
+
+def claimed(w3, host, caller: str, *handles: bytes) -> None:
+    """What a wallet does with its inputs before using them (ACL.claimInput)."""
+    for handle in handles:
+        receipt = w3.eth.wait_for_transaction_receipt(
+            host.acl.functions.claimInput(handle).transact({"from": caller}))
+        assert receipt["status"] == 1
+
+
+def reverts_with(call, sender: str, signature: str) -> None:
+    with pytest.raises(ContractCustomError) as raised:
+        call.transact({"from": sender})
+    assert str(raised.value.data).startswith(revert_selector(signature)), raised.value.data
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +82,10 @@ def expected(op: Op, operands, caller: str, chain_id: int, fhe_type: FheType) ->
 
 
 @pytest.mark.parametrize("op", [Op(code) for code in range(20)], ids=lambda o: o.name)
-def test_binary_ops_derive_the_same_handle(w3, executor, caller, op):
+def test_binary_ops_derive_the_same_handle(w3, host, executor, caller, op):
     chain = w3.eth.chain_id
     lhs, rhs = input_handle(U64, chain), input_handle(U64, chain)
+    claimed(w3, host, caller, lhs, rhs)
     ((name, args),) = emitted(w3, executor, executor.functions.fheBinaryOp(
         int(op), lhs, rhs, b"\x00"), caller)
     assert name == executor_event_name(op) == op.event_name
@@ -71,9 +97,10 @@ def test_binary_ops_derive_the_same_handle(w3, executor, caller, op):
 
 
 @pytest.mark.parametrize("scalar", [0, 1, 255, 256, 2**64 - 1, 2**64, 2**256 - 1])
-def test_scalar_operands_are_their_minimal_bytes(w3, executor, caller, scalar):
+def test_scalar_operands_are_their_minimal_bytes(w3, host, executor, caller, scalar):
     chain = w3.eth.chain_id
     lhs = input_handle(U8, chain)
+    claimed(w3, host, caller, lhs)
     ((_, args),) = emitted(w3, executor, executor.functions.fheBinaryOp(
         int(Op.Sub), lhs, scalar.to_bytes(32, "big"), b"\x01"), caller)
     assert args["scalarByte"] == b"\x01"
@@ -89,10 +116,11 @@ def test_minimal_bytes_agree_with_python(executor, value):
     assert executor.functions.minimalBytes(value).call() == minimal(value)
 
 
-def test_unary_cast_trivial_if_then_else_and_random(w3, executor, caller):
+def test_unary_cast_trivial_if_then_else_and_random(w3, host, executor, caller):
     chain = w3.eth.chain_id
     ct, flag = input_handle(U8, chain), input_handle(BOOL, chain)
     other = input_handle(U8, chain)
+    claimed(w3, host, caller, ct, flag, other)
     f = executor.functions
     cases = [
         (f.fheNeg(ct), Op.Neg, (ct,), U8),
@@ -119,28 +147,34 @@ def test_unary_cast_trivial_if_then_else_and_random(w3, executor, caller):
                          bytes.fromhex(caller[2:]), chain)
 
 
-def test_mismatched_types_revert_with_a_named_error(w3, executor, caller):
+def test_bad_operands_revert_with_a_named_error(w3, host, executor, caller):
     chain = w3.eth.chain_id
-    with pytest.raises(ContractCustomError):
-        executor.functions.fheBinaryOp(int(Op.Add), input_handle(U8, chain),
-                                       input_handle(U64, chain), b"\x00").transact(
-                                           {"from": caller})
-    with pytest.raises(ContractCustomError):
-        executor.functions.fheIfThenElse(input_handle(U8, chain), input_handle(U8, chain),
-                                         input_handle(U8, chain)).transact({"from": caller})
+    small, wide = input_handle(U8, chain), input_handle(U64, chain)
+    f = executor.functions
+    reverts_with(f.fheBinaryOp(int(Op.Add), small, small, b"\x00"), caller,
+                 "NotAllowed(bytes32,address)")  # not claimed: the caller may not use it
+    claimed(w3, host, caller, small, wide)
+    reverts_with(f.fheBinaryOp(int(Op.Add), small, wide, b"\x00"), caller,
+                 "TypeMismatch(uint8,uint8)")
+    reverts_with(f.fheIfThenElse(small, small, small), caller, "TypeMismatch(uint8,uint8)")
+    reverts_with(f.cast(small, 42), caller, "UnknownType(uint8)")
+    reverts_with(f.trivialEncrypt(1, 12), caller, "UnknownType(uint8)")
+    reverts_with(host.acl.functions.claimInput(small), w3.eth.accounts[3],
+                 "AlreadyClaimed(bytes32)")
 
 
-def test_erc20_transfer_emits_the_transfer_graph(w3, executor):
+def test_erc20_transfer_emits_the_transfer_graph(w3, host, executor):
     owner, alice, bob = w3.eth.accounts[:3]
-    acl = deploy(w3, "ACL")
-    token = deploy(w3, "ConfidentialERC20", executor.address, acl.address, sender=owner)
+    acl = host.acl
+    token = deploy_token(w3, host, sender=owner)
     emitted(w3, executor, token.functions.mint(alice, 1000), owner)
     amount = input_handle(U64, w3.eth.chain_id)
-    with pytest.raises(ContractCustomError):  # not allowed to use the amount yet
-        token.functions.transfer(bob, amount).transact({"from": alice})
-    emitted(w3, acl, acl.functions.allow(amount, alice), alice)
-    with pytest.raises(ContractCustomError):  # a transfer to oneself would mint
-        token.functions.transfer(alice, amount).transact({"from": alice})
+    reverts_with(token.functions.transfer(bob, amount), alice, "NotAllowed(bytes32)")
+    claimed(w3, host, alice, amount)
+    # Alice holds the amount but has not shared it with the token: the executor refuses.
+    reverts_with(token.functions.transfer(bob, amount), alice, "NotAllowed(bytes32,address)")
+    emitted(w3, acl, acl.functions.allow(amount, token.address), alice)
+    reverts_with(token.functions.transfer(alice, amount), alice, "SelfTransfer()")
     receipt = w3.eth.wait_for_transaction_receipt(
         token.functions.transfer(bob, amount).transact({"from": alice}))
     ops = decode_logs(executor, receipt["logs"])
@@ -174,3 +208,18 @@ def test_erc20_transfer_emits_the_transfer_graph(w3, executor):
     assert {(r.handle, r.account_address) for r in allowed if r.event_type == 0} >= {
         (new_alice["result"], bytes.fromhex(alice[2:])),
         (new_bob["result"], bytes.fromhex(bob[2:]))}
+
+
+def test_nobody_else_can_compute_on_or_reveal_a_balance(w3, host, executor):
+    owner, alice, mallory = w3.eth.accounts[0], w3.eth.accounts[1], w3.eth.accounts[4]
+    token = deploy_token(w3, host, sender=owner)
+    emitted(w3, executor, token.functions.mint(alice, 10), owner)
+    balance = token.functions.balanceOf(alice).call()
+    reverts_with(executor.functions.fheBinaryOp(int(Op.Add), balance, (0).to_bytes(32, "big"),
+                                                b"\x01"), mallory, "NotAllowed(bytes32,address)")
+    reverts_with(host.acl.functions.allow(balance, mallory), mallory,
+                 "NotAllowed(address,bytes32)")
+    reverts_with(host.acl.functions.allowForDecryption([balance]), mallory,
+                 "NotAllowed(address,bytes32)")
+    reverts_with(host.acl.functions.claimInput(balance), mallory, "NotAnInput(bytes32)")
+    assert host.acl.functions.isAllowed(balance, alice).call()
