@@ -46,7 +46,8 @@ def backlog(w3: Web3, transfers: int) -> tuple[object, object, int]:
     for n in range(transfers):
         sender, to = (alice, bob) if n % 2 == 0 else (bob, alice)
         amount = make_handle(os.urandom(32), 0, w3.eth.chain_id, FheType.Uint64).raw
-        acl.functions.claimInput(amount).transact({"from": sender})
+        w3.eth.wait_for_transaction_receipt(
+            acl.functions.claimInput(amount).transact({"from": sender}))
         w3.eth.wait_for_transaction_receipt(
             acl.functions.allow(amount, token.address).transact({"from": sender}))
         hashes.append(token.functions.transfer(to, amount).transact({"from": sender}))
