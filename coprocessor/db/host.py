@@ -91,6 +91,12 @@ async def record_block(connection: asyncpg.Connection, block: BlockRecord) -> bo
         [(block.tenant_id, r.output_handle, r.output_type, r.fhe_operation,
           list(r.dependencies), r.is_scalar, r.transaction_id, ORPHANED)
          for r in block.computations])
+    # A publication that failed because its computation was orphaned may run again.
+    await connection.execute(
+        """UPDATE pbs_computations SET is_error = false, error_message = NULL
+           WHERE tenant_id = $1 AND handle = ANY($2::bytea[]) AND is_error
+             AND error_message LIKE '%' || $3 || '%'""",
+        block.tenant_id, [r.output_handle for r in block.computations], ORPHANED)
     await connection.executemany(
         """INSERT INTO transaction_computations (tenant_id, transaction_id, output_handle)
            VALUES ($1, $2, $3) ON CONFLICT DO NOTHING""",

@@ -51,6 +51,9 @@ async def test_a_reorg_back_to_an_orphaned_block_revives_it(db):
     await record(db, block(tenant_id, A, [row], [TX1]))
     await orphan(db, tenant_id)
     assert (await state(db, handle(10)))["error_message"] == host.ORPHANED
+    await db.execute("INSERT INTO pbs_computations (tenant_id, handle, is_error, "
+                     "error_message) VALUES ($1, $2, true, $3)", tenant_id, handle(10),
+                     f"its computation failed: {host.ORPHANED}")
     assert await record(db, block(tenant_id, B)) is True  # the other branch
     await orphan(db, tenant_id)
     assert await record(db, block(tenant_id, A, [row], [TX1])) is True
@@ -59,6 +62,7 @@ async def test_a_reorg_back_to_an_orphaned_block_revives_it(db):
     assert (revived["is_orphaned"], revived["batch_name"]) == (False, "host-7-r")
     assert revived["batch_cancelled_at"] is None
     assert (await state(db, handle(10)))["is_error"] is False
+    assert await db.fetchval("SELECT is_error FROM pbs_computations") is False
 
 
 async def test_a_computation_another_canonical_transaction_emitted_is_not_orphaned(db):
