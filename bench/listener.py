@@ -14,25 +14,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import asyncpg
+from benchlib import dev_services, write_result
 from web3 import Web3
 
 from coprocessor.chain.contracts import deploy_host, deploy_token
 from coprocessor.db import queries
 from coprocessor.db.migrate import scratch_database
 from coprocessor.db.pool import create_pool
-from coprocessor.devstack import stack
-from coprocessor.settings import REPO_ROOT, Settings
+from coprocessor.settings import Settings
 from coprocessor.types import FheType, make_handle
 from listeners.host import HostListener
-
-RESULTS = REPO_ROOT / "bench" / "results"
 
 
 def backlog(w3: Web3, transfers: int) -> tuple[object, object, int]:
@@ -89,26 +84,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transfers", type=int, default=200)
     args = parser.parse_args()
-    components = stack.service_components()
-    with tempfile.TemporaryDirectory(prefix="fhe-bench-") as fallback:
-        state_dir, started = stack.reuse_or_start(Settings().dev_state_dir, Path(fallback),
-                                                  components)
-        try:
-            env = stack.env(state_dir, components)
-            w3 = Web3(Web3.HTTPProvider(env["FHE_HOST_RPC_URL"]))
-            made = time.perf_counter()
-            executor, acl, start = backlog(w3, args.transfers)
-            print(f"backlog: {args.transfers} transfers in "
-                  f"{time.perf_counter() - made:.1f} s", flush=True)
-            result = asyncio.run(ingest(env, w3, executor, acl, start))
-        finally:
-            if started:
-                stack.down(state_dir, components)
+    with dev_services() as env:
+        w3 = Web3(Web3.HTTPProvider(env["FHE_HOST_RPC_URL"]))
+        made = time.perf_counter()
+        executor, acl, start = backlog(w3, args.transfers)
+        print(f"backlog: {args.transfers} transfers in "
+              f"{time.perf_counter() - made:.1f} s", flush=True)
+        result = asyncio.run(ingest(env, w3, executor, acl, start))
     result["transfers"] = args.transfers
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "listener.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    print(f"wrote {RESULTS / 'listener.json'}")
+    write_result("listener", result)
 
 
 if __name__ == "__main__":

@@ -19,21 +19,19 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from coprocessor.devstack import stack
+from benchlib import dev_services, write_result
+
 from coprocessor.fhe.engine import backend_names, get_backend
-from coprocessor.settings import REPO_ROOT, Settings
+from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
 from coprocessor.types import FheType
 from job_runner.retry import CircuitBreaker
 from job_runner.upload import Uploader
 
-RESULTS = REPO_ROOT / "bench" / "results"
 DEFAULT_TYPES = "Bool,Uint8,Uint16,Uint32,Uint64,Uint128,Uint256"
 
 
@@ -114,24 +112,13 @@ def main() -> None:
     client = backend.client(keyset.client_key, keyset.key_id)
     squashed = backend.evaluator(keyset.server_key).squash(client.encrypt(1, FheType.Uint64))
     objects = [squashed[:-8] + n.to_bytes(8, "big") for n in range(args.objects)]
-    components = stack.service_components()
-    with tempfile.TemporaryDirectory(prefix="fhe-bench-") as fallback:
-        state_dir, started = stack.reuse_or_start(Settings().dev_state_dir, Path(fallback),
-                                                  components)
-        try:
-            settings = Settings(**{k[4:].lower(): v for k, v in
-                                   stack.env(state_dir, components).items()
-                                   if k.startswith("FHE_S3_")})
-            for concurrency in (1, 8):
-                result["upload"][f"concurrency_{concurrency}"] = upload_throughput(
-                    settings, objects, concurrency)
-        finally:
-            if started:
-                stack.down(state_dir, components)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sns.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    print(f"wrote {RESULTS / 'sns.json'}")
+    with dev_services() as env:
+        settings = Settings(**{k[4:].lower(): v for k, v in env.items()
+                               if k.startswith("FHE_S3_")})
+        for concurrency in (1, 8):
+            result["upload"][f"concurrency_{concurrency}"] = upload_throughput(
+                settings, objects, concurrency)
+    write_result("sns", result)
 
 
 if __name__ == "__main__":

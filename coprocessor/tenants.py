@@ -121,3 +121,8 @@ def input_handle(ciphertext: bytes, chain_id: int, fhe_type: int) -> bytes:
 
     return make_handle(keccak(b"fhectl-input" + ciphertext), 0, chain_id,
                        FheType(fhe_type)).raw
+
+
+def load_evaluator(store: ObjectStore, tenant: queries.Tenant):
+    """The tenant's evaluator; the backend keeps an LRU, so once per process."""
+    return get_backend(tenant.backend).evaluator(load_server_key(store, tenant))

@@ -209,6 +209,12 @@ def make_handle(prehandle: bytes, index: int, chain_id: int, fhe_type: FheType,
                   + bytes([int(fhe_type), version]))
 
 
+def plaintext_operand(value: int) -> bytes:
+    """A plaintext operand (scalar, trivial value, bound) as ``derive_handle`` and the
+    rows carry it: minimal big-endian bytes, at least one."""
+    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+
+
 def derive_handle(op: Op, dependencies: tuple[bytes, ...], context: bytes, chain_id: int,
                   result_type: FheType) -> Handle:
     """The output handle of a computation: keccak256 over the op, its operands (handles

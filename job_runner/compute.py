@@ -9,10 +9,9 @@ import time
 from coprocessor.db import queries
 from coprocessor.db.pool import create_pool
 from coprocessor.errors import Irrecoverable
-from coprocessor.fhe.engine import get_backend
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
-from coprocessor.tenants import load_server_key
+from coprocessor.tenants import load_evaluator
 
 from .dag import build_graph, node_from_row, partition, restrict
 from .executor import Executor, Summary, usable_cores
@@ -30,12 +29,8 @@ async def run_compute(settings: Settings, batch_id: str, index: int = 0, count: 
     pool = await create_pool(settings.database_url, size=settings.database_pool_size)
     try:
         async with pool.acquire() as connection:
-            batch = await queries.get_batch(connection, batch_id)
-            if batch is None:
-                raise UnknownBatch(f"batch {batch_id!r} is not admitted in the database")
-            tenant = await queries.get_tenant_by_id(connection, batch.tenant_id)
+            tenant = await batch_tenant(connection, batch_id)
             rows = await queries.batch_computations(connection, batch_id)
-        assert tenant is not None  # foreign key
         graph = build_graph(node_from_row(r) for r in rows)
         share = restrict(graph, partition(graph, index, count))
         workers = settings.compute_workers or usable_cores()
@@ -47,7 +42,7 @@ async def run_compute(settings: Settings, batch_id: str, index: int = 0, count: 
         if all(n.completed or n.error for n in share.nodes.values()):
             evaluator = None  # nothing to compute: do not load a key of hundreds of MB
         else:
-            evaluator = await asyncio.to_thread(_load_evaluator, settings, tenant)
+            evaluator = await asyncio.to_thread(load_evaluator, ObjectStore(settings), tenant)
         key_load_s = time.monotonic() - loading
         executor = Executor(
             pool, settings.database_url, tenant.tenant_id, evaluator, share,
@@ -61,7 +56,11 @@ async def run_compute(settings: Settings, batch_id: str, index: int = 0, count: 
         await pool.close()
 
 
-def _load_evaluator(settings: Settings, tenant: queries.Tenant):
-    """The tenant's evaluator: once per process (the backend keeps an LRU of them)."""
-    server_key = load_server_key(ObjectStore(settings), tenant)
-    return get_backend(tenant.backend).evaluator(server_key)
+async def batch_tenant(connection, batch_id: str) -> queries.Tenant:
+    """The tenant of an admitted batch; UnknownBatch when it was never admitted."""
+    batch = await queries.get_batch(connection, batch_id)
+    if batch is None:
+        raise UnknownBatch(f"batch {batch_id!r} is not admitted in the database")
+    tenant = await queries.get_tenant_by_id(connection, batch.tenant_id)
+    assert tenant is not None  # foreign key
+    return tenant

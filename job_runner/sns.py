@@ -37,14 +37,14 @@ from coprocessor.errors import (
     Irrecoverable,
     Recoverable,
 )
-from coprocessor.fhe.engine import Evaluator, SquashedFormat, get_backend
+from coprocessor.fhe.engine import Evaluator, SquashedFormat
 from coprocessor.fhe.envelope import Envelope, Kind
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
-from coprocessor.tenants import load_server_key
+from coprocessor.tenants import load_evaluator
 from coprocessor.types import FheType
 
-from .compute import UnknownBatch
+from .compute import batch_tenant
 from .executor import MAX_ERROR_CHARS, usable_cores
 from .retry import CircuitBreaker
 from .upload import CircuitOpen, Uploader
@@ -133,12 +133,9 @@ class Publisher:
         """Loaded on first need: a re-run with every handle squashed needs no key."""
         async with self._evaluator_lock:
             if self._evaluator is None:
-                self._evaluator = await asyncio.to_thread(self._load_evaluator)
+                self._evaluator = await asyncio.to_thread(load_evaluator,
+                                                          self.uploader.store, self.tenant)
             return self._evaluator
-
-    def _load_evaluator(self) -> Evaluator:
-        server_key = load_server_key(self.uploader.store, self.tenant)
-        return get_backend(self.tenant.backend).evaluator(server_key)
 
     async def publish(self, handle: bytes) -> _Published | _AlreadyDone | _Failed:
         """Publish one handle; waits while another pod holds it."""
@@ -245,11 +242,7 @@ async def run_sns(settings: Settings, batch_id: str) -> SnsSummary:
     pool = await create_pool(settings.database_url, size=settings.database_pool_size)
     try:
         async with pool.acquire() as connection:
-            batch = await queries.get_batch(connection, batch_id)
-            if batch is None:
-                raise UnknownBatch(f"batch {batch_id!r} is not admitted in the database")
-            tenant = await queries.get_tenant_by_id(connection, batch.tenant_id)
-            assert tenant is not None  # foreign key
+            tenant = await batch_tenant(connection, batch_id)
             async with connection.transaction():
                 queued = await publish.enqueue_batch_outputs(connection, batch_id)
             publications = await publish.batch_publications(connection, batch_id)

@@ -40,6 +40,7 @@ from coprocessor.db import queries
 from coprocessor.db.pool import classify
 from coprocessor.errors import Fatal, Recoverable, ServiceUnavailable
 from coprocessor.settings import Settings
+from fhe_operator.spec import GROUP, PLURAL, VERSION
 
 from .host_events import (
     AllowedRow,
@@ -52,7 +53,6 @@ from .host_events import (
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "fhe.coprocessor.dev", "v1alpha1", "fhebatches"
 
 
 def batch_name(chain_id: int, number: int, block_hash: bytes) -> str:

@@ -13,13 +13,14 @@ the listener counts it, logs it and goes on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from coprocessor.db.rows import ComputationRow
 from coprocessor.errors import Irrecoverable
-from coprocessor.types import FheType, Handle, Op, derive_handle
+from coprocessor.types import FheType, Handle, Op, derive_handle, plaintext_operand
 
 BINARY_OPS = {Op(code).event_name: Op(code) for code in range(20)}
 UNARY_OPS = {"FheNeg": Op.Neg, "FheNot": Op.Not}
@@ -30,8 +31,14 @@ class UndecodableEvent(Irrecoverable):
     """A log the listener cannot turn into rows; skipped with a warning."""
 
 
-def minimal_bytes(value: int) -> bytes:
-    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+@contextmanager
+def _malformed(name: str, transaction: bytes) -> Iterator[None]:
+    """A missing or mistyped field anywhere in an event is one UndecodableEvent."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError) as error:
+        raise UndecodableEvent(f"tx 0x{transaction.hex()}: {name}: missing or malformed "
+                               f"field ({type(error).__name__}: {error})") from None
 
 
 @dataclass(frozen=True)
@@ -62,11 +69,8 @@ def _type(value: Any, transaction: bytes) -> FheType:
 
 def computation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> ComputationRow:
     """The computation an executor event records."""
-    try:
+    with _malformed(name, transaction):
         return _computation_row(name, args, transaction)
-    except (KeyError, TypeError, ValueError) as error:
-        raise UndecodableEvent(f"tx 0x{transaction.hex()}: {name}: missing or malformed "
-                               f"field ({type(error).__name__}: {error})") from None
 
 
 def _computation_row(name: str, args: Mapping[str, Any], transaction: bytes
@@ -77,7 +81,7 @@ def _computation_row(name: str, args: Mapping[str, Any], transaction: bytes
     if name in BINARY_OPS:
         op = BINARY_OPS[name]
         scalar = bytes(args.get("scalarByte", b"")) == b"\x01"
-        rhs = (minimal_bytes(int.from_bytes(bytes(args["rhs"]), "big")) if scalar
+        rhs = (plaintext_operand(int.from_bytes(bytes(args["rhs"]), "big")) if scalar
                else h("rhs"))
         return ComputationRow(result, result_type, int(op), (h("lhs"), rhs),
                               is_scalar=scalar, transaction_id=transaction)
@@ -91,7 +95,7 @@ def _computation_row(name: str, args: Mapping[str, Any], transaction: bytes
     if name == "TrivialEncrypt":
         _type(args.get("toType"), transaction)
         return ComputationRow(result, result_type, int(Op.TrivialEncrypt),
-                              (minimal_bytes(int(args["pt"])),), is_scalar=True,
+                              (plaintext_operand(int(args["pt"])),), is_scalar=True,
                               transaction_id=transaction)
     if name == "FheIfThenElse":
         return ComputationRow(result, result_type, int(Op.IfThenElse),
@@ -102,7 +106,7 @@ def _computation_row(name: str, args: Mapping[str, Any], transaction: bytes
                               is_scalar=True, transaction_id=transaction)
     if name == "FheRandBounded":
         return ComputationRow(result, result_type, int(Op.RandBounded),
-                              (minimal_bytes(int(args["upperBound"])), bytes(args["seed"])),
+                              (plaintext_operand(int(args["upperBound"])), bytes(args["seed"])),
                               is_scalar=True, transaction_id=transaction)
     raise UndecodableEvent(f"tx 0x{transaction.hex()}: {name!r} is not an executor event")
 
@@ -120,11 +124,8 @@ def check_derivation(row: ComputationRow, caller: bytes, chain_id: int) -> None:
 
 def allowed_rows(name: str, args: Mapping[str, Any], transaction: bytes) -> list[AllowedRow]:
     """ACL events: who may use a handle, and which handles may be decrypted."""
-    try:
+    with _malformed(name, transaction):
         return _allowed_rows(name, args, transaction)
-    except (KeyError, TypeError, ValueError) as error:
-        raise UndecodableEvent(f"tx 0x{transaction.hex()}: {name}: missing or malformed "
-                               f"field ({type(error).__name__}: {error})") from None
 
 
 def _allowed_rows(name: str, args: Mapping[str, Any], transaction: bytes

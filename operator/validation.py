@@ -15,7 +15,7 @@ from coprocessor.db.rows import ComputationRow
 from coprocessor.errors import Irrecoverable, UserError
 from coprocessor.fhe.engine import Backend, operand_type, require_support, result_type_of
 from coprocessor.toposort import topological_order
-from coprocessor.types import FheType, Handle, Op, derive_handle
+from coprocessor.types import FheType, Handle, Op, derive_handle, plaintext_operand
 
 from .spec import Graph, GraphNode, Scalar
 
@@ -64,10 +64,6 @@ def _order(graph: Graph) -> list[GraphNode]:
     if stuck:
         raise InvalidSpec(f"the graph has a cycle through nodes {', '.join(sorted(stuck)[:5])}")
     return [by_name[n] for n in ordered]
-
-
-def _scalar_bytes(value: int) -> bytes:
-    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
 
 
 def plan_graph(graph: Graph, *, namespace: str, name: str, chain_id: int,
@@ -145,7 +141,7 @@ def _plan_node(node: GraphNode, known: dict[str, tuple[bytes, FheType]], context
         raise InvalidSpec(f"{where}: `type` says {explicit.name} but the node computes "
                           f"{result_type.name}")
     dependencies = tuple(known[ref][0] for ref in operands)
-    dependencies += tuple(_scalar_bytes(s.value) for s in scalars)
+    dependencies += tuple(plaintext_operand(s.value) for s in scalars)
     if op in (Op.Rand, Op.RandBounded):  # a seed per node and batch: reproducible
         dependencies += (hashlib.sha3_256(context + b"/" + node.name.encode()).digest()[:16],)
     handle = derive_handle(op, dependencies, context, chain_id, result_type).raw

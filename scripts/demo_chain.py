@@ -21,7 +21,8 @@ from coprocessor.db.pool import create_pool
 from coprocessor.settings import load_settings
 from coprocessor.tenants import input_handle, load_client
 from coprocessor.types import FheType
-from listeners.host import GROUP, PLURAL, VERSION, HostListener
+from fhe_operator.spec import GROUP, PLURAL, VERSION
+from listeners.host import HostListener
 
 NAMESPACE, TENANT = "fhe-demo", "demo"
 U64 = FheType.Uint64

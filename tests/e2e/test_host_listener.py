@@ -18,7 +18,8 @@ from coprocessor.db.host import ORPHANED
 from coprocessor.db.pool import create_pool
 from coprocessor.settings import Settings
 from coprocessor.types import FheType, Op, derive_handle, make_handle
-from listeners.host import GROUP, PLURAL, VERSION, HostListener
+from fhe_operator.spec import GROUP, PLURAL, VERSION
+from listeners.host import HostListener
 
 U64 = FheType.Uint64
 

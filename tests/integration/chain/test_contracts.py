@@ -20,14 +20,10 @@ from coprocessor.chain.contracts import (
     revert_selector,
 )
 from coprocessor.db.rows import check_batch
-from coprocessor.types import FheType, Op, derive_handle, make_handle
+from coprocessor.types import FheType, Op, derive_handle, make_handle, plaintext_operand
 from listeners.host_events import allowed_rows, check_derivation, computation_row
 
 U64, U8, BOOL = FheType.Uint64, FheType.Uint8, FheType.Bool
-
-
-def minimal(value: int) -> bytes:
-    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
 
 
 def input_handle(fhe_type: FheType, chain_id: int) -> bytes:
@@ -104,7 +100,7 @@ def test_scalar_operands_are_their_minimal_bytes(w3, host, executor, caller, sca
     ((_, args),) = emitted(w3, executor, executor.functions.fheBinaryOp(
         int(Op.Sub), lhs, scalar.to_bytes(32, "big"), b"\x01"), caller)
     assert args["scalarByte"] == b"\x01"
-    assert args["result"] == expected(Op.Sub, (lhs, minimal(scalar)), caller, chain, U8)
+    assert args["result"] == expected(Op.Sub, (lhs, plaintext_operand(scalar)), caller, chain, U8)
     check_derivation(computation_row("FheSub", args, b"\x00" * 32),
                      bytes.fromhex(caller[2:]), chain)
 
@@ -113,7 +109,7 @@ def test_scalar_operands_are_their_minimal_bytes(w3, host, executor, caller, sca
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(min_value=0, max_value=2**256 - 1))
 def test_minimal_bytes_agree_with_python(executor, value):
-    assert executor.functions.minimalBytes(value).call() == minimal(value)
+    assert executor.functions.minimalBytes(value).call() == plaintext_operand(value)
 
 
 def test_unary_cast_trivial_if_then_else_and_random(w3, host, executor, caller):
@@ -126,8 +122,8 @@ def test_unary_cast_trivial_if_then_else_and_random(w3, host, executor, caller):
         (f.fheNeg(ct), Op.Neg, (ct,), U8),
         (f.fheNot(ct), Op.Not, (ct,), U8),
         (f.cast(ct, int(U64)), Op.Cast, (ct,), U64),
-        (f.trivialEncrypt(7, int(U64)), Op.TrivialEncrypt, (minimal(7),), U64),
-        (f.trivialEncrypt(0, int(U8)), Op.TrivialEncrypt, (minimal(0),), U8),
+        (f.trivialEncrypt(7, int(U64)), Op.TrivialEncrypt, (plaintext_operand(7),), U64),
+        (f.trivialEncrypt(0, int(U8)), Op.TrivialEncrypt, (plaintext_operand(0),), U8),
         (f.fheIfThenElse(flag, ct, other), Op.IfThenElse, (flag, ct, other), U8),
     ]
     for call, op, operands, fhe_type in cases:
@@ -140,7 +136,7 @@ def test_unary_cast_trivial_if_then_else_and_random(w3, host, executor, caller):
     assert rand["result"] == expected(Op.Rand, (rand["seed"],), caller, chain, U64)
     ((_, bounded),) = emitted(w3, executor, f.fheRandBounded(16, int(U8)), caller)
     assert bounded["seed"] != rand["seed"]  # every call gets its own seed
-    assert bounded["result"] == expected(Op.RandBounded, (minimal(16), bounded["seed"]),
+    assert bounded["result"] == expected(Op.RandBounded, (plaintext_operand(16), bounded["seed"]),
                                          caller, chain, U8)
     for name, args in (("FheRand", rand), ("FheRandBounded", bounded)):
         check_derivation(computation_row(name, args, b"\x00" * 32),
