@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
@@ -112,6 +112,33 @@ class Settings(BaseSettings):
     host_batch_stages: list[str] = Field(
         ["compute", "sns"], description="Stages of the FheBatches the listener creates.")
 
+    gateway_commits_address: str | None = Field(
+        None, description="CiphertextCommits contract on the gateway chain (0x address); "
+        "required by the send stage.")
+    sender_private_key: SecretStr | None = Field(
+        None, description="This coprocessor's signer key (0x + 64 hex digits) for the "
+        "gateway chain. Give it through the Job Secret (FHE_JOB_SECRET), never a CR; it is "
+        "never logged.")
+    sender_batch_size: int = Field(
+        1, ge=1, le=256, description="Handles committed per transaction: 1 calls "
+        "addCiphertextMaterial per handle (the reference's sender), more use "
+        "addCiphertextMaterials.")
+    sender_max_in_flight: int = Field(
+        16, ge=1, le=1024, description="Transactions sent before waiting for receipts "
+        "(consecutive nonces of the one signer).")
+    sender_attempts: int = Field(
+        5, ge=1, le=50, description="Tries of a gateway RPC call before the stage exits "
+        "recoverably (75).")
+    sender_backoff_s: float = Field(0.5, gt=0, description="First retry delay of a gateway "
+                                    "RPC call; doubles each time.")
+    sender_backoff_cap_s: float = Field(8.0, gt=0, description="Longest delay between two "
+                                        "tries of a gateway RPC call.")
+    sender_receipt_timeout_s: float = Field(
+        120.0, gt=0, description="How long to wait for a sent transaction's receipt before "
+        "leaving it for the next run (recoverable).")
+    sender_gas_margin: float = Field(
+        1.2, ge=1.0, le=10.0, description="Gas limit = estimate x this margin.")
+
     operator_resync_s: float = Field(
         5.0, gt=0, description="Every batch is reconciled at least this often, so a lost "
         "watch event only adds latency.")
@@ -134,12 +161,27 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql:// or postgres://")
         return value
 
-    @field_validator("host_executor_address", "host_acl_address")
+    @field_validator("host_executor_address", "host_acl_address", "gateway_commits_address")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
         if value is not None and not (value.startswith("0x") and len(value) == 42):
             raise ValueError("must be a 0x-prefixed 20-byte address")
         return value
+
+    @field_validator("sender_private_key")
+    @classmethod
+    def _private_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """Checked here so a mistyped key fails at start, naming the setting, not the key."""
+        if value is None:
+            return None
+        text = value.get_secret_value().strip()
+        digits = text[2:] if text.startswith("0x") else text
+        if len(digits) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+            raise ValueError("must be 64 hex digits (a secp256k1 private key), optionally "
+                             "0x-prefixed")
+        if int(digits, 16) == 0:
+            raise ValueError("must not be zero")
+        return SecretStr("0x" + digits.lower())
 
     @field_validator("s3_endpoint", "host_rpc_url", "gateway_rpc_url")
     @classmethod

@@ -3,4 +3,4 @@
 STAGES = ("compute", "sns", "send", "verify")
 # Stages whose runner exists. The operator rejects a batch asking for any other, so a
 # missing stage is a clear validation error, never a Job that fails at run time.
-AVAILABLE = ("compute", "sns")
+AVAILABLE = ("compute", "sns", "send")

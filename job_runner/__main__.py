@@ -90,7 +90,7 @@ def run_stage(stage: str, batch_id: str, index: int, count: int) -> int:
     return code
 
 
-_ITEMS = {"compute": "computation(s)", "sns": "handle(s)"}
+_ITEMS = {"compute": "computation(s)", "sns": "handle(s)", "send": "submission(s)"}
 
 
 async def _run(stage: str, settings, batch_id: str, index: int, count: int):
@@ -99,6 +99,10 @@ async def _run(stage: str, settings, batch_id: str, index: int, count: int):
         from .compute import run_compute
 
         return await run_compute(settings, batch_id, index, count)
+    if stage == "send":
+        from .send import run_send
+
+        return await run_send(settings, batch_id)
     from .sns import run_sns
 
     return await run_sns(settings, batch_id)

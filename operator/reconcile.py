@@ -18,8 +18,9 @@ from .spec import FheBatchSpec
 PHASE_OF_STAGE = {"compute": "Computing", "sns": "Squashing", "send": "Sending"}
 TERMINAL = ("Succeeded", "Failed")
 # Counters of the stage pods' termination messages shown in status.stages.<stage>.summary.
-SUMMARY_KEYS = ("total", "completed", "computed", "squashed", "uploaded", "reused", "failed",
-                "retries", "seconds", "key_load_s", "exit_code")
+SUMMARY_KEYS = ("total", "completed", "computed", "squashed", "uploaded", "reused", "sent",
+                "transactions", "accepted", "failed", "retries", "seconds", "key_load_s",
+                "exit_code")
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,8 @@ def _decide(o: Observed) -> tuple[str, str, bool, list[str]]:
         if stage == "compute" and not o.may_start:
             return "Admitted", o.wait_reason or "waiting for capacity", False, []
         return PHASE_OF_STAGE[stage], f"starting stage {stage}", False, [stage]
-    return "Succeeded", f"all stages done; {_done(o)}{_published(o)}", False, []
+    return ("Succeeded", f"all stages done; {_done(o)}{_published(o)}{_committed(o)}", False,
+            [])
 
 
 def _done(o: Observed) -> str:
@@ -144,6 +146,15 @@ def _published(o: Observed) -> str:
     return f"; {sns.summary.get('completed', 0)}/{sns.summary.get('total', 0)} outputs published"
 
 
+def _committed(o: Observed) -> str:
+    send = o.jobs.get("send")
+    if send is None or not send.summary:
+        return ""
+    summary = send.summary
+    return (f"; {summary.get('completed', 0)}/{summary.get('total', 0)} committed in "
+            f"{summary.get('transactions', 0)} transaction(s)")
+
+
 def _failure(job: JobView) -> str:
     if job.summary and job.summary.get("error"):
         return str(job.summary["error"])
@@ -158,6 +169,8 @@ def _running_message(o: Observed, stage: str, job: JobView) -> str:
         return f"computing: {_done(o)}{suffix}"
     if stage == "sns":
         return f"squashing and uploading the outputs{suffix}"
+    if stage == "send":
+        return f"committing the outputs' digests to the gateway chain{suffix}"
     return f"stage {stage} running{suffix}"
 
 

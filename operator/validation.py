@@ -151,8 +151,9 @@ def _plan_node(node: GraphNode, known: dict[str, tuple[bytes, FheType]], context
 
 
 def check_stages(stages: list[str], available: tuple[str, ...], graph: Graph | None) -> None:
-    """Stages the batch asks for must exist, and the SNS stage needs something to
-    publish: in an inline graph, at least one node marked ``output: true``."""
+    """Stages the batch asks for must exist, the SNS stage needs something to publish
+    (in an inline graph, at least one node marked ``output: true``), and the send
+    stage commits what SNS published, so it comes with SNS."""
     unavailable = [s for s in stages if s not in available]
     if unavailable:
         raise InvalidSpec(f"stage(s) {', '.join(unavailable)} are not available in this "
@@ -160,3 +161,6 @@ def check_stages(stages: list[str], available: tuple[str, ...], graph: Graph | N
     if "sns" in stages and graph is not None and not any(n.output for n in graph.nodes):
         raise InvalidSpec("stage sns publishes the graph's outputs, but no node is marked "
                           "output: true")
+    if "send" in stages and "sns" not in stages:
+        raise InvalidSpec("stage send commits the digests stage sns publishes; list sns "
+                          "before send")

@@ -22,8 +22,9 @@ PBS_COMPUTATIONS = "event_pbs_computations"
 CIPHERTEXTS_UPLOADED = "event_ciphertexts_uploaded"
 ZKPOK_NEW_WORK = "event_zkpok_new_work"
 ZKPOK_COMPUTED = "event_zkpok_computed"
+CIPHERTEXTS_COMMITTED = "event_ciphertexts_committed"  # submissions mined
 CHANNELS = (WORK_AVAILABLE, CIPHERTEXT_COMPUTED, PBS_COMPUTATIONS, CIPHERTEXTS_UPLOADED,
-            ZKPOK_NEW_WORK, ZKPOK_COMPUTED)
+            ZKPOK_NEW_WORK, ZKPOK_COMPUTED, CIPHERTEXTS_COMMITTED)
 
 
 def _computation_fields(record: asyncpg.Record) -> dict[str, object]:

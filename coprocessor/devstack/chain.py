@@ -37,9 +37,11 @@ def _chain_id(port: int) -> int | None:
 class Anvil:
     name = "chain"
 
-    def __init__(self, port: int | None = None, chain_id: int = DEV_CHAIN_ID) -> None:
+    def __init__(self, port: int | None = None, chain_id: int = DEV_CHAIN_ID,
+                 block_time: int | None = None) -> None:
         self.requested_port = port
         self.chain_id = chain_id
+        self.block_time = block_time  # None: mine each transaction at once (automine)
 
     def up(self, state_dir: Path, previous: Info | None) -> Info:
         if previous and self.health(previous)["healthy"]:
@@ -50,6 +52,8 @@ class Anvil:
         port = process.choose_port(self.requested_port, previous, "chain")
         argv = [str(binary), "--host", "127.0.0.1", "--port", str(port),
                 "--chain-id", str(self.chain_id), "--state", str(dump)]
+        if self.block_time:
+            argv += ["--block-time", str(self.block_time)]
         pid = process.spawn(argv, logfile)
         process.wait_until(lambda: _chain_id(port) == self.chain_id, timeout=60,
                            service="chain", log_path=logfile, pid=pid)

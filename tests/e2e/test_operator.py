@@ -256,8 +256,8 @@ async def test_invalid_graphs_fail_with_a_message_and_no_job(operator, ns, kube_
     cases.append(("handle", batch("handle", {"inputs": {"a": unknown}, "nodes": [
         {"name": "x", "op": "FheNot", "args": ["a"]}]}), "input 'a' (0x0101"))
     cases.append(("stage", batch("stage", {"inputs": {"a": a}, "nodes": [
-        {"name": "x", "op": "FheNot", "args": ["a"]}]}, stages=["compute", "send"]),
-        "stage(s) send are not available"))
+        {"name": "x", "op": "FheNot", "args": ["a"], "output": True}]},
+        stages=["compute", "send"]), "list sns before send"))
     cases.append(("no-outputs", batch("no-outputs", {"inputs": {"a": a}, "nodes": [
         {"name": "x", "op": "FheNot", "args": ["a"]}]}, stages=["compute", "sns"]),
         "no node is marked output: true"))

@@ -6,7 +6,7 @@ from job_runner.__main__ import main
 
 
 @pytest.mark.parametrize(("argv", "code", "message"), [
-    (["send", "--batch", "fhe/b@1"], 3, "stage 'send' is not available in this release"),
+    (["verify", "--batch", "fhe/b@1"], 3, "stage 'verify' is not available in this release"),
     (["compute", "--batch", "fhe/b@1", "--index", "2", "--count", "2"], 2,
      "--index 2 must be in 0..1"),
     (["compute"], 2, "the following arguments are required: --batch"),

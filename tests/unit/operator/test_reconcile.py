@@ -88,6 +88,39 @@ def test_two_stage_table(case, phase, admit, create, message):
     check_plan({"spec": TWO_STAGES, **case}, phase, admit, create, message)
 
 
+THREE_STAGES = spec(stages=["compute", "sns", "send"])
+SEND_RUNNING = JobView("b-send", active=1)
+SEND_DONE = JobView("b-send", succeeded=True, summary={
+    "total": 3, "completed": 3, "sent": 3, "transactions": 2, "accepted": 3, "failed": 0,
+    "signer": "0xabc", "gas_used": 1})
+SEND_FAILED = JobView("b-send", failed=True, summary={
+    "error": "signer 0xabc is not a registered coprocessor signer of the CiphertextCommits "
+             "contract"})
+
+
+@pytest.mark.parametrize(("case", "phase", "admit", "create", "message"), [
+    # Published is not enough: the batch waits for its commits on the gateway chain.
+    (dict(jobs={"compute": DONE, "sns": SNS_DONE}), "Sending", False, ["send"],
+     "starting stage send"),
+    (dict(jobs={"compute": DONE, "sns": SNS_DONE, "send": SEND_RUNNING}), "Sending", False,
+     [], "committing the outputs' digests to the gateway chain"),
+    (dict(jobs={"compute": DONE, "sns": SNS_DONE, "send": SEND_DONE},
+          progress=Progress(3, 3, 0)), "Succeeded", False, [],
+     "1/1 outputs published; 3/3 committed in 2 transaction(s)"),
+    (dict(jobs={"compute": DONE, "sns": SNS_DONE, "send": SEND_FAILED}), "Failed", False, [],
+     "stage send failed: signer 0xabc is not a registered coprocessor signer"),
+])
+def test_three_stage_table(case, phase, admit, create, message):
+    check_plan({"spec": THREE_STAGES, **case}, phase, admit, create, message)
+
+
+def test_send_summary_shows_counts_but_not_the_signer_details():
+    status = plan(observed(spec=THREE_STAGES, jobs={"compute": DONE, "sns": SNS_DONE,
+                                                     "send": SEND_DONE})).status
+    assert status["stages"]["send"]["summary"] == {
+        "total": 3, "completed": 3, "sent": 3, "transactions": 2, "accepted": 3, "failed": 0}
+
+
 def check_plan(case, phase, admit, create, message):
     result = plan(observed(**case))
     assert (result.phase, result.admit, result.create_jobs) == (phase, admit, create)

@@ -119,17 +119,20 @@ def test_spec_hash_ignores_how_a_batch_runs_but_not_what_it_computes():
 
 
 @pytest.mark.parametrize(("stages", "outputs", "message"), [
-    (["compute", "send"], True, "stage(s) send are not available in this release"),
+    (["compute", "verify"], True, "stage(s) verify are not available in this release"),
     (["compute", "sns"], False, "no node is marked output: true"),
+    (["compute", "sns", "send"], False, "no node is marked output: true"),
+    (["compute", "send"], True, "list sns before send"),
     (["compute", "sns"], True, None),
+    (["compute", "sns", "send"], True, None),
     (["compute"], False, None),
 ])
-def test_stages_must_exist_and_sns_needs_outputs(stages, outputs, message):
+def test_stages_must_exist_sns_needs_outputs_and_send_needs_sns(stages, outputs, message):
     graph = spec([{"name": "x", "op": "FheNot", "args": ["a"], "output": outputs}],
                  inputs={"a": handle(1)}).graph
     if message is None:
-        check_stages(stages, ("compute", "sns"), graph)
+        check_stages(stages, ("compute", "sns", "send"), graph)
     else:
         with pytest.raises(InvalidSpec) as rejected:
-            check_stages(stages, ("compute", "sns"), graph)
+            check_stages(stages, ("compute", "sns", "send"), graph)
         assert message in str(rejected.value)
