@@ -17,7 +17,7 @@ from coprocessor.logs import configure_logging
 from coprocessor.settings import load_settings
 
 LISTENERS = ("host", "gateway", "sender")
-AVAILABLE = ("host",)
+AVAILABLE = ("host", "sender")
 
 log = logging.getLogger("fhe-listener")
 
@@ -39,13 +39,42 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exit_code_for(error))
     configure_logging(settings.log_level, settings.log_format)
     try:
-        asyncio.run(_run_host(settings, batches=not args.no_batches))
+        if args.listener == "sender":
+            asyncio.run(_run_sender(settings))
+        else:
+            asyncio.run(_run_host(settings, batches=not args.no_batches))
     except Exception as error:
         code = exit_code_for(error)
         log.error("listener stopped", exc_info=error if code == 1 else None,
                   extra={"fields": {"error": str(error), "exit_code": code}})
         sys.exit(code)
     sys.exit(EXIT_OK)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def _run_sender(settings) -> None:
+    from coprocessor.chain.gateway import GatewayClient, load_signer, require_gateway
+    from coprocessor.db.pool import create_pool
+
+    from .sender import Sender
+
+    require_gateway(settings)  # before any connection: the message says what to set
+    signer = load_signer(settings)
+    stop = _stop_on_signals()
+    pool = await create_pool(settings.database_url, size=4)
+    try:
+        sender = Sender(settings, pool, GatewayClient.connect(settings, signer))
+        await sender.run(stop)
+        log.info("sender stopped", extra={"fields": vars(sender.counters)})
+    finally:
+        await pool.close()
 
 
 async def _run_host(settings, *, batches: bool) -> None:
@@ -56,10 +85,7 @@ async def _run_host(settings, *, batches: bool) -> None:
     from .host import HostListener, require_contracts
 
     require_contracts(settings)  # before any connection: the message says what to set
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = _stop_on_signals()
     api = None
     if batches:
         from kubernetes import client, config

@@ -70,14 +70,16 @@ async def batch_commits(connection: asyncpg.Connection, batch_id: str) -> list[B
                         _row(r) if r["has_digest"] else None) for r in rows]
 
 
-async def unsent(connection: asyncpg.Connection, limit: int) -> list[DigestRow]:
+async def unsent(connection: asyncpg.Connection, limit: int, max_retries: int
+                 ) -> list[DigestRow]:
     """Digests of every tenant waiting for a transaction (or pending in one), oldest
-    first: what the long-running sender works through."""
+    first: what the long-running sender works through. A row the contract refused
+    ``max_retries`` times is left out (its ``txn_last_error`` says why)."""
     rows = await connection.fetch(
         f"""SELECT {_COLUMNS} FROM ciphertext_digest d
             WHERE NOT d.txn_is_sent AND d.ciphertext IS NOT NULL
-              AND d.ciphertext128 IS NOT NULL
-            ORDER BY d.created_at, d.tenant_id, d.handle LIMIT $1""", limit)
+              AND d.ciphertext128 IS NOT NULL AND d.txn_retry_count < $2
+            ORDER BY d.created_at, d.tenant_id, d.handle LIMIT $1""", limit, max_retries)
     return [_row(r) for r in rows]
 
 

@@ -384,3 +384,49 @@ async def test_chain_stopped_mid_send_retries_exits_75_then_completes(private_ch
     assert (summary["completed"], summary["total"]) == (8, 8)
     assert submissions_by(w3, contract, signer.address) == dict.fromkeys(handles, 1)
     assert w3.eth.get_transaction_count(signer.address) == await sent_transactions(database_url)
+
+
+async def test_the_long_running_sender_commits_what_sns_publishes_as_it_appears(
+        w3, database_url, dev_stack):
+    """``fhe-listener sender``'s loop: the backlog at start, then a digest published
+    later (with the SNS stage's NOTIFY) without waiting for the poll interval."""
+    from coprocessor.chain.gateway import GatewayClient
+    from coprocessor.db.pool import create_pool
+    from coprocessor.db.queries import CIPHERTEXTS_UPLOADED, notify
+    from listeners.sender import Sender
+
+    signer = new_signer(w3)
+    contract = commits_contract(w3, [signer], 1)
+    _, handles = await published_batch(database_url, 3)
+    connection = await asyncpg.connect(database_url)
+    late = handles[2]
+    await connection.execute("UPDATE ciphertext_digest SET ciphertext = NULL WHERE handle = $1",
+                             late)  # not published yet
+    settings = settings_for(database_url, dev_stack["FHE_GATEWAY_RPC_URL"], contract, signer,
+                            notify_poll_interval_s=60.0)
+    pool = await create_pool(database_url, size=4)
+    stop = asyncio.Event()
+    sender = Sender(settings, pool, GatewayClient.connect(settings))
+    running = asyncio.create_task(sender.run(stop))
+    try:
+        async def sent() -> int:
+            return await connection.fetchval(
+                "SELECT count(*) FROM ciphertext_digest WHERE txn_is_sent")
+        while await sent() < 2:
+            assert not running.done(), running
+            await asyncio.sleep(0.05)
+        await connection.execute(
+            "UPDATE ciphertext_digest SET ciphertext = $2 WHERE handle = $1", late,
+            digests(2)[0])
+        await notify(connection, CIPHERTEXTS_UPLOADED, "0x" + late.hex())
+        async with asyncio.timeout(20):  # far below the 60 s poll: the NOTIFY woke it
+            while await sent() < 3:
+                assert not running.done(), running
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+        await pool.close()
+        await connection.close()
+    assert submissions_by(w3, contract, signer.address) == dict.fromkeys(handles, 1)
+    assert (sender.counters.sent, sender.counters.transactions) == (3, 3)

@@ -17,3 +17,36 @@ def test_bad_arguments_exit_with_one_clear_line(argv, code, message, capsys):
         main(argv)
     assert exited.value.code == code
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({}, "FHE_GATEWAY_COMMITS_ADDRESS is not set"),
+    ({"FHE_GATEWAY_COMMITS_ADDRESS": "0x" + "22" * 20}, "FHE_SENDER_PRIVATE_KEY is not set"),
+    ({"FHE_GATEWAY_COMMITS_ADDRESS": "0x22"}, "FHE_GATEWAY_COMMITS_ADDRESS is invalid"),
+])
+def test_send_without_its_settings_exits_3_before_touching_anything(env, message, monkeypatch,
+                                                                     tmp_path, capsys):
+    """No database, no chain is reachable at these URLs: the stage must not need them to
+    say what is missing."""
+    import json
+
+    from coprocessor.settings import load_settings
+
+    for name in ("FHE_GATEWAY_COMMITS_ADDRESS", "FHE_SENDER_PRIVATE_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**env, "FHE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+                        "FHE_TERMINATION_LOG": str(tmp_path / "summary"),
+                        "FHE_LOG_FORMAT": "text"}.items():
+        monkeypatch.setenv(name, value)
+    load_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(["send", "--batch", "fhe/b@1"])
+    finally:
+        load_settings.cache_clear()
+    assert exited.value.code == 3
+    # A malformed setting stops the process before logging is set up (stderr); a
+    # missing one is the stage's error, in its termination message too.
+    summary = tmp_path / "summary"
+    written = json.loads(summary.read_text())["error"] if summary.exists() else ""
+    assert message in written + capsys.readouterr().err

@@ -1,0 +1,87 @@
+"""``fhe-listener sender``: commit every tenant's published digests as they appear.
+
+The long-running form of the send stage, for deployments that run the reference's
+standalone transaction-sender instead of (or besides) per-batch ``send`` Jobs. It
+wakes on the SNS stage's ``event_ciphertexts_uploaded`` NOTIFY, or every poll interval
+in any case, and runs one Committer pass over the oldest unsent rows. Both forms share
+the signer's advisory lock, so they never race for nonces, and the write-ahead hash,
+so either may die at any line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+
+from coprocessor.chain.committer import Committer
+from coprocessor.chain.gateway import GatewayClient
+from coprocessor.db import commits
+from coprocessor.db.notify import NotificationWaiter
+from coprocessor.db.queries import CIPHERTEXTS_UPLOADED
+from coprocessor.errors import Recoverable
+from coprocessor.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PASS_LIMIT = 512  # rows per pass; a backlog drains over consecutive passes
+
+
+@dataclass
+class SenderCounters:
+    passes: int = 0
+    sent: int = 0
+    found: int = 0
+    transactions: int = 0
+    rejected: int = 0
+    unavailable: int = 0  # passes cut short by an unreachable chain or database
+
+
+class Sender:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, gateway: GatewayClient) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.gateway = gateway
+        self.committer = Committer(pool, gateway, settings)
+        self.counters = SenderCounters()
+
+    async def pass_once(self) -> int:
+        """Commit one slice of the backlog; returns how many rows it looked at."""
+        async with self.pool.acquire() as connection:
+            rows = await commits.unsent(connection, PASS_LIMIT,
+                                        max_retries=self.settings.sender_attempts)
+        result = await self.committer.commit(rows)
+        self.counters.passes += 1
+        self.counters.sent += result.sent
+        self.counters.found += result.found
+        self.counters.transactions += len(result.transactions)
+        self.counters.rejected += len(result.rejected)
+        if rows:
+            log.info("sender pass", extra={"fields": {
+                "rows": len(rows), "sent": result.sent, "found": result.found,
+                "transactions": len(result.transactions), "rejected": len(result.rejected)}})
+        return len(rows)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.to_thread(self.gateway.check_signer)  # a wrong key stops us at once
+        log.info("sender started", extra={"fields": {
+            "signer": self.gateway.address, "contract": self.gateway.contract.address}})
+        async with NotificationWaiter(self.settings.database_url, (CIPHERTEXTS_UPLOADED,),
+                                      poll_interval=self.settings.notify_poll_interval_s
+                                      ) as waiter:
+            while not stop.is_set():
+                try:
+                    looked_at = await self.pass_once()
+                except Recoverable as error:
+                    self.counters.unavailable += 1
+                    log.warning("sender pass cut short", extra={"fields": {"error": str(error)}})
+                    looked_at = 0
+                if looked_at >= PASS_LIMIT:
+                    continue  # more backlog: no need to wait
+                waiting = asyncio.create_task(waiter.wait())
+                stopping = asyncio.create_task(stop.wait())
+                await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                for task in (waiting, stopping):
+                    task.cancel()
