@@ -103,12 +103,49 @@ def operator(kube_cluster, installed, settings, tenant, dev_stack, tmp_path_fact
     running.kill()
 
 
+class Gateway:
+    """CiphertextCommits on the dev chain with one registered, funded signer."""
+
+    def __init__(self, rpc_url: str) -> None:
+        from eth_account import Account
+        from web3 import Web3
+
+        from coprocessor.chain.contracts import deploy
+
+        self.w3 = Web3(Web3.HTTPProvider(rpc_url))
+        self.signer = Account.create()
+        self.stranger = Account.create()  # funded, never registered
+        for account in (self.signer, self.stranger):
+            self.w3.eth.wait_for_transaction_receipt(self.w3.eth.send_transaction({
+                "from": self.w3.eth.accounts[0], "to": account.address, "value": 10**19}))
+        self.contract = deploy(self.w3, "CiphertextCommits", [self.signer.address], 1)
+
+    def submitted(self, handle_hex: str) -> bool:
+        return self.contract.functions.hasSubmitted(bytes.fromhex(handle_hex[2:]),
+                                                    self.signer.address).call()
+
+
+@pytest.fixture(scope="module")
+def gateway(dev_stack) -> Gateway:
+    return Gateway(dev_stack["FHE_GATEWAY_RPC_URL"])
+
+
+def signer_secret(kube_api, namespace: str, account) -> None:
+    """The chart's Secret: the signer key reaches the send pods only through it."""
+    client.CoreV1Api(kube_api).create_namespaced_secret(namespace, {
+        "metadata": {"name": "fhe-coprocessor-secrets"},
+        "stringData": {"FHE_SENDER_PRIVATE_KEY": "0x" + bytes(account.key).hex()}})
+
+
 @pytest.fixture
-def ns(namespace, kube_api, settings, dev_stack):
-    """A namespace whose pods get the database and S3 settings (the chart's ConfigMap)."""
+def ns(namespace, kube_api, settings, dev_stack, gateway):
+    """A namespace whose pods get the database, S3 and gateway settings (the chart's
+    ConfigMap) and the signer key (its Secret)."""
     data = {key: value for key, value in dev_stack.items() if key.startswith("FHE_S3")}
     data.update({"FHE_DATABASE_URL": settings.database_url, "FHE_LOG_FORMAT": "json",
-                 "FHE_COMPUTE_INPUT_WAIT_S": "30"})
+                 "FHE_COMPUTE_INPUT_WAIT_S": "30",
+                 "FHE_GATEWAY_RPC_URL": dev_stack["FHE_GATEWAY_RPC_URL"],
+                 "FHE_GATEWAY_COMMITS_ADDRESS": gateway.contract.address})
     client.CoreV1Api(kube_api).create_namespaced_config_map(namespace, {
         "metadata": {"name": "fhe-coprocessor-config"}, "data": data})
     return namespace
@@ -164,7 +201,9 @@ async def decrypt_output(settings, tenant, handle_hex: str) -> int:
 
 
 async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(operator, ns, kube_api,
-                                                              settings, tenant, kube_cluster):
+                                                              settings, tenant, kube_cluster,
+                                                              gateway):
+    signer_secret(kube_api, ns, gateway.signer)
     a = await store_input(settings, tenant, 200, FheType.Uint8)
     b = await store_input(settings, tenant, 100, FheType.Uint8)
     graph = {"inputs": {"a": a, "b": b}, "nodes": [
@@ -176,7 +215,8 @@ async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(operator, ns, kube
         {"name": "w", "op": "FheCast", "args": ["k"], "type": "Uint16", "output": True},
     ]}
     custom(kube_api).create_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, batch("transfer", graph, stages=["compute", "sns"]))
+        GROUP, VERSION, ns, PLURAL, batch("transfer", graph,
+                                          stages=["compute", "sns", "send"]))
     status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "transfer", "Succeeded",
                                                         "Failed"), timeout=300,
                                      what="batch transfer to finish")
@@ -185,7 +225,8 @@ async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(operator, ns, kube
     assert status["stages"]["compute"]["state"] == "Succeeded"
     assert status["stages"]["sns"]["state"] == "Succeeded"
     assert status["stages"]["sns"]["summary"]["completed"] == 3
-    assert "3/3 outputs published" in status["message"]
+    assert "3/3 outputs published; 3/3 committed in 3 transaction(s)" in status["message"]
+    assert status["stages"]["send"]["summary"]["transactions"] == 3
     assert status["observedGeneration"] == 1
     expected = {"new": reference.binary(Op.Sub, 200, 100, FheType.Uint8),
                 "c": 142, "w": reference.cast(7, FheType.Uint16)}
@@ -195,7 +236,7 @@ async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(operator, ns, kube
     connection = await asyncpg.connect(settings.database_url)
     try:
         digests = {bytes(r["handle"]): r for r in await connection.fetch(
-            "SELECT handle, ciphertext, ciphertext128 FROM ciphertext_digest "
+            "SELECT handle, key_id, ciphertext, ciphertext128 FROM ciphertext_digest "
             "WHERE tenant_id = $1", record.tenant_id)}
     finally:
         await connection.close()
@@ -206,8 +247,15 @@ async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(operator, ns, kube
         assert client_.decrypt(ct128) == value
         assert bytes(digests[handle]["ciphertext"]) == keccak(ct64)
         assert bytes(digests[handle]["ciphertext128"]) == keccak(ct128)
+        # What the gateway chain holds is the digest of what S3 holds.
+        key_id, ct64_digest, ct128_digest, agreed = (
+            gateway.contract.functions.getCiphertextMaterial(handle).call())
+        assert (ct64_digest, ct128_digest) == (keccak(ct64), keccak(ct128))
+        assert key_id == int.from_bytes(bytes(digests[handle]["key_id"]), "big")
+        assert agreed == [gateway.signer.address]
     jobs = {j.metadata.labels["fhe.coprocessor.dev/stage"]: j for j in jobs_in(kube_api, ns)}
-    assert set(jobs) == {"compute", "sns"}
+    assert set(jobs) == {"compute", "sns", "send"}
+    assert jobs["send"].status.start_time >= jobs["sns"].status.completion_time
     job = jobs["compute"]
     assert job.metadata.owner_references[0].kind == "FheBatch"
     assert job.spec.pod_failure_policy.rules[0].on_exit_codes.values == [3]
@@ -222,6 +270,25 @@ async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(operator, ns, kube
     events = client.CoreV1Api(kube_api).list_namespaced_event(ns).items
     assert any(e.reason == "Succeeded" and e.involved_object.name == "transfer"
                for e in events)
+
+
+async def test_a_key_that_is_not_a_registered_signer_fails_the_batch(operator, ns, kube_api,
+                                                                    settings, tenant, gateway):
+    signer_secret(kube_api, ns, gateway.stranger)
+    a = await store_input(settings, tenant, 1, FheType.Bool)
+    custom(kube_api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, batch(
+        "stranger", {"inputs": {"a": a}, "nodes": [
+            {"name": "x", "op": "FheNot", "args": ["a"], "output": True}]},
+        stages=["compute", "sns", "send"]))
+    status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "stranger", "Succeeded",
+                                                        "Failed"), timeout=300,
+                                     what="batch stranger to finish")
+    assert status["phase"] == "Failed", status
+    assert (f"stage send failed: signer {gateway.stranger.address} is not a registered "
+            "coprocessor signer") in status["message"], status["message"]
+    assert status["stages"]["sns"]["state"] == "Succeeded"
+    assert status["stages"]["send"]["attempts"] == 1  # exit 3: not retried
+    assert gateway.w3.eth.get_transaction_count(gateway.stranger.address) == 0
 
 
 INVALID = [
@@ -489,9 +556,10 @@ async def test_over_the_limit_batches_wait_in_admitted_and_start_by_priority(
 
 
 async def test_host_chain_transfer_to_decrypted_balances(operator, ns, kube_api, settings,
-                                                         tenant, dev_stack):
+                                                         tenant, dev_stack, gateway):
     """The whole path: contracts on anvil -> host listener -> FheBatches -> operator ->
-    compute Jobs -> balances that decrypt to the plaintext transfer."""
+    compute, SNS and send Jobs -> balances that decrypt to the plaintext transfer, whose
+    digests are committed on the gateway chain."""
     from web3 import Web3
 
     from coprocessor.chain.contracts import deploy_host, deploy_token
@@ -506,7 +574,8 @@ async def test_host_chain_transfer_to_decrypted_balances(operator, ns, kube_api,
     listener_settings = settings.model_copy(update={
         "host_tenant": record.name, "host_executor_address": executor.address,
         "host_acl_address": acl.address, "host_start_block": w3.eth.block_number + 1,
-        "namespace": ns, "host_batch_stages": ["compute"]})
+        "namespace": ns, "host_batch_stages": ["compute", "sns", "send"]})
+    signer_secret(kube_api, ns, gateway.signer)
     amount = bytes.fromhex((await store_input(settings, tenant, 300, FheType.Uint64))[2:])
     for call, sender in ((token.functions.mint(alice, 1000), owner),
                          (acl.functions.claimInput(amount), alice),
@@ -533,3 +602,6 @@ async def test_host_chain_transfer_to_decrypted_balances(operator, ns, kube_api,
                 for who in (alice, bob)}
     assert await decrypt_output(settings, tenant, balances[alice]) == 700
     assert await decrypt_output(settings, tenant, balances[bob]) == 300
+    # The token allows balances for decryption: they were published and committed.
+    for who in (alice, bob):
+        assert gateway.submitted(balances[who]), who
