@@ -78,6 +78,16 @@ def cmd_dev_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dev_gateway(args: argparse.Namespace) -> int:
+    from .devstack.gateway import ensure_dev_gateway
+
+    settings = load_settings()
+    state_dir = Path(args.state_dir) if args.state_dir else settings.dev_state_dir
+    gateway = ensure_dev_gateway(state_dir, settings.gateway_rpc_url)
+    _print(gateway.as_dict(), args.output)
+    return 0
+
+
 # --- fhectl db -------------------------------------------------------------------------
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
@@ -324,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
                 sub.add_argument(f"--{component}-port", type=int, metavar="PORT",
                                  help=f"{component} port (default: a free one, kept across "
                                       "restarts)")
+
+    gateway = dev_cmds.add_parser(
+        "gateway", help="deploy CiphertextCommits with a dev signer on the stack's chain "
+        "(idempotent); prints its address and where the signer key is")
+    gateway.add_argument("--state-dir", help="where the address and key are kept")
+    gateway.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    gateway.set_defaults(handler=cmd_dev_gateway)
 
     tenant = groups.add_parser("tenant", help="tenants and their keysets")
     tenant_cmds = tenant.add_subparsers(dest="command", required=True, metavar="ACTION")

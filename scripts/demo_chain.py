@@ -1,5 +1,6 @@
 """The host-chain half of `make demo`: contracts on anvil, confidential transfers, the
-host listener, the FheBatches it creates, and the decrypted balances.
+host listener, the FheBatches it creates (compute, sns, send), and the decrypted
+balances with their digests committed on the gateway chain.
 
 Run by scripts/demo with the dev stack's environment (FHE_*, KUBECONFIG) and the
 operator already running; exits non-zero if a balance is not what plain arithmetic
@@ -15,7 +16,7 @@ import time
 from kubernetes import client, config
 from web3 import Web3
 
-from coprocessor.chain.contracts import deploy_host, deploy_token
+from coprocessor.chain.contracts import bound, deploy_host, deploy_token
 from coprocessor.db import queries
 from coprocessor.db.pool import create_pool
 from coprocessor.settings import load_settings
@@ -37,6 +38,8 @@ async def main() -> int:
     executor, acl, token = host.executor, host.acl, deploy_token(w3, host)
     print(f"contracts: FheExecutor {executor.address}, ACL {acl.address}, "
           f"ConfidentialERC20 {token.address}")
+    assert settings.gateway_commits_address, "scripts/demo deploys the gateway first"
+    commits = bound(w3, "CiphertextCommits", settings.gateway_commits_address)
     pool = await create_pool(settings.database_url, size=2)
     try:
         async with pool.acquire() as connection:
@@ -69,7 +72,7 @@ async def main() -> int:
         listener_settings = settings.model_copy(update={
             "host_tenant": TENANT, "host_executor_address": executor.address,
             "host_acl_address": acl.address, "host_start_block": start,
-            "namespace": NAMESPACE})
+            "namespace": NAMESPACE, "host_batch_stages": ["compute", "sns", "send"]})
         config.load_kube_config()
         api = client.CustomObjectsApi()
         listener = HostListener(listener_settings, w3, pool, api)
@@ -91,8 +94,10 @@ async def main() -> int:
             async with pool.acquire() as connection:
                 stored = await queries.get_ciphertexts(connection, tenant.tenant_id, [handle])
             value = tenant_client.decrypt(stored[handle].ciphertext)
-            ok &= value == expected[account]
-            print(f"  {name:6s} {value:5d} (expected {expected[account]})")
+            committed = commits.functions.isAccepted(handle).call()
+            ok &= value == expected[account] and committed
+            print(f"  {name:6s} {value:5d} (expected {expected[account]}), digests "
+                  f"{'committed on the gateway chain' if committed else 'NOT COMMITTED'}")
     finally:
         await pool.close()
     return 0 if ok else 1
