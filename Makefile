@@ -27,6 +27,7 @@ bench: setup      ## benchmarks: print figures, write JSON under bench/results/
 	$(VENV)/python bench/graph.py
 	$(VENV)/python bench/sns.py
 	$(VENV)/python bench/listener.py
+	$(VENV)/python bench/sender.py
 	$(VENV)/python bench/orchestration.py
 
 lock:             ## re-pin constraints.txt from the current .venv
