@@ -25,7 +25,13 @@ import asyncpg
 
 from coprocessor.db import queries
 from coprocessor.db.notify import NotificationWaiter
-from coprocessor.errors import EXIT_IRRECOVERABLE, EXIT_OK, Irrecoverable, MissingInputs
+from coprocessor.errors import (
+    EXIT_IRRECOVERABLE,
+    EXIT_OK,
+    EXIT_RECOVERABLE,
+    Irrecoverable,
+    MissingInputs,
+)
 from coprocessor.fhe.engine import Evaluator
 from coprocessor.fhe.envelope import Envelope
 
@@ -36,6 +42,22 @@ log = logging.getLogger(__name__)
 
 CIPHERTEXT_VERSION = 0
 MAX_ERROR_CHARS = 800  # the termination message is capped at 4 KiB
+
+
+def error_fields(error: str | None, failures: dict[str, str]) -> dict[str, object]:
+    """The tail every stage summary ends with: the error and a few failures, trimmed so
+    the termination message stays under its 4 KiB."""
+    shown = dict(list(failures.items())[:3])
+    return {"error": (error or "")[:MAX_ERROR_CHARS] or None,
+            "failures": {k: v[:200] for k, v in shown.items()}}
+
+
+def partial_exit_code(error: str | None, failed: int) -> int:
+    """Stages that keep what they did: something left for a re-run is recoverable (75),
+    else a failed item is irrecoverable (3)."""
+    if error:
+        return EXIT_RECOVERABLE
+    return EXIT_IRRECOVERABLE if failed else EXIT_OK
 
 
 def usable_cores() -> int:
@@ -63,12 +85,10 @@ class Summary:
         return EXIT_IRRECOVERABLE if self.failed else EXIT_OK
 
     def as_dict(self) -> dict[str, object]:
-        shown = dict(list(self.failures.items())[:3])
         return {"total": self.total, "completed": self.completed, "computed": self.computed,
                 "failed": self.failed, "seconds": round(self.seconds, 3),
                 "key_load_s": round(self.key_load_s, 3),
-                "error": (self.error or "")[:MAX_ERROR_CHARS] or None,
-                "failures": {k: v[:200] for k, v in shown.items()}}
+                **error_fields(self.error, self.failures)}
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from coprocessor.chain.committer import CommitResult, Committer
 from coprocessor.chain.gateway import GatewayClient, load_signer, require_gateway
 from coprocessor.db import commits
 from coprocessor.db.pool import create_pool
-from coprocessor.errors import EXIT_IRRECOVERABLE, EXIT_OK, EXIT_RECOVERABLE, Recoverable
+from coprocessor.errors import Recoverable
 from coprocessor.settings import Settings
 
-from .executor import MAX_ERROR_CHARS
+from .executor import error_fields, partial_exit_code
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +51,14 @@ class SendSummary:
 
     @property
     def exit_code(self) -> int:
-        if self.error:
-            return EXIT_RECOVERABLE
-        return EXIT_IRRECOVERABLE if self.failed else EXIT_OK
+        return partial_exit_code(self.error, self.failed)
 
     def as_dict(self) -> dict[str, object]:
-        shown = dict(list(self.failures.items())[:3])
         return {"total": self.total, "completed": self.completed, "sent": self.sent,
                 "found": self.found, "transactions": self.transactions,
                 "accepted": self.accepted, "failed": self.failed, "retries": self.retries,
                 "gas_used": self.gas_used, "seconds": round(self.seconds, 3),
-                "signer": self.signer,
-                "error": (self.error or "")[:MAX_ERROR_CHARS] or None,
-                "failures": {k: v[:200] for k, v in shown.items()}}
+                "signer": self.signer, **error_fields(self.error, self.failures)}
 
 
 async def run_send(settings: Settings, batch_id: str) -> SendSummary:

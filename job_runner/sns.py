@@ -31,9 +31,6 @@ from eth_hash.auto import keccak
 from coprocessor.db import publish, queries
 from coprocessor.db.pool import create_pool
 from coprocessor.errors import (
-    EXIT_IRRECOVERABLE,
-    EXIT_OK,
-    EXIT_RECOVERABLE,
     Irrecoverable,
     Recoverable,
 )
@@ -45,7 +42,7 @@ from coprocessor.tenants import load_evaluator
 from coprocessor.types import FheType
 
 from .compute import batch_tenant
-from .executor import MAX_ERROR_CHARS, usable_cores
+from .executor import error_fields, partial_exit_code, usable_cores
 from .retry import CircuitBreaker
 from .upload import CircuitOpen, Uploader
 
@@ -77,18 +74,13 @@ class SnsSummary:
 
     @property
     def exit_code(self) -> int:
-        if self.error:
-            return EXIT_RECOVERABLE
-        return EXIT_IRRECOVERABLE if self.failed else EXIT_OK
+        return partial_exit_code(self.error, self.failed)
 
     def as_dict(self) -> dict[str, object]:
-        shown = dict(list(self.failures.items())[:3])
         return {"total": self.total, "completed": self.completed, "squashed": self.squashed,
                 "uploaded": self.uploaded, "reused": self.reused, "failed": self.failed,
                 "retries": self.retries, "megabytes": round(self.megabytes, 3),
-                "seconds": round(self.seconds, 3),
-                "error": (self.error or "")[:MAX_ERROR_CHARS] or None,
-                "failures": {k: v[:200] for k, v in shown.items()}}
+                "seconds": round(self.seconds, 3), **error_fields(self.error, self.failures)}
 
 
 @dataclass(frozen=True)
