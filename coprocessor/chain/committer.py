@@ -137,27 +137,35 @@ class Committer:
         nonce = await self._chain(self.gateway.next_nonce)
         in_flight: list[tuple[bytes, list[DigestRow]]] = []
         for chunk in chunks(rows, self.settings.sender_batch_size):
-            submission = await self._sign(chunk, nonce, fees, result)
-            if submission is None:
+            placed, nonce = await self._place(chunk, nonce, fees, result)
+            if placed is None:
                 continue
-            try:
-                await self._record_and_broadcast(submission, chunk)
-            except NonceTooLow:  # another transaction of this key took it: sign again
-                nonce = await self._chain(self.gateway.next_nonce)
-                submission = await self._sign(chunk, nonce, fees, result)
-                if submission is None:
-                    continue
-                try:
-                    await self._record_and_broadcast(submission, chunk)
-                except NonceTooLow as error:
-                    raise Recoverable(f"nonce {nonce} of signer {self.gateway.address} "
-                                      f"taken twice in a row: {error}") from None
-            nonce += 1
-            in_flight.append((submission.tx_hash, chunk))
+            in_flight.append((placed.tx_hash, chunk))
             if len(in_flight) >= self.settings.sender_max_in_flight:
                 await self._await_receipts(in_flight, result)
                 in_flight = []
         await self._await_receipts(in_flight, result)
+
+    async def _place(self, chunk: list[DigestRow], nonce: int, fees: tuple[int, int],
+                     result: CommitResult) -> tuple[SignedSubmission | None, int]:
+        """Sign, record and broadcast one chunk; returns it (None: nothing to send) and
+        the next nonce."""
+        for attempt in (1, 2):
+            submission = await self._sign(chunk, nonce, fees, result)
+            if submission is None:
+                return None, nonce
+            try:
+                await self._record_and_broadcast(submission, chunk)
+                return submission, nonce + 1
+            except NonceTooLow as error:
+                if await self._chain(self.gateway.is_known, submission.tx_hash):
+                    return submission, nonce + 1  # a retried broadcast whose first try landed
+                if attempt == 2:
+                    raise Recoverable(f"nonce {nonce} of signer {self.gateway.address} "
+                                      f"taken twice in a row: {error}") from None
+                # Another transaction of this key took the nonce: sign again.
+                nonce = await self._chain(self.gateway.next_nonce)
+        raise AssertionError("unreachable")
 
     async def _sign(self, chunk: list[DigestRow], nonce: int, fees: tuple[int, int],
                     result: CommitResult) -> SignedSubmission | None:

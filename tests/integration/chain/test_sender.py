@@ -430,3 +430,37 @@ async def test_the_long_running_sender_commits_what_sns_publishes_as_it_appears(
         await connection.close()
     assert submissions_by(w3, contract, signer.address) == dict.fromkeys(handles, 1)
     assert (sender.counters.sent, sender.counters.transactions) == (3, 3)
+
+
+async def test_a_nonce_taken_by_another_transaction_is_signed_again(w3, database_url,
+                                                                    dev_stack):
+    """The nonce the sender read was taken meanwhile (another tool using the key): the
+    node answers 'nonce too low', the sender re-reads the nonce and signs again."""
+    from coprocessor.chain.committer import Committer
+    from coprocessor.chain.gateway import GatewayClient
+    from coprocessor.db import commits
+    from coprocessor.db.pool import create_pool
+
+    signer = new_signer(w3)
+    contract = commits_contract(w3, [signer], 1)
+    await published_batch(database_url, 1)
+    settings = settings_for(database_url, dev_stack["FHE_GATEWAY_RPC_URL"], contract, signer)
+    gateway = GatewayClient.connect(settings)
+    stale = gateway.next_nonce()
+    elsewhere = signer.sign_transaction({"to": w3.eth.accounts[0], "value": 1, "gas": 21000,
+                                         "nonce": stale, "chainId": w3.eth.chain_id,
+                                         "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 1})
+    w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(elsewhere.raw_transaction))
+    reads = [stale]
+    real = gateway.next_nonce
+    gateway.next_nonce = lambda: reads.pop() if reads else real()  # the first read is stale
+    pool = await create_pool(database_url, size=4)
+    try:
+        async with pool.acquire() as connection:
+            rows = await commits.unsent(connection, 10, max_retries=5)
+        result = await Committer(pool, gateway, settings).commit(rows)
+    finally:
+        await pool.close()
+    assert not reads  # the stale value was used
+    assert (result.sent, len(result.transactions)) == (1, 1)
+    assert w3.eth.get_transaction_count(signer.address) == stale + 2
