@@ -23,11 +23,10 @@ import time
 
 import asyncpg
 from benchlib import dev_services, write_result
-from eth_account import Account
 from web3 import Web3
 
 from coprocessor.chain.committer import Committer
-from coprocessor.chain.contracts import deploy
+from coprocessor.chain.contracts import deploy, funded_account
 from coprocessor.chain.gateway import GatewayClient
 from coprocessor.db import commits, queries
 from coprocessor.db.migrate import scratch_database
@@ -40,9 +39,7 @@ MODES = {"sequential": (1, 1), "pipelined": (1, 32), "batched-16": (16, 8),
 
 async def one_mode(env: dict[str, str], w3: Web3, handles: int, batch: int,
                    in_flight: int) -> dict:
-    signer = Account.create()
-    w3.eth.wait_for_transaction_receipt(w3.eth.send_transaction({
-        "from": w3.eth.accounts[0], "to": signer.address, "value": 10**20}))
+    signer = funded_account(w3, 10**20)
     contract = deploy(w3, "CiphertextCommits", [signer.address], 1)
     async with scratch_database(env["FHE_DATABASE_URL"], Settings().migrations_dir,
                                 "bench_sender") as url:

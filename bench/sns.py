@@ -26,10 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from benchlib import dev_services, write_result
 
 from coprocessor.fhe.engine import backend_names, get_backend
+from coprocessor.retry import CircuitBreaker
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
 from coprocessor.types import FheType
-from job_runner.retry import CircuitBreaker
 from job_runner.upload import Uploader
 
 DEFAULT_TYPES = "Bool,Uint8,Uint16,Uint32,Uint64,Uint128,Uint256"

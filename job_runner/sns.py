@@ -36,6 +36,7 @@ from coprocessor.errors import (
 )
 from coprocessor.fhe.engine import Evaluator, SquashedFormat
 from coprocessor.fhe.envelope import Envelope, Kind
+from coprocessor.retry import CircuitBreaker
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
 from coprocessor.tenants import load_evaluator
@@ -43,7 +44,6 @@ from coprocessor.types import FheType
 
 from .compute import batch_tenant
 from .executor import error_fields, partial_exit_code, usable_cores
-from .retry import CircuitBreaker
 from .upload import CircuitOpen, Uploader
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,8 @@ import time
 from collections.abc import Callable
 
 from coprocessor.errors import ServiceUnavailable
+from coprocessor.retry import CircuitBreaker, backoff_delays
 from coprocessor.storage import ObjectStore
-
-from .retry import CircuitBreaker, backoff_delays
 
 log = logging.getLogger(__name__)
 

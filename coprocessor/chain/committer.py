@@ -98,9 +98,6 @@ class Committer:
             finally:
                 await commits.unlock_signer(connection, self._signer)
 
-    async def _chain(self, method, *args):  # type: ignore[no-untyped-def]
-        return await asyncio.to_thread(method, *args)
-
     # --- step 1 ---------------------------------------------------------------------
 
     async def _settle_recorded(self, rows: list[DigestRow], result: CommitResult
@@ -113,10 +110,10 @@ class Committer:
         again: list[DigestRow] = []
         waiting: list[tuple[bytes, list[DigestRow]]] = []
         for tx_hash, group in by_hash.items():
-            receipt = await self._chain(self.gateway.receipt, tx_hash)
+            receipt = await asyncio.to_thread(self.gateway.receipt, tx_hash)
             if receipt is not None:
                 await self._settle(receipt, group, result)
-            elif await self._chain(self.gateway.is_known, tx_hash):
+            elif await asyncio.to_thread(self.gateway.is_known, tx_hash):
                 waiting.append((tx_hash, group))
             else:
                 log.info("recorded transaction unknown to the chain; sending again",
@@ -133,8 +130,8 @@ class Committer:
     async def _send(self, rows: list[DigestRow], result: CommitResult) -> None:
         if not rows:
             return
-        fees = await self._chain(self.gateway.fees)
-        nonce = await self._chain(self.gateway.next_nonce)
+        fees = await asyncio.to_thread(self.gateway.fees)
+        nonce = await asyncio.to_thread(self.gateway.next_nonce)
         in_flight: list[tuple[bytes, list[DigestRow]]] = []
         for chunk in chunks(rows, self.settings.sender_batch_size):
             placed, nonce = await self._place(chunk, nonce, fees, result)
@@ -158,13 +155,13 @@ class Committer:
                 await self._record_and_broadcast(submission, chunk)
                 return submission, nonce + 1
             except NonceTooLow as error:
-                if await self._chain(self.gateway.is_known, submission.tx_hash):
+                if await asyncio.to_thread(self.gateway.is_known, submission.tx_hash):
                     return submission, nonce + 1  # a retried broadcast whose first try landed
                 if attempt == 2:
                     raise Recoverable(f"nonce {nonce} of signer {self.gateway.address} "
                                       f"taken twice in a row: {error}") from None
                 # Another transaction of this key took the nonce: sign again.
-                nonce = await self._chain(self.gateway.next_nonce)
+                nonce = await asyncio.to_thread(self.gateway.next_nonce)
         raise AssertionError("unreachable")
 
     async def _sign(self, chunk: list[DigestRow], nonce: int, fees: tuple[int, int],
@@ -172,7 +169,7 @@ class Committer:
         """The signed transaction, or None when the contract says there is nothing to
         send (already on chain) or refuses these handles (recorded as rejected)."""
         try:
-            return await self._chain(self.gateway.sign, [material(r) for r in chunk], nonce,
+            return await asyncio.to_thread(self.gateway.sign, [material(r) for r in chunk], nonce,
                                      fees)
         except AlreadyAdded:
             await self._mark_sent(chunk, None, None)
@@ -186,7 +183,7 @@ class Committer:
         async with self.pool.acquire() as connection:
             await commits.record_pending(connection, chunk, submission.tx_hash, self._signer,
                                          submission.nonce)
-        await self._chain(self.gateway.broadcast, submission)
+        await asyncio.to_thread(self.gateway.broadcast, submission)
         log.info("transaction sent", extra={"fields": {
             "tx": "0x" + submission.tx_hash.hex(), "nonce": submission.nonce,
             "handles": len(chunk)}})
@@ -196,7 +193,7 @@ class Committer:
         deadline = time.monotonic() + self.settings.sender_receipt_timeout_s
         pause = 0.02
         for tx_hash, group in in_flight:
-            while (receipt := await self._chain(self.gateway.receipt, tx_hash)) is None:
+            while (receipt := await asyncio.to_thread(self.gateway.receipt, tx_hash)) is None:
                 if time.monotonic() > deadline:
                     raise Recoverable(
                         f"transaction 0x{tx_hash.hex()} not mined after "
@@ -214,7 +211,7 @@ class Committer:
             result.gas_used += receipt.gas_used
             result.transactions.append("0x" + receipt.tx_hash.hex())
             return
-        why = await self._chain(self.gateway.why_reverted, receipt.tx_hash,
+        why = await asyncio.to_thread(self.gateway.why_reverted, receipt.tx_hash,
                                 receipt.block_number)
         if isinstance(why, AlreadyAdded):
             await self._mark_sent(group, None, None)

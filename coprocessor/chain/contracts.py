@@ -13,6 +13,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
 
@@ -103,6 +105,17 @@ def deploy_host(w3: Web3, sender: str | None = None) -> HostContracts:
 def deploy_token(w3: Web3, host: HostContracts, sender: str | None = None) -> Contract:
     return deploy(w3, "ConfidentialERC20", host.executor.address, host.acl.address,
                   sender=sender)
+
+
+def funded_account(w3: Web3, wei: int) -> LocalAccount:
+    """A new key holding ``wei`` from the node's first unlocked account: what a dev
+    chain's signers, tests and benchmarks start from."""
+    account = Account.create()
+    receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_transaction({
+        "from": w3.eth.accounts[0], "to": account.address, "value": wei}))
+    if receipt["status"] != 1:
+        raise Fatal(f"funding {account.address} failed")
+    return account
 
 
 def revert_selector(signature: str) -> str:

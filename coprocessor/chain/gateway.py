@@ -29,6 +29,7 @@ from web3.contract import Contract
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 
 from ..errors import ConfigError, Irrecoverable, Recoverable, ServiceUnavailable
+from ..retry import backoff_delays
 from ..settings import Settings
 from .contracts import bound, revert_selector
 
@@ -170,14 +171,18 @@ class GatewayClient:
 
     def rpc(self, what: str, call: Callable[[], T]) -> T:
         """``call()``, retried on transient errors; ServiceUnavailable when they last."""
-        delay = self.settings.sender_backoff_s
-        for attempt in range(1, self.settings.sender_attempts + 1):
+        delays = backoff_delays(self.settings.sender_attempts, self.settings.sender_backoff_s,
+                                self.settings.sender_backoff_cap_s)
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return call()
             except Exception as error:
                 if not _transient(error):
                     raise
-                if attempt == self.settings.sender_attempts:
+                delay = next(delays, None)
+                if delay is None:
                     raise ServiceUnavailable(
                         "gateway chain", f"{what}: {type(error).__name__}: {error} "
                         f"(after {attempt} tries)") from None
@@ -186,8 +191,6 @@ class GatewayClient:
                     "error": f"{type(error).__name__}: {str(error)[:200]}"}})
                 self.retries += 1
                 self.sleep(delay)
-                delay = min(delay * 2, self.settings.sender_backoff_cap_s)
-        raise AssertionError("unreachable")
 
     # --- reads ----------------------------------------------------------------------
 

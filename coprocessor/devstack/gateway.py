@@ -15,10 +15,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from eth_account import Account
 from web3 import Web3
 
-from ..chain.contracts import bound, deploy
+from ..chain.contracts import bound, deploy, funded_account
 from ..errors import ServiceUnavailable
 
 FUNDING_WEI = 100 * 10**18  # anvil's accounts hold 10,000 ether each
@@ -60,15 +59,11 @@ def ensure_dev_gateway(state_dir: Path, rpc_url: str) -> DevGateway:
     existing = _load(directory, w3)
     if existing is not None:
         return existing
-    signer = Account.create()
+    signer = funded_account(w3, FUNDING_WEI)
     key_file = directory / "signer.key"
     descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write("0x" + bytes(signer.key).hex())
-    receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_transaction({
-        "from": w3.eth.accounts[0], "to": signer.address, "value": FUNDING_WEI}))
-    if receipt["status"] != 1:
-        raise ServiceUnavailable("chain", "funding the dev signer failed")
     contract = deploy(w3, "CiphertextCommits", [signer.address], 1)
     gateway = DevGateway(contract.address, signer.address, key_file, 1)
     (directory / "gateway.json").write_text(json.dumps(

@@ -107,17 +107,13 @@ class Gateway:
     """CiphertextCommits on the dev chain with one registered, funded signer."""
 
     def __init__(self, rpc_url: str) -> None:
-        from eth_account import Account
         from web3 import Web3
 
-        from coprocessor.chain.contracts import deploy
+        from coprocessor.chain.contracts import deploy, funded_account
 
         self.w3 = Web3(Web3.HTTPProvider(rpc_url))
-        self.signer = Account.create()
-        self.stranger = Account.create()  # funded, never registered
-        for account in (self.signer, self.stranger):
-            self.w3.eth.wait_for_transaction_receipt(self.w3.eth.send_transaction({
-                "from": self.w3.eth.accounts[0], "to": account.address, "value": 10**19}))
+        self.signer = funded_account(self.w3, 10**19)
+        self.stranger = funded_account(self.w3, 10**19)  # never registered
         self.contract = deploy(self.w3, "CiphertextCommits", [self.signer.address], 1)
 
     def submitted(self, handle_hex: str) -> bool:

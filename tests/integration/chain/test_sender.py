@@ -17,10 +17,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from eth_account import Account
 from web3 import Web3
 
-from coprocessor.chain.contracts import deploy
+from coprocessor.chain.contracts import deploy, funded_account
 from coprocessor.db import migrate, queries
 from coprocessor.devstack import process
 from coprocessor.devstack.chain import Anvil
@@ -33,16 +32,8 @@ from ..db.helpers import add, admission, tenant
 KEY_ID = bytes(range(32))
 
 
-def fund(w3: Web3, address: str) -> None:
-    receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_transaction({
-        "from": w3.eth.accounts[0], "to": address, "value": 10**19}))
-    assert receipt["status"] == 1
-
-
 def new_signer(w3: Web3):
-    account = Account.create()
-    fund(w3, account.address)
-    return account
+    return funded_account(w3, 10**19)
 
 
 def commits_contract(w3: Web3, signers, threshold: int):

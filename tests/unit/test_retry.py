@@ -3,7 +3,7 @@
 import pytest
 
 from coprocessor.errors import ServiceUnavailable
-from job_runner.retry import CircuitBreaker, backoff_delays
+from coprocessor.retry import CircuitBreaker, backoff_delays
 from job_runner.upload import CircuitOpen, Uploader
 
 
