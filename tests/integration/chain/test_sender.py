@@ -455,3 +455,41 @@ async def test_a_nonce_taken_by_another_transaction_is_signed_again(w3, database
     assert not reads  # the stale value was used
     assert (result.sent, len(result.transactions)) == (1, 1)
     assert w3.eth.get_transaction_count(signer.address) == stale + 2
+
+
+@pytest.mark.parametrize(("signers", "threshold", "error"), [
+    (1, 0, "InvalidThreshold(uint256,uint256)"),
+    (2, 3, "InvalidThreshold(uint256,uint256)"),
+    ("duplicate", 1, "InvalidSigner(address)"),
+    ("zero", 1, "InvalidSigner(address)"),
+])
+def test_a_contract_with_an_impossible_signer_set_is_not_deployed(w3, signers, threshold,
+                                                                  error):
+    from web3.exceptions import ContractCustomError
+
+    from coprocessor.chain.contracts import artifact, revert_selector
+
+    accounts = w3.eth.accounts
+    if signers == "duplicate":
+        addresses = [accounts[1], accounts[1]]
+    elif signers == "zero":
+        addresses = ["0x" + "00" * 20]
+    else:
+        addresses = accounts[1:1 + signers]
+    built = artifact("CiphertextCommits")
+    factory = w3.eth.contract(abi=built.abi, bytecode=built.bytecode)
+    with pytest.raises(ContractCustomError) as raised:
+        factory.constructor(addresses, threshold).transact({"from": accounts[0]})
+    assert str(raised.value.data).startswith(revert_selector(error))
+
+
+def test_a_malformed_batch_submission_is_refused_whole(w3):
+    from web3.exceptions import ContractLogicError
+
+    signer = new_signer(w3)
+    contract = commits_contract(w3, [signer], 1)
+    call = contract.functions.addCiphertextMaterials([b"\x01" * 32, b"\x02" * 32], [1],
+                                                     [b"\x03" * 32] * 2, [b"\x04" * 32] * 2)
+    with pytest.raises(ContractLogicError, match="length mismatch"):
+        call.estimate_gas({"from": signer.address})
+    assert not contract.functions.hasSubmitted(b"\x01" * 32, signer.address).call()
