@@ -154,6 +154,16 @@ class Settings(BaseSettings):
     max_running_batches_cpu: int | None = Field(
         None, ge=1, description="Batches computing at once on CPU nodes; None = no limit.")
 
+    concrete_p_error: float = Field(
+        2.0 ** -64, gt=0, le=2.0 ** -20, description="concrete backend: failure probability "
+        "of one bootstrap (2^-64 like the reference's classic parameters; concrete's own "
+        "default, ~1e-5 per circuit, is too loose for balances).")
+    concrete_max_pbs: int = Field(
+        4096, ge=1, description="concrete backend: an op estimated to need more bootstraps "
+        "than this is reported unsupported instead of running for hours.")
+    gpu_memory_headroom: float = Field(
+        0.1, ge=0, lt=1, description="Fraction of each GPU's memory never reserved.")
+
     @field_validator("database_url")
     @classmethod
     def _postgres_scheme(cls, value: str) -> str:

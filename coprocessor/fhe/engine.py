@@ -169,9 +169,8 @@ def result_type_of(op: Op, operand: FheType, explicit: FheType | None) -> FheTyp
 
 # --- registry --------------------------------------------------------------------------
 
-# The concrete-python backend (DESIGN.md section 7) is not built yet; see the engine
-# issue's notes for what was measured.
 _FACTORIES = {
+    "concrete": "coprocessor.fhe.concrete_backend:ConcreteBackend",
     "tfhe-rs": "coprocessor.fhe.tfhe_backend:TfheRsBackend",
 }
 _INSTANCES: dict[str, Backend] = {}
