@@ -34,7 +34,7 @@ WIDTH = 4  # bits of every chunk ciphertext at a circuit boundary
 CHUNK_BITS = 2
 CHUNK_MAX = 3
 MAX_NORM2 = 18
-CIRCUITS_VERSION = 1  # bump when a builder changes: it is part of the disk cache key
+CIRCUITS_VERSION = 2  # bump when a builder changes: it is part of the disk cache key
 
 
 def chunk_count(fhe_type: FheType) -> int:
@@ -68,7 +68,9 @@ class Tables:
 
     def __init__(self) -> None:
         self.identity = _table(lambda i: i & CHUNK_MAX)
-        self.zero = _table(lambda i: 0)
+        # 0 for every chunk value; not constant on unused indexes because concrete treats
+        # a constant table as infinitely noisy and refuses to compile it (measured).
+        self.zero = _table(lambda i: 0 if i <= CHUNK_MAX else i & CHUNK_MAX)
         self.mod4 = _table(lambda i: i % 4)
         self.carry = _table(lambda i: i // 4)
         self.bit0 = _table(lambda i: i & 1)
