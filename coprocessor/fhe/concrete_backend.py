@@ -89,6 +89,7 @@ def _configuration(p_error: float, restriction: str | None):
     from concrete.compiler import KeysetRestriction
 
     options = dict(p_error=p_error, global_p_error=None, composable=True, show_progress=False,
+                   dump_artifacts_on_unexpected_failures=False,
                    use_insecure_key_cache=False)
     if restriction is not None:
         options["keyset_restriction"] = KeysetRestriction.from_json(restriction)
