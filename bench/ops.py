@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -19,7 +20,7 @@ import time
 
 from coprocessor.fhe import reference as ref
 from coprocessor.fhe.engine import OpRequest, backend_names, get_backend
-from coprocessor.settings import REPO_ROOT
+from coprocessor.settings import REPO_ROOT, load_settings
 from coprocessor.types import FheType, Op
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -27,6 +28,22 @@ DEFAULT_OPS = "Add,Sub,Mul,Lt,Eq,BitAnd,Shl,Min,IfThenElse"
 DEFAULT_TYPES = "Uint8,Uint16,Uint32,Uint64"
 FAILURE_PROBABILITY = {
     "tfhe-rs": "2^-128 per PBS (PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128)"}
+
+
+def failure_probability(name: str) -> str:
+    if name == "concrete":
+        p_error = load_settings().concrete_p_error
+        return f"2^{math.log2(p_error):.0f} per PBS (FHE_CONCRETE_P_ERROR={p_error:.3g})"
+    return FAILURE_PROBABILITY.get(name, "see backend")
+
+
+def pbs_estimate(name: str, op: Op, fhe_type: FheType) -> int | None:
+    """Bootstraps per op from the concrete backend's cost model (TFHE-rs does not say)."""
+    if name != "concrete":
+        return None
+    from coprocessor.fhe.concrete_circuits import estimated_pbs
+
+    return estimated_pbs(op, fhe_type)
 # Zama's published CPU latencies (ms) for the reference, by op and bits.
 PUBLISHED_MS = {
     "Add": {8: 54, 16: 60, 32: 82, 64: 109},
@@ -56,7 +73,8 @@ def bench_backend(name: str, ops: list[Op], types: list[FheType], repeat: int) -
                         "public_params": len(keyset.public_params)},
         # Ciphertext sizes include the 15-byte envelope header.
         "ciphertext_bytes": {}, "squashed_bytes": {}, "latency_ms": {}, "pbs_count": "n/a",
-        "failure_probability": FAILURE_PROBABILITY.get(name, "see backend"),
+        "failure_probability": failure_probability(name),
+        "first_call_ms": {}, "unsupported": {}, "pbs_estimate": {},
     }
     for fhe_type in types:
         sample = client.encrypt(1, fhe_type)
@@ -67,8 +85,17 @@ def bench_backend(name: str, ops: list[Op], types: list[FheType], repeat: int) -
     for op in ops:
         row = result["latency_ms"].setdefault(op.name, {})
         for fhe_type in types:
+            reason = backend.support(op, fhe_type)
+            if reason:
+                result["unsupported"].setdefault(op.name, {})[fhe_type.name] = reason
+                print(f"{name:8s} {op.name:11s} {fhe_type.name:8s} unsupported: {reason}")
+                continue
+            pbs = pbs_estimate(name, op, fhe_type)
+            if pbs is not None:
+                result["pbs_estimate"].setdefault(op.name, {})[fhe_type.name] = pbs
             samples = []
-            for _ in range(repeat):
+            # One untimed-in-the-median first call: compiles (concrete) or warms caches.
+            for attempt in range(repeat + 1):
                 a, b = rng.randint(0, fhe_type.max_value), rng.randint(0, fhe_type.max_value)
                 if op is Op.IfThenElse:
                     condition = rng.randint(0, 1)
@@ -83,7 +110,10 @@ def bench_backend(name: str, ops: list[Op], types: list[FheType], repeat: int) -
                 got = client.decrypt(output)
                 if got != expected:
                     raise AssertionError(f"{name} {op.name} {fhe_type.name}: {got} != {expected}")
-                samples.append(ms)
+                if attempt == 0:
+                    result["first_call_ms"].setdefault(op.name, {})[fhe_type.name] = round(ms)
+                else:
+                    samples.append(ms)
             row[fhe_type.name] = round(statistics.median(samples), 1)
             print(f"{name:8s} {op.name:11s} {fhe_type.name:8s} {row[fhe_type.name]:10.1f} ms",
                   flush=True)
@@ -100,9 +130,16 @@ def markdown(result: dict, types: list[FheType]) -> str:
         for fhe_type in types:
             ours = row.get(fhe_type.name)
             theirs = PUBLISHED_MS.get(op, {}).get(fhe_type.bits)
-            cells.append(f"{ours}" + (f" ({theirs})" if theirs else ""))
+            shown = "n/a" if ours is None else f"{ours}"
+            cells.append(shown + (f" ({theirs})" if theirs else ""))
         lines.append(f"| {op} | " + " | ".join(cells) + " |")
-    lines += ["", f"keygen {result['keygen_ms']} ms, server key load "
+    for op, row in result["unsupported"].items():
+        for type_name, reason in row.items():
+            lines.append(f"- {op} on {type_name}: unsupported ({reason})")
+    lines += ["", f"failure probability {result['failure_probability']}; "
+              f"first calls (compile included) {result['first_call_ms']}",
+              f"estimated bootstraps {result['pbs_estimate'] or 'n/a'}",
+              f"keygen {result['keygen_ms']} ms, server key load "
               f"{result['server_key_load_ms']} ms, sizes {result['sizes_bytes']}",
               f"ciphertext bytes {result['ciphertext_bytes']}",
               f"squashed bytes {result['squashed_bytes']}"]
@@ -119,12 +156,31 @@ def main() -> None:
     ops = [Op.parse(name) for name in args.ops.split(",")]
     types = [FheType.parse(name) for name in args.types.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
+    results = {}
     for name in [args.backend] if args.backend else backend_names():
-        result = bench_backend(name, ops, types, args.repeat)
+        result = results[name] = bench_backend(name, ops, types, args.repeat)
         (RESULTS / f"ops-{name}.json").write_text(json.dumps(result, indent=2))
         table = markdown(result, types)
         (RESULTS / f"ops-{name}.md").write_text(table)
         print(table)
+    if {"concrete", "tfhe-rs"} <= set(results):
+        table = ratios(results["concrete"], results["tfhe-rs"], types)
+        (RESULTS / "ops-ratio.md").write_text(table)
+        print(table)
+
+
+def ratios(slow: dict, fast: dict, types: list[FheType]) -> str:
+    """concrete / tfhe-rs median latency per op and type (blank where either is missing)."""
+    lines = ["### latency ratio concrete / tfhe-rs (same machine, same run)", "",
+             "| op | " + " | ".join(t.name for t in types) + " |",
+             "|---|" + "---|" * len(types)]
+    for op, row in slow["latency_ms"].items():
+        cells = []
+        for fhe_type in types:
+            a, b = row.get(fhe_type.name), fast["latency_ms"].get(op, {}).get(fhe_type.name)
+            cells.append(f"{a / b:.1f}x" if a and b else "")
+        lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
