@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import statistics
@@ -20,23 +19,12 @@ import time
 
 from coprocessor.fhe import reference as ref
 from coprocessor.fhe.engine import OpRequest, backend_names, get_backend
-from coprocessor.settings import REPO_ROOT, load_settings
+from coprocessor.settings import REPO_ROOT
 from coprocessor.types import FheType, Op
 
 RESULTS = REPO_ROOT / "bench" / "results"
 DEFAULT_OPS = "Add,Sub,Mul,Lt,Eq,BitAnd,Shl,Min,IfThenElse"
 DEFAULT_TYPES = "Uint8,Uint16,Uint32,Uint64"
-FAILURE_PROBABILITY = {
-    "tfhe-rs": "2^-128 per PBS (PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128)"}
-
-
-def failure_probability(name: str) -> str:
-    if name == "concrete":
-        p_error = load_settings().concrete_p_error
-        return f"2^{math.log2(p_error):.0f} per PBS (FHE_CONCRETE_P_ERROR={p_error:.3g})"
-    return FAILURE_PROBABILITY.get(name, "see backend")
-
-
 def pbs_estimate(name: str, op: Op, fhe_type: FheType) -> int | None:
     """Bootstraps per op from the concrete backend's cost model (TFHE-rs does not say)."""
     if name != "concrete":
@@ -73,7 +61,7 @@ def bench_backend(name: str, ops: list[Op], types: list[FheType], repeat: int) -
                         "public_params": len(keyset.public_params)},
         # Ciphertext sizes include the 15-byte envelope header.
         "ciphertext_bytes": {}, "squashed_bytes": {}, "latency_ms": {}, "pbs_count": "n/a",
-        "failure_probability": failure_probability(name),
+        "failure_probability": backend.failure_probability,
         "first_call_ms": {}, "unsupported": {}, "pbs_estimate": {},
     }
     for fhe_type in types:

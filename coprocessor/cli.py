@@ -198,13 +198,16 @@ def cmd_fhe_ops(args: argparse.Namespace) -> int:
     from .fhe.engine import backend_names, get_backend, support_matrix
 
     names = [args.backend] if args.backend else backend_names()
-    matrices = {name: support_matrix(get_backend(name)) for name in names}
+    report = {name: {"failure_probability": get_backend(name).failure_probability,
+                     "ops": support_matrix(get_backend(name))} for name in names}
     if args.output == "json":
-        _print(matrices, "json")
+        _print(report, "json")
         return 0
-    for name, matrix in matrices.items():
+    for name, entry in report.items():
+        matrix = entry["ops"]
         types = list(next(iter(matrix.values())))
-        print(f"backend {name}: 'ok' = supported; otherwise see -o json for the reason")
+        print(f"backend {name} (failure probability {entry['failure_probability']}): "
+              "'ok' = supported; otherwise see -o json for the reason")
         print(f"{'op':18s}" + "".join(f"{t[:7]:>8s}" for t in types))
         for op, row in matrix.items():
             cells = "".join(f"{'ok' if row[t] == 'supported' else '-':>8s}" for t in types)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import secrets
 import struct
@@ -492,6 +493,11 @@ class ConcreteBackend:
     name = NAME
     _cache: OrderedDict[bytes, ConcreteEvaluator] = OrderedDict()
     _lock = threading.Lock()
+
+    @property
+    def failure_probability(self) -> str:
+        p_error = get_settings().concrete_p_error
+        return f"2^{math.log2(p_error):.1f} per bootstrap (FHE_CONCRETE_P_ERROR={p_error:.3g})"
 
     def support(self, op: Op, fhe_type: FheType) -> str | None:
         if fhe_type not in SUPPORTED_TYPES:

@@ -96,6 +96,10 @@ class Evaluator(Protocol):
 class Backend(Protocol):
     name: str
 
+    @property
+    def failure_probability(self) -> str:
+        """Per-bootstrap failure probability of new keysets, as people read it."""
+
     def support(self, op: Op, fhe_type: FheType) -> str | None:
         """None when supported, else the reason (shown by ``fhectl fhe ops``)."""
 

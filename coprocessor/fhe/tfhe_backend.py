@@ -231,6 +231,7 @@ def _one_scalar(request: OpRequest) -> int:
 
 class TfheRsBackend:
     name = NAME
+    failure_probability = "2^-128 per bootstrap (PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128)"
     _cache: OrderedDict[bytes, TfheRsEvaluator] = OrderedDict()
     _lock = threading.Lock()
 
