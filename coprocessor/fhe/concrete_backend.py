@@ -50,11 +50,13 @@ from ..types import FheType, Op
 from . import concrete_circuits as cc
 from . import reference
 from .engine import (
+    EvaluatorCache,
     InvalidOperands,
     Keyset,
     OpRequest,
     SquashedFormat,
     UnsupportedOperation,
+    one_scalar,
     operand_type,
     require_support,
 )
@@ -391,7 +393,7 @@ class ConcreteEvaluator:
             require_support(backend, op, target)
             return self._wrap(target, self._run(cc.cast_spec(working, target), values[0]))
         if op is Op.TrivialEncrypt:
-            value = reference.trivial_encrypt(_one_scalar(request), working)
+            value = reference.trivial_encrypt(one_scalar(request), working)
             return self._wrap(working, self._trivial(value, working))
         if op is Op.IfThenElse:
             n = cc.chunk_count(working)
@@ -483,16 +485,11 @@ def _result_type(op: Op, operand: FheType) -> FheType:
     return FheType.Bool if op.signature.result == "bool" else operand
 
 
-def _one_scalar(request: OpRequest) -> int:
-    if len(request.scalars) != 1:
-        raise InvalidOperands(f"{request.op.event_name} takes exactly one plaintext value")
-    return request.scalars[0]
 
 
 class ConcreteBackend:
     name = NAME
-    _cache: OrderedDict[bytes, ConcreteEvaluator] = OrderedDict()
-    _lock = threading.Lock()
+    _evaluators = EvaluatorCache(EVALUATOR_CACHE_SIZE)
 
     @property
     def failure_probability(self) -> str:
@@ -540,16 +537,5 @@ class ConcreteBackend:
             raise BadCiphertext(f"not a {NAME} client key: {error}") from None
 
     def evaluator(self, server_key: bytes) -> ConcreteEvaluator:
-        """One evaluator per keyset and process (loading ~120 MB of keys), small LRU."""
-        digest = hashlib.sha256(server_key).digest()
-        with self._lock:
-            if digest in self._cache:
-                self._cache.move_to_end(digest)
-                return self._cache[digest]
-        evaluator = ConcreteEvaluator(server_key)
-        with self._lock:
-            self._cache[digest] = evaluator
-            while len(self._cache) > EVALUATOR_CACHE_SIZE:
-                self._cache.popitem(last=False)
-        return evaluator
+        return self._evaluators.get(server_key, ConcreteEvaluator)  # type: ignore[return-value]
 

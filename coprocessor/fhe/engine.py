@@ -16,7 +16,9 @@ Roles follow who holds which key:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
@@ -110,6 +112,39 @@ class Backend(Protocol):
         with the key digest), never the server key."""
 
     def evaluator(self, server_key: bytes) -> Evaluator: ...
+
+
+class EvaluatorCache:
+    """Evaluators per keyset and process, least recently used first out: loading a
+    server key takes seconds and hundreds of MB, so each backend keeps a few."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[bytes, Evaluator] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, server_key: bytes, factory: Callable[[bytes], Evaluator]) -> Evaluator:
+        digest = hashlib.sha256(server_key).digest()
+        with self._lock:
+            if digest in self._items:
+                self._items.move_to_end(digest)
+                return self._items[digest]
+        evaluator = factory(server_key)  # outside the lock: other keysets need not wait
+        with self._lock:
+            self._items[digest] = evaluator
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return evaluator
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+def one_scalar(request: OpRequest) -> int:
+    if len(request.scalars) != 1:
+        raise InvalidOperands(f"{request.op.event_name} takes exactly one plaintext value")
+    return request.scalars[0]
 
 
 def support_matrix(backend: Backend) -> dict[str, dict[str, str]]:

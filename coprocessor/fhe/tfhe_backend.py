@@ -13,17 +13,17 @@ truncation), and Sum / IsIn (folds of Add and Eq/Or).
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 
 from ..types import FheType, Op
 from . import reference
 from .engine import (
+    EvaluatorCache,
     InvalidOperands,
     Keyset,
     OpRequest,
     SquashedFormat,
     UnsupportedOperation,
+    one_scalar,
     operand_type,
     require_support,
 )
@@ -120,7 +120,7 @@ class TfheRsEvaluator:
             return self._wrap(*self._call("cast", int(working), int(target),
                                           envelopes[0].payload))
         if op is Op.TrivialEncrypt:
-            value = reference.trivial_encrypt(_one_scalar(request), working)
+            value = reference.trivial_encrypt(one_scalar(request), working)
             return self._wrap(*self._call("trivial", int(working), _le(value)))
         if op in (Op.Rand, Op.RandBounded):
             return self._random(request, working)
@@ -200,7 +200,7 @@ class TfheRsEvaluator:
         seed = hashlib.sha3_256(b"fhe-rand" + request.seed).digest()[:16]
         bits = 0
         if request.op is Op.RandBounded:
-            bound = _one_scalar(request)
+            bound = one_scalar(request)
             if bound <= 0 or bound & (bound - 1) or bound > fhe_type.max_value + 1:
                 raise InvalidOperands(f"upper bound {bound} must be a power of two within "
                                       f"{fhe_type.name}")
@@ -223,17 +223,12 @@ class TfheRsEvaluator:
         return envelope.fhe_type
 
 
-def _one_scalar(request: OpRequest) -> int:
-    if len(request.scalars) != 1:
-        raise InvalidOperands(f"{request.op.event_name} takes exactly one plaintext value")
-    return request.scalars[0]
 
 
 class TfheRsBackend:
     name = NAME
     failure_probability = "2^-128 per bootstrap (PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128)"
-    _cache: OrderedDict[bytes, TfheRsEvaluator] = OrderedDict()
-    _lock = threading.Lock()
+    _evaluators = EvaluatorCache(EVALUATOR_CACHE_SIZE)
 
     def support(self, op: Op, fhe_type: FheType) -> str | None:
         if fhe_type not in SUPPORTED_TYPES:
@@ -255,16 +250,4 @@ class TfheRsBackend:
             raise BadCiphertext(f"not a {NAME} client key: {error}") from None
 
     def evaluator(self, server_key: bytes) -> TfheRsEvaluator:
-        """One evaluator per keyset and process (decompressing the key takes seconds),
-        kept in a small LRU."""
-        digest = hashlib.sha256(server_key).digest()
-        with self._lock:
-            if digest in self._cache:
-                self._cache.move_to_end(digest)
-                return self._cache[digest]
-        evaluator = TfheRsEvaluator(server_key)
-        with self._lock:
-            self._cache[digest] = evaluator
-            while len(self._cache) > EVALUATOR_CACHE_SIZE:
-                self._cache.popitem(last=False)
-        return evaluator
+        return self._evaluators.get(server_key, TfheRsEvaluator)  # type: ignore[return-value]

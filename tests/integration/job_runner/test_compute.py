@@ -175,7 +175,7 @@ async def test_s3_down_exits_75_and_computes_nothing(stage_env, monkeypatch, gra
     batch = await graph.admit(conn)
     from coprocessor.fhe.tfhe_backend import TfheRsBackend
 
-    TfheRsBackend._cache.clear()  # make the pod load its key, as a fresh pod would
+    TfheRsBackend._evaluators.clear()  # make the pod load its key, as a fresh pod would
     monkeypatch.setenv("FHE_S3_ENDPOINT", "http://127.0.0.1:1")
     load_settings.cache_clear()
     assert await run_in_thread(batch, 0, 1) == 75
