@@ -97,6 +97,9 @@ def _plan_node(node: GraphNode, known: dict[str, tuple[bytes, FheType]], context
         op = Op.parse(node.op)
     except ValueError as error:
         raise InvalidSpec(f"{where}: {error}") from None
+    if op is Op.MulDiv:
+        raise InvalidSpec(f"{where}: FheMulDiv is not accepted in graphs yet: its two "
+                          "plaintext operands do not fit a computation row's one scalar")
     signature = op.signature
     scalars = [a for a in node.args if isinstance(a, Scalar)]
     operands = [a for a in node.args if isinstance(a, str)]
@@ -115,11 +118,12 @@ def _plan_node(node: GraphNode, known: dict[str, tuple[bytes, FheType]], context
             raise InvalidSpec(f"{where}: {error}") from None
     if op in EXPLICIT_TYPE_OPS and explicit is None:
         raise InvalidSpec(f"{where}: needs `type` (the result type)")
-    expected_args = {Op.TrivialEncrypt: (0, 1), Op.Rand: (0, 0), Op.RandBounded: (0, 1)}
+    expected_args = {Op.TrivialEncrypt: (0, 1, "one {scalar: ...}"),
+                     Op.Rand: (0, 0, "no arguments"),
+                     Op.RandBounded: (0, 1, "one {scalar: ...}")}
     if op in expected_args:
-        want_operands, want_scalars = expected_args[op]
+        want_operands, want_scalars, shape = expected_args[op]
         if len(operands) != want_operands or len(scalars) != want_scalars:
-            shape = "one {scalar: ...}" if want_scalars else "no arguments"
             raise InvalidSpec(f"{where}: takes {shape}")
     else:
         count = len(node.args)

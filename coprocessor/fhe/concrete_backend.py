@@ -458,7 +458,7 @@ class ConcreteEvaluator:
         if len(values) != 1 or len(scalars) != 2 or min(scalars) < 0:
             raise InvalidOperands("FheMulDiv takes one encrypted value and two plaintext "
                                   "values (multiplier, divisor)")
-        wide = cc.double_width(fhe_type)
+        wide = reference.double_width(fhe_type)
         assert wide is not None  # support() refused the others
         multiplier, divisor = (reference.wrap(s, fhe_type) for s in scalars)
         widened = self._run(cc.cast_spec(fhe_type, wide), values[0])
@@ -505,7 +505,7 @@ class ConcreteBackend:
         undefined = reference.defined(op, fhe_type)
         if undefined:
             return undefined
-        if op is Op.MulDiv and cc.double_width(fhe_type) is None:
+        if op is Op.MulDiv and reference.double_width(fhe_type) is None:
             return f"no double-width type for the product of {fhe_type.name}"
         cost, limit = cc.estimated_pbs(op, fhe_type), get_settings().concrete_max_pbs
         if cost > limit:

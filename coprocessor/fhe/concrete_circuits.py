@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..types import FheType, Op
+from . import reference
 
 WIDTH = 4  # bits of every chunk ciphertext at a circuit boundary
 CHUNK_BITS = 2
@@ -453,16 +454,8 @@ def estimated_pbs(op: Op, fhe_type: FheType) -> int:
     if op is Op.IsIn:
         return 2 * n + 1  # per candidate
     if op is Op.MulDiv:
-        wide = double_width(fhe_type)
+        wide = reference.double_width(fhe_type)
         if wide is None:
             return 1 << 62
         return 2 * n + estimated_pbs(Op.Mul, wide) + estimated_pbs(Op.Div, wide) + n
     return 0
-
-
-def double_width(fhe_type: FheType) -> FheType | None:
-    for candidate in FheType:
-        if candidate is not FheType.Bool and candidate.bits == 2 * fhe_type.bits \
-                and candidate.name.startswith("Uint"):
-            return candidate
-    return None

@@ -153,6 +153,12 @@ def mul_div(a: int, b: int, c: int, fhe_type: FheType) -> int:
     return fhe_type.max_value if c == 0 else wrap((a * b) // c, fhe_type)
 
 
+def double_width(fhe_type: FheType) -> FheType | None:
+    """The type MulDiv keeps its product in (None where fhEVM has no such type)."""
+    wider = [t for t in UINT_TYPES if t.bits == 2 * fhe_type.bits]
+    return wider[0] if wider and fhe_type in UINT_TYPES else None
+
+
 def rand(seed: bytes, fhe_type: FheType) -> int:
     """A uniformly distributed value derived only from ``seed`` (and the type)."""
     if not seed:

@@ -137,7 +137,7 @@ class TfheRsEvaluator:
         if op is Op.IsIn:
             return self._is_in(envelopes, request.scalars, working)
         if op is Op.MulDiv:
-            raise UnsupportedOperation("FheMulDiv is not implemented on tfhe-rs yet")
+            return self._mul_div(envelopes[0], request.scalars, working)
         # Binary ops: encrypted or scalar second operand.
         if len(envelopes) == 2 and not request.scalars:
             rhs = envelopes[1].payload
@@ -172,6 +172,22 @@ class TfheRsEvaluator:
             value = scalar % fhe_type.bits
         return self._wrap(*self._call("binary_scalar", int(op), int(fhe_type), lhs.payload,
                                       _le(value)))
+
+    def _mul_div(self, lhs: Envelope, scalars: tuple[int, ...], fhe_type: FheType) -> bytes:
+        """(a * b) // c with the product at double width: widen, multiply, divide, cut."""
+        if len(scalars) != 2 or min(scalars) < 0:
+            raise InvalidOperands("FheMulDiv takes one encrypted value and two plaintext "
+                                  "values (multiplier, divisor)")
+        wide = reference.double_width(fhe_type)
+        assert wide is not None  # support() refused the others
+        multiplier, divisor = (reference.wrap(s, fhe_type) for s in scalars)
+        if divisor == 0:
+            return self._wrap(*self._call("trivial", int(fhe_type), _le(fhe_type.max_value)))
+        _, widened = self._call("cast", int(fhe_type), int(wide), lhs.payload)
+        _, product = self._call("binary_scalar", int(Op.Mul), int(wide), widened,
+                                _le(multiplier))
+        _, quotient = self._call("binary_scalar", int(Op.Div), int(wide), product, _le(divisor))
+        return self._wrap(*self._call("cast", int(wide), int(fhe_type), quotient))
 
     def _fold(self, envelopes: list[Envelope], op: Op, fhe_type: FheType) -> bytes:
         accumulated = envelopes[0].payload
@@ -233,8 +249,9 @@ class TfheRsBackend:
     def support(self, op: Op, fhe_type: FheType) -> str | None:
         if fhe_type not in SUPPORTED_TYPES:
             return f"{fhe_type.name} is not supported by {NAME} yet (byte arrays)"
-        if op is Op.MulDiv:
-            return "not implemented on tfhe-rs yet (needs a double-width intermediate)"
+        if op is Op.MulDiv and fhe_type in reference.UINT_TYPES \
+                and reference.double_width(fhe_type) is None:
+            return f"no double-width type for the product of {fhe_type.name}"
         if fhe_type is FheType.Bool and op is Op.RandBounded:
             return "RandBounded is not defined on Bool"
         return reference.defined(op, fhe_type)

@@ -300,8 +300,9 @@ INVALID = [
     ("dangling", {"nodes": [{"name": "x", "op": "FheAdd", "args": ["a", "nope"]}]},
      "argument 'nope' names no input or node"),
     ("no-type", {"nodes": [{"name": "x", "op": "FheCast", "args": ["a"]}]}, "needs `type`"),
-    ("unsupported", {"nodes": [{"name": "x", "op": "FheMulDiv", "args": ["a", "a", "a"]}]},
-     "not implemented on tfhe-rs"),
+    ("unsupported", {"nodes": [{"name": "x", "op": "FheRandBounded", "type": "Bool",
+                                "args": [{"scalar": "2"}]}]},
+     "not defined on Bool"),
 ]
 
 

@@ -72,7 +72,7 @@ def test_handles_are_deterministic_and_depend_on_the_batch():
     ([{"name": "x", "op": "FheAdd", "args": [{"scalar": "1"}, "a"]}], "only be the last"),
     ([{"name": "x", "op": "FheNot", "args": ["a", {"scalar": "1"}]}], "takes no scalar"),
     ([{"name": "x", "op": "FheIfThenElse", "args": ["a", "a", "b"]}], "condition is Uint8"),
-    ([{"name": "x", "op": "FheMulDiv", "args": ["a", "a", "a"]}], "not implemented"),
+    ([{"name": "x", "op": "FheMulDiv", "args": ["a", "a", "a"]}], "not accepted in graphs yet"),
     ([{"name": "x", "op": "FheTrivialEncrypt", "args": ["a"], "type": "Uint8"}],
      "takes one {scalar: ...}"),
     ([{"name": "x", "op": "FheNot", "args": ["a"]}, {"name": "x", "op": "FheNot",
