@@ -475,6 +475,11 @@ class ConcreteEvaluator:
         refreshed = self._run(cc.refresh_spec(cc.chunk_count(envelope.fhe_type)), value)
         return self._wrap(envelope.fhe_type, refreshed, Kind.SQUASHED)
 
+    def verify_inputs(self, crs: bytes, public_key: bytes, proven_list: bytes,
+                      metadata: bytes) -> list[bytes]:
+        raise UnsupportedOperation("the concrete backend has no public-key encryption or "
+                                   "input proofs; fhEVM client inputs need a tfhe-rs tenant")
+
     def check(self, ciphertext: bytes) -> FheType:
         envelope = self._open(ciphertext)
         _unseal(envelope)

@@ -36,6 +36,29 @@ class InvalidOperands(Irrecoverable):
     """Operands that do not fit the operation (arity, types, scalar position)."""
 
 
+class InvalidInputProof(Irrecoverable):
+    """A client's input list whose proof does not hold (tampered bytes, another key or
+    CRS, other metadata) or that is not a well-formed list; nothing of it is used."""
+
+
+def input_metadata(contract_address: str, user_address: str, chain_id: int) -> bytes:
+    """What an input proof is bound to: contract (20 bytes) | user (20) | chain id (32, BE).
+    A proof made for one contract, user or chain does not verify for another."""
+    parts = []
+    for name, address in (("contract", contract_address), ("user", user_address)):
+        text = address[2:] if isinstance(address, str) and address.startswith("0x") else ""
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            raw = b""
+        if len(raw) != 20:
+            raise InvalidInputProof(f"{name} address must be 0x and 20 bytes, got {address!r}")
+        parts.append(raw)
+    if not isinstance(chain_id, int) or not 0 < chain_id < 2**256:
+        raise InvalidInputProof(f"chain id must be a positive 256-bit integer, got {chain_id!r}")
+    return parts[0] + parts[1] + chain_id.to_bytes(32, "big")
+
+
 @dataclass(frozen=True)
 class Keyset:
     backend: str
@@ -91,6 +114,11 @@ class Evaluator(Protocol):
     def evaluate(self, request: OpRequest) -> bytes: ...
 
     def squash(self, ciphertext: bytes) -> bytes: ...
+
+    def verify_inputs(self, crs: bytes, public_key: bytes, proven_list: bytes,
+                      metadata: bytes) -> list[bytes]:
+        """A client's proven input list -> ciphertexts, or InvalidInputProof; backends
+        without input proofs raise UnsupportedOperation."""
 
     def fhe_type_of(self, ciphertext: bytes) -> FheType: ...
 

@@ -18,6 +18,7 @@ from ..types import FheType, Op
 from . import reference
 from .engine import (
     EvaluatorCache,
+    InvalidInputProof,
     InvalidOperands,
     Keyset,
     OpRequest,
@@ -232,6 +233,19 @@ class TfheRsEvaluator:
         payload = self._call("squash", int(envelope.fhe_type), envelope.payload)
         return self._wrap(int(envelope.fhe_type), payload, Kind.SQUASHED)
 
+    def verify_inputs(self, crs: bytes, public_key: bytes, proven_list: bytes,
+                      metadata: bytes) -> list[bytes]:
+        """A client's proven input list -> one enveloped ciphertext per value, only if the
+        proof holds for this CRS, this tenant's compact public key and ``metadata``."""
+        if not isinstance(proven_list, bytes | bytearray) or not proven_list:
+            raise InvalidInputProof("the input list is empty or not bytes")
+        try:
+            expanded = self._evaluator.verify_inputs(crs, public_key, bytes(proven_list),
+                                                     bytes(metadata))
+        except ValueError as error:
+            raise InvalidInputProof(f"input list refused: {error}") from None
+        return [self._wrap(code, payload) for code, payload in expanded]
+
     def check(self, ciphertext: bytes) -> FheType:
         """Raise BadCiphertext unless the bytes deserialize under this key's parameters."""
         envelope = self._open(ciphertext)
@@ -255,6 +269,10 @@ class TfheRsBackend:
         if fhe_type is FheType.Bool and op is Op.RandBounded:
             return "RandBounded is not defined on Bool"
         return reference.defined(op, fhe_type)
+
+    def generate_crs(self, max_bits: int) -> bytes:
+        """A CRS for input proofs of up to ``max_bits`` bits (independent of any key)."""
+        return _native().generate_crs(max_bits)
 
     def generate_keyset(self) -> Keyset:
         client_key, server_key, public_key = _native().generate_keys()

@@ -20,8 +20,10 @@ use tfhe::shortint::parameters::{
     PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
     PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
 };
+use tfhe::integer::ciphertext::IntegerProvenCompactCiphertextListConformanceParams;
+use tfhe::zk::{CompactPkeCrs, ZkComputeLoad, ZkVerificationOutcome};
 use tfhe::{
-    set_server_key, ClientKey, CompactPublicKey, CompressedServerKey, Config, ConfigBuilder,
+    set_server_key, ClientKey, FheTypes, ProvenCompactCiphertextList, CompactPublicKey, CompressedServerKey, Config, ConfigBuilder,
     FheBool, FheUint128, FheUint16,
     FheUint160, FheUint256,
     FheUint32, FheUint4,
@@ -247,6 +249,71 @@ fn generate_keys(py: Python<'_>) -> PyResult<(Py<PyBytes>, Py<PyBytes>, Py<PyByt
         PyBytes::new(py, &csk).into(),
         PyBytes::new(py, &pk).into(),
     ))
+}
+
+// --- input proofs (ZK proof of knowledge of compact-list plaintexts) ------------------------
+
+/// Bits one proven list may carry at most; fhEVM's input limit.
+const CRS_MAX_BITS: usize = 2048;
+
+/// A CRS for proofs of up to `max_bits` packed input bits (made natively: the WASM client
+/// takes minutes for the same).
+#[pyfunction]
+fn generate_crs(py: Python<'_>, max_bits: usize) -> PyResult<Py<PyBytes>> {
+    if max_bits == 0 || max_bits > CRS_MAX_BITS {
+        return Err(PyValueError::new_err(format!("max_bits must be 1..={CRS_MAX_BITS}")));
+    }
+    let bytes = py.allow_threads(|| -> PyResult<Vec<u8>> {
+        let crs = CompactPkeCrs::from_config(config(), max_bits).map_err(err)?;
+        ser(&crs, KEY_LIMIT)
+    })?;
+    Ok(PyBytes::new(py, &bytes).into())
+}
+
+/// What a client does (node-tfhe in production): encrypt values under the compact public
+/// key into one list and prove it, bound to `metadata`. `values` are (type code, 32-byte LE).
+#[pyfunction]
+fn prove_inputs(py: Python<'_>, public_key: Vec<u8>, crs: Vec<u8>, metadata: Vec<u8>,
+                values: Vec<(u8, Vec<u8>)>) -> PyResult<Py<PyBytes>> {
+    let bytes = py.allow_threads(move || -> PyResult<Vec<u8>> {
+        let pk: CompactPublicKey = de(&public_key, KEY_LIMIT)?;
+        let crs: CompactPkeCrs = de(&crs, KEY_LIMIT)?;
+        let mut builder = ProvenCompactCiphertextList::builder(&pk);
+        for (type_code, value) in &values {
+            let v = u256_from(value)?;
+            match type_code {
+                0 => { builder.push(low(v) & 1 == 1); }
+                1 => { builder.push_with_num_bits(low(v) as u8, 4).map_err(err)?; }
+                2 => { builder.push(low(v) as u8); }
+                3 => { builder.push(low(v) as u16); }
+                4 => { builder.push(low(v) as u32); }
+                5 => { builder.push(low(v) as u64); }
+                6 => { builder.push(low(v)); }
+                7 => { builder.push_with_num_bits(v, 160).map_err(err)?; }
+                8 => { builder.push(v); }
+                _ => return Err(unsupported("type")),
+            };
+        }
+        let list = builder.build_with_proof_packed(&crs, &metadata, ZkComputeLoad::Verify)
+            .map_err(err)?;
+        ser(&list, CT_LIMIT)
+    })?;
+    Ok(PyBytes::new(py, &bytes).into())
+}
+
+fn type_code_of(kind: FheTypes) -> Option<u8> {
+    Some(match kind {
+        FheTypes::Bool => 0,
+        FheTypes::Uint4 => 1,
+        FheTypes::Uint8 => 2,
+        FheTypes::Uint16 => 3,
+        FheTypes::Uint32 => 4,
+        FheTypes::Uint64 => 5,
+        FheTypes::Uint128 => 6,
+        FheTypes::Uint160 => 7,
+        FheTypes::Uint256 => 8,
+        _ => return None,
+    })
 }
 
 // --- client side ---------------------------------------------------------------------------
@@ -658,6 +725,56 @@ impl Evaluator {
         Ok(PyBytes::new(py, &bytes).into())
     }
 
+    /// Verify a client's proven input list against the CRS, the compact public key and the
+    /// metadata it was bound to, then expand it into one ciphertext per value:
+    /// [(type code, bytes)]. The list is deserialized with TFHE-rs's conformance check
+    /// (shape, sizes, proof kind) before the proof is looked at.
+    fn verify_inputs(&self, py: Python<'_>, crs: Vec<u8>, public_key: Vec<u8>, list: Vec<u8>,
+                     metadata: Vec<u8>) -> PyResult<Vec<(u8, Py<PyBytes>)>> {
+        let key = self.key.clone();
+        let out = py.allow_threads(move || -> PyResult<Vec<(u8, Vec<u8>)>> {
+            set_server_key(key);
+            let crs: CompactPkeCrs = de(&crs, KEY_LIMIT)?;
+            let pk: CompactPublicKey = de(&public_key, KEY_LIMIT)?;
+            let params = IntegerProvenCompactCiphertextListConformanceParams::from_crs_and_parameters(
+                PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128, &crs);
+            let list: ProvenCompactCiphertextList = DeserializationConfig::new(CT_LIMIT)
+                .deserialize_from(list.as_slice(), &params)
+                .map_err(|e| PyValueError::new_err(format!("malformed input list: {e}")))?;
+            if let ZkVerificationOutcome::Invalid = list.verify(&crs, &pk, &metadata) {
+                return Err(PyValueError::new_err(
+                    "input proof is invalid (tampered list, another key, or other metadata)"));
+            }
+            let expander = list.verify_and_expand(&crs, &pk, &metadata).map_err(err)?;
+            let mut out = Vec::with_capacity(expander.len());
+            for index in 0..expander.len() {
+                let kind = expander.get_kind_of(index)
+                    .ok_or_else(|| PyValueError::new_err("input list entry has no type"))?;
+                let code = type_code_of(kind)
+                    .ok_or_else(|| unsupported("input type outside Bool..Uint256"))?;
+                macro_rules! take {
+                    ($variant:ident, $ty:ident, $code:expr, $clear:ty) => {
+                        if code == $code {
+                            let value: $ty = expander.get(index).map_err(err)?
+                                .ok_or_else(|| PyValueError::new_err("input list entry missing"))?;
+                            out.push((code, Ct::$variant(value).to_bytes()?));
+                            continue;
+                        }
+                    };
+                }
+                if code == 0 {
+                    let value: FheBool = expander.get(index).map_err(err)?
+                        .ok_or_else(|| PyValueError::new_err("input list entry missing"))?;
+                    out.push((0, Ct::Bool(value).to_bytes()?));
+                    continue;
+                }
+                each_uint!(take);
+            }
+            Ok(out)
+        })?;
+        Ok(out.into_iter().map(|(code, bytes)| (code, PyBytes::new(py, &bytes).into())).collect())
+    }
+
     /// Check that bytes are a ciphertext of this key's parameters and the given type.
     fn check(&self, py: Python<'_>, type_code: u8, a: Vec<u8>) -> PyResult<()> {
         py.allow_threads(|| Ct::from_bytes(type_code, &a, true).map(|_| ()))
@@ -686,6 +803,8 @@ impl Evaluator {
 fn fhe_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TFHE_VERSION", "1.7.0")?;
     m.add_function(wrap_pyfunction!(generate_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(generate_crs, m)?)?;
+    m.add_function(wrap_pyfunction!(prove_inputs, m)?)?;
     m.add_class::<Client>()?;
     m.add_class::<Evaluator>()?;
     Ok(())

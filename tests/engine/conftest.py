@@ -18,6 +18,7 @@ class Harness:
     client: Client = field(repr=False)
     evaluator: Evaluator = field(repr=False)
     server_key: bytes = field(repr=False)  # hundreds of MB: never in a failure report
+    public_params: bytes = field(repr=False, default=b"")
 
     def enc(self, value: int, fhe_type: FheType) -> bytes:
         return self.client.encrypt(value, fhe_type)
@@ -31,9 +32,27 @@ class Harness:
                                                  result_type, seed))
 
 
+_HARNESSES: dict[str, Harness] = {}
+
+
+def harness_for(name: str) -> Harness:
+    """One keyset per backend for the whole session, whichever fixture asks first."""
+    if name not in _HARNESSES:
+        backend = get_backend(name)
+        keyset = backend.generate_keyset()
+        _HARNESSES[name] = Harness(backend.name,
+                                   backend.client(keyset.client_key, keyset.key_id),
+                                   backend.evaluator(keyset.server_key), keyset.server_key,
+                                   keyset.public_params)
+    return _HARNESSES[name]
+
+
 @pytest.fixture(scope="session", params=backend_names())
 def engine(request) -> Harness:
-    backend = get_backend(request.param)
-    keyset = backend.generate_keyset()
-    return Harness(backend.name, backend.client(keyset.client_key, keyset.key_id),
-                   backend.evaluator(keyset.server_key), keyset.server_key)
+    return harness_for(request.param)
+
+
+@pytest.fixture(scope="session")
+def tfhe_engine() -> Harness:
+    """Input proofs exist only where clients can encrypt under a public key: tfhe-rs."""
+    return harness_for("tfhe-rs")

@@ -1,0 +1,83 @@
+"""A tenant on the concrete backend through the real stages: its keys go to S3 like any
+tenant's, the compute stage loads them in the stage's process, the SNS stage publishes
+both forms, and everything decrypts to the plaintext reference. Same database and S3 as
+the TFHE-rs tests; only the backend named on the tenant row differs."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+from eth_hash.auto import keccak
+
+from coprocessor.fhe.envelope import BadCiphertext, Envelope, Kind
+from coprocessor.storage import ObjectStore
+from coprocessor.tenants import create_tenant, load_client
+from coprocessor.types import FheType, Op
+from job_runner.compute import run_compute
+from job_runner.sns import object_keys, run_sns
+
+from .builder import CHAIN_ID, GraphBuilder
+
+U8 = FheType.Uint8
+
+
+@pytest.fixture(scope="module")
+async def concrete_tenant(compute_settings):
+    connection = await asyncpg.connect(compute_settings.database_url)
+    try:
+        created = await create_tenant(connection, ObjectStore(compute_settings),
+                                      compute_settings, "concrete-test", CHAIN_ID, "concrete")
+    finally:
+        await connection.close()
+    return created.tenant, load_client(compute_settings, created.tenant)
+
+
+async def test_a_batch_on_a_concrete_tenant_computes_publishes_and_decrypts(
+        concrete_tenant, conn, compute_settings):
+    record, client = concrete_tenant
+    assert record.backend == "concrete"
+    graph = GraphBuilder(client, record.tenant_id)
+    balance, amount = graph.input(200, U8), graph.input(77, U8)
+    ok = graph.node(Op.Ge, balance, amount)
+    spent = graph.node(Op.Sub, balance, amount)
+    new = graph.node(Op.IfThenElse, ok, spent, balance)
+    fee = graph.node(Op.Add, new, 9)  # a plaintext operand
+    batch = await graph.admit(conn, outputs=[new, fee])
+    summary = await run_compute(compute_settings, batch)
+    assert (summary.completed, summary.failed) == (4, 0)
+    assert await graph.check(conn, [ok, spent, new, fee]) == {
+        h: graph.expected[h] for h in (ok, spent, new, fee)}
+
+    published = await run_sns(compute_settings, batch)
+    assert (published.completed, published.failed) == (2, 0)
+    store = ObjectStore(compute_settings)
+    for handle in (new, fee):
+        key64, key128 = object_keys(handle)
+        ct64, ct128 = store.get(key64), store.get(key128)
+        assert Envelope.from_bytes(ct128).kind is Kind.SQUASHED
+        assert Envelope.from_bytes(ct64).backend == "concrete"
+        assert client.decrypt(ct64) == client.decrypt(ct128) == graph.expected[handle]
+        row = await conn.fetchrow("SELECT ciphertext128 FROM ciphertext_digest "
+                                  "WHERE tenant_id = $1 AND handle = $2", record.tenant_id,
+                                  handle)
+        assert bytes(row["ciphertext128"]) == keccak(ct128)
+
+
+async def test_a_tfhe_rs_ciphertext_offered_to_a_concrete_tenant_fails_that_node_only(
+        concrete_tenant, tenant, conn, compute_settings):
+    (record, client), (_, tfhe_client) = concrete_tenant, tenant
+    graph = GraphBuilder(client, record.tenant_id)
+    good = graph.input(5, U8)
+    foreign = graph.input(6, U8)
+    graph.inputs[foreign] = tfhe_client.encrypt(6, U8)  # stored under the concrete tenant
+    fine = graph.node(Op.Add, good, 1)
+    broken = graph.node(Op.Add, foreign, 1)
+    batch = await graph.admit(conn)
+    summary = await run_compute(compute_settings, batch)
+    assert (summary.completed, summary.failed) == (1, 1)
+    assert await graph.check(conn, [fine]) == {fine: 6}
+    message = await conn.fetchval("SELECT error_message FROM computations WHERE "
+                                  "output_handle = $1", broken)
+    assert "from backend 'tfhe-rs', not 'concrete'" in message
+    with pytest.raises(BadCiphertext, match="tfhe-rs"):
+        client.decrypt(tfhe_client.encrypt(1, U8))
