@@ -116,8 +116,28 @@ def _traceable(spec: cc.CircuitSpec):
     return three
 
 
+def _prepare_thread() -> None:
+    """concrete 2.11 initializes its tracing thread-locals only in the thread that first
+    imported it, so compiling in a worker thread (the compute stage's pool) fails with
+    "'_thread._local' object has no attribute 'stack'" (measured). Give this thread the
+    same initial state."""
+    import importlib
+
+    def module(name: str):  # the package re-exports functions under the modules' names
+        return importlib.import_module(f"concrete.fhe.extensions.{name}")
+
+    tag_context = module("tag").tag_context
+    if not hasattr(tag_context, "stack"):
+        tag_context.stack = []
+    for name in ("round_bit_pattern", "truncate_bit_pattern"):
+        local = module(name).local
+        if not hasattr(local, "_is_adjusting"):
+            local._is_adjusting = False
+
+
 def compile_spec(spec: cc.CircuitSpec, p_error: float, restriction: str | None):
     fhe = _fhe()
+    _prepare_thread()
     compiler = fhe.Compiler(_traceable(spec), spec.arguments())
     try:
         return compiler.compile(spec.inputset(), _configuration(p_error, restriction))

@@ -44,7 +44,7 @@ async def test_a_batch_on_a_concrete_tenant_computes_publishes_and_decrypts(
     fee = graph.node(Op.Add, new, 9)  # a plaintext operand
     batch = await graph.admit(conn, outputs=[new, fee])
     summary = await run_compute(compute_settings, batch)
-    assert (summary.completed, summary.failed) == (4, 0)
+    assert (summary.completed, summary.failed) == (4, 0), summary.failures
     assert await graph.check(conn, [ok, spent, new, fee]) == {
         h: graph.expected[h] for h in (ok, spent, new, fee)}
 
@@ -81,3 +81,30 @@ async def test_a_tfhe_rs_ciphertext_offered_to_a_concrete_tenant_fails_that_node
     assert "from backend 'tfhe-rs', not 'concrete'" in message
     with pytest.raises(BadCiphertext, match="tfhe-rs"):
         client.decrypt(tfhe_client.encrypt(1, U8))
+
+
+def test_circuits_compile_in_worker_threads(tmp_path):
+    """The compute stage evaluates in a thread pool; concrete's tracer keeps state in
+    thread-locals set up only by the importing thread. A fresh cache forces a compile in
+    a thread that never traced before."""
+    import threading
+
+    from coprocessor.fhe import concrete_backend, concrete_circuits
+
+    outcome: list = []
+
+    def compile_elsewhere() -> None:
+        try:
+            p_error = concrete_backend.get_settings().concrete_p_error
+            restriction = concrete_backend.tenant_restriction(p_error)
+            cache = concrete_backend.CircuitCache(restriction, p_error, tmp_path)
+            cache.server(concrete_circuits.select_spec(2))
+            outcome.append(cache.compiled)
+        except Exception as error:  # reported below, with its message
+            outcome.append(error)
+
+    worker = threading.Thread(target=compile_elsewhere)
+    worker.start()
+    worker.join(timeout=300)
+    assert outcome == [1]
+    assert any(tmp_path.glob("select2-*.zip"))
