@@ -91,6 +91,7 @@ def test_circuits_compile_in_worker_threads(tmp_path):
 
     from coprocessor.fhe import concrete_backend, concrete_circuits
 
+    concrete_backend.compile_spec(concrete_circuits.refresh_spec(1), 2.0 ** -64, None)  # main
     outcome: list = []
 
     def compile_elsewhere() -> None:
