@@ -220,6 +220,7 @@ class CircuitCache:
         self.restriction, self.p_error, self.directory = restriction, p_error, directory
         self._servers: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
+        self._compiling: dict[str, threading.Lock] = {}  # one compile per circuit at a time
         self.compiled = 0  # circuits this process compiled (not loaded): for the benchmarks
 
     def _path(self, spec: cc.CircuitSpec) -> Path:
@@ -232,27 +233,33 @@ class CircuitCache:
             if spec.name in self._servers:
                 self._servers.move_to_end(spec.name)
                 return self._servers[spec.name]
+            compiling = self._compiling.setdefault(spec.name, threading.Lock())
+        with compiling:  # pool threads needing the same circuit wait for one compile
+            with self._lock:
+                if spec.name in self._servers:
+                    return self._servers[spec.name]
+            server = self._load_or_compile(spec)
+            with self._lock:
+                self._servers[spec.name] = server
+                while len(self._servers) > CIRCUIT_CACHE_SIZE:
+                    self._servers.popitem(last=False)
+        return server
+
+    def _load_or_compile(self, spec: cc.CircuitSpec):
         fhe = _fhe()
         path = self._path(spec)
-        server = None
         if path.exists():
             try:
-                server = fhe.Server.load(path)
+                return fhe.Server.load(path)
             except Exception:  # a truncated or foreign file: rebuild it
                 path.unlink(missing_ok=True)
-        if server is None:
-            circuit = compile_spec(spec, self.p_error, self.restriction)
-            server = circuit.server
-            self.compiled += 1
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-                staged = Path(scratch) / path.name
-                server.save(staged)
-                os.replace(staged, path)  # atomic: a concurrent pod sees all or nothing
-        with self._lock:
-            self._servers[spec.name] = server
-            while len(self._servers) > CIRCUIT_CACHE_SIZE:
-                self._servers.popitem(last=False)
+        server = compile_spec(spec, self.p_error, self.restriction).server
+        self.compiled += 1
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+            staged = Path(scratch) / path.name
+            server.save(staged)
+            os.replace(staged, path)  # atomic: a concurrent pod sees all or nothing
         return server
 
 
@@ -274,6 +281,8 @@ def _unpack_header(data: bytes, what: str) -> tuple[dict, bytes]:
         header = json.loads(bytes(data[8:8 + length]))
     except ValueError:
         raise BadCiphertext(f"corrupted {NAME} {what} header") from None
+    if not isinstance(header, dict):
+        raise BadCiphertext(f"corrupted {NAME} {what} header")
     if header.get("format") != FORMAT_VERSION:
         raise BadCiphertext(f"{NAME} {what} format {header.get('format')} is not "
                             f"{FORMAT_VERSION}")
@@ -337,10 +346,12 @@ class ConcreteClient:
         envelope.expect(backend=NAME, digest=self._digest, kind=envelope.kind)
         value = _unseal(envelope)
         try:
-            chunks = self._client(cc.chunk_count(envelope.fhe_type)).decrypt(value)
+            chunks = np.atleast_1d(self._client(cc.chunk_count(envelope.fhe_type)).decrypt(value))
         except Exception as error:
             raise BadCiphertext(f"cannot decrypt: {error}") from None
-        return cc.from_chunks(np.atleast_1d(chunks))
+        if chunks.min(initial=0) < 0 or chunks.max(initial=0) > cc.CHUNK_MAX:
+            raise BadCiphertext("decrypted chunk out of range: not a ciphertext of this backend")
+        return reference.check_value(cc.from_chunks(chunks), envelope.fhe_type)
 
 
 def _keys_from_secrets(header: dict, body: bytes, p_error: float):
@@ -385,7 +396,7 @@ class ConcreteEvaluator:
         server = self.circuits.server(spec)
         try:
             return server.run(*arguments, evaluation_keys=self._keys)
-        except RuntimeError as error:
+        except (RuntimeError, ValueError, TypeError) as error:
             raise BadCiphertext(f"{spec.name} refused its inputs: {error}") from None
 
     def _wrap(self, fhe_type: FheType, value, kind: Kind = Kind.CIPHERTEXT) -> bytes:
@@ -429,10 +440,6 @@ class ConcreteEvaluator:
         if op is Op.MulDiv:
             return self._wrap(working, self._mul_div(values, request.scalars, working))
         if len(values) == 2 and not request.scalars:
-            if op in (Op.Shl, Op.Shr, Op.Rotl, Op.Rotr) and working.bits & (working.bits - 1):
-                raise UnsupportedOperation(f"{op.event_name} on {working.name} with an "
-                                           "encrypted amount: modulo 160 needs a division; "
-                                           "use a plaintext amount")
             return self._wrap(_result_type(op, working),
                               self._run(cc.binary_spec(op, working), *values))
         if len(values) == 1 and len(request.scalars) == 1:
@@ -445,7 +452,7 @@ class ConcreteEvaluator:
             raise InvalidOperands("a scalar operand must not be negative")
         value = reference.wrap(scalar, fhe_type)
         if op in (Op.Shl, Op.Shr, Op.Rotl, Op.Rotr):
-            value = scalar % fhe_type.bits
+            value = value % fhe_type.bits  # wrapped first, like fhEVM
         if op is Op.Rem and value == 0:  # x % 0 = x: a fresh copy, no division
             return self._run(cc.refresh_spec(cc.chunk_count(fhe_type)), lhs)
         if op is Op.Div and value == 0:
@@ -481,11 +488,11 @@ class ConcreteEvaluator:
         wide = reference.double_width(fhe_type)
         assert wide is not None  # support() refused the others
         multiplier, divisor = (reference.wrap(s, fhe_type) for s in scalars)
+        if divisor == 0:
+            return self._trivial(fhe_type.max_value, fhe_type)
         widened = self._run(cc.cast_spec(fhe_type, wide), values[0])
         product = self._run(cc.binary_spec(Op.Mul, wide), widened,
                             self._trivial(multiplier, wide))
-        if divisor == 0:
-            return self._trivial(fhe_type.max_value, fhe_type)
         quotient = self._run(cc.binary_spec(Op.Div, wide), product, self._trivial(divisor, wide))
         return self._run(cc.cast_spec(wide, fhe_type), quotient)
 
@@ -530,6 +537,9 @@ class ConcreteBackend:
         undefined = reference.defined(op, fhe_type)
         if undefined:
             return undefined
+        if op in (Op.Shl, Op.Shr, Op.Rotl, Op.Rotr) and fhe_type.bits & (fhe_type.bits - 1):
+            return (f"amounts modulo {fhe_type.bits} need a division on an encrypted amount "
+                    "(the barrel shifter takes them modulo a power of two)")
         if op is Op.MulDiv and reference.double_width(fhe_type) is None:
             return f"no double-width type for the product of {fhe_type.name}"
         cost, limit = cc.estimated_pbs(op, fhe_type), get_settings().concrete_max_pbs

@@ -170,7 +170,7 @@ class TfheRsEvaluator:
                 return self._wrap(int(fhe_type), lhs.payload)
             return self._wrap(*self._call("trivial", int(fhe_type), _le(fhe_type.max_value)))
         if op in (Op.Shl, Op.Shr, Op.Rotl, Op.Rotr):
-            value = scalar % fhe_type.bits
+            value = value % fhe_type.bits  # wrapped first, like fhEVM
         return self._wrap(*self._call("binary_scalar", int(op), int(fhe_type), lhs.payload,
                                       _le(value)))
 
