@@ -84,7 +84,10 @@ class TfheRsEvaluator:
     squashed_format = SquashedFormat.UNCOMPRESSED_ON_CPU  # SquashedNoiseFheUint, serialized
 
     def __init__(self, server_key: bytes) -> None:
-        self._evaluator = _native().Evaluator(server_key)
+        try:
+            self._evaluator = _native().Evaluator(server_key)
+        except ValueError as error:  # a corrupted or foreign key object, e.g. from S3
+            raise BadCiphertext(f"not a {NAME} server key: {error}") from None
         self.key_digest = key_digest(server_key)
 
     # --- helpers -------------------------------------------------------------------

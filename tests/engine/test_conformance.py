@@ -246,6 +246,16 @@ def test_wrong_tenant_wrong_backend_and_garbage_are_rejected(engine):
         engine.run(Op.Add, b"not a ciphertext", scalars=(1,))
 
 
+@pytest.mark.parametrize("key", [b"", b"garbage-bytes" * 4, b"CCK1" + bytes(40)],
+                         ids=["empty", "garbage", "magic-only"])
+def test_garbage_keys_are_refused_naming_the_backend(engine, key):
+    backend = get_backend(engine.name)
+    with pytest.raises(BadCiphertext, match=f"{engine.name} client key"):
+        backend.client(key, bytes(32))
+    with pytest.raises(BadCiphertext, match=f"{engine.name} server key"):
+        backend.evaluator(key)
+
+
 def test_type_mismatches_are_refused(engine):
     a8, a64 = engine.enc(1, U8), engine.enc(1, U64)
     with pytest.raises(InvalidOperands, match="operands differ"):
