@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import asyncpg
 
@@ -50,6 +50,16 @@ def error_fields(error: str | None, failures: dict[str, str]) -> dict[str, objec
     shown = dict(list(failures.items())[:3])
     return {"error": (error or "")[:MAX_ERROR_CHARS] or None,
             "failures": {k: v[:200] for k, v in shown.items()}}
+
+
+def summary_fields(summary) -> dict[str, object]:
+    """A stage summary as its termination message: every counter in declaration order
+    (seconds and megabytes to three decimals), then the error tail."""
+    counters = {f.name: getattr(summary, f.name) for f in fields(summary)
+                if f.name not in ("error", "failures")}
+    return {**{name: round(value, 3) if isinstance(value, float) else value
+               for name, value in counters.items()},
+            **error_fields(summary.error, summary.failures)}
 
 
 def partial_exit_code(error: str | None, failed: int) -> int:
@@ -85,10 +95,7 @@ class Summary:
         return EXIT_IRRECOVERABLE if self.failed else EXIT_OK
 
     def as_dict(self) -> dict[str, object]:
-        return {"total": self.total, "completed": self.completed, "computed": self.computed,
-                "failed": self.failed, "seconds": round(self.seconds, 3),
-                "key_load_s": round(self.key_load_s, 3),
-                **error_fields(self.error, self.failures)}
+        return summary_fields(self)
 
 
 @dataclass(frozen=True)

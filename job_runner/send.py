@@ -26,7 +26,7 @@ from coprocessor.db.pool import create_pool
 from coprocessor.errors import Recoverable
 from coprocessor.settings import Settings
 
-from .executor import error_fields, partial_exit_code
+from .executor import partial_exit_code, summary_fields
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,7 @@ class SendSummary:
         return partial_exit_code(self.error, self.failed)
 
     def as_dict(self) -> dict[str, object]:
-        return {"total": self.total, "completed": self.completed, "sent": self.sent,
-                "found": self.found, "transactions": self.transactions,
-                "accepted": self.accepted, "failed": self.failed, "retries": self.retries,
-                "gas_used": self.gas_used, "seconds": round(self.seconds, 3),
-                "signer": self.signer, **error_fields(self.error, self.failures)}
+        return summary_fields(self)
 
 
 async def run_send(settings: Settings, batch_id: str) -> SendSummary:

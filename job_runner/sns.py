@@ -43,7 +43,7 @@ from coprocessor.tenants import load_evaluator
 from coprocessor.types import FheType
 
 from .compute import batch_tenant
-from .executor import error_fields, partial_exit_code, usable_cores
+from .executor import partial_exit_code, summary_fields, usable_cores
 from .upload import CircuitOpen, Uploader
 
 log = logging.getLogger(__name__)
@@ -77,10 +77,7 @@ class SnsSummary:
         return partial_exit_code(self.error, self.failed)
 
     def as_dict(self) -> dict[str, object]:
-        return {"total": self.total, "completed": self.completed, "squashed": self.squashed,
-                "uploaded": self.uploaded, "reused": self.reused, "failed": self.failed,
-                "retries": self.retries, "megabytes": round(self.megabytes, 3),
-                "seconds": round(self.seconds, 3), **error_fields(self.error, self.failures)}
+        return summary_fields(self)
 
 
 @dataclass(frozen=True)

@@ -50,15 +50,18 @@ from ..types import FheType, Op
 from . import concrete_circuits as cc
 from . import reference
 from .engine import (
+    MUL_DIV_SHAPE,
     EvaluatorCache,
     InvalidOperands,
     Keyset,
     OpRequest,
     SquashedFormat,
     UnsupportedOperation,
+    mul_div_plan,
     one_scalar,
     operand_type,
     require_support,
+    result_type_of,
 )
 from .envelope import BadCiphertext, Envelope, Kind, key_digest
 
@@ -440,10 +443,10 @@ class ConcreteEvaluator:
         if op is Op.MulDiv:
             return self._wrap(working, self._mul_div(values, request.scalars, working))
         if len(values) == 2 and not request.scalars:
-            return self._wrap(_result_type(op, working),
+            return self._wrap(result_type_of(op, working, None),
                               self._run(cc.binary_spec(op, working), *values))
         if len(values) == 1 and len(request.scalars) == 1:
-            return self._wrap(_result_type(op, working),
+            return self._wrap(result_type_of(op, working, None),
                               self._binary_scalar(op, values[0], request.scalars[0], working))
         raise InvalidOperands(f"{op.event_name} takes two operands, the second may be a scalar")
 
@@ -470,11 +473,10 @@ class ConcreteEvaluator:
         return accumulated
 
     def _is_in(self, values: list, scalars: tuple[int, ...], fhe_type: FheType):
-        needle, candidates = values[0], list(values[1:])
-        candidates += [self._trivial(reference.wrap(s, fhe_type), fhe_type) for s in scalars
-                       if s >= 0]
         if any(s < 0 for s in scalars):
             raise InvalidOperands("a scalar operand must not be negative")
+        needle, candidates = values[0], list(values[1:])
+        candidates += [self._trivial(reference.wrap(s, fhe_type), fhe_type) for s in scalars]
         if not candidates:
             raise InvalidOperands("FheIsIn needs at least one candidate")
         hits = [self._run(cc.binary_spec(Op.Eq, fhe_type), needle, c) for c in candidates]
@@ -482,12 +484,9 @@ class ConcreteEvaluator:
 
     def _mul_div(self, values: list, scalars: tuple[int, ...], fhe_type: FheType):
         """(a * b) // c at double width: widen, multiply, divide, truncate."""
-        if len(values) != 1 or len(scalars) != 2 or min(scalars) < 0:
-            raise InvalidOperands("FheMulDiv takes one encrypted value and two plaintext "
-                                  "values (multiplier, divisor)")
-        wide = reference.double_width(fhe_type)
-        assert wide is not None  # support() refused the others
-        multiplier, divisor = (reference.wrap(s, fhe_type) for s in scalars)
+        if len(values) != 1:
+            raise InvalidOperands(MUL_DIV_SHAPE)
+        wide, multiplier, divisor = mul_div_plan(scalars, fhe_type)
         if divisor == 0:
             return self._trivial(fhe_type.max_value, fhe_type)
         widened = self._run(cc.cast_spec(fhe_type, wide), values[0])
@@ -511,10 +510,6 @@ class ConcreteEvaluator:
         envelope = self._open(ciphertext)
         _unseal(envelope)
         return envelope.fhe_type
-
-
-def _result_type(op: Op, operand: FheType) -> FheType:
-    return FheType.Bool if op.signature.result == "bool" else operand
 
 
 

@@ -175,6 +175,20 @@ def one_scalar(request: OpRequest) -> int:
     return request.scalars[0]
 
 
+MUL_DIV_SHAPE = "FheMulDiv takes one encrypted value and two plaintext values (multiplier, divisor)"
+
+
+def mul_div_plan(scalars: Sequence[int], fhe_type: FheType) -> tuple[FheType, int, int]:
+    """What every backend's MulDiv needs: the double-width type and the two plaintext
+    operands wrapped to ``fhe_type`` (a divisor of 0 means the result is the type's max)."""
+    if len(scalars) != 2 or min(scalars) < 0:
+        raise InvalidOperands(MUL_DIV_SHAPE)
+    wide = reference.double_width(fhe_type)
+    assert wide is not None  # backends' support() refuses types without one
+    multiplier, divisor = (reference.wrap(s, fhe_type) for s in scalars)
+    return wide, multiplier, divisor
+
+
 def support_matrix(backend: Backend) -> dict[str, dict[str, str]]:
     """``{op: {type: "supported" | reason}}`` for every op and type of the contract."""
     matrix: dict[str, dict[str, str]] = {}

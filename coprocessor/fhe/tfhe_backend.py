@@ -24,6 +24,7 @@ from .engine import (
     OpRequest,
     SquashedFormat,
     UnsupportedOperation,
+    mul_div_plan,
     one_scalar,
     operand_type,
     require_support,
@@ -179,12 +180,7 @@ class TfheRsEvaluator:
 
     def _mul_div(self, lhs: Envelope, scalars: tuple[int, ...], fhe_type: FheType) -> bytes:
         """(a * b) // c with the product at double width: widen, multiply, divide, cut."""
-        if len(scalars) != 2 or min(scalars) < 0:
-            raise InvalidOperands("FheMulDiv takes one encrypted value and two plaintext "
-                                  "values (multiplier, divisor)")
-        wide = reference.double_width(fhe_type)
-        assert wide is not None  # support() refused the others
-        multiplier, divisor = (reference.wrap(s, fhe_type) for s in scalars)
+        wide, multiplier, divisor = mul_div_plan(scalars, fhe_type)
         if divisor == 0:
             return self._wrap(*self._call("trivial", int(fhe_type), _le(fhe_type.max_value)))
         _, widened = self._call("cast", int(fhe_type), int(wide), lhs.payload)

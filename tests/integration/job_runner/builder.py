@@ -9,10 +9,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+import asyncpg
+
 from coprocessor.db import queries
 from coprocessor.db.rows import BatchAdmission, ComputationRow
 from coprocessor.fhe import reference
 from coprocessor.fhe.engine import Client
+from coprocessor.settings import Settings
+from coprocessor.storage import ObjectStore
+from coprocessor.tenants import create_tenant, load_client
 from coprocessor.types import FheType, Op, derive_handle
 
 CHAIN_ID = 12345
@@ -81,3 +86,14 @@ class GraphBuilder:
         compare with ``expected``."""
         stored = await queries.get_ciphertexts(connection, self.tenant_id, list(handles))
         return {h: self.client.decrypt(s.ciphertext) for h, s in stored.items()}
+
+
+async def new_tenant(settings: Settings, name: str, backend: str):
+    """A tenant with keys in S3 and its row, plus the client that holds its secret key."""
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        created = await create_tenant(connection, ObjectStore(settings), settings, name,
+                                      CHAIN_ID, backend)
+    finally:
+        await connection.close()
+    return created.tenant, load_client(settings, created.tenant)

@@ -6,10 +6,8 @@ import asyncpg
 import pytest
 
 from coprocessor.settings import Settings, load_settings
-from coprocessor.storage import ObjectStore
-from coprocessor.tenants import create_tenant, load_client
 
-from .builder import CHAIN_ID, GraphBuilder
+from .builder import GraphBuilder, new_tenant
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +20,7 @@ def compute_settings(dev_stack, database_url_module, tmp_path_factory) -> Settin
 
 @pytest.fixture(scope="module")
 async def tenant(compute_settings):
-    connection = await asyncpg.connect(compute_settings.database_url)
-    try:
-        created = await create_tenant(connection, ObjectStore(compute_settings),
-                                      compute_settings, "compute-test", CHAIN_ID, "tfhe-rs")
-    finally:
-        await connection.close()
-    return created.tenant, load_client(compute_settings, created.tenant)
+    return await new_tenant(compute_settings, "compute-test", "tfhe-rs")
 
 
 @pytest.fixture

@@ -5,31 +5,23 @@ the TFHE-rs tests; only the backend named on the tenant row differs."""
 
 from __future__ import annotations
 
-import asyncpg
 import pytest
 from eth_hash.auto import keccak
 
 from coprocessor.fhe.envelope import BadCiphertext, Envelope, Kind
 from coprocessor.storage import ObjectStore
-from coprocessor.tenants import create_tenant, load_client
 from coprocessor.types import FheType, Op
 from job_runner.compute import run_compute
 from job_runner.sns import object_keys, run_sns
 
-from .builder import CHAIN_ID, GraphBuilder
+from .builder import GraphBuilder, new_tenant
 
 U8 = FheType.Uint8
 
 
 @pytest.fixture(scope="module")
 async def concrete_tenant(compute_settings):
-    connection = await asyncpg.connect(compute_settings.database_url)
-    try:
-        created = await create_tenant(connection, ObjectStore(compute_settings),
-                                      compute_settings, "concrete-test", CHAIN_ID, "concrete")
-    finally:
-        await connection.close()
-    return created.tenant, load_client(compute_settings, created.tenant)
+    return await new_tenant(compute_settings, "concrete-test", "concrete")
 
 
 async def test_a_batch_on_a_concrete_tenant_computes_publishes_and_decrypts(
