@@ -17,12 +17,12 @@ import random
 import statistics
 import time
 
+from benchlib import RESULTS
+
 from coprocessor.fhe import reference as ref
 from coprocessor.fhe.engine import OpRequest, backend_names, get_backend
-from coprocessor.settings import REPO_ROOT
 from coprocessor.types import FheType, Op
 
-RESULTS = REPO_ROOT / "bench" / "results"
 DEFAULT_OPS = "Add,Sub,Mul,Lt,Eq,BitAnd,Shl,Min,IfThenElse"
 DEFAULT_TYPES = "Uint8,Uint16,Uint32,Uint64"
 def pbs_estimate(name: str, op: Op, fhe_type: FheType) -> int | None:
