@@ -59,6 +59,15 @@ def _local_keyset(directory: Path, backend: str) -> Keyset | None:
     return Keyset(backend, files[0].read_bytes(), files[1].read_bytes(), files[2].read_bytes())
 
 
+def _save_locally(directory: Path, keyset: Keyset, *, with_server_key: bool) -> None:
+    """The ``backend`` file goes last: its presence says the keyset is complete."""
+    if with_server_key:
+        _write_private(directory / "server_key", keyset.server_key)
+    _write_private(directory / "public_params", keyset.public_params)
+    _write_private(directory / "client_key", keyset.client_key)
+    _write_private(directory / "backend", keyset.backend.encode())
+
+
 @dataclass(frozen=True)
 class CreatedTenant:
     tenant: queries.Tenant
@@ -67,8 +76,16 @@ class CreatedTenant:
 
 async def create_tenant(connection: asyncpg.Connection, store: ObjectStore,
                         settings: Settings, name: str, chain_id: int,
-                        backend_name: str) -> CreatedTenant:
+                        backend_name: str, keyset: Keyset | None = None) -> CreatedTenant:
+    """The tenant row, its server key in S3 and its client key on this machine.
+
+    ``keyset`` is one made elsewhere (a key ceremony; tests sharing one session keyset,
+    since generating one takes tens of seconds); by default a fresh one is generated.
+    """
     check_name(name)
+    if keyset is not None and keyset.backend != backend_name:
+        raise UserError(f"the keyset given is for backend {keyset.backend!r}, "
+                        f"not {backend_name!r}")
     if not 0 < chain_id < 2**63:
         raise UserError(f"chain id {chain_id} must be a positive 63-bit integer")
     existing = await queries.get_tenant(connection, name)
@@ -76,13 +93,13 @@ async def create_tenant(connection: asyncpg.Connection, store: ObjectStore,
         return CreatedTenant(existing, created=False)
     backend = get_backend(backend_name)
     directory = key_dir(settings, name)
-    keyset = _local_keyset(directory, backend_name)
+    if keyset is not None:
+        _save_locally(directory, keyset, with_server_key=False)
+    else:
+        keyset = _local_keyset(directory, backend_name)
     if keyset is None:
         keyset = backend.generate_keyset()
-        _write_private(directory / "server_key", keyset.server_key)
-        _write_private(directory / "public_params", keyset.public_params)
-        _write_private(directory / "client_key", keyset.client_key)
-        _write_private(directory / "backend", backend_name.encode())
+        _save_locally(directory, keyset, with_server_key=True)
     location = f"keys/{name}/{keyset.key_id.hex()}/server_key"
     store.put(location, keyset.server_key)
     tenant = await queries.create_tenant(

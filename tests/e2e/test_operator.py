@@ -32,6 +32,7 @@ from coprocessor.tenants import create_tenant, input_handle, load_client
 from coprocessor.types import FheType, Op
 from job_runner.sns import object_keys
 
+from ..keysets import session_keyset
 from .conftest import wait_for
 
 GROUP, VERSION, PLURAL = "fhe.coprocessor.dev", "v1alpha1", "fhebatches"
@@ -49,10 +50,11 @@ async def tenant(settings):
     connection = await asyncpg.connect(settings.database_url)
     try:
         created = await create_tenant(connection, ObjectStore(settings), settings, "ops",
-                                      CHAIN_ID, "tfhe-rs")
+                                      CHAIN_ID, "tfhe-rs", keyset=session_keyset("tfhe-rs"))
     finally:
         await connection.close()
-    return created.tenant, load_client(settings, created.tenant)
+    yield created.tenant, load_client(settings, created.tenant)
+    ObjectStore(settings).delete([created.tenant.keys_location.split("/", 3)[3]])
 
 
 class Operator:

@@ -1,4 +1,4 @@
-"""One keyset per backend and session: key generation takes tens of seconds."""
+"""The engine harness: one keyset per backend and session (tests/keysets.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import pytest
 
 from coprocessor.fhe.engine import Client, Evaluator, OpRequest, backend_names, get_backend
 from coprocessor.types import FheType, Op
+
+from ..keysets import session_keyset
 
 
 @dataclass
@@ -39,7 +41,7 @@ def harness_for(name: str) -> Harness:
     """One keyset per backend for the whole session, whichever fixture asks first."""
     if name not in _HARNESSES:
         backend = get_backend(name)
-        keyset = backend.generate_keyset()
+        keyset = session_keyset(name)
         _HARNESSES[name] = Harness(backend.name,
                                    backend.client(keyset.client_key, keyset.key_id),
                                    backend.evaluator(keyset.server_key), keyset.server_key,

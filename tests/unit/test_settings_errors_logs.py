@@ -67,3 +67,12 @@ def test_json_log_is_one_line_with_fields():
     parsed = json.loads(line)
     assert parsed["batch"] == "b1" and parsed["count"] == 3 and parsed["level"] == "info"
     assert "boom" in parsed["error"]
+
+
+def test_the_disk_preflight_names_the_place_and_the_shortfall(tmp_path):
+    from tests.conftest import disk_shortfall
+
+    assert disk_shortfall([tmp_path / "not" / "yet"], 1) is None
+    why = disk_shortfall([tmp_path / "not" / "yet"], 2**60)
+    assert why is not None and str(tmp_path / "not" / "yet") in why
+    assert "the suite needs 1073741824 GiB" in why

@@ -20,6 +20,8 @@ from coprocessor.storage import ObjectStore
 from coprocessor.tenants import create_tenant, load_client
 from coprocessor.types import FheType, Op, derive_handle
 
+from ...keysets import session_keyset
+
 CHAIN_ID = 12345
 
 
@@ -89,11 +91,17 @@ class GraphBuilder:
 
 
 async def new_tenant(settings: Settings, name: str, backend: str):
-    """A tenant with keys in S3 and its row, plus the client that holds its secret key."""
+    """A tenant with the session's keyset in S3 and its row, plus the client that holds
+    its secret key. Call ``drop_server_key`` when done: each copy is hundreds of MB."""
     connection = await asyncpg.connect(settings.database_url)
     try:
         created = await create_tenant(connection, ObjectStore(settings), settings, name,
-                                      CHAIN_ID, backend)
+                                      CHAIN_ID, backend, keyset=session_keyset(backend))
     finally:
         await connection.close()
     return created.tenant, load_client(settings, created.tenant)
+
+
+def drop_server_key(settings: Settings, tenant: queries.Tenant) -> None:
+    """Free the tenant's copy of the server key in S3 (keeps the suite's disk use low)."""
+    ObjectStore(settings).delete([tenant.keys_location.split("/", 3)[3]])

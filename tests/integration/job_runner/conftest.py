@@ -7,7 +7,7 @@ import pytest
 
 from coprocessor.settings import Settings, load_settings
 
-from .builder import GraphBuilder, new_tenant
+from .builder import GraphBuilder, drop_server_key, new_tenant
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,9 @@ def compute_settings(dev_stack, database_url_module, tmp_path_factory) -> Settin
 
 @pytest.fixture(scope="module")
 async def tenant(compute_settings):
-    return await new_tenant(compute_settings, "compute-test", "tfhe-rs")
+    record, client = await new_tenant(compute_settings, "compute-test", "tfhe-rs")
+    yield record, client
+    drop_server_key(compute_settings, record)
 
 
 @pytest.fixture

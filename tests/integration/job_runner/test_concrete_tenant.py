@@ -14,14 +14,16 @@ from coprocessor.types import FheType, Op
 from job_runner.compute import run_compute
 from job_runner.sns import object_keys, run_sns
 
-from .builder import GraphBuilder, new_tenant
+from .builder import GraphBuilder, drop_server_key, new_tenant
 
 U8 = FheType.Uint8
 
 
 @pytest.fixture(scope="module")
 async def concrete_tenant(compute_settings):
-    return await new_tenant(compute_settings, "concrete-test", "concrete")
+    record, client = await new_tenant(compute_settings, "concrete-test", "concrete")
+    yield record, client
+    drop_server_key(compute_settings, record)
 
 
 async def test_a_batch_on_a_concrete_tenant_computes_publishes_and_decrypts(
