@@ -40,7 +40,8 @@ def squash_latencies(backend_name: str, types: list[FheType], repeat: int) -> di
     keyset = backend.generate_keyset()
     evaluator = backend.evaluator(keyset.server_key)
     client = backend.client(keyset.client_key, keyset.key_id)
-    result: dict = {"latency_ms": {}, "ct64_bytes": {}, "ct128_bytes": {}}
+    result: dict = {"latency_ms": {}, "ct64_bytes": {}, "ct128_bytes": {}, "ct128_format": {},
+                    "server_key_bytes": len(keyset.server_key)}
     for fhe_type in types:
         samples = []
         for round_ in range(repeat):
@@ -54,8 +55,10 @@ def squash_latencies(backend_name: str, types: list[FheType], repeat: int) -> di
         result["latency_ms"][fhe_type.name] = round(statistics.median(samples), 1)
         result["ct64_bytes"][fhe_type.name] = len(ciphertext)
         result["ct128_bytes"][fhe_type.name] = len(squashed)
+        result["ct128_format"][fhe_type.name] = evaluator.squashed_format(fhe_type).name
         print(f"squash {backend_name:8s} {fhe_type.name:8s} "
-              f"{result['latency_ms'][fhe_type.name]:9.1f} ms  ct128 {len(squashed)} B",
+              f"{result['latency_ms'][fhe_type.name]:9.1f} ms  ct128 {len(squashed)} B "
+              f"{result['ct128_format'][fhe_type.name]}",
               flush=True)
     return result
 

@@ -201,7 +201,8 @@ class Publisher:
         loop = asyncio.get_running_loop()
         ct128 = await loop.run_in_executor(self._squash_pool, evaluator.squash,
                                            source.ciphertext)
-        return _Squashed(source.ciphertext, ct128, True, declared, evaluator.squashed_format)
+        return _Squashed(source.ciphertext, ct128, True, declared,
+                         evaluator.squashed_format(declared))
 
 
 @dataclass(frozen=True)

@@ -379,7 +379,6 @@ def _keys_from_secrets(header: dict, body: bytes, p_error: float):
 
 class ConcreteEvaluator:
     backend = NAME
-    squashed_format = SquashedFormat.UNCOMPRESSED_ON_CPU  # a bootstrapped copy, see module doc
 
     def __init__(self, server_key: bytes) -> None:
         header, body = _unpack_header(server_key, "server key")
@@ -494,6 +493,9 @@ class ConcreteEvaluator:
                             self._trivial(multiplier, wide))
         quotient = self._run(cc.binary_spec(Op.Div, wide), product, self._trivial(divisor, wide))
         return self._run(cc.cast_spec(wide, fhe_type), quotient)
+
+    def squashed_format(self, fhe_type: FheType) -> SquashedFormat:
+        return SquashedFormat.UNCOMPRESSED_ON_CPU  # a bootstrapped copy, see module doc
 
     def squash(self, ciphertext: bytes) -> bytes:
         envelope = self._open(ciphertext)

@@ -109,9 +109,12 @@ class SquashedFormat(IntEnum):
 class Evaluator(Protocol):
     backend: str
     key_digest: bytes
-    squashed_format: SquashedFormat  # what ``squash`` returns
 
     def evaluate(self, request: OpRequest) -> bytes: ...
+
+    def squashed_format(self, fhe_type: FheType) -> SquashedFormat:
+        """How ``squash`` stores a value of this type (recorded as ciphertext128_format)."""
+        ...
 
     def squash(self, ciphertext: bytes) -> bytes: ...
 

@@ -34,6 +34,8 @@ from .envelope import BadCiphertext, Envelope, Kind, key_digest
 NAME = "tfhe-rs"
 SUPPORTED_TYPES = frozenset(FheType(code) for code in range(9))  # Bool .. Uint256
 EVALUATOR_CACHE_SIZE = 4
+# One or two 128-bit blocks are smaller bare than packed into a GLWE (see squashed_format).
+_BARE_SQUASHED_TYPES = frozenset({FheType.Bool, FheType.Uint4})
 
 
 def _native():
@@ -82,7 +84,6 @@ class TfheRsClient:
 
 class TfheRsEvaluator:
     backend = NAME
-    squashed_format = SquashedFormat.UNCOMPRESSED_ON_CPU  # SquashedNoiseFheUint, serialized
 
     def __init__(self, server_key: bytes) -> None:
         try:
@@ -90,6 +91,7 @@ class TfheRsEvaluator:
         except ValueError as error:  # a corrupted or foreign key object, e.g. from S3
             raise BadCiphertext(f"not a {NAME} server key: {error}") from None
         self.key_digest = key_digest(server_key)
+        self._can_compress_squashed = bool(self._evaluator.can_compress_squashed)
 
     # --- helpers -------------------------------------------------------------------
     def _open(self, ciphertext: bytes) -> Envelope:
@@ -227,9 +229,19 @@ class TfheRsEvaluator:
             raise InvalidOperands("RandBounded is not defined on Bool")
         return self._wrap(*self._call("random", int(fhe_type), seed, bits))
 
+    def squashed_format(self, fhe_type: FheType) -> SquashedFormat:
+        """Compressed (a CompressedSquashedNoiseCiphertextList packs the 128-bit blocks
+        into GLWEs) wherever that is smaller: measured 99 KB against 1.05 MB for Uint64 and
+        4.2 MB for Uint256, but against 66 KB for a bare Bool or Uint4. Keysets made before
+        the noise squashing compression key was added squash to the bare form only."""
+        if self._can_compress_squashed and fhe_type not in _BARE_SQUASHED_TYPES:
+            return SquashedFormat.COMPRESSED_ON_CPU
+        return SquashedFormat.UNCOMPRESSED_ON_CPU
+
     def squash(self, ciphertext: bytes) -> bytes:
         envelope = self._open(ciphertext)
-        payload = self._call("squash", int(envelope.fhe_type), envelope.payload)
+        compress = self.squashed_format(envelope.fhe_type) is SquashedFormat.COMPRESSED_ON_CPU
+        payload = self._call("squash", int(envelope.fhe_type), envelope.payload, compress)
         return self._wrap(int(envelope.fhe_type), payload, Kind.SQUASHED)
 
     def verify_inputs(self, crs: bytes, public_key: bytes, proven_list: bytes,

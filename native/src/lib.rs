@@ -15,6 +15,7 @@ use tfhe::integer::U256;
 use tfhe::prelude::*;
 use tfhe::safe_serialization::{DeserializationConfig, SerializationConfig};
 use tfhe::shortint::parameters::{
+    NOISE_SQUASHING_COMP_PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
     NOISE_SQUASHING_PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
     PARAM_KEYSWITCH_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
     PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
@@ -23,7 +24,7 @@ use tfhe::shortint::parameters::{
 use tfhe::integer::ciphertext::IntegerProvenCompactCiphertextListConformanceParams;
 use tfhe::zk::{CompactPkeCrs, ZkComputeLoad, ZkVerificationOutcome};
 use tfhe::{
-    set_server_key, ClientKey, FheTypes, ProvenCompactCiphertextList, CompactPublicKey, CompressedServerKey, Config, ConfigBuilder,
+    set_server_key, ClientKey, CompressedSquashedNoiseCiphertextList, FheTypes, ProvenCompactCiphertextList, CompactPublicKey, CompressedServerKey, Config, ConfigBuilder,
     FheBool, FheUint128, FheUint16,
     FheUint160, FheUint256,
     FheUint32, FheUint4,
@@ -45,6 +46,11 @@ fn config() -> Config {
             PARAM_KEYSWITCH_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
         ))
         .enable_noise_squashing(NOISE_SQUASHING_PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128)
+        // Squashed (128-bit) ciphertexts packed into GLWEs for S3: the reference's
+        // ciphertext128 format "compressed on CPU".
+        .enable_noise_squashing_compression(
+            NOISE_SQUASHING_COMP_PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
+        )
         .build()
 }
 
@@ -373,11 +379,22 @@ impl Client {
     fn decrypt_squashed(&self, py: Python<'_>, type_code: u8, ciphertext: Vec<u8>) -> PyResult<Py<PyBytes>> {
         let out = py.allow_threads(|| -> PyResult<[u8; 32]> {
             let ck = &self.key;
+            // Either format: a one-element compressed list (keysets with the noise
+            // squashing compression key) or a bare squashed ciphertext (older keysets).
+            // Safe deserialization checks the serialized type name, so trying the list
+            // first cannot misread a bare ciphertext.
+            let list = de::<CompressedSquashedNoiseCiphertextList>(&ciphertext, CT_LIMIT).ok();
             let value = if type_code == 0 {
-                let c: SquashedNoiseFheBool = de(&ciphertext, CT_LIMIT)?;
+                let c: SquashedNoiseFheBool = match &list {
+                    Some(l) => l.get(0).map_err(err)?.ok_or_else(|| err("empty list"))?,
+                    None => de(&ciphertext, CT_LIMIT)?,
+                };
                 U256::from(c.decrypt(ck) as u128)
             } else {
-                let c: SquashedNoiseFheUint = de(&ciphertext, CT_LIMIT)?;
+                let c: SquashedNoiseFheUint = match &list {
+                    Some(l) => l.get(0).map_err(err)?.ok_or_else(|| err("empty list"))?,
+                    None => de(&ciphertext, CT_LIMIT)?,
+                };
                 FheDecrypt::<U256>::decrypt(&c, ck)
             };
             Ok(u256_bytes(value))
@@ -714,15 +731,34 @@ impl Evaluator {
         })
     }
 
-    /// Switch-and-squash: the 128-bit, decryption-ready form.
-    fn squash(&self, py: Python<'_>, type_code: u8, a: Vec<u8>) -> PyResult<Py<PyBytes>> {
+    /// Switch-and-squash: the 128-bit, decryption-ready form; with `compress`, as a
+    /// one-element CompressedSquashedNoiseCiphertextList (needs `can_compress_squashed`).
+    fn squash(&self, py: Python<'_>, type_code: u8, a: Vec<u8>, compress: bool) -> PyResult<Py<PyBytes>> {
         let key = self.key.clone();
         let bytes = py.allow_threads(move || -> PyResult<Vec<u8>> {
             set_server_key(key.clone());
             let x = Ct::from_bytes(type_code, &a, true)?;
-            on_any!(x, c => ser(&c.squash_noise().map_err(err)?, CT_LIMIT))
+            on_any!(x, c => {
+                let squashed = c.squash_noise().map_err(err)?;
+                if compress {
+                    let list = CompressedSquashedNoiseCiphertextList::builder()
+                        .push(squashed)
+                        .build()
+                        .map_err(err)?;
+                    ser(&list, CT_LIMIT)
+                } else {
+                    ser(&squashed, CT_LIMIT)
+                }
+            })
         })?;
         Ok(PyBytes::new(py, &bytes).into())
+    }
+
+    /// Whether the keyset has the noise squashing compression key (keysets made since it
+    /// was added to `config()`).
+    #[getter]
+    fn can_compress_squashed(&self) -> bool {
+        self.key.supports_noise_squashing_compression()
     }
 
     /// Verify a client's proven input list against the CRS, the compact public key and the
