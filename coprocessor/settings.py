@@ -165,6 +165,10 @@ class Settings(BaseSettings):
         "over 11 min).")
     gpu_memory_headroom: float = Field(
         0.1, ge=0, lt=1, description="Fraction of each GPU's memory never reserved.")
+    crs_max_bits: int = Field(
+        2048, ge=1, le=2048, description="Bits one proven input list may carry; names the "
+        "deployment's CRS in S3 (crs/<backend>-<bits>). Clients must prove against the "
+        "same CRS.")
 
     @field_validator("database_url")
     @classmethod

@@ -66,6 +66,20 @@ class ObjectStore:
             raise self._unavailable(error) from None
         return True
 
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Store ``data`` only if nothing is at ``key`` (S3 conditional write), so two
+        writers racing to create one shared object agree on one; True if this call won."""
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*",
+                                    Metadata={DIGEST_METADATA: hashlib.sha256(data).hexdigest()})
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("PreconditionFailed", "412"):
+                return False
+            raise self._unavailable(error) from None
+        except (BotoCoreError, EndpointConnectionError) as error:
+            raise self._unavailable(error) from None
+        return True
+
     def get(self, key: str) -> bytes:
         try:
             return self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()

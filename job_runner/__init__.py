@@ -1,6 +1,6 @@
-"""Code that runs inside the FheBatch Jobs' pods: ``fhe-job compute|sns|send|verify``."""
+"""Code that runs inside the coprocessor's Jobs' pods: ``fhe-job compute|sns|send|verify``."""
 
 STAGES = ("compute", "sns", "send", "verify")
-# Stages whose runner exists. The operator rejects a batch asking for any other, so a
-# missing stage is a clear validation error, never a Job that fails at run time.
+# The stages an FheBatch may list. verify is not one: it drains the verify_proofs queue
+# (input lists waiting for their proof), whoever queued them, and takes no batch.
 AVAILABLE = ("compute", "sns", "send")

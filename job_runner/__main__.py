@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 from coprocessor.db.pool import classify
-from coprocessor.errors import EXIT_IRRECOVERABLE, exit_code_for
+from coprocessor.errors import exit_code_for
 from coprocessor.logs import configure_logging
 from coprocessor.settings import load_settings
 
-from . import AVAILABLE, STAGES
+from . import STAGES
 
 log = logging.getLogger("fhe-job")
 
@@ -46,22 +46,22 @@ def write_termination_message(path: Path, summary: dict[str, object]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fhe-job", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=STAGES)
-    parser.add_argument("--batch", required=True, help="batch id (namespace/name@spec-hash)")
+    parser.add_argument("--batch", help="batch id (namespace/name@spec-hash); verify "
+                        "takes none: it drains the verify_proofs queue")
     parser.add_argument("--index", type=int, default=_index_default(),
                         help="this pod's index in an Indexed Job (default: "
                              "$JOB_COMPLETION_INDEX or 0)")
     parser.add_argument("--count", type=int, default=1, help="pods sharing the batch")
     args = parser.parse_args(argv)
-    if args.stage not in AVAILABLE:
-        print(f"fhe-job: error: stage {args.stage!r} is not available in this release",
-              file=sys.stderr)
-        sys.exit(EXIT_IRRECOVERABLE)
+    if (args.batch is None) != (args.stage == "verify"):
+        parser.error("verify takes no --batch" if args.batch else
+                     f"{args.stage} needs --batch")
     if args.count < 1 or not 0 <= args.index < args.count:
         parser.error(f"--index {args.index} must be in 0..{args.count - 1}")
     sys.exit(run_stage(args.stage, args.batch, args.index, args.count))
 
 
-def run_stage(stage: str, batch_id: str, index: int, count: int) -> int:
+def run_stage(stage: str, batch_id: str | None, index: int, count: int) -> int:
     try:
         settings = load_settings()
     except Exception as error:
@@ -90,15 +90,20 @@ def run_stage(stage: str, batch_id: str, index: int, count: int) -> int:
     return code
 
 
-_ITEMS = {"compute": "computation(s)", "sns": "handle(s)", "send": "submission(s)"}
+_ITEMS = {"compute": "computation(s)", "sns": "handle(s)", "send": "submission(s)",
+          "verify": "input list(s)"}
 
 
-async def _run(stage: str, settings, batch_id: str, index: int, count: int):
+async def _run(stage: str, settings, batch_id: str | None, index: int, count: int):
     """The stage's runner; imported here so `fhe-job --help` stays fast."""
     if stage == "compute":
         from .compute import run_compute
 
         return await run_compute(settings, batch_id, index, count)
+    if stage == "verify":
+        from .verify import run_verify
+
+        return await run_verify(settings)
     if stage == "send":
         from .send import run_send
 

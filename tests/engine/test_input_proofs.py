@@ -5,21 +5,15 @@ metadata are refused with a clear error."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 
-from coprocessor.devstack.versions import npm_prefix
 from coprocessor.fhe import reference as ref
 from coprocessor.fhe.engine import InvalidInputProof, UnsupportedOperation, input_metadata
 from coprocessor.fhe.envelope import Envelope
-from coprocessor.settings import load_settings
 from coprocessor.types import FheType, Op
 
-PROVER = Path(__file__).parent / "node" / "prove.js"
+from ..prover import node_prove
+
 CONTRACT = "0x" + "11" * 20
 USER = "0x" + "22" * 20
 CHAIN = 12345
@@ -31,21 +25,6 @@ def crs() -> bytes:
     from coprocessor.fhe.tfhe_backend import TfheRsBackend
 
     return TfheRsBackend().generate_crs(CRS_BITS)
-
-
-def node_prove(tmp_path: Path, public_key: bytes, crs: bytes, metadata: bytes,
-               *items: str) -> bytes:
-    node_modules = npm_prefix(load_settings().cache_dir) / "node_modules"
-    assert (node_modules / "node-tfhe").is_dir(), "run `make setup` (installs node-tfhe)"
-    (tmp_path / "pk").write_bytes(public_key)
-    (tmp_path / "crs").write_bytes(crs)
-    out = tmp_path / "list"
-    done = subprocess.run([shutil.which("node") or "node", str(PROVER), str(tmp_path / "pk"),
-                           str(tmp_path / "crs"), metadata.hex(), str(out), *items],
-                          env={**os.environ, "NODE_PATH": str(node_modules)},
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr
-    return out.read_bytes()
 
 
 @pytest.fixture(scope="module")

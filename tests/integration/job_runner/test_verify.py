@@ -1,0 +1,155 @@
+"""``fhe-job verify`` against real PostgreSQL and S3, on lists made by node-tfhe: proven
+inputs become stored ciphertexts under deterministic handles; refused proofs, other
+metadata, unknown chains and garbage are answered 'no' with the reason on the row and
+store nothing; the queue survives a pod dying mid-request and a second run."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from coprocessor.crs import crs_key, ensure_crs
+from coprocessor.db import proofs, queries
+from coprocessor.fhe.engine import input_metadata
+from coprocessor.inputs import input_handles
+from coprocessor.storage import ObjectStore
+from coprocessor.types import FheType, Handle
+from job_runner.verify import run_verify
+
+from ...prover import node_prove
+from .builder import CHAIN_ID
+
+CONTRACT, USER = bytes.fromhex("11" * 20), bytes.fromhex("22" * 20)
+CRS_BITS = 128  # enough for the lists below; deployments use 2048
+
+
+@pytest.fixture(scope="module")
+def settings(compute_settings):
+    return compute_settings.model_copy(update={"crs_max_bits": CRS_BITS})
+
+
+@pytest.fixture(scope="module")
+def proven(settings, tenant, tmp_path_factory) -> bytes:
+    """(Uint64 1000, Bool true, Uint8 7) under the tenant's public key, bound to
+    CONTRACT / USER / CHAIN_ID, against the deployment's CRS."""
+    record, _client = tenant
+    crs = ensure_crs(ObjectStore(settings), record.backend, CRS_BITS)
+    public_key = asyncio.run(_public_key(settings, record.tenant_id))
+    return node_prove(tmp_path_factory.mktemp("prove"), public_key, crs,
+                      input_metadata("0x" + CONTRACT.hex(), "0x" + USER.hex(), CHAIN_ID),
+                      "Uint64:1000", "Bool:1", "Uint8:7")
+
+
+async def _public_key(settings, tenant_id: int) -> bytes:
+    import asyncpg
+
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        return await connection.fetchval(
+            "SELECT public_params FROM tenants WHERE tenant_id = $1", tenant_id)
+    finally:
+        await connection.close()
+
+
+_ids = iter(range(1000, 10**6))
+
+
+def request(input_list: bytes | None, **changes) -> proofs.ProofRequest:
+    base = proofs.ProofRequest(next(_ids), CHAIN_ID, CONTRACT, USER, input_list)
+    return replace(base, **changes)
+
+
+async def row_of(conn, zk_proof_id: int):
+    return await conn.fetchrow("SELECT * FROM verify_proofs WHERE zk_proof_id = $1",
+                               zk_proof_id)
+
+
+async def test_a_proven_list_becomes_stored_ciphertexts_under_its_handles(
+        conn, settings, tenant, proven):
+    record, client = tenant
+    ask = request(proven)
+    assert await proofs.insert_request(conn, ask)
+    assert not await proofs.insert_request(conn, ask)  # the gateway may say it twice
+
+    summary = await run_verify(settings)
+    assert (summary.total, summary.verified, summary.rejected, summary.inputs) == (1, 1, 0, 3)
+    assert summary.exit_code == 0
+
+    row = await row_of(conn, ask.zk_proof_id)
+    assert row["verified"] is True and row["error_message"] is None
+    handles = [bytes(row["handles"])[i:i + 32] for i in range(0, len(row["handles"]), 32)]
+    types = [FheType.Uint64, FheType.Bool, FheType.Uint8]
+    assert handles == input_handles(proven, CONTRACT, CHAIN_ID, types)
+    assert [Handle(h).fhe_type for h in handles] == types
+    assert [Handle(h).index for h in handles] == [0, 1, 2]
+    stored = await queries.get_ciphertexts(conn, record.tenant_id, handles)
+    assert [client.decrypt(stored[h].ciphertext) for h in handles] == [1000, 1, 7]
+
+    # Nothing is pending: a second run answers nothing and stores nothing twice.
+    again = await run_verify(settings)
+    assert (again.total, again.verified) == (0, 0)
+    assert await conn.fetchval("SELECT count(*) FROM ciphertexts WHERE handle = ANY($1)",
+                               handles) == 3
+
+
+def _tampered(proven: bytes) -> bytes:
+    middle = len(proven) // 2
+    return proven[:middle] + bytes([proven[middle] ^ 0x01]) + proven[middle + 1:]
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("tampered", "refused"),
+    ("other user", "refused"),
+    ("other contract", "refused"),
+    ("unknown chain", "no tenant serves chain id 999"),
+    ("empty", "carries no input list"),
+    ("garbage", "refused"),
+])
+async def test_bad_requests_are_answered_no_with_the_reason_and_store_nothing(
+        conn, settings, proven, case, message):
+    ask = {
+        "tampered": request(_tampered(proven)),
+        "other user": request(proven, user_address=bytes(20)),
+        "other contract": request(proven, contract_address=bytes.fromhex("33" * 20)),
+        "unknown chain": request(proven, chain_id=999),
+        "empty": request(b""),
+        "garbage": request(b"\x00" * 64),
+    }[case]
+    before = await conn.fetchval("SELECT count(*) FROM ciphertexts")
+    await proofs.insert_request(conn, ask)
+    summary = await run_verify(settings)
+    assert (summary.total, summary.verified, summary.rejected) == (1, 0, 1)
+    assert summary.exit_code == 0  # an answer, not a failure
+    row = await row_of(conn, ask.zk_proof_id)
+    assert row["verified"] is False and row["handles"] is None
+    assert message in row["error_message"]
+    assert summary.failures[str(ask.zk_proof_id)] in row["error_message"]
+    assert await conn.fetchval("SELECT count(*) FROM ciphertexts") == before
+
+
+async def test_a_pod_dying_mid_request_leaves_it_pending_for_the_next(conn, settings, proven):
+    ask = request(proven)
+    await proofs.insert_request(conn, ask)
+    transaction = conn.transaction()
+    await transaction.start()
+    claimed = await proofs.claim_pending(conn)
+    assert claimed is not None and claimed.zk_proof_id == ask.zk_proof_id
+    await transaction.rollback()  # what the server does when the pod's connection drops
+    assert (await row_of(conn, ask.zk_proof_id))["verified"] is None
+
+    summary = await run_verify(settings)
+    assert summary.verified == 1
+    assert (await row_of(conn, ask.zk_proof_id))["verified"] is True
+
+
+def test_the_crs_is_made_once_and_shared(settings, tenant):
+    record, _client = tenant
+    store = ObjectStore(settings)
+    first = ensure_crs(store, record.backend, CRS_BITS)
+    assert store.get(crs_key(record.backend, CRS_BITS)) == first
+    assert ensure_crs(store, record.backend, CRS_BITS) == first
+    assert not store.put_if_absent(crs_key(record.backend, CRS_BITS), b"another")
+    assert store.get(crs_key(record.backend, CRS_BITS)) == first
+
