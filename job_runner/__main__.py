@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -52,13 +53,48 @@ def main(argv: list[str] | None = None) -> None:
                         help="this pod's index in an Indexed Job (default: "
                              "$JOB_COMPLETION_INDEX or 0)")
     parser.add_argument("--count", type=int, default=1, help="pods sharing the batch")
+    parser.add_argument("--follow", action="store_true",
+                        help="verify only: keep answering as requests arrive, until SIGTERM")
     args = parser.parse_args(argv)
     if (args.batch is None) != (args.stage == "verify"):
         parser.error("verify takes no --batch" if args.batch else
                      f"{args.stage} needs --batch")
     if args.count < 1 or not 0 <= args.index < args.count:
         parser.error(f"--index {args.index} must be in 0..{args.count - 1}")
+    if args.follow and args.stage != "verify":
+        parser.error("--follow is for verify only")
+    if args.follow:
+        sys.exit(follow_verify())
     sys.exit(run_stage(args.stage, args.batch, args.index, args.count))
+
+
+def follow_verify() -> int:
+    """The long-running verify worker: 0 when stopped by a signal."""
+    try:
+        settings = load_settings()
+    except Exception as error:
+        print(f"fhe-job: error: {error}", file=sys.stderr)
+        return exit_code_for(error)
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def run() -> None:
+        from .verify import follow
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await follow(settings, stop)
+
+    try:
+        asyncio.run(run())
+    except Exception as raised:
+        error = classify(raised)
+        code = exit_code_for(error)
+        log.error("verify worker stopped", exc_info=raised if code == 1 else None,
+                  extra={"fields": {"error": str(error), "exit_code": code}})
+        return code
+    return 0
 
 
 def run_stage(stage: str, batch_id: str | None, index: int, count: int) -> int:

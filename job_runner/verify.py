@@ -20,7 +20,9 @@ import asyncpg
 
 from coprocessor.crs import ensure_crs
 from coprocessor.db import proofs, queries
-from coprocessor.errors import UserError
+from coprocessor.db.notify import NotificationWaiter
+from coprocessor.db.pool import classify
+from coprocessor.errors import Recoverable, UserError
 from coprocessor.fhe.engine import (
     Evaluator,
     InvalidInputProof,
@@ -118,11 +120,12 @@ class _Verifier:
         return handles
 
 
-async def run_verify(settings: Settings, limit: int | None = None) -> VerifySummary:
+async def run_verify(settings: Settings, limit: int | None = None,
+                     verifier: _Verifier | None = None) -> VerifySummary:
     """Answer pending requests until none is left (or ``limit`` were answered)."""
     started = time.monotonic()
     summary = VerifySummary()
-    verifier = _Verifier(settings)
+    verifier = verifier or _Verifier(settings)
     connection = await asyncpg.connect(settings.database_url)
     try:
         while limit is None or summary.total < limit:
@@ -149,3 +152,32 @@ async def run_verify(settings: Settings, limit: int | None = None) -> VerifySumm
         await connection.close()
         summary.seconds = time.monotonic() - started
     return summary
+
+
+PASS_LIMIT = 64  # requests answered between two looks at the stop signal
+
+
+async def follow(settings: Settings, stop: asyncio.Event) -> None:
+    """``fhe-job verify --follow``: the long-running form (a Deployment, like the
+    reference's zkproof-worker). Answers the queue, then sleeps until a request is
+    queued (event_zkpok_new_work) or the poll interval passes; the database being down
+    is logged and waited out. Returns when ``stop`` is set."""
+    verifier = _Verifier(settings)
+    async with NotificationWaiter(settings.database_url, (queries.ZKPOK_NEW_WORK,),
+                                  poll_interval=settings.notify_poll_interval_s) as waiter:
+        while not stop.is_set():
+            answered = 0
+            try:
+                answered = (await run_verify(settings, PASS_LIMIT, verifier)).total
+            except Exception as raised:
+                error = classify(raised)
+                if not isinstance(error, Recoverable):
+                    raise error from raised
+                log.warning("verify pass cut short", extra={"fields": {"error": str(error)}})
+            if answered >= PASS_LIMIT:
+                continue  # more backlog: no need to wait
+            waiting = asyncio.create_task(waiter.wait())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (waiting, stopping):
+                task.cancel()

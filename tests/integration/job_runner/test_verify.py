@@ -153,3 +153,22 @@ def test_the_crs_is_made_once_and_shared(settings, tenant):
     assert not store.put_if_absent(crs_key(record.backend, CRS_BITS), b"another")
     assert store.get(crs_key(record.backend, CRS_BITS)) == first
 
+
+
+async def test_the_follow_worker_answers_requests_as_they_are_queued(conn, settings, proven):
+    from job_runner.verify import follow
+
+    stop = asyncio.Event()
+    worker = asyncio.create_task(follow(settings.model_copy(
+        update={"notify_poll_interval_s": 300.0}), stop))  # a NOTIFY wakes it, not a poll
+    try:
+        ask = request(proven)
+        await proofs.insert_request(conn, ask)
+        async with asyncio.timeout(120):
+            while (await row_of(conn, ask.zk_proof_id))["verified"] is None:
+                assert not worker.done(), worker.exception()
+                await asyncio.sleep(0.2)
+        assert (await row_of(conn, ask.zk_proof_id))["verified"] is True
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 30)

@@ -7,6 +7,7 @@ from job_runner.__main__ import main
 
 @pytest.mark.parametrize(("argv", "code", "message"), [
     (["verify", "--batch", "fhe/b@1"], 2, "verify takes no --batch"),
+    (["sns", "--batch", "fhe/b@1", "--follow"], 2, "--follow is for verify only"),
     (["compute", "--batch", "fhe/b@1", "--index", "2", "--count", "2"], 2,
      "--index 2 must be in 0..1"),
     (["compute"], 2, "compute needs --batch"),
