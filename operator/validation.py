@@ -160,8 +160,9 @@ def check_stages(stages: list[str], available: tuple[str, ...], graph: Graph | N
     stage commits what SNS published, so it comes with SNS."""
     unavailable = [s for s in stages if s not in available]
     if unavailable:
-        raise InvalidSpec(f"stage(s) {', '.join(unavailable)} are not available in this "
-                          f"release (available: {', '.join(available)})")
+        raise InvalidSpec(f"stage(s) {', '.join(unavailable)} are not batch stages "
+                          f"(available: {', '.join(available)}; input proofs are verified by "
+                          "`fhe-job verify`, which takes no batch)")
     if "sns" in stages and graph is not None and not any(n.output for n in graph.nodes):
         raise InvalidSpec("stage sns publishes the graph's outputs, but no node is marked "
                           "output: true")

@@ -119,7 +119,7 @@ def test_spec_hash_ignores_how_a_batch_runs_but_not_what_it_computes():
 
 
 @pytest.mark.parametrize(("stages", "outputs", "message"), [
-    (["compute", "verify"], True, "stage(s) verify are not available in this release"),
+    (["compute", "verify"], True, "stage(s) verify are not batch stages"),
     (["compute", "sns"], False, "no node is marked output: true"),
     (["compute", "sns", "send"], False, "no node is marked output: true"),
     (["compute", "send"], True, "list sns before send"),
