@@ -12,7 +12,9 @@ demo: setup       ## the main job end to end: stack, tenant, one FheBatch throug
 
 test: setup       ## lint, then the whole suite: unit, engine, integration (real services), e2e
 	$(VENV)/ruff check .
-	$(VENV)/pytest $(PYTEST_ARGS)
+	rm -f .artifacts/pytest.xml
+	$(VENV)/pytest --junitxml=.artifacts/pytest.xml $(PYTEST_ARGS)
+	$(VENV)/python scripts/check-test-results .artifacts/pytest.xml
 
 test-unit:
 	$(VENV)/pytest -m unit $(PYTEST_ARGS)
