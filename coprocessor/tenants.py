@@ -60,7 +60,10 @@ def _local_keyset(directory: Path, backend: str) -> Keyset | None:
 
 
 def _save_locally(directory: Path, keyset: Keyset, *, with_server_key: bool) -> None:
-    """The ``backend`` file goes last: its presence says the keyset is complete."""
+    """The ``backend`` file goes last: its presence says the keyset is complete. Files
+    of an earlier, interrupted creation go first, so keys never mix."""
+    for stale in ("backend", "server_key"):
+        (directory / stale).unlink(missing_ok=True)
     if with_server_key:
         _write_private(directory / "server_key", keyset.server_key)
     _write_private(directory / "public_params", keyset.public_params)
@@ -90,6 +93,9 @@ async def create_tenant(connection: asyncpg.Connection, store: ObjectStore,
         raise UserError(f"chain id {chain_id} must be a positive 63-bit integer")
     existing = await queries.get_tenant(connection, name)
     if existing is not None:
+        if keyset is not None and keyset.key_id != existing.key_id:
+            raise UserError(f"tenant {name!r} exists with other keys "
+                            f"(key id {existing.key_id.hex()[:16]}...)")
         return CreatedTenant(existing, created=False)
     backend = get_backend(backend_name)
     directory = key_dir(settings, name)

@@ -4,9 +4,15 @@ Each pending verify_proofs row is claimed (FOR UPDATE SKIP LOCKED, so several po
 share the queue), its list verified against the deployment's CRS, the compact public
 key of the tenant serving its chain and the metadata it must be bound to (contract,
 user, chain id), then expanded: one ciphertext per value, stored under the handles of
-coprocessor.inputs, and the verdict recorded, all in the row's transaction. A refused
-proof is an answer, not a failure: the row says why and the stage exits 0. The database
-or S3 being down leaves the row pending and exits 75 (the Job retries the pod).
+coprocessor.inputs, and the verdict recorded, all in the row's transaction.
+
+Three outcomes per row:
+* answered: verified, or refused (bad proof, other metadata, malformed list, a chain
+  nobody serves, a backend without proofs); the reason is on the row; exit 0;
+* left pending, this run moves on: the fault is ours (the tenant's server key missing
+  or damaged in S3, a CRS that does not load); counted as failed (exit 3) and retried
+  by the next run, never answered 'no' on the requester's behalf;
+* left pending, the run stops: the database or S3 is down (exit 75; the Job retries).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -21,8 +28,8 @@ import asyncpg
 from coprocessor.crs import ensure_crs
 from coprocessor.db import proofs, queries
 from coprocessor.db.notify import NotificationWaiter
-from coprocessor.db.pool import classify
-from coprocessor.errors import Recoverable, UserError
+from coprocessor.db.pool import classify, connect
+from coprocessor.errors import Irrecoverable, Recoverable, UserError
 from coprocessor.fhe.engine import (
     Evaluator,
     InvalidInputProof,
@@ -39,19 +46,22 @@ from .executor import partial_exit_code, summary_fields
 
 log = logging.getLogger(__name__)
 
+EVALUATORS_KEPT = 2  # each holds a tenant's decompressed server key (GBs)
+PASS_LIMIT = 64  # requests a --follow pass answers before it looks for new ones
+
 
 @dataclass
 class VerifySummary:
     """What a verify pod reports in its termination message."""
 
-    total: int = 0  # requests this run decided
+    total: int = 0  # requests this run looked at
     verified: int = 0
-    rejected: int = 0  # refused proofs, malformed lists, chains nobody serves
+    rejected: int = 0  # answered 'no': the reason is on the row
     inputs: int = 0  # ciphertexts stored by this run
-    failed: int = 0
+    failed: int = 0  # left pending: the fault is ours (see the module doc)
     seconds: float = 0.0
     error: str | None = None
-    failures: dict[str, str] = field(default_factory=dict)  # proof id -> why rejected
+    failures: dict[str, str] = field(default_factory=dict)  # proof id -> why
 
     @property
     def exit_code(self) -> int:
@@ -66,49 +76,58 @@ class _Rejected(Exception):
 
 
 class _Verifier:
-    """Per-run caches: a tenant's evaluator (its server key is hundreds of MB) and the
-    CRS per backend are fetched once per pod, not once per request."""
+    """Per-process caches: a few tenants' evaluators (a server key is hundreds of MB to
+    fetch and GBs once decompressed) and the CRS per backend."""
 
     def __init__(self, settings: Settings) -> None:
         self.store = ObjectStore(settings)
         self.crs_bits = settings.crs_max_bits
-        self._evaluators: dict[int, Evaluator] = {}
+        self._evaluators: OrderedDict[int, Evaluator] = OrderedDict()
         self._crs: dict[str, bytes] = {}
 
-    def crs(self, backend: str) -> bytes:
+    async def crs(self, backend: str) -> bytes:
         if backend not in self._crs:
-            try:
-                self._crs[backend] = ensure_crs(self.store, backend, self.crs_bits)
-            except UserError as error:  # a backend without input proofs
-                raise _Rejected(str(error)) from None
+            self._crs[backend] = await asyncio.to_thread(ensure_crs, self.store, backend,
+                                                         self.crs_bits)
         return self._crs[backend]
 
-    def evaluator(self, tenant: queries.Tenant) -> Evaluator:
-        if tenant.tenant_id not in self._evaluators:
-            self._evaluators[tenant.tenant_id] = load_evaluator(self.store, tenant)
+    async def evaluator(self, tenant: queries.Tenant) -> Evaluator:
+        if tenant.tenant_id in self._evaluators:
+            self._evaluators.move_to_end(tenant.tenant_id)
+        else:
+            try:
+                loaded = await asyncio.to_thread(load_evaluator, self.store, tenant)
+            except KeyError:
+                raise UserError(f"tenant {tenant.name!r}'s server key is missing from S3 "
+                                f"({tenant.keys_location})") from None
+            self._evaluators[tenant.tenant_id] = loaded
+            while len(self._evaluators) > EVALUATORS_KEPT:
+                self._evaluators.popitem(last=False)
         return self._evaluators[tenant.tenant_id]
 
     async def answer(self, connection: asyncpg.Connection,
                      request: proofs.ProofRequest) -> list[bytes]:
-        """Verify and store one request's inputs; returns their handles or raises
-        _Rejected. Runs inside the transaction that holds the row."""
+        """Verify and store one request's inputs; returns their handles, or raises
+        _Rejected (answer 'no') or another error (leave it pending). Runs inside the
+        transaction that holds the row."""
         served = await proofs.tenant_for_chain(connection, request.chain_id)
         if served is None:
             raise _Rejected(f"no tenant serves chain id {request.chain_id}")
         if not request.input:
             raise _Rejected("the request carries no input list")
-        if not served.public_params:
-            raise _Rejected(f"tenant {served.tenant.name!r} has no compact public key")
         tenant = served.tenant
-        evaluator = self.evaluator(tenant)
-        crs = self.crs(tenant.backend)
+        if tenant.backend != "tfhe-rs":
+            raise _Rejected(f"tenant {tenant.name!r} runs backend {tenant.backend!r}, which "
+                            "has no input proofs")
+        if not served.public_params:
+            raise UserError(f"tenant {tenant.name!r} has no compact public key")
+        crs = await self.crs(tenant.backend)
+        evaluator = await self.evaluator(tenant)
         try:
             metadata = input_metadata("0x" + request.contract_address.hex(),
                                       "0x" + request.user_address.hex(), request.chain_id)
-            loop = asyncio.get_running_loop()
-            ciphertexts = await loop.run_in_executor(
-                None, evaluator.verify_inputs, crs, served.public_params, request.input,
-                metadata)
+            ciphertexts = await asyncio.to_thread(
+                evaluator.verify_inputs, crs, served.public_params, request.input, metadata)
             types = [Envelope.from_bytes(c).fhe_type for c in ciphertexts]
             handles = input_handles(request.input, request.contract_address,
                                     request.chain_id, types)
@@ -120,64 +139,89 @@ class _Verifier:
         return handles
 
 
+async def _answer_next(connection: asyncpg.Connection, verifier: _Verifier,
+                       summary: VerifySummary, passed_over: list[int]) -> bool:
+    """Claim and answer one request; False when none is pending (but those passed over)."""
+    async with connection.transaction():
+        request = await proofs.claim_pending(connection, passed_over)
+        if request is None:
+            return False
+        summary.total += 1
+        key = str(request.zk_proof_id)
+        try:
+            handles = await verifier.answer(connection, request)
+        except _Rejected as rejected:
+            await proofs.record_rejected(connection, request.zk_proof_id, str(rejected))
+            summary.rejected += 1
+            summary.failures.setdefault(key, str(rejected)[:200])
+            log.info("input list rejected", extra={"fields": {
+                "zk_proof_id": request.zk_proof_id, "reason": str(rejected)}})
+            return True
+        except Exception as raised:
+            error = classify(raised)
+            if not isinstance(error, Irrecoverable):
+                raise error from raised  # outages stop the run: the row stays pending
+            passed_over.append(request.zk_proof_id)
+            summary.failed += 1
+            summary.failures.setdefault(key, str(error)[:200])
+            log.error("input list left pending", extra={"fields": {
+                "zk_proof_id": request.zk_proof_id, "error": str(error)}})
+            return True
+        await proofs.record_verified(connection, request.zk_proof_id, handles)
+    summary.verified += 1
+    summary.inputs += len(handles)
+    log.info("input list verified", extra={"fields": {
+        "zk_proof_id": request.zk_proof_id, "inputs": len(handles)}})
+    return True
+
+
 async def run_verify(settings: Settings, limit: int | None = None,
-                     verifier: _Verifier | None = None) -> VerifySummary:
-    """Answer pending requests until none is left (or ``limit`` were answered)."""
+                     verifier: _Verifier | None = None,
+                     stop: asyncio.Event | None = None) -> VerifySummary:
+    """Answer pending requests until none is left, ``limit`` were looked at, or ``stop``."""
     started = time.monotonic()
     summary = VerifySummary()
     verifier = verifier or _Verifier(settings)
-    connection = await asyncpg.connect(settings.database_url)
+    passed_over: list[int] = []
+    connection = await connect(settings.database_url)
     try:
-        while limit is None or summary.total < limit:
-            async with connection.transaction():
-                request = await proofs.claim_pending(connection)
-                if request is None:
-                    break
-                try:
-                    handles = await verifier.answer(connection, request)
-                except _Rejected as rejected:
-                    await proofs.record_rejected(connection, request.zk_proof_id, str(rejected))
-                    summary.rejected += 1
-                    summary.failures.setdefault(str(request.zk_proof_id), str(rejected)[:200])
-                    log.info("input list rejected", extra={"fields": {
-                        "zk_proof_id": request.zk_proof_id, "reason": str(rejected)}})
-                else:
-                    await proofs.record_verified(connection, request.zk_proof_id, handles)
-                    summary.verified += 1
-                    summary.inputs += len(handles)
-                    log.info("input list verified", extra={"fields": {
-                        "zk_proof_id": request.zk_proof_id, "inputs": len(handles)}})
-            summary.total += 1
+        while (limit is None or summary.total < limit) and not (stop and stop.is_set()):
+            if not await _answer_next(connection, verifier, summary, passed_over):
+                break
     finally:
         await connection.close()
         summary.seconds = time.monotonic() - started
     return summary
 
 
-PASS_LIMIT = 64  # requests answered between two looks at the stop signal
-
-
-async def follow(settings: Settings, stop: asyncio.Event) -> None:
+async def follow(settings: Settings, stop: asyncio.Event,
+                 idle: asyncio.Event | None = None) -> None:
     """``fhe-job verify --follow``: the long-running form (a Deployment, like the
     reference's zkproof-worker). Answers the queue, then sleeps until a request is
     queued (event_zkpok_new_work) or the poll interval passes; the database being down
-    is logged and waited out. Returns when ``stop`` is set."""
+    is logged and waited out. Sets ``idle`` whenever it goes to sleep; returns when
+    ``stop`` is set."""
     verifier = _Verifier(settings)
     async with NotificationWaiter(settings.database_url, (queries.ZKPOK_NEW_WORK,),
                                   poll_interval=settings.notify_poll_interval_s) as waiter:
         while not stop.is_set():
-            answered = 0
+            waiter.drain()  # the pass below sees everything queued before it starts
+            looked_at = 0
             try:
-                answered = (await run_verify(settings, PASS_LIMIT, verifier)).total
+                looked_at = (await run_verify(settings, PASS_LIMIT, verifier, stop)).total
             except Exception as raised:
                 error = classify(raised)
                 if not isinstance(error, Recoverable):
                     raise error from raised
                 log.warning("verify pass cut short", extra={"fields": {"error": str(error)}})
-            if answered >= PASS_LIMIT:
+            if looked_at >= PASS_LIMIT:
                 continue  # more backlog: no need to wait
+            if idle is not None:
+                idle.set()
             waiting = asyncio.create_task(waiter.wait())
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
             for task in (waiting, stopping):
                 task.cancel()
+            if idle is not None:
+                idle.clear()

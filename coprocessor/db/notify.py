@@ -95,6 +95,15 @@ class NotificationWaiter:
         self._connection = connection
         self._reconnect_delay = 0.1
 
+    def drain(self) -> int:
+        """Forget the notifications received so far; for a caller about to look at all
+        pending work anyway, so a burst of N notifications costs one pass, not N."""
+        dropped = 0
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            dropped += 1
+        return dropped
+
     async def wait(self, timeout: float | None = None) -> Wakeup:
         """Return at the first notification, or after ``timeout`` (default: poll interval)."""
         if not self._queue.empty():

@@ -31,9 +31,15 @@ async def create_pool(database_url: str, size: int = 8) -> asyncpg.Pool:
     return pool
 
 
+# The server refusing work for now: shutting down, restarting after a crash, or full.
+_SERVER_BUSY = (asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
+                asyncpg.exceptions.TooManyConnectionsError)
+
+
 def classify(error: BaseException) -> BaseException:
-    """A lost connection in the middle of work is the database being unavailable
-    (recoverable), not a bug; everything else is returned unchanged."""
-    if isinstance(error, (*_UNAVAILABLE, asyncpg.PostgresConnectionError)):
+    """A lost connection in the middle of work, or a server shutting down or full, is
+    the database being unavailable (recoverable), not a bug; everything else is returned
+    unchanged."""
+    if isinstance(error, (*_UNAVAILABLE, *_SERVER_BUSY, asyncpg.PostgresConnectionError)):
         return ServiceUnavailable("postgres", f"{type(error).__name__}: {error}")
     return error

@@ -8,6 +8,7 @@ way leaves the row pending and nothing half-stored.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -55,13 +56,16 @@ async def insert_request(connection: asyncpg.Connection, request: ProofRequest) 
     return inserted
 
 
-async def claim_pending(connection: asyncpg.Connection) -> ProofRequest | None:
-    """The oldest pending request, locked until the caller's transaction ends."""
+async def claim_pending(connection: asyncpg.Connection,
+                        passed_over: Sequence[int] = ()) -> ProofRequest | None:
+    """The oldest pending request but those passed over (left pending by this run),
+    locked until the caller's transaction ends; rows other pods hold are skipped."""
     require_transaction(connection)
     row = await connection.fetchrow(
         """SELECT zk_proof_id, chain_id, contract_address, user_address, input
-           FROM verify_proofs WHERE verified IS NULL
-           ORDER BY created_at, zk_proof_id LIMIT 1 FOR UPDATE SKIP LOCKED""")
+           FROM verify_proofs WHERE verified IS NULL AND zk_proof_id <> ALL($1::bigint[])
+           ORDER BY created_at, zk_proof_id LIMIT 1 FOR UPDATE SKIP LOCKED""",
+        list(passed_over))
     return ProofRequest(**dict(row)) if row else None
 
 

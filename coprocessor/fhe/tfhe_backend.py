@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 
+from ..errors import ConfigError
 from ..types import FheType, Op
 from . import reference
 from .engine import (
@@ -255,6 +256,8 @@ class TfheRsEvaluator:
                                                      bytes(metadata))
         except ValueError as error:
             raise InvalidInputProof(f"input list refused: {error}") from None
+        except RuntimeError as error:  # our CRS or the tenant's key: not the list's fault
+            raise ConfigError(f"{NAME} cannot verify input lists here: {error}") from None
         return [self._wrap(code, payload) for code, payload in expanded]
 
     def check(self, ciphertext: bytes) -> FheType:

@@ -235,6 +235,13 @@ fn block_ok(block: &tfhe::shortint::Ciphertext) -> bool {
         && block.noise_level().get() <= params.max_noise_level.get()
 }
 
+/// Whether safe-serialized bytes name a CompressedSquashedNoiseCiphertextList in their
+/// header (the name comes before any payload).
+fn names_compressed_list(bytes: &[u8]) -> bool {
+    const NAME: &[u8] = b"CompressedSquashedNoiseCiphertextList";
+    bytes[..bytes.len().min(256)].windows(NAME.len()).any(|w| w == NAME)
+}
+
 fn unsupported(what: &str) -> PyErr {
     PyValueError::new_err(format!("unsupported: {what}"))
 }
@@ -380,10 +387,14 @@ impl Client {
         let out = py.allow_threads(|| -> PyResult<[u8; 32]> {
             let ck = &self.key;
             // Either format: a one-element compressed list (keysets with the noise
-            // squashing compression key) or a bare squashed ciphertext (older keysets).
-            // Safe deserialization checks the serialized type name, so trying the list
-            // first cannot misread a bare ciphertext.
-            let list = de::<CompressedSquashedNoiseCiphertextList>(&ciphertext, CT_LIMIT).ok();
+            // squashing compression key) or a bare squashed ciphertext (older keysets),
+            // told apart by the type name in the safe-serialization header, so a damaged
+            // list reports the list's own error.
+            let list = if names_compressed_list(&ciphertext) {
+                Some(de::<CompressedSquashedNoiseCiphertextList>(&ciphertext, CT_LIMIT)?)
+            } else {
+                None
+            };
             let value = if type_code == 0 {
                 let c: SquashedNoiseFheBool = match &list {
                     Some(l) => l.get(0).map_err(err)?.ok_or_else(|| err("empty list"))?,
@@ -401,6 +412,49 @@ impl Client {
         })?;
         Ok(PyBytes::new(py, &out).into())
     }
+}
+
+/// The list checked for shape against the CRS (TFHE-rs conformance), its proof verified
+/// against the CRS, the key and the metadata, then expanded: [(type code, bytes)].
+fn verify_and_expand(crs: &CompactPkeCrs, pk: &CompactPublicKey, list: &[u8],
+                     metadata: &[u8]) -> PyResult<Vec<(u8, Vec<u8>)>> {
+    let params = IntegerProvenCompactCiphertextListConformanceParams::from_crs_and_parameters(
+        PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128, crs);
+    let list: ProvenCompactCiphertextList = DeserializationConfig::new(CT_LIMIT)
+        .deserialize_from(list, &params)
+        .map_err(|e| PyValueError::new_err(format!("malformed input list: {e}")))?;
+    if let ZkVerificationOutcome::Invalid = list.verify(crs, pk, metadata) {
+        return Err(PyValueError::new_err(
+            "input proof is invalid (tampered list, another key, or other metadata)"));
+    }
+    // Verified just above on this very object: expanding without a second
+    // verification halves the work a hostile list can cost us.
+    let expander = list.expand_without_verification().map_err(err)?;
+    let mut out = Vec::with_capacity(expander.len());
+    for index in 0..expander.len() {
+        let kind = expander.get_kind_of(index)
+            .ok_or_else(|| PyValueError::new_err("input list entry has no type"))?;
+        let code = type_code_of(kind)
+            .ok_or_else(|| unsupported("input type outside Bool..Uint256"))?;
+        macro_rules! take {
+            ($variant:ident, $ty:ident, $code:expr, $clear:ty) => {
+                if code == $code {
+                    let value: $ty = expander.get(index).map_err(err)?
+                        .ok_or_else(|| PyValueError::new_err("input list entry missing"))?;
+                    out.push((code, Ct::$variant(value).to_bytes()?));
+                    continue;
+                }
+            };
+        }
+        if code == 0 {
+            let value: FheBool = expander.get(index).map_err(err)?
+                .ok_or_else(|| PyValueError::new_err("input list entry missing"))?;
+            out.push((0, Ct::Bool(value).to_bytes()?));
+            continue;
+        }
+        each_uint!(take);
+    }
+    Ok(out)
 }
 
 // --- server side ---------------------------------------------------------------------------
@@ -772,45 +826,15 @@ impl Evaluator {
         let key = self.key.clone();
         let out = py.allow_threads(move || -> PyResult<Vec<(u8, Vec<u8>)>> {
             set_server_key(key);
-            let crs: CompactPkeCrs = de(&crs, KEY_LIMIT)?;
-            let pk: CompactPublicKey = de(&public_key, KEY_LIMIT)?;
-            let params = IntegerProvenCompactCiphertextListConformanceParams::from_crs_and_parameters(
-                PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128, &crs);
-            let list: ProvenCompactCiphertextList = DeserializationConfig::new(CT_LIMIT)
-                .deserialize_from(list.as_slice(), &params)
-                .map_err(|e| PyValueError::new_err(format!("malformed input list: {e}")))?;
-            if let ZkVerificationOutcome::Invalid = list.verify(&crs, &pk, &metadata) {
-                return Err(PyValueError::new_err(
-                    "input proof is invalid (tampered list, another key, or other metadata)"));
-            }
-            // Verified just above on this very object: expanding without a second
-            // verification halves the work a hostile list can cost us.
-            let expander = list.expand_without_verification().map_err(err)?;
-            let mut out = Vec::with_capacity(expander.len());
-            for index in 0..expander.len() {
-                let kind = expander.get_kind_of(index)
-                    .ok_or_else(|| PyValueError::new_err("input list entry has no type"))?;
-                let code = type_code_of(kind)
-                    .ok_or_else(|| unsupported("input type outside Bool..Uint256"))?;
-                macro_rules! take {
-                    ($variant:ident, $ty:ident, $code:expr, $clear:ty) => {
-                        if code == $code {
-                            let value: $ty = expander.get(index).map_err(err)?
-                                .ok_or_else(|| PyValueError::new_err("input list entry missing"))?;
-                            out.push((code, Ct::$variant(value).to_bytes()?));
-                            continue;
-                        }
-                    };
-                }
-                if code == 0 {
-                    let value: FheBool = expander.get(index).map_err(err)?
-                        .ok_or_else(|| PyValueError::new_err("input list entry missing"))?;
-                    out.push((0, Ct::Bool(value).to_bytes()?));
-                    continue;
-                }
-                each_uint!(take);
-            }
-            Ok(out)
+            // The CRS and the key are ours, not the requester's: if they do not load, the
+            // fault is the deployment's (RuntimeError), never a verdict on the list.
+            let crs: CompactPkeCrs = de(&crs, KEY_LIMIT)
+                .map_err(|e| PyRuntimeError::new_err(format!("the CRS does not load: {e}")))?;
+            let pk: CompactPublicKey = de(&public_key, KEY_LIMIT).map_err(|e| {
+                PyRuntimeError::new_err(format!("the compact public key does not load: {e}"))
+            })?;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| verify_and_expand(&crs, &pk, &list, &metadata)))
+                .map_err(|_| PyValueError::new_err("malformed input list: TFHE-rs panicked on it"))?
         })?;
         Ok(out.into_iter().map(|(code, bytes)| (code, PyBytes::new(py, &bytes).into())).collect())
     }

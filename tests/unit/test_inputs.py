@@ -31,3 +31,14 @@ def test_too_many_values_or_a_bad_contract_are_refused():
         input_handles(b"list", CONTRACT, 5, [FheType.Bool] * (MAX_INPUTS + 1))
     with pytest.raises(InvalidInputProof, match="20 bytes"):
         input_handles(b"list", b"short", 5, [FheType.Bool])
+
+
+def test_a_known_answer_the_layout_spells_out():
+    """Rebuilt byte by byte from the layout in coprocessor/inputs.py, so a change of
+    the derivation (a field dropped from the hash, another order) cannot pass unseen."""
+    from eth_hash.auto import keccak
+
+    blob = keccak(b"ZK-w_rct" + b"list")
+    prehandle = keccak(b"ZK-w_hdl" + blob + bytes([1]) + CONTRACT + (5).to_bytes(32, "big"))
+    expected = prehandle[:21] + bytes([1]) + (5).to_bytes(8, "big") + bytes([2, 0])
+    assert input_handles(b"list", CONTRACT, 5, [FheType.Bool, FheType.Uint8])[1] == expected

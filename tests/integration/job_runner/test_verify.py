@@ -6,6 +6,7 @@ store nothing; the queue survives a pod dying mid-request and a second run."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import replace
 
 import pytest
@@ -100,12 +101,12 @@ def _tampered(proven: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(("case", "message"), [
-    ("tampered", "refused"),
-    ("other user", "refused"),
-    ("other contract", "refused"),
+    ("tampered", "input proof is invalid"),
+    ("other user", "input proof is invalid"),
+    ("other contract", "input proof is invalid"),
     ("unknown chain", "no tenant serves chain id 999"),
     ("empty", "carries no input list"),
-    ("garbage", "refused"),
+    ("garbage", "malformed input list"),
 ])
 async def test_bad_requests_are_answered_no_with_the_reason_and_store_nothing(
         conn, settings, proven, case, message):
@@ -136,6 +137,9 @@ async def test_a_pod_dying_mid_request_leaves_it_pending_for_the_next(conn, sett
     await transaction.start()
     claimed = await proofs.claim_pending(conn)
     assert claimed is not None and claimed.zk_proof_id == ask.zk_proof_id
+    # While one pod holds it, another passes it by (SKIP LOCKED) instead of waiting.
+    meanwhile = await run_verify(settings)
+    assert (meanwhile.total, meanwhile.verified) == (0, 0)
     await transaction.rollback()  # what the server does when the pod's connection drops
     assert (await row_of(conn, ask.zk_proof_id))["verified"] is None
 
@@ -150,18 +154,57 @@ def test_the_crs_is_made_once_and_shared(settings, tenant):
     first = ensure_crs(store, record.backend, CRS_BITS)
     assert store.get(crs_key(record.backend, CRS_BITS)) == first
     assert ensure_crs(store, record.backend, CRS_BITS) == first
-    assert not store.put_if_absent(crs_key(record.backend, CRS_BITS), b"another")
-    assert store.get(crs_key(record.backend, CRS_BITS)) == first
+    scratch = f"scratch/{uuid.uuid4()}"
+    assert store.put_if_absent(scratch, b"first")
+    assert not store.put_if_absent(scratch, b"second")  # the racer that loses
+    assert store.get(scratch) == b"first"
+    store.delete([scratch])
+
+
+async def test_a_chain_served_by_a_backend_without_proofs_is_answered_no(conn, settings, proven):
+    await queries.create_tenant(conn, "concrete-chain", 777, b"c" * 32, "concrete")
+    ask = request(proven, chain_id=777)
+    await proofs.insert_request(conn, ask)
+    summary = await run_verify(settings)
+    assert (summary.total, summary.rejected) == (1, 1)
+    assert "has no input proofs" in (await row_of(conn, ask.zk_proof_id))["error_message"]
+
+
+async def test_our_own_fault_leaves_the_row_pending_and_the_queue_moving(
+        conn, settings, tenant, proven):
+    """A tenant whose server key is gone from S3 is not the requester's fault: no 'no' on
+    their behalf; the row stays pending (exit 3 says why) and the rows behind it are
+    still answered."""
+    record, _client = tenant
+    public_key = await _public_key(settings, record.tenant_id)
+    await queries.create_tenant(conn, "keyless", 778, b"k" * 32, "tfhe-rs",
+                                keys_location="s3://fhe-ciphertexts/keys/keyless/gone",
+                                public_params=public_key)
+    stuck, behind = request(proven, chain_id=778), request(proven)
+    await proofs.insert_request(conn, stuck)
+    await proofs.insert_request(conn, behind)
+    try:
+        summary = await run_verify(settings)
+        assert (summary.total, summary.verified, summary.failed) == (2, 1, 1)
+        assert summary.exit_code == 3
+        assert "server key is missing" in summary.failures[str(stuck.zk_proof_id)]
+        assert (await row_of(conn, stuck.zk_proof_id))["verified"] is None
+        assert (await row_of(conn, behind.zk_proof_id))["verified"] is True
+    finally:  # later tests count what a run looks at
+        await conn.execute("DELETE FROM verify_proofs WHERE zk_proof_id = $1",
+                           stuck.zk_proof_id)
 
 
 
 async def test_the_follow_worker_answers_requests_as_they_are_queued(conn, settings, proven):
     from job_runner.verify import follow
 
-    stop = asyncio.Event()
+    stop, idle = asyncio.Event(), asyncio.Event()
     worker = asyncio.create_task(follow(settings.model_copy(
-        update={"notify_poll_interval_s": 300.0}), stop))  # a NOTIFY wakes it, not a poll
+        update={"notify_poll_interval_s": 300.0}), stop, idle))  # a NOTIFY wakes it
     try:
+        async with asyncio.timeout(60):
+            await idle.wait()  # asleep with an empty queue: only the NOTIFY can wake it
         ask = request(proven)
         await proofs.insert_request(conn, ask)
         async with asyncio.timeout(120):
