@@ -1,6 +1,6 @@
 """One keyset per backend for the whole test session.
 
-Generating a TFHE-rs keyset takes tens of seconds and its server key is 330 MB, so
+Generating a TFHE-rs keyset takes tens of seconds and its server key is 465 MB, so
 the engine harness and every test tenant share one per backend; the tenant CLI tests
 still generate their own, through the product's path.
 """
