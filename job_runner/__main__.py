@@ -21,7 +21,7 @@ from pathlib import Path
 from coprocessor.db.pool import classify
 from coprocessor.errors import exit_code_for
 from coprocessor.logs import configure_logging
-from coprocessor.settings import load_settings
+from coprocessor.settings import Settings, load_settings
 
 from . import STAGES
 
@@ -68,14 +68,23 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(run_stage(args.stage, args.batch, args.index, args.count))
 
 
-def follow_verify() -> int:
-    """The long-running verify worker: 0 when stopped by a signal."""
+def _settings_or_exit_code() -> Settings | int:
+    """The settings, logging configured; or the exit code of settings that do not load
+    (one line on stderr: there is no logging yet)."""
     try:
         settings = load_settings()
     except Exception as error:
         print(f"fhe-job: error: {error}", file=sys.stderr)
         return exit_code_for(error)
     configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def follow_verify() -> int:
+    """The long-running verify worker: 0 when stopped by a signal."""
+    settings = _settings_or_exit_code()
+    if isinstance(settings, int):
+        return settings
 
     async def run() -> None:
         from .verify import follow
@@ -98,12 +107,9 @@ def follow_verify() -> int:
 
 
 def run_stage(stage: str, batch_id: str | None, index: int, count: int) -> int:
-    try:
-        settings = load_settings()
-    except Exception as error:
-        print(f"fhe-job: error: {error}", file=sys.stderr)
-        return exit_code_for(error)
-    configure_logging(settings.log_level, settings.log_format)
+    settings = _settings_or_exit_code()
+    if isinstance(settings, int):
+        return settings
     try:
         summary = asyncio.run(_run(stage, settings, batch_id, index, count))
     except Exception as raised:  # every class of error maps to its exit code
