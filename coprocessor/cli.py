@@ -192,6 +192,81 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- fhectl input: what an fhEVM client needs to prove, and the verify queue ------------
+
+def cmd_input_params(args: argparse.Namespace) -> int:
+    """The deployment's CRS and the tenant's compact public key, as files a client
+    (node-tfhe) proves against; the CRS is made on first use (crs.ensure_crs)."""
+    from .crs import ensure_crs
+    from .storage import ObjectStore
+
+    settings = load_settings()
+
+    async def public_key(connection):
+        tenant = await _tenant(connection, args.tenant)
+        key = await connection.fetchval(
+            "SELECT public_params FROM tenants WHERE tenant_id = $1", tenant.tenant_id)
+        if not key:
+            raise UserError(f"tenant {tenant.name!r} ({tenant.backend}) has no compact "
+                            "public key: its backend takes no proven inputs")
+        return tenant, key
+
+    tenant, key = asyncio.run(_connected(public_key))
+    crs = ensure_crs(ObjectStore(settings), tenant.backend, settings.crs_max_bits)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "crs").write_bytes(crs)
+    (out / "public_key").write_bytes(key)
+    _print({"tenant": tenant.name, "chain_id": tenant.chain_id,
+            "crs": str(out / "crs"), "crs_bits": settings.crs_max_bits,
+            "public_key": str(out / "public_key")}, args.output)
+    return 0
+
+
+def _address(text: str, what: str) -> bytes:
+    body = text[2:] if text.startswith("0x") else ""
+    try:
+        raw = bytes.fromhex(body)
+    except ValueError:
+        raw = b""
+    if len(raw) != 20:
+        raise UserError(f"{what} address must be 0x and 20 bytes, got {text!r}")
+    return raw
+
+
+def cmd_input_submit(args: argparse.Namespace) -> int:
+    """Queue a proven list as the gateway listener would (idempotent by request id)."""
+    from .db import proofs
+
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read {args.file}: {error.strerror}") from None
+    if not data:
+        raise UserError(f"{args.file} is empty")
+    if not 0 < args.chain_id < 2**63 or not 0 <= args.id < 2**63:
+        raise UserError("--chain-id must be in 1..2^63-1 and --id in 0..2^63-1")
+    request = proofs.ProofRequest(args.id, args.chain_id, _address(args.contract, "contract"),
+                                  _address(args.user, "user"), data)
+    queued = asyncio.run(_connected(lambda c: proofs.insert_request(c, request)))
+    _print({"zk_proof_id": args.id, "queued": queued}, args.output)
+    return 0
+
+
+def cmd_input_status(args: argparse.Namespace) -> int:
+    row = asyncio.run(_connected(lambda c: c.fetchrow(
+        """SELECT verified, handles, error_message FROM verify_proofs
+           WHERE zk_proof_id = $1""", args.id)))
+    if row is None:
+        raise UserError(f"no verify request {args.id}")
+    handles = bytes(row["handles"] or b"")
+    state = {None: "pending", True: "verified", False: "rejected"}[row["verified"]]
+    _print({"zk_proof_id": args.id, "state": state, "error": row["error_message"],
+            "handles": ["0x" + handles[i:i + 32].hex() for i in range(0, len(handles), 32)]},
+           args.output)
+    return 0
+
+
 # --- fhectl fhe -------------------------------------------------------------------------
 
 def cmd_fhe_ops(args: argparse.Namespace) -> int:
@@ -364,6 +439,28 @@ def build_parser() -> argparse.ArgumentParser:
     decrypt.add_argument("--tenant", required=True)
     decrypt.add_argument("handle", help="32-byte handle, 0x-hex")
     decrypt.set_defaults(handler=cmd_decrypt)
+
+    inputs = groups.add_parser("input", help="proven inputs: parameters for clients, "
+                               "the verify queue")
+    input_cmds = inputs.add_subparsers(dest="command", required=True, metavar="ACTION")
+    params = input_cmds.add_parser("params", help="write the CRS and the tenant's compact "
+                                   "public key for a client to prove against")
+    params.add_argument("--tenant", required=True)
+    params.add_argument("--out-dir", required=True)
+    params.set_defaults(handler=cmd_input_params)
+    queue = input_cmds.add_parser("submit", help="queue a proven list for `fhe-job verify`")
+    queue.add_argument("--id", type=int, required=True, help="request id (the gateway's)")
+    queue.add_argument("--chain-id", type=int, required=True)
+    queue.add_argument("--contract", required=True, help="0x + 20 bytes")
+    queue.add_argument("--user", required=True, help="0x + 20 bytes")
+    queue.add_argument("file", help="the serialized ProvenCompactCiphertextList")
+    queue.set_defaults(handler=cmd_input_submit)
+    status = input_cmds.add_parser("status", help="pending, verified (with the handles) "
+                                   "or rejected (with the reason)")
+    status.add_argument("id", type=int)
+    status.set_defaults(handler=cmd_input_status)
+    for sub in (params, queue, status):
+        sub.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
     fhe = groups.add_parser("fhe", help="the FHE engine")
     fhe_cmds = fhe.add_subparsers(dest="command", required=True, metavar="ACTION")

@@ -4,6 +4,7 @@ real TFHE-rs keys (one key generation for the module: about 20 s)."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import boto3
 import pytest
@@ -73,6 +74,68 @@ def test_encrypt_then_decrypt(tenant_env, fhe_type, value):
     (["tenant", "create", "x", "--backend", "paillier"], "unknown FHE backend"),
 ])
 def test_bad_input_is_one_line_and_nothing_is_stored(tenant_env, args, needle):
+    result = fhectl(tenant_env, *args, check=False)
+    assert result.returncode == 3, result.stderr
+    assert needle in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --- fhectl input: a client's whole path, CLI to CLI -----------------------------------
+
+def test_a_client_proves_against_the_params_and_the_queue_answers(tenant_env, tmp_path):
+    """params -> node-tfhe proves -> input submit -> fhe-job verify -> input status ->
+    decrypt the stored inputs."""
+    import json
+
+    from coprocessor.fhe.engine import input_metadata
+
+    from ..prover import node_prove
+
+    env = {**tenant_env, "FHE_CRS_MAX_BITS": "128"}  # deployments use 2048
+    params = json.loads(fhectl(env, "input", "params", "--tenant", "acme", "--out-dir",
+                               str(tmp_path / "params"), "-o", "json").stdout)
+    assert params["chain_id"] == 8009 and params["crs_bits"] == 128
+    contract, user = "0x" + "11" * 20, "0x" + "22" * 20
+    (tmp_path / "prove").mkdir()
+    proven = node_prove(tmp_path / "prove", Path(params["public_key"]).read_bytes(),
+                        Path(params["crs"]).read_bytes(),
+                        input_metadata(contract, user, 8009), "Uint64:1000", "Bool:1")
+    (tmp_path / "list").write_bytes(proven)
+    submit = ["input", "submit", "--id", "41", "--chain-id", "8009", "--contract", contract,
+              "--user", user, str(tmp_path / "list"), "-o", "json"]
+    assert json.loads(fhectl(env, *submit).stdout)["queued"] is True
+    assert json.loads(fhectl(env, *submit).stdout)["queued"] is False  # once per id
+    pending = json.loads(fhectl(env, "input", "status", "41", "-o", "json").stdout)
+    assert pending["state"] == "pending" and pending["handles"] == []
+
+    verify = subprocess.run([sys.executable, "-m", "job_runner", "verify"], env={
+        **env, "FHE_TERMINATION_LOG": str(tmp_path / "termination")},
+        capture_output=True, text=True, timeout=300, check=False)
+    assert verify.returncode == 0, verify.stderr
+    report = json.loads((tmp_path / "termination").read_text())
+    assert (report["verified"], report["inputs"]) == (1, 2)
+
+    status = json.loads(fhectl(env, "input", "status", "41", "-o", "json").stdout)
+    assert status["state"] == "verified" and status["error"] is None
+    values = [int(fhectl(env, "decrypt", "--tenant", "acme", h).stdout) for h in
+              status["handles"]]
+    assert values == [1000, 1]
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["input", "submit", "--id", "1", "--chain-id", "8009", "--contract", "0x12",
+      "--user", "0x" + "22" * 20, "/dev/null"], "contract address must be 0x and 20 bytes"),
+    (["input", "submit", "--id", "1", "--chain-id", "8009", "--contract", "0x" + "11" * 20,
+      "--user", "0x" + "22" * 20, "/dev/null"], "is empty"),
+    (["input", "submit", "--id", "1", "--chain-id", "0", "--contract", "0x" + "11" * 20,
+      "--user", "0x" + "22" * 20, "/etc/hostname"], "--chain-id must be"),
+    (["input", "submit", "--id", "1", "--chain-id", "8009", "--contract", "0x" + "11" * 20,
+      "--user", "0x" + "22" * 20, "/nonexistent"], "cannot read /nonexistent"),
+    (["input", "status", "999999"], "no verify request 999999"),
+    (["input", "params", "--tenant", "nobody", "--out-dir", "/tmp/x-params"],
+     "unknown tenant 'nobody'"),
+])
+def test_bad_input_commands_are_one_line_and_queue_nothing(tenant_env, args, needle):
     result = fhectl(tenant_env, *args, check=False)
     assert result.returncode == 3, result.stderr
     assert needle in result.stderr and "Traceback" not in result.stderr
