@@ -36,7 +36,7 @@ from coprocessor.devstack import stack
 from coprocessor.fhe.engine import OpRequest, get_backend
 from coprocessor.settings import REPO_ROOT, Settings
 from coprocessor.storage import ObjectStore
-from coprocessor.tenants import create_tenant, key_dir, load_client
+from coprocessor.tenants import create_tenant, load_client
 from coprocessor.types import FheType, Op, derive_handle
 from job_runner.compute import run_compute
 from job_runner.executor import usable_cores
@@ -108,15 +108,10 @@ def transfers_graph(tenant_id: int, client, fhe_type: FheType, accounts: int, tr
 
 async def run_graph(args, settings: Settings, keyset) -> dict:
     store = ObjectStore(settings)
-    directory = key_dir(settings, "bench")
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, data in (("client_key", keyset.client_key), ("server_key", keyset.server_key),
-                       ("public_params", keyset.public_params), ("backend", b"tfhe-rs")):
-        (directory / name).write_bytes(data)
     connection = await asyncpg.connect(settings.database_url)
     try:
         tenant = (await create_tenant(connection, store, settings, "bench", CHAIN_ID,
-                                      "tfhe-rs")).tenant
+                                      "tfhe-rs", keyset=keyset)).tenant
         client = load_client(settings, tenant)
         fhe_type = FheType.parse(args.type)
         inputs, rows, balances, plain = transfers_graph(
