@@ -235,19 +235,20 @@ def _address(text: str, what: str) -> bytes:
 
 
 def cmd_input_submit(args: argparse.Namespace) -> int:
-    """Queue a proven list as the gateway listener would (idempotent by request id)."""
+    """Queue a proven list as the gateway listener would (idempotent by request id).
+    The arguments are checked before the file is read."""
     from .db import proofs
 
+    if not 0 < args.chain_id < 2**63 or not 0 <= args.id < 2**63:
+        raise UserError("--chain-id must be in 1..2^63-1 and --id in 0..2^63-1")
+    contract, user = _address(args.contract, "contract"), _address(args.user, "user")
     try:
         data = Path(args.file).read_bytes()
     except OSError as error:
         raise UserError(f"cannot read {args.file}: {error.strerror}") from None
     if not data:
         raise UserError(f"{args.file} is empty")
-    if not 0 < args.chain_id < 2**63 or not 0 <= args.id < 2**63:
-        raise UserError("--chain-id must be in 1..2^63-1 and --id in 0..2^63-1")
-    request = proofs.ProofRequest(args.id, args.chain_id, _address(args.contract, "contract"),
-                                  _address(args.user, "user"), data)
+    request = proofs.ProofRequest(args.id, args.chain_id, contract, user, data)
     queued = asyncio.run(_connected(lambda c: proofs.insert_request(c, request)))
     _print({"zk_proof_id": args.id, "queued": queued}, args.output)
     return 0
