@@ -177,13 +177,14 @@ def own_s3(tmp_path, compute_settings, tenant):
     record, _ = tenant
     key = record.keys_location.split("/", 3)[3]
     ObjectStore(own).put(key, ObjectStore(compute_settings).get(key))
-    yield server, info, own, tmp_path / "s3"
-    server.down(info)
+    running = {"info": info}  # the test restarts it: stop whichever runs at the end
+    yield server, running, own, tmp_path / "s3"
+    server.down(running["info"])
 
 
 async def test_s3_stopped_mid_stage_then_rerun_completes_without_duplicates(
         graph, conn, compute_settings, own_s3, tmp_path):
-    server, info, own, state = own_s3
+    server, running, own, state = own_s3
     x = graph.input(3, U8)
     outputs = [graph.node(Op.Add, x, k) for k in range(1, 13)]
     batch = await graph.admit(conn, outputs=outputs)
@@ -207,7 +208,7 @@ async def test_s3_stopped_mid_stage_then_rerun_completes_without_duplicates(
             break
         await asyncio.sleep(0.1)
     assert published >= 1, process.communicate()[0].decode()[-3000:]
-    server.down(info)  # S3 goes away mid-stage
+    server.down(running["info"])  # S3 goes away mid-stage
     output = (await asyncio.to_thread(process.communicate, timeout=180))[0].decode()
     assert process.returncode == 75, output[-3000:]
     report = json.loads(termination.read_text())
@@ -218,7 +219,7 @@ async def test_s3_stopped_mid_stage_then_rerun_completes_without_duplicates(
         graph.tenant_id, outputs)
     assert done_before == report["completed"]
 
-    server.up(state, info)  # back, same data and port
+    running["info"] = server.up(state, running["info"])  # back, same data and port
     summary = await run_sns(own, batch)
     assert (summary.completed, summary.failed, summary.error) == (len(outputs), 0, None)
     assert summary.squashed == len(outputs) - done_before
