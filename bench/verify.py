@@ -32,7 +32,7 @@ from coprocessor.fhe.engine import get_backend, input_metadata
 from coprocessor.fhe.tfhe_backend import _native
 from coprocessor.settings import REPO_ROOT, Settings
 from coprocessor.storage import ObjectStore
-from coprocessor.tenants import create_tenant
+from coprocessor.tenants import create_tenant, server_key_object
 from job_runner.verify import run_verify
 
 CONTRACT, USER, CHAIN_ID = "0x" + "11" * 20, "0x" + "22" * 20, 31337
@@ -95,7 +95,7 @@ async def stage_throughput(server_env: dict[str, str], keyset, requests: int) ->
                     "SELECT count(*) FROM verify_proofs WHERE verified")
             finally:
                 await connection.close()
-                store.delete([tenant.keys_location.split("/", 3)[3]])
+                store.delete([server_key_object(tenant)])
     if verified != requests or summary.verified != requests:
         raise SystemExit(f"{verified} of {requests} verified ({summary.as_dict()})")
     return {"requests": requests, "inputs_per_request": 4, "seconds": round(seconds, 2),

@@ -203,9 +203,10 @@ def cmd_input_params(args: argparse.Namespace) -> int:
     settings = load_settings()
 
     async def public_key(connection):
+        from .db import queries
+
         tenant = await _tenant(connection, args.tenant)
-        key = await connection.fetchval(
-            "SELECT public_params FROM tenants WHERE tenant_id = $1", tenant.tenant_id)
+        key = await queries.get_public_params(connection, tenant.tenant_id)
         if not key:
             raise UserError(f"tenant {tenant.name!r} ({tenant.backend}) has no compact "
                             "public key: its backend takes no proven inputs")
@@ -224,12 +225,10 @@ def cmd_input_params(args: argparse.Namespace) -> int:
 
 
 def _address(text: str, what: str) -> bytes:
-    body = text[2:] if text.startswith("0x") else ""
-    try:
-        raw = bytes.fromhex(body)
-    except ValueError:
-        raw = b""
-    if len(raw) != 20:
+    from .types import address_bytes
+
+    raw = address_bytes(text)
+    if raw is None:
         raise UserError(f"{what} address must be 0x and 20 bytes, got {text!r}")
     return raw
 

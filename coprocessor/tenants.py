@@ -124,11 +124,15 @@ def load_client(settings: Settings, tenant: queries.Tenant) -> Client:
     return get_backend(tenant.backend).client(path.read_bytes(), tenant.key_id)
 
 
-def load_server_key(store: ObjectStore, tenant: queries.Tenant) -> bytes:
+def server_key_object(tenant: queries.Tenant) -> str:
+    """The S3 key (within the bucket) of the tenant's server key."""
     if not tenant.keys_location or not tenant.keys_location.startswith("s3://"):
         raise UserError(f"tenant {tenant.name!r} has no server key location")
-    key = tenant.keys_location.split("/", 3)[3]
-    data = store.get(key)
+    return tenant.keys_location.split("/", 3)[3]
+
+
+def load_server_key(store: ObjectStore, tenant: queries.Tenant) -> bytes:
+    data = store.get(server_key_object(tenant))
     if hashlib.sha256(data).digest() != tenant.key_id:
         raise UserError(f"server key at {tenant.keys_location} does not match tenant "
                         f"{tenant.name!r}'s key id")

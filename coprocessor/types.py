@@ -226,3 +226,14 @@ def derive_handle(op: Op, dependencies: tuple[bytes, ...], context: bytes, chain
     body = bytes([int(op)]) + b"".join(len(d).to_bytes(2, "big") + d for d in dependencies)
     prehandle = keccak(b"fhe-coprocessor/computed" + body + context)
     return make_handle(prehandle, COMPUTED_INDEX, chain_id, result_type)
+
+
+def address_bytes(text: object) -> bytes | None:
+    """An EVM address written 0x + 40 hex digits, as its 20 bytes; None if it is not
+    one (callers raise their own error class with the same words)."""
+    body = text[2:] if isinstance(text, str) and text.startswith("0x") else ""
+    try:
+        raw = bytes.fromhex(body)
+    except ValueError:
+        return None
+    return raw if len(raw) == 20 else None

@@ -98,6 +98,12 @@ async def get_tenant_by_id(connection: asyncpg.Connection, tenant_id: int) -> Te
     return Tenant(**dict(row)) if row else None
 
 
+async def get_public_params(connection: asyncpg.Connection, tenant_id: int) -> bytes | None:
+    """The tenant's compact public key (what clients encrypt and prove under)."""
+    return await connection.fetchval("SELECT public_params FROM tenants WHERE tenant_id = $1",
+                                     tenant_id)
+
+
 async def get_server_key(connection: asyncpg.Connection, tenant_id: int) -> bytes | None:
     return await connection.fetchval("SELECT server_key FROM tenants WHERE tenant_id = $1",
                                      tenant_id)

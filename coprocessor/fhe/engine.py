@@ -24,7 +24,7 @@ from enum import IntEnum
 from typing import Protocol
 
 from ..errors import Irrecoverable, UserError
-from ..types import FheType, Op
+from ..types import FheType, Op, address_bytes
 from . import reference
 
 
@@ -46,12 +46,8 @@ def input_metadata(contract_address: str, user_address: str, chain_id: int) -> b
     A proof made for one contract, user or chain does not verify for another."""
     parts = []
     for name, address in (("contract", contract_address), ("user", user_address)):
-        text = address[2:] if isinstance(address, str) and address.startswith("0x") else ""
-        try:
-            raw = bytes.fromhex(text)
-        except ValueError:
-            raw = b""
-        if len(raw) != 20:
+        raw = address_bytes(address)
+        if raw is None:
             raise InvalidInputProof(f"{name} address must be 0x and 20 bytes, got {address!r}")
         parts.append(raw)
     if not isinstance(chain_id, int) or not 0 < chain_id < 2**256:

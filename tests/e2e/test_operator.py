@@ -28,7 +28,7 @@ from coprocessor.fhe import reference
 from coprocessor.fhe.envelope import Envelope
 from coprocessor.settings import REPO_ROOT, Settings
 from coprocessor.storage import ObjectStore
-from coprocessor.tenants import create_tenant, input_handle, load_client
+from coprocessor.tenants import create_tenant, input_handle, load_client, server_key_object
 from coprocessor.types import FheType, Op
 from job_runner.sns import object_keys
 
@@ -54,7 +54,7 @@ async def tenant(settings):
     finally:
         await connection.close()
     yield created.tenant, load_client(settings, created.tenant)
-    ObjectStore(settings).delete([created.tenant.keys_location.split("/", 3)[3]])
+    ObjectStore(settings).delete([server_key_object(created.tenant)])
 
 
 class Operator:

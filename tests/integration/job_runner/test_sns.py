@@ -19,6 +19,7 @@ from coprocessor.devstack.s3 import MinioS3
 from coprocessor.fhe.engine import SquashedFormat
 from coprocessor.fhe.envelope import Envelope, Kind
 from coprocessor.storage import ObjectStore
+from coprocessor.tenants import server_key_object
 from coprocessor.types import FheType, Op
 from job_runner.__main__ import run_stage
 from job_runner.compute import run_compute
@@ -175,7 +176,7 @@ def own_s3(tmp_path, compute_settings, tenant):
         "sns_upload_concurrency": 2, "sns_upload_attempts": 3, "sns_backoff_s": 0.2,
         "sns_breaker_threshold": 4})
     record, _ = tenant
-    key = record.keys_location.split("/", 3)[3]
+    key = server_key_object(record)
     ObjectStore(own).put(key, ObjectStore(compute_settings).get(key))
     running = {"info": info}  # the test restarts it: stop whichever runs at the end
     yield server, running, own, tmp_path / "s3"

@@ -48,8 +48,7 @@ async def _public_key(settings, tenant_id: int) -> bytes:
 
     connection = await asyncpg.connect(settings.database_url)
     try:
-        return await connection.fetchval(
-            "SELECT public_params FROM tenants WHERE tenant_id = $1", tenant_id)
+        return await queries.get_public_params(connection, tenant_id)
     finally:
         await connection.close()
 
