@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from coprocessor.devstack import stack
-from coprocessor.devstack.component import Component
-from coprocessor.settings import REPO_ROOT, Settings
+from devstack import stack
+from devstack.component import Component
+from devstack.settings import default_state_dir
+from devstack.versions import REPO_ROOT
 
 RESULTS = REPO_ROOT / "bench" / "results"
 
@@ -22,7 +23,7 @@ def dev_services(components: list[Component] | None = None) -> Iterator[dict[str
     services), started for the duration when none runs."""
     components = components or stack.service_components()
     with tempfile.TemporaryDirectory(prefix="fhe-bench-") as fallback:
-        state_dir, started = stack.reuse_or_start(Settings().dev_state_dir, Path(fallback),
+        state_dir, started = stack.reuse_or_start(default_state_dir(), Path(fallback),
                                                   components)
         try:
             yield stack.env(state_dir, components)

@@ -1,4 +1,4 @@
-"""Database benchmark: claim + complete throughput and NOTIFY-to-wakeup latency.
+"""Database benchmark: lock + complete throughput and NOTIFY-to-wakeup latency.
 
     .venv/bin/python bench/db.py [--items 2000] [--samples 300]
 
@@ -22,9 +22,11 @@ import asyncpg
 from coprocessor.db import migrate, queries
 from coprocessor.db.notify import NotificationWaiter
 from coprocessor.db.rows import BatchAdmission, ComputationRow
-from coprocessor.devstack import stack
-from coprocessor.settings import REPO_ROOT, Settings
+from coprocessor.settings import MIGRATIONS_DIR
 from coprocessor.types import FheType, Op
+from devstack import stack
+from devstack.settings import default_state_dir
+from devstack.versions import REPO_ROOT
 
 RESULTS = REPO_ROOT / "bench" / "results"
 
@@ -46,21 +48,30 @@ async def reset(pool: asyncpg.Pool, items: int, run: int) -> tuple[int, str]:
     return tenant.tenant_id, batch_id
 
 
-async def claim_throughput(pool: asyncpg.Pool, workers: int, items: int, limit: int,
-                           run: int) -> float:
-    _, batch_id = await reset(pool, items, run)
+async def claim_throughput(pool: asyncpg.Pool, workers: int, items: int, run: int) -> float:
+    tenant_id, batch_id = await reset(pool, items, run)
+    async with pool.acquire() as connection:
+        handles = [c.output_handle
+                   for c in await queries.batch_computations(connection, batch_id)]
     ciphertext = bytes(4096)  # the size class of a small compressed ciphertext
 
     async def worker() -> int:
         done = 0
         while True:
-            async with queries.claimed_work(pool, limit, batch_id) as (connection, work):
-                for item in work:
-                    await queries.complete_computation(connection, item.tenant_id,
-                                                       item.output_handle, ciphertext, 0, 5)
-            if not work:
+            # What a compute pod does per node: lock the row (SKIP LOCKED), store the
+            # result, mark it completed, in one transaction.
+            progressed = 0
+            for handle_ in handles:
+                async with pool.acquire() as connection, connection.transaction():
+                    state = await queries.lock_computation(connection, tenant_id, handle_)
+                    if state is None or state.is_completed:
+                        continue
+                    await queries.complete_computation(connection, tenant_id, handle_,
+                                                       ciphertext, 0, 5)
+                    progressed += 1
+            if not progressed:
                 return done
-            done += len(work)
+            done += progressed
 
     started = time.perf_counter()
     counts = await asyncio.gather(*(worker() for _ in range(workers)))
@@ -87,29 +98,28 @@ async def notify_latency(url: str, samples: int) -> dict[str, float]:
 
 
 async def main_async(args: argparse.Namespace, server_url: str) -> dict:
-    async with migrate.scratch_database(server_url, REPO_ROOT / "migrations", "bench") as url:
+    async with migrate.scratch_database(server_url, MIGRATIONS_DIR, "bench") as url:
         pool = await asyncpg.create_pool(url, min_size=4, max_size=8)
         throughput = {}
         for run, workers in enumerate((1, 2, 4)):
-            rate = await claim_throughput(pool, workers, args.items, args.limit, run)
+            rate = await claim_throughput(pool, workers, args.items, run)
             throughput[str(workers)] = round(rate, 1)
-            print(f"claim+complete, {workers} worker(s): {rate:8.1f} rows/s", flush=True)
+            print(f"lock+complete, {workers} worker(s): {rate:8.1f} rows/s", flush=True)
         await pool.close()
         latency = await notify_latency(url, args.samples)
         print(f"NOTIFY -> wakeup: p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms")
-    return {"claim_complete_rows_per_s": throughput, "notify_wakeup": latency,
-            "items": args.items, "claim_limit": args.limit}
+    return {"lock_complete_rows_per_s": throughput, "notify_wakeup": latency,
+            "items": args.items}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=2000)
-    parser.add_argument("--limit", type=int, default=16, help="rows claimed per transaction")
     parser.add_argument("--samples", type=int, default=300)
     args = parser.parse_args()
     components = stack.default_components()
     with tempfile.TemporaryDirectory(prefix="fhe-bench-") as fallback:
-        state_dir, started = stack.reuse_or_start(Settings().dev_state_dir, Path(fallback),
+        state_dir, started = stack.reuse_or_start(default_state_dir(), Path(fallback),
                                                   components)
         try:
             server_url = stack.env(state_dir, components)["FHE_DATABASE_URL"]

@@ -32,12 +32,13 @@ import asyncpg
 
 from coprocessor.db import migrate, queries
 from coprocessor.db.rows import BatchAdmission, ComputationRow
-from coprocessor.devstack import stack
 from coprocessor.fhe.engine import OpRequest, get_backend
-from coprocessor.settings import REPO_ROOT, Settings
+from coprocessor.settings import MIGRATIONS_DIR, Settings
 from coprocessor.storage import ObjectStore
 from coprocessor.tenants import create_tenant, load_client
 from coprocessor.types import FheType, Op, derive_handle
+from devstack import stack
+from devstack.versions import REPO_ROOT
 from job_runner.compute import run_compute
 from job_runner.executor import usable_cores
 
@@ -138,7 +139,7 @@ async def run_graph(args, settings: Settings, keyset) -> dict:
 
 async def with_database(args, server_env: dict[str, str], keyset) -> dict:
     async with migrate.scratch_database(server_env["FHE_DATABASE_URL"],
-                                        REPO_ROOT / "migrations", "bench") as url:
+                                        MIGRATIONS_DIR, "bench") as url:
         with tempfile.TemporaryDirectory(prefix="fhe-bench-cache-") as cache:
             os.environ.update(server_env)
             settings = Settings(database_url=url, cache_dir=Path(cache),

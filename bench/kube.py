@@ -21,9 +21,9 @@ from pathlib import Path
 
 from kubernetes import client, config, watch
 
-from coprocessor.devstack import stack
-from coprocessor.devstack.kube import KubeControlPlane
-from coprocessor.settings import REPO_ROOT
+from devstack import stack
+from devstack.kube import KubeControlPlane
+from devstack.versions import REPO_ROOT
 
 RESULTS = REPO_ROOT / "bench" / "results"
 

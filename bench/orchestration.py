@@ -34,11 +34,11 @@ import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from coprocessor.devstack.kube import operator_kubeconfig
-from coprocessor.devstack.process import free_port
-from coprocessor.devstack.state import StackState
-from coprocessor.settings import REPO_ROOT
-from fhe_operator.spec import GROUP, PLURAL, VERSION
+from coprocessor.api.batch import GROUP, PLURAL, VERSION
+from devstack.kube import operator_kubeconfig
+from devstack.process import free_port
+from devstack.state import StackState
+from devstack.versions import REPO_ROOT
 
 RESULTS = REPO_ROOT / "bench" / "results"
 BIN = REPO_ROOT / ".venv" / "bin"

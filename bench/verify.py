@@ -30,7 +30,7 @@ from coprocessor.crs import ensure_crs
 from coprocessor.db import migrate, proofs
 from coprocessor.fhe.engine import get_backend, input_metadata
 from coprocessor.fhe.tfhe_backend import _native
-from coprocessor.settings import REPO_ROOT, Settings
+from coprocessor.settings import MIGRATIONS_DIR, Settings
 from coprocessor.storage import ObjectStore
 from coprocessor.tenants import create_tenant, server_key_object
 from job_runner.verify import run_verify
@@ -71,7 +71,7 @@ def list_costs(keyset, crs: bytes, sizes: list[int], repeat: int) -> dict:
 
 async def stage_throughput(server_env: dict[str, str], keyset, requests: int) -> dict:
     async with migrate.scratch_database(server_env["FHE_DATABASE_URL"],
-                                        REPO_ROOT / "migrations", "bench") as url:
+                                        MIGRATIONS_DIR, "bench") as url:
         with tempfile.TemporaryDirectory(prefix="fhe-bench-cache-") as cache:
             os.environ.update(server_env)
             settings = Settings(database_url=url, cache_dir=Path(cache),

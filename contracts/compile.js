@@ -1,5 +1,7 @@
 // Compile every contracts/*.sol and contracts/testing/*.sol with solc (the npm package, pinned in tools/versions.env)
-// into contracts/build/<Contract>.json = {abi, bytecode, solc}. Run by scripts/install:
+// into coprocessor/chain/compiled/<Contract>.json = {abi, bytecode, solc} (package data of the
+// product wheel); contracts/testing/ go to contracts/build/testing/ instead (tests only).
+// Run by scripts/install:
 //   NODE_PATH=<npm dir>/node_modules node contracts/compile.js
 "use strict";
 const fs = require("fs");
@@ -29,9 +31,11 @@ const output = JSON.parse(solc.compile(JSON.stringify(input), {
 const errors = (output.errors || []).filter((e) => e.severity === "error");
 for (const message of output.errors || []) console.error(message.formattedMessage);
 if (errors.length) process.exit(1);
-const out = path.join(here, "build");
-fs.mkdirSync(out, { recursive: true });
+const product = path.join(here, "..", "coprocessor", "chain", "compiled");
+const testing = path.join(here, "build", "testing");
+for (const dir of [product, testing]) fs.mkdirSync(dir, { recursive: true });
 for (const [file, contracts] of Object.entries(output.contracts)) {
+  const out = file.startsWith("testing/") ? testing : product;
   for (const [name, artifact] of Object.entries(contracts)) {
     fs.writeFileSync(path.join(out, `${name}.json`), JSON.stringify({
       contract: name, source: file, solc: solc.version(),

@@ -16,11 +16,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# Shipped inside the package (package data), so an installed wheel migrates without the
+# source checkout.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "db" / "migrations"
 
 
 def default_cache_dir() -> Path:
-    """Builds, keys and the dev stack's state all live under one directory."""
+    """Keys, compiled circuits and (in development) builds and the dev stack's state
+    live under one directory."""
     return Path.home() / ".cache" / "fhe-coprocessor"
 
 
@@ -46,10 +49,7 @@ class Settings(BaseSettings):
     namespace: str = Field("fhe", description="Namespace the operator and its Jobs use.")
 
     cache_dir: Path = Field(default_factory=default_cache_dir)
-    state_dir: Path | None = Field(
-        None, description="Dev stack data and pid files; default <cache_dir>/dev."
-    )
-    migrations_dir: Path = Field(REPO_ROOT / "migrations")
+    migrations_dir: Path = Field(MIGRATIONS_DIR)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
@@ -205,10 +205,6 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://", "ws://", "wss://")):
             raise ValueError("must be an http(s):// or ws(s):// URL")
         return value
-
-    @property
-    def dev_state_dir(self) -> Path:
-        return self.state_dir or (self.cache_dir / "dev")
 
 
 def _describe(error: ValidationError) -> str:

@@ -18,12 +18,11 @@ import signal
 import sys
 from pathlib import Path
 
+from coprocessor.api.stages import JOB_STAGES
 from coprocessor.db.pool import classify
 from coprocessor.errors import exit_code_for
 from coprocessor.logs import configure_logging
 from coprocessor.settings import Settings, load_settings
-
-from . import STAGES
 
 log = logging.getLogger("fhe-job")
 
@@ -46,7 +45,7 @@ def write_termination_message(path: Path, summary: dict[str, object]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fhe-job", description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("stage", choices=JOB_STAGES)
     parser.add_argument("--batch", help="batch id (namespace/name@spec-hash); verify "
                         "takes none: it drains the verify_proofs queue")
     parser.add_argument("--index", type=int, default=_index_default(),

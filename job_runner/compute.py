@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 
+from coprocessor.api.summary import ComputeSummary
 from coprocessor.db import queries
 from coprocessor.db.pool import create_pool
 from coprocessor.errors import Irrecoverable
@@ -14,7 +15,7 @@ from coprocessor.storage import ObjectStore
 from coprocessor.tenants import load_evaluator
 
 from .dag import build_graph, node_from_row, partition, restrict
-from .executor import Executor, Summary, usable_cores
+from .executor import Executor, usable_cores
 from .schedule import Strategy
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ class UnknownBatch(Irrecoverable):
 
 
 async def run_compute(settings: Settings, batch_id: str, index: int = 0, count: int = 1
-                      ) -> Summary:
+                      ) -> ComputeSummary:
     pool = await create_pool(settings.database_url, size=settings.database_pool_size)
     try:
         async with pool.acquire() as connection:

@@ -19,16 +19,14 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 import asyncpg
 
+from coprocessor.api.summary import ComputeSummary
 from coprocessor.db import queries
 from coprocessor.db.notify import NotificationWaiter
 from coprocessor.errors import (
-    EXIT_IRRECOVERABLE,
-    EXIT_OK,
-    EXIT_RECOVERABLE,
     Irrecoverable,
     MissingInputs,
 )
@@ -41,33 +39,6 @@ from .schedule import Schedule, Strategy
 log = logging.getLogger(__name__)
 
 CIPHERTEXT_VERSION = 0
-MAX_ERROR_CHARS = 800  # the termination message is capped at 4 KiB
-
-
-def error_fields(error: str | None, failures: dict[str, str]) -> dict[str, object]:
-    """The tail every stage summary ends with: the error and a few failures, trimmed so
-    the termination message stays under its 4 KiB."""
-    shown = dict(list(failures.items())[:3])
-    return {"error": (error or "")[:MAX_ERROR_CHARS] or None,
-            "failures": {k: v[:200] for k, v in shown.items()}}
-
-
-def summary_fields(summary) -> dict[str, object]:
-    """A stage summary as its termination message: every counter in declaration order
-    (seconds and megabytes to three decimals), then the error tail."""
-    counters = {f.name: getattr(summary, f.name) for f in fields(summary)
-                if f.name not in ("error", "failures")}
-    return {**{name: round(value, 3) if isinstance(value, float) else value
-               for name, value in counters.items()},
-            **error_fields(summary.error, summary.failures)}
-
-
-def partial_exit_code(error: str | None, failed: int) -> int:
-    """Stages that keep what they did: something left for a re-run is recoverable (75),
-    else a failed item is irrecoverable (3)."""
-    if error:
-        return EXIT_RECOVERABLE
-    return EXIT_IRRECOVERABLE if failed else EXIT_OK
 
 
 def usable_cores() -> int:
@@ -75,27 +46,6 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-@dataclass
-class Summary:
-    """What a pod reports in its termination message (kept well under 4 KiB)."""
-
-    total: int = 0  # nodes in this pod's share
-    completed: int = 0  # of them, completed (now or by an earlier run)
-    computed: int = 0  # computed by this run
-    failed: int = 0
-    seconds: float = 0.0
-    key_load_s: float = 0.0  # loading the tenant's server key (before ``seconds`` starts)
-    error: str | None = None
-    failures: dict[str, str] = field(default_factory=dict)  # a few, for the message
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_IRRECOVERABLE if self.failed else EXIT_OK
-
-    def as_dict(self) -> dict[str, object]:
-        return summary_fields(self)
 
 
 @dataclass(frozen=True)
@@ -136,11 +86,11 @@ class Executor:
         self.input_wait_s = input_wait_s
         self.poll_interval_s = poll_interval_s
         self.schedule = Schedule(graph)
-        self.summary = Summary(total=len(graph.nodes))
+        self.summary = ComputeSummary(total=len(graph.nodes))
         self._cache: dict[bytes, bytes] = {}  # results of this run, until consumed
         self._consumers = {h: len(set(graph.dependents.get(h, ()))) for h in graph.nodes}
 
-    async def run(self) -> Summary:
+    async def run(self) -> ComputeSummary:
         started = time.monotonic()
         try:
             if not self.schedule.finished:

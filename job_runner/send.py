@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 
+from coprocessor.api.summary import SendSummary
 from coprocessor.chain.committer import CommitResult, Committer
 from coprocessor.chain.gateway import GatewayClient, load_signer, require_gateway
 from coprocessor.db import commits
@@ -26,35 +26,7 @@ from coprocessor.db.pool import create_pool
 from coprocessor.errors import Recoverable
 from coprocessor.settings import Settings
 
-from .executor import partial_exit_code, summary_fields
-
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SendSummary:
-    """What a send pod reports in its termination message."""
-
-    total: int = 0  # handles the batch commits
-    completed: int = 0  # of them, on chain from this signer (this run or an earlier one)
-    sent: int = 0  # carried by this run's transactions
-    found: int = 0  # already on chain when this run looked (a lost record)
-    transactions: int = 0  # distinct transactions that carried the batch's commits
-    accepted: int = 0  # handles whose material reached the signers' threshold
-    failed: int = 0
-    retries: int = 0  # gateway RPC calls retried
-    gas_used: int = 0
-    seconds: float = 0.0
-    signer: str = ""
-    error: str | None = None  # why some handles were left for a re-run (recoverable)
-    failures: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        return partial_exit_code(self.error, self.failed)
-
-    def as_dict(self) -> dict[str, object]:
-        return summary_fields(self)
 
 
 async def run_send(settings: Settings, batch_id: str) -> SendSummary:

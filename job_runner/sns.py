@@ -23,11 +23,12 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 from eth_hash.auto import keccak
 
+from coprocessor.api.summary import SnsSummary
 from coprocessor.db import publish, queries
 from coprocessor.db.pool import create_pool
 from coprocessor.errors import (
@@ -43,7 +44,7 @@ from coprocessor.tenants import load_evaluator
 from coprocessor.types import FheType
 
 from .compute import batch_tenant
-from .executor import partial_exit_code, summary_fields, usable_cores
+from .executor import usable_cores
 from .upload import CircuitOpen, Uploader
 
 log = logging.getLogger(__name__)
@@ -54,30 +55,6 @@ HEALTH_TIMEOUT_S = 5.0
 def object_keys(handle: bytes) -> tuple[str, str]:
     """The S3 keys of a handle's two forms (DESIGN.md section 5)."""
     return f"ct64/{handle.hex()}", f"ct128/{handle.hex()}"
-
-
-@dataclass
-class SnsSummary:
-    """What an SNS pod reports in its termination message."""
-
-    total: int = 0  # handles the batch publishes
-    completed: int = 0  # of them, published (by this run or an earlier one)
-    squashed: int = 0  # squashed by this run
-    uploaded: int = 0  # objects uploaded by this run
-    reused: int = 0  # objects already in S3 with the same bytes
-    failed: int = 0
-    retries: int = 0  # S3 requests retried
-    megabytes: float = 0.0  # uploaded by this run
-    seconds: float = 0.0
-    error: str | None = None  # why some handles were left for a re-run (recoverable)
-    failures: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        return partial_exit_code(self.error, self.failed)
-
-    def as_dict(self) -> dict[str, object]:
-        return summary_fields(self)
 
 
 @dataclass(frozen=True)

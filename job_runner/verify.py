@@ -21,10 +21,10 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 import asyncpg
 
+from coprocessor.api.summary import VerifySummary
 from coprocessor.crs import ensure_crs
 from coprocessor.db import proofs, queries
 from coprocessor.db.notify import NotificationWaiter
@@ -42,33 +42,10 @@ from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
 from coprocessor.tenants import load_evaluator
 
-from .executor import partial_exit_code, summary_fields
-
 log = logging.getLogger(__name__)
 
 EVALUATORS_KEPT = 2  # each holds a tenant's decompressed server key (GBs)
 PASS_LIMIT = 64  # requests a --follow pass answers before it looks for new ones
-
-
-@dataclass
-class VerifySummary:
-    """What a verify pod reports in its termination message."""
-
-    total: int = 0  # requests this run looked at
-    verified: int = 0
-    rejected: int = 0  # answered 'no': the reason is on the row
-    inputs: int = 0  # ciphertexts stored by this run
-    failed: int = 0  # left pending: the fault is ours (see the module doc)
-    seconds: float = 0.0
-    error: str | None = None
-    failures: dict[str, str] = field(default_factory=dict)  # proof id -> why
-
-    @property
-    def exit_code(self) -> int:
-        return partial_exit_code(self.error, self.failed)
-
-    def as_dict(self) -> dict[str, object]:
-        return summary_fields(self)
 
 
 class _Rejected(Exception):

@@ -88,13 +88,11 @@ async def _run_host(settings, *, batches: bool) -> None:
     stop = _stop_on_signals()
     api = None
     if batches:
-        from kubernetes import client, config
+        from kubernetes import client
 
-        if settings.kubeconfig:
-            config.load_kube_config(str(settings.kubeconfig))
-        else:
-            config.load_incluster_config()
-        api = client.CustomObjectsApi()
+        from coprocessor.api.kube import api_client
+
+        api = client.CustomObjectsApi(api_client(settings.kubeconfig))
     w3 = Web3(Web3.HTTPProvider(settings.host_rpc_url, request_kwargs={"timeout": 10}))
     pool = await create_pool(settings.database_url, size=4)
     try:

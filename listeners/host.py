@@ -34,13 +34,14 @@ from typing import Any
 import asyncpg
 from web3 import Web3
 
+from coprocessor.api.batch import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from coprocessor.api.names import ANNOTATION_BLOCK, LABEL_SOURCE, SOURCE_HOST_LISTENER
 from coprocessor.chain.contracts import bound, decode_logs
 from coprocessor.db import host as host_db
 from coprocessor.db import queries
 from coprocessor.db.pool import classify
 from coprocessor.errors import Fatal, Recoverable, ServiceUnavailable
 from coprocessor.settings import Settings
-from fhe_operator.spec import GROUP, PLURAL, VERSION
 
 from .host_events import (
     AllowedRow,
@@ -62,10 +63,10 @@ def batch_name(chain_id: int, number: int, block_hash: bytes) -> str:
 def batch_manifest(name: str, namespace: str, tenant: str, stages: list[str],
                    transactions: tuple[bytes, ...], block: int) -> dict[str, Any]:
     return {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "FheBatch",
+        "apiVersion": API_VERSION, "kind": KIND,
         "metadata": {"name": name, "namespace": namespace,
-                     "labels": {f"{GROUP}/source": "host-listener"},
-                     "annotations": {f"{GROUP}/block": str(block)}},
+                     "labels": {LABEL_SOURCE: SOURCE_HOST_LISTENER},
+                     "annotations": {ANNOTATION_BLOCK: str(block)}},
         "spec": {"tenant": tenant, "stages": stages,
                  "source": {"transactions": ["0x" + t.hex() for t in transactions]}},
     }

@@ -19,12 +19,23 @@ import asyncpg
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from coprocessor.api.batch import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    FheBatchSpec,
+    batch_id,
+    describe_error,
+)
+from coprocessor.api.names import FINALIZER_RELEASE
+from coprocessor.api.stages import BATCH_STAGES
 from coprocessor.db import queries
 from coprocessor.db.rows import BatchAdmission
 from coprocessor.errors import Recoverable, ServiceUnavailable
 from coprocessor.fhe.engine import get_backend
 from coprocessor.settings import Settings
-from job_runner import AVAILABLE
 
 from .jobs import (
     ANNOTATION_BATCH_ID,
@@ -36,11 +47,10 @@ from .jobs import (
     job_manifest,
 )
 from .reconcile import JobView, Observed, Plan, Progress, QueueEntry, capacity_decision, plan
-from .spec import GROUP, KIND, PLURAL, VERSION, FheBatchSpec, batch_id, describe_error
 from .validation import InvalidSpec, PlannedGraph, check_stages, plan_graph
 
 log = logging.getLogger(__name__)
-FINALIZER = f"{GROUP}/release"  # ours: releases the batch in the database
+FINALIZER = FINALIZER_RELEASE  # ours: releases the batch in the database
 NODE_CACHE_S = 30.0
 
 
@@ -190,7 +200,7 @@ class Controller:
         except Exception as invalid:
             return None, describe_error(invalid), None, None
         try:
-            check_stages(spec.stages, AVAILABLE, spec.graph)
+            check_stages(spec.stages, BATCH_STAGES, spec.graph)
         except InvalidSpec as invalid:
             return spec, str(invalid), None, None
         async with self.pool.acquire() as connection:
@@ -333,7 +343,7 @@ class Controller:
             now = dt.datetime.now(dt.UTC)
             event = {
                 "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-                "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+                "involvedObject": {"apiVersion": API_VERSION, "kind": KIND,
                                    "name": meta["name"], "namespace": meta["namespace"],
                                    "uid": meta["uid"]},
                 "type": kind, "reason": reason, "message": message[:1000],

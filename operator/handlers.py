@@ -18,12 +18,13 @@ from typing import Any
 
 import kopf
 
+from coprocessor.api.batch import GROUP, PLURAL, VERSION
+from coprocessor.api.kube import api_client
+from coprocessor.api.names import FINALIZER_KOPF, LABEL_BATCH
 from coprocessor.db.pool import create_pool
 from coprocessor.settings import load_settings
 
 from .controller import Controller
-from .jobs import LABEL_BATCH
-from .spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -31,11 +32,9 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    from kubernetes import client, config
-
     ours = load_settings()
     # kopf keeps its own bookkeeping in annotations: status belongs to us alone.
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.finalizer = FINALIZER_KOPF
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
@@ -44,14 +43,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 90
     settings.watching.connect_timeout = 10
     settings.posting.level = logging.WARNING
-    if ours.kubeconfig:
-        api = config.new_client_from_config(str(ours.kubeconfig))
-    else:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        api = client.ApiClient()
+    api = api_client(ours.kubeconfig)
     pool = await create_pool(ours.database_url, size=ours.database_pool_size)
     memo["controller"] = Controller(ours, api, pool)
     log.info("operator started", extra={"fields": {"resync_s": ours.operator_resync_s}})

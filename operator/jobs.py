@@ -12,13 +12,15 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from .spec import GROUP, KIND, VERSION, FheBatchSpec
+from coprocessor.api.batch import API_VERSION, KIND, FheBatchSpec
+from coprocessor.api.names import (
+    ANNOTATION_BATCH_ID,
+    LABEL_BATCH,
+    LABEL_DEVICE,
+    LABEL_STAGE,
+    LABEL_TENANT,
+)
 
-LABEL_BATCH = f"{GROUP}/batch"
-LABEL_STAGE = f"{GROUP}/stage"
-LABEL_TENANT = f"{GROUP}/tenant"
-LABEL_DEVICE = f"{GROUP}/device"
-ANNOTATION_BATCH_ID = f"{GROUP}/batch-id"
 GPU_RESOURCE = "nvidia.com/gpu"
 CONTAINER = "stage"
 MAX_NAME = 63
@@ -99,7 +101,7 @@ def job_manifest(*, namespace: str, name: str, uid: str, batch_id: str, spec: Fh
             "name": job_name(f"{name}-{spec.spec_hash()[:8]}", stage),
             "namespace": namespace, "labels": labels,
             "annotations": {ANNOTATION_BATCH_ID: batch_id},
-            "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+            "ownerReferences": [{"apiVersion": API_VERSION, "kind": KIND,
                                  "name": name, "uid": uid, "controller": True,
                                  "blockOwnerDeletion": True}],
         },

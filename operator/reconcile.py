@@ -13,14 +13,11 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from .spec import FheBatchSpec
+from coprocessor.api.batch import FheBatchSpec
+from coprocessor.api.summary import STATUS_KEYS
 
 PHASE_OF_STAGE = {"compute": "Computing", "sns": "Squashing", "send": "Sending"}
 TERMINAL = ("Succeeded", "Failed")
-# Counters of the stage pods' termination messages shown in status.stages.<stage>.summary.
-SUMMARY_KEYS = ("total", "completed", "computed", "squashed", "uploaded", "reused", "sent",
-                "transactions", "accepted", "failed", "retries", "seconds", "key_load_s",
-                "exit_code")
 
 
 @dataclass(frozen=True)
@@ -188,7 +185,7 @@ def _status(o: Observed, phase: str, message: str) -> dict[str, Any]:
                 entry["finishedAt"] = job.finished_at
             if job.summary:
                 entry["summary"] = {k: v for k, v in job.summary.items()
-                                    if k in SUMMARY_KEYS}
+                                    if k in STATUS_KEYS}
         stages[stage] = entry
     status: dict[str, Any] = {
         "phase": phase,

@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from coprocessor.api.batch import Graph, GraphNode, Scalar
 from coprocessor.db.rows import ComputationRow
 from coprocessor.errors import Irrecoverable, UserError
 from coprocessor.fhe.engine import Backend, operand_type, require_support, result_type_of
 from coprocessor.toposort import topological_order
 from coprocessor.types import FheType, Handle, Op, derive_handle, plaintext_operand
-
-from .spec import Graph, GraphNode, Scalar
 
 EXPLICIT_TYPE_OPS = frozenset({Op.TrivialEncrypt, Op.Cast, Op.Rand, Op.RandBounded})
 MAX_SCALAR = (1 << 256) - 1

@@ -16,13 +16,13 @@ import time
 from kubernetes import client, config
 from web3 import Web3
 
+from coprocessor.api.batch import GROUP, PLURAL, VERSION
 from coprocessor.chain.contracts import bound, deploy_host, deploy_token
 from coprocessor.db import queries
 from coprocessor.db.pool import create_pool
 from coprocessor.settings import load_settings
 from coprocessor.tenants import input_handle, load_client
 from coprocessor.types import FheType
-from fhe_operator.spec import GROUP, PLURAL, VERSION
 from listeners.host import HostListener
 
 NAMESPACE, TENANT = "fhe-demo", "demo"

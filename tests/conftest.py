@@ -16,9 +16,11 @@ import asyncpg
 import pytest
 
 from coprocessor.db import migrate
-from coprocessor.devstack import stack
-from coprocessor.devstack.kube import KubeControlPlane
-from coprocessor.settings import REPO_ROOT, Settings, load_settings
+from coprocessor.settings import MIGRATIONS_DIR, Settings, load_settings
+from devstack import stack
+from devstack.kube import KubeControlPlane
+from devstack.settings import default_state_dir
+from tests.paths import REPO_ROOT
 
 _MARKERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration,
             "e2e": pytest.mark.e2e, "engine": pytest.mark.engine}
@@ -62,7 +64,7 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     """Environment variables of a healthy stack: the user's own if it is up, else ours."""
     components = stack.service_components()
     state_dir, started = stack.reuse_or_start(
-        Settings().dev_state_dir, tmp_path_factory.mktemp("stack"), components)
+        default_state_dir(), tmp_path_factory.mktemp("stack"), components)
     variables = stack.env(state_dir, components)
     saved = {key: os.environ.get(key) for key in variables}
     os.environ.update(variables)
@@ -81,7 +83,7 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
 
 
 async def _fresh_database(server_url: str) -> AsyncIterator[str]:
-    async with migrate.scratch_database(server_url, REPO_ROOT / "migrations", "test") as url:
+    async with migrate.scratch_database(server_url, MIGRATIONS_DIR, "test") as url:
         yield url
 
 
@@ -111,7 +113,7 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     """A real control plane (and node agent): the user's own if healthy, else ours."""
     components = [KubeControlPlane()]
     state_dir, started = stack.reuse_or_start(
-        Settings().dev_state_dir, tmp_path_factory.mktemp("kube"), components)
+        default_state_dir(), tmp_path_factory.mktemp("kube"), components)
     try:
         yield {**stack.env(state_dir, components), "STATE_DIR": str(state_dir)}
     finally:

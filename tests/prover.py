@@ -8,8 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from coprocessor.devstack.versions import npm_prefix
 from coprocessor.settings import load_settings
+from devstack.versions import npm_prefix
 
 PROVER = Path(__file__).parent / "engine" / "node" / "prove.js"
 

@@ -1,7 +1,9 @@
-"""Compiled contracts (``contracts/build``, made by ``scripts/install`` with solc) and
-their deployment through web3.
+"""Compiled contracts and their deployment through web3.
 
-The ABIs are read from the build output, never copied by hand, so the listener decodes
+``scripts/install`` compiles ``contracts/*.sol`` with solc into ``compiled/`` next to
+this module, which the wheel ships as package data; contracts only tests deploy
+(``contracts/testing``) go to ``contracts/build/testing`` in the checkout instead. The
+ABIs are read from the build output, never copied by hand, so the listener decodes
 exactly the events the deployed bytecode emits.
 """
 
@@ -19,10 +21,9 @@ from web3 import Web3
 from web3.contract import Contract
 
 from ..errors import Fatal
-from ..settings import REPO_ROOT
 from ..types import Op
 
-BUILD_DIR = REPO_ROOT / "contracts" / "build"
+BUILD_DIR = Path(__file__).resolve().parent / "compiled"
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,10 @@ def artifact(name: str, build_dir: Path = BUILD_DIR) -> Artifact:
     return Artifact(name, data["abi"], data["bytecode"])
 
 
-def deploy(w3: Web3, name: str, *args: Any, sender: str | None = None) -> Contract:
+def deploy(w3: Web3, name: str, *args: Any, sender: str | None = None,
+           build_dir: Path = BUILD_DIR) -> Contract:
     """Deploy and wait for the receipt; returns the bound contract."""
-    built = artifact(name)
+    built = artifact(name, build_dir)
     factory = w3.eth.contract(abi=built.abi, bytecode=built.bytecode)
     tx_hash = factory.constructor(*args).transact({"from": sender or w3.eth.accounts[0]})
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
@@ -79,7 +81,7 @@ _UNPREFIXED = {"Cast", "TrivialEncrypt"}
 
 
 def executor_event_name(op: Op) -> str:
-    """The FheExecutor event that records ``op`` (DESIGN.md section 5)."""
+    """The FheExecutor event that records ``op`` (docs/design.md section 5)."""
     name = op.event_name
     return name[3:] if name[3:] in _UNPREFIXED else name
 

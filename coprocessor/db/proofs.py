@@ -98,3 +98,26 @@ async def record_rejected(connection: asyncpg.Connection, zk_proof_id: int,
                   verified_at = now() WHERE zk_proof_id = $1""",
         zk_proof_id, storable_reason(reason))
     await notify(connection, ZKPOK_COMPUTED, str(zk_proof_id))
+
+
+@dataclass(frozen=True)
+class RequestState:
+    """What a requester may know of its request: verdict (None while pending), the
+    input handles of a verified list and the reason of a rejected one."""
+
+    verified: bool | None
+    handles: tuple[bytes, ...]
+    error_message: str | None
+
+
+async def get_request_state(connection: asyncpg.Connection,
+                            zk_proof_id: int) -> RequestState | None:
+    row = await connection.fetchrow(
+        "SELECT verified, handles, error_message FROM verify_proofs WHERE zk_proof_id = $1",
+        zk_proof_id)
+    if row is None:
+        return None
+    packed = bytes(row["handles"] or b"")
+    return RequestState(row["verified"],
+                        tuple(packed[i:i + 32] for i in range(0, len(packed), 32)),
+                        row["error_message"])

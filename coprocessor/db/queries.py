@@ -6,16 +6,14 @@ must run inside a caller's transaction say so and check it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
-from ..errors import InvalidRow
-from .rows import BatchAdmission, ComputationRow, backoff_seconds, check_batch
+from .rows import BatchAdmission, ComputationRow, check_batch
 
-# NOTIFY channels (DESIGN.md section 6).
+# NOTIFY channels (docs/design.md section 6): every channel name of the product, once.
 WORK_AVAILABLE = "work_available"
 CIPHERTEXT_COMPUTED = "event_ciphertext_computed"
 PBS_COMPUTATIONS = "event_pbs_computations"
@@ -104,11 +102,6 @@ async def get_public_params(connection: asyncpg.Connection, tenant_id: int) -> b
                                      tenant_id)
 
 
-async def get_server_key(connection: asyncpg.Connection, tenant_id: int) -> bytes | None:
-    return await connection.fetchval("SELECT server_key FROM tenants WHERE tenant_id = $1",
-                                     tenant_id)
-
-
 # --- ciphertexts -----------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -188,65 +181,6 @@ async def admit_batch(connection: asyncpg.Connection, admission: BatchAdmission)
     return True
 
 
-@dataclass(frozen=True)
-class ClaimedComputation:
-    tenant_id: int
-    output_handle: bytes
-    output_type: int
-    fhe_operation: int
-    dependencies: tuple[bytes, ...]
-    is_scalar: bool
-    dependence_chain_id: bytes | None
-    schedule_order: int
-    uncomputable_counter: int
-
-
-async def claim_ready(connection: asyncpg.Connection, limit: int,
-                      batch_id: str | None = None) -> list[ClaimedComputation]:
-    """Lock up to ``limit`` computations whose inputs are all computed.
-
-    Runs inside the caller's transaction: the row locks are the claim, and they end
-    with it (a crashed worker's claims are released with its connection). Rows locked
-    by other workers are skipped, never waited for. Results come in schedule order,
-    grouped so that computations of one dependence chain are adjacent.
-    """
-    require_transaction(connection)
-    rows = await connection.fetch(
-        """SELECT c.tenant_id, c.output_handle, c.output_type, c.fhe_operation,
-                  c.dependencies, c.is_scalar, c.dependence_chain_id, c.schedule_order,
-                  c.uncomputable_counter
-           FROM computations c
-           WHERE NOT c.is_completed AND NOT c.is_error
-             AND (c.retry_after IS NULL OR c.retry_after <= now())
-             AND ($2::text IS NULL OR EXISTS (
-                   SELECT 1 FROM batch_computations b
-                   WHERE b.batch_id = $2 AND b.tenant_id = c.tenant_id
-                     AND b.output_handle = c.output_handle))
-             AND NOT EXISTS (
-                   SELECT 1 FROM unnest(c.dependencies) AS d(handle)
-                   JOIN computations p ON p.tenant_id = c.tenant_id
-                                      AND p.output_handle = d.handle
-                   WHERE NOT p.is_completed)
-           ORDER BY c.schedule_order
-           LIMIT $1
-           FOR UPDATE OF c SKIP LOCKED""",
-        limit, batch_id,
-    )
-    claimed = [ClaimedComputation(**_computation_fields(r)) for r in rows]
-    first_seen: dict[bytes | None, int] = {}
-    for index, item in enumerate(claimed):
-        first_seen.setdefault(item.dependence_chain_id, index)
-    return sorted(claimed, key=lambda c: (first_seen[c.dependence_chain_id], c.schedule_order))
-
-
-@asynccontextmanager
-async def claimed_work(pool: asyncpg.Pool, limit: int, batch_id: str | None = None
-                       ) -> AsyncIterator[tuple[asyncpg.Connection, list[ClaimedComputation]]]:
-    """``async with claimed_work(pool, 8) as (conn, work):`` - commit on exit."""
-    async with pool.acquire() as connection, connection.transaction():
-        yield connection, await claim_ready(connection, limit, batch_id)
-
-
 async def complete_computation(connection: asyncpg.Connection, tenant_id: int,
                                handle: bytes, ciphertext: bytes, version: int,
                                fhe_type: int) -> None:
@@ -258,23 +192,6 @@ async def complete_computation(connection: asyncpg.Connection, tenant_id: int,
                                    retry_after = NULL
            WHERE tenant_id = $1 AND output_handle = $2""", tenant_id, handle)
     await notify(connection, CIPHERTEXT_COMPUTED, "0x" + handle.hex())
-
-
-async def mark_uncomputable(connection: asyncpg.Connection, tenant_id: int, handle: bytes,
-                            reason: str) -> int:
-    """A recoverable failure: count it and back off exponentially. Returns the delay (s)."""
-    counter = await connection.fetchval(
-        """UPDATE computations SET uncomputable_counter = uncomputable_counter + 1,
-                                   error_message = $3
-           WHERE tenant_id = $1 AND output_handle = $2 RETURNING uncomputable_counter""",
-        tenant_id, handle, storable_reason(reason))
-    if counter is None:
-        raise InvalidRow(f"no computation 0x{handle.hex()} for tenant {tenant_id}")
-    delay = backoff_seconds(counter)
-    await connection.execute(
-        """UPDATE computations SET retry_after = now() + make_interval(secs => $3)
-           WHERE tenant_id = $1 AND output_handle = $2""", tenant_id, handle, float(delay))
-    return delay
 
 
 async def mark_error(connection: asyncpg.Connection, tenant_id: int, handle: bytes,
@@ -320,16 +237,11 @@ async def get_batch(connection: asyncpg.Connection, batch_id: str) -> Batch | No
     return Batch(**dict(row)) if row else None
 
 
-@dataclass(frozen=True)
-class BatchComputation:
-    """A computation of a batch as the job runner sees it, with its state."""
+@dataclass(frozen=True, kw_only=True)
+class BatchComputation(ComputationRow):
+    """A computation of a batch as the job runner sees it: the row, with its place in
+    the schedule and its state."""
 
-    output_handle: bytes
-    output_type: int
-    fhe_operation: int
-    dependencies: tuple[bytes, ...]
-    is_scalar: bool
-    dependence_chain_id: bytes | None
     schedule_order: int
     is_completed: bool
     is_error: bool

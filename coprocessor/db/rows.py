@@ -13,8 +13,6 @@ from ..errors import InvalidRow
 from ..toposort import topological_order
 from ..types import HANDLE_LENGTH, FheType, Op
 
-MAX_BACKOFF_S = 32_000
-
 
 @dataclass(frozen=True)
 class ComputationRow:
@@ -121,8 +119,3 @@ def _topological(by_handle: dict[bytes, ComputationRow]) -> list[ComputationRow]
     return [by_handle[h] for h in ordered]
 
 
-def backoff_seconds(failures: int) -> int:
-    """Delay before retry number ``failures``: 1 s, doubling, capped at 32,000 s."""
-    if failures < 1:
-        return 0
-    return min(1 << min(failures - 1, 32), MAX_BACKOFF_S)

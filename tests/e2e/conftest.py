@@ -12,8 +12,8 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from coprocessor.settings import REPO_ROOT
-from fhe_operator.crd import crd
+from coprocessor.api.crd import crd
+from tests.paths import REPO_ROOT
 
 GROUP, PLURAL = "fhe.coprocessor.dev", "fhebatches"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from kubernetes import client
 
-from coprocessor.devstack import process, stack
-from coprocessor.devstack.kube import KubeControlPlane
+from devstack import process, stack
+from devstack.kube import KubeControlPlane
 
 from .conftest import wait_for
 
@@ -134,7 +134,7 @@ def test_second_up_changes_nothing(kube_cluster):
 def test_kubectl_works_with_the_exported_kubeconfig(kube_cluster):
     import subprocess
 
-    from coprocessor.devstack.versions import kubectl_binary
+    from devstack.versions import kubectl_binary
 
     result = subprocess.run([str(kubectl_binary()), "get", "nodes", "-o", "name"],
                             env={**os.environ, "KUBECONFIG": kube_cluster["KUBECONFIG"]},

@@ -12,14 +12,15 @@ import pytest
 from kubernetes import client
 from web3 import Web3
 
+from coprocessor.api.batch import GROUP, PLURAL, VERSION
 from coprocessor.chain.contracts import bound, deploy, deploy_host, deploy_token
 from coprocessor.db import queries
 from coprocessor.db.host import ORPHANED
 from coprocessor.db.pool import create_pool
 from coprocessor.settings import Settings
 from coprocessor.types import FheType, Op, derive_handle, make_handle
-from fhe_operator.spec import GROUP, PLURAL, VERSION
 from listeners.host import HostListener
+from tests.paths import TESTING_CONTRACTS
 
 U64 = FheType.Uint64
 
@@ -193,7 +194,7 @@ async def test_a_reorg_orphans_the_old_block_and_cancels_its_batch(
 
 
 async def test_logs_it_cannot_use_are_counted_and_skipped(w3, listener_settings, pool):
-    rogue = deploy(w3, "RogueExecutor")
+    rogue = deploy(w3, "RogueExecutor", build_dir=TESTING_CONTRACTS)
     settings = listener_settings.model_copy(update={"host_executor_address": rogue.address})
     sender = w3.eth.accounts[0]
     chain = w3.eth.chain_id

@@ -21,16 +21,17 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from coprocessor.db import queries
-from coprocessor.devstack import process
-from coprocessor.devstack.kube import operator_kubeconfig
-from coprocessor.devstack.state import StackState
 from coprocessor.fhe import reference
 from coprocessor.fhe.envelope import Envelope
-from coprocessor.settings import REPO_ROOT, Settings
+from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
 from coprocessor.tenants import create_tenant, input_handle, load_client, server_key_object
 from coprocessor.types import FheType, Op
+from devstack import process
+from devstack.kube import operator_kubeconfig
+from devstack.state import StackState
 from job_runner.sns import object_keys
+from tests.paths import REPO_ROOT
 
 from ..keysets import session_keyset
 from .conftest import wait_for

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from coprocessor.devstack import process
+from devstack import process
 
-FHECTL = [sys.executable, "-m", "coprocessor.cli"]
+FHECTL = [sys.executable, "-m", "fhectl"]
 
 
 def fhectl(*args, env=None, check=True):

@@ -7,7 +7,7 @@ import asyncpg
 import boto3
 from web3 import Web3
 
-from coprocessor.devstack.chain import DEV_CHAIN_ID
+from devstack.chain import DEV_CHAIN_ID
 
 
 async def test_postgres_listen_notify_round_trip(database_url):

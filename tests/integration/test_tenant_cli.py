@@ -9,7 +9,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-FHECTL = [sys.executable, "-m", "coprocessor.cli"]
+FHECTL = [sys.executable, "-m", "fhectl"]
 
 
 @pytest.fixture(scope="module")

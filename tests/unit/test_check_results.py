@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from coprocessor.settings import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "check-test-results"
 

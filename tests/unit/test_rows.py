@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coprocessor.db.rows import MAX_BACKOFF_S, ComputationRow, backoff_seconds, check_batch
+from coprocessor.db.rows import ComputationRow, check_batch
 from coprocessor.errors import InvalidRow
 from coprocessor.types import FheType, Op
 
@@ -64,11 +64,3 @@ def test_check_batch_returns_dependency_order(data):
         for dependency in row.dependencies:
             if dependency in position:
                 assert position[dependency] < position[row.output_handle]
-
-
-@pytest.mark.parametrize(("failures", "delay"), [
-    (0, 0), (1, 1), (2, 2), (3, 4), (10, 512), (15, 16384), (16, MAX_BACKOFF_S),
-    (40, MAX_BACKOFF_S), (10_000, MAX_BACKOFF_S),
-])
-def test_backoff_doubles_from_one_second_and_caps(failures, delay):
-    assert backoff_seconds(failures) == delay

@@ -33,10 +33,9 @@ def test_malformed_setting_names_the_variable(monkeypatch, variable, value, need
 def test_settings_read_the_fhe_prefix(monkeypatch, tmp_path):
     monkeypatch.setenv("FHE_DATABASE_URL", "postgresql://a@127.0.0.1:1/b")
     monkeypatch.setenv("FHE_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv("FHE_STATE_DIR", raising=False)  # set by a running dev stack
     settings = load_settings()
     assert settings.database_url.endswith(":1/b")
-    assert settings.dev_state_dir == tmp_path / "dev"
+    assert settings.cache_dir == tmp_path
 
 
 @pytest.mark.parametrize(("error", "code"), [

@@ -21,10 +21,11 @@ from web3 import Web3
 
 from coprocessor.chain.contracts import deploy, funded_account
 from coprocessor.db import migrate, queries
-from coprocessor.devstack import process
-from coprocessor.devstack.chain import Anvil
-from coprocessor.settings import REPO_ROOT, Settings
+from coprocessor.settings import MIGRATIONS_DIR, Settings
+from devstack import process
+from devstack.chain import Anvil
 from job_runner.send import run_send
+from tests.paths import REPO_ROOT
 
 from ...e2e.conftest import wait_for
 from ..db.helpers import add, admission, tenant
@@ -150,8 +151,8 @@ async def test_three_signers_threshold_two_accept_after_the_second(w3, database_
     signers = [new_signer(w3) for _ in range(3)]
     contract = commits_contract(w3, signers, 2)
     server = dev_stack["FHE_DATABASE_URL"]
-    async with migrate.scratch_database(server, REPO_ROOT / "migrations", "test") as second, \
-            migrate.scratch_database(server, REPO_ROOT / "migrations", "test") as third:
+    async with migrate.scratch_database(server, MIGRATIONS_DIR, "test") as second, \
+            migrate.scratch_database(server, MIGRATIONS_DIR, "test") as third:
         databases = [database_url, second, third]
         batches = [await published_batch(url, 3, salt_for={1: b"x"} if url == third else None)
                    for url in databases]

@@ -7,9 +7,9 @@ import pytest
 
 from coprocessor.db import migrate
 from coprocessor.errors import Fatal, SchemaTooNew
-from coprocessor.settings import REPO_ROOT
+from coprocessor.settings import MIGRATIONS_DIR
 
-MIGRATIONS = REPO_ROOT / "migrations"
+MIGRATIONS = MIGRATIONS_DIR
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import pytest
 
 from coprocessor.db import migrate, queries
 from coprocessor.db.notify import NotificationWaiter
-from coprocessor.devstack.postgres import Postgres
-from coprocessor.settings import REPO_ROOT
+from coprocessor.settings import MIGRATIONS_DIR
+from devstack.postgres import Postgres
 
 from .helpers import add, admission, tenant
 
@@ -41,7 +41,7 @@ async def test_waiter_survives_a_postgres_restart(own_postgres):
     server, state_dir, running = own_postgres
     info = running["info"]
     url = server.env(info)["FHE_DATABASE_URL"]
-    await migrate.migrate(url, REPO_ROOT / "migrations")
+    await migrate.migrate(url, MIGRATIONS_DIR)
     async with NotificationWaiter(url, (queries.WORK_AVAILABLE,), poll_interval=0.5,
                                   max_reconnect_delay=0.5) as waiter:
         server.down(info)
@@ -54,14 +54,14 @@ async def test_waiter_survives_a_postgres_restart(own_postgres):
         connection = await asyncpg.connect(url)
         try:
             tenant_id = await tenant(connection)
-            await queries.admit_batch(connection, admission(tenant_id, [add(10, 1, 2)]))
+            batch = admission(tenant_id, [add(10, 1, 2)])
+            await queries.admit_batch(connection, batch)
             # Later work is seen: by notification once reconnected, else by polling.
             deadline = time.monotonic() + 30
             seen = False
             while not seen and time.monotonic() < deadline:
                 await waiter.wait()
-                async with connection.transaction():
-                    seen = bool(await queries.claim_ready(connection, 1))
+                seen = bool(await queries.batch_computations(connection, batch.batch_id))
             assert seen
             deadline = time.monotonic() + 30
             while not waiter.connected and time.monotonic() < deadline:

@@ -81,71 +81,6 @@ async def test_schema_checks_catch_rows_that_bypass_python(db, column, value):
                 [handle(1)])
 
 
-async def test_claim_respects_dependencies_and_schedule_order(db):
-    async with db.acquire() as connection:
-        tenant_id = await tenant(connection)
-        await queries.admit_batch(connection, admission(tenant_id, [
-            add(12, 11, 1), add(11, 10, 1), add(10, 1, 2), add(20, 1, 1)]))
-        async with connection.transaction():
-            claimed = await queries.claim_ready(connection, 10)
-            assert [c.output_handle for c in claimed] == [handle(10), handle(20)]
-            await queries.complete_computation(connection, tenant_id, handle(10), b"r", 0, 5)
-        async with connection.transaction():
-            claimed = await queries.claim_ready(connection, 10)
-            # Schedule order is the batch's topological order (breadth first).
-            assert [c.output_handle for c in claimed] == [handle(20), handle(11)]
-            assert claimed[0].schedule_order < claimed[1].schedule_order
-
-
-async def test_claim_can_be_limited_to_one_batch(db):
-    async with db.acquire() as connection:
-        tenant_id = await tenant(connection)
-        await queries.admit_batch(connection, admission(tenant_id, [add(10, 1, 2)], "a"))
-        await queries.admit_batch(connection, admission(tenant_id, [add(20, 1, 2)], "b"))
-        async with connection.transaction():
-            claimed = await queries.claim_ready(connection, 10, batch_id="fhe/b@h1")
-        assert [c.output_handle for c in claimed] == [handle(20)]
-
-
-async def test_claims_group_dependence_chains(db):
-    async with db.acquire() as connection:
-        tenant_id = await tenant(connection)
-        rows = [add(10, 1, 2, chain=1), add(20, 1, 2, chain=2), add(11, 1, 3, chain=1),
-                add(21, 1, 3, chain=2), add(12, 1, 4, chain=1)]
-        await queries.admit_batch(connection, admission(tenant_id, rows))
-        async with connection.transaction():
-            claimed = await queries.claim_ready(connection, 10)
-        chains = [c.dependence_chain_id[0] for c in claimed]
-        assert chains == [1, 1, 1, 2, 2]
-
-
-async def test_claim_outside_a_transaction_is_a_programming_error(db):
-    async with db.acquire() as connection:
-        with pytest.raises(RuntimeError, match="inside the caller's transaction"):
-            await queries.claim_ready(connection, 1)
-
-
-async def test_uncomputable_backs_off_exponentially(db):
-    async with db.acquire() as connection:
-        tenant_id = await tenant(connection)
-        await queries.admit_batch(connection, admission(tenant_id, [add(10, 1, 2)]))
-        assert await queries.mark_uncomputable(connection, tenant_id, handle(10), "no S3") == 1
-        assert await queries.mark_uncomputable(connection, tenant_id, handle(10), "no S3") == 2
-        assert await queries.mark_uncomputable(connection, tenant_id, handle(10), "no S3") == 4
-        row = await connection.fetchrow(
-            """SELECT uncomputable_counter, error_message,
-                      extract(epoch FROM retry_after - now()) AS wait FROM computations""")
-        assert row["uncomputable_counter"] == 3 and row["error_message"] == "no S3"
-        assert 3 < row["wait"] <= 4
-        async with connection.transaction():
-            assert await queries.claim_ready(connection, 10) == []
-        await connection.execute("UPDATE computations SET retry_after = now() - interval '1s'")
-        async with connection.transaction():
-            assert len(await queries.claim_ready(connection, 10)) == 1
-        with pytest.raises(InvalidRow, match="no computation"):
-            await queries.mark_uncomputable(connection, tenant_id, handle(99), "x")
-
-
 async def test_irrecoverable_error_fails_dependents_and_spares_the_rest(db):
     async with db.acquire() as connection:
         tenant_id = await tenant(connection)
@@ -160,9 +95,9 @@ async def test_irrecoverable_error_fails_dependents_and_spares_the_rest(db):
         assert messages[handle(12)].endswith("failed: bad ciphertext")
         progress = await queries.batch_progress(connection, batch.batch_id)
         assert (progress.completed, progress.failed, progress.pending) == (0, 3, 1)
-        async with connection.transaction():
-            assert [c.output_handle for c in await queries.claim_ready(connection, 10)] == [
-                handle(20)]
+        states = {c.output_handle: c.is_error
+                  for c in await queries.batch_computations(connection, batch.batch_id)}
+        assert states[handle(20)] is False
 
 
 async def test_ciphertexts_are_stored_once(db):
@@ -183,7 +118,7 @@ async def test_release_batch_keeps_results(db):
         batch = admission(tenant_id, [add(10, 1, 2)])
         await queries.admit_batch(connection, batch)
         async with connection.transaction():
-            await queries.claim_ready(connection, 1)
+            assert await queries.lock_computation(connection, tenant_id, handle(10))
             await queries.complete_computation(connection, tenant_id, handle(10), b"r", 0, 5)
         assert await queries.release_batch(connection, batch.batch_id) is True
         assert await queries.release_batch(connection, batch.batch_id) is False

@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 
-from coprocessor.settings import REPO_ROOT
 from coprocessor.types import FheType, Op
+from tests.paths import REPO_ROOT
 
 
 async def wait_for_completed(conn, batch: str, at_least: int, process, timeout: float) -> int:

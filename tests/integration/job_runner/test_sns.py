@@ -15,12 +15,12 @@ import sys
 import pytest
 from eth_hash.auto import keccak
 
-from coprocessor.devstack.s3 import MinioS3
 from coprocessor.fhe.engine import SquashedFormat
 from coprocessor.fhe.envelope import Envelope, Kind
 from coprocessor.storage import ObjectStore
 from coprocessor.tenants import server_key_object
 from coprocessor.types import FheType, Op
+from devstack.s3 import MinioS3
 from job_runner.__main__ import run_stage
 from job_runner.compute import run_compute
 from job_runner.sns import object_keys, run_sns

@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from coprocessor.devstack import node_agent as agent
+from devstack import node_agent as agent
 
 POD = {"metadata": {"name": "p1", "namespace": "fhe", "uid": "u-1",
                     "labels": {"app": "x"}, "annotations": {"a/b": "c"}},

@@ -102,9 +102,12 @@ def test_restrict_turns_other_pods_nodes_into_inputs():
 
 
 def row(op: Op, deps, is_scalar=False, out_type=FheType.Uint8, **kw) -> BatchComputation:
-    return BatchComputation(h("out"), int(out_type), int(op), tuple(deps), is_scalar, None, 1,
-                            kw.get("done", False), kw.get("error") is not None,
-                            kw.get("error"))
+    return BatchComputation(output_handle=h("out"), output_type=int(out_type),
+                            fhe_operation=int(op), dependencies=tuple(deps),
+                            is_scalar=is_scalar, schedule_order=1,
+                            is_completed=kw.get("done", False),
+                            is_error=kw.get("error") is not None,
+                            error_message=kw.get("error"))
 
 
 def test_rows_become_engine_requests_with_scalars_and_seeds():
@@ -128,4 +131,6 @@ def test_rand_without_a_seed_is_a_clear_error():
 
 def test_unknown_codes_in_a_row_name_the_row():
     with pytest.raises(InvalidRow, match="0x" + h("out").hex()):
-        node_from_row(BatchComputation(h("out"), 99, 0, (), False, None, 1, False, False, None))
+        node_from_row(BatchComputation(output_handle=h("out"), output_type=99, fhe_operation=0,
+                                       dependencies=(), schedule_order=1, is_completed=False,
+                                       is_error=False, error_message=None))

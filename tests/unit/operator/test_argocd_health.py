@@ -6,7 +6,7 @@ import pytest
 import yaml
 from lupa import LuaRuntime
 
-from coprocessor.settings import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "config" / "argocd" / "fhebatch-health.lua"
 PATCH = REPO_ROOT / "config" / "argocd" / "argocd-cm-patch.yaml"

@@ -4,6 +4,7 @@ import datetime as dt
 
 import pytest
 
+from coprocessor.api.batch import FheBatchSpec
 from fhe_operator.controller import job_view
 from fhe_operator.jobs import JobSettings, job_manifest, job_name
 from fhe_operator.reconcile import (
@@ -14,7 +15,6 @@ from fhe_operator.reconcile import (
     capacity_decision,
     plan,
 )
-from fhe_operator.spec import FheBatchSpec
 
 T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 

@@ -3,10 +3,10 @@
 import pytest
 from pydantic import ValidationError
 
+from coprocessor.api.batch import FheBatchSpec, describe_error
 from coprocessor.db.rows import check_batch
 from coprocessor.fhe.engine import get_backend
 from coprocessor.types import FheType, Handle, Op, make_handle
-from fhe_operator.spec import FheBatchSpec, describe_error
 from fhe_operator.validation import InvalidSpec, check_stages, plan_graph
 
 CHAIN = 12345

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ServiceUnavailable, UserError
+from coprocessor.errors import ServiceUnavailable, UserError
 
 
 def free_port() -> int:

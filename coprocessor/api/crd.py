@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .spec import CATEGORY, GROUP, KIND, PLURAL, SHORT_NAME, SINGULAR, VERSION, FheBatchSpec
+from .batch import CATEGORY, GROUP, KIND, PLURAL, SHORT_NAME, SINGULAR, VERSION, FheBatchSpec
 
 _KEEP = ("type", "description", "pattern", "minLength", "maxLength", "minimum", "maximum",
          "minItems", "maxItems", "enum", "default")
@@ -112,7 +112,7 @@ def crd() -> dict[str, Any]:
     }
 
 
-HEADER = ("# Generated from operator/spec.py by `fhectl crd generate`; do not edit.\n"
+HEADER = ("# Generated from coprocessor/api/batch.py by `fhectl crd generate`; do not edit.\n"
           "# tests/unit/operator/test_crd.py keeps this file equal to the generated one.\n")
 
 

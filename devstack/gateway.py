@@ -17,8 +17,8 @@ from pathlib import Path
 
 from web3 import Web3
 
-from ..chain.contracts import bound, deploy, funded_account
-from ..errors import ServiceUnavailable
+from coprocessor.chain.contracts import bound, deploy, funded_account
+from coprocessor.errors import ServiceUnavailable
 
 FUNDING_WEI = 100 * 10**18  # anvil's accounts hold 10,000 ether each
 

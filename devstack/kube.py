@@ -1,7 +1,7 @@
 """The local Kubernetes control plane: etcd, kube-apiserver (RBAC on),
 kube-controller-manager (Job controller, garbage collector, ...), kube-scheduler,
 all built from their Go modules by scripts/build-k8s, plus our node agent
-(coprocessor.devstack.node_agent) standing in for the kubelet.
+(devstack.node_agent) standing in for the kubelet.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..errors import UserError
+from coprocessor.errors import UserError
+
 from . import process
 from .component import Info
 from .pki import SERVICE_CLUSTER_IP_RANGE, ensure_pki, write_kubeconfig
@@ -160,7 +161,7 @@ class KubeControlPlane:
 
         venv_bin = str(Path(sys.executable).parent)
         start("node-agent", [
-            sys.executable, "-m", "coprocessor.devstack.node_agent",
+            sys.executable, "-m", "devstack.node_agent",
             "--kubeconfig", str(kubeconfigs["node-agent"]), "--state-dir", str(base),
             "--gpu-nodes", str(self.gpu_nodes), "--gpus-per-node", str(self.gpus_per_node),
             "--cpu-nodes", str(self.cpu_nodes),

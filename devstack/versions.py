@@ -6,7 +6,9 @@ import glob
 import shutil
 from pathlib import Path
 
-from ..settings import REPO_ROOT, load_settings
+from coprocessor.settings import load_settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the dev stack runs from the checkout
 
 VERSIONS_FILE = REPO_ROOT / "tools" / "versions.env"
 

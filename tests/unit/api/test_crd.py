@@ -1,7 +1,7 @@
 """The checked-in CRD is the generated one, and it is a structural schema."""
 
-from coprocessor.settings import REPO_ROOT
-from fhe_operator.crd import crd, crd_yaml
+from coprocessor.api.crd import crd, crd_yaml
+from tests.paths import REPO_ROOT
 
 
 def test_checked_in_crd_equals_the_generated_one():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import Fatal
+from coprocessor.errors import Fatal
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 API_SERVICE_IP = "10.0.0.1"

@@ -33,7 +33,7 @@ def select(components: list[Component], skip: set[str]) -> list[Component]:
     known = {c.name for c in components}
     unknown = skip - known
     if unknown:
-        from ..errors import UserError
+        from coprocessor.errors import UserError
 
         raise UserError(f"unknown component(s) {sorted(unknown)}; known: {sorted(known)}")
     return [c for c in components if c.name not in skip]

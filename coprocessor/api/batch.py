@@ -1,10 +1,12 @@
 """The FheBatch spec as a pydantic model: the one source of the CRD schema and of the
 operator's structural validation.
 
+It lives in the library because three deployables speak it: the operator reconciles
+batches, the host listener creates them and fhectl submits them.
 ``crds/fhebatch.yaml`` is generated from ``FheBatchSpec`` (``fhectl crd generate``); a
 test keeps the checked-in file equal to the generated one. Semantic checks that need
 the whole graph (types, arity, cycles) or the database (tenant, input handles) live in
-``validation.py``.
+the operator's ``validation.py``.
 """
 
 from __future__ import annotations
@@ -15,17 +17,20 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-GROUP = "fhe.coprocessor.dev"
+from .names import GROUP
+from .stages import BATCH_STAGES
+
 VERSION = "v1alpha1"
 KIND = "FheBatch"
 PLURAL = "fhebatches"
 SINGULAR = "fhebatch"
 SHORT_NAME = "fheb"
 CATEGORY = "fhe"
+API_VERSION = f"{GROUP}/{VERSION}"
 
 MAX_INLINE_NODES = 500  # keeps a resource far below etcd's 1.5 MiB object limit
 MAX_ARGS = 16
-STAGE_ORDER = ("compute", "sns", "send")
+STAGE_ORDER = BATCH_STAGES
 
 HandleText = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{64}$",
                                   description="A 32-byte ciphertext handle, 0x-hex.")]

@@ -17,7 +17,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-from ..errors import ServiceUnavailable
+from coprocessor.errors import ServiceUnavailable
+
 from . import process
 from .component import Info
 from .versions import postgres_bin_dir

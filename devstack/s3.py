@@ -6,7 +6,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..settings import load_settings
+from coprocessor.settings import load_settings
+
 from . import process
 from .component import Info
 from .versions import minio_binary

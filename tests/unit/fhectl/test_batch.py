@@ -2,7 +2,7 @@
 
 import pytest
 
-from coprocessor.cli import run
+from fhectl.__main__ import run
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -26,7 +26,7 @@ def test_a_missing_file_is_a_clear_error(capsys):
 
 
 def test_crd_generate_prints_the_checked_in_crd(capsys):
-    from coprocessor.settings import REPO_ROOT
+    from tests.paths import REPO_ROOT
 
     assert run(["crd", "generate"]) == 0
     assert capsys.readouterr().out == (REPO_ROOT / "crds" / "fhebatch.yaml").read_text()

@@ -10,7 +10,7 @@ from coprocessor.types import FheType, Op
 
 
 def fhectl_ops(*extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "coprocessor.cli", "fhe", "ops", *extra],
+    return subprocess.run([sys.executable, "-m", "fhectl", "fhe", "ops", *extra],
                           capture_output=True, text=True, timeout=120, env=env, check=False)
 
 

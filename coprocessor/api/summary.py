@@ -1,0 +1,113 @@
+"""What a stage pod reports in its termination message, and what the operator shows of it.
+
+The four stages (compute, sns, send, verify) share one base: the counters every stage
+has, an error and a few failures, and one rule for the exit code. Counters marked
+``shown`` are copied into ``status.stages.<stage>.summary`` of the FheBatch; the rest
+(signer address, gas, megabytes) stay in the message for logs and benchmarks. The
+operator reads ``STATUS_KEYS`` from here, so a new counter cannot be shown by one side
+and dropped by the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..errors import EXIT_IRRECOVERABLE, EXIT_OK, EXIT_RECOVERABLE
+
+MAX_ERROR_CHARS = 800  # the termination message is capped at 4 KiB
+_TAIL = ("error", "failures")
+
+
+def shown(default: Any = 0) -> Any:
+    """A counter the operator copies into the batch's status."""
+    return field(default=default, metadata={"shown": True})
+
+
+def error_fields(error: str | None, failures: dict[str, str]) -> dict[str, object]:
+    """The tail every stage summary ends with: the error and a few failures, trimmed so
+    the termination message stays under its 4 KiB."""
+    few = dict(list(failures.items())[:3])
+    return {"error": (error or "")[:MAX_ERROR_CHARS] or None,
+            "failures": {k: v[:200] for k, v in few.items()}}
+
+
+def partial_exit_code(error: str | None, failed: int) -> int:
+    """Stages that keep what they did: something left for a re-run is recoverable (75),
+    else a failed item is irrecoverable (3)."""
+    if error:
+        return EXIT_RECOVERABLE
+    return EXIT_IRRECOVERABLE if failed else EXIT_OK
+
+
+@dataclass(kw_only=True)
+class StageSummary:
+    """The counters every stage reports; subclasses add their own before the tail."""
+
+    total: int = shown()  # items in this pod's share
+    completed: int = shown()  # of them, done (by this run or an earlier one)
+    failed: int = shown()
+    seconds: float = shown(0.0)
+    error: str | None = None  # why some items were left for a re-run (recoverable)
+    failures: dict[str, str] = field(default_factory=dict)  # a few, for the message
+
+    @property
+    def exit_code(self) -> int:
+        return partial_exit_code(self.error, self.failed)
+
+    def as_dict(self) -> dict[str, object]:
+        """The termination message: every counter (seconds and megabytes to three
+        decimals), then the error tail."""
+        counters = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _TAIL}
+        return {**{name: round(value, 3) if isinstance(value, float) else value
+                   for name, value in counters.items()},
+                **error_fields(self.error, self.failures)}
+
+
+@dataclass(kw_only=True)
+class ComputeSummary(StageSummary):
+    computed: int = shown()  # computed by this run
+    key_load_s: float = shown(0.0)  # loading the tenant's server key (before ``seconds``)
+
+    @property
+    def exit_code(self) -> int:
+        # Work left undone is the executor's to report as an error; a failed node is final.
+        return EXIT_IRRECOVERABLE if self.failed else EXIT_OK
+
+
+@dataclass(kw_only=True)
+class SnsSummary(StageSummary):
+    squashed: int = shown()  # squashed by this run
+    uploaded: int = shown()  # objects uploaded by this run
+    reused: int = shown()  # objects already in S3 with the same bytes
+    retries: int = shown()  # S3 requests retried
+    megabytes: float = 0.0  # uploaded by this run
+
+
+@dataclass(kw_only=True)
+class SendSummary(StageSummary):
+    sent: int = shown()  # carried by this run's transactions
+    found: int = 0  # already on chain when this run looked (a lost record)
+    transactions: int = shown()  # distinct transactions that carried the batch's commits
+    accepted: int = shown()  # handles whose material reached the signers' threshold
+    retries: int = shown()  # gateway RPC calls retried
+    gas_used: int = 0
+    signer: str = ""
+
+
+@dataclass(kw_only=True)
+class VerifySummary(StageSummary):
+    verified: int = 0
+    rejected: int = 0  # answered 'no': the reason is on the row
+    inputs: int = 0  # ciphertexts stored by this run
+
+
+def _shown_keys() -> tuple[str, ...]:
+    keys: list[str] = []
+    for summary in (ComputeSummary, SnsSummary, SendSummary, VerifySummary):
+        keys += [f.name for f in fields(summary) if f.metadata.get("shown") and f.name not in keys]
+    return (*keys, "exit_code")
+
+
+# Counters of the stage pods' termination messages shown in status.stages.<stage>.summary.
+STATUS_KEYS = _shown_keys()

@@ -1,0 +1,1 @@
+"""The local stack: real servers started as processes on loopback (docs/design.md section 8)."""

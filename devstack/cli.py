@@ -1,0 +1,99 @@
+"""``fhectl dev``: the local stack, as a command group fhectl loads from the entry point
+group ``fhectl.commands`` (declared by the fhe-devstack distribution), so the product's
+fhectl carries no dev tooling and the dev install still gets one command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from coprocessor.settings import load_settings
+
+from . import stack
+from .settings import default_state_dir
+
+
+def _emit(data: Any, output: str) -> None:
+    # fhectl's printer, repeated in four lines rather than imported: the dev stack must
+    # not depend on a deployable.
+    if output == "json":
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        for key, value in data.items():
+            print(f"{key}: {json.dumps(value, default=str) if isinstance(value, dict) else value}")
+
+
+def _stack_args(args: argparse.Namespace) -> tuple[Path, list]:
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    skip = {part for part in (args.skip or "").split(",") if part}
+    ports = {name: getattr(args, f"{name}_port", None) for name in ("postgres", "s3", "chain")}
+    return state_dir, stack.select(stack.default_components(ports), skip)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    state_dir, components = _stack_args(args)
+    report = stack.up(state_dir, components)
+    _emit({"state_dir": str(state_dir), "components": report}, args.output)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    state_dir, components = _stack_args(args)
+    _emit({"stopped": stack.down(state_dir, components)}, args.output)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state_dir, components = _stack_args(args)
+    report = stack.status(state_dir, components)
+    _emit(report, "json")
+    return 0 if all(c["healthy"] for c in report.values()) else 1
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    state_dir, components = _stack_args(args)
+    for key, value in stack.env(state_dir, components).items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from .gateway import ensure_dev_gateway
+
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    gateway = ensure_dev_gateway(state_dir, load_settings().gateway_rpc_url)
+    _emit(gateway.as_dict(), args.output)
+    return 0
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    dev = groups.add_parser("dev", help="the local stack (PostgreSQL, S3, chain)")
+    commands = dev.add_subparsers(dest="command", required=True, metavar="ACTION")
+    for name, handler, text in (
+        ("up", cmd_up, "start every component (idempotent)"),
+        ("down", cmd_down, "stop the processes `up` started"),
+        ("status", cmd_status, "JSON health per component; exit 1 if any is unhealthy"),
+        ("env", cmd_env, "export lines that point clients at the stack"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text, parents=[output])
+        sub.add_argument("--state-dir", help="stack data and pid files (default: FHE_STATE_DIR "
+                                             "or ~/.cache/fhe-coprocessor/dev)")
+        sub.add_argument("--skip", help="comma-separated components to leave out")
+        sub.set_defaults(handler=handler)
+        if name == "up":
+            for component in ("postgres", "s3", "chain"):
+                sub.add_argument(f"--{component}-port", type=int, metavar="PORT",
+                                 help=f"{component} port (default: a free one, kept across "
+                                      "restarts)")
+
+    gateway = commands.add_parser(
+        "gateway", parents=[output],
+        help="deploy CiphertextCommits with a dev signer on the stack's chain "
+        "(idempotent); prints its address and where the signer key is")
+    gateway.add_argument("--state-dir", help="where the address and key are kept")
+    gateway.set_defaults(handler=cmd_gateway)
