@@ -1,8 +1,14 @@
-# The two commands a newcomer needs: `make demo` and `make test`.
+# The two commands a newcomer needs: `make demo` and `make test`. `make help` lists the rest.
 SHELL := /bin/bash
 VENV := .venv/bin
+CARGO_TARGET_DIR ?= $(HOME)/.cache/fhe-coprocessor/cargo-target
+export CARGO_TARGET_DIR
+NATIVE := --manifest-path native/Cargo.toml
 
-.PHONY: setup demo test test-unit lint bench lock down
+.PHONY: help setup demo test unit integration e2e engine fmt lint bench lock down wheel
+
+help:             ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:[^#]*## /\t/' | expand -t 18
 
 setup:            ## install everything (idempotent; caches under ~/.cache/fhe-coprocessor)
 	scripts/install
@@ -10,17 +16,39 @@ setup:            ## install everything (idempotent; caches under ~/.cache/fhe-c
 demo: setup       ## the main job end to end: stack, tenant, one FheBatch through the operator
 	scripts/demo
 
-test: setup       ## lint, then the whole suite: unit, engine, integration (real services), e2e
-	$(VENV)/ruff check .
+test: setup lint  ## lint, then the whole suite: unit, engine, integration (real services), e2e
 	rm -f .artifacts/pytest.xml
 	$(VENV)/pytest --junitxml=.artifacts/pytest.xml $(PYTEST_ARGS)
 	$(VENV)/python scripts/check-test-results .artifacts/pytest.xml
 
-test-unit:
+unit:             ## pure functions only: no services, no keys (seconds)
 	$(VENV)/pytest -m unit $(PYTEST_ARGS)
 
-lint:
+engine:           ## the FHE backends against the plaintext reference (real keys)
+	$(VENV)/pytest -m engine $(PYTEST_ARGS)
+
+integration:      ## real PostgreSQL, S3 and anvil
+	$(VENV)/pytest -m integration $(PYTEST_ARGS)
+
+e2e:              ## the local Kubernetes control plane, the operator and the listeners
+	$(VENV)/pytest -m e2e $(PYTEST_ARGS)
+
+fmt:              ## format Python (ruff) and Rust (cargo fmt) in place
+	$(VENV)/ruff format .
+	$(VENV)/ruff check --fix --select I .
+	cargo fmt $(NATIVE)
+
+lint:             ## ruff, formatting, import contracts, mypy on the library, cargo fmt + clippy
 	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/lint-imports
+	$(VENV)/mypy
+	cargo fmt $(NATIVE) --check
+	cargo clippy $(NATIVE) --release --locked --all-targets --features test-prover -- -D warnings
+
+wheel:            ## the product wheel (and the native one) into dist/
+	$(VENV)/pip wheel --no-deps --no-build-isolation -w dist .
+	$(VENV)/maturin build --release --locked $(NATIVE) --out dist
 
 bench: setup      ## benchmarks: print figures, write JSON under bench/results/
 	$(VENV)/python bench/db.py
@@ -33,8 +61,10 @@ bench: setup      ## benchmarks: print figures, write JSON under bench/results/
 	$(VENV)/python bench/sender.py
 	$(VENV)/python bench/orchestration.py
 
-lock:             ## re-pin constraints.txt from the current .venv
-	$(VENV)/pip freeze --all --exclude-editable | grep -vE '^(fhe-coprocessor|fhe-native|pip)( @|==)' > constraints.txt
+lock:             ## re-pin constraints.txt from the current .venv (keeps its two header lines)
+	{ head -2 constraints.txt; $(VENV)/pip freeze --all --exclude-editable \
+	  | grep -vE '^(fhe-coprocessor|fhe-devstack|fhe-native|pip)( @|==)'; } > constraints.new
+	mv constraints.new constraints.txt
 
-down:
+down:             ## stop the local stack
 	$(VENV)/fhectl dev down

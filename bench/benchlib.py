@@ -23,8 +23,7 @@ def dev_services(components: list[Component] | None = None) -> Iterator[dict[str
     services), started for the duration when none runs."""
     components = components or stack.service_components()
     with tempfile.TemporaryDirectory(prefix="fhe-bench-") as fallback:
-        state_dir, started = stack.reuse_or_start(default_state_dir(), Path(fallback),
-                                                  components)
+        state_dir, started = stack.reuse_or_start(default_state_dir(), Path(fallback), components)
         try:
             yield stack.env(state_dir, components)
         finally:

@@ -37,22 +37,27 @@ def handle(n: int) -> bytes:
 
 async def reset(pool: asyncpg.Pool, items: int, run: int) -> tuple[int, str]:
     async with pool.acquire() as connection:
-        await connection.execute("TRUNCATE batch_computations, batches, computations, "
-                                 "ciphertexts RESTART IDENTITY CASCADE")
+        await connection.execute(
+            "TRUNCATE batch_computations, batches, computations, "
+            "ciphertexts RESTART IDENTITY CASCADE"
+        )
         tenant = await queries.create_tenant(connection, "bench", 12345, b"k", "reference")
-        rows = tuple(ComputationRow(handle(1000 + i), FheType.Uint64, Op.Add,
-                                    (handle(1), handle(2))) for i in range(items))
+        rows = tuple(
+            ComputationRow(handle(1000 + i), FheType.Uint64, Op.Add, (handle(1), handle(2)))
+            for i in range(items)
+        )
         batch_id = f"bench/run{run}@x"
-        await queries.admit_batch(connection, BatchAdmission(
-            batch_id, tenant.tenant_id, "bench", f"run{run}", "x", None, rows))
+        await queries.admit_batch(
+            connection,
+            BatchAdmission(batch_id, tenant.tenant_id, "bench", f"run{run}", "x", None, rows),
+        )
     return tenant.tenant_id, batch_id
 
 
 async def claim_throughput(pool: asyncpg.Pool, workers: int, items: int, run: int) -> float:
     tenant_id, batch_id = await reset(pool, items, run)
     async with pool.acquire() as connection:
-        handles = [c.output_handle
-                   for c in await queries.batch_computations(connection, batch_id)]
+        handles = [c.output_handle for c in await queries.batch_computations(connection, batch_id)]
     ciphertext = bytes(4096)  # the size class of a small compressed ciphertext
 
     async def worker() -> int:
@@ -66,8 +71,9 @@ async def claim_throughput(pool: asyncpg.Pool, workers: int, items: int, run: in
                     state = await queries.lock_computation(connection, tenant_id, handle_)
                     if state is None or state.is_completed:
                         continue
-                    await queries.complete_computation(connection, tenant_id, handle_,
-                                                       ciphertext, 0, 5)
+                    await queries.complete_computation(
+                        connection, tenant_id, handle_, ciphertext, 0, 5
+                    )
                     progressed += 1
             if not progressed:
                 return done
@@ -92,9 +98,12 @@ async def notify_latency(url: str, samples: int) -> dict[str, float]:
             delays.append((time.perf_counter_ns() - sent) / 1e6)
     await sender.close()
     delays.sort()
-    return {"p50_ms": round(statistics.median(delays), 3),
-            "p99_ms": round(delays[int(len(delays) * 0.99) - 1], 3),
-            "max_ms": round(delays[-1], 3), "samples": samples}
+    return {
+        "p50_ms": round(statistics.median(delays), 3),
+        "p99_ms": round(delays[int(len(delays) * 0.99) - 1], 3),
+        "max_ms": round(delays[-1], 3),
+        "samples": samples,
+    }
 
 
 async def main_async(args: argparse.Namespace, server_url: str) -> dict:
@@ -108,8 +117,7 @@ async def main_async(args: argparse.Namespace, server_url: str) -> dict:
         await pool.close()
         latency = await notify_latency(url, args.samples)
         print(f"NOTIFY -> wakeup: p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms")
-    return {"lock_complete_rows_per_s": throughput, "notify_wakeup": latency,
-            "items": args.items}
+    return {"lock_complete_rows_per_s": throughput, "notify_wakeup": latency, "items": args.items}
 
 
 def main() -> None:
@@ -119,8 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     components = stack.default_components()
     with tempfile.TemporaryDirectory(prefix="fhe-bench-") as fallback:
-        state_dir, started = stack.reuse_or_start(default_state_dir(), Path(fallback),
-                                                  components)
+        state_dir, started = stack.reuse_or_start(default_state_dir(), Path(fallback), components)
         try:
             server_url = stack.env(state_dir, components)["FHE_DATABASE_URL"]
             result = asyncio.run(main_async(args, server_url))

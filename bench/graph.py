@@ -47,8 +47,9 @@ CHAIN_ID = 12345
 OPS = (Op.Ge, Op.Sub, Op.Add, Op.IfThenElse)
 
 
-def time_ops(server_key: bytes, client_key: bytes, key_id: bytes, fhe_type: FheType,
-             repeat: int) -> dict[str, float]:
+def time_ops(
+    server_key: bytes, client_key: bytes, key_id: bytes, fhe_type: FheType, repeat: int
+) -> dict[str, float]:
     """Median seconds of each op of a transfer, on whatever cores this process may use."""
     backend = get_backend("tfhe-rs")
     client = backend.client(client_key, key_id)
@@ -67,8 +68,9 @@ def time_ops(server_key: bytes, client_key: bytes, key_id: bytes, fhe_type: FheT
     return timings
 
 
-def transfers_graph(tenant_id: int, client, fhe_type: FheType, accounts: int, transfers: int,
-                    seed: int):
+def transfers_graph(
+    tenant_id: int, client, fhe_type: FheType, accounts: int, transfers: int, seed: int
+):
     """Inputs (balances, amounts), the rows, and the plaintext final balances."""
     rng = random.Random(seed)
     context = uuid.uuid4().bytes
@@ -76,9 +78,13 @@ def transfers_graph(tenant_id: int, client, fhe_type: FheType, accounts: int, tr
     counter = iter(range(1 << 30))
 
     def new_input(value: int) -> bytes:
-        handle = derive_handle(Op.TrivialEncrypt, (value.to_bytes(32, "big"),),
-                               context + next(counter).to_bytes(4, "big"), CHAIN_ID,
-                               fhe_type).raw
+        handle = derive_handle(
+            Op.TrivialEncrypt,
+            (value.to_bytes(32, "big"),),
+            context + next(counter).to_bytes(4, "big"),
+            CHAIN_ID,
+            fhe_type,
+        ).raw
         inputs[handle] = client.encrypt(value, fhe_type)
         return handle
 
@@ -111,18 +117,27 @@ async def run_graph(args, settings: Settings, keyset) -> dict:
     store = ObjectStore(settings)
     connection = await asyncpg.connect(settings.database_url)
     try:
-        tenant = (await create_tenant(connection, store, settings, "bench", CHAIN_ID,
-                                      "tfhe-rs", keyset=keyset)).tenant
+        tenant = (
+            await create_tenant(
+                connection, store, settings, "bench", CHAIN_ID, "tfhe-rs", keyset=keyset
+            )
+        ).tenant
         client = load_client(settings, tenant)
         fhe_type = FheType.parse(args.type)
         inputs, rows, balances, plain = transfers_graph(
-            tenant.tenant_id, client, fhe_type, args.accounts, args.transfers, args.seed)
+            tenant.tenant_id, client, fhe_type, args.accounts, args.transfers, args.seed
+        )
         for handle, ciphertext in inputs.items():
-            await queries.insert_ciphertext(connection, tenant.tenant_id, handle, ciphertext,
-                                            0, int(fhe_type))
+            await queries.insert_ciphertext(
+                connection, tenant.tenant_id, handle, ciphertext, 0, int(fhe_type)
+            )
         batch_id = "bench/transfers@1"
-        await queries.admit_batch(connection, BatchAdmission(
-            batch_id, tenant.tenant_id, "bench", "transfers", "1", None, tuple(rows)))
+        await queries.admit_batch(
+            connection,
+            BatchAdmission(
+                batch_id, tenant.tenant_id, "bench", "transfers", "1", None, tuple(rows)
+            ),
+        )
         started = time.perf_counter()
         summary = await run_compute(settings, batch_id)
         total = time.perf_counter() - started
@@ -133,26 +148,46 @@ async def run_graph(args, settings: Settings, keyset) -> dict:
     if decrypted != plain or summary.failed:
         raise SystemExit(f"wrong results: {decrypted} != {plain} ({summary.as_dict()})")
     counts = {op.event_name: sum(1 for r in rows if r.fhe_operation == op) for op in OPS}
-    return {"nodes": len(rows), "op_counts": counts, "wall_s": round(summary.seconds, 2),
-            "wall_with_key_load_s": round(total, 2)}
+    return {
+        "nodes": len(rows),
+        "op_counts": counts,
+        "wall_s": round(summary.seconds, 2),
+        "wall_with_key_load_s": round(total, 2),
+    }
 
 
 async def with_database(args, server_env: dict[str, str], keyset) -> dict:
-    async with migrate.scratch_database(server_env["FHE_DATABASE_URL"],
-                                        MIGRATIONS_DIR, "bench") as url:
+    async with migrate.scratch_database(
+        server_env["FHE_DATABASE_URL"], MIGRATIONS_DIR, "bench"
+    ) as url:
         with tempfile.TemporaryDirectory(prefix="fhe-bench-cache-") as cache:
             os.environ.update(server_env)
-            settings = Settings(database_url=url, cache_dir=Path(cache),
-                                termination_log=Path(cache) / "termination-log",
-                                compute_workers=args.workers, compute_strategy=args.strategy)
+            settings = Settings(
+                database_url=url,
+                cache_dir=Path(cache),
+                termination_log=Path(cache) / "termination-log",
+                compute_workers=args.workers,
+                compute_strategy=args.strategy,
+            )
             return await run_graph(args, settings, keyset)
 
 
 def single_core_child(directory: Path, fhe_type: str, repeat: int) -> dict[str, float]:
     result = subprocess.run(
-        [sys.executable, __file__, "--time-ops-in", str(directory), "--type", fhe_type,
-         "--repeat", str(repeat)],
-        env={**os.environ, "RAYON_NUM_THREADS": "1"}, capture_output=True, text=True)
+        [
+            sys.executable,
+            __file__,
+            "--time-ops-in",
+            str(directory),
+            "--type",
+            fhe_type,
+            "--repeat",
+            str(repeat),
+        ],
+        env={**os.environ, "RAYON_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise SystemExit(f"one-core timing failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -165,16 +200,22 @@ def main() -> None:
     parser.add_argument("--type", default="Uint64")
     parser.add_argument("--repeat", type=int, default=3, help="samples per single-op time")
     parser.add_argument("--workers", type=int, default=0, help="0 = one per core")
-    parser.add_argument("--strategy", default="max_parallelism",
-                        choices=["max_parallelism", "max_locality"])
+    parser.add_argument(
+        "--strategy", default="max_parallelism", choices=["max_parallelism", "max_locality"]
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--time-ops-in", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     fhe_type = FheType.parse(args.type)
     if args.time_ops_in:  # the one-core child
         d = args.time_ops_in
-        timings = time_ops((d / "server_key").read_bytes(), (d / "client_key").read_bytes(),
-                           (d / "key_id").read_bytes(), fhe_type, args.repeat)
+        timings = time_ops(
+            (d / "server_key").read_bytes(),
+            (d / "client_key").read_bytes(),
+            (d / "key_id").read_bytes(),
+            fhe_type,
+            args.repeat,
+        )
         print(json.dumps(timings))
         return
 
@@ -187,17 +228,20 @@ def main() -> None:
         (directory / "client_key").write_bytes(keyset.client_key)
         (directory / "key_id").write_bytes(keyset.key_id)
         one_core = single_core_child(directory, args.type, args.repeat)
-    all_cores = time_ops(keyset.server_key, keyset.client_key, keyset.key_id, fhe_type,
-                         args.repeat)
+    all_cores = time_ops(keyset.server_key, keyset.client_key, keyset.key_id, fhe_type, args.repeat)
     for op in OPS:
         name = op.event_name
-        print(f"{name:16s} {args.type}: {one_core[name]:7.3f} s on one core, "
-              f"{all_cores[name]:7.3f} s on {cores}", flush=True)
+        print(
+            f"{name:16s} {args.type}: {one_core[name]:7.3f} s on one core, "
+            f"{all_cores[name]:7.3f} s on {cores}",
+            flush=True,
+        )
 
     components = stack.service_components()
     with tempfile.TemporaryDirectory(prefix="fhe-bench-") as fallback:
-        state_dir, started = stack.reuse_or_start(Settings().dev_state_dir, Path(fallback),
-                                                  components)
+        state_dir, started = stack.reuse_or_start(
+            Settings().dev_state_dir, Path(fallback), components
+        )
         try:
             graph = asyncio.run(with_database(args, stack.env(state_dir, components), keyset))
         finally:
@@ -206,15 +250,22 @@ def main() -> None:
     serial = sum(graph["op_counts"][name] * one_core[name] for name in one_core)
     efficiency = serial / (cores * graph["wall_s"])
     result = {
-        **graph, "type": args.type, "cores": cores, "strategy": args.strategy,
-        "workers": args.workers or cores, "single_op_one_core_s": one_core,
-        "single_op_all_cores_s": all_cores, "sum_one_core_s": round(serial, 2),
+        **graph,
+        "type": args.type,
+        "cores": cores,
+        "strategy": args.strategy,
+        "workers": args.workers or cores,
+        "single_op_one_core_s": one_core,
+        "single_op_all_cores_s": all_cores,
+        "sum_one_core_s": round(serial, 2),
         "parallel_efficiency": round(efficiency, 3),
         "ops_per_s": round(graph["nodes"] / graph["wall_s"], 3),
     }
-    print(f"{graph['nodes']} nodes in {graph['wall_s']} s ({result['ops_per_s']} ops/s); "
-          f"sum of one-core op times {serial:.1f} s; parallel efficiency {efficiency:.3f} "
-          f"on {cores} cores")
+    print(
+        f"{graph['nodes']} nodes in {graph['wall_s']} s ({result['ops_per_s']} ops/s); "
+        f"sum of one-core op times {serial:.1f} s; parallel efficiency {efficiency:.3f} "
+        f"on {cores} cores"
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "graph.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {RESULTS / 'graph.json'}")

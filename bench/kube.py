@@ -66,23 +66,31 @@ def measure_pods(api: client.ApiClient, count: int) -> dict[str, float]:
     for index in range(count):
         name = f"p{index}"
         created[name] = time.perf_counter()
-        core.create_namespaced_pod(namespace, {
-            "metadata": {"name": name},
-            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
-                     "containers": [{"name": "main", "image": "none",
-                                     "command": ["sleep", "2"]}]}})
+        core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": name},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "main", "image": "none", "command": ["sleep", "2"]}],
+                },
+            },
+        )
         time.sleep(0.05)
     if not done.wait(120):
         raise RuntimeError(f"only {len(running)} of {count} pods reached Running")
     core.delete_namespace(namespace)
     schedule = [(bound[n] - created[n]) * 1000 for n in created]
     start = [(running[n] - bound[n]) * 1000 for n in created]
-    return {"pods": count,
-            "schedule_ms_p50": round(statistics.median(schedule), 1),
-            "schedule_ms_p90": round(percentile(schedule, 0.9), 1),
-            "bound_to_running_ms_p50": round(statistics.median(start), 1),
-            "bound_to_running_ms_p90": round(percentile(start, 0.9), 1),
-            "bound_to_running_ms_max": round(max(start), 1)}
+    return {
+        "pods": count,
+        "schedule_ms_p50": round(statistics.median(schedule), 1),
+        "schedule_ms_p90": round(percentile(schedule, 0.9), 1),
+        "bound_to_running_ms_p50": round(statistics.median(start), 1),
+        "bound_to_running_ms_p90": round(percentile(start, 0.9), 1),
+        "bound_to_running_ms_max": round(max(start), 1),
+    }
 
 
 def main() -> None:
@@ -104,8 +112,11 @@ def main() -> None:
             pods = measure_pods(config.new_client_from_config(kubeconfig), args.pods)
         finally:
             stack.down(state_dir, components)
-    result = {"control_plane_first_start_s": round(cold_start, 2),
-              "control_plane_restart_s": round(warm_start, 2), **pods}
+    result = {
+        "control_plane_first_start_s": round(cold_start, 2),
+        "control_plane_restart_s": round(warm_start, 2),
+        **pods,
+    }
     for key, value in result.items():
         print(f"{key:32s} {value}")
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -36,15 +36,18 @@ def backlog(w3: Web3, transfers: int) -> tuple[object, object, int]:
     owner, alice, bob = w3.eth.accounts[:3]
     start = w3.eth.block_number + 1
     w3.eth.wait_for_transaction_receipt(
-        token.functions.mint(alice, 10**9).transact({"from": owner}))
+        token.functions.mint(alice, 10**9).transact({"from": owner})
+    )
     hashes = []
     for n in range(transfers):
         sender, to = (alice, bob) if n % 2 == 0 else (bob, alice)
         amount = make_handle(os.urandom(32), 0, w3.eth.chain_id, FheType.Uint64).raw
         w3.eth.wait_for_transaction_receipt(
-            acl.functions.claimInput(amount).transact({"from": sender}))
+            acl.functions.claimInput(amount).transact({"from": sender})
+        )
         w3.eth.wait_for_transaction_receipt(
-            acl.functions.allow(amount, token.address).transact({"from": sender}))
+            acl.functions.allow(amount, token.address).transact({"from": sender})
+        )
         hashes.append(token.functions.transfer(to, amount).transact({"from": sender}))
     for tx in hashes[-1:]:
         w3.eth.wait_for_transaction_receipt(tx)
@@ -52,17 +55,23 @@ def backlog(w3: Web3, transfers: int) -> tuple[object, object, int]:
 
 
 async def ingest(env: dict[str, str], w3: Web3, executor, acl, start: int) -> dict:
-    async with scratch_database(env["FHE_DATABASE_URL"], Settings().migrations_dir,
-                                "bench_listener") as url:
+    async with scratch_database(
+        env["FHE_DATABASE_URL"], Settings().migrations_dir, "bench_listener"
+    ) as url:
         connection = await asyncpg.connect(url)
         try:
-            await queries.create_tenant(connection, "bench", w3.eth.chain_id, os.urandom(32),
-                                        "tfhe-rs")
+            await queries.create_tenant(
+                connection, "bench", w3.eth.chain_id, os.urandom(32), "tfhe-rs"
+            )
         finally:
             await connection.close()
-        settings = Settings(database_url=url, host_tenant="bench",
-                            host_executor_address=executor.address,
-                            host_acl_address=acl.address, host_start_block=start)
+        settings = Settings(
+            database_url=url,
+            host_tenant="bench",
+            host_executor_address=executor.address,
+            host_acl_address=acl.address,
+            host_start_block=start,
+        )
         pool = await create_pool(url, size=4)
         try:
             listener = HostListener(settings, w3, pool, None)
@@ -74,10 +83,16 @@ async def ingest(env: dict[str, str], w3: Web3, executor, acl, start: int) -> di
             await pool.close()
     counters = listener.counters
     events = counters.computations + counters.allowed
-    return {"blocks": blocks, "executor_events": counters.computations,
-            "acl_rows": counters.allowed, "events": events, "seconds": round(seconds, 2),
-            "events_per_s": round(events / seconds, 1),
-            "blocks_per_s": round(blocks / seconds, 1), "skipped": counters.skipped_logs}
+    return {
+        "blocks": blocks,
+        "executor_events": counters.computations,
+        "acl_rows": counters.allowed,
+        "events": events,
+        "seconds": round(seconds, 2),
+        "events_per_s": round(events / seconds, 1),
+        "blocks_per_s": round(blocks / seconds, 1),
+        "skipped": counters.skipped_logs,
+    }
 
 
 def main() -> None:
@@ -88,8 +103,9 @@ def main() -> None:
         w3 = Web3(Web3.HTTPProvider(env["FHE_HOST_RPC_URL"]))
         made = time.perf_counter()
         executor, acl, start = backlog(w3, args.transfers)
-        print(f"backlog: {args.transfers} transfers in "
-              f"{time.perf_counter() - made:.1f} s", flush=True)
+        print(
+            f"backlog: {args.transfers} transfers in {time.perf_counter() - made:.1f} s", flush=True
+        )
         result = asyncio.run(ingest(env, w3, executor, acl, start))
     result["transfers"] = args.transfers
     write_result("listener", result)

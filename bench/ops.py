@@ -25,6 +25,8 @@ from coprocessor.types import FheType, Op
 
 DEFAULT_OPS = "Add,Sub,Mul,Lt,Eq,BitAnd,Shl,Min,IfThenElse"
 DEFAULT_TYPES = "Uint8,Uint16,Uint32,Uint64"
+
+
 def pbs_estimate(name: str, op: Op, fhe_type: FheType) -> int | None:
     """Bootstraps per op from the concrete backend's cost model (TFHE-rs does not say)."""
     if name != "concrete":
@@ -32,6 +34,8 @@ def pbs_estimate(name: str, op: Op, fhe_type: FheType) -> int | None:
     from coprocessor.fhe.concrete_circuits import estimated_pbs
 
     return estimated_pbs(op, fhe_type)
+
+
 # Zama's published CPU latencies (ms) for the reference, by op and bits.
 PUBLISHED_MS = {
     "Add": {8: 54, 16: 60, 32: 82, 64: 109},
@@ -54,15 +58,24 @@ def bench_backend(name: str, ops: list[Op], types: list[FheType], repeat: int) -
     client = backend.client(keyset.client_key, keyset.key_id)
     rng = random.Random(11)
     result: dict = {
-        "backend": name, "cpus": os.cpu_count(), "keygen_ms": round(keygen_ms),
+        "backend": name,
+        "cpus": os.cpu_count(),
+        "keygen_ms": round(keygen_ms),
         "server_key_load_ms": round(load_ms),
-        "sizes_bytes": {"client_key": len(keyset.client_key),
-                        "server_key_compressed": len(keyset.server_key),
-                        "public_params": len(keyset.public_params)},
+        "sizes_bytes": {
+            "client_key": len(keyset.client_key),
+            "server_key_compressed": len(keyset.server_key),
+            "public_params": len(keyset.public_params),
+        },
         # Ciphertext sizes include the 15-byte envelope header.
-        "ciphertext_bytes": {}, "squashed_bytes": {}, "latency_ms": {}, "pbs_count": "n/a",
+        "ciphertext_bytes": {},
+        "squashed_bytes": {},
+        "latency_ms": {},
+        "pbs_count": "n/a",
         "failure_probability": backend.failure_probability,
-        "first_call_ms": {}, "unsupported": {}, "pbs_estimate": {},
+        "first_call_ms": {},
+        "unsupported": {},
+        "pbs_estimate": {},
     }
     for fhe_type in types:
         sample = client.encrypt(1, fhe_type)
@@ -87,8 +100,11 @@ def bench_backend(name: str, ops: list[Op], types: list[FheType], repeat: int) -
                 a, b = rng.randint(0, fhe_type.max_value), rng.randint(0, fhe_type.max_value)
                 if op is Op.IfThenElse:
                     condition = rng.randint(0, 1)
-                    operands = (client.encrypt(condition, FheType.Bool),
-                                client.encrypt(a, fhe_type), client.encrypt(b, fhe_type))
+                    operands = (
+                        client.encrypt(condition, FheType.Bool),
+                        client.encrypt(a, fhe_type),
+                        client.encrypt(b, fhe_type),
+                    )
                     expected = ref.if_then_else(condition, a, b)
                 else:
                     operands = (client.encrypt(a, fhe_type), client.encrypt(b, fhe_type))
@@ -103,16 +119,21 @@ def bench_backend(name: str, ops: list[Op], types: list[FheType], repeat: int) -
                 else:
                     samples.append(ms)
             row[fhe_type.name] = round(statistics.median(samples), 1)
-            print(f"{name:8s} {op.name:11s} {fhe_type.name:8s} {row[fhe_type.name]:10.1f} ms",
-                  flush=True)
+            print(
+                f"{name:8s} {op.name:11s} {fhe_type.name:8s} {row[fhe_type.name]:10.1f} ms",
+                flush=True,
+            )
     return result
 
 
 def markdown(result: dict, types: list[FheType]) -> str:
-    lines = [f"### {result['backend']} ({result['cpus']} cores): median latency, ms "
-             "(published reference on 192 cores in brackets)", "",
-             "| op | " + " | ".join(t.name for t in types) + " |",
-             "|---|" + "---|" * len(types)]
+    lines = [
+        f"### {result['backend']} ({result['cpus']} cores): median latency, ms "
+        "(published reference on 192 cores in brackets)",
+        "",
+        "| op | " + " | ".join(t.name for t in types) + " |",
+        "|---|" + "---|" * len(types),
+    ]
     for op, row in result["latency_ms"].items():
         cells = []
         for fhe_type in types:
@@ -124,13 +145,16 @@ def markdown(result: dict, types: list[FheType]) -> str:
     for op, row in result["unsupported"].items():
         for type_name, reason in row.items():
             lines.append(f"- {op} on {type_name}: unsupported ({reason})")
-    lines += ["", f"failure probability {result['failure_probability']}; "
-              f"first calls (compile included) {result['first_call_ms']}",
-              f"estimated bootstraps {result['pbs_estimate'] or 'n/a'}",
-              f"keygen {result['keygen_ms']} ms, server key load "
-              f"{result['server_key_load_ms']} ms, sizes {result['sizes_bytes']}",
-              f"ciphertext bytes {result['ciphertext_bytes']}",
-              f"squashed bytes {result['squashed_bytes']}"]
+    lines += [
+        "",
+        f"failure probability {result['failure_probability']}; "
+        f"first calls (compile included) {result['first_call_ms']}",
+        f"estimated bootstraps {result['pbs_estimate'] or 'n/a'}",
+        f"keygen {result['keygen_ms']} ms, server key load "
+        f"{result['server_key_load_ms']} ms, sizes {result['sizes_bytes']}",
+        f"ciphertext bytes {result['ciphertext_bytes']}",
+        f"squashed bytes {result['squashed_bytes']}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -159,9 +183,12 @@ def main() -> None:
 
 def ratios(slow: dict, fast: dict, types: list[FheType]) -> str:
     """concrete / tfhe-rs median latency per op and type (blank where either is missing)."""
-    lines = ["### latency ratio concrete / tfhe-rs (same machine, same run)", "",
-             "| op | " + " | ".join(t.name for t in types) + " |",
-             "|---|" + "---|" * len(types)]
+    lines = [
+        "### latency ratio concrete / tfhe-rs (same machine, same run)",
+        "",
+        "| op | " + " | ".join(t.name for t in types) + " |",
+        "|---|" + "---|" * len(types),
+    ]
     for op, row in slow["latency_ms"].items():
         cells = []
         for fhe_type in types:

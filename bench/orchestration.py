@@ -63,17 +63,47 @@ def stack_env() -> dict[str, str]:
 
 def install(env: dict[str, str]) -> None:
     kubectl = ["kubectl", "apply", "--server-side", "--force-conflicts"]
-    sh(*kubectl, "-f", str(REPO_ROOT / "crds/fhebatch.yaml"), "-f",
-       str(REPO_ROOT / "config/operator-rbac.yaml"), env=env)
-    sh("kubectl", "wait", "--for=condition=Established",
-       f"crd/{PLURAL}.{GROUP}", "--timeout=60s", env=env)
+    sh(
+        *kubectl,
+        "-f",
+        str(REPO_ROOT / "crds/fhebatch.yaml"),
+        "-f",
+        str(REPO_ROOT / "config/operator-rbac.yaml"),
+        env=env,
+    )
+    sh(
+        "kubectl",
+        "wait",
+        "--for=condition=Established",
+        f"crd/{PLURAL}.{GROUP}",
+        "--timeout=60s",
+        env=env,
+    )
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
-    settings = {k: env[k] for k in ("FHE_DATABASE_URL", "FHE_S3_ENDPOINT", "FHE_S3_BUCKET",
-                                    "FHE_S3_ACCESS_KEY", "FHE_S3_SECRET_KEY")}
-    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
-        "name": "fhe-coprocessor-config", "namespace": NAMESPACE}, "data": settings}
-    subprocess.run([*kubectl, "-f", "-"], input=yaml.safe_dump_all([namespace, config_map]),
-                   env=env, check=True, capture_output=True, text=True)
+    settings = {
+        k: env[k]
+        for k in (
+            "FHE_DATABASE_URL",
+            "FHE_S3_ENDPOINT",
+            "FHE_S3_BUCKET",
+            "FHE_S3_ACCESS_KEY",
+            "FHE_S3_SECRET_KEY",
+        )
+    }
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "fhe-coprocessor-config", "namespace": NAMESPACE},
+        "data": settings,
+    }
+    subprocess.run(
+        [*kubectl, "-f", "-"],
+        input=yaml.safe_dump_all([namespace, config_map]),
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
 
 
 def start_operator(env: dict[str, str], log: Path, limit: int | None) -> subprocess.Popen:
@@ -86,7 +116,10 @@ def start_operator(env: dict[str, str], log: Path, limit: int | None) -> subproc
     operator_env.pop("KUBECONFIG", None)
     process = subprocess.Popen(
         [str(BIN / "fhe-operator"), "--liveness", f"http://127.0.0.1:{port}/healthz"],
-        env=operator_env, stdout=log.open("a"), stderr=subprocess.STDOUT)
+        env=operator_env,
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+    )
     for _ in range(120):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
@@ -99,27 +132,51 @@ def start_operator(env: dict[str, str], log: Path, limit: int | None) -> subproc
 
 
 def manifest(name: str) -> dict:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FheBatch",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"tenant": TENANT, "graph": {"nodes": [
-                {"name": "k", "op": "FheTrivialEncrypt", "args": [{"scalar": "7"}],
-                 "type": "Uint8", "output": True}]}}}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FheBatch",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "tenant": TENANT,
+            "graph": {
+                "nodes": [
+                    {
+                        "name": "k",
+                        "op": "FheTrivialEncrypt",
+                        "args": [{"scalar": "7"}],
+                        "type": "Uint8",
+                        "output": True,
+                    }
+                ]
+            },
+        },
+    }
 
 
-def wait_all(api: client.CustomObjectsApi, names: set[str], timeout: float
-             ) -> dict[str, tuple[float, dict]]:
+def wait_all(
+    api: client.CustomObjectsApi, names: set[str], timeout: float
+) -> dict[str, tuple[float, dict]]:
     """Watch until each named batch is terminal: {name: (time seen, status)}."""
     done: dict[str, tuple[float, dict]] = {}
     deadline = time.monotonic() + timeout
     while names - set(done) and time.monotonic() < deadline:
         stream = watch.Watch()
         try:
-            for event in stream.stream(api.list_namespaced_custom_object, GROUP, VERSION,
-                                       NAMESPACE, PLURAL, timeout_seconds=30):
+            for event in stream.stream(
+                api.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                NAMESPACE,
+                PLURAL,
+                timeout_seconds=30,
+            ):
                 item = event["object"]
                 name, status = item["metadata"]["name"], item.get("status") or {}
-                if name in names and name not in done and status.get("phase") in (
-                        "Succeeded", "Failed"):
+                if (
+                    name in names
+                    and name not in done
+                    and status.get("phase") in ("Succeeded", "Failed")
+                ):
                     done[name] = (time.perf_counter(), status)
                 if not names - set(done):
                     stream.stop()
@@ -143,8 +200,12 @@ def one_batch(api: client.CustomObjectsApi) -> dict:
     total = seen - started
     summary = status["stages"]["compute"]["summary"]
     compute, key_load = float(summary["seconds"]), float(summary["key_load_s"])
-    return {"apply_to_succeeded_s": round(total, 3), "key_load_s": key_load,
-            "compute_s": compute, "overhead_s": round(total - key_load - compute, 3)}
+    return {
+        "apply_to_succeeded_s": round(total, 3),
+        "key_load_s": key_load,
+        "compute_s": compute,
+        "overhead_s": round(total - key_load - compute, 3),
+    }
 
 
 def many_batches(api: client.CustomObjectsApi, count: int) -> dict:
@@ -152,15 +213,26 @@ def many_batches(api: client.CustomObjectsApi, count: int) -> dict:
     names = {f"many-{run}-{n}" for n in range(count)}
     started = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda n: api.create_namespaced_custom_object(
-            GROUP, VERSION, NAMESPACE, PLURAL, manifest(n)), names))
+        list(
+            pool.map(
+                lambda n: api.create_namespaced_custom_object(
+                    GROUP, VERSION, NAMESPACE, PLURAL, manifest(n)
+                ),
+                names,
+            )
+        )
     submitted = time.perf_counter() - started
     done = wait_all(api, names, timeout=1800)
     wall = max(seen for seen, _ in done.values()) - started
-    return {"batches": count, "submit_s": round(submitted, 3), "wall_s": round(wall, 2),
-            "batches_per_s": round(count / wall, 3),
-            "median_latency_s": round(statistics.median(
-                seen - started for seen, _ in done.values()), 2)}
+    return {
+        "batches": count,
+        "submit_s": round(submitted, 3),
+        "wall_s": round(wall, 2),
+        "batches_per_s": round(count / wall, 3),
+        "median_latency_s": round(
+            statistics.median(seen - started for seen, _ in done.values()), 2
+        ),
+    }
 
 
 def cleanup(api: client.CustomObjectsApi) -> None:
@@ -171,8 +243,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--batches", type=int, default=50)
-    parser.add_argument("--limit", type=int, help="FHE_MAX_RUNNING_BATCHES_CPU and _GPU "
-                        "for the operator (default: none, every batch starts at once)")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        help="FHE_MAX_RUNNING_BATCHES_CPU and _GPU "
+        "for the operator (default: none, every batch starts at once)",
+    )
     args = parser.parse_args()
     env = stack_env()
     install(env)
@@ -193,12 +269,16 @@ def main() -> None:
         operator.terminate()
         operator.wait(timeout=30)
     result = {
-        "cpus": len(os.sched_getaffinity(0)), "samples": singles,
+        "cpus": len(os.sched_getaffinity(0)),
+        "samples": singles,
         "median_apply_to_succeeded_s": statistics.median(
-            s["apply_to_succeeded_s"] for s in singles),
+            s["apply_to_succeeded_s"] for s in singles
+        ),
         "median_overhead_s": statistics.median(s["overhead_s"] for s in singles),
         "median_key_load_s": statistics.median(s["key_load_s"] for s in singles),
-        "goal_overhead_s": 2.0, "throughput": throughput, "limit": args.limit,
+        "goal_overhead_s": 2.0,
+        "throughput": throughput,
+        "limit": args.limit,
         "operator_log": str(log),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

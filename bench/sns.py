@@ -40,8 +40,13 @@ def squash_latencies(backend_name: str, types: list[FheType], repeat: int) -> di
     keyset = backend.generate_keyset()
     evaluator = backend.evaluator(keyset.server_key)
     client = backend.client(keyset.client_key, keyset.key_id)
-    result: dict = {"latency_ms": {}, "ct64_bytes": {}, "ct128_bytes": {}, "ct128_format": {},
-                    "server_key_bytes": len(keyset.server_key)}
+    result: dict = {
+        "latency_ms": {},
+        "ct64_bytes": {},
+        "ct128_bytes": {},
+        "ct128_format": {},
+        "server_key_bytes": len(keyset.server_key),
+    }
     for fhe_type in types:
         samples = []
         for round_ in range(repeat):
@@ -56,10 +61,12 @@ def squash_latencies(backend_name: str, types: list[FheType], repeat: int) -> di
         result["ct64_bytes"][fhe_type.name] = len(ciphertext)
         result["ct128_bytes"][fhe_type.name] = len(squashed)
         result["ct128_format"][fhe_type.name] = evaluator.squashed_format(fhe_type).name
-        print(f"squash {backend_name:8s} {fhe_type.name:8s} "
-              f"{result['latency_ms'][fhe_type.name]:9.1f} ms  ct128 {len(squashed)} B "
-              f"{result['ct128_format'][fhe_type.name]}",
-              flush=True)
+        print(
+            f"squash {backend_name:8s} {fhe_type.name:8s} "
+            f"{result['latency_ms'][fhe_type.name]:9.1f} ms  ct128 {len(squashed)} B "
+            f"{result['ct128_format'][fhe_type.name]}",
+            flush=True,
+        )
     return result
 
 
@@ -67,16 +74,30 @@ def squash_in_child(backend_name: str, types: str, repeat: int, threads: int) ->
     """Rayon reads its thread count once per process: one child per setting."""
     env = {**os.environ, "RAYON_NUM_THREADS": str(threads)}
     output = subprocess.run(
-        [sys.executable, __file__, "--child", backend_name, "--types", types,
-         "--repeat", str(repeat)], env=env, capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            backend_name,
+            "--types",
+            types,
+            "--repeat",
+            str(repeat),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     sys.stderr.write(output.stdout)
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
 def upload_throughput(settings: Settings, objects: list[bytes], concurrency: int) -> dict:
     store = ObjectStore(settings)
-    uploader = Uploader(store, attempts=5, first_delay_s=0.2, max_delay_s=5.0,
-                        breaker=CircuitBreaker(10))
+    uploader = Uploader(
+        store, attempts=5, first_delay_s=0.2, max_delay_s=5.0, breaker=CircuitBreaker(10)
+    )
     prefix = f"bench/{uuid.uuid4().hex}"
     keys = [f"{prefix}/{n}" for n in range(len(objects))]
     started = time.perf_counter()
@@ -85,9 +106,14 @@ def upload_throughput(settings: Settings, objects: list[bytes], concurrency: int
     seconds = time.perf_counter() - started
     store.delete(keys)
     megabytes = sum(len(o) for o in objects) / 1e6
-    figures = {"objects": len(objects), "megabytes": round(megabytes, 2),
-               "seconds": round(seconds, 3), "mb_per_s": round(megabytes / seconds, 1),
-               "objects_per_s": round(len(objects) / seconds, 1), "retries": uploader.retries}
+    figures = {
+        "objects": len(objects),
+        "megabytes": round(megabytes, 2),
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(megabytes / seconds, 1),
+        "objects_per_s": round(len(objects) / seconds, 1),
+        "retries": uploader.retries,
+    }
     print(f"upload x{concurrency}: {figures}", flush=True)
     return figures
 
@@ -108,7 +134,8 @@ def main() -> None:
     for name in backend_names():
         result["squash"][name] = {
             "one_thread": squash_in_child(name, args.types, args.repeat, 1),
-            f"{cores}_threads": squash_in_child(name, args.types, args.repeat, cores)}
+            f"{cores}_threads": squash_in_child(name, args.types, args.repeat, cores),
+        }
     # Upload real squashed ciphertexts: Uint64's ct128, the SNS stage's common object.
     backend = get_backend(backend_names()[0])
     keyset = backend.generate_keyset()
@@ -116,11 +143,11 @@ def main() -> None:
     squashed = backend.evaluator(keyset.server_key).squash(client.encrypt(1, FheType.Uint64))
     objects = [squashed[:-8] + n.to_bytes(8, "big") for n in range(args.objects)]
     with dev_services() as env:
-        settings = Settings(**{k[4:].lower(): v for k, v in env.items()
-                               if k.startswith("FHE_S3_")})
+        settings = Settings(**{k[4:].lower(): v for k, v in env.items() if k.startswith("FHE_S3_")})
         for concurrency in (1, 8):
             result["upload"][f"concurrency_{concurrency}"] = upload_throughput(
-                settings, objects, concurrency)
+                settings, objects, concurrency
+            )
     write_result("sns", result)
 
 

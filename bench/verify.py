@@ -41,8 +41,9 @@ CRS_BITS = 2048
 
 def prove(keyset, crs: bytes, count: int) -> bytes:
     values = [(5, (1000 + i).to_bytes(32, "little")) for i in range(count)]
-    return _native().prove_inputs(keyset.public_params, crs,
-                                  input_metadata(CONTRACT, USER, CHAIN_ID), values)
+    return _native().prove_inputs(
+        keyset.public_params, crs, input_metadata(CONTRACT, USER, CHAIN_ID), values
+    )
 
 
 def list_costs(keyset, crs: bytes, sizes: list[int], repeat: int) -> dict:
@@ -62,45 +63,73 @@ def list_costs(keyset, crs: bytes, sizes: list[int], repeat: int) -> dict:
                 raise SystemExit(f"{count} values proven, {len(inputs)} expanded")
         median = statistics.median(samples)
         result[f"{count}xUint64"] = {
-            "bits": 64 * count, "list_bytes": len(proven), "prove_s": round(prove_s, 2),
-            "verify_ms": round(median, 1), "verify_ms_per_input": round(median / count, 1)}
-        print(f"{count:3d} x Uint64: list {len(proven):8d} B  prove {prove_s:6.2f} s  "
-              f"verify {median:8.1f} ms ({median / count:.1f} ms per input)", flush=True)
+            "bits": 64 * count,
+            "list_bytes": len(proven),
+            "prove_s": round(prove_s, 2),
+            "verify_ms": round(median, 1),
+            "verify_ms_per_input": round(median / count, 1),
+        }
+        print(
+            f"{count:3d} x Uint64: list {len(proven):8d} B  prove {prove_s:6.2f} s  "
+            f"verify {median:8.1f} ms ({median / count:.1f} ms per input)",
+            flush=True,
+        )
     return result
 
 
 async def stage_throughput(server_env: dict[str, str], keyset, requests: int) -> dict:
-    async with migrate.scratch_database(server_env["FHE_DATABASE_URL"],
-                                        MIGRATIONS_DIR, "bench") as url:
+    async with migrate.scratch_database(
+        server_env["FHE_DATABASE_URL"], MIGRATIONS_DIR, "bench"
+    ) as url:
         with tempfile.TemporaryDirectory(prefix="fhe-bench-cache-") as cache:
             os.environ.update(server_env)
-            settings = Settings(database_url=url, cache_dir=Path(cache),
-                                crs_max_bits=CRS_BITS)
+            settings = Settings(database_url=url, cache_dir=Path(cache), crs_max_bits=CRS_BITS)
             store = ObjectStore(settings)
             connection = await asyncpg.connect(url)
             try:
-                tenant = (await create_tenant(connection, store, settings, "bench-verify",
-                                              CHAIN_ID, "tfhe-rs", keyset=keyset)).tenant
+                tenant = (
+                    await create_tenant(
+                        connection,
+                        store,
+                        settings,
+                        "bench-verify",
+                        CHAIN_ID,
+                        "tfhe-rs",
+                        keyset=keyset,
+                    )
+                ).tenant
                 # The stage reads the deployment's CRS from S3 (the dev stack may have
                 # one already): the lists must be proven against that one.
                 proven = prove(keyset, ensure_crs(store, "tfhe-rs", CRS_BITS), 4)
                 for index in range(requests):
-                    await proofs.insert_request(connection, proofs.ProofRequest(
-                        index, CHAIN_ID, bytes.fromhex(CONTRACT[2:]),
-                        bytes.fromhex(USER[2:]), proven))
+                    await proofs.insert_request(
+                        connection,
+                        proofs.ProofRequest(
+                            index,
+                            CHAIN_ID,
+                            bytes.fromhex(CONTRACT[2:]),
+                            bytes.fromhex(USER[2:]),
+                            proven,
+                        ),
+                    )
                 started = time.perf_counter()
                 summary = await run_verify(settings)
                 seconds = time.perf_counter() - started
                 verified = await connection.fetchval(
-                    "SELECT count(*) FROM verify_proofs WHERE verified")
+                    "SELECT count(*) FROM verify_proofs WHERE verified"
+                )
             finally:
                 await connection.close()
                 store.delete([server_key_object(tenant)])
     if verified != requests or summary.verified != requests:
         raise SystemExit(f"{verified} of {requests} verified ({summary.as_dict()})")
-    return {"requests": requests, "inputs_per_request": 4, "seconds": round(seconds, 2),
-            "requests_per_s": round(requests / seconds, 2),
-            "note": "includes fetching the tenant's server key from S3 once"}
+    return {
+        "requests": requests,
+        "inputs_per_request": 4,
+        "seconds": round(seconds, 2),
+        "requests_per_s": round(requests / seconds, 2),
+        "note": "includes fetching the tenant's server key from S3 once",
+    }
 
 
 def main() -> None:
@@ -114,10 +143,11 @@ def main() -> None:
     crs = get_backend("tfhe-rs").generate_crs(CRS_BITS)
     crs_s = time.perf_counter() - started
     print(f"CRS {CRS_BITS} bits: {len(crs)} B in {crs_s:.1f} s", flush=True)
-    result = {"cpus": os.cpu_count(), "crs": {"bits": CRS_BITS, "bytes": len(crs),
-                                              "generate_s": round(crs_s, 1)},
-              "lists": list_costs(keyset, crs, [int(s) for s in args.sizes.split(",")],
-                                  args.repeat)}
+    result = {
+        "cpus": os.cpu_count(),
+        "crs": {"bits": CRS_BITS, "bytes": len(crs), "generate_s": round(crs_s, 1)},
+        "lists": list_costs(keyset, crs, [int(s) for s in args.sizes.split(",")], args.repeat),
+    }
     with dev_services() as server_env:
         result["stage"] = asyncio.run(stage_throughput(server_env, keyset, args.requests))
     write_result("verify", result)

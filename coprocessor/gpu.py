@@ -1,5 +1,10 @@
 """GPU devices and their memory, for the compute stage (cupy).
 
+Not wired in yet: no product code calls this module today. The compute stage runs on
+the CPU even on GPU nodes until the native extension is built with TFHE-rs's CUDA
+backend (the GPU issue); that work wires ``DevicePool`` into the compute and SNS stages
+or deletes this module. Its unit tests keep the accounting honest meanwhile.
+
 * ``discover()`` lists the CUDA devices with their total and free memory. On a machine
   without a usable GPU (no cupy, no driver, no device) it returns ``[]`` and logs one
   line saying why work runs on CPU; it never raises for that.
@@ -55,8 +60,9 @@ class DeviceInfo:
 
 
 def _cpu_only(reason: str, detail: str = "") -> list[DeviceInfo]:
-    log.info("no usable GPU, work runs on CPU",
-             extra={"fields": {"reason": reason, "detail": detail}})
+    log.info(
+        "no usable GPU, work runs on CPU", extra={"fields": {"reason": reason, "detail": detail}}
+    )
     return []
 
 
@@ -96,9 +102,16 @@ def discover() -> list[DeviceInfo]:
         raise
     if not devices:
         return _cpu_only("no CUDA device", "cudaGetDeviceCount returned 0")
-    log.info("GPUs found", extra={"fields": {
-        "count": len(devices), "devices": [f"{d.index}:{d.name}" for d in devices],
-        "total_bytes": [d.total_bytes for d in devices]}})
+    log.info(
+        "GPUs found",
+        extra={
+            "fields": {
+                "count": len(devices),
+                "devices": [f"{d.index}:{d.name}" for d in devices],
+                "total_bytes": [d.total_bytes for d in devices],
+            }
+        },
+    )
     return devices
 
 
@@ -124,8 +137,19 @@ granularity plus the lookup-table accumulator a bootstrap of its blocks needs.""
 # Working ciphertexts beyond operands and result, per op family (see estimate_bytes).
 _LINEAR_TEMPS = 1
 _PBS_TEMPS = 4
-_CHEAP = {Op.Add, Op.Sub, Op.Neg, Op.Not, Op.BitAnd, Op.BitOr, Op.BitXor, Op.Cast,
-          Op.TrivialEncrypt, Op.Rand, Op.RandBounded}
+_CHEAP = {
+    Op.Add,
+    Op.Sub,
+    Op.Neg,
+    Op.Not,
+    Op.BitAnd,
+    Op.BitOr,
+    Op.BitXor,
+    Op.Cast,
+    Op.TrivialEncrypt,
+    Op.Rand,
+    Op.RandBounded,
+}
 _PER_BLOCK = {Op.Mul, Op.Div, Op.Rem, Op.MulDiv}
 
 
@@ -206,8 +230,12 @@ class DevicePool:
     block the other threads' releases.
     """
 
-    def __init__(self, devices: Sequence[DeviceInfo], headroom: float,
-                 free_bytes: Callable[[int], int] = cupy_free_bytes) -> None:
+    def __init__(
+        self,
+        devices: Sequence[DeviceInfo],
+        headroom: float,
+        free_bytes: Callable[[int], int] = cupy_free_bytes,
+    ) -> None:
         if not 0 <= headroom < 1:
             raise ValueError(f"headroom must be in [0, 1), got {headroom}")
         indexes = [d.index for d in devices]
@@ -244,8 +272,10 @@ class DevicePool:
             return None  # no GPU: discover() already said so once
         largest = max(self._capacity.values())
         if need > largest:
-            log.warning("GPU reservation larger than any device, run on CPU",
-                        extra={"fields": {"need_bytes": need, "largest_bytes": largest}})
+            log.warning(
+                "GPU reservation larger than any device, run on CPU",
+                extra={"fields": {"need_bytes": need, "largest_bytes": largest}},
+            )
             return None
         count = len(self.devices)
         with self._lock:
@@ -267,9 +297,17 @@ class DevicePool:
                     self._next = (position + 1) % count
                 return Reservation(device, need, self)
             self._unreserve(device, need)  # back off
-            log.info("GPU memory in use elsewhere, backing off", extra={"fields": {
-                "device": device, "need_bytes": need, "free_bytes": free,
-                "floor_bytes": self._floor[device]}})
+            log.info(
+                "GPU memory in use elsewhere, backing off",
+                extra={
+                    "fields": {
+                        "device": device,
+                        "need_bytes": need,
+                        "free_bytes": free,
+                        "floor_bytes": self._floor[device],
+                    }
+                },
+            )
         log.debug("no GPU has room now", extra={"fields": {"need_bytes": need}})
         return None
 

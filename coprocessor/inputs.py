@@ -7,7 +7,7 @@ handle is a pure function of the list's bytes and what the proof is bound to:
     prehandle  = keccak256("ZK-w_hdl" | blob hash | index (1) | contract (20) | chain id (32))
     handle     = prehandle[0:21] | index | chain id (8, BE) | type code | version
 
-(the layout of DESIGN.md section 5; fhEVM also hashes its ACL contract's address in,
+(the layout of docs/design.md section 5; fhEVM also hashes its ACL contract's address in,
 which our verify_proofs rows do not carry, so these are not byte-equal to Zama's).
 """
 
@@ -27,14 +27,20 @@ def blob_hash(proven_list: bytes) -> bytes:
     return keccak(b"ZK-w_rct" + proven_list)
 
 
-def input_handles(proven_list: bytes, contract: bytes, chain_id: int,
-                  types: Sequence[FheType]) -> list[bytes]:
+def input_handles(
+    proven_list: bytes, contract: bytes, chain_id: int, types: Sequence[FheType]
+) -> list[bytes]:
     if len(types) > MAX_INPUTS:
         raise InvalidInputProof(f"{len(types)} values in one input list; at most {MAX_INPUTS}")
     if len(contract) != 20:
         raise InvalidInputProof(f"contract address must be 20 bytes, got {len(contract)}")
     blob = blob_hash(proven_list)
-    return [make_handle(keccak(b"ZK-w_hdl" + blob + bytes([index]) + contract
-                               + chain_id.to_bytes(32, "big")),
-                        index, chain_id, fhe_type).raw
-            for index, fhe_type in enumerate(types)]
+    return [
+        make_handle(
+            keccak(b"ZK-w_hdl" + blob + bytes([index]) + contract + chain_id.to_bytes(32, "big")),
+            index,
+            chain_id,
+            fhe_type,
+        ).raw
+        for index, fhe_type in enumerate(types)
+    ]

@@ -49,6 +49,13 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("botocore", "urllib3", "asyncio", "web3", "kubernetes", "kopf.objects",
-                  "aiohttp.access"):
+    for noisy in (
+        "botocore",
+        "urllib3",
+        "asyncio",
+        "web3",
+        "kubernetes",
+        "kopf.objects",
+        "aiohttp.access",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

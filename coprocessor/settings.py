@@ -59,116 +59,196 @@ class Settings(BaseSettings):
     )
 
     compute_workers: int = Field(
-        0, ge=0, le=1024,
-        description="Operations a compute pod runs at once; 0 = one per usable core.")
+        0,
+        ge=0,
+        le=1024,
+        description="Operations a compute pod runs at once; 0 = one per usable core.",
+    )
     compute_strategy: Literal["max_parallelism", "max_locality"] = Field(
-        "max_parallelism", description="How a compute pod orders ready work.")
+        "max_parallelism", description="How a compute pod orders ready work."
+    )
     compute_input_wait_s: float = Field(
-        120.0, gt=0, description="How long a compute pod waits for inputs another batch "
-        "has not produced yet before exiting recoverably (75).")
+        120.0,
+        gt=0,
+        description="How long a compute pod waits for inputs another batch "
+        "has not produced yet before exiting recoverably (75).",
+    )
     termination_log: Path = Field(
         Path("/dev/termination-log"),
-        description="Where a Job's pod writes its JSON summary for the operator.")
+        description="Where a Job's pod writes its JSON summary for the operator.",
+    )
 
     sns_workers: int = Field(
-        0, ge=0, le=1024,
+        0,
+        ge=0,
+        le=1024,
         description="Squashes an SNS pod runs at once; 1 = sequential, 0 = one per usable "
-        "core (the reference's Sequential / RayonParallel schedule policy).")
+        "core (the reference's Sequential / RayonParallel schedule policy).",
+    )
     sns_upload_concurrency: int = Field(
-        8, ge=1, le=256, description="S3 uploads an SNS pod keeps in flight.")
+        8, ge=1, le=256, description="S3 uploads an SNS pod keeps in flight."
+    )
     sns_upload_attempts: int = Field(
-        5, ge=1, le=50, description="Tries per S3 upload before the handle is given up "
-        "on for this run (recoverable).")
+        5,
+        ge=1,
+        le=50,
+        description="Tries per S3 upload before the handle is given up "
+        "on for this run (recoverable).",
+    )
     sns_backoff_s: float = Field(
-        0.2, gt=0, description="First retry delay of an S3 upload; doubles each time.")
+        0.2, gt=0, description="First retry delay of an S3 upload; doubles each time."
+    )
     sns_backoff_cap_s: float = Field(
-        5.0, gt=0, description="Longest delay between two tries of an S3 upload.")
+        5.0, gt=0, description="Longest delay between two tries of an S3 upload."
+    )
     sns_breaker_threshold: int = Field(
-        10, ge=1, description="Consecutive failed S3 requests after which an SNS pod stops "
-        "trying (circuit open) and exits recoverably (75).")
+        10,
+        ge=1,
+        description="Consecutive failed S3 requests after which an SNS pod stops "
+        "trying (circuit open) and exits recoverably (75).",
+    )
 
-    host_tenant: str = Field("demo", description="Tenant whose keys the host chain's "
-                             "ciphertexts use (the listener serves one tenant).")
+    host_tenant: str = Field(
+        "demo",
+        description="Tenant whose keys the host chain's "
+        "ciphertexts use (the listener serves one tenant).",
+    )
     host_executor_address: str | None = Field(
-        None, description="FheExecutor contract on the host chain (0x address).")
+        None, description="FheExecutor contract on the host chain (0x address)."
+    )
     host_acl_address: str | None = Field(None, description="ACL contract (0x address).")
-    host_start_block: int = Field(0, ge=0, description="First block the listener reads "
-                                  "when it has no cursor in the database.")
+    host_start_block: int = Field(
+        0, ge=0, description="First block the listener reads when it has no cursor in the database."
+    )
     host_finality_depth: int = Field(
-        0, ge=0, description="Blocks behind the head the listener stays (0 = follow the "
-        "head and rely on the reorg window).")
-    host_reorg_window: int = Field(64, ge=1, description="Recent blocks re-checked for "
-                                   "a reorg on every poll.")
+        0,
+        ge=0,
+        description="Blocks behind the head the listener stays (0 = follow the "
+        "head and rely on the reorg window).",
+    )
+    host_reorg_window: int = Field(
+        64, ge=1, description="Recent blocks re-checked for a reorg on every poll."
+    )
     host_poll_interval_s: float = Field(
-        1.0, gt=0, description="Head polling period; with a newHeads subscription this is "
-        "only the fallback.")
+        1.0,
+        gt=0,
+        description="Head polling period; with a newHeads subscription this is only the fallback.",
+    )
     host_ws_url: str | None = Field(
-        None, description="WebSocket RPC for the newHeads subscription; default: "
+        None,
+        description="WebSocket RPC for the newHeads subscription; default: "
         "FHE_HOST_RPC_URL with ws:// (anvil and most nodes serve both on one port); "
-        "'off' polls only.")
+        "'off' polls only.",
+    )
     host_batch_max_computations: int = Field(
-        0, ge=0, description="Split a block's work into FheBatches of at most this many "
-        "computations (whole transactions; 0 = one FheBatch per block).")
+        0,
+        ge=0,
+        description="Split a block's work into FheBatches of at most this many "
+        "computations (whole transactions; 0 = one FheBatch per block).",
+    )
     host_batch_stages: list[str] = Field(
-        ["compute", "sns"], description="Stages of the FheBatches the listener creates.")
+        ["compute", "sns"], description="Stages of the FheBatches the listener creates."
+    )
 
     gateway_commits_address: str | None = Field(
-        None, description="CiphertextCommits contract on the gateway chain (0x address); "
-        "required by the send stage.")
+        None,
+        description="CiphertextCommits contract on the gateway chain (0x address); "
+        "required by the send stage.",
+    )
     sender_private_key: SecretStr | None = Field(
-        None, description="This coprocessor's signer key (0x + 64 hex digits) for the "
+        None,
+        description="This coprocessor's signer key (0x + 64 hex digits) for the "
         "gateway chain. Give it through the Job Secret (FHE_JOB_SECRET), never a CR; it is "
-        "never logged.")
+        "never logged.",
+    )
     sender_batch_size: int = Field(
-        1, ge=1, le=256, description="Handles committed per transaction: 1 calls "
+        1,
+        ge=1,
+        le=256,
+        description="Handles committed per transaction: 1 calls "
         "addCiphertextMaterial per handle (the reference's sender), more use "
-        "addCiphertextMaterials.")
+        "addCiphertextMaterials.",
+    )
     sender_max_in_flight: int = Field(
-        16, ge=1, le=1024, description="Transactions sent before waiting for receipts "
-        "(consecutive nonces of the one signer).")
+        16,
+        ge=1,
+        le=1024,
+        description="Transactions sent before waiting for receipts "
+        "(consecutive nonces of the one signer).",
+    )
     sender_attempts: int = Field(
-        5, ge=1, le=50, description="Tries of a gateway RPC call before the stage exits "
-        "recoverably (75).")
-    sender_backoff_s: float = Field(0.5, gt=0, description="First retry delay of a gateway "
-                                    "RPC call; doubles each time.")
-    sender_backoff_cap_s: float = Field(8.0, gt=0, description="Longest delay between two "
-                                        "tries of a gateway RPC call.")
+        5,
+        ge=1,
+        le=50,
+        description="Tries of a gateway RPC call before the stage exits recoverably (75).",
+    )
+    sender_backoff_s: float = Field(
+        0.5, gt=0, description="First retry delay of a gateway RPC call; doubles each time."
+    )
+    sender_backoff_cap_s: float = Field(
+        8.0, gt=0, description="Longest delay between two tries of a gateway RPC call."
+    )
     sender_receipt_timeout_s: float = Field(
-        120.0, gt=0, description="How long to wait for a sent transaction's receipt before "
-        "leaving it for the next run (recoverable).")
+        120.0,
+        gt=0,
+        description="How long to wait for a sent transaction's receipt before "
+        "leaving it for the next run (recoverable).",
+    )
     sender_gas_margin: float = Field(
-        1.2, ge=1.0, le=10.0, description="Gas limit = estimate x this margin.")
+        1.2, ge=1.0, le=10.0, description="Gas limit = estimate x this margin."
+    )
 
     operator_resync_s: float = Field(
-        5.0, gt=0, description="Every batch is reconciled at least this often, so a lost "
-        "watch event only adds latency.")
-    job_image: str = Field("ghcr.io/fhe-coprocessor/fhe-coprocessor:0.1.0",
-                           description="Image of the stage Jobs' pods.")
-    job_config_map: str = Field("fhe-coprocessor-config",
-                                description="ConfigMap of FHE_* settings given to stage pods.")
-    job_secret: str = Field("fhe-coprocessor-secrets",
-                            description="Secret of credentials given to stage pods.")
+        5.0,
+        gt=0,
+        description="Every batch is reconciled at least this often, so a lost "
+        "watch event only adds latency.",
+    )
+    job_image: str = Field(
+        "ghcr.io/fhe-coprocessor/fhe-coprocessor:0.1.0",
+        description="Image of the stage Jobs' pods.",
+    )
+    job_config_map: str = Field(
+        "fhe-coprocessor-config", description="ConfigMap of FHE_* settings given to stage pods."
+    )
+    job_secret: str = Field(
+        "fhe-coprocessor-secrets", description="Secret of credentials given to stage pods."
+    )
     job_ttl_s: int = Field(86400, ge=0, description="ttlSecondsAfterFinished of stage Jobs.")
     max_running_batches_gpu: int | None = Field(
-        None, ge=1, description="Batches computing at once on GPU nodes; None = no limit.")
+        None, ge=1, description="Batches computing at once on GPU nodes; None = no limit."
+    )
     max_running_batches_cpu: int | None = Field(
-        None, ge=1, description="Batches computing at once on CPU nodes; None = no limit.")
+        None, ge=1, description="Batches computing at once on CPU nodes; None = no limit."
+    )
 
     concrete_p_error: float = Field(
-        2.0 ** -64, gt=0, le=2.0 ** -20, description="concrete backend: failure probability "
+        2.0**-64,
+        gt=0,
+        le=2.0**-20,
+        description="concrete backend: failure probability "
         "of one bootstrap (2^-64 like the reference's classic parameters; concrete's own "
-        "default, ~1e-5 per circuit, is too loose for balances).")
+        "default, ~1e-5 per circuit, is too loose for balances).",
+    )
     concrete_max_pbs: int = Field(
-        1024, ge=1, description="concrete backend: an op estimated to need more bootstraps "
+        1024,
+        ge=1,
+        description="concrete backend: an op estimated to need more bootstraps "
         "than this is reported unsupported. It bounds the first compile too, which grows "
         "faster than the bootstraps (measured: Mul Uint32, ~570, 24 s; Mul Uint64, ~2000, "
-        "over 11 min).")
+        "over 11 min).",
+    )
     gpu_memory_headroom: float = Field(
-        0.1, ge=0, lt=1, description="Fraction of each GPU's memory never reserved.")
+        0.1, ge=0, lt=1, description="Fraction of each GPU's memory never reserved."
+    )
     crs_max_bits: int = Field(
-        2048, ge=1, le=2048, description="Bits one proven input list may carry; names the "
+        2048,
+        ge=1,
+        le=2048,
+        description="Bits one proven input list may carry; names the "
         "deployment's CRS in S3 (crs/<backend>-<bits>). Clients must prove against the "
-        "same CRS.")
+        "same CRS.",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -193,8 +273,9 @@ class Settings(BaseSettings):
         text = value.get_secret_value().strip()
         digits = text[2:] if text.startswith("0x") else text
         if len(digits) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digits):
-            raise ValueError("must be 64 hex digits (a secp256k1 private key), optionally "
-                             "0x-prefixed")
+            raise ValueError(
+                "must be 64 hex digits (a secp256k1 private key), optionally 0x-prefixed"
+            )
         if int(digits, 16) == 0:
             raise ValueError("must not be zero")
         return SecretStr("0x" + digits.lower())

@@ -21,16 +21,22 @@ _MISSING = ("404", "NoSuchKey", "NotFound")
 
 
 class ObjectStore:
-    def __init__(self, settings: Settings, *, connect_timeout: float = 5.0,
-                 attempts: int = 3) -> None:
+    def __init__(
+        self, settings: Settings, *, connect_timeout: float = 5.0, attempts: int = 3
+    ) -> None:
         self.bucket = settings.s3_bucket
         self.endpoint = settings.s3_endpoint
         self._client = boto3.client(
-            "s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region,
+            "s3",
+            endpoint_url=settings.s3_endpoint,
+            region_name=settings.s3_region,
             aws_access_key_id=settings.s3_access_key,
             aws_secret_access_key=settings.s3_secret_key,
-            config=Config(connect_timeout=connect_timeout, read_timeout=60,
-                          retries={"max_attempts": attempts, "mode": "standard"}),
+            config=Config(
+                connect_timeout=connect_timeout,
+                read_timeout=60,
+                retries={"max_attempts": attempts, "mode": "standard"},
+            ),
         )
 
     def _unavailable(self, error: Exception) -> ServiceUnavailable:
@@ -60,8 +66,9 @@ class ObjectStore:
         if self.digest_of(key) == digest:
             return False
         try:
-            self._client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                    Metadata={DIGEST_METADATA: digest})
+            self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, Metadata={DIGEST_METADATA: digest}
+            )
         except (BotoCoreError, ClientError, EndpointConnectionError) as error:
             raise self._unavailable(error) from None
         return True
@@ -70,8 +77,13 @@ class ObjectStore:
         """Store ``data`` only if nothing is at ``key`` (S3 conditional write), so two
         writers racing to create one shared object agree on one; True if this call won."""
         try:
-            self._client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*",
-                                    Metadata={DIGEST_METADATA: hashlib.sha256(data).hexdigest()})
+            self._client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                IfNoneMatch="*",
+                Metadata={DIGEST_METADATA: hashlib.sha256(data).hexdigest()},
+            )
         except ClientError as error:
             if error.response["Error"]["Code"] in ("PreconditionFailed", "412"):
                 return False
@@ -95,7 +107,8 @@ class ObjectStore:
         found: list[str] = []
         try:
             for page in self._client.get_paginator("list_objects_v2").paginate(
-                    Bucket=self.bucket, Prefix=prefix):
+                Bucket=self.bucket, Prefix=prefix
+            ):
                 found += [item["Key"] for item in page.get("Contents", [])]
         except (BotoCoreError, ClientError, EndpointConnectionError) as error:
             raise self._unavailable(error) from None
@@ -105,7 +118,9 @@ class ObjectStore:
         """Remove objects (benchmarks clean up after themselves); missing keys are fine."""
         try:
             for start in range(0, len(keys), 1000):  # the API's limit per request
-                self._client.delete_objects(Bucket=self.bucket, Delete={
-                    "Objects": [{"Key": k} for k in keys[start:start + 1000]]})
+                self._client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]},
+                )
         except (BotoCoreError, ClientError, EndpointConnectionError) as error:
             raise self._unavailable(error) from None

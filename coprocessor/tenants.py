@@ -32,8 +32,10 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 def check_name(name: str) -> str:
     if not _NAME.match(name):
-        raise UserError(f"tenant name {name!r} must be lowercase letters, digits and '-', "
-                        "1-63 characters, starting and ending with a letter or digit")
+        raise UserError(
+            f"tenant name {name!r} must be lowercase letters, digits and '-', "
+            "1-63 characters, starting and ending with a letter or digit"
+        )
     return name
 
 
@@ -54,8 +56,10 @@ def _local_keyset(directory: Path, backend: str) -> Keyset | None:
     if not all(f.exists() for f in files):
         return None
     if files[3].read_text().strip() != backend:
-        raise UserError(f"local keys in {directory} are for backend "
-                        f"{files[3].read_text().strip()!r}, not {backend!r}")
+        raise UserError(
+            f"local keys in {directory} are for backend "
+            f"{files[3].read_text().strip()!r}, not {backend!r}"
+        )
     return Keyset(backend, files[0].read_bytes(), files[1].read_bytes(), files[2].read_bytes())
 
 
@@ -77,9 +81,15 @@ class CreatedTenant:
     created: bool
 
 
-async def create_tenant(connection: asyncpg.Connection, store: ObjectStore,
-                        settings: Settings, name: str, chain_id: int,
-                        backend_name: str, keyset: Keyset | None = None) -> CreatedTenant:
+async def create_tenant(
+    connection: asyncpg.Connection,
+    store: ObjectStore,
+    settings: Settings,
+    name: str,
+    chain_id: int,
+    backend_name: str,
+    keyset: Keyset | None = None,
+) -> CreatedTenant:
     """The tenant row, its server key in S3 and its client key on this machine.
 
     ``keyset`` is one made elsewhere (a key ceremony; tests sharing one session keyset,
@@ -87,15 +97,15 @@ async def create_tenant(connection: asyncpg.Connection, store: ObjectStore,
     """
     check_name(name)
     if keyset is not None and keyset.backend != backend_name:
-        raise UserError(f"the keyset given is for backend {keyset.backend!r}, "
-                        f"not {backend_name!r}")
+        raise UserError(f"the keyset given is for backend {keyset.backend!r}, not {backend_name!r}")
     if not 0 < chain_id < 2**63:
         raise UserError(f"chain id {chain_id} must be a positive 63-bit integer")
     existing = await queries.get_tenant(connection, name)
     if existing is not None:
         if keyset is not None and keyset.key_id != existing.key_id:
-            raise UserError(f"tenant {name!r} exists with other keys "
-                            f"(key id {existing.key_id.hex()[:16]}...)")
+            raise UserError(
+                f"tenant {name!r} exists with other keys (key id {existing.key_id.hex()[:16]}...)"
+            )
         return CreatedTenant(existing, created=False)
     backend = get_backend(backend_name)
     directory = key_dir(settings, name)
@@ -109,8 +119,14 @@ async def create_tenant(connection: asyncpg.Connection, store: ObjectStore,
     location = f"keys/{name}/{keyset.key_id.hex()}/server_key"
     store.put(location, keyset.server_key)
     tenant = await queries.create_tenant(
-        connection, name, chain_id, keyset.key_id, backend_name,
-        keys_location=f"s3://{store.bucket}/{location}", public_params=keyset.public_params)
+        connection,
+        name,
+        chain_id,
+        keyset.key_id,
+        backend_name,
+        keys_location=f"s3://{store.bucket}/{location}",
+        public_params=keyset.public_params,
+    )
     # The server key is in S3 now; the local copy was only there for restarts.
     (directory / "server_key").unlink(missing_ok=True)
     return CreatedTenant(tenant, created=True)
@@ -119,8 +135,10 @@ async def create_tenant(connection: asyncpg.Connection, store: ObjectStore,
 def load_client(settings: Settings, tenant: queries.Tenant) -> Client:
     path = key_dir(settings, tenant.name) / "client_key"
     if not path.exists():
-        raise UserError(f"no client key for tenant {tenant.name!r} on this machine "
-                        f"(expected {path}); decrypt where the tenant was created")
+        raise UserError(
+            f"no client key for tenant {tenant.name!r} on this machine "
+            f"(expected {path}); decrypt where the tenant was created"
+        )
     return get_backend(tenant.backend).client(path.read_bytes(), tenant.key_id)
 
 
@@ -134,8 +152,9 @@ def server_key_object(tenant: queries.Tenant) -> str:
 def load_server_key(store: ObjectStore, tenant: queries.Tenant) -> bytes:
     data = store.get(server_key_object(tenant))
     if hashlib.sha256(data).digest() != tenant.key_id:
-        raise UserError(f"server key at {tenant.keys_location} does not match tenant "
-                        f"{tenant.name!r}'s key id")
+        raise UserError(
+            f"server key at {tenant.keys_location} does not match tenant {tenant.name!r}'s key id"
+        )
     return data
 
 
@@ -146,8 +165,7 @@ def input_handle(ciphertext: bytes, chain_id: int, fhe_type: int) -> bytes:
 
     from .types import FheType, make_handle
 
-    return make_handle(keccak(b"fhectl-input" + ciphertext), 0, chain_id,
-                       FheType(fhe_type)).raw
+    return make_handle(keccak(b"fhectl-input" + ciphertext), 0, chain_id, FheType(fhe_type)).raw
 
 
 def load_evaluator(store: ObjectStore, tenant: queries.Tenant):

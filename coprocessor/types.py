@@ -1,4 +1,4 @@
-"""The fhEVM wire contract (DESIGN.md section 5): type codes, op codes, handles.
+"""The fhEVM wire contract (docs/design.md section 5): type codes, op codes, handles.
 
 These codes travel in chain events, database rows and ciphertext bytes, so they never
 change meaning. Everything that checks a code or a handle's shape lives here.
@@ -53,9 +53,18 @@ class FheType(IntEnum):
 
 
 _BITS = {
-    FheType.Bool: 1, FheType.Uint4: 4, FheType.Uint8: 8, FheType.Uint16: 16,
-    FheType.Uint32: 32, FheType.Uint64: 64, FheType.Uint128: 128, FheType.Uint160: 160,
-    FheType.Uint256: 256, FheType.Bytes64: 512, FheType.Bytes128: 1024, FheType.Bytes256: 2048,
+    FheType.Bool: 1,
+    FheType.Uint4: 4,
+    FheType.Uint8: 8,
+    FheType.Uint16: 16,
+    FheType.Uint32: 32,
+    FheType.Uint64: 64,
+    FheType.Uint128: 128,
+    FheType.Uint160: 160,
+    FheType.Uint256: 256,
+    FheType.Bytes64: 512,
+    FheType.Bytes128: 1024,
+    FheType.Bytes256: 2048,
 }
 
 
@@ -130,8 +139,25 @@ class OpSignature:
 _BINARY = OpSignature(2, True, "same")
 _COMPARE = OpSignature(2, True, "bool")
 SIGNATURES: dict[Op, OpSignature] = {
-    **{op: _BINARY for op in (Op.Add, Op.Sub, Op.Mul, Op.Div, Op.Rem, Op.BitAnd, Op.BitOr,
-                              Op.BitXor, Op.Shl, Op.Shr, Op.Rotl, Op.Rotr, Op.Min, Op.Max)},
+    **{
+        op: _BINARY
+        for op in (
+            Op.Add,
+            Op.Sub,
+            Op.Mul,
+            Op.Div,
+            Op.Rem,
+            Op.BitAnd,
+            Op.BitOr,
+            Op.BitXor,
+            Op.Shl,
+            Op.Shr,
+            Op.Rotl,
+            Op.Rotr,
+            Op.Min,
+            Op.Max,
+        )
+    },
     **{op: _COMPARE for op in (Op.Eq, Op.Ne, Op.Ge, Op.Gt, Op.Le, Op.Lt)},
     Op.Neg: OpSignature(1, False, "same"),
     Op.Not: OpSignature(1, False, "same"),
@@ -148,7 +174,7 @@ SIGNATURES: dict[Op, OpSignature] = {
 
 @dataclass(frozen=True)
 class Handle:
-    """A 32-byte ciphertext handle (DESIGN.md section 5 layout)."""
+    """A 32-byte ciphertext handle (docs/design.md section 5 layout)."""
 
     raw: bytes
 
@@ -198,15 +224,20 @@ class Handle:
         return self.hex()
 
 
-def make_handle(prehandle: bytes, index: int, chain_id: int, fhe_type: FheType,
-                version: int = HANDLE_VERSION) -> Handle:
+def make_handle(
+    prehandle: bytes, index: int, chain_id: int, fhe_type: FheType, version: int = HANDLE_VERSION
+) -> Handle:
     """Assemble a handle from a (keccak-derived) prehandle and its metadata bytes."""
     if not 0 <= index <= 0xFF:
         raise ValueError(f"handle index {index} out of range 0..255")
     if not 0 <= chain_id < 1 << 64:
         raise ValueError(f"chain id {chain_id} does not fit 8 bytes")
-    return Handle(prehandle[:21] + bytes([index]) + chain_id.to_bytes(8, "big")
-                  + bytes([int(fhe_type), version]))
+    return Handle(
+        prehandle[:21]
+        + bytes([index])
+        + chain_id.to_bytes(8, "big")
+        + bytes([int(fhe_type), version])
+    )
 
 
 def plaintext_operand(value: int) -> bytes:
@@ -215,8 +246,9 @@ def plaintext_operand(value: int) -> bytes:
     return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
 
 
-def derive_handle(op: Op, dependencies: tuple[bytes, ...], context: bytes, chain_id: int,
-                  result_type: FheType) -> Handle:
+def derive_handle(
+    op: Op, dependencies: tuple[bytes, ...], context: bytes, chain_id: int, result_type: FheType
+) -> Handle:
     """The output handle of a computation: keccak256 over the op, its operands (handles
     and plaintext bytes, length-prefixed so no two operand lists collide) and a
     context (the emitting contract, or the batch for an inline graph). Every

@@ -31,8 +31,12 @@ class DevGateway:
     threshold: int
 
     def as_dict(self) -> dict[str, object]:
-        return {"address": self.address, "signer": self.signer,
-                "key_file": str(self.key_file), "threshold": self.threshold}
+        return {
+            "address": self.address,
+            "signer": self.signer,
+            "key_file": str(self.key_file),
+            "threshold": self.threshold,
+        }
 
 
 def _load(directory: Path, w3: Web3) -> DevGateway | None:
@@ -46,8 +50,9 @@ def _load(directory: Path, w3: Web3) -> DevGateway | None:
     contract = bound(w3, "CiphertextCommits", data["address"])
     if not contract.functions.isCoprocessorSigner(data["signer"]).call():
         return None
-    return DevGateway(data["address"], data["signer"], key_file,
-                      contract.functions.threshold().call())
+    return DevGateway(
+        data["address"], data["signer"], key_file, contract.functions.threshold().call()
+    )
 
 
 def ensure_dev_gateway(state_dir: Path, rpc_url: str) -> DevGateway:
@@ -66,6 +71,7 @@ def ensure_dev_gateway(state_dir: Path, rpc_url: str) -> DevGateway:
         handle.write("0x" + bytes(signer.key).hex())
     contract = deploy(w3, "CiphertextCommits", [signer.address], 1)
     gateway = DevGateway(contract.address, signer.address, key_file, 1)
-    (directory / "gateway.json").write_text(json.dumps(
-        {"address": gateway.address, "signer": gateway.signer}))
+    (directory / "gateway.json").write_text(
+        json.dumps({"address": gateway.address, "signer": gateway.signer})
+    )
     return gateway

@@ -67,6 +67,7 @@ def stamp(moment: dt.datetime | None = None) -> str:
 
 # --- nodes (pure) ----------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
@@ -84,36 +85,68 @@ class NodeSpec:
 
 
 def node_manifest(spec: NodeSpec) -> dict[str, Any]:
-    labels = {"kubernetes.io/hostname": spec.name, "kubernetes.io/os": "linux",
-              "kubernetes.io/arch": "amd64", "fhe.coprocessor.dev/node-agent": "true",
-              "fhe.coprocessor.dev/device": "gpu" if spec.gpus else "cpu"}
+    labels = {
+        "kubernetes.io/hostname": spec.name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "fhe.coprocessor.dev/node-agent": "true",
+        "fhe.coprocessor.dev/device": "gpu" if spec.gpus else "cpu",
+    }
     node_spec: dict[str, Any] = {}
     if spec.gpus:
         labels["nvidia.com/gpu.present"] = "true"
         node_spec["taints"] = [GPU_TAINT]
-    return {"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": spec.name, "labels": labels}, "spec": node_spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": spec.name, "labels": labels},
+        "spec": node_spec,
+    }
 
 
 def node_status(spec: NodeSpec, moment: dt.datetime) -> dict[str, Any]:
-    ready = {"type": "Ready", "status": "True", "reason": "NodeAgentReady",
-             "message": "fhe node agent is posting ready status",
-             "lastHeartbeatTime": stamp(moment), "lastTransitionTime": stamp(moment)}
-    pressure = [{"type": kind, "status": "False", "reason": "NodeAgentHasNo" + kind,
-                 "lastHeartbeatTime": stamp(moment), "lastTransitionTime": stamp(moment)}
-                for kind in ("MemoryPressure", "DiskPressure", "PIDPressure")]
-    return {"status": {
-        "capacity": spec.capacity, "allocatable": spec.capacity,
-        "conditions": [ready, *pressure],
-        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                      {"type": "Hostname", "address": spec.name}],
-        "nodeInfo": {"kubeletVersion": AGENT_VERSION, "kubeProxyVersion": AGENT_VERSION,
-                     "operatingSystem": "linux", "architecture": "amd64",
-                     "containerRuntimeVersion": "process://fhe-node-agent",
-                     "osImage": "host", "kernelVersion": os.uname().release,
-                     "machineID": spec.name, "systemUUID": spec.name, "bootID": spec.name},
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
-    }}
+    ready = {
+        "type": "Ready",
+        "status": "True",
+        "reason": "NodeAgentReady",
+        "message": "fhe node agent is posting ready status",
+        "lastHeartbeatTime": stamp(moment),
+        "lastTransitionTime": stamp(moment),
+    }
+    pressure = [
+        {
+            "type": kind,
+            "status": "False",
+            "reason": "NodeAgentHasNo" + kind,
+            "lastHeartbeatTime": stamp(moment),
+            "lastTransitionTime": stamp(moment),
+        }
+        for kind in ("MemoryPressure", "DiskPressure", "PIDPressure")
+    ]
+    return {
+        "status": {
+            "capacity": spec.capacity,
+            "allocatable": spec.capacity,
+            "conditions": [ready, *pressure],
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": spec.name},
+            ],
+            "nodeInfo": {
+                "kubeletVersion": AGENT_VERSION,
+                "kubeProxyVersion": AGENT_VERSION,
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+                "containerRuntimeVersion": "process://fhe-node-agent",
+                "osImage": "host",
+                "kernelVersion": os.uname().release,
+                "machineID": spec.name,
+                "systemUUID": spec.name,
+                "bootID": spec.name,
+            },
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        }
+    }
 
 
 # --- pods (pure) -----------------------------------------------------------------------
@@ -130,11 +163,15 @@ def expand(text: str, env: dict[str, str]) -> str:
 
 def field_value(pod: dict[str, Any], path: str) -> str:
     metadata = pod.get("metadata", {})
-    simple = {"metadata.name": metadata.get("name"), "metadata.namespace":
-              metadata.get("namespace"), "metadata.uid": metadata.get("uid"),
-              "spec.nodeName": pod.get("spec", {}).get("nodeName"),
-              "spec.serviceAccountName": pod.get("spec", {}).get("serviceAccountName"),
-              "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1"}
+    simple = {
+        "metadata.name": metadata.get("name"),
+        "metadata.namespace": metadata.get("namespace"),
+        "metadata.uid": metadata.get("uid"),
+        "spec.nodeName": pod.get("spec", {}).get("nodeName"),
+        "spec.serviceAccountName": pod.get("spec", {}).get("serviceAccountName"),
+        "status.podIP": "127.0.0.1",
+        "status.hostIP": "127.0.0.1",
+    }
     if path in simple:
         return str(simple[path] or "")
     match = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
@@ -170,8 +207,7 @@ def build_env(pod: dict[str, Any], container: dict[str, Any], lookup) -> dict[st
         if "fieldRef" in source:
             env[name] = field_value(pod, source["fieldRef"]["fieldPath"])
             continue
-        for kind, ref_key in (("secretKeyRef", "secretRef"), ("configMapKeyRef",
-                                                               "configMapRef")):
+        for kind, ref_key in (("secretKeyRef", "secretRef"), ("configMapKeyRef", "configMapRef")):
             ref = source.get(kind)
             if ref:
                 data = lookup(ref_key, namespace, ref["name"])
@@ -196,51 +232,93 @@ def container_argv(container: dict[str, Any], env: dict[str, str]) -> list[str]:
 
 def gpu_request(container: dict[str, Any]) -> int:
     resources = container.get("resources") or {}
-    value = (resources.get("limits") or {}).get(GPU_RESOURCE) or \
-        (resources.get("requests") or {}).get(GPU_RESOURCE) or 0
+    value = (
+        (resources.get("limits") or {}).get(GPU_RESOURCE)
+        or (resources.get("requests") or {}).get(GPU_RESOURCE)
+        or 0
+    )
     return int(value)
 
 
 def running_status(pod: dict[str, Any], started: dt.datetime, restarts: int) -> dict[str, Any]:
     container = pod["spec"]["containers"][0]
-    conditions = [{"type": kind, "status": "True", "lastTransitionTime": stamp(started)}
-                  for kind in ("Initialized", "Ready", "ContainersReady", "PodScheduled")]
-    return {"status": {
-        "phase": "Running", "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
-        "podIPs": [{"ip": "127.0.0.1"}], "startTime": stamp(started),
-        "conditions": conditions,
-        "containerStatuses": [{
-            "name": container["name"], "image": container.get("image", ""),
-            "imageID": "", "ready": True, "started": True, "restartCount": restarts,
-            "state": {"running": {"startedAt": stamp(started)}},
-        }],
-    }}
+    conditions = [
+        {"type": kind, "status": "True", "lastTransitionTime": stamp(started)}
+        for kind in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
+    ]
+    return {
+        "status": {
+            "phase": "Running",
+            "hostIP": "127.0.0.1",
+            "podIP": "127.0.0.1",
+            "podIPs": [{"ip": "127.0.0.1"}],
+            "startTime": stamp(started),
+            "conditions": conditions,
+            "containerStatuses": [
+                {
+                    "name": container["name"],
+                    "image": container.get("image", ""),
+                    "imageID": "",
+                    "ready": True,
+                    "started": True,
+                    "restartCount": restarts,
+                    "state": {"running": {"startedAt": stamp(started)}},
+                }
+            ],
+        }
+    }
 
 
-def terminated_status(pod: dict[str, Any], exit_code: int, message: str,
-                      started: dt.datetime, finished: dt.datetime, restarts: int,
-                      reason: str | None = None) -> dict[str, Any]:
+def terminated_status(
+    pod: dict[str, Any],
+    exit_code: int,
+    message: str,
+    started: dt.datetime,
+    finished: dt.datetime,
+    restarts: int,
+    reason: str | None = None,
+) -> dict[str, Any]:
     container = pod["spec"]["containers"][0]
     phase = "Succeeded" if exit_code == 0 else "Failed"
     reason = reason or ("Completed" if exit_code == 0 else "Error")
-    conditions = [{"type": kind, "status": "False", "reason": "PodCompleted" if exit_code == 0
-                   else "PodFailed", "lastTransitionTime": stamp(finished)}
-                  for kind in ("Ready", "ContainersReady")]
-    terminated: dict[str, Any] = {"exitCode": exit_code, "reason": reason,
-                                  "startedAt": stamp(started), "finishedAt": stamp(finished)}
+    conditions = [
+        {
+            "type": kind,
+            "status": "False",
+            "reason": "PodCompleted" if exit_code == 0 else "PodFailed",
+            "lastTransitionTime": stamp(finished),
+        }
+        for kind in ("Ready", "ContainersReady")
+    ]
+    terminated: dict[str, Any] = {
+        "exitCode": exit_code,
+        "reason": reason,
+        "startedAt": stamp(started),
+        "finishedAt": stamp(finished),
+    }
     if message:
         terminated["message"] = message[:MESSAGE_LIMIT]
-    return {"status": {
-        "phase": phase, "conditions": conditions,
-        "containerStatuses": [{
-            "name": container["name"], "image": container.get("image", ""), "imageID": "",
-            "ready": False, "started": False, "restartCount": restarts,
-            "state": {"terminated": terminated},
-        }],
-    }}
+    return {
+        "status": {
+            "phase": phase,
+            "conditions": conditions,
+            "containerStatuses": [
+                {
+                    "name": container["name"],
+                    "image": container.get("image", ""),
+                    "imageID": "",
+                    "ready": False,
+                    "started": False,
+                    "restartCount": restarts,
+                    "state": {"terminated": terminated},
+                }
+            ],
+        }
+    }
 
 
 # --- the agent -------------------------------------------------------------------------
+
 
 @dataclass
 class RunningPod:
@@ -283,9 +361,14 @@ class NodeAgent:
             log.info("node registered %s (gpus=%d)", spec.name, spec.gpus)
 
     def _renew_lease(self, name: str) -> None:
-        body = {"metadata": {"name": name, "namespace": LEASE_NAMESPACE},
-                "spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_SECONDS,
-                         "renewTime": now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")}}
+        body = {
+            "metadata": {"name": name, "namespace": LEASE_NAMESPACE},
+            "spec": {
+                "holderIdentity": name,
+                "leaseDurationSeconds": LEASE_SECONDS,
+                "renewTime": now().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            },
+        }
         try:
             self.coordination.patch_namespaced_lease(name, LEASE_NAMESPACE, body)
         except ApiException as error:
@@ -319,7 +402,8 @@ class NodeAgent:
     def sync_all(self) -> None:
         for node in self.nodes:
             pods = self.core.list_pod_for_all_namespaces(
-                field_selector=f"spec.nodeName={node}", _preload_content=False)
+                field_selector=f"spec.nodeName={node}", _preload_content=False
+            )
             import json
 
             for pod in json.loads(pods.data)["items"]:
@@ -342,16 +426,26 @@ class NodeAgent:
                     grace = metadata.get("deletionGracePeriodSeconds")
                     if grace is None:
                         grace = spec.get("terminationGracePeriodSeconds", 30)
-                    threading.Thread(target=self._terminate, args=(entry, pod, int(grace)),
-                                     daemon=True).start()
+                    threading.Thread(
+                        target=self._terminate, args=(entry, pod, int(grace)), daemon=True
+                    ).start()
                 return
             if phase in ("Succeeded", "Failed") or entry is not None:
                 return
             if phase == "Running":
                 # Started by a previous agent process: its process is gone with it.
-                self._patch_status(pod, terminated_status(
-                    pod, 137, "the node agent restarted and lost this process",
-                    self.started_at, now(), 0, reason="NodeAgentRestarted"))
+                self._patch_status(
+                    pod,
+                    terminated_status(
+                        pod,
+                        137,
+                        "the node agent restarted and lost this process",
+                        self.started_at,
+                        now(),
+                        0,
+                        reason="NodeAgentRestarted",
+                    ),
+                )
                 return
             entry = RunningPod(uid, metadata["namespace"], metadata["name"], spec["nodeName"])
             self.pods[uid] = entry
@@ -370,8 +464,12 @@ class NodeAgent:
         except (EnvError, ValueError) as error:
             log.warning("pod %s/%s cannot start: %s", entry.namespace, entry.name, error)
             entry.finished = True
-            self._patch_status(pod, terminated_status(pod, 128, str(error), now(), now(), 0,
-                                                      reason="CreateContainerConfigError"))
+            self._patch_status(
+                pod,
+                terminated_status(
+                    pod, 128, str(error), now(), now(), 0, reason="CreateContainerConfigError"
+                ),
+            )
             return
         wanted = gpu_request(container)
         with self.lock:
@@ -380,8 +478,13 @@ class NodeAgent:
         pod_dir = self._pod_dir(entry)
         message_file = pod_dir / "termination-log"
         message_file.write_text("")
-        full_env = {"PATH": self.base_path, "HOME": str(pod_dir), "LANG": "C.UTF-8",
-                    "HOSTNAME": entry.name, **env}
+        full_env = {
+            "PATH": self.base_path,
+            "HOME": str(pod_dir),
+            "LANG": "C.UTF-8",
+            "HOSTNAME": entry.name,
+            **env,
+        }
         if entry.gpus:
             visible = ",".join(str(g) for g in entry.gpus)
             full_env.update(CUDA_VISIBLE_DEVICES=visible, NVIDIA_VISIBLE_DEVICES=visible)
@@ -391,26 +494,40 @@ class NodeAgent:
         log_file = open(self.state_dir / "pods" / f"{pod_dir.name}.log", "ab")  # noqa: SIM115
         try:
             entry.process = subprocess.Popen(
-                argv, env=full_env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                argv,
+                env=full_env,
+                cwd=workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         except OSError as error:
             entry.finished = True
             self._release_gpus(entry)
-            self._patch_status(pod, terminated_status(pod, 127, str(error), now(), now(), 0,
-                                                      reason="StartError"))
+            self._patch_status(
+                pod, terminated_status(pod, 127, str(error), now(), now(), 0, reason="StartError")
+            )
             return
         finally:
             log_file.close()
         entry.started = now()
         self._patch_status(pod, running_status(pod, entry.started, entry.restarts))
-        log.info("pod %s/%s started pid=%d on %s", entry.namespace, entry.name,
-                 entry.process.pid, entry.node)
-        threading.Thread(target=self._supervise, args=(entry, pod, message_file),
-                         daemon=True).start()
+        log.info(
+            "pod %s/%s started pid=%d on %s",
+            entry.namespace,
+            entry.name,
+            entry.process.pid,
+            entry.node,
+        )
+        threading.Thread(
+            target=self._supervise, args=(entry, pod, message_file), daemon=True
+        ).start()
 
     @staticmethod
-    def _with_private_message_file(argv: list[str], message_file: Path,
-                                   message_path: str) -> list[str]:
+    def _with_private_message_file(
+        argv: list[str], message_file: Path, message_path: str
+    ) -> list[str]:
         if os.geteuid() != 0:
             return argv
         target = Path(message_path)
@@ -418,8 +535,19 @@ class NodeAgent:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch()
         script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
-        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-                str(message_file), message_path, *argv]
+        return [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            str(message_file),
+            message_path,
+            *argv,
+        ]
 
     def _supervise(self, entry: RunningPod, pod: dict[str, Any], message_file: Path) -> None:
         assert entry.process is not None
@@ -431,7 +559,7 @@ class NodeAgent:
         policy = pod["spec"].get("restartPolicy", "Always")
         if not entry.deleting and (policy == "Always" or (policy == "OnFailure" and code)):
             entry.restarts += 1
-            time.sleep(min(2 ** entry.restarts, 30))
+            time.sleep(min(2**entry.restarts, 30))
             if not entry.deleting:
                 self._release_gpus(entry)
                 self._start(entry, pod)
@@ -439,8 +567,9 @@ class NodeAgent:
         entry.finished = True
         self._release_gpus(entry)
         if not entry.deleting:
-            self._patch_status(pod, terminated_status(pod, code, message, entry.started,
-                                                      finished, entry.restarts))
+            self._patch_status(
+                pod, terminated_status(pod, code, message, entry.started, finished, entry.restarts)
+            )
         log.info("pod %s/%s exited %d", entry.namespace, entry.name, code)
 
     def _terminate(self, entry: RunningPod, pod: dict[str, Any], grace: int) -> None:
@@ -460,9 +589,18 @@ class NodeAgent:
         if process is not None:
             code = process.returncode
             code = 128 - code if code < 0 else code
-            self._patch_status(pod, terminated_status(
-                pod, code or 137, "the pod was deleted", entry.started, now(), entry.restarts,
-                reason="Killed"))
+            self._patch_status(
+                pod,
+                terminated_status(
+                    pod,
+                    code or 137,
+                    "the pod was deleted",
+                    entry.started,
+                    now(),
+                    entry.restarts,
+                    reason="Killed",
+                ),
+            )
         self._remove(pod)
 
     def _remove(self, pod: dict[str, Any]) -> None:
@@ -470,11 +608,14 @@ class NodeAgent:
         with contextlib.suppress(ApiException):
             # The grace period must be in the body: with a body, the query parameter
             # is ignored and the pod would wait for a final delete that never comes.
-            self.core.delete_namespaced_pod(metadata["name"], metadata["namespace"],
-                                            body=client.V1DeleteOptions(
-                                                grace_period_seconds=0,
-                                                preconditions=client.V1Preconditions(
-                                                    uid=metadata["uid"])))
+            self.core.delete_namespaced_pod(
+                metadata["name"],
+                metadata["namespace"],
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0,
+                    preconditions=client.V1Preconditions(uid=metadata["uid"]),
+                ),
+            )
         with self.lock:
             entry = self.pods.pop(metadata["uid"], None)
         if entry:
@@ -491,13 +632,18 @@ class NodeAgent:
             self.core.patch_namespaced_pod_status(metadata["name"], metadata["namespace"], body)
         except ApiException as error:
             if error.status != 404:
-                log.warning("status of %s/%s not written: %s", metadata["namespace"],
-                            metadata["name"], error.reason)
+                log.warning(
+                    "status of %s/%s not written: %s",
+                    metadata["namespace"],
+                    metadata["name"],
+                    error.reason,
+                )
 
     def watch_loop(self) -> None:
         """Watch pods on our nodes; a periodic full sync covers any missed event."""
-        selector = ",".join(f"spec.nodeName={n}" for n in self.nodes) if len(self.nodes) == 1 \
-            else None
+        selector = (
+            ",".join(f"spec.nodeName={n}" for n in self.nodes) if len(self.nodes) == 1 else None
+        )
         last_sync = 0.0
         while not self.stopping.is_set():
             try:
@@ -505,8 +651,11 @@ class NodeAgent:
                     self.sync_all()
                     last_sync = time.monotonic()
                 stream = watch.Watch().stream(
-                    self.core.list_pod_for_all_namespaces, field_selector=selector,
-                    timeout_seconds=int(RESYNC_S), _preload_content=True)
+                    self.core.list_pod_for_all_namespaces,
+                    field_selector=selector,
+                    timeout_seconds=int(RESYNC_S),
+                    _preload_content=True,
+                )
                 for event in stream:
                     raw = client.ApiClient().sanitize_for_serialization(event["object"])
                     self.sync_pod(raw)
@@ -532,8 +681,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu-nodes", type=int, default=1)
     parser.add_argument("--gpus-per-node", type=int, default=2)
     parser.add_argument("--cpu-nodes", type=int, default=1)
-    parser.add_argument("--path", default=os.environ.get("PATH", "/usr/bin:/bin"),
-                        help="PATH given to every pod process")
+    parser.add_argument(
+        "--path",
+        default=os.environ.get("PATH", "/usr/bin:/bin"),
+        help="PATH given to every pod process",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config.load_kube_config(args.kubeconfig)

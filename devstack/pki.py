@@ -30,8 +30,9 @@ CLIENTS = {
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        ["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         raise Fatal(f"openssl {args[0]} failed: {result.stderr.strip()[-300:]}")
 
@@ -42,20 +43,41 @@ def ensure_pki(directory: Path) -> Path:
     directory.chmod(0o700)
     for ca, subject in (("ca", "/CN=fhe-dev-ca"), ("front-proxy-ca", "/CN=fhe-front-proxy-ca")):
         if not (directory / f"{ca}.crt").exists():
-            _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key",
-                     "-out", f"{ca}.crt", "-days", "3650", "-subj", subject, cwd=directory)
+            _openssl(
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                f"{ca}.key",
+                "-out",
+                f"{ca}.crt",
+                "-days",
+                "3650",
+                "-subj",
+                subject,
+                cwd=directory,
+            )
     # The aggregation layer's client: without it the controller-manager and scheduler
     # log "missing content for CA bundle ... requestheader-client-ca-file" forever.
     if not (directory / "front-proxy-client.crt").exists():
-        _sign(directory, "front-proxy-client", "/CN=front-proxy-client",
-              "extendedKeyUsage=clientAuth", ca="front-proxy-ca")
+        _sign(
+            directory,
+            "front-proxy-client",
+            "/CN=front-proxy-client",
+            "extendedKeyUsage=clientAuth",
+            ca="front-proxy-ca",
+        )
     if not (directory / "sa.key").exists():
         _openssl("genrsa", "-out", "sa.key", "2048", cwd=directory)
         _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=directory)
     if not (directory / "apiserver.crt").exists():
-        sans = ("subjectAltName=IP:127.0.0.1,IP:" + API_SERVICE_IP + ",DNS:localhost,"
-                "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
-                "DNS:kubernetes.default.svc.cluster.local")
+        sans = (
+            "subjectAltName=IP:127.0.0.1,IP:" + API_SERVICE_IP + ",DNS:localhost,"
+            "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+            "DNS:kubernetes.default.svc.cluster.local"
+        )
         _sign(directory, "apiserver", "/CN=kube-apiserver", sans)
     for name, (common_name, organisation) in CLIENTS.items():
         if not (directory / f"{name}.crt").exists():
@@ -65,12 +87,38 @@ def ensure_pki(directory: Path) -> Path:
 
 
 def _sign(directory: Path, name: str, subject: str, extension: str, ca: str = "ca") -> None:
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-             f"{name}.csr", "-subj", subject, cwd=directory)
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        subject,
+        cwd=directory,
+    )
     (directory / f"{name}.ext").write_text(extension + "\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.crt", "-days", "3650", "-extfile",
-             f"{name}.ext", cwd=directory)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.crt",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.crt",
+        "-days",
+        "3650",
+        "-extfile",
+        f"{name}.ext",
+        cwd=directory,
+    )
 
 
 def write_kubeconfig(path: Path, pki: Path, identity: str, server: str) -> Path:
@@ -78,14 +126,30 @@ def write_kubeconfig(path: Path, pki: Path, identity: str, server: str) -> Path:
         return base64.b64encode((pki / file).read_bytes()).decode()
 
     config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "fhe-dev",
-        "clusters": [{"name": "fhe-dev", "cluster": {
-            "server": server, "certificate-authority-data": data("ca.crt")}}],
-        "users": [{"name": identity, "user": {
-            "client-certificate-data": data(f"{identity}.crt"),
-            "client-key-data": data(f"{identity}.key")}}],
-        "contexts": [{"name": "fhe-dev", "context": {
-            "cluster": "fhe-dev", "user": identity, "namespace": "default"}}],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "fhe-dev",
+        "clusters": [
+            {
+                "name": "fhe-dev",
+                "cluster": {"server": server, "certificate-authority-data": data("ca.crt")},
+            }
+        ],
+        "users": [
+            {
+                "name": identity,
+                "user": {
+                    "client-certificate-data": data(f"{identity}.crt"),
+                    "client-key-data": data(f"{identity}.key"),
+                },
+            }
+        ],
+        "contexts": [
+            {
+                "name": "fhe-dev",
+                "context": {"cluster": "fhe-dev", "user": identity, "namespace": "default"},
+            }
+        ],
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)

@@ -53,7 +53,12 @@ def _grant_traverse(path: Path) -> None:
 
 def _run(argv: list[str], user: str | None, what: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        argv, capture_output=True, text=True, timeout=120, cwd="/", check=False,
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        check=False,
         **process.run_as(user),  # type: ignore[arg-type]
     )
     if result.returncode != 0:
@@ -82,39 +87,90 @@ class Postgres:
             shutil.chown(data.parent, user=user)
         if not (data / "PG_VERSION").exists():
             _run(
-                [str(bindir / "initdb"), "-D", str(data), "-U", ROLE, "--auth=trust",
-                 "-E", "UTF8", "--no-instructions"],
-                user, "initdb",
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    ROLE,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-instructions",
+                ],
+                user,
+                "initdb",
             )
         pid = process.spawn(
-            [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data}",
-             "-c", "max_connections=200"],
-            logfile, user=user,
+            [
+                str(bindir / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={data}",
+                "-c",
+                "max_connections=200",
+            ],
+            logfile,
+            user=user,
         )
-        info: Info = {"pid": pid, "port": port, "data_dir": str(data), "log": str(logfile),
-                      "user": user}
-        process.wait_until(lambda: self._ready(port), timeout=60, service="postgres",
-                           log_path=logfile, pid=pid)
+        info: Info = {
+            "pid": pid,
+            "port": port,
+            "data_dir": str(data),
+            "log": str(logfile),
+            "user": user,
+        }
+        process.wait_until(
+            lambda: self._ready(port), timeout=60, service="postgres", log_path=logfile, pid=pid
+        )
         self._ensure_database(port)
         return info
-
 
     @staticmethod
     def _ready(port: int) -> bool:
         result = subprocess.run(
-            [str(postgres_bin_dir() / "pg_isready"), "-h", "127.0.0.1", "-p", str(port),
-             "-U", ROLE, "-d", "postgres", "-t", "2"],
-            capture_output=True, check=False,
+            [
+                str(postgres_bin_dir() / "pg_isready"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                ROLE,
+                "-d",
+                "postgres",
+                "-t",
+                "2",
+            ],
+            capture_output=True,
+            check=False,
         )
         return result.returncode == 0
 
     @staticmethod
     def _ensure_database(port: int) -> None:
-        psql = [str(postgres_bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", ROLE,
-                "-d", "postgres", "-tAc"]
-        exists = _run([*psql, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"],
-                      None, "database lookup")
+        psql = [
+            str(postgres_bin_dir() / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            ROLE,
+            "-d",
+            "postgres",
+            "-tAc",
+        ]
+        exists = _run(
+            [*psql, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"],
+            None,
+            "database lookup",
+        )
         if exists.stdout.strip() != "1":
             _run([*psql, f'CREATE DATABASE "{DATABASE}"'], None, "createdb")
 
@@ -126,8 +182,12 @@ class Postgres:
     def health(self, info: Info) -> Info:
         alive = process.is_running(info.get("pid"), expect="postgres")
         healthy = alive and self._ready(int(info["port"]))
-        return {"healthy": healthy, "pid": info.get("pid"), "port": info.get("port"),
-                "url": self.env(info)["FHE_DATABASE_URL"]}
+        return {
+            "healthy": healthy,
+            "pid": info.get("pid"),
+            "port": info.get("port"),
+            "url": self.env(info)["FHE_DATABASE_URL"],
+        }
 
     def env(self, info: Info) -> dict[str, str]:
         return {"FHE_DATABASE_URL": f"postgresql://{ROLE}@127.0.0.1:{info['port']}/{DATABASE}"}

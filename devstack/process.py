@@ -125,8 +125,9 @@ def is_running(pid: int | None, expect: str | None = None) -> bool:
     return expect is None or any(expect in part for part in argv)
 
 
-def stop(pid: int | None, expect: str | None = None, timeout: float = 15.0,
-         signum: int = signal.SIGTERM) -> bool:
+def stop(
+    pid: int | None, expect: str | None = None, timeout: float = 15.0, signum: int = signal.SIGTERM
+) -> bool:
     """``signum``, wait, then SIGKILL. Returns True if a process of ours was stopped."""
     if not is_running(pid, expect):
         return False

@@ -40,8 +40,16 @@ class MinioS3:
         port = process.choose_port(self.requested_port, previous, "s3")
         console = process.free_port()
         pid = process.spawn(
-            [str(binary), "server", str(data), "--quiet",
-             "--address", f"127.0.0.1:{port}", "--console-address", f"127.0.0.1:{console}"],
+            [
+                str(binary),
+                "server",
+                str(data),
+                "--quiet",
+                "--address",
+                f"127.0.0.1:{port}",
+                "--console-address",
+                f"127.0.0.1:{console}",
+            ],
             logfile,
             env={
                 "MINIO_ROOT_USER": settings.s3_access_key,
@@ -50,14 +58,18 @@ class MinioS3:
                 "MINIO_UPDATE": "off",
             },
         )
-        process.wait_until(lambda: _live(port), timeout=60, service="s3", log_path=logfile,
-                           pid=pid)
-        info: Info = {"pid": pid, "port": port, "data_dir": str(data), "log": str(logfile),
-                      "bucket": settings.s3_bucket, "access_key": settings.s3_access_key,
-                      "secret_key": settings.s3_secret_key}
+        process.wait_until(lambda: _live(port), timeout=60, service="s3", log_path=logfile, pid=pid)
+        info: Info = {
+            "pid": pid,
+            "port": port,
+            "data_dir": str(data),
+            "log": str(logfile),
+            "bucket": settings.s3_bucket,
+            "access_key": settings.s3_access_key,
+            "secret_key": settings.s3_secret_key,
+        }
         self._ensure_bucket(info)
         return info
-
 
     def _ensure_bucket(self, info: Info) -> None:
         import boto3
@@ -73,8 +85,10 @@ class MinioS3:
         try:
             client.create_bucket(Bucket=info["bucket"])
         except ClientError as error:
-            if error.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou",
-                                                       "BucketAlreadyExists"):
+            if error.response["Error"]["Code"] not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
                 raise
 
     def down(self, info: Info) -> None:
@@ -83,8 +97,13 @@ class MinioS3:
     def health(self, info: Info) -> Info:
         alive = process.is_running(info.get("pid"), expect="minio")
         healthy = alive and _live(int(info["port"]))
-        return {"healthy": healthy, "pid": info.get("pid"), "port": info.get("port"),
-                "endpoint": f"http://127.0.0.1:{info.get('port')}", "bucket": info.get("bucket")}
+        return {
+            "healthy": healthy,
+            "pid": info.get("pid"),
+            "port": info.get("port"),
+            "endpoint": f"http://127.0.0.1:{info.get('port')}",
+            "bucket": info.get("bucket"),
+        }
 
     def env(self, info: Info) -> dict[str, str]:
         return {

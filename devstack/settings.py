@@ -15,7 +15,8 @@ class DevSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHE_", extra="ignore", frozen=True)
 
     state_dir: Path | None = Field(
-        None, description="Dev stack data and pid files; default <FHE_CACHE_DIR>/dev.")
+        None, description="Dev stack data and pid files; default <FHE_CACHE_DIR>/dev."
+    )
 
 
 def default_state_dir() -> Path:

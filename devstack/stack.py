@@ -20,8 +20,12 @@ log = logging.getLogger(__name__)
 def default_components(ports: dict[str, int | None] | None = None) -> list[Component]:
     """Start order matters: later components may need earlier ones."""
     ports = ports or {}
-    return [Postgres(ports.get("postgres")), MinioS3(ports.get("s3")), Anvil(ports.get("chain")),
-            KubeControlPlane()]
+    return [
+        Postgres(ports.get("postgres")),
+        MinioS3(ports.get("s3")),
+        Anvil(ports.get("chain")),
+        KubeControlPlane(),
+    ]
 
 
 def service_components() -> list[Component]:
@@ -53,8 +57,10 @@ def up(state_dir: Path, components: list[Component]) -> dict[str, Any]:
         seconds = round(time.monotonic() - started, 2)
         reused = previous is not None and info == previous
         report[component.name] = {"reused": reused, "seconds": seconds}
-        log.info("component up", extra={"fields": {"component": component.name,
-                                                    "reused": reused, "seconds": seconds}})
+        log.info(
+            "component up",
+            extra={"fields": {"component": component.name, "reused": reused, "seconds": seconds}},
+        )
     return report
 
 
@@ -94,8 +100,9 @@ def env(state_dir: Path, components: list[Component]) -> dict[str, str]:
     return variables
 
 
-def reuse_or_start(own_dir: Path, fallback_dir: Path,
-                   components: list[Component]) -> tuple[Path, bool]:
+def reuse_or_start(
+    own_dir: Path, fallback_dir: Path, components: list[Component]
+) -> tuple[Path, bool]:
     """For tests and benchmarks: use the stack in ``own_dir`` if it is fully healthy,
     else start one in ``fallback_dir``. Returns (state dir, whether we started it)."""
     report = status(own_dir, components)

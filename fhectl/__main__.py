@@ -20,7 +20,8 @@ PLUGIN_GROUP = "fhectl.commands"  # e.g. `dev`, registered by the dev stack when
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fhectl", description="Operate the FHE coprocessor and its local stack.")
+        prog="fhectl", description="Operate the FHE coprocessor and its local stack."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     for plugin in sorted(entry_points(group=PLUGIN_GROUP), key=lambda p: p.name):

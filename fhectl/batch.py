@@ -48,8 +48,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         manifest = yaml.safe_load(Path(args.file).read_text())
     except (OSError, yaml.YAMLError) as error:
         where = getattr(error, "problem_mark", None)
-        detail = (f"YAML error at line {where.line + 1}, column {where.column + 1}: "
-                  f"{getattr(error, 'problem', error)}") if where else str(error)
+        detail = (
+            (
+                f"YAML error at line {where.line + 1}, column {where.column + 1}: "
+                f"{getattr(error, 'problem', error)}"
+            )
+            if where
+            else str(error)
+        )
         raise UserError(f"cannot read {args.file}: {detail}") from None
     if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
         raise UserError(f"{args.file} is not a FheBatch manifest")
@@ -57,10 +63,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         FheBatchSpec.model_validate(manifest.get("spec") or {})
     except Exception as error:  # the same message the operator would write
         raise UserError(f"{args.file}: {describe_error(error)}") from None
-    namespace = args.namespace or manifest.get("metadata", {}).get("namespace") or \
-        load_settings().namespace
-    created = _batch_call(_custom_objects().create_namespaced_custom_object, namespace,
-                          manifest)
+    namespace = (
+        args.namespace or manifest.get("metadata", {}).get("namespace") or load_settings().namespace
+    )
+    created = _batch_call(_custom_objects().create_namespaced_custom_object, namespace, manifest)
     print(f"fhebatch {namespace}/{created['metadata']['name']} created")
     return 0
 
@@ -72,8 +78,10 @@ def cmd_get(args: argparse.Namespace) -> int:
         emit(body, "json")
     else:
         status = body.get("status") or {}
-        print(f"{args.name}: {status.get('phase', 'Pending')} {status.get('done', '')} "
-              f"{status.get('message', '')}".rstrip())
+        print(
+            f"{args.name}: {status.get('phase', 'Pending')} {status.get('done', '')} "
+            f"{status.get('message', '')}".rstrip()
+        )
     return 0
 
 
@@ -82,14 +90,17 @@ def cmd_wait(args: argparse.Namespace) -> int:
     api = _custom_objects()
     deadline = time.monotonic() + args.timeout
     while True:
-        status = _batch_call(api.get_namespaced_custom_object, namespace, args.name
-                             ).get("status") or {}
+        status = (
+            _batch_call(api.get_namespaced_custom_object, namespace, args.name).get("status") or {}
+        )
         if status.get("phase") in ("Succeeded", "Failed"):
             print(f"{args.name}: {status['phase']}: {status.get('message', '')}")
             return 0 if status["phase"] == "Succeeded" else 1
         if time.monotonic() >= deadline:
-            raise UserError(f"timed out after {args.timeout}s; {args.name} is "
-                            f"{status.get('phase', 'Pending')}: {status.get('message', '')}")
+            raise UserError(
+                f"timed out after {args.timeout}s; {args.name} is "
+                f"{status.get('phase', 'Pending')}: {status.get('message', '')}"
+            )
         time.sleep(1)
 
 
@@ -101,8 +112,9 @@ def register(groups: argparse._SubParsersAction) -> None:
     wait = commands.add_parser("wait", help="wait for Succeeded (exit 0) or Failed (1)")
     wait.add_argument("name")
     wait.add_argument("--timeout", type=float, default=600)
-    get = commands.add_parser("get", parents=[OUTPUT],
-                              help="phase and message, or the resource as JSON")
+    get = commands.add_parser(
+        "get", parents=[OUTPUT], help="phase and message, or the resource as JSON"
+    )
     get.add_argument("name")
     for sub, handler in ((submit, cmd_submit), (wait, cmd_wait), (get, cmd_get)):
         sub.add_argument("-n", "--namespace", help="default: FHE_NAMESPACE")

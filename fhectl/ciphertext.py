@@ -30,8 +30,9 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise UserError(str(error)) from None
         handle = tenants.input_handle(ciphertext, tenant.chain_id, fhe_type)
-        await queries.insert_ciphertext(connection, tenant.tenant_id, handle, ciphertext, 0,
-                                        int(fhe_type))
+        await queries.insert_ciphertext(
+            connection, tenant.tenant_id, handle, ciphertext, 0, int(fhe_type)
+        )
         return handle
 
     handle = asyncio.run(connected(run))

@@ -16,5 +16,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def register(groups: argparse._SubParsersAction) -> None:
     crd = groups.add_parser("crd", help="the FheBatch CustomResourceDefinition")
     commands = crd.add_subparsers(dest="command", required=True, metavar="ACTION")
-    commands.add_parser("generate", help="print the CRD generated from the spec model"
-                        ).set_defaults(handler=cmd_generate)
+    commands.add_parser(
+        "generate", help="print the CRD generated from the spec model"
+    ).set_defaults(handler=cmd_generate)

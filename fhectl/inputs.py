@@ -26,8 +26,10 @@ def cmd_params(args: argparse.Namespace) -> int:
         tenant = await tenant_named(connection, args.tenant)
         key = await queries.get_public_params(connection, tenant.tenant_id)
         if not key:
-            raise UserError(f"tenant {tenant.name!r} ({tenant.backend}) has no compact "
-                            "public key: its backend takes no proven inputs")
+            raise UserError(
+                f"tenant {tenant.name!r} ({tenant.backend}) has no compact "
+                "public key: its backend takes no proven inputs"
+            )
         return tenant, key
 
     tenant, key = asyncio.run(connected(public_key))
@@ -36,9 +38,16 @@ def cmd_params(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "crs").write_bytes(crs)
     (out / "public_key").write_bytes(key)
-    emit({"tenant": tenant.name, "chain_id": tenant.chain_id,
-          "crs": str(out / "crs"), "crs_bits": settings.crs_max_bits,
-          "public_key": str(out / "public_key")}, args.output)
+    emit(
+        {
+            "tenant": tenant.name,
+            "chain_id": tenant.chain_id,
+            "crs": str(out / "crs"),
+            "crs_bits": settings.crs_max_bits,
+            "public_key": str(out / "public_key"),
+        },
+        args.output,
+    )
     return 0
 
 
@@ -72,31 +81,44 @@ def cmd_status(args: argparse.Namespace) -> int:
     if state is None:
         raise UserError(f"no verify request {args.id}")
     verdict = {None: "pending", True: "verified", False: "rejected"}[state.verified]
-    emit({"zk_proof_id": args.id, "state": verdict, "error": state.error_message,
-          "handles": ["0x" + handle.hex() for handle in state.handles]}, args.output)
+    emit(
+        {
+            "zk_proof_id": args.id,
+            "state": verdict,
+            "error": state.error_message,
+            "handles": ["0x" + handle.hex() for handle in state.handles],
+        },
+        args.output,
+    )
     return 0
 
 
 def register(groups: argparse._SubParsersAction) -> None:
-    inputs = groups.add_parser("input", help="proven inputs: parameters for clients, "
-                               "the verify queue")
+    inputs = groups.add_parser(
+        "input", help="proven inputs: parameters for clients, the verify queue"
+    )
     commands = inputs.add_subparsers(dest="command", required=True, metavar="ACTION")
-    params = commands.add_parser("params", parents=[OUTPUT],
-                                 help="write the CRS and the tenant's compact public key "
-                                 "for a client to prove against")
+    params = commands.add_parser(
+        "params",
+        parents=[OUTPUT],
+        help="write the CRS and the tenant's compact public key for a client to prove against",
+    )
     params.add_argument("--tenant", required=True)
     params.add_argument("--out-dir", required=True)
     params.set_defaults(handler=cmd_params)
-    queue = commands.add_parser("submit", parents=[OUTPUT],
-                                help="queue a proven list for `fhe-job verify`")
+    queue = commands.add_parser(
+        "submit", parents=[OUTPUT], help="queue a proven list for `fhe-job verify`"
+    )
     queue.add_argument("--id", type=int, required=True, help="request id (the gateway's)")
     queue.add_argument("--chain-id", type=int, required=True)
     queue.add_argument("--contract", required=True, help="0x + 20 bytes")
     queue.add_argument("--user", required=True, help="0x + 20 bytes")
     queue.add_argument("file", help="the serialized ProvenCompactCiphertextList")
     queue.set_defaults(handler=cmd_submit)
-    status = commands.add_parser("status", parents=[OUTPUT],
-                                 help="pending, verified (with the handles) or rejected "
-                                 "(with the reason)")
+    status = commands.add_parser(
+        "status",
+        parents=[OUTPUT],
+        help="pending, verified (with the handles) or rejected (with the reason)",
+    )
     status.add_argument("id", type=int)
     status.set_defaults(handler=cmd_status)

@@ -7,8 +7,13 @@ import json
 from typing import Any
 
 OUTPUT = argparse.ArgumentParser(add_help=False)
-OUTPUT.add_argument("-o", "--output", choices=["text", "json"], default="text",
-                    help="text for people (default) or json for scripts")
+OUTPUT.add_argument(
+    "-o",
+    "--output",
+    choices=["text", "json"],
+    default="text",
+    help="text for people (default) or json for scripts",
+)
 
 
 def emit(data: Any, output: str) -> None:

@@ -1,2 +1,1 @@
 """Code that runs inside the coprocessor's Jobs' pods: ``fhe-job compute|sns|send|verify``."""
-

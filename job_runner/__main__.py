@@ -39,25 +39,32 @@ def write_termination_message(path: Path, summary: dict[str, object]) -> None:
     try:
         path.write_text(text)
     except OSError as error:
-        log.info("no termination log", extra={"fields": {"path": str(path),
-                                                          "error": str(error)}})
+        log.info("no termination log", extra={"fields": {"path": str(path), "error": str(error)}})
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fhe-job", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=JOB_STAGES)
-    parser.add_argument("--batch", help="batch id (namespace/name@spec-hash); verify "
-                        "takes none: it drains the verify_proofs queue")
-    parser.add_argument("--index", type=int, default=_index_default(),
-                        help="this pod's index in an Indexed Job (default: "
-                             "$JOB_COMPLETION_INDEX or 0)")
+    parser.add_argument(
+        "--batch",
+        help="batch id (namespace/name@spec-hash); verify "
+        "takes none: it drains the verify_proofs queue",
+    )
+    parser.add_argument(
+        "--index",
+        type=int,
+        default=_index_default(),
+        help="this pod's index in an Indexed Job (default: $JOB_COMPLETION_INDEX or 0)",
+    )
     parser.add_argument("--count", type=int, default=1, help="pods sharing the batch")
-    parser.add_argument("--follow", action="store_true",
-                        help="verify only: keep answering as requests arrive, until SIGTERM")
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="verify only: keep answering as requests arrive, until SIGTERM",
+    )
     args = parser.parse_args(argv)
     if (args.batch is None) != (args.stage == "verify"):
-        parser.error("verify takes no --batch" if args.batch else
-                     f"{args.stage} needs --batch")
+        parser.error("verify takes no --batch" if args.batch else f"{args.stage} needs --batch")
     if args.count < 1 or not 0 <= args.index < args.count:
         parser.error(f"--index {args.index} must be in 0..{args.count - 1}")
     if args.follow and args.stage != "verify":
@@ -99,8 +106,11 @@ def follow_verify() -> int:
     except Exception as raised:
         error = classify(raised)
         code = exit_code_for(error)
-        log.error("verify worker stopped", exc_info=raised if code == 1 else None,
-                  extra={"fields": {"error": str(error), "exit_code": code}})
+        log.error(
+            "verify worker stopped",
+            exc_info=raised if code == 1 else None,
+            extra={"fields": {"error": str(error), "exit_code": code}},
+        )
         return code
     return 0
 
@@ -114,25 +124,40 @@ def run_stage(stage: str, batch_id: str | None, index: int, count: int) -> int:
     except Exception as raised:  # every class of error maps to its exit code
         error = classify(raised)
         code = exit_code_for(error)
-        log.error("stage failed", exc_info=raised if code == 1 else None, extra={"fields": {
-            "stage": stage, "batch": batch_id, "error": str(error), "exit_code": code}})
-        write_termination_message(settings.termination_log, {
-            "completed": 0, "failed": 0, "error": str(error)[:800], "exit_code": code})
+        log.error(
+            "stage failed",
+            exc_info=raised if code == 1 else None,
+            extra={
+                "fields": {
+                    "stage": stage,
+                    "batch": batch_id,
+                    "error": str(error),
+                    "exit_code": code,
+                }
+            },
+        )
+        write_termination_message(
+            settings.termination_log,
+            {"completed": 0, "failed": 0, "error": str(error)[:800], "exit_code": code},
+        )
         return code
     report = summary.as_dict()
     code = summary.exit_code
     if summary.failed and not report.get("error"):
         first = next(iter(summary.failures.items()), ("?", "?"))
-        report["error"] = (f"{summary.failed} {_ITEMS[stage]} failed; "
-                           f"{first[0]}: {first[1]}")[:800]
+        report["error"] = (f"{summary.failed} {_ITEMS[stage]} failed; {first[0]}: {first[1]}")[:800]
     report["exit_code"] = code
     write_termination_message(settings.termination_log, report)
     log.info("stage finished", extra={"fields": {"stage": stage, "batch": batch_id, **report}})
     return code
 
 
-_ITEMS = {"compute": "computation(s)", "sns": "handle(s)", "send": "submission(s)",
-          "verify": "input list(s)"}
+_ITEMS = {
+    "compute": "computation(s)",
+    "sns": "handle(s)",
+    "send": "submission(s)",
+    "verify": "input list(s)",
+}
 
 
 async def _run(stage: str, settings, batch_id: str | None, index: int, count: int):

@@ -25,8 +25,9 @@ class UnknownBatch(Irrecoverable):
     """The batch id names nothing in the database (never admitted, or a typo)."""
 
 
-async def run_compute(settings: Settings, batch_id: str, index: int = 0, count: int = 1
-                      ) -> ComputeSummary:
+async def run_compute(
+    settings: Settings, batch_id: str, index: int = 0, count: int = 1
+) -> ComputeSummary:
     pool = await create_pool(settings.database_url, size=settings.database_pool_size)
     try:
         async with pool.acquire() as connection:
@@ -35,10 +36,20 @@ async def run_compute(settings: Settings, batch_id: str, index: int = 0, count: 
         graph = build_graph(node_from_row(r) for r in rows)
         share = restrict(graph, partition(graph, index, count))
         workers = settings.compute_workers or usable_cores()
-        log.info("batch loaded", extra={"fields": {
-            "batch": batch_id, "tenant": tenant.name, "nodes": len(graph.nodes),
-            "share": len(share.nodes), "pod": f"{index}/{count}", "workers": workers,
-            "strategy": settings.compute_strategy}})
+        log.info(
+            "batch loaded",
+            extra={
+                "fields": {
+                    "batch": batch_id,
+                    "tenant": tenant.name,
+                    "nodes": len(graph.nodes),
+                    "share": len(share.nodes),
+                    "pod": f"{index}/{count}",
+                    "workers": workers,
+                    "strategy": settings.compute_strategy,
+                }
+            },
+        )
         loading = time.monotonic()
         if all(n.completed or n.error for n in share.nodes.values()):
             evaluator = None  # nothing to compute: do not load a key of hundreds of MB
@@ -46,10 +57,16 @@ async def run_compute(settings: Settings, batch_id: str, index: int = 0, count: 
             evaluator = await asyncio.to_thread(load_evaluator, ObjectStore(settings), tenant)
         key_load_s = time.monotonic() - loading
         executor = Executor(
-            pool, settings.database_url, tenant.tenant_id, evaluator, share,
-            workers=workers, strategy=Strategy(settings.compute_strategy),
+            pool,
+            settings.database_url,
+            tenant.tenant_id,
+            evaluator,
+            share,
+            workers=workers,
+            strategy=Strategy(settings.compute_strategy),
             input_wait_s=settings.compute_input_wait_s,
-            poll_interval_s=min(settings.notify_poll_interval_s, 2.0))
+            poll_interval_s=min(settings.notify_poll_interval_s, 2.0),
+        )
         summary = await executor.run()
         summary.key_load_s = key_load_s
         return summary

@@ -46,8 +46,9 @@ class Node:
         seed = b""
         if self.op in (Op.Rand, Op.RandBounded):
             if not self.plaintexts:
-                raise InvalidRow(f"computation {label(self.handle)}: "
-                                 f"{self.op.event_name} has no seed")
+                raise InvalidRow(
+                    f"computation {label(self.handle)}: {self.op.event_name} has no seed"
+                )
             seed, numbers = self.plaintexts[-1], numbers[:-1]
         return OpRequest(self.op, tuple(ciphertexts), numbers, self.result_type, seed)
 
@@ -60,8 +61,16 @@ def node_from_row(row: BatchComputation) -> Node:
         raise InvalidRow(f"computation {label(row.output_handle)}: {error}") from None
     operands, plaintexts = split_dependencies(op, row.dependencies, row.is_scalar)
     error = (row.error_message or "failed") if row.is_error else None
-    return Node(row.output_handle, op, result_type, operands, plaintexts,
-                row.dependence_chain_id, row.is_completed, error)
+    return Node(
+        row.output_handle,
+        op,
+        result_type,
+        operands,
+        plaintexts,
+        row.dependence_chain_id,
+        row.is_completed,
+        error,
+    )
 
 
 class GraphCycle(InvalidRow):

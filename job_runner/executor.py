@@ -72,10 +72,19 @@ _Outcome = _Computed | _Skipped | _Busy | _Failed
 
 
 class Executor:
-    def __init__(self, pool: asyncpg.Pool, database_url: str, tenant_id: int,
-                 evaluator: Evaluator | None, graph: Graph, *, workers: int,
-                 strategy: Strategy = Strategy.MAX_PARALLELISM,
-                 input_wait_s: float = 120.0, poll_interval_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        database_url: str,
+        tenant_id: int,
+        evaluator: Evaluator | None,
+        graph: Graph,
+        *,
+        workers: int,
+        strategy: Strategy = Strategy.MAX_PARALLELISM,
+        input_wait_s: float = 120.0,
+        poll_interval_s: float = 2.0,
+    ) -> None:
         self.pool = pool
         self.database_url = database_url
         self.tenant_id = tenant_id
@@ -107,8 +116,9 @@ class Executor:
     async def _loop(self, threads: ThreadPoolExecutor) -> None:
         schedule = self.schedule
         tasks: dict[asyncio.Task[_Outcome], bytes] = {}
-        async with NotificationWaiter(self.database_url, (queries.CIPHERTEXT_COMPUTED,),
-                                      poll_interval=self.poll_interval_s) as waiter:
+        async with NotificationWaiter(
+            self.database_url, (queries.CIPHERTEXT_COMPUTED,), poll_interval=self.poll_interval_s
+        ) as waiter:
             await self._refresh_awaited()
             last_progress = last_refresh = time.monotonic()
             try:
@@ -118,8 +128,9 @@ class Executor:
                         task = asyncio.create_task(self._run_node(threads, handle))
                         tasks[task] = handle
                     if tasks:
-                        done, _ = await asyncio.wait(tasks, timeout=self.poll_interval_s,
-                                                     return_when=asyncio.FIRST_COMPLETED)
+                        done, _ = await asyncio.wait(
+                            tasks, timeout=self.poll_interval_s, return_when=asyncio.FIRST_COMPLETED
+                        )
                         for task in done:
                             await self._record(tasks.pop(task), task.result())
                             last_progress = time.monotonic()
@@ -129,7 +140,8 @@ class Executor:
                             raise MissingInputs(sorted(schedule.awaited()))
                         await waiter.wait(min(self.poll_interval_s, self.input_wait_s - waited))
                     if schedule.awaited() and (
-                            not tasks or time.monotonic() - last_refresh >= self.poll_interval_s):
+                        not tasks or time.monotonic() - last_refresh >= self.poll_interval_s
+                    ):
                         if await self._refresh_awaited():
                             last_progress = time.monotonic()
                         last_refresh = time.monotonic()
@@ -156,8 +168,9 @@ class Executor:
                         self.schedule.failed_node(handle, state.failed)
                         continue
                     for consumer in self.schedule.input_failed(handle, state.failed):
-                        await queries.mark_error(connection, self.tenant_id, consumer,
-                                                 self.schedule.failed[consumer])
+                        await queries.mark_error(
+                            connection, self.tenant_id, consumer, self.schedule.failed[consumer]
+                        )
         log.debug("inputs awaited", extra={"fields": {"count": len(awaited)}})
         return changed
 
@@ -174,8 +187,16 @@ class Executor:
             schedule.held_elsewhere(handle)
         else:
             lost = schedule.failed_node(handle, outcome.reason)
-            log.warning("computation failed", extra={"fields": {
-                "handle": label(handle), "reason": outcome.reason, "dependents": len(lost)}})
+            log.warning(
+                "computation failed",
+                extra={
+                    "fields": {
+                        "handle": label(handle),
+                        "reason": outcome.reason,
+                        "dependents": len(lost),
+                    }
+                },
+            )
         for operand in set(self.graph.nodes[handle].operands):
             if operand in self._consumers:
                 self._consumers[operand] -= 1
@@ -197,16 +218,31 @@ class Executor:
             try:
                 operands = await self._operands(connection, node)
                 result = await asyncio.get_running_loop().run_in_executor(
-                    threads, self._evaluate, node, operands)
+                    threads, self._evaluate, node, operands
+                )
             except Irrecoverable as error:
                 reason = str(error)
                 await queries.mark_error(connection, self.tenant_id, handle, reason)
                 return _Failed(reason)
-            await queries.complete_computation(connection, self.tenant_id, handle, result,
-                                               CIPHERTEXT_VERSION, int(node.result_type))
-        log.info("computed", extra={"fields": {
-            "handle": label(handle), "op": node.op.event_name,
-            "type": node.result_type.name, "seconds": round(time.monotonic() - started, 3)}})
+            await queries.complete_computation(
+                connection,
+                self.tenant_id,
+                handle,
+                result,
+                CIPHERTEXT_VERSION,
+                int(node.result_type),
+            )
+        log.info(
+            "computed",
+            extra={
+                "fields": {
+                    "handle": label(handle),
+                    "op": node.op.event_name,
+                    "type": node.result_type.name,
+                    "seconds": round(time.monotonic() - started, 3),
+                }
+            },
+        )
         return _Computed(result)
 
     async def _operands(self, connection: asyncpg.Connection, node: Node) -> list[bytes]:
@@ -215,8 +251,7 @@ class Executor:
         if len(stored) != len(missing):
             absent = [h for h in missing if h not in stored]
             raise MissingInputs(absent)
-        return [self._cache[h] if h in self._cache else stored[h].ciphertext
-                for h in node.operands]
+        return [self._cache[h] if h in self._cache else stored[h].ciphertext for h in node.operands]
 
     def _evaluate(self, node: Node, operands: Sequence[bytes]) -> bytes:
         assert self.evaluator is not None, "an executor with work needs an evaluator"
@@ -225,7 +260,8 @@ class Executor:
         if produced is not node.result_type:
             raise ResultTypeMismatch(
                 f"computation {label(node.handle)}: {node.op.event_name} produced "
-                f"{produced.name} but the row says {node.result_type.name}")
+                f"{produced.name} but the row says {node.result_type.name}"
+            )
         return result
 
 

@@ -57,8 +57,12 @@ class Schedule:
     def awaited(self) -> set[bytes]:
         """Handles this pod waits for and cannot make itself: inputs from outside the
         batch that are not stored yet, and nodes another worker is computing."""
-        wanted = {o for h in self.pending for o in self.graph.nodes[h].operands
-                  if o not in self.graph.nodes and o not in self.available}
+        wanted = {
+            o
+            for h in self.pending
+            for o in self.graph.nodes[h].operands
+            if o not in self.graph.nodes and o not in self.available
+        }
         return wanted | self.elsewhere
 
     def is_ready(self, handle: bytes) -> bool:
@@ -124,8 +128,9 @@ class Schedule:
 
     def _fail_downstream(self, handle: bytes) -> list[bytes]:
         reason = f"input {label(handle)} failed: {self.failed[handle]}"
-        lost = [h for h in self.graph.downstream(handle)
-                if h in self.pending and h not in self.failed]
+        lost = [
+            h for h in self.graph.downstream(handle) if h in self.pending and h not in self.failed
+        ]
         for dependent in lost:
             self.pending.discard(dependent)
             self.failed[dependent] = reason

@@ -41,14 +41,23 @@ async def run_send(settings: Settings, batch_id: str) -> SendSummary:
         unpublished = [w for w in wanted if w.digest is None and not w.publish_error]
         for item in wanted:
             if item.publish_error:
-                summary.failures["0x" + item.handle.hex()] = (
-                    f"not published: {item.publish_error}")
+                summary.failures["0x" + item.handle.hex()] = f"not published: {item.publish_error}"
         rows = [w.digest for w in wanted if w.digest and not w.digest.txn_is_sent]
         gateway = GatewayClient.connect(settings, signer)
-        log.info("send started", extra={"fields": {
-            "batch": batch_id, "signer": signer.address, "handles": len(wanted),
-            "to_send": len(rows), "unpublished": len(unpublished),
-            "contract": gateway.contract.address, "batch_size": settings.sender_batch_size}})
+        log.info(
+            "send started",
+            extra={
+                "fields": {
+                    "batch": batch_id,
+                    "signer": signer.address,
+                    "handles": len(wanted),
+                    "to_send": len(rows),
+                    "unpublished": len(unpublished),
+                    "contract": gateway.contract.address,
+                    "batch_size": settings.sender_batch_size,
+                }
+            },
+        )
         result = CommitResult()
         try:
             await asyncio.to_thread(gateway.check_signer)
@@ -60,8 +69,7 @@ async def run_send(settings: Settings, batch_id: str) -> SendSummary:
         for handle, reason in result.rejected.items():
             summary.failures["0x" + handle.hex()] = reason
         summary.failed = len(summary.failures)
-        summary.sent, summary.found, summary.gas_used = (result.sent, result.found,
-                                                         result.gas_used)
+        summary.sent, summary.found, summary.gas_used = (result.sent, result.found, result.gas_used)
         async with pool.acquire() as connection:
             after = await commits.batch_commits(connection, batch_id)
             summary.transactions = await commits.batch_transactions(connection, batch_id)
@@ -69,16 +77,21 @@ async def run_send(settings: Settings, batch_id: str) -> SendSummary:
         summary.completed = len(committed)
         if summary.error is None:
             try:
-                summary.accepted = sum([await asyncio.to_thread(gateway.is_accepted, h)
-                                        for h in committed])
+                summary.accepted = sum(
+                    [await asyncio.to_thread(gateway.is_accepted, h) for h in committed]
+                )
             except Recoverable as error:
                 summary.error = str(error)
         if unpublished and summary.error is None:
-            summary.error = (f"{len(unpublished)} handle(s) not published yet (the sns stage "
-                             f"has not squashed them), e.g. 0x{unpublished[0].handle.hex()}")
+            summary.error = (
+                f"{len(unpublished)} handle(s) not published yet (the sns stage "
+                f"has not squashed them), e.g. 0x{unpublished[0].handle.hex()}"
+            )
         if summary.error:
-            summary.error = (f"{summary.error} ({summary.completed}/{summary.total} "
-                             "committed; a re-run continues)")
+            summary.error = (
+                f"{summary.error} ({summary.completed}/{summary.total} "
+                "committed; a re-run continues)"
+            )
         summary.seconds = time.monotonic() - started
         return summary
     finally:

@@ -53,7 +53,7 @@ HEALTH_TIMEOUT_S = 5.0
 
 
 def object_keys(handle: bytes) -> tuple[str, str]:
-    """The S3 keys of a handle's two forms (DESIGN.md section 5)."""
+    """The S3 keys of a handle's two forms (docs/design.md section 5)."""
     return f"ct64/{handle.hex()}", f"ct128/{handle.hex()}"
 
 
@@ -76,18 +76,21 @@ class _Failed:
 class Publisher:
     """Publishes handles of one tenant; one instance per SNS pod."""
 
-    def __init__(self, pool: asyncpg.Pool, tenant: queries.Tenant, settings: Settings,
-                 uploader: Uploader) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, tenant: queries.Tenant, settings: Settings, uploader: Uploader
+    ) -> None:
         self.pool = pool
         self.tenant = tenant
         self.settings = settings
         self.uploader = uploader
         self._evaluator: Evaluator | None = None
         self._evaluator_lock = asyncio.Lock()
-        self._squash_pool = ThreadPoolExecutor(settings.sns_workers or usable_cores(),
-                                               thread_name_prefix="squash")
-        self._upload_pool = ThreadPoolExecutor(settings.sns_upload_concurrency,
-                                               thread_name_prefix="upload")
+        self._squash_pool = ThreadPoolExecutor(
+            settings.sns_workers or usable_cores(), thread_name_prefix="squash"
+        )
+        self._upload_pool = ThreadPoolExecutor(
+            settings.sns_upload_concurrency, thread_name_prefix="upload"
+        )
         # A handle in flight holds a pooled connection (its transaction) throughout.
         self._in_flight = asyncio.Semaphore(max(1, settings.database_pool_size - 1))
 
@@ -99,8 +102,9 @@ class Publisher:
         """Loaded on first need: a re-run with every handle squashed needs no key."""
         async with self._evaluator_lock:
             if self._evaluator is None:
-                self._evaluator = await asyncio.to_thread(load_evaluator,
-                                                          self.uploader.store, self.tenant)
+                self._evaluator = await asyncio.to_thread(
+                    load_evaluator, self.uploader.store, self.tenant
+                )
             return self._evaluator
 
     async def publish(self, handle: bytes) -> _Published | _AlreadyDone | _Failed:
@@ -134,28 +138,53 @@ class Publisher:
                 squashed = await self._squash(source, evaluator)
             except Irrecoverable as error:
                 await publish.fail_publication(connection, tenant_id, handle, str(error))
-                log.warning("handle failed", extra={"fields": {
-                    "handle": "0x" + handle.hex(), "error": str(error)}})
+                log.warning(
+                    "handle failed",
+                    extra={"fields": {"handle": "0x" + handle.hex(), "error": str(error)}},
+                )
                 return _Failed(str(error))
             loop = asyncio.get_running_loop()
             key64, key128 = object_keys(handle)
-            uploaded = sum(await asyncio.gather(
-                loop.run_in_executor(self._upload_pool, self.uploader.put, key64,
-                                     squashed.ct64),
-                loop.run_in_executor(self._upload_pool, self.uploader.put, key128,
-                                     squashed.ct128)))
+            uploaded = sum(
+                await asyncio.gather(
+                    loop.run_in_executor(
+                        self._upload_pool, self.uploader.put, key64, squashed.ct64
+                    ),
+                    loop.run_in_executor(
+                        self._upload_pool, self.uploader.put, key128, squashed.ct128
+                    ),
+                )
+            )
             await publish.complete_publication(
-                connection, tenant_id, handle, squashed.ct128, publish.Digests(
-                    self.tenant.key_id, keccak(squashed.ct64), keccak(squashed.ct128),
-                    int(squashed.format)))
-            log.info("handle published", extra={"fields": {
-                "handle": "0x" + handle.hex(), "type": squashed.fhe_type.name,
-                "squashed": squashed.fresh, "uploaded": uploaded,
-                "ct64_bytes": len(squashed.ct64), "ct128_bytes": len(squashed.ct128)}})
+                connection,
+                tenant_id,
+                handle,
+                squashed.ct128,
+                publish.Digests(
+                    self.tenant.key_id,
+                    keccak(squashed.ct64),
+                    keccak(squashed.ct128),
+                    int(squashed.format),
+                ),
+            )
+            log.info(
+                "handle published",
+                extra={
+                    "fields": {
+                        "handle": "0x" + handle.hex(),
+                        "type": squashed.fhe_type.name,
+                        "squashed": squashed.fresh,
+                        "uploaded": uploaded,
+                        "ct64_bytes": len(squashed.ct64),
+                        "ct128_bytes": len(squashed.ct128),
+                    }
+                },
+            )
             return _Published(squashed.fresh, uploaded)
 
-    async def _squash(self, source: publish.PublicationSource, evaluator: Evaluator | None
-                      ) -> _Squashed:
+    async def _squash(
+        self, source: publish.PublicationSource, evaluator: Evaluator | None
+    ) -> _Squashed:
         """The handle's two forms; Irrecoverable when there is nothing valid to publish."""
         if source.computation_error:
             raise _NotPublishable(f"its computation failed: {source.computation_error}")
@@ -167,19 +196,25 @@ class Publisher:
         # The tenant's key id is the SHA-256 of its server key; envelopes carry 8 bytes.
         digest = self.tenant.key_id[:8]
         Envelope.from_bytes(source.ciphertext).expect(
-            backend=self.tenant.backend, digest=digest, fhe_type=declared)
+            backend=self.tenant.backend, digest=digest, fhe_type=declared
+        )
         if evaluator is None:  # squashed by an earlier run whose upload did not finish
             assert source.ciphertext128 is not None
             Envelope.from_bytes(source.ciphertext128).expect(
-                backend=self.tenant.backend, digest=digest, fhe_type=declared,
-                kind=Kind.SQUASHED)
-            return _Squashed(source.ciphertext, source.ciphertext128, False, declared,
-                             SquashedFormat(source.ciphertext128_format or 0))
+                backend=self.tenant.backend, digest=digest, fhe_type=declared, kind=Kind.SQUASHED
+            )
+            return _Squashed(
+                source.ciphertext,
+                source.ciphertext128,
+                False,
+                declared,
+                SquashedFormat(source.ciphertext128_format or 0),
+            )
         loop = asyncio.get_running_loop()
-        ct128 = await loop.run_in_executor(self._squash_pool, evaluator.squash,
-                                           source.ciphertext)
-        return _Squashed(source.ciphertext, ct128, True, declared,
-                         evaluator.squashed_format(declared))
+        ct128 = await loop.run_in_executor(self._squash_pool, evaluator.squash, source.ciphertext)
+        return _Squashed(
+            source.ciphertext, ct128, True, declared, evaluator.squashed_format(declared)
+        )
 
 
 @dataclass(frozen=True)
@@ -216,31 +251,56 @@ async def run_sns(settings: Settings, batch_id: str) -> SnsSummary:
         store = ObjectStore(settings, connect_timeout=HEALTH_TIMEOUT_S, attempts=1)
         await asyncio.to_thread(store.check)  # the bucket answers, or exit 75 now
         pending = [p.handle for p in publications if not (p.is_completed or p.is_error)]
-        log.info("sns started", extra={"fields": {
-            "batch": batch_id, "tenant": tenant.name, "handles": len(publications),
-            "queued_now": queued, "pending": len(pending),
-            "workers": settings.sns_workers or usable_cores(),
-            "uploads": settings.sns_upload_concurrency}})
-        uploader = Uploader(store, attempts=settings.sns_upload_attempts,
-                            first_delay_s=settings.sns_backoff_s,
-                            max_delay_s=settings.sns_backoff_cap_s,
-                            breaker=CircuitBreaker(settings.sns_breaker_threshold))
+        log.info(
+            "sns started",
+            extra={
+                "fields": {
+                    "batch": batch_id,
+                    "tenant": tenant.name,
+                    "handles": len(publications),
+                    "queued_now": queued,
+                    "pending": len(pending),
+                    "workers": settings.sns_workers or usable_cores(),
+                    "uploads": settings.sns_upload_concurrency,
+                }
+            },
+        )
+        uploader = Uploader(
+            store,
+            attempts=settings.sns_upload_attempts,
+            first_delay_s=settings.sns_backoff_s,
+            max_delay_s=settings.sns_backoff_cap_s,
+            breaker=CircuitBreaker(settings.sns_breaker_threshold),
+        )
         publisher = Publisher(pool, tenant, settings, uploader)
         try:
-            outcomes = await asyncio.gather(*(publisher.publish(h) for h in pending),
-                                            return_exceptions=True)
+            outcomes = await asyncio.gather(
+                *(publisher.publish(h) for h in pending), return_exceptions=True
+            )
         finally:
             publisher.close()
-        return _summarize(publications, dict(zip(pending, outcomes, strict=True)),
-                          uploader, time.monotonic() - started)
+        return _summarize(
+            publications,
+            dict(zip(pending, outcomes, strict=True)),
+            uploader,
+            time.monotonic() - started,
+        )
     finally:
         await pool.close()
 
 
-def _summarize(publications: list[publish.Publication], outcomes: dict[bytes, object],
-               uploader: Uploader, seconds: float) -> SnsSummary:
-    summary = SnsSummary(total=len(publications), retries=uploader.retries,
-                         megabytes=uploader.uploaded_bytes / 1e6, seconds=seconds)
+def _summarize(
+    publications: list[publish.Publication],
+    outcomes: dict[bytes, object],
+    uploader: Uploader,
+    seconds: float,
+) -> SnsSummary:
+    summary = SnsSummary(
+        total=len(publications),
+        retries=uploader.retries,
+        megabytes=uploader.uploaded_bytes / 1e6,
+        seconds=seconds,
+    )
     for item in publications:
         label = "0x" + item.handle.hex()
         outcome = outcomes.get(item.handle)
@@ -260,6 +320,7 @@ def _summarize(publications: list[publish.Publication], outcomes: dict[bytes, ob
         elif isinstance(outcome, BaseException):
             raise outcome  # a bug or a fatal error: exit 1 with the traceback
     if summary.error:
-        summary.error = (f"{summary.error} ({summary.completed}/{summary.total} published; "
-                         "a re-run continues)")
+        summary.error = (
+            f"{summary.error} ({summary.completed}/{summary.total} published; a re-run continues)"
+        )
     return summary

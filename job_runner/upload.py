@@ -24,9 +24,16 @@ class CircuitOpen(ServiceUnavailable):
 
 
 class Uploader:
-    def __init__(self, store: ObjectStore, *, attempts: int, first_delay_s: float,
-                 max_delay_s: float, breaker: CircuitBreaker,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        *,
+        attempts: int,
+        first_delay_s: float,
+        max_delay_s: float,
+        breaker: CircuitBreaker,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.store = store
         self.attempts = attempts
         self.first_delay_s = first_delay_s
@@ -42,21 +49,30 @@ class Uploader:
         delays = backoff_delays(self.attempts, self.first_delay_s, self.max_delay_s)
         while True:
             if self.breaker.is_open:
-                raise CircuitOpen("s3", f"circuit open after {self.breaker.threshold} "
-                                  f"consecutive failures; not uploading {key}")
+                raise CircuitOpen(
+                    "s3",
+                    f"circuit open after {self.breaker.threshold} "
+                    f"consecutive failures; not uploading {key}",
+                )
             try:
                 uploaded = self.store.put(key, data)
             except ServiceUnavailable as error:
                 if self.breaker.failure():
-                    log.warning("s3 circuit open", extra={"fields": {
-                        "threshold": self.breaker.threshold, "error": error.detail}})
+                    log.warning(
+                        "s3 circuit open",
+                        extra={
+                            "fields": {"threshold": self.breaker.threshold, "error": error.detail}
+                        },
+                    )
                 delay = next(delays, None)
                 if delay is None:
                     raise
                 with self._lock:
                     self.retries += 1
-                log.info("upload retry", extra={"fields": {"key": key, "in_s": delay,
-                                                           "error": error.detail[:200]}})
+                log.info(
+                    "upload retry",
+                    extra={"fields": {"key": key, "in_s": delay, "error": error.detail[:200]}},
+                )
                 self._sleep(delay)
                 continue
             self.breaker.success()

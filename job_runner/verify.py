@@ -64,8 +64,9 @@ class _Verifier:
 
     async def crs(self, backend: str) -> bytes:
         if backend not in self._crs:
-            self._crs[backend] = await asyncio.to_thread(ensure_crs, self.store, backend,
-                                                         self.crs_bits)
+            self._crs[backend] = await asyncio.to_thread(
+                ensure_crs, self.store, backend, self.crs_bits
+            )
         return self._crs[backend]
 
     async def evaluator(self, tenant: queries.Tenant) -> Evaluator:
@@ -75,15 +76,18 @@ class _Verifier:
             try:
                 loaded = await asyncio.to_thread(load_evaluator, self.store, tenant)
             except KeyError:
-                raise UserError(f"tenant {tenant.name!r}'s server key is missing from S3 "
-                                f"({tenant.keys_location})") from None
+                raise UserError(
+                    f"tenant {tenant.name!r}'s server key is missing from S3 "
+                    f"({tenant.keys_location})"
+                ) from None
             self._evaluators[tenant.tenant_id] = loaded
             while len(self._evaluators) > EVALUATORS_KEPT:
                 self._evaluators.popitem(last=False)
         return self._evaluators[tenant.tenant_id]
 
-    async def answer(self, connection: asyncpg.Connection,
-                     request: proofs.ProofRequest) -> list[bytes]:
+    async def answer(
+        self, connection: asyncpg.Connection, request: proofs.ProofRequest
+    ) -> list[bytes]:
         """Verify and store one request's inputs; returns their handles, or raises
         _Rejected (answer 'no') or another error (leave it pending). Runs inside the
         transaction that holds the row."""
@@ -94,30 +98,41 @@ class _Verifier:
             raise _Rejected("the request carries no input list")
         tenant = served.tenant
         if tenant.backend != "tfhe-rs":
-            raise _Rejected(f"tenant {tenant.name!r} runs backend {tenant.backend!r}, which "
-                            "has no input proofs")
+            raise _Rejected(
+                f"tenant {tenant.name!r} runs backend {tenant.backend!r}, which has no input proofs"
+            )
         if not served.public_params:
             raise UserError(f"tenant {tenant.name!r} has no compact public key")
         crs = await self.crs(tenant.backend)
         evaluator = await self.evaluator(tenant)
         try:
-            metadata = input_metadata("0x" + request.contract_address.hex(),
-                                      "0x" + request.user_address.hex(), request.chain_id)
+            metadata = input_metadata(
+                "0x" + request.contract_address.hex(),
+                "0x" + request.user_address.hex(),
+                request.chain_id,
+            )
             ciphertexts = await asyncio.to_thread(
-                evaluator.verify_inputs, crs, served.public_params, request.input, metadata)
+                evaluator.verify_inputs, crs, served.public_params, request.input, metadata
+            )
             types = [Envelope.from_bytes(c).fhe_type for c in ciphertexts]
-            handles = input_handles(request.input, request.contract_address,
-                                    request.chain_id, types)
+            handles = input_handles(
+                request.input, request.contract_address, request.chain_id, types
+            )
         except (InvalidInputProof, UnsupportedOperation) as error:
             raise _Rejected(str(error)) from None
         for handle, ciphertext, fhe_type in zip(handles, ciphertexts, types, strict=True):
-            await queries.insert_ciphertext(connection, tenant.tenant_id, handle, ciphertext,
-                                            0, int(fhe_type))
+            await queries.insert_ciphertext(
+                connection, tenant.tenant_id, handle, ciphertext, 0, int(fhe_type)
+            )
         return handles
 
 
-async def _answer_next(connection: asyncpg.Connection, verifier: _Verifier,
-                       summary: VerifySummary, passed_over: list[int]) -> bool:
+async def _answer_next(
+    connection: asyncpg.Connection,
+    verifier: _Verifier,
+    summary: VerifySummary,
+    passed_over: list[int],
+) -> bool:
     """Claim and answer one request; False when none is pending (but those passed over)."""
     async with connection.transaction():
         request = await proofs.claim_pending(connection, passed_over)
@@ -131,8 +146,10 @@ async def _answer_next(connection: asyncpg.Connection, verifier: _Verifier,
             await proofs.record_rejected(connection, request.zk_proof_id, str(rejected))
             summary.rejected += 1
             summary.failures.setdefault(key, str(rejected)[:200])
-            log.info("input list rejected", extra={"fields": {
-                "zk_proof_id": request.zk_proof_id, "reason": str(rejected)}})
+            log.info(
+                "input list rejected",
+                extra={"fields": {"zk_proof_id": request.zk_proof_id, "reason": str(rejected)}},
+            )
             return True
         except Exception as raised:
             error = classify(raised)
@@ -141,20 +158,27 @@ async def _answer_next(connection: asyncpg.Connection, verifier: _Verifier,
             passed_over.append(request.zk_proof_id)
             summary.failed += 1
             summary.failures.setdefault(key, str(error)[:200])
-            log.error("input list left pending", extra={"fields": {
-                "zk_proof_id": request.zk_proof_id, "error": str(error)}})
+            log.error(
+                "input list left pending",
+                extra={"fields": {"zk_proof_id": request.zk_proof_id, "error": str(error)}},
+            )
             return True
         await proofs.record_verified(connection, request.zk_proof_id, handles)
     summary.verified += 1
     summary.inputs += len(handles)
-    log.info("input list verified", extra={"fields": {
-        "zk_proof_id": request.zk_proof_id, "inputs": len(handles)}})
+    log.info(
+        "input list verified",
+        extra={"fields": {"zk_proof_id": request.zk_proof_id, "inputs": len(handles)}},
+    )
     return True
 
 
-async def run_verify(settings: Settings, limit: int | None = None,
-                     verifier: _Verifier | None = None,
-                     stop: asyncio.Event | None = None) -> VerifySummary:
+async def run_verify(
+    settings: Settings,
+    limit: int | None = None,
+    verifier: _Verifier | None = None,
+    stop: asyncio.Event | None = None,
+) -> VerifySummary:
     """Answer pending requests until none is left, ``limit`` were looked at, or ``stop``."""
     started = time.monotonic()
     summary = VerifySummary()
@@ -171,16 +195,20 @@ async def run_verify(settings: Settings, limit: int | None = None,
     return summary
 
 
-async def follow(settings: Settings, stop: asyncio.Event,
-                 idle: asyncio.Event | None = None) -> None:
+async def follow(
+    settings: Settings, stop: asyncio.Event, idle: asyncio.Event | None = None
+) -> None:
     """``fhe-job verify --follow``: the long-running form (a Deployment, like the
     reference's zkproof-worker). Answers the queue, then sleeps until a request is
     queued (event_zkpok_new_work) or the poll interval passes; the database being down
     is logged and waited out. Sets ``idle`` whenever it goes to sleep; returns when
     ``stop`` is set."""
     verifier = _Verifier(settings)
-    async with NotificationWaiter(settings.database_url, (queries.ZKPOK_NEW_WORK,),
-                                  poll_interval=settings.notify_poll_interval_s) as waiter:
+    async with NotificationWaiter(
+        settings.database_url,
+        (queries.ZKPOK_NEW_WORK,),
+        poll_interval=settings.notify_poll_interval_s,
+    ) as waiter:
         while not stop.is_set():
             waiter.drain()  # the pass below sees everything queued before it starts
             looked_at = 0

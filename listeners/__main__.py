@@ -25,12 +25,15 @@ log = logging.getLogger("fhe-listener")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fhe-listener", description=__doc__.splitlines()[0])
     parser.add_argument("listener", choices=LISTENERS)
-    parser.add_argument("--no-batches", action="store_true",
-                        help="write rows only; create no FheBatch resources")
+    parser.add_argument(
+        "--no-batches", action="store_true", help="write rows only; create no FheBatch resources"
+    )
     args = parser.parse_args(argv)
     if args.listener not in AVAILABLE:
-        print(f"fhe-listener: error: listener {args.listener!r} is not available in this "
-              "release", file=sys.stderr)
+        print(
+            f"fhe-listener: error: listener {args.listener!r} is not available in this release",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_IRRECOVERABLE)
     try:
         settings = load_settings()
@@ -45,8 +48,11 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(_run_host(settings, batches=not args.no_batches))
     except Exception as error:
         code = exit_code_for(error)
-        log.error("listener stopped", exc_info=error if code == 1 else None,
-                  extra={"fields": {"error": str(error), "exit_code": code}})
+        log.error(
+            "listener stopped",
+            exc_info=error if code == 1 else None,
+            extra={"fields": {"error": str(error), "exit_code": code}},
+        )
         sys.exit(code)
     sys.exit(EXIT_OK)
 

@@ -55,27 +55,41 @@ from .host_events import (
 log = logging.getLogger(__name__)
 
 
-
 def batch_name(chain_id: int, number: int, block_hash: bytes) -> str:
     return f"host-{chain_id}-{number}-{block_hash.hex()[:8]}"
 
 
-def batch_manifest(name: str, namespace: str, tenant: str, stages: list[str],
-                   transactions: tuple[bytes, ...], block: int) -> dict[str, Any]:
+def batch_manifest(
+    name: str,
+    namespace: str,
+    tenant: str,
+    stages: list[str],
+    transactions: tuple[bytes, ...],
+    block: int,
+) -> dict[str, Any]:
     return {
-        "apiVersion": API_VERSION, "kind": KIND,
-        "metadata": {"name": name, "namespace": namespace,
-                     "labels": {LABEL_SOURCE: SOURCE_HOST_LISTENER},
-                     "annotations": {ANNOTATION_BLOCK: str(block)}},
-        "spec": {"tenant": tenant, "stages": stages,
-                 "source": {"transactions": ["0x" + t.hex() for t in transactions]}},
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {LABEL_SOURCE: SOURCE_HOST_LISTENER},
+            "annotations": {ANNOTATION_BLOCK: str(block)},
+        },
+        "spec": {
+            "tenant": tenant,
+            "stages": stages,
+            "source": {"transactions": ["0x" + t.hex() for t in transactions]},
+        },
     }
 
 
 def require_contracts(settings: Settings) -> None:
     if not settings.host_executor_address or not settings.host_acl_address:
-        raise Fatal("FHE_HOST_EXECUTOR_ADDRESS and FHE_HOST_ACL_ADDRESS are required "
-                    "(the FheExecutor and ACL contracts on the host chain)")
+        raise Fatal(
+            "FHE_HOST_EXECUTOR_ADDRESS and FHE_HOST_ACL_ADDRESS are required "
+            "(the FheExecutor and ACL contracts on the host chain)"
+        )
 
 
 @dataclass
@@ -93,8 +107,9 @@ class Counters:
 
 
 class HostListener:
-    def __init__(self, settings: Settings, w3: Web3, pool: asyncpg.Pool,
-                 batches_api: Any | None) -> None:
+    def __init__(
+        self, settings: Settings, w3: Web3, pool: asyncpg.Pool, batches_api: Any | None
+    ) -> None:
         """``batches_api`` is a kubernetes CustomObjectsApi, or None to write rows only."""
         require_contracts(settings)
         self.settings = settings
@@ -114,8 +129,10 @@ class HostListener:
         if self.tenant is None:
             raise Fatal(f"tenant {self.settings.host_tenant!r} does not exist")
         if self.tenant.chain_id != self.chain_id:
-            raise Fatal(f"tenant {self.tenant.name!r} is on chain {self.tenant.chain_id}, "
-                        f"the host RPC serves chain {self.chain_id}")
+            raise Fatal(
+                f"tenant {self.tenant.name!r} is on chain {self.tenant.chain_id}, "
+                f"the host RPC serves chain {self.chain_id}"
+            )
 
     async def _rpc(self, call):
         """A chain call off the event loop; transport and node errors are recoverable
@@ -175,8 +192,11 @@ class HostListener:
                     log.warning("host poll deferred", extra={"fields": {"error": str(error)}})
                 wake = asyncio.ensure_future(new_head.wait())
                 stopping = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({wake, stopping}, timeout=self.settings.host_poll_interval_s,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {wake, stopping},
+                    timeout=self.settings.host_poll_interval_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 wake.cancel()
                 stopping.cancel()
         finally:
@@ -214,8 +234,12 @@ class HostListener:
                 raise
             except Exception as error:  # no ws endpoint, a dropped connection, ...
                 self.counters.subscribed = False
-                log.warning("newHeads subscription unavailable; polling", extra={"fields": {
-                    "url": url, "error": f"{type(error).__name__}: {error}"[:300]}})
+                log.warning(
+                    "newHeads subscription unavailable; polling",
+                    extra={
+                        "fields": {"url": url, "error": f"{type(error).__name__}: {error}"[:300]}
+                    },
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 30)
 
@@ -226,7 +250,8 @@ class HostListener:
             if last is None:
                 return
             window = await host_db.canonical_blocks(
-                connection, self.chain_id, last.number - self.settings.host_reorg_window + 1)
+                connection, self.chain_id, last.number - self.settings.host_reorg_window + 1
+            )
         fork = None
         for seen in window:  # highest first; stored blocks are parent-linked
             if await self._block_hash_at(seen.number) == seen.hash:
@@ -239,13 +264,22 @@ class HostListener:
         keep = fork if fork is not None else window[-1].number - 1
         async with self.pool.acquire() as connection, connection.transaction():
             assert self.tenant is not None
-            names = await host_db.orphan_above(connection, self.chain_id,
-                                               self.tenant.tenant_id, keep)
+            names = await host_db.orphan_above(
+                connection, self.chain_id, self.tenant.tenant_id, keep
+            )
         self.counters.reorgs += 1
         self.counters.orphaned_blocks += last.number - keep
-        log.warning("reorg", extra={"fields": {"chain": self.chain_id, "kept": keep,
-                                               "orphaned": last.number - keep,
-                                               "batches": names}})
+        log.warning(
+            "reorg",
+            extra={
+                "fields": {
+                    "chain": self.chain_id,
+                    "kept": keep,
+                    "orphaned": last.number - keep,
+                    "batches": names,
+                }
+            },
+        )
 
     # --- one block -------------------------------------------------------------------
     async def _process(self, number: int, parent: bytes | None) -> bytes | None:
@@ -259,34 +293,63 @@ class HostListener:
             return None
         block_hash = bytes(block["hash"])
         if parent is not None and bytes(block["parentHash"]) != parent:
-            log.warning("parent mismatch", extra={"fields": {
-                "number": number, "parent": "0x" + bytes(block["parentHash"]).hex()[:16],
-                "stored": "0x" + parent.hex()[:16]}})
+            log.warning(
+                "parent mismatch",
+                extra={
+                    "fields": {
+                        "number": number,
+                        "parent": "0x" + bytes(block["parentHash"]).hex()[:16],
+                        "stored": "0x" + parent.hex()[:16],
+                    }
+                },
+            )
             return None
-        logs = await self._rpc(lambda: self.w3.eth.get_logs({
-            "blockHash": block_hash,
-            "address": [self.executor.address, self.acl.address]}))
+        logs = await self._rpc(
+            lambda: self.w3.eth.get_logs(
+                {"blockHash": block_hash, "address": [self.executor.address, self.acl.address]}
+            )
+        )
         assert self.tenant is not None
         computations, allowed, transactions = self._decode(logs)
         name = batch_name(self.chain_id, number, block_hash) if computations else None
-        per_transaction = [sum(1 for r in computations if r.transaction_id == t)
-                           for t in transactions]
+        per_transaction = [
+            sum(1 for r in computations if r.transaction_id == t) for t in transactions
+        ]
         parts = batch_parts(per_transaction, self.settings.host_batch_max_computations)
         record = host_db.BlockRecord(
-            self.chain_id, number, block_hash, bytes(block["parentHash"]),
-            self.tenant.tenant_id, tuple(computations),
-            tuple(host_db.AllowedHandle(a.handle, a.account_address, a.event_type,
-                                        a.transaction_id) for a in allowed),
-            tuple(transactions), name, tuple(parts))
+            self.chain_id,
+            number,
+            block_hash,
+            bytes(block["parentHash"]),
+            self.tenant.tenant_id,
+            tuple(computations),
+            tuple(
+                host_db.AllowedHandle(a.handle, a.account_address, a.event_type, a.transaction_id)
+                for a in allowed
+            ),
+            tuple(transactions),
+            name,
+            tuple(parts),
+        )
         async with self.pool.acquire() as connection, connection.transaction():
             new = await host_db.record_block(connection, record)
         if new:
             self.counters.blocks += 1
             self.counters.computations += len(computations)
             self.counters.allowed += len(allowed)
-        log.info("block", extra={"fields": {
-            "number": number, "hash": "0x" + block_hash.hex()[:16], "new": new,
-            "computations": len(computations), "allowed": len(allowed), "batch": name}})
+        log.info(
+            "block",
+            extra={
+                "fields": {
+                    "number": number,
+                    "hash": "0x" + block_hash.hex()[:16],
+                    "new": new,
+                    "computations": len(computations),
+                    "allowed": len(allowed),
+                    "batch": name,
+                }
+            },
+        )
         return block_hash
 
     def _decode(self, logs: list[Any]) -> tuple[list, list[AllowedRow], list[bytes]]:
@@ -314,8 +377,16 @@ class HostListener:
         for tx, reason in refused.items():
             dropped = per_transaction.pop(tx, [])
             if dropped:
-                log.warning("transaction refused", extra={"fields": {
-                    "tx": "0x" + tx.hex(), "dropped": len(dropped), "reason": reason[:300]}})
+                log.warning(
+                    "transaction refused",
+                    extra={
+                        "fields": {
+                            "tx": "0x" + tx.hex(),
+                            "dropped": len(dropped),
+                            "reason": reason[:300],
+                        }
+                    },
+                )
         computations = [row for rows in per_transaction.values() for row in rows]
         return computations, allowed, list(per_transaction)
 
@@ -338,9 +409,16 @@ class HostListener:
         self.counters.skipped_logs += 1
         if len(self.counters.skipped_reasons) < 20:
             self.counters.skipped_reasons.append(reason)
-        log.warning("log skipped", extra={"fields": {
-            "tx": "0x" + bytes(entry["transactionHash"]).hex(),
-            "log_index": entry["logIndex"], "reason": reason[:300]}})
+        log.warning(
+            "log skipped",
+            extra={
+                "fields": {
+                    "tx": "0x" + bytes(entry["transactionHash"]).hex(),
+                    "log_index": entry["logIndex"],
+                    "reason": reason[:300],
+                }
+            },
+        )
 
     # --- batches ---------------------------------------------------------------------
     async def _sync_batches(self) -> None:
@@ -355,8 +433,14 @@ class HostListener:
         for block_hash, names in cancelled:
             for name in names:
                 try:
-                    await asyncio.to_thread(self.batches_api.delete_namespaced_custom_object,
-                                            GROUP, VERSION, namespace, PLURAL, name)
+                    await asyncio.to_thread(
+                        self.batches_api.delete_namespaced_custom_object,
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        PLURAL,
+                        name,
+                    )
                 except ApiException as error:
                     if error.status != 404:
                         raise ServiceUnavailable("kubernetes", str(error)) from None
@@ -369,17 +453,30 @@ class HostListener:
             by_block.setdefault(item.hash, []).append(item)
         for block_hash, parts in by_block.items():  # stamped only when every part exists
             for item in parts:
-                manifest = batch_manifest(item.batch_name, namespace, self.tenant.name,
-                                          self.settings.host_batch_stages,
-                                          item.transactions, item.number)
+                manifest = batch_manifest(
+                    item.batch_name,
+                    namespace,
+                    self.tenant.name,
+                    self.settings.host_batch_stages,
+                    item.transactions,
+                    item.number,
+                )
                 try:
-                    await asyncio.to_thread(self.batches_api.create_namespaced_custom_object,
-                                            GROUP, VERSION, namespace, PLURAL, manifest)
+                    await asyncio.to_thread(
+                        self.batches_api.create_namespaced_custom_object,
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        PLURAL,
+                        manifest,
+                    )
                     self.counters.batches += 1
                 except ApiException as error:
                     if error.status != 409:
                         raise ServiceUnavailable("kubernetes", str(error)) from None
-                log.info("batch created", extra={"fields": {"batch": item.batch_name,
-                                                            "block": item.number}})
+                log.info(
+                    "batch created",
+                    extra={"fields": {"batch": item.batch_name, "block": item.number}},
+                )
             async with self.pool.acquire() as connection:
                 await host_db.mark_batch_created(connection, self.chain_id, block_hash)

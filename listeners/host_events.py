@@ -37,8 +37,10 @@ def _malformed(name: str, transaction: bytes) -> Iterator[None]:
     try:
         yield
     except (KeyError, TypeError, ValueError) as error:
-        raise UndecodableEvent(f"tx 0x{transaction.hex()}: {name}: missing or malformed "
-                               f"field ({type(error).__name__}: {error})") from None
+        raise UndecodableEvent(
+            f"tx 0x{transaction.hex()}: {name}: missing or malformed "
+            f"field ({type(error).__name__}: {error})"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,9 @@ def _type(value: Any, transaction: bytes) -> FheType:
     try:
         return FheType(int(value))
     except (TypeError, ValueError):
-        raise UndecodableEvent(f"tx 0x{transaction.hex()}: type code {value!r} is not a "
-                               "ciphertext type") from None
+        raise UndecodableEvent(
+            f"tx 0x{transaction.hex()}: type code {value!r} is not a ciphertext type"
+        ) from None
 
 
 def computation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> ComputationRow:
@@ -73,53 +76,81 @@ def computation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> C
         return _computation_row(name, args, transaction)
 
 
-def _computation_row(name: str, args: Mapping[str, Any], transaction: bytes
-                     ) -> ComputationRow:
+def _computation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> ComputationRow:
     result = _handle(args, "result", transaction)
     result_type = int(result[30])
     h = lambda key: _handle(args, key, transaction)  # noqa: E731
     if name in BINARY_OPS:
         op = BINARY_OPS[name]
         scalar = bytes(args.get("scalarByte", b"")) == b"\x01"
-        rhs = (plaintext_operand(int.from_bytes(bytes(args["rhs"]), "big")) if scalar
-               else h("rhs"))
-        return ComputationRow(result, result_type, int(op), (h("lhs"), rhs),
-                              is_scalar=scalar, transaction_id=transaction)
+        rhs = plaintext_operand(int.from_bytes(bytes(args["rhs"]), "big")) if scalar else h("rhs")
+        return ComputationRow(
+            result,
+            result_type,
+            int(op),
+            (h("lhs"), rhs),
+            is_scalar=scalar,
+            transaction_id=transaction,
+        )
     if name in UNARY_OPS:
-        return ComputationRow(result, result_type, int(UNARY_OPS[name]), (h("ct"),),
-                              transaction_id=transaction)
+        return ComputationRow(
+            result, result_type, int(UNARY_OPS[name]), (h("ct"),), transaction_id=transaction
+        )
     if name == "Cast":
         _type(args.get("toType"), transaction)
-        return ComputationRow(result, result_type, int(Op.Cast), (h("ct"),),
-                              transaction_id=transaction)
+        return ComputationRow(
+            result, result_type, int(Op.Cast), (h("ct"),), transaction_id=transaction
+        )
     if name == "TrivialEncrypt":
         _type(args.get("toType"), transaction)
-        return ComputationRow(result, result_type, int(Op.TrivialEncrypt),
-                              (plaintext_operand(int(args["pt"])),), is_scalar=True,
-                              transaction_id=transaction)
+        return ComputationRow(
+            result,
+            result_type,
+            int(Op.TrivialEncrypt),
+            (plaintext_operand(int(args["pt"])),),
+            is_scalar=True,
+            transaction_id=transaction,
+        )
     if name == "FheIfThenElse":
-        return ComputationRow(result, result_type, int(Op.IfThenElse),
-                              (h("control"), h("ifTrue"), h("ifFalse")),
-                              transaction_id=transaction)
+        return ComputationRow(
+            result,
+            result_type,
+            int(Op.IfThenElse),
+            (h("control"), h("ifTrue"), h("ifFalse")),
+            transaction_id=transaction,
+        )
     if name == "FheRand":
-        return ComputationRow(result, result_type, int(Op.Rand), (bytes(args["seed"]),),
-                              is_scalar=True, transaction_id=transaction)
+        return ComputationRow(
+            result,
+            result_type,
+            int(Op.Rand),
+            (bytes(args["seed"]),),
+            is_scalar=True,
+            transaction_id=transaction,
+        )
     if name == "FheRandBounded":
-        return ComputationRow(result, result_type, int(Op.RandBounded),
-                              (plaintext_operand(int(args["upperBound"])), bytes(args["seed"])),
-                              is_scalar=True, transaction_id=transaction)
+        return ComputationRow(
+            result,
+            result_type,
+            int(Op.RandBounded),
+            (plaintext_operand(int(args["upperBound"])), bytes(args["seed"])),
+            is_scalar=True,
+            transaction_id=transaction,
+        )
     raise UndecodableEvent(f"tx 0x{transaction.hex()}: {name!r} is not an executor event")
 
 
 def check_derivation(row: ComputationRow, caller: bytes, chain_id: int) -> None:
     """The contract's handle must be the one our rule gives: a contract that derives
     handles differently would make every coprocessor disagree later, so refuse now."""
-    derived = derive_handle(Op(row.fhe_operation), row.dependencies, caller, chain_id,
-                            FheType(row.output_type)).raw
+    derived = derive_handle(
+        Op(row.fhe_operation), row.dependencies, caller, chain_id, FheType(row.output_type)
+    ).raw
     if derived != row.output_handle:
         raise UndecodableEvent(
             f"tx 0x{(row.transaction_id or b'').hex()}: result 0x{row.output_handle.hex()} "
-            f"is not the derived handle 0x{derived.hex()}")
+            f"is not the derived handle 0x{derived.hex()}"
+        )
 
 
 def allowed_rows(name: str, args: Mapping[str, Any], transaction: bytes) -> list[AllowedRow]:
@@ -128,15 +159,22 @@ def allowed_rows(name: str, args: Mapping[str, Any], transaction: bytes) -> list
         return _allowed_rows(name, args, transaction)
 
 
-def _allowed_rows(name: str, args: Mapping[str, Any], transaction: bytes
-                  ) -> list[AllowedRow]:
+def _allowed_rows(name: str, args: Mapping[str, Any], transaction: bytes) -> list[AllowedRow]:
     if name == "Allowed":
-        return [AllowedRow(_handle(args, "handle", transaction),
-                           bytes.fromhex(str(args["account"])[2:]), ALLOWED, transaction)]
+        return [
+            AllowedRow(
+                _handle(args, "handle", transaction),
+                bytes.fromhex(str(args["account"])[2:]),
+                ALLOWED,
+                transaction,
+            )
+        ]
     if name == "AllowedForDecryption":
         caller = bytes.fromhex(str(args["caller"])[2:])
-        return [AllowedRow(Handle(bytes(h)).raw, caller, ALLOWED_FOR_DECRYPTION, transaction)
-                for h in args["handlesList"]]
+        return [
+            AllowedRow(Handle(bytes(h)).raw, caller, ALLOWED_FOR_DECRYPTION, transaction)
+            for h in args["handlesList"]
+        ]
     raise UndecodableEvent(f"tx 0x{transaction.hex()}: {name!r} is not an ACL event")
 
 

@@ -50,8 +50,9 @@ class Sender:
     async def pass_once(self) -> int:
         """Commit one slice of the backlog; returns how many rows it looked at."""
         async with self.pool.acquire() as connection:
-            rows = await commits.unsent(connection, PASS_LIMIT,
-                                        max_retries=self.settings.sender_attempts)
+            rows = await commits.unsent(
+                connection, PASS_LIMIT, max_retries=self.settings.sender_attempts
+            )
         result = await self.committer.commit(rows)
         self.counters.passes += 1
         self.counters.sent += result.sent
@@ -59,18 +60,36 @@ class Sender:
         self.counters.transactions += len(result.transactions)
         self.counters.rejected += len(result.rejected)
         if rows:
-            log.info("sender pass", extra={"fields": {
-                "rows": len(rows), "sent": result.sent, "found": result.found,
-                "transactions": len(result.transactions), "rejected": len(result.rejected)}})
+            log.info(
+                "sender pass",
+                extra={
+                    "fields": {
+                        "rows": len(rows),
+                        "sent": result.sent,
+                        "found": result.found,
+                        "transactions": len(result.transactions),
+                        "rejected": len(result.rejected),
+                    }
+                },
+            )
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.to_thread(self.gateway.check_signer)  # a wrong key stops us at once
-        log.info("sender started", extra={"fields": {
-            "signer": self.gateway.address, "contract": self.gateway.contract.address}})
-        async with NotificationWaiter(self.settings.database_url, (CIPHERTEXTS_UPLOADED,),
-                                      poll_interval=self.settings.notify_poll_interval_s
-                                      ) as waiter:
+        log.info(
+            "sender started",
+            extra={
+                "fields": {
+                    "signer": self.gateway.address,
+                    "contract": self.gateway.contract.address,
+                }
+            },
+        )
+        async with NotificationWaiter(
+            self.settings.database_url,
+            (CIPHERTEXTS_UPLOADED,),
+            poll_interval=self.settings.notify_poll_interval_s,
+        ) as waiter:
             while not stop.is_set():
                 try:
                     looked_at = await self.pass_once()

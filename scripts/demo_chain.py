@@ -36,8 +36,10 @@ async def main() -> int:
     names = {alice: "alice", bob: "bob", carol: "carol"}
     host = deploy_host(w3)
     executor, acl, token = host.executor, host.acl, deploy_token(w3, host)
-    print(f"contracts: FheExecutor {executor.address}, ACL {acl.address}, "
-          f"ConfidentialERC20 {token.address}")
+    print(
+        f"contracts: FheExecutor {executor.address}, ACL {acl.address}, "
+        f"ConfidentialERC20 {token.address}"
+    )
     assert settings.gateway_commits_address, "scripts/demo deploys the gateway first"
     commits = bound(w3, "CiphertextCommits", settings.gateway_commits_address)
     pool = await create_pool(settings.database_url, size=2)
@@ -52,8 +54,9 @@ async def main() -> int:
             ciphertext = tenant_client.encrypt(value, U64)
             handle = input_handle(ciphertext, tenant.chain_id, int(U64))
             async with pool.acquire() as connection:
-                await queries.insert_ciphertext(connection, tenant.tenant_id, handle,
-                                                ciphertext, 0, int(U64))
+                await queries.insert_ciphertext(
+                    connection, tenant.tenant_id, handle, ciphertext, 0, int(U64)
+                )
             return handle
 
         start = w3.eth.block_number + 1
@@ -69,22 +72,34 @@ async def main() -> int:
                 expected[to] += value
             print(f"transfer {names[sender]} -> {names[to]}: {value} (encrypted)")
 
-        listener_settings = settings.model_copy(update={
-            "host_tenant": TENANT, "host_executor_address": executor.address,
-            "host_acl_address": acl.address, "host_start_block": start,
-            "namespace": NAMESPACE, "host_batch_stages": ["compute", "sns", "send"]})
+        listener_settings = settings.model_copy(
+            update={
+                "host_tenant": TENANT,
+                "host_executor_address": executor.address,
+                "host_acl_address": acl.address,
+                "host_start_block": start,
+                "namespace": NAMESPACE,
+                "host_batch_stages": ["compute", "sns", "send"],
+            }
+        )
         config.load_kube_config()
         api = client.CustomObjectsApi()
         listener = HostListener(listener_settings, w3, pool, api)
         await listener.start()
         await listener.poll()
         counters = listener.counters
-        print(f"host listener: {counters.blocks} blocks, {counters.computations} "
-              f"computations, {counters.allowed} ACL rows, {counters.batches} FheBatches")
-        made = [item for item in api.list_namespaced_custom_object(
-            GROUP, VERSION, NAMESPACE, PLURAL)["items"]
+        print(
+            f"host listener: {counters.blocks} blocks, {counters.computations} "
+            f"computations, {counters.allowed} ACL rows, {counters.batches} FheBatches"
+        )
+        made = [
+            item
+            for item in api.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)[
+                "items"
+            ]
             if item["metadata"]["name"].startswith(f"host-{tenant.chain_id}-")
-            and int(item["metadata"]["annotations"][f"{GROUP}/block"]) >= start]
+            and int(item["metadata"]["annotations"][f"{GROUP}/block"]) >= start
+        ]
         wait_all(api, sorted(item["metadata"]["name"] for item in made), timeout=900)
 
         print("balances, decrypted:")
@@ -96,8 +111,10 @@ async def main() -> int:
             value = tenant_client.decrypt(stored[handle].ciphertext)
             committed = commits.functions.isAccepted(handle).call()
             ok &= value == expected[account] and committed
-            print(f"  {name:6s} {value:5d} (expected {expected[account]}), digests "
-                  f"{'committed on the gateway chain' if committed else 'NOT COMMITTED'}")
+            print(
+                f"  {name:6s} {value:5d} (expected {expected[account]}), digests "
+                f"{'committed on the gateway chain' if committed else 'NOT COMMITTED'}"
+            )
     finally:
         await pool.close()
     return 0 if ok else 1
@@ -114,8 +131,12 @@ def wait_all(api: client.CustomObjectsApi, names: list[str], timeout: float) -> 
     pending = set(names)
     while pending and time.monotonic() < deadline:
         for name in sorted(pending):
-            status = api.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL,
-                                                      name).get("status") or {}
+            status = (
+                api.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name).get(
+                    "status"
+                )
+                or {}
+            )
             if status.get("phase") == "Failed":
                 raise SystemExit(f"batch {name} failed: {status.get('message')}")
             if status.get("phase") == "Succeeded":

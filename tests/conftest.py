@@ -22,8 +22,12 @@ from devstack.kube import KubeControlPlane
 from devstack.settings import default_state_dir
 from tests.paths import REPO_ROOT
 
-_MARKERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration,
-            "e2e": pytest.mark.e2e, "engine": pytest.mark.engine}
+_MARKERS = {
+    "unit": pytest.mark.unit,
+    "integration": pytest.mark.integration,
+    "e2e": pytest.mark.e2e,
+    "engine": pytest.mark.engine,
+}
 
 
 # A whole run's peak: the local stack's S3 with at most three copies of a 465 MB
@@ -39,8 +43,10 @@ def disk_shortfall(places: list[Path], needed: int) -> str | None:
         probe = next(p for p in (where, *where.parents) if p.exists())
         free = shutil.disk_usage(probe).free
         if free < needed:
-            return (f"only {free / 2**30:.1f} GiB free under {where}; the suite needs "
-                    f"{needed / 2**30:.0f} GiB (local stack, server keys, caches)")
+            return (
+                f"only {free / 2**30:.1f} GiB free under {where}; the suite needs "
+                f"{needed / 2**30:.0f} GiB (local stack, server keys, caches)"
+            )
     return None
 
 
@@ -64,7 +70,8 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     """Environment variables of a healthy stack: the user's own if it is up, else ours."""
     components = stack.service_components()
     state_dir, started = stack.reuse_or_start(
-        default_state_dir(), tmp_path_factory.mktemp("stack"), components)
+        default_state_dir(), tmp_path_factory.mktemp("stack"), components
+    )
     variables = stack.env(state_dir, components)
     saved = {key: os.environ.get(key) for key in variables}
     os.environ.update(variables)
@@ -113,7 +120,8 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     """A real control plane (and node agent): the user's own if healthy, else ours."""
     components = [KubeControlPlane()]
     state_dir, started = stack.reuse_or_start(
-        default_state_dir(), tmp_path_factory.mktemp("kube"), components)
+        default_state_dir(), tmp_path_factory.mktemp("kube"), components
+    )
     try:
         yield {**stack.env(state_dir, components), "STATE_DIR": str(state_dir)}
     finally:

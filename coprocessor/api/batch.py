@@ -27,19 +27,29 @@ SINGULAR = "fhebatch"
 SHORT_NAME = "fheb"
 CATEGORY = "fhe"
 API_VERSION = f"{GROUP}/{VERSION}"
+BatchStage = Literal["compute", "sns", "send"]  # = BATCH_STAGES, spelled for the schema
 
 MAX_INLINE_NODES = 500  # keeps a resource far below etcd's 1.5 MiB object limit
 MAX_ARGS = 16
 STAGE_ORDER = BATCH_STAGES
 
-HandleText = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{64}$",
-                                  description="A 32-byte ciphertext handle, 0x-hex.")]
-NodeName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$",
-                                description="A name other nodes refer to.")]
-TransactionText = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{64}$",
-                                       description="A 32-byte transaction hash, 0x-hex.")]
-ScalarText = Annotated[str, Field(pattern=r"^(0x[0-9a-fA-F]{1,64}|[0-9]{1,78})$",
-                                  description="A plaintext: decimal or 0x-hex.")]
+HandleText = Annotated[
+    str, Field(pattern=r"^0x[0-9a-fA-F]{64}$", description="A 32-byte ciphertext handle, 0x-hex.")
+]
+NodeName = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$", description="A name other nodes refer to."),
+]
+TransactionText = Annotated[
+    str, Field(pattern=r"^0x[0-9a-fA-F]{64}$", description="A 32-byte transaction hash, 0x-hex.")
+]
+ScalarText = Annotated[
+    str,
+    Field(
+        pattern=r"^(0x[0-9a-fA-F]{1,64}|[0-9]{1,78})$",
+        description="A plaintext: decimal or 0x-hex.",
+    ),
+]
 
 
 class _Model(BaseModel):
@@ -58,24 +68,31 @@ class GraphNode(_Model):
     name: NodeName
     op: str = Field(pattern=r"^Fhe[A-Za-z]+$", description="FheAdd, FheIfThenElse, ...")
     args: list[str | Scalar] = Field(
-        default_factory=list, max_length=MAX_ARGS,
-        description="Input or node names; a plaintext is {scalar: \"42\"} (last only).")
+        default_factory=list,
+        max_length=MAX_ARGS,
+        description='Input or node names; a plaintext is {scalar: "42"} (last only).',
+    )
     type: str | None = Field(
-        None, description="Result type; required for FheTrivialEncrypt, FheCast, FheRand, "
-                          "FheRandBounded, otherwise inferred and checked.")
+        None,
+        description="Result type; required for FheTrivialEncrypt, FheCast, FheRand, "
+        "FheRandBounded, otherwise inferred and checked.",
+    )
     output: bool = Field(False, description="Report this node's handle in status.outputs.")
 
 
 class Graph(_Model):
     inputs: dict[NodeName, HandleText] = Field(
-        default_factory=dict, description="Existing ciphertexts by name.")
+        default_factory=dict, description="Existing ciphertexts by name."
+    )
     nodes: list[GraphNode] = Field(min_length=1, max_length=MAX_INLINE_NODES)
 
 
 class Source(_Model):
     transactions: list[TransactionText] = Field(
-        min_length=1, max_length=MAX_INLINE_NODES,
-        description="Transactions whose computations (already in the database) to run.")
+        min_length=1,
+        max_length=MAX_INLINE_NODES,
+        description="Transactions whose computations (already in the database) to run.",
+    )
 
 
 class Retries(_Model):
@@ -89,20 +106,25 @@ class Resources(_Model):
 
 
 class FheBatchSpec(_Model):
-    tenant: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
-                        description="Whose keys; the tenant must exist.")
+    tenant: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="Whose keys; the tenant must exist.",
+    )
     device: Literal["auto", "gpu", "cpu"] = "auto"
-    priority: int = Field(0, ge=-1000, le=1000, description="Higher first when capacity "
-                                                             "is short.")
-    stages: list[Literal["compute", "sns", "send"]] = Field(
-        default_factory=lambda: ["compute"], min_length=1, max_length=3,
-        description="Ordered subset of compute, sns, send.")
+    priority: int = Field(0, ge=-1000, le=1000, description="Higher first when capacity is short.")
+    stages: list[BatchStage] = Field(
+        default_factory=lambda: list[BatchStage](["compute"]),
+        min_length=1,
+        max_length=3,
+        description="Ordered subset of compute, sns, send.",
+    )
     suspend: bool = Field(False, description="Start no new Job; resume continues.")
     deadline_seconds: int = Field(3600, ge=1, le=7 * 86400, alias="deadlineSeconds")
     retries: Retries = Field(default_factory=Retries)
     resources: Resources = Field(default_factory=Resources)
-    parallelism: int = Field(1, ge=1, le=64, description="Compute pods; >1 splits by "
-                                                         "dependence chain.")
+    parallelism: int = Field(
+        1, ge=1, le=64, description="Compute pods; >1 splits by dependence chain."
+    )
     graph: Graph | None = None
     source: Source | None = None
 
@@ -112,17 +134,20 @@ class FheBatchSpec(_Model):
             raise ValueError("exactly one of spec.graph and spec.source must be given")
         positions = [STAGE_ORDER.index(s) for s in self.stages]
         if positions != sorted(set(positions)):
-            raise ValueError(f"stages {self.stages} must be distinct and in the order "
-                             f"{', '.join(STAGE_ORDER)}")
+            raise ValueError(
+                f"stages {self.stages} must be distinct and in the order {', '.join(STAGE_ORDER)}"
+            )
         return self
 
     def spec_hash(self) -> str:
         """What admission is keyed by (with namespace/name): the computation (tenant and
         graph or source), not how it runs, so a re-created identical resource (GitOps)
         or a changed priority is recognised as the same batch."""
-        canonical = json.dumps(self.model_dump(mode="json", by_alias=True,
-                                               include={"tenant", "graph", "source"}),
-                               sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(
+            self.model_dump(mode="json", by_alias=True, include={"tenant", "graph", "source"}),
+            sort_keys=True,
+            separators=(",", ":"),
+        )
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -138,8 +163,11 @@ def describe_error(error: Exception) -> str:
         # With a union (an argument is a name or {scalar}), the deepest error is the
         # branch the user meant; union branch tags (str, Scalar) are not field names.
         first = max(error.errors(), key=lambda e: len(e["loc"]))
-        where = ".".join(str(p) for p in first["loc"]
-                         if not (isinstance(p, str) and (p == "str" or p[:1].isupper())))
+        where = ".".join(
+            str(p)
+            for p in first["loc"]
+            if not (isinstance(p, str) and (p == "str" or p[:1].isupper()))
+        )
         extra = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
         return f"spec.{where}: {first['msg']}{extra}" if where else f"spec: {first['msg']}"
     return str(error)

@@ -15,13 +15,28 @@ import yaml
 
 from .batch import CATEGORY, GROUP, KIND, PLURAL, SHORT_NAME, SINGULAR, VERSION, FheBatchSpec
 
-_KEEP = ("type", "description", "pattern", "minLength", "maxLength", "minimum", "maximum",
-         "minItems", "maxItems", "enum", "default")
+_KEEP = (
+    "type",
+    "description",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "minItems",
+    "maxItems",
+    "enum",
+    "default",
+)
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Done", "type": "string", "jsonPath": ".status.done",
-     "description": "computations completed / total"},
+    {
+        "name": "Done",
+        "type": "string",
+        "jsonPath": ".status.done",
+        "description": "computations completed / total",
+    },
     {"name": "Device", "type": "string", "jsonPath": ".status.device"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Message", "type": "string", "jsonPath": ".status.message"},
@@ -71,11 +86,16 @@ def spec_schema() -> dict[str, Any]:
     defs = schema.pop("$defs", {})
     structural = _structural(schema, defs)
     structural["description"] = "What to compute, for whom, where and in which stages."
-    structural["x-kubernetes-validations"] = [{
-        "rule": "has(self.graph) != has(self.source)",
-        "message": "exactly one of spec.graph and spec.source must be given",
-    }]
+    structural["x-kubernetes-validations"] = [
+        {
+            "rule": "has(self.graph) != has(self.source)",
+            "message": "exactly one of spec.graph and spec.source must be given",
+        }
+    ]
     return structural
+
+
+DESCRIPTION = "One FHE computation graph, run as Jobs by the operator."
 
 
 def crd() -> dict[str, Any]:
@@ -86,34 +106,49 @@ def crd() -> dict[str, Any]:
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
-            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL,
-                      "singular": SINGULAR, "shortNames": [SHORT_NAME],
-                      "categories": [CATEGORY]},
-            "versions": [{
-                "name": VERSION, "served": True, "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": PRINTER_COLUMNS,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "One FHE computation graph, run as Jobs by the operator.",
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": spec_schema(),
-                        "status": {"type": "object",
-                                   "description": "Written by the operator only.",
-                                   "x-kubernetes-preserve-unknown-fields": True},
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": [SHORT_NAME],
+                "categories": [CATEGORY],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": DESCRIPTION,
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema(),
+                                "status": {
+                                    "type": "object",
+                                    "description": "Written by the operator only.",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                },
+                            },
+                        }
                     },
-                }},
-            }],
+                }
+            ],
         },
     }
 
 
-HEADER = ("# Generated from coprocessor/api/batch.py by `fhectl crd generate`; do not edit.\n"
-          "# tests/unit/operator/test_crd.py keeps this file equal to the generated one.\n")
+HEADER = (
+    "# Generated from coprocessor/api/batch.py by `fhectl crd generate`; do not edit.\n"
+    "# tests/unit/operator/test_crd.py keeps this file equal to the generated one.\n"
+)
 
 
 def crd_yaml() -> str:

@@ -28,8 +28,10 @@ def error_fields(error: str | None, failures: dict[str, str]) -> dict[str, objec
     """The tail every stage summary ends with: the error and a few failures, trimmed so
     the termination message stays under its 4 KiB."""
     few = dict(list(failures.items())[:3])
-    return {"error": (error or "")[:MAX_ERROR_CHARS] or None,
-            "failures": {k: v[:200] for k, v in few.items()}}
+    return {
+        "error": (error or "")[:MAX_ERROR_CHARS] or None,
+        "failures": {k: v[:200] for k, v in few.items()},
+    }
 
 
 def partial_exit_code(error: str | None, failed: int) -> int:
@@ -59,9 +61,13 @@ class StageSummary:
         """The termination message: every counter (seconds and megabytes to three
         decimals), then the error tail."""
         counters = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _TAIL}
-        return {**{name: round(value, 3) if isinstance(value, float) else value
-                   for name, value in counters.items()},
-                **error_fields(self.error, self.failures)}
+        return {
+            **{
+                name: round(value, 3) if isinstance(value, float) else value
+                for name, value in counters.items()
+            },
+            **error_fields(self.error, self.failures),
+        }
 
 
 @dataclass(kw_only=True)

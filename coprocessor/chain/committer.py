@@ -55,12 +55,13 @@ class CommitResult:
 
 
 def material(row: DigestRow) -> Material:
-    return Material(row.handle, int.from_bytes(row.key_id[:32], "big"), row.ciphertext,
-                    row.ciphertext128)
+    return Material(
+        row.handle, int.from_bytes(row.key_id[:32], "big"), row.ciphertext, row.ciphertext128
+    )
 
 
 def chunks(rows: Sequence[DigestRow], size: int) -> list[list[DigestRow]]:
-    return [list(rows[i:i + size]) for i in range(0, len(rows), size)]
+    return [list(rows[i : i + size]) for i in range(0, len(rows), size)]
 
 
 class Committer:
@@ -76,8 +77,13 @@ class Committer:
             return result
         async with self._signer_lock():
             async with self.pool.acquire() as connection:
-                current = [r for r in await commits.reload(
-                    connection, [(r.tenant_id, r.handle) for r in rows]) if not r.txn_is_sent]
+                current = [
+                    r
+                    for r in await commits.reload(
+                        connection, [(r.tenant_id, r.handle) for r in rows]
+                    )
+                    if not r.txn_is_sent
+                ]
             todo = [r for r in current if r.txn_hash is None]
             todo += await self._settle_recorded([r for r in current if r.txn_hash], result)
             await self._send(todo, result)
@@ -90,8 +96,10 @@ class Committer:
         async with self.pool.acquire() as connection:
             while not await commits.try_lock_signer(connection, self._signer):
                 if time.monotonic() > deadline:
-                    raise Recoverable(f"another sender of signer {self.gateway.address} "
-                                      "held its lock throughout; a re-run continues")
+                    raise Recoverable(
+                        f"another sender of signer {self.gateway.address} "
+                        "held its lock throughout; a re-run continues"
+                    )
                 await asyncio.sleep(0.2)
             try:
                 yield
@@ -100,8 +108,9 @@ class Committer:
 
     # --- step 1 ---------------------------------------------------------------------
 
-    async def _settle_recorded(self, rows: list[DigestRow], result: CommitResult
-                               ) -> list[DigestRow]:
+    async def _settle_recorded(
+        self, rows: list[DigestRow], result: CommitResult
+    ) -> list[DigestRow]:
         """Settle rows pending in a recorded transaction; returns those to send again."""
         by_hash: dict[bytes, list[DigestRow]] = {}
         for row in rows:
@@ -116,11 +125,14 @@ class Committer:
             elif await asyncio.to_thread(self.gateway.is_known, tx_hash):
                 waiting.append((tx_hash, group))
             else:
-                log.info("recorded transaction unknown to the chain; sending again",
-                         extra={"fields": {"tx": "0x" + tx_hash.hex(), "handles": len(group)}})
+                log.info(
+                    "recorded transaction unknown to the chain; sending again",
+                    extra={"fields": {"tx": "0x" + tx_hash.hex(), "handles": len(group)}},
+                )
                 async with self.pool.acquire() as connection:
-                    await commits.reset_unsent(connection, group, f"transaction 0x{tx_hash.hex()}"
-                                               " never reached the chain")
+                    await commits.reset_unsent(
+                        connection, group, f"transaction 0x{tx_hash.hex()} never reached the chain"
+                    )
                 again += group
         await self._await_receipts(waiting, result)
         return again
@@ -143,8 +155,9 @@ class Committer:
                 in_flight = []
         await self._await_receipts(in_flight, result)
 
-    async def _place(self, chunk: list[DigestRow], nonce: int, fees: tuple[int, int],
-                     result: CommitResult) -> tuple[SignedSubmission | None, int]:
+    async def _place(
+        self, chunk: list[DigestRow], nonce: int, fees: tuple[int, int], result: CommitResult
+    ) -> tuple[SignedSubmission | None, int]:
         """Sign, record and broadcast one chunk; returns it (None: nothing to send) and
         the next nonce."""
         for attempt in (1, 2):
@@ -158,19 +171,23 @@ class Committer:
                 if await asyncio.to_thread(self.gateway.is_known, submission.tx_hash):
                     return submission, nonce + 1  # a retried broadcast whose first try landed
                 if attempt == 2:
-                    raise Recoverable(f"nonce {nonce} of signer {self.gateway.address} "
-                                      f"taken twice in a row: {error}") from None
+                    raise Recoverable(
+                        f"nonce {nonce} of signer {self.gateway.address} "
+                        f"taken twice in a row: {error}"
+                    ) from None
                 # Another transaction of this key took the nonce: sign again.
                 nonce = await asyncio.to_thread(self.gateway.next_nonce)
         raise AssertionError("unreachable")
 
-    async def _sign(self, chunk: list[DigestRow], nonce: int, fees: tuple[int, int],
-                    result: CommitResult) -> SignedSubmission | None:
+    async def _sign(
+        self, chunk: list[DigestRow], nonce: int, fees: tuple[int, int], result: CommitResult
+    ) -> SignedSubmission | None:
         """The signed transaction, or None when the contract says there is nothing to
         send (already on chain) or refuses these handles (recorded as rejected)."""
         try:
-            return await asyncio.to_thread(self.gateway.sign, [material(r) for r in chunk], nonce,
-                                     fees)
+            return await asyncio.to_thread(
+                self.gateway.sign, [material(r) for r in chunk], nonce, fees
+            )
         except AlreadyAdded:
             await self._mark_sent(chunk, None, None)
             result.found += len(chunk)
@@ -178,18 +195,28 @@ class Committer:
             await self._reject(chunk, str(error), result)
         return None
 
-    async def _record_and_broadcast(self, submission: SignedSubmission,
-                                    chunk: list[DigestRow]) -> None:
+    async def _record_and_broadcast(
+        self, submission: SignedSubmission, chunk: list[DigestRow]
+    ) -> None:
         async with self.pool.acquire() as connection:
-            await commits.record_pending(connection, chunk, submission.tx_hash, self._signer,
-                                         submission.nonce)
+            await commits.record_pending(
+                connection, chunk, submission.tx_hash, self._signer, submission.nonce
+            )
         await asyncio.to_thread(self.gateway.broadcast, submission)
-        log.info("transaction sent", extra={"fields": {
-            "tx": "0x" + submission.tx_hash.hex(), "nonce": submission.nonce,
-            "handles": len(chunk)}})
+        log.info(
+            "transaction sent",
+            extra={
+                "fields": {
+                    "tx": "0x" + submission.tx_hash.hex(),
+                    "nonce": submission.nonce,
+                    "handles": len(chunk),
+                }
+            },
+        )
 
-    async def _await_receipts(self, in_flight: list[tuple[bytes, list[DigestRow]]],
-                              result: CommitResult) -> None:
+    async def _await_receipts(
+        self, in_flight: list[tuple[bytes, list[DigestRow]]], result: CommitResult
+    ) -> None:
         deadline = time.monotonic() + self.settings.sender_receipt_timeout_s
         pause = 0.02
         for tx_hash, group in in_flight:
@@ -198,21 +225,22 @@ class Committer:
                     raise Recoverable(
                         f"transaction 0x{tx_hash.hex()} not mined after "
                         f"{self.settings.sender_receipt_timeout_s:g}s; it stays recorded and "
-                        "the next run settles it")
+                        "the next run settles it"
+                    )
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
             await self._settle(receipt, group, result)
 
-    async def _settle(self, receipt: Receipt, group: list[DigestRow],
-                      result: CommitResult) -> None:
+    async def _settle(self, receipt: Receipt, group: list[DigestRow], result: CommitResult) -> None:
         if receipt.succeeded:
             await self._mark_sent(group, receipt.tx_hash, receipt.block_number)
             result.sent += len(group)
             result.gas_used += receipt.gas_used
             result.transactions.append("0x" + receipt.tx_hash.hex())
             return
-        why = await asyncio.to_thread(self.gateway.why_reverted, receipt.tx_hash,
-                                receipt.block_number)
+        why = await asyncio.to_thread(
+            self.gateway.why_reverted, receipt.tx_hash, receipt.block_number
+        )
         if isinstance(why, AlreadyAdded):
             await self._mark_sent(group, None, None)
             result.found += len(group)
@@ -221,14 +249,19 @@ class Committer:
         else:
             raise why  # NotASigner: the key was removed from the contract meanwhile
 
-    async def _mark_sent(self, rows: list[DigestRow], tx_hash: bytes | None,
-                         block: int | None) -> None:
+    async def _mark_sent(
+        self, rows: list[DigestRow], tx_hash: bytes | None, block: int | None
+    ) -> None:
         async with self.pool.acquire() as connection:
             await commits.mark_sent(connection, rows, tx_hash, block)
 
     async def _reject(self, rows: list[DigestRow], reason: str, result: CommitResult) -> None:
-        log.warning("submission rejected", extra={"fields": {
-            "handles": ["0x" + r.handle.hex() for r in rows[:5]], "error": reason}})
+        log.warning(
+            "submission rejected",
+            extra={
+                "fields": {"handles": ["0x" + r.handle.hex() for r in rows[:5]], "error": reason}
+            },
+        )
         async with self.pool.acquire() as connection:
             await commits.reset_unsent(connection, rows, reason)
         for row in rows:

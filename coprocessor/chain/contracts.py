@@ -19,6 +19,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
+from web3.types import Wei
 
 from ..errors import Fatal
 from ..types import Op
@@ -42,8 +43,9 @@ def artifact(name: str, build_dir: Path = BUILD_DIR) -> Artifact:
     return Artifact(name, data["abi"], data["bytecode"])
 
 
-def deploy(w3: Web3, name: str, *args: Any, sender: str | None = None,
-           build_dir: Path = BUILD_DIR) -> Contract:
+def deploy(
+    w3: Web3, name: str, *args: Any, sender: str | None = None, build_dir: Path = BUILD_DIR
+) -> Contract:
     """Deploy and wait for the receipt; returns the bound contract."""
     built = artifact(name, build_dir)
     factory = w3.eth.contract(abi=built.abi, bytecode=built.bytecode)
@@ -51,7 +53,10 @@ def deploy(w3: Web3, name: str, *args: Any, sender: str | None = None,
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
     if receipt["status"] != 1:
         raise Fatal(f"deploying {name} reverted (tx {tx_hash.hex()})")
-    return w3.eth.contract(address=receipt["contractAddress"], abi=built.abi)
+    address = receipt["contractAddress"]
+    if address is None:
+        raise Fatal(f"deploying {name} gave no contract address (tx {tx_hash.hex()})")
+    return w3.eth.contract(address=address, abi=built.abi)
 
 
 def bound(w3: Web3, name: str, address: str) -> Contract:
@@ -63,8 +68,8 @@ def decode_logs(contract: Contract, logs: list[Any]) -> list[tuple[str, dict[str
     other contracts and unknown topics are left out."""
     from eth_utils import event_abi_to_log_topic
 
-    by_topic = {event_abi_to_log_topic(item): item["name"]
-                for item in contract.abi if item.get("type") == "event"}
+    events: list[Any] = [item for item in contract.abi if item.get("type") == "event"]
+    by_topic = {event_abi_to_log_topic(item): item["name"] for item in events}
     decoded = []
     for log in logs:
         if log["address"] != contract.address or not log["topics"]:
@@ -98,23 +103,26 @@ def deploy_host(w3: Web3, sender: str | None = None) -> HostContracts:
     acl = deploy(w3, "ACL", sender=sender)
     executor = deploy(w3, "FheExecutor", acl.address, sender=sender)
     receipt = w3.eth.wait_for_transaction_receipt(
-        acl.functions.setExecutor(executor.address).transact({"from": sender}))
+        acl.functions.setExecutor(executor.address).transact({"from": sender})
+    )
     if receipt["status"] != 1:
         raise Fatal("ACL.setExecutor reverted")
     return HostContracts(executor, acl)
 
 
 def deploy_token(w3: Web3, host: HostContracts, sender: str | None = None) -> Contract:
-    return deploy(w3, "ConfidentialERC20", host.executor.address, host.acl.address,
-                  sender=sender)
+    return deploy(w3, "ConfidentialERC20", host.executor.address, host.acl.address, sender=sender)
 
 
 def funded_account(w3: Web3, wei: int) -> LocalAccount:
     """A new key holding ``wei`` from the node's first unlocked account: what a dev
     chain's signers, tests and benchmarks start from."""
     account = Account.create()
-    receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_transaction({
-        "from": w3.eth.accounts[0], "to": account.address, "value": wei}))
+    receipt = w3.eth.wait_for_transaction_receipt(
+        w3.eth.send_transaction(
+            {"from": w3.eth.accounts[0], "to": account.address, "value": Wei(wei)}
+        )
+    )
     if receipt["status"] != 1:
         raise Fatal(f"funding {account.address} failed")
     return account

@@ -24,9 +24,11 @@ from typing import Any, TypeVar
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.types import TxParams
 
 from ..errors import ConfigError, Irrecoverable, Recoverable, ServiceUnavailable
 from ..retry import backoff_delays
@@ -85,9 +87,11 @@ def classify_revert(data: str, reason: str, signer: str) -> Exception:
     if data.startswith(ALREADY_ADDED):
         return AlreadyAdded()
     if data.startswith(NOT_A_SIGNER):
-        return NotASigner(f"signer {signer} is not a registered coprocessor signer of the "
-                          "CiphertextCommits contract; register it or set "
-                          "FHE_SENDER_PRIVATE_KEY to a registered key")
+        return NotASigner(
+            f"signer {signer} is not a registered coprocessor signer of the "
+            "CiphertextCommits contract; register it or set "
+            "FHE_SENDER_PRIVATE_KEY to a registered key"
+        )
     return SubmissionRejected(f"CiphertextCommits reverted: {reason or data or 'no reason'}")
 
 
@@ -97,35 +101,51 @@ def _transient(error: BaseException) -> bool:
         return True
     if isinstance(error, Web3RPCError):
         text = str(error).lower()
-        return any(word in text for word in ("timeout", "busy", "rate limit", "try again",
-                                             "internal error", "503", "502"))
+        return any(
+            word in text
+            for word in (
+                "timeout",
+                "busy",
+                "rate limit",
+                "try again",
+                "internal error",
+                "503",
+                "502",
+            )
+        )
     return False
 
 
 def _is_nonce_too_low(error: BaseException) -> bool:
     text = str(error).lower()
-    return isinstance(error, Web3RPCError) and ("nonce too low" in text
-                                                or "nonce is too low" in text)
+    return isinstance(error, Web3RPCError) and (
+        "nonce too low" in text or "nonce is too low" in text
+    )
 
 
 def _is_already_known(error: BaseException) -> bool:
     text = str(error).lower()
-    return isinstance(error, Web3RPCError) and ("already known" in text
-                                                or "already imported" in text)
+    return isinstance(error, Web3RPCError) and (
+        "already known" in text or "already imported" in text
+    )
 
 
 def load_signer(settings: Settings) -> LocalAccount:
     if settings.sender_private_key is None:
-        raise ConfigError("setting FHE_SENDER_PRIVATE_KEY is not set: the send stage signs "
-                          "with this coprocessor's gateway key (give it through the Job "
-                          "Secret)")
+        raise ConfigError(
+            "setting FHE_SENDER_PRIVATE_KEY is not set: the send stage signs "
+            "with this coprocessor's gateway key (give it through the Job "
+            "Secret)"
+        )
     return Account.from_key(settings.sender_private_key.get_secret_value())
 
 
 def require_gateway(settings: Settings) -> str:
     if settings.gateway_commits_address is None:
-        raise ConfigError("setting FHE_GATEWAY_COMMITS_ADDRESS is not set: the send stage "
-                          "needs the CiphertextCommits contract's address")
+        raise ConfigError(
+            "setting FHE_GATEWAY_COMMITS_ADDRESS is not set: the send stage "
+            "needs the CiphertextCommits contract's address"
+        )
     return settings.gateway_commits_address
 
 
@@ -148,8 +168,13 @@ class Receipt:
 class GatewayClient:
     """The sender's view of CiphertextCommits, as one signer."""
 
-    def __init__(self, w3: Web3, settings: Settings, signer: LocalAccount | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        w3: Web3,
+        settings: Settings,
+        signer: LocalAccount | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.w3 = w3
         self.settings = settings
         self.signer = signer or load_signer(settings)
@@ -171,8 +196,11 @@ class GatewayClient:
 
     def rpc(self, what: str, call: Callable[[], T]) -> T:
         """``call()``, retried on transient errors; ServiceUnavailable when they last."""
-        delays = backoff_delays(self.settings.sender_attempts, self.settings.sender_backoff_s,
-                                self.settings.sender_backoff_cap_s)
+        delays = backoff_delays(
+            self.settings.sender_attempts,
+            self.settings.sender_backoff_s,
+            self.settings.sender_backoff_cap_s,
+        )
         attempt = 0
         while True:
             attempt += 1
@@ -184,11 +212,20 @@ class GatewayClient:
                 delay = next(delays, None)
                 if delay is None:
                     raise ServiceUnavailable(
-                        "gateway chain", f"{what}: {type(error).__name__}: {error} "
-                        f"(after {attempt} tries)") from None
-                log.info("gateway rpc retry", extra={"fields": {
-                    "call": what, "attempt": attempt, "delay_s": delay,
-                    "error": f"{type(error).__name__}: {str(error)[:200]}"}})
+                        "gateway chain",
+                        f"{what}: {type(error).__name__}: {error} (after {attempt} tries)",
+                    ) from None
+                log.info(
+                    "gateway rpc retry",
+                    extra={
+                        "fields": {
+                            "call": what,
+                            "attempt": attempt,
+                            "delay_s": delay,
+                            "error": f"{type(error).__name__}: {str(error)[:200]}",
+                        }
+                    },
+                )
                 self.retries += 1
                 self.sleep(delay)
 
@@ -202,10 +239,14 @@ class GatewayClient:
     def check_signer(self) -> None:
         """Fail before sending anything when the key cannot submit."""
         if self.rpc("eth_getCode", lambda: self.w3.eth.get_code(self.contract.address)) == b"":
-            raise ConfigError(f"no contract at FHE_GATEWAY_COMMITS_ADDRESS "
-                              f"{self.contract.address} on the gateway chain")
-        registered = self.rpc("isCoprocessorSigner", lambda: self.contract.functions
-                              .isCoprocessorSigner(self.address).call())
+            raise ConfigError(
+                f"no contract at FHE_GATEWAY_COMMITS_ADDRESS "
+                f"{self.contract.address} on the gateway chain"
+            )
+        registered = self.rpc(
+            "isCoprocessorSigner",
+            lambda: self.contract.functions.isCoprocessorSigner(self.address).call(),
+        )
         if not registered:
             raise classify_revert(NOT_A_SIGNER, "", self.address)
 
@@ -216,20 +257,27 @@ class GatewayClient:
         return self.rpc("isAccepted", lambda: self.contract.functions.isAccepted(handle).call())
 
     def has_submitted(self, handle: bytes) -> bool:
-        return self.rpc("hasSubmitted", lambda: self.contract.functions.hasSubmitted(
-            handle, self.address).call())
+        return self.rpc(
+            "hasSubmitted",
+            lambda: self.contract.functions.hasSubmitted(handle, self.address).call(),
+        )
 
     def next_nonce(self) -> int:
         """The signer's next nonce, counting its transactions still in the mempool."""
-        return self.rpc("eth_getTransactionCount", lambda: self.w3.eth.get_transaction_count(
-            self.address, "pending"))
+        return self.rpc(
+            "eth_getTransactionCount",
+            lambda: self.w3.eth.get_transaction_count(
+                Web3.to_checksum_address(self.address), "pending"
+            ),
+        )
 
     def receipt(self, tx_hash: bytes) -> Receipt | None:
         def fetch() -> Any:
             try:
-                return self.w3.eth.get_transaction_receipt(tx_hash)
+                return self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
             except TransactionNotFound:
                 return None
+
         found = self.rpc("eth_getTransactionReceipt", fetch)
         if found is None:
             return None
@@ -237,18 +285,22 @@ class GatewayClient:
 
     def is_known(self, tx_hash: bytes) -> bool:
         """Whether the node has the transaction (mined or in its mempool)."""
+
         def fetch() -> bool:
             try:
-                self.w3.eth.get_transaction(tx_hash)
+                self.w3.eth.get_transaction(HexBytes(tx_hash))
                 return True
             except TransactionNotFound:
                 return False
+
         return self.rpc("eth_getTransactionByHash", fetch)
 
     def why_reverted(self, tx_hash: bytes, block_number: int) -> Exception:
         """Replay a reverted transaction at its block to read the contract's error."""
-        tx = self.rpc("eth_getTransactionByHash", lambda: self.w3.eth.get_transaction(tx_hash))
-        call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]}
+        tx = self.rpc(
+            "eth_getTransactionByHash", lambda: self.w3.eth.get_transaction(HexBytes(tx_hash))
+        )
+        call: TxParams = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]}
         try:
             self.rpc("eth_call", lambda: self.w3.eth.call(call, block_number - 1))
         except ContractLogicError as error:
@@ -263,12 +315,15 @@ class GatewayClient:
         functions = self.contract.functions
         if len(materials) == 1:
             m = materials[0]
-            return functions.addCiphertextMaterial(m.handle, m.key_id, m.ciphertext_digest,
-                                                   m.sns_ciphertext_digest)
+            return functions.addCiphertextMaterial(
+                m.handle, m.key_id, m.ciphertext_digest, m.sns_ciphertext_digest
+            )
         return functions.addCiphertextMaterials(
-            [m.handle for m in materials], [m.key_id for m in materials],
+            [m.handle for m in materials],
+            [m.key_id for m in materials],
             [m.ciphertext_digest for m in materials],
-            [m.sns_ciphertext_digest for m in materials])
+            [m.sns_ciphertext_digest for m in materials],
+        )
 
     def fees(self) -> tuple[int, int]:
         """(maxFeePerGas, maxPriorityFeePerGas): room for the base fee to double."""
@@ -276,8 +331,9 @@ class GatewayClient:
         tip = self.rpc("eth_maxPriorityFeePerGas", lambda: self.w3.eth.max_priority_fee)
         return 2 * int(block.get("baseFeePerGas", 0)) + tip, tip
 
-    def sign(self, materials: Sequence[Material], nonce: int, fees: tuple[int, int]
-             ) -> SignedSubmission:
+    def sign(
+        self, materials: Sequence[Material], nonce: int, fees: tuple[int, int]
+    ) -> SignedSubmission:
         """Estimate (which surfaces a revert before paying for it) and sign.
 
         Raises AlreadyAdded, NotASigner or SubmissionRejected when the contract would
@@ -285,24 +341,34 @@ class GatewayClient:
         """
         call = self._call(materials)
         try:
-            estimate = self.rpc("eth_estimateGas", lambda: call.estimate_gas(
-                {"from": self.address}))
+            estimate = self.rpc(
+                "eth_estimateGas", lambda: call.estimate_gas({"from": self.address})
+            )
         except ContractLogicError as error:
             raise classify_revert(revert_data(error), str(error), self.address) from None
         max_fee, tip = fees
-        transaction = call.build_transaction({
-            "from": self.address, "nonce": nonce, "chainId": self.chain_id(),
-            "gas": int(estimate * self.settings.sender_gas_margin),
-            "maxFeePerGas": max_fee, "maxPriorityFeePerGas": tip, "value": 0})
+        transaction = call.build_transaction(
+            {
+                "from": self.address,
+                "nonce": nonce,
+                "chainId": self.chain_id(),
+                "gas": int(estimate * self.settings.sender_gas_margin),
+                "maxFeePerGas": max_fee,
+                "maxPriorityFeePerGas": tip,
+                "value": 0,
+            }
+        )
         signed = self.signer.sign_transaction(transaction)
-        return SignedSubmission(tuple(materials), nonce, bytes(signed.hash),
-                                bytes(signed.raw_transaction))
+        return SignedSubmission(
+            tuple(materials), nonce, bytes(signed.hash), bytes(signed.raw_transaction)
+        )
 
     def broadcast(self, submission: SignedSubmission) -> None:
         """Send the signed bytes; a node that already has them is fine (a retry).
 
         Raises NonceTooLow when another transaction of this signer took the nonce.
         """
+
         def send() -> None:
             try:
                 self.w3.eth.send_raw_transaction(submission.raw)
@@ -312,7 +378,10 @@ class GatewayClient:
                 if _is_nonce_too_low(error):
                     raise NonceTooLow(str(error)) from None
                 if "insufficient funds" in str(error).lower():
-                    raise Recoverable(f"signer {self.address} has too little balance for "
-                                      "gas on the gateway chain; fund it") from None
+                    raise Recoverable(
+                        f"signer {self.address} has too little balance for "
+                        "gas on the gateway chain; fund it"
+                    ) from None
                 raise
+
         self.rpc("eth_sendRawTransaction", send)

@@ -38,10 +38,16 @@ _COLUMNS = """d.tenant_id, d.handle, d.key_id, d.ciphertext, d.ciphertext128,
 
 def _row(record: asyncpg.Record) -> DigestRow:
     txn_hash = record["txn_hash"]
-    return DigestRow(record["tenant_id"], bytes(record["handle"]), bytes(record["key_id"]),
-                     bytes(record["ciphertext"]), bytes(record["ciphertext128"]),
-                     record["txn_is_sent"], bytes(txn_hash) if txn_hash else None,
-                     record["txn_last_error"])
+    return DigestRow(
+        record["tenant_id"],
+        bytes(record["handle"]),
+        bytes(record["key_id"]),
+        bytes(record["ciphertext"]),
+        bytes(record["ciphertext128"]),
+        record["txn_is_sent"],
+        bytes(txn_hash) if txn_hash else None,
+        record["txn_last_error"],
+    )
 
 
 @dataclass(frozen=True)
@@ -64,14 +70,21 @@ async def batch_commits(connection: asyncpg.Connection, batch_id: str) -> list[B
                                    AND p.handle = bc.output_handle
             LEFT JOIN ciphertext_digest d ON d.tenant_id = p.tenant_id AND d.handle = p.handle
                   AND d.ciphertext IS NOT NULL AND d.ciphertext128 IS NOT NULL
-            WHERE bc.batch_id = $1 ORDER BY bc.position""", batch_id)
-    return [BatchCommit(bytes(r["queued_handle"]), r["is_completed"],
-                        r["error_message"] or ("failed" if r["is_error"] else None),
-                        _row(r) if r["has_digest"] else None) for r in rows]
+            WHERE bc.batch_id = $1 ORDER BY bc.position""",
+        batch_id,
+    )
+    return [
+        BatchCommit(
+            bytes(r["queued_handle"]),
+            r["is_completed"],
+            r["error_message"] or ("failed" if r["is_error"] else None),
+            _row(r) if r["has_digest"] else None,
+        )
+        for r in rows
+    ]
 
 
-async def unsent(connection: asyncpg.Connection, limit: int, max_retries: int
-                 ) -> list[DigestRow]:
+async def unsent(connection: asyncpg.Connection, limit: int, max_retries: int) -> list[DigestRow]:
     """Digests of every tenant waiting for a transaction (or pending in one), oldest
     first: what the long-running sender works through. A row the contract refused
     ``max_retries`` times is left out (its ``txn_last_error`` says why)."""
@@ -79,18 +92,24 @@ async def unsent(connection: asyncpg.Connection, limit: int, max_retries: int
         f"""SELECT {_COLUMNS} FROM ciphertext_digest d
             WHERE NOT d.txn_is_sent AND d.ciphertext IS NOT NULL
               AND d.ciphertext128 IS NOT NULL AND d.txn_retry_count < $2
-            ORDER BY d.created_at, d.tenant_id, d.handle LIMIT $1""", limit, max_retries)
+            ORDER BY d.created_at, d.tenant_id, d.handle LIMIT $1""",
+        limit,
+        max_retries,
+    )
     return [_row(r) for r in rows]
 
 
-async def reload(connection: asyncpg.Connection, keys: Sequence[tuple[int, bytes]]
-                 ) -> list[DigestRow]:
+async def reload(
+    connection: asyncpg.Connection, keys: Sequence[tuple[int, bytes]]
+) -> list[DigestRow]:
     """The current state of these rows (another sender may have moved them on)."""
     rows = await connection.fetch(
         f"""SELECT {_COLUMNS} FROM ciphertext_digest d
             JOIN unnest($1::int[], $2::bytea[]) AS k(tenant_id, handle)
               ON d.tenant_id = k.tenant_id AND d.handle = k.handle""",
-        [k[0] for k in keys], [k[1] for k in keys])
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
     return [_row(r) for r in rows]
 
 
@@ -98,18 +117,31 @@ def _keys(rows: Sequence[DigestRow]) -> tuple[list[int], list[bytes]]:
     return [r.tenant_id for r in rows], [r.handle for r in rows]
 
 
-async def record_pending(connection: asyncpg.Connection, rows: Sequence[DigestRow],
-                         tx_hash: bytes, signer: bytes, nonce: int) -> None:
+async def record_pending(
+    connection: asyncpg.Connection,
+    rows: Sequence[DigestRow],
+    tx_hash: bytes,
+    signer: bytes,
+    nonce: int,
+) -> None:
     """Write-ahead: remember the signed transaction before it is broadcast."""
     await connection.execute(
         """UPDATE ciphertext_digest d SET txn_hash = $3, txn_signer = $4, txn_nonce = $5
            FROM unnest($1::int[], $2::bytea[]) AS k(tenant_id, handle)
            WHERE d.tenant_id = k.tenant_id AND d.handle = k.handle AND NOT d.txn_is_sent""",
-        *_keys(rows), tx_hash, signer, nonce)
+        *_keys(rows),
+        tx_hash,
+        signer,
+        nonce,
+    )
 
 
-async def mark_sent(connection: asyncpg.Connection, rows: Sequence[DigestRow],
-                    tx_hash: bytes | None, block_number: int | None) -> None:
+async def mark_sent(
+    connection: asyncpg.Connection,
+    rows: Sequence[DigestRow],
+    tx_hash: bytes | None,
+    block_number: int | None,
+) -> None:
     """This signer's submission is on chain; ``tx_hash`` None when found, not sent."""
     async with connection.transaction():
         await connection.execute(
@@ -118,12 +150,16 @@ async def mark_sent(connection: asyncpg.Connection, rows: Sequence[DigestRow],
                    txn_sent_at = now(), txn_last_error = NULL
                FROM unnest($1::int[], $2::bytea[]) AS k(tenant_id, handle)
                WHERE d.tenant_id = k.tenant_id AND d.handle = k.handle""",
-            *_keys(rows), tx_hash, block_number)
+            *_keys(rows),
+            tx_hash,
+            block_number,
+        )
         await notify(connection, CIPHERTEXTS_COMMITTED, str(len(rows)))
 
 
-async def reset_unsent(connection: asyncpg.Connection, rows: Sequence[DigestRow],
-                       reason: str) -> None:
+async def reset_unsent(
+    connection: asyncpg.Connection, rows: Sequence[DigestRow], reason: str
+) -> None:
     """Back to unsent with the reason: the recorded transaction never reached the
     chain, or the contract refused the submission."""
     await connection.execute(
@@ -132,7 +168,9 @@ async def reset_unsent(connection: asyncpg.Connection, rows: Sequence[DigestRow]
                txn_last_error = $3
            FROM unnest($1::int[], $2::bytea[]) AS k(tenant_id, handle)
            WHERE d.tenant_id = k.tenant_id AND d.handle = k.handle AND NOT d.txn_is_sent""",
-        *_keys(rows), storable_reason(reason))
+        *_keys(rows),
+        storable_reason(reason),
+    )
 
 
 async def batch_transactions(connection: asyncpg.Connection, batch_id: str) -> int:
@@ -142,7 +180,9 @@ async def batch_transactions(connection: asyncpg.Connection, batch_id: str) -> i
            JOIN pbs_computations p ON p.tenant_id = bc.tenant_id
                                   AND p.handle = bc.output_handle
            JOIN ciphertext_digest d ON d.tenant_id = p.tenant_id AND d.handle = p.handle
-           WHERE bc.batch_id = $1 AND d.txn_is_sent AND d.txn_hash IS NOT NULL""", batch_id)
+           WHERE bc.batch_id = $1 AND d.txn_is_sent AND d.txn_hash IS NOT NULL""",
+        batch_id,
+    )
 
 
 def signer_lock_key(signer: bytes) -> int:
@@ -157,4 +197,3 @@ async def try_lock_signer(connection: asyncpg.Connection, signer: bytes) -> bool
 
 async def unlock_signer(connection: asyncpg.Connection, signer: bytes) -> None:
     await connection.execute("SELECT pg_advisory_unlock($1)", signer_lock_key(signer))
-

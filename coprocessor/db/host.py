@@ -27,13 +27,17 @@ class SeenBlock:
     hash: bytes
 
 
-async def canonical_blocks(connection: asyncpg.Connection, chain_id: int, since: int
-                           ) -> list[SeenBlock]:
+async def canonical_blocks(
+    connection: asyncpg.Connection, chain_id: int, since: int
+) -> list[SeenBlock]:
     """Non-orphaned blocks at height >= since, highest first."""
     rows = await connection.fetch(
         """SELECT block_number, block_hash FROM blocks
            WHERE chain_id = $1 AND block_number >= $2 AND NOT is_orphaned
-           ORDER BY block_number DESC""", chain_id, since)
+           ORDER BY block_number DESC""",
+        chain_id,
+        since,
+    )
     return [SeenBlock(r["block_number"], bytes(r["block_hash"])) for r in rows]
 
 
@@ -41,7 +45,9 @@ async def last_block(connection: asyncpg.Connection, chain_id: int) -> SeenBlock
     row = await connection.fetchrow(
         """SELECT block_number, block_hash FROM blocks
            WHERE chain_id = $1 AND NOT is_orphaned
-           ORDER BY block_number DESC LIMIT 1""", chain_id)
+           ORDER BY block_number DESC LIMIT 1""",
+        chain_id,
+    )
     return SeenBlock(row["block_number"], bytes(row["block_hash"])) if row else None
 
 
@@ -78,7 +84,12 @@ async def record_block(connection: asyncpg.Connection, block: BlockRecord) -> bo
                  batch_name = blocks.batch_name || '-r'
              WHERE blocks.is_orphaned
            RETURNING block_number""",
-        block.chain_id, block.number, block.hash, block.parent_hash, block.batch_name)
+        block.chain_id,
+        block.number,
+        block.hash,
+        block.parent_hash,
+        block.batch_name,
+    )
     if inserted is None:
         return False
     await connection.executemany(
@@ -88,44 +99,69 @@ async def record_block(connection: asyncpg.Connection, block: BlockRecord) -> bo
            ON CONFLICT (tenant_id, output_handle) DO UPDATE
              SET is_error = false, error_message = NULL, transaction_id = EXCLUDED.transaction_id
              WHERE computations.is_error AND computations.error_message = $8""",
-        [(block.tenant_id, r.output_handle, r.output_type, r.fhe_operation,
-          list(r.dependencies), r.is_scalar, r.transaction_id, ORPHANED)
-         for r in block.computations])
+        [
+            (
+                block.tenant_id,
+                r.output_handle,
+                r.output_type,
+                r.fhe_operation,
+                list(r.dependencies),
+                r.is_scalar,
+                r.transaction_id,
+                ORPHANED,
+            )
+            for r in block.computations
+        ],
+    )
     # A publication that failed because its computation was orphaned may run again.
     await connection.execute(
         """UPDATE pbs_computations SET is_error = false, error_message = NULL
            WHERE tenant_id = $1 AND handle = ANY($2::bytea[]) AND is_error
              AND error_message LIKE '%' || $3 || '%'""",
-        block.tenant_id, [r.output_handle for r in block.computations], ORPHANED)
+        block.tenant_id,
+        [r.output_handle for r in block.computations],
+        ORPHANED,
+    )
     await connection.executemany(
         """INSERT INTO transaction_computations (tenant_id, transaction_id, output_handle)
            VALUES ($1, $2, $3) ON CONFLICT DO NOTHING""",
-        [(block.tenant_id, r.transaction_id, r.output_handle) for r in block.computations])
+        [(block.tenant_id, r.transaction_id, r.output_handle) for r in block.computations],
+    )
     await connection.executemany(
         """INSERT INTO allowed_handles (tenant_id, handle, account_address, event_type,
                transaction_id)
            VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
-        [(block.tenant_id, a.handle, a.account_address, a.event_type, a.transaction_id)
-         for a in block.allowed])
+        [
+            (block.tenant_id, a.handle, a.account_address, a.event_type, a.transaction_id)
+            for a in block.allowed
+        ],
+    )
     await connection.executemany(
         """INSERT INTO block_transactions (chain_id, block_hash, transaction_id, batch_part)
            VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
-        [(block.chain_id, block.hash, t, block.parts[i] if block.parts else 0)
-         for i, t in enumerate(block.transactions)])
+        [
+            (block.chain_id, block.hash, t, block.parts[i] if block.parts else 0)
+            for i, t in enumerate(block.transactions)
+        ],
+    )
     if block.computations:
         await notify(connection, WORK_AVAILABLE, f"block:{block.chain_id}:{block.number}")
     return True
 
 
-async def orphan_above(connection: asyncpg.Connection, chain_id: int, tenant_id: int,
-                       number: int) -> list[str]:
+async def orphan_above(
+    connection: asyncpg.Connection, chain_id: int, tenant_id: int, number: int
+) -> list[str]:
     """Orphan every canonical block above ``number``; fail their unfinished computations
     whose transaction is in no canonical block. Returns the orphans' batch names."""
     require_transaction(connection)
     rows = await connection.fetch(
         """UPDATE blocks SET is_orphaned = true
            WHERE chain_id = $1 AND block_number > $2 AND NOT is_orphaned
-           RETURNING block_hash, batch_name""", chain_id, number)
+           RETURNING block_hash, batch_name""",
+        chain_id,
+        number,
+    )
     hashes = [bytes(r["block_hash"]) for r in rows]
     await connection.execute(
         """UPDATE computations c SET is_error = true, error_message = $4
@@ -141,7 +177,11 @@ async def orphan_above(connection: asyncpg.Connection, chain_id: int, tenant_id:
                  JOIN blocks b ON b.chain_id = bt.chain_id AND b.block_hash = bt.block_hash
                  WHERE l.tenant_id = c.tenant_id AND l.output_handle = c.output_handle
                    AND NOT b.is_orphaned)""",
-        chain_id, tenant_id, hashes, ORPHANED)
+        chain_id,
+        tenant_id,
+        hashes,
+        ORPHANED,
+    )
     return [r["batch_name"] for r in rows if r["batch_name"]]
 
 
@@ -157,8 +197,7 @@ def part_name(batch_name: str, part: int, parts: int) -> str:
     return batch_name if parts == 1 else f"{batch_name}-{part}"
 
 
-async def pending_batches(connection: asyncpg.Connection, chain_id: int
-                          ) -> list[PendingBatch]:
+async def pending_batches(connection: asyncpg.Connection, chain_id: int) -> list[PendingBatch]:
     """The FheBatches of canonical blocks not created yet, oldest first."""
     rows = await connection.fetch(
         """SELECT b.block_number, b.block_hash, b.batch_name, bt.batch_part,
@@ -169,22 +208,34 @@ async def pending_batches(connection: asyncpg.Connection, chain_id: int
            WHERE b.chain_id = $1 AND NOT b.is_orphaned AND b.batch_name IS NOT NULL
              AND b.batch_created_at IS NULL
            GROUP BY b.block_number, b.block_hash, b.batch_name, bt.batch_part
-           ORDER BY b.block_number, bt.batch_part""", chain_id)
-    return [PendingBatch(r["block_number"], bytes(r["block_hash"]),
-                         part_name(r["batch_name"], r["batch_part"], r["parts"]),
-                         tuple(bytes(t) for t in r["transactions"])) for r in rows]
+           ORDER BY b.block_number, bt.batch_part""",
+        chain_id,
+    )
+    return [
+        PendingBatch(
+            r["block_number"],
+            bytes(r["block_hash"]),
+            part_name(r["batch_name"], r["batch_part"], r["parts"]),
+            tuple(bytes(t) for t in r["transactions"]),
+        )
+        for r in rows
+    ]
 
 
-async def mark_batch_created(connection: asyncpg.Connection, chain_id: int,
-                             block_hash: bytes) -> None:
+async def mark_batch_created(
+    connection: asyncpg.Connection, chain_id: int, block_hash: bytes
+) -> None:
     await connection.execute(
         """UPDATE blocks SET batch_created_at = now()
            WHERE chain_id = $1 AND block_hash = $2 AND batch_created_at IS NULL""",
-        chain_id, block_hash)
+        chain_id,
+        block_hash,
+    )
 
 
-async def pending_cancellations(connection: asyncpg.Connection, chain_id: int
-                                ) -> list[tuple[bytes, list[str]]]:
+async def pending_cancellations(
+    connection: asyncpg.Connection, chain_id: int
+) -> list[tuple[bytes, list[str]]]:
     """(block hash, its FheBatch names) of orphaned blocks not cancelled yet."""
     rows = await connection.fetch(
         """SELECT b.block_hash, b.batch_name,
@@ -194,13 +245,24 @@ async def pending_cancellations(connection: asyncpg.Connection, chain_id: int
            WHERE b.chain_id = $1 AND b.is_orphaned AND b.batch_name IS NOT NULL
              AND b.batch_cancelled_at IS NULL
            GROUP BY b.block_number, b.block_hash, b.batch_name
-           ORDER BY b.block_number""", chain_id)
-    return [(bytes(r["block_hash"]), [part_name(r["batch_name"], p, len(r["parts"]))
-                                      for p in r["parts"]]) for r in rows]
+           ORDER BY b.block_number""",
+        chain_id,
+    )
+    return [
+        (
+            bytes(r["block_hash"]),
+            [part_name(r["batch_name"], p, len(r["parts"])) for p in r["parts"]],
+        )
+        for r in rows
+    ]
 
 
-async def mark_batch_cancelled(connection: asyncpg.Connection, chain_id: int,
-                               block_hash: bytes) -> None:
+async def mark_batch_cancelled(
+    connection: asyncpg.Connection, chain_id: int, block_hash: bytes
+) -> None:
     await connection.execute(
         """UPDATE blocks SET batch_cancelled_at = now()
-           WHERE chain_id = $1 AND block_hash = $2 AND is_orphaned""", chain_id, block_hash)
+           WHERE chain_id = $1 AND block_hash = $2 AND is_orphaned""",
+        chain_id,
+        block_hash,
+    )

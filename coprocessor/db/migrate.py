@@ -90,8 +90,10 @@ async def _apply(connection: asyncpg.Connection, migrations: list[Migration]) ->
         )
     for version, checksum in applied.items():
         if version in known and known[version].checksum != checksum:
-            raise Fatal(f"migration {version:04d}_{known[version].name} changed after it was "
-                        "applied; add a new migration instead of editing an old one")
+            raise Fatal(
+                f"migration {version:04d}_{known[version].name} changed after it was "
+                "applied; add a new migration instead of editing an old one"
+            )
     done = []
     for migration in migrations:
         if migration.version in applied:
@@ -100,15 +102,18 @@ async def _apply(connection: asyncpg.Connection, migrations: list[Migration]) ->
             await connection.execute(migration.sql)
             await connection.execute(
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                migration.version, migration.name, migration.checksum,
+                migration.version,
+                migration.name,
+                migration.checksum,
             )
         done.append(migration.version)
     return done
 
 
 @asynccontextmanager
-async def scratch_database(server_url: str, directory: Path, prefix: str = "scratch"
-                           ) -> AsyncIterator[str]:
+async def scratch_database(
+    server_url: str, directory: Path, prefix: str = "scratch"
+) -> AsyncIterator[str]:
     """A new, migrated database on the server of ``server_url``, dropped on exit: what
     tests and benchmarks use so they never touch a database someone works in."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"

@@ -31,8 +31,14 @@ class Wakeup:
 
 
 class NotificationWaiter:
-    def __init__(self, database_url: str, channels: tuple[str, ...], *,
-                 poll_interval: float = 5.0, max_reconnect_delay: float = 5.0) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        channels: tuple[str, ...],
+        *,
+        poll_interval: float = 5.0,
+        max_reconnect_delay: float = 5.0,
+    ) -> None:
         self.database_url = database_url
         self.channels = channels
         self.poll_interval = poll_interval
@@ -69,8 +75,9 @@ class NotificationWaiter:
     def _on_termination(self, _conn: object) -> None:
         if self._closing:
             return
-        log.warning("notification connection lost", extra={"fields": {
-            "channels": list(self.channels)}})
+        log.warning(
+            "notification connection lost", extra={"fields": {"channels": list(self.channels)}}
+        )
         self._connection = None
 
     async def _ensure_connected(self) -> None:
@@ -83,14 +90,18 @@ class NotificationWaiter:
             connection.add_termination_listener(self._on_termination)
         except (ServiceUnavailable, OSError, asyncpg.PostgresError) as error:
             self._next_connect_at = time.monotonic() + self._reconnect_delay
-            log.info("notification connection retry", extra={"fields": {
-                "delay_s": self._reconnect_delay, "error": str(error)}})
+            log.info(
+                "notification connection retry",
+                extra={"fields": {"delay_s": self._reconnect_delay, "error": str(error)}},
+            )
             self._reconnect_delay = min(self._reconnect_delay * 2, self.max_reconnect_delay)
             return
         if self._ever_connected:
             self.reconnects += 1
-            log.info("notification connection restored", extra={"fields": {
-                "reconnects": self.reconnects}})
+            log.info(
+                "notification connection restored",
+                extra={"fields": {"reconnects": self.reconnects}},
+            )
         self._ever_connected = True
         self._connection = connection
         self._reconnect_delay = 0.1

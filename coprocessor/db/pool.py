@@ -7,8 +7,13 @@ import asyncpg
 from ..errors import ServiceUnavailable
 
 CONNECT_TIMEOUT_S = 10.0
-_UNAVAILABLE = (OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
-                asyncpg.InterfaceError, TimeoutError)
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    TimeoutError,
+)
 
 
 async def connect(database_url: str) -> asyncpg.Connection:
@@ -32,8 +37,11 @@ async def create_pool(database_url: str, size: int = 8) -> asyncpg.Pool:
 
 
 # The server refusing work for now: shutting down, restarting after a crash, or full.
-_SERVER_BUSY = (asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
-                asyncpg.exceptions.TooManyConnectionsError)
+_SERVER_BUSY = (
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
 
 
 def classify(error: BaseException) -> BaseException:

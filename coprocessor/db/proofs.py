@@ -48,16 +48,21 @@ async def insert_request(connection: asyncpg.Connection, request: ProofRequest) 
             """INSERT INTO verify_proofs (zk_proof_id, chain_id, contract_address,
                                           user_address, input)
                VALUES ($1, $2, $3, $4, $5) ON CONFLICT (zk_proof_id) DO NOTHING""",
-            request.zk_proof_id, request.chain_id, request.contract_address,
-            request.user_address, request.input)
+            request.zk_proof_id,
+            request.chain_id,
+            request.contract_address,
+            request.user_address,
+            request.input,
+        )
         inserted = status.endswith(" 1")
         if inserted:
             await notify(connection, ZKPOK_NEW_WORK, str(request.zk_proof_id))
     return inserted
 
 
-async def claim_pending(connection: asyncpg.Connection,
-                        passed_over: Sequence[int] = ()) -> ProofRequest | None:
+async def claim_pending(
+    connection: asyncpg.Connection, passed_over: Sequence[int] = ()
+) -> ProofRequest | None:
     """The oldest pending request but those passed over (left pending by this run),
     locked until the caller's transaction ends; rows other pods hold are skipped."""
     require_transaction(connection)
@@ -65,14 +70,17 @@ async def claim_pending(connection: asyncpg.Connection,
         """SELECT zk_proof_id, chain_id, contract_address, user_address, input
            FROM verify_proofs WHERE verified IS NULL AND zk_proof_id <> ALL($1::bigint[])
            ORDER BY created_at, zk_proof_id LIMIT 1 FOR UPDATE SKIP LOCKED""",
-        list(passed_over))
+        list(passed_over),
+    )
     return ProofRequest(**dict(row)) if row else None
 
 
 async def tenant_for_chain(connection: asyncpg.Connection, chain_id: int) -> ChainTenant | None:
     row = await connection.fetchrow(
         """SELECT tenant_id, name, chain_id, key_id, backend, keys_location, public_params
-           FROM tenants WHERE chain_id = $1 ORDER BY tenant_id DESC LIMIT 1""", chain_id)
+           FROM tenants WHERE chain_id = $1 ORDER BY tenant_id DESC LIMIT 1""",
+        chain_id,
+    )
     if row is None:
         return None
     fields = dict(row)
@@ -80,23 +88,27 @@ async def tenant_for_chain(connection: asyncpg.Connection, chain_id: int) -> Cha
     return ChainTenant(Tenant(**fields), public_params)
 
 
-async def record_verified(connection: asyncpg.Connection, zk_proof_id: int,
-                          handles: list[bytes]) -> None:
+async def record_verified(
+    connection: asyncpg.Connection, zk_proof_id: int, handles: list[bytes]
+) -> None:
     require_transaction(connection)
     await connection.execute(
         """UPDATE verify_proofs SET verified = true, handles = $2, error_message = NULL,
                   verified_at = now() WHERE zk_proof_id = $1""",
-        zk_proof_id, b"".join(handles))
+        zk_proof_id,
+        b"".join(handles),
+    )
     await notify(connection, ZKPOK_COMPUTED, str(zk_proof_id))
 
 
-async def record_rejected(connection: asyncpg.Connection, zk_proof_id: int,
-                          reason: str) -> None:
+async def record_rejected(connection: asyncpg.Connection, zk_proof_id: int, reason: str) -> None:
     require_transaction(connection)
     await connection.execute(
         """UPDATE verify_proofs SET verified = false, handles = NULL, error_message = $2,
                   verified_at = now() WHERE zk_proof_id = $1""",
-        zk_proof_id, storable_reason(reason))
+        zk_proof_id,
+        storable_reason(reason),
+    )
     await notify(connection, ZKPOK_COMPUTED, str(zk_proof_id))
 
 
@@ -110,14 +122,18 @@ class RequestState:
     error_message: str | None
 
 
-async def get_request_state(connection: asyncpg.Connection,
-                            zk_proof_id: int) -> RequestState | None:
+async def get_request_state(
+    connection: asyncpg.Connection, zk_proof_id: int
+) -> RequestState | None:
     row = await connection.fetchrow(
         "SELECT verified, handles, error_message FROM verify_proofs WHERE zk_proof_id = $1",
-        zk_proof_id)
+        zk_proof_id,
+    )
     if row is None:
         return None
     packed = bytes(row["handles"] or b"")
-    return RequestState(row["verified"],
-                        tuple(packed[i:i + 32] for i in range(0, len(packed), 32)),
-                        row["error_message"])
+    return RequestState(
+        row["verified"],
+        tuple(packed[i : i + 32] for i in range(0, len(packed), 32)),
+        row["error_message"],
+    )

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from .queries import notify, require_transaction, storable_reason
-
-PBS_QUEUED = "event_pbs_computations"
-UPLOADED = "event_ciphertexts_uploaded"
+from .queries import (
+    CIPHERTEXTS_UPLOADED,
+    PBS_COMPUTATIONS,
+    notify,
+    require_transaction,
+    storable_reason,
+)
 
 
 async def enqueue_batch_outputs(connection: asyncpg.Connection, batch_id: str) -> int:
@@ -33,9 +36,11 @@ async def enqueue_batch_outputs(connection: asyncpg.Connection, batch_id: str) -
                       AND a.event_type = 1))  -- AllowedForDecryption
            ORDER BY bc.position
            ON CONFLICT (tenant_id, handle) DO NOTHING
-           RETURNING handle""", batch_id)
+           RETURNING handle""",
+        batch_id,
+    )
     if rows:
-        await notify(connection, PBS_QUEUED, batch_id)
+        await notify(connection, PBS_COMPUTATIONS, batch_id)
     return len(rows)
 
 
@@ -47,28 +52,40 @@ class Publication:
     error_message: str | None
 
 
-async def batch_publications(connection: asyncpg.Connection, batch_id: str
-                             ) -> list[Publication]:
+async def batch_publications(connection: asyncpg.Connection, batch_id: str) -> list[Publication]:
     """The batch's queued handles and their state, in graph order."""
     rows = await connection.fetch(
         """SELECT p.handle, p.is_completed, p.is_error, p.error_message
            FROM batch_computations bc
            JOIN pbs_computations p ON p.tenant_id = bc.tenant_id
                                   AND p.handle = bc.output_handle
-           WHERE bc.batch_id = $1 ORDER BY bc.position""", batch_id)
-    return [Publication(bytes(r["handle"]), r["is_completed"], r["is_error"],
-                        r["error_message"]) for r in rows]
+           WHERE bc.batch_id = $1 ORDER BY bc.position""",
+        batch_id,
+    )
+    return [
+        Publication(bytes(r["handle"]), r["is_completed"], r["is_error"], r["error_message"])
+        for r in rows
+    ]
 
 
-async def lock_publication(connection: asyncpg.Connection, tenant_id: int, handle: bytes
-                           ) -> Publication | None:
+async def lock_publication(
+    connection: asyncpg.Connection, tenant_id: int, handle: bytes
+) -> Publication | None:
     """Claim one queued handle for this transaction; None when another pod holds it."""
     require_transaction(connection)
     row = await connection.fetchrow(
         """SELECT handle, is_completed, is_error, error_message FROM pbs_computations
-           WHERE tenant_id = $1 AND handle = $2 FOR UPDATE SKIP LOCKED""", tenant_id, handle)
-    return Publication(bytes(row["handle"]), row["is_completed"], row["is_error"],
-                       row["error_message"]) if row else None
+           WHERE tenant_id = $1 AND handle = $2 FOR UPDATE SKIP LOCKED""",
+        tenant_id,
+        handle,
+    )
+    return (
+        Publication(
+            bytes(row["handle"]), row["is_completed"], row["is_error"], row["error_message"]
+        )
+        if row
+        else None
+    )
 
 
 @dataclass(frozen=True)
@@ -82,8 +99,9 @@ class PublicationSource:
     computation_error: str | None
 
 
-async def publication_source(connection: asyncpg.Connection, tenant_id: int, handle: bytes
-                             ) -> PublicationSource:
+async def publication_source(
+    connection: asyncpg.Connection, tenant_id: int, handle: bytes
+) -> PublicationSource:
     row = await connection.fetchrow(
         """SELECT t.ciphertext, t.ciphertext_type, t.ciphertext128, t.ciphertext128_format,
                   (SELECT coalesce(c.error_message, 'failed') FROM computations c
@@ -91,13 +109,16 @@ async def publication_source(connection: asyncpg.Connection, tenant_id: int, han
                       AS computation_error
            FROM (SELECT 1) AS one
            LEFT JOIN ciphertexts t ON t.tenant_id = $1 AND t.handle = $2""",
-        tenant_id, handle)
+        tenant_id,
+        handle,
+    )
     return PublicationSource(
         bytes(row["ciphertext"]) if row["ciphertext"] is not None else None,
         row["ciphertext_type"],
         bytes(row["ciphertext128"]) if row["ciphertext128"] is not None else None,
         row["ciphertext128_format"],
-        row["computation_error"])
+        row["computation_error"],
+    )
 
 
 @dataclass(frozen=True)
@@ -108,8 +129,9 @@ class Digests:
     ciphertext128_format: int
 
 
-async def complete_publication(connection: asyncpg.Connection, tenant_id: int,
-                               handle: bytes, squashed: bytes, digests: Digests) -> None:
+async def complete_publication(
+    connection: asyncpg.Connection, tenant_id: int, handle: bytes, squashed: bytes, digests: Digests
+) -> None:
     """Store the squashed form and the digests, mark the handle published, NOTIFY.
 
     A digest row the sender already committed on chain is left as it is.
@@ -119,7 +141,11 @@ async def complete_publication(connection: asyncpg.Connection, tenant_id: int,
         """UPDATE ciphertexts SET ciphertext128 = $3, ciphertext128_format = $4
            WHERE tenant_id = $1 AND handle = $2
              AND ciphertext128 IS DISTINCT FROM $3""",
-        tenant_id, handle, squashed, digests.ciphertext128_format)
+        tenant_id,
+        handle,
+        squashed,
+        digests.ciphertext128_format,
+    )
     await connection.execute(
         """INSERT INTO ciphertext_digest (tenant_id, handle, key_id, ciphertext,
                ciphertext128, ciphertext128_format)
@@ -129,17 +155,30 @@ async def complete_publication(connection: asyncpg.Connection, tenant_id: int,
                  ciphertext128 = EXCLUDED.ciphertext128,
                  ciphertext128_format = EXCLUDED.ciphertext128_format
              WHERE NOT ciphertext_digest.txn_is_sent""",
-        tenant_id, handle, digests.key_id, digests.ciphertext, digests.ciphertext128,
-        digests.ciphertext128_format)
+        tenant_id,
+        handle,
+        digests.key_id,
+        digests.ciphertext,
+        digests.ciphertext128,
+        digests.ciphertext128_format,
+    )
     await connection.execute(
         """UPDATE pbs_computations SET is_completed = true, completed_at = now()
-           WHERE tenant_id = $1 AND handle = $2""", tenant_id, handle)
-    await notify(connection, UPLOADED, "0x" + handle.hex())
+           WHERE tenant_id = $1 AND handle = $2""",
+        tenant_id,
+        handle,
+    )
+    await notify(connection, CIPHERTEXTS_UPLOADED, "0x" + handle.hex())
 
 
-async def fail_publication(connection: asyncpg.Connection, tenant_id: int, handle: bytes,
-                           reason: str) -> None:
+async def fail_publication(
+    connection: asyncpg.Connection, tenant_id: int, handle: bytes, reason: str
+) -> None:
     require_transaction(connection)
     await connection.execute(
         """UPDATE pbs_computations SET is_error = true, error_message = $3
-           WHERE tenant_id = $1 AND handle = $2""", tenant_id, handle, storable_reason(reason))
+           WHERE tenant_id = $1 AND handle = $2""",
+        tenant_id,
+        handle,
+        storable_reason(reason),
+    )

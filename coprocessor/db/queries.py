@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -21,11 +22,18 @@ CIPHERTEXTS_UPLOADED = "event_ciphertexts_uploaded"
 ZKPOK_NEW_WORK = "event_zkpok_new_work"
 ZKPOK_COMPUTED = "event_zkpok_computed"
 CIPHERTEXTS_COMMITTED = "event_ciphertexts_committed"  # submissions mined
-CHANNELS = (WORK_AVAILABLE, CIPHERTEXT_COMPUTED, PBS_COMPUTATIONS, CIPHERTEXTS_UPLOADED,
-            ZKPOK_NEW_WORK, ZKPOK_COMPUTED, CIPHERTEXTS_COMMITTED)
+CHANNELS = (
+    WORK_AVAILABLE,
+    CIPHERTEXT_COMPUTED,
+    PBS_COMPUTATIONS,
+    CIPHERTEXTS_UPLOADED,
+    ZKPOK_NEW_WORK,
+    ZKPOK_COMPUTED,
+    CIPHERTEXTS_COMMITTED,
+)
 
 
-def _computation_fields(record: asyncpg.Record) -> dict[str, object]:
+def _computation_fields(record: asyncpg.Record) -> dict[str, Any]:
     """A computations row as keyword arguments for the dataclasses below (the SELECTs
     name their columns after the fields); the operand array becomes a tuple."""
     fields = dict(record)
@@ -46,6 +54,7 @@ def storable_reason(reason: str, limit: int = 2000) -> str:
 
 # --- notifications ---------------------------------------------------------------------
 
+
 async def notify(connection: asyncpg.Connection, channel: str, payload: str = "") -> None:
     """Delivered at commit when called inside a transaction, so listeners never see
     work that was rolled back."""
@@ -55,6 +64,7 @@ async def notify(connection: asyncpg.Connection, channel: str, payload: str = ""
 
 
 # --- tenants ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Tenant:
@@ -66,16 +76,29 @@ class Tenant:
     keys_location: str | None
 
 
-async def create_tenant(connection: asyncpg.Connection, name: str, chain_id: int,
-                        key_id: bytes, backend: str, *, server_key: bytes | None = None,
-                        keys_location: str | None = None,
-                        public_params: bytes | None = None) -> Tenant:
+async def create_tenant(
+    connection: asyncpg.Connection,
+    name: str,
+    chain_id: int,
+    key_id: bytes,
+    backend: str,
+    *,
+    server_key: bytes | None = None,
+    keys_location: str | None = None,
+    public_params: bytes | None = None,
+) -> Tenant:
     """Idempotent by name: a second call returns the existing tenant unchanged."""
     await connection.execute(
         """INSERT INTO tenants (name, chain_id, key_id, backend, server_key, keys_location,
                                 public_params)
            VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING""",
-        name, chain_id, key_id, backend, server_key, keys_location, public_params,
+        name,
+        chain_id,
+        key_id,
+        backend,
+        server_key,
+        keys_location,
+        public_params,
     )
     tenant = await get_tenant(connection, name)
     assert tenant is not None
@@ -85,24 +108,30 @@ async def create_tenant(connection: asyncpg.Connection, name: str, chain_id: int
 async def get_tenant(connection: asyncpg.Connection, name: str) -> Tenant | None:
     row = await connection.fetchrow(
         """SELECT tenant_id, name, chain_id, key_id, backend, keys_location
-           FROM tenants WHERE name = $1""", name)
+           FROM tenants WHERE name = $1""",
+        name,
+    )
     return Tenant(**dict(row)) if row else None
 
 
 async def get_tenant_by_id(connection: asyncpg.Connection, tenant_id: int) -> Tenant | None:
     row = await connection.fetchrow(
         """SELECT tenant_id, name, chain_id, key_id, backend, keys_location
-           FROM tenants WHERE tenant_id = $1""", tenant_id)
+           FROM tenants WHERE tenant_id = $1""",
+        tenant_id,
+    )
     return Tenant(**dict(row)) if row else None
 
 
 async def get_public_params(connection: asyncpg.Connection, tenant_id: int) -> bytes | None:
     """The tenant's compact public key (what clients encrypt and prove under)."""
-    return await connection.fetchval("SELECT public_params FROM tenants WHERE tenant_id = $1",
-                                     tenant_id)
+    return await connection.fetchval(
+        "SELECT public_params FROM tenants WHERE tenant_id = $1", tenant_id
+    )
 
 
 # --- ciphertexts -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class StoredCiphertext:
@@ -112,31 +141,50 @@ class StoredCiphertext:
     fhe_type: int
 
 
-async def insert_ciphertext(connection: asyncpg.Connection, tenant_id: int, handle: bytes,
-                            ciphertext: bytes, version: int, fhe_type: int) -> bool:
+async def insert_ciphertext(
+    connection: asyncpg.Connection,
+    tenant_id: int,
+    handle: bytes,
+    ciphertext: bytes,
+    version: int,
+    fhe_type: int,
+) -> bool:
     """Store a ciphertext once; True if this call stored it."""
     status = await connection.execute(
         """INSERT INTO ciphertexts (tenant_id, handle, ciphertext, ciphertext_version,
                                     ciphertext_type)
            VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, handle) DO NOTHING""",
-        tenant_id, handle, ciphertext, version, fhe_type,
+        tenant_id,
+        handle,
+        ciphertext,
+        version,
+        fhe_type,
     )
     return status.endswith(" 1")
 
 
-async def get_ciphertexts(connection: asyncpg.Connection, tenant_id: int,
-                          handles: Sequence[bytes]) -> dict[bytes, StoredCiphertext]:
+async def get_ciphertexts(
+    connection: asyncpg.Connection, tenant_id: int, handles: Sequence[bytes]
+) -> dict[bytes, StoredCiphertext]:
     rows = await connection.fetch(
         """SELECT handle, ciphertext, ciphertext_version, ciphertext_type FROM ciphertexts
-           WHERE tenant_id = $1 AND handle = ANY($2::bytea[])""", tenant_id, list(handles))
+           WHERE tenant_id = $1 AND handle = ANY($2::bytea[])""",
+        tenant_id,
+        list(handles),
+    )
     return {
-        bytes(r["handle"]): StoredCiphertext(bytes(r["handle"]), bytes(r["ciphertext"]),
-                                             r["ciphertext_version"], r["ciphertext_type"])
+        bytes(r["handle"]): StoredCiphertext(
+            bytes(r["handle"]),
+            bytes(r["ciphertext"]),
+            r["ciphertext_version"],
+            r["ciphertext_type"],
+        )
         for r in rows
     }
 
 
 # --- batches and computations ----------------------------------------------------------
+
 
 async def admit_batch(connection: asyncpg.Connection, admission: BatchAdmission) -> bool:
     """Write a batch and its computations in one transaction.
@@ -152,56 +200,92 @@ async def admit_batch(connection: asyncpg.Connection, admission: BatchAdmission)
             """INSERT INTO batches (batch_id, tenant_id, namespace, name, spec_hash, uid, total)
                VALUES ($1, $2, $3, $4, $5, $6, $7)
                ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id""",
-            admission.batch_id, admission.tenant_id, admission.namespace, admission.name,
-            admission.spec_hash, admission.uid, len(ordered),
+            admission.batch_id,
+            admission.tenant_id,
+            admission.namespace,
+            admission.name,
+            admission.spec_hash,
+            admission.uid,
+            len(ordered),
         )
         if inserted is None:
             await connection.execute(
                 "UPDATE batches SET uid = $2 WHERE batch_id = $1 AND uid IS DISTINCT FROM $2",
-                admission.batch_id, admission.uid)
+                admission.batch_id,
+                admission.uid,
+            )
             return False
         await connection.executemany(
             """INSERT INTO computations (tenant_id, output_handle, output_type, fhe_operation,
                    dependencies, is_scalar, transaction_id, dependence_chain_id, schedule_order)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, nextval('computations_schedule_order'))
                ON CONFLICT (tenant_id, output_handle) DO NOTHING""",
-            [(admission.tenant_id, r.output_handle, r.output_type, r.fhe_operation,
-              list(r.dependencies), r.is_scalar, r.transaction_id, r.dependence_chain_id)
-             for r in ordered],
+            [
+                (
+                    admission.tenant_id,
+                    r.output_handle,
+                    r.output_type,
+                    r.fhe_operation,
+                    list(r.dependencies),
+                    r.is_scalar,
+                    r.transaction_id,
+                    r.dependence_chain_id,
+                )
+                for r in ordered
+            ],
         )
         await connection.executemany(
             """INSERT INTO batch_computations (batch_id, tenant_id, output_handle, position,
                    is_output)
                VALUES ($1, $2, $3, $4, $5)""",
-            [(admission.batch_id, admission.tenant_id, r.output_handle, i,
-              r.output_handle in admission.outputs)
-             for i, r in enumerate(ordered)],
+            [
+                (
+                    admission.batch_id,
+                    admission.tenant_id,
+                    r.output_handle,
+                    i,
+                    r.output_handle in admission.outputs,
+                )
+                for i, r in enumerate(ordered)
+            ],
         )
         await notify(connection, WORK_AVAILABLE, admission.batch_id)
     return True
 
 
-async def complete_computation(connection: asyncpg.Connection, tenant_id: int,
-                               handle: bytes, ciphertext: bytes, version: int,
-                               fhe_type: int) -> None:
+async def complete_computation(
+    connection: asyncpg.Connection,
+    tenant_id: int,
+    handle: bytes,
+    ciphertext: bytes,
+    version: int,
+    fhe_type: int,
+) -> None:
     """Store the result and mark it completed, in the caller's claim transaction."""
     require_transaction(connection)
     await insert_ciphertext(connection, tenant_id, handle, ciphertext, version, fhe_type)
     await connection.execute(
         """UPDATE computations SET is_completed = true, completed_at = now(),
                                    retry_after = NULL
-           WHERE tenant_id = $1 AND output_handle = $2""", tenant_id, handle)
+           WHERE tenant_id = $1 AND output_handle = $2""",
+        tenant_id,
+        handle,
+    )
     await notify(connection, CIPHERTEXT_COMPUTED, "0x" + handle.hex())
 
 
-async def mark_error(connection: asyncpg.Connection, tenant_id: int, handle: bytes,
-                     reason: str) -> list[bytes]:
+async def mark_error(
+    connection: asyncpg.Connection, tenant_id: int, handle: bytes, reason: str
+) -> list[bytes]:
     """An irrecoverable failure: mark it and, transitively, every computation that
     consumes it (they can never run). Returns the handles of those dependents."""
     await connection.execute(
         """UPDATE computations SET is_error = true, error_message = $3
-           WHERE tenant_id = $1 AND output_handle = $2""", tenant_id, handle,
-        storable_reason(reason))
+           WHERE tenant_id = $1 AND output_handle = $2""",
+        tenant_id,
+        handle,
+        storable_reason(reason),
+    )
     rows = await connection.fetch(
         """WITH RECURSIVE downstream(handle) AS (
                SELECT c.output_handle FROM computations c
@@ -215,7 +299,11 @@ async def mark_error(connection: asyncpg.Connection, tenant_id: int, handle: byt
                   error_message = 'input 0x' || encode($2, 'hex') || ' failed: ' || $3
            WHERE tenant_id = $1 AND output_handle IN (SELECT handle FROM downstream)
              AND NOT is_error
-           RETURNING output_handle""", tenant_id, handle, storable_reason(reason))
+           RETURNING output_handle""",
+        tenant_id,
+        handle,
+        storable_reason(reason),
+    )
     return [bytes(r["output_handle"]) for r in rows]
 
 
@@ -233,7 +321,9 @@ async def get_batch(connection: asyncpg.Connection, batch_id: str) -> Batch | No
     row = await connection.fetchrow(
         """SELECT batch_id, tenant_id, namespace, name, total,
                   released_at IS NOT NULL AS released
-           FROM batches WHERE batch_id = $1""", batch_id)
+           FROM batches WHERE batch_id = $1""",
+        batch_id,
+    )
     return Batch(**dict(row)) if row else None
 
 
@@ -248,8 +338,9 @@ class BatchComputation(ComputationRow):
     error_message: str | None
 
 
-async def batch_computations(connection: asyncpg.Connection, batch_id: str
-                             ) -> list[BatchComputation]:
+async def batch_computations(
+    connection: asyncpg.Connection, batch_id: str
+) -> list[BatchComputation]:
     rows = await connection.fetch(
         """SELECT c.output_handle, c.output_type, c.fhe_operation, c.dependencies,
                   c.is_scalar, c.dependence_chain_id, c.schedule_order, c.is_completed,
@@ -257,7 +348,9 @@ async def batch_computations(connection: asyncpg.Connection, batch_id: str
            FROM batch_computations bc
            JOIN computations c ON c.tenant_id = bc.tenant_id
                               AND c.output_handle = bc.output_handle
-           WHERE bc.batch_id = $1 ORDER BY bc.position""", batch_id)
+           WHERE bc.batch_id = $1 ORDER BY bc.position""",
+        batch_id,
+    )
     return [BatchComputation(**_computation_fields(r)) for r in rows]
 
 
@@ -268,8 +361,9 @@ class LockedComputation:
     error_message: str | None
 
 
-async def lock_computation(connection: asyncpg.Connection, tenant_id: int, handle: bytes
-                           ) -> LockedComputation | None:
+async def lock_computation(
+    connection: asyncpg.Connection, tenant_id: int, handle: bytes
+) -> LockedComputation | None:
     """Claim one computation for this transaction; None when another worker holds it
     (or it does not exist). The lock ends with the transaction, so a crashed worker's
     claim is released with its connection."""
@@ -277,7 +371,9 @@ async def lock_computation(connection: asyncpg.Connection, tenant_id: int, handl
     row = await connection.fetchrow(
         """SELECT is_completed, is_error, error_message FROM computations
            WHERE tenant_id = $1 AND output_handle = $2 FOR UPDATE SKIP LOCKED""",
-        tenant_id, handle)
+        tenant_id,
+        handle,
+    )
     return LockedComputation(**dict(row)) if row else None
 
 
@@ -289,8 +385,9 @@ class InputState:
     failed: str | None = None
 
 
-async def input_states(connection: asyncpg.Connection, tenant_id: int,
-                       handles: Sequence[bytes]) -> dict[bytes, InputState]:
+async def input_states(
+    connection: asyncpg.Connection, tenant_id: int, handles: Sequence[bytes]
+) -> dict[bytes, InputState]:
     rows = await connection.fetch(
         """SELECT h.handle,
                   EXISTS (SELECT 1 FROM ciphertexts t
@@ -298,7 +395,10 @@ async def input_states(connection: asyncpg.Connection, tenant_id: int,
                   (SELECT coalesce(c.error_message, 'failed') FROM computations c
                    WHERE c.tenant_id = $1 AND c.output_handle = h.handle
                      AND c.is_error) AS failed
-           FROM unnest($2::bytea[]) AS h(handle)""", tenant_id, list(handles))
+           FROM unnest($2::bytea[]) AS h(handle)""",
+        tenant_id,
+        list(handles),
+    )
     return {bytes(r["handle"]): InputState(r["stored"], r["failed"]) for r in rows}
 
 
@@ -322,7 +422,9 @@ async def batch_progress(connection: asyncpg.Connection, batch_id: str) -> Batch
            LEFT JOIN batch_computations bc ON bc.batch_id = b.batch_id
            LEFT JOIN computations c ON c.tenant_id = bc.tenant_id
                                    AND c.output_handle = bc.output_handle
-           WHERE b.batch_id = $1 GROUP BY b.total""", batch_id)
+           WHERE b.batch_id = $1 GROUP BY b.total""",
+        batch_id,
+    )
     return BatchProgress(row["total"], row["completed"], row["failed"]) if row else None
 
 
@@ -330,12 +432,14 @@ async def release_batch(connection: asyncpg.Connection, batch_id: str) -> bool:
     """The finalizer's step: record that the resource is gone. Results stay."""
     status = await connection.execute(
         "UPDATE batches SET released_at = now() WHERE batch_id = $1 AND released_at IS NULL",
-        batch_id)
+        batch_id,
+    )
     return status.endswith(" 1")
 
 
-async def known_handles(connection: asyncpg.Connection, tenant_id: int,
-                        handles: Sequence[bytes]) -> set[bytes]:
+async def known_handles(
+    connection: asyncpg.Connection, tenant_id: int, handles: Sequence[bytes]
+) -> set[bytes]:
     """The handles that exist for the tenant: stored, or a computation will make them."""
     rows = await connection.fetch(
         """SELECT h.handle FROM unnest($2::bytea[]) AS h(handle)
@@ -343,12 +447,15 @@ async def known_handles(connection: asyncpg.Connection, tenant_id: int,
                          WHERE t.tenant_id = $1 AND t.handle = h.handle)
               OR EXISTS (SELECT 1 FROM computations c
                          WHERE c.tenant_id = $1 AND c.output_handle = h.handle)""",
-        tenant_id, list(handles))
+        tenant_id,
+        list(handles),
+    )
     return {bytes(r["handle"]) for r in rows}
 
 
-async def transaction_computations(connection: asyncpg.Connection, tenant_id: int,
-                                   transactions: Sequence[bytes]) -> list[ComputationRow]:
+async def transaction_computations(
+    connection: asyncpg.Connection, tenant_id: int, transactions: Sequence[bytes]
+) -> list[ComputationRow]:
     """The computations listeners stored for these transactions (a ``source`` batch):
     those stored with the transaction, and those it emitted again (linked)."""
     rows = await connection.fetch(
@@ -360,5 +467,8 @@ async def transaction_computations(connection: asyncpg.Connection, tenant_id: in
                     SELECT 1 FROM transaction_computations l
                     WHERE l.tenant_id = c.tenant_id AND l.output_handle = c.output_handle
                       AND l.transaction_id = ANY($2::bytea[])))
-           ORDER BY c.schedule_order""", tenant_id, list(transactions))
+           ORDER BY c.schedule_order""",
+        tenant_id,
+        list(transactions),
+    )
     return [ComputationRow(**_computation_fields(r)) for r in rows]

@@ -40,8 +40,9 @@ class ComputationRow:
 PLAINTEXT_ONLY = frozenset({Op.TrivialEncrypt, Op.Rand, Op.RandBounded})
 
 
-def split_dependencies(op: int, dependencies: tuple[bytes, ...], is_scalar: bool
-                       ) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+def split_dependencies(
+    op: int, dependencies: tuple[bytes, ...], is_scalar: bool
+) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     """(operand handles, plaintext operands) of a row, the reference's encoding: with
     ``is_scalar`` the last element is plaintext; for the ops of PLAINTEXT_ONLY all are."""
     if op in PLAINTEXT_ONLY:
@@ -86,17 +87,21 @@ def check_row(row: ComputationRow) -> None:
     signature = op.signature
     count = len(row.dependencies)
     if signature.arity is not None and count != signature.arity:
-        raise InvalidRow(f"row {_label(row)}: {op.event_name} takes {signature.arity} "
-                         f"operand(s), got {count}")
+        raise InvalidRow(
+            f"row {_label(row)}: {op.event_name} takes {signature.arity} operand(s), got {count}"
+        )
     if signature.arity is None and count < signature.min_args:
-        raise InvalidRow(f"row {_label(row)}: {op.event_name} takes at least "
-                         f"{signature.min_args} operand(s), got {count}")
+        raise InvalidRow(
+            f"row {_label(row)}: {op.event_name} takes at least "
+            f"{signature.min_args} operand(s), got {count}"
+        )
     if row.is_scalar and not signature.scalar_rhs:
         raise InvalidRow(f"row {_label(row)}: {op.event_name} takes no scalar operand")
     for position, dependency in enumerate(row.handle_dependencies):
         if not isinstance(dependency, bytes) or len(dependency) != HANDLE_LENGTH:
-            raise InvalidRow(f"row {_label(row)}: operand {position} is not a "
-                             f"{HANDLE_LENGTH}-byte handle")
+            raise InvalidRow(
+                f"row {_label(row)}: operand {position} is not a {HANDLE_LENGTH}-byte handle"
+            )
 
 
 def check_batch(rows: tuple[ComputationRow, ...] | list[ComputationRow]) -> list[ComputationRow]:
@@ -112,10 +117,9 @@ def check_batch(rows: tuple[ComputationRow, ...] | list[ComputationRow]) -> list
 
 def _topological(by_handle: dict[bytes, ComputationRow]) -> list[ComputationRow]:
     ordered, stuck = topological_order(
-        {handle: row.handle_dependencies for handle, row in by_handle.items()})
+        {handle: row.handle_dependencies for handle, row in by_handle.items()}
+    )
     if stuck:
         shown = ", ".join("0x" + h.hex() for h in sorted(stuck)[:3])
         raise InvalidRow(f"dependency cycle among {len(stuck)} computation(s): {shown}")
     return [by_handle[h] for h in ordered]
-
-

@@ -1,6 +1,6 @@
 """The ``concrete`` backend: concrete-python, radix chunks, one keyset per tenant.
 
-How it fits the engine interface (measured choices in DESIGN.md section 7 and the
+How it fits the engine interface (measured choices in docs/design.md section 7 and the
 engine issue's notes):
 
 * A tenant's keys come from one small *base* circuit whose lookups carry the worst
@@ -90,13 +90,19 @@ def _version() -> str:
 
 # --- keys and compilation ----------------------------------------------------------------
 
+
 def _configuration(p_error: float, restriction: str | None):
     fhe = _fhe()
     from concrete.compiler import KeysetRestriction
 
-    options = dict(p_error=p_error, global_p_error=None, composable=True, show_progress=False,
-                   dump_artifacts_on_unexpected_failures=False,
-                   use_insecure_key_cache=False)
+    options = dict(
+        p_error=p_error,
+        global_p_error=None,
+        composable=True,
+        show_progress=False,
+        dump_artifacts_on_unexpected_failures=False,
+        use_insecure_key_cache=False,
+    )
     if restriction is not None:
         options["keyset_restriction"] = KeysetRestriction.from_json(restriction)
     return fhe.Configuration(**options)
@@ -106,16 +112,21 @@ def _traceable(spec: cc.CircuitSpec):
     """concrete reads argument names from the signature; builders take positional ones."""
     build = spec.build
     if len(spec.shapes) == 1:
+
         def one(x0):
             return build(x0)
+
         return one
     if len(spec.shapes) == 2:
+
         def two(x0, x1):
             return build(x0, x1)
+
         return two
 
     def three(x0, x1, x2):
         return build(x0, x1, x2)
+
     return three
 
 
@@ -145,8 +156,9 @@ def compile_spec(spec: cc.CircuitSpec, p_error: float, restriction: str | None):
     try:
         return compiler.compile(spec.inputset(), _configuration(p_error, restriction))
     except Exception as error:  # concrete raises RuntimeError/ValueError with its reasons
-        raise CompilationFailed(f"circuit {spec.name} does not compile under this keyset: "
-                                f"{error}") from error
+        raise CompilationFailed(
+            f"circuit {spec.name} does not compile under this keyset: {error}"
+        ) from error
 
 
 _BASES: dict[str, object] = {}
@@ -161,10 +173,16 @@ DIMENSION_MARGINS = (32, 64, 128)
 
 def _probe_specs() -> list[cc.CircuitSpec]:
     """Circuits whose every noise pattern must fit a tenant's keys (one of each builder)."""
-    return [cc.binary_spec(Op.Mul, FheType.Uint8), cc.binary_spec(Op.Div, FheType.Uint4),
-            cc.binary_spec(Op.Shl, FheType.Uint8), cc.select_spec(4),
-            cc.binary_spec(Op.Add, FheType.Uint64), cc.binary_spec(Op.BitAnd, FheType.Uint8),
-            cc.binary_spec(Op.Lt, FheType.Uint16), cc.unary_spec(Op.Neg, FheType.Uint8)]
+    return [
+        cc.binary_spec(Op.Mul, FheType.Uint8),
+        cc.binary_spec(Op.Div, FheType.Uint4),
+        cc.binary_spec(Op.Shl, FheType.Uint8),
+        cc.select_spec(4),
+        cc.binary_spec(Op.Add, FheType.Uint64),
+        cc.binary_spec(Op.BitAnd, FheType.Uint8),
+        cc.binary_spec(Op.Lt, FheType.Uint16),
+        cc.unary_spec(Op.Neg, FheType.Uint8),
+    ]
 
 
 def _widen(restriction: str, margin: int) -> str:
@@ -202,8 +220,10 @@ def tenant_restriction(p_error: float) -> str:
         with _BASE_LOCK:
             _RESTRICTIONS[p_error] = candidate
         return candidate
-    raise CompilationFailed(f"no keyset within {DIMENSION_MARGINS[-1]} extra dimensions fits "
-                            f"every circuit at p_error={p_error}")
+    raise CompilationFailed(
+        f"no keyset within {DIMENSION_MARGINS[-1]} extra dimensions fits "
+        f"every circuit at p_error={p_error}"
+    )
 
 
 def keyed_base(restriction: str, p_error: float):
@@ -227,8 +247,17 @@ class CircuitCache:
         self.compiled = 0  # circuits this process compiled (not loaded): for the benchmarks
 
     def _path(self, spec: cc.CircuitSpec) -> Path:
-        key = hashlib.sha256("|".join([_version(), str(cc.CIRCUITS_VERSION), repr(self.p_error),
-                                       self.restriction, spec.name]).encode()).hexdigest()[:24]
+        key = hashlib.sha256(
+            "|".join(
+                [
+                    _version(),
+                    str(cc.CIRCUITS_VERSION),
+                    repr(self.p_error),
+                    self.restriction,
+                    spec.name,
+                ]
+            ).encode()
+        ).hexdigest()[:24]
         return self.directory / f"{spec.name}-{key}.zip"
 
     def server(self, spec: cc.CircuitSpec):
@@ -276,23 +305,22 @@ def _pack_header(header: dict, body: bytes) -> bytes:
 
 
 def _unpack_header(data: bytes, what: str) -> tuple[dict, bytes]:
-    if not isinstance(data, bytes | bytearray) or not bytes(data[:4]) == KEY_MAGIC \
-            or len(data) < 8:
+    if not isinstance(data, bytes | bytearray) or not bytes(data[:4]) == KEY_MAGIC or len(data) < 8:
         raise BadCiphertext(f"not a {NAME} {what}")
     (length,) = struct.unpack(">I", data[4:8])
     try:
-        header = json.loads(bytes(data[8:8 + length]))
+        header = json.loads(bytes(data[8 : 8 + length]))
     except ValueError:
         raise BadCiphertext(f"corrupted {NAME} {what} header") from None
     if not isinstance(header, dict):
         raise BadCiphertext(f"corrupted {NAME} {what} header")
     if header.get("format") != FORMAT_VERSION:
-        raise BadCiphertext(f"{NAME} {what} format {header.get('format')} is not "
-                            f"{FORMAT_VERSION}")
-    return header, bytes(data[8 + length:])
+        raise BadCiphertext(f"{NAME} {what} format {header.get('format')} is not {FORMAT_VERSION}")
+    return header, bytes(data[8 + length :])
 
 
 # --- ciphertext payloads -------------------------------------------------------------------
+
 
 def _seal(fhe_type: FheType, value_bytes: bytes) -> bytes:
     head = bytes([FORMAT_VERSION, int(fhe_type)])
@@ -305,8 +333,9 @@ def _unseal(envelope: Envelope):
         raise BadCiphertext(f"not a {NAME} ciphertext payload (version or length)")
     head, digest, body = payload[:2], payload[2:18], payload[18:]
     if head[1] != int(envelope.fhe_type):
-        raise BadCiphertext(f"payload holds type code {head[1]}, envelope says "
-                            f"{envelope.fhe_type.name}")
+        raise BadCiphertext(
+            f"payload holds type code {head[1]}, envelope says {envelope.fhe_type.name}"
+        )
     if hashlib.sha256(head + body).digest()[:16] != digest:
         raise BadCiphertext("ciphertext bytes are corrupted (digest mismatch)")
     try:
@@ -316,6 +345,7 @@ def _unseal(envelope: Envelope):
 
 
 # --- roles ------------------------------------------------------------------------------
+
 
 class ConcreteClient:
     backend = NAME
@@ -369,11 +399,14 @@ def _keys_from_secrets(header: dict, body: bytes, p_error: float):
     offsets, initial = header["secret_key_sizes"], {}
     start = 0
     for key_id, size in enumerate(offsets):
-        initial[key_id] = LweSecretKey.deserialize(body[start:start + size], params[key_id])
+        initial[key_id] = LweSecretKey.deserialize(body[start : start + size], params[key_id])
         start += size
     keys = fhe.Keys(base.client.specs, None)
-    keys.generate(secret_seed=secrets.randbits(128), encryption_seed=secrets.randbits(128),
-                  initial_keys=initial)
+    keys.generate(
+        secret_seed=secrets.randbits(128),
+        encryption_seed=secrets.randbits(128),
+        initial_keys=initial,
+    )
     return keys
 
 
@@ -402,8 +435,9 @@ class ConcreteEvaluator:
             raise BadCiphertext(f"{spec.name} refused its inputs: {error}") from None
 
     def _wrap(self, fhe_type: FheType, value, kind: Kind = Kind.CIPHERTEXT) -> bytes:
-        return Envelope(NAME, fhe_type, kind, self.key_digest,
-                        _seal(fhe_type, value.serialize())).to_bytes()
+        return Envelope(
+            NAME, fhe_type, kind, self.key_digest, _seal(fhe_type, value.serialize())
+        ).to_bytes()
 
     def _trivial(self, value: int, fhe_type: FheType):
         n = cc.chunk_count(fhe_type)
@@ -442,11 +476,14 @@ class ConcreteEvaluator:
         if op is Op.MulDiv:
             return self._wrap(working, self._mul_div(values, request.scalars, working))
         if len(values) == 2 and not request.scalars:
-            return self._wrap(result_type_of(op, working, None),
-                              self._run(cc.binary_spec(op, working), *values))
+            return self._wrap(
+                result_type_of(op, working, None), self._run(cc.binary_spec(op, working), *values)
+            )
         if len(values) == 1 and len(request.scalars) == 1:
-            return self._wrap(result_type_of(op, working, None),
-                              self._binary_scalar(op, values[0], request.scalars[0], working))
+            return self._wrap(
+                result_type_of(op, working, None),
+                self._binary_scalar(op, values[0], request.scalars[0], working),
+            )
         raise InvalidOperands(f"{op.event_name} takes two operands, the second may be a scalar")
 
     def _binary_scalar(self, op: Op, lhs, scalar: int, fhe_type: FheType):
@@ -489,8 +526,7 @@ class ConcreteEvaluator:
         if divisor == 0:
             return self._trivial(fhe_type.max_value, fhe_type)
         widened = self._run(cc.cast_spec(fhe_type, wide), values[0])
-        product = self._run(cc.binary_spec(Op.Mul, wide), widened,
-                            self._trivial(multiplier, wide))
+        product = self._run(cc.binary_spec(Op.Mul, wide), widened, self._trivial(multiplier, wide))
         quotient = self._run(cc.binary_spec(Op.Div, wide), product, self._trivial(divisor, wide))
         return self._run(cc.cast_spec(wide, fhe_type), quotient)
 
@@ -503,17 +539,18 @@ class ConcreteEvaluator:
         refreshed = self._run(cc.refresh_spec(cc.chunk_count(envelope.fhe_type)), value)
         return self._wrap(envelope.fhe_type, refreshed, Kind.SQUASHED)
 
-    def verify_inputs(self, crs: bytes, public_key: bytes, proven_list: bytes,
-                      metadata: bytes) -> list[bytes]:
-        raise UnsupportedOperation("the concrete backend has no public-key encryption or "
-                                   "input proofs; fhEVM client inputs need a tfhe-rs tenant")
+    def verify_inputs(
+        self, crs: bytes, public_key: bytes, proven_list: bytes, metadata: bytes
+    ) -> list[bytes]:
+        raise UnsupportedOperation(
+            "the concrete backend has no public-key encryption or "
+            "input proofs; fhEVM client inputs need a tfhe-rs tenant"
+        )
 
     def check(self, ciphertext: bytes) -> FheType:
         envelope = self._open(ciphertext)
         _unseal(envelope)
         return envelope.fhe_type
-
-
 
 
 class ConcreteBackend:
@@ -529,20 +566,25 @@ class ConcreteBackend:
         if fhe_type not in SUPPORTED_TYPES:
             return f"{fhe_type.name} is not supported by {NAME} yet (byte arrays)"
         if op in (Op.Rand, Op.RandBounded):
-            return ("concrete-python has no oblivious pseudo-random generation; a value "
-                    "derived from the public seed would be public")
+            return (
+                "concrete-python has no oblivious pseudo-random generation; a value "
+                "derived from the public seed would be public"
+            )
         undefined = reference.defined(op, fhe_type)
         if undefined:
             return undefined
         if op in (Op.Shl, Op.Shr, Op.Rotl, Op.Rotr) and fhe_type.bits & (fhe_type.bits - 1):
-            return (f"amounts modulo {fhe_type.bits} need a division on an encrypted amount "
-                    "(the barrel shifter takes them modulo a power of two)")
+            return (
+                f"amounts modulo {fhe_type.bits} need a division on an encrypted amount "
+                "(the barrel shifter takes them modulo a power of two)"
+            )
         if op is Op.MulDiv and reference.double_width(fhe_type) is None:
             return f"no double-width type for the product of {fhe_type.name}"
         cost, limit = cc.estimated_pbs(op, fhe_type), get_settings().concrete_max_pbs
         if cost > limit:
-            return (f"needs ~{cost} bootstraps per op, over FHE_CONCRETE_MAX_PBS={limit} "
-                    "(use tfhe-rs)")
+            return (
+                f"needs ~{cost} bootstraps per op, over FHE_CONCRETE_MAX_PBS={limit} (use tfhe-rs)"
+            )
         return None
 
     def generate_keyset(self) -> Keyset:
@@ -551,15 +593,20 @@ class ConcreteBackend:
         base = keyed_base(restriction, p_error)
         keys = _fhe().Keys(base.client.specs, None)
         keys.generate(secret_seed=secrets.randbits(128), encryption_seed=secrets.randbits(128))
-        secret_keys = [key.serialize() for key in
-                       keys._keyset.get_client_keys().get_secret_keys()]
-        common = {"format": FORMAT_VERSION, "concrete": _version(), "p_error": p_error,
-                  "restriction": restriction}
-        client_key = _pack_header({**common, "secret_key_sizes": [len(k) for k in secret_keys]},
-                                  b"".join(secret_keys))
+        secret_keys = [key.serialize() for key in keys._keyset.get_client_keys().get_secret_keys()]
+        common = {
+            "format": FORMAT_VERSION,
+            "concrete": _version(),
+            "p_error": p_error,
+            "restriction": restriction,
+        }
+        client_key = _pack_header(
+            {**common, "secret_key_sizes": [len(k) for k in secret_keys]}, b"".join(secret_keys)
+        )
         server_key = _pack_header(common, keys.evaluation.serialize())
-        public = json.dumps({**common, "restriction_sha256": hashlib.sha256(
-            common["restriction"].encode()).hexdigest()}).encode()
+        public = json.dumps(
+            {**common, "restriction_sha256": hashlib.sha256(restriction.encode()).hexdigest()}
+        ).encode()
         return Keyset(NAME, client_key, server_key, public)
 
     def client(self, client_key: bytes, key_id: bytes) -> ConcreteClient:
@@ -570,4 +617,3 @@ class ConcreteBackend:
 
     def evaluator(self, server_key: bytes) -> ConcreteEvaluator:
         return self._evaluators.get(server_key, ConcreteEvaluator)  # type: ignore[return-value]
-

@@ -1,6 +1,6 @@
 """Radix circuits for the concrete-python backend: fhEVM integers as 2-bit chunks.
 
-Why this shape (DESIGN.md section 7, and the probes recorded in the engine issue):
+Why this shape (docs/design.md section 7, and the probes recorded in the engine issue):
 concrete-python compiles whole functions, and a lookup's cost grows steeply with its
 input precision, so wide integers are split into small chunks and every operation is
 one compiled function over arrays of chunks. An n-bit value is ``n / 2`` chunks of
@@ -43,8 +43,7 @@ def chunk_count(fhe_type: FheType) -> int:
 
 
 def to_chunks(value: int, count: int) -> np.ndarray:
-    return np.array([(value >> (CHUNK_BITS * i)) & CHUNK_MAX for i in range(count)],
-                    dtype=np.int64)
+    return np.array([(value >> (CHUNK_BITS * i)) & CHUNK_MAX for i in range(count)], dtype=np.int64)
 
 
 def from_chunks(chunks: Sequence[int]) -> int:
@@ -52,6 +51,7 @@ def from_chunks(chunks: Sequence[int]) -> int:
 
 
 # --- tables (index 0..15: one packed pair or a small sum) ---------------------------------
+
 
 def _table(function: Callable[[int], int]):
     from concrete import fhe
@@ -78,15 +78,22 @@ class Tables:
         self.bit1 = _table(lambda i: (i >> 1) & 1)
         self.not2 = _table(lambda i: (3 - i) & 3)
         self.not1 = _table(lambda i: (1 - i) & 1)
-        self.bitwise = {Op.BitAnd: _packed(lambda a, b: a & b),
-                        Op.BitOr: _packed(lambda a, b: a | b),
-                        Op.BitXor: _packed(lambda a, b: a ^ b)}
+        self.bitwise = {
+            Op.BitAnd: _packed(lambda a, b: a & b),
+            Op.BitOr: _packed(lambda a, b: a | b),
+            Op.BitXor: _packed(lambda a, b: a ^ b),
+        }
         # 0 equal, 1 less, 2 greater; combine keeps the more significant verdict.
         self.compare = _packed(lambda a, b: 0 if a == b else (1 if a < b else 2))
         self.combine = _packed(lambda hi, lo: hi if hi else lo)
-        self.verdict = {Op.Eq: _table(lambda c: int(c == 0)), Op.Ne: _table(lambda c: int(c != 0)),
-                        Op.Lt: _table(lambda c: int(c == 1)), Op.Le: _table(lambda c: int(c != 2)),
-                        Op.Gt: _table(lambda c: int(c == 2)), Op.Ge: _table(lambda c: int(c != 1))}
+        self.verdict = {
+            Op.Eq: _table(lambda c: int(c == 0)),
+            Op.Ne: _table(lambda c: int(c != 0)),
+            Op.Lt: _table(lambda c: int(c == 1)),
+            Op.Le: _table(lambda c: int(c != 2)),
+            Op.Gt: _table(lambda c: int(c == 2)),
+            Op.Ge: _table(lambda c: int(c != 1)),
+        }
         self.keep_if_true = _packed(lambda c, x: x if c == 1 else 0)
         self.keep_if_false = _packed(lambda c, x: x if c == 0 else 0)
         self.mul_low = _packed(lambda a, b: (a * b) % 4)
@@ -95,8 +102,10 @@ class Tables:
         self.shl1 = _packed(lambda hi, lo: ((hi << 1) | (lo >> 1)) & 3)
         self.shr1 = _packed(lambda hi, lo: (lo >> 1) | ((hi & 1) << 1))
         # Shift-left-and-insert the numerator's next bit (even / odd bit of a chunk).
-        self.insert_bit = (_packed(lambda r, a: ((r << 1) & 3) | (a & 1)),
-                           _packed(lambda r, a: ((r << 1) & 3) | ((a >> 1) & 1)))
+        self.insert_bit = (
+            _packed(lambda r, a: ((r << 1) & 3) | (a & 1)),
+            _packed(lambda r, a: ((r << 1) & 3) | ((a >> 1) & 1)),
+        )
 
 
 _TABLES: Tables | None = None
@@ -110,6 +119,7 @@ def tables() -> Tables:
 
 
 # --- traced helpers ------------------------------------------------------------------
+
 
 def _hint(value):
     from concrete import fhe
@@ -161,8 +171,7 @@ def add_chunks(a: list, b: list) -> list:
 
 def sub_chunks(a: list, b: list, *, carry_out: bool = False):
     """a - b as a + ~b + 1; with ``carry_out`` also 1 when a >= b (no borrow)."""
-    return ripple([x + (CHUNK_MAX - y) for x, y in zip(a, b, strict=True)], 1,
-                  carry_out=carry_out)
+    return ripple([x + (CHUNK_MAX - y) for x, y in zip(a, b, strict=True)], 1, carry_out=carry_out)
 
 
 def compare_chunks(a: list, b: list):
@@ -187,8 +196,9 @@ def select(condition, if_true: list, if_false: list, *, clean: bool = True) -> l
     true_iter, false_iter = iter(kept_true), iter(kept_false)
     mixed = []
     for x, y in zip(if_true, if_false, strict=True):
-        terms = ([next(true_iter)] if x is not None else []) + \
-                ([next(false_iter)] if y is not None else [])
+        terms = ([next(true_iter)] if x is not None else []) + (
+            [next(false_iter)] if y is not None else []
+        )
         mixed.append(terms[0] if len(terms) == 1 else terms[0] + terms[1])
     return lut(t.identity, mixed) if clean else mixed
 
@@ -215,7 +225,7 @@ def multiply_chunks(a: list, b: list) -> list:
                 next_columns[k].append(column[0])
                 continue
             for start in range(0, len(column), 5):
-                group = column[start:start + 5]
+                group = column[start : start + 5]
                 if len(group) == 1:
                     next_columns[k].append(group[0])
                     continue
@@ -246,18 +256,27 @@ def divide_chunks(a: list, d: list) -> tuple[list, list]:
     quotient_bits: list = []
     for bit in reversed(range(n * CHUNK_BITS)):
         source = a[bit // CHUNK_BITS]
-        shifted = [lut1(t.insert_bit[bit % 2],
-                        (remainder[0] * 4 if remainder[0] is not None else 0) + source)]
+        shifted = [
+            lut1(
+                t.insert_bit[bit % 2],
+                (remainder[0] * 4 if remainder[0] is not None else 0) + source,
+            )
+        ]
         packs = []
         for i in range(1, n + 1):
             hi, lo = remainder[i], remainder[i - 1]
-            packs.append((hi * 4 if hi is not None else 0) + (lo if lo is not None else 0)
-                         if hi is not None or lo is not None else None)
+            packs.append(
+                (hi * 4 if hi is not None else 0) + (lo if lo is not None else 0)
+                if hi is not None or lo is not None
+                else None
+            )
         live = [p for p in packs if p is not None]
         looked = iter(lut(t.shl1, live))
         shifted += [next(looked) if p is not None else None for p in packs]
-        sums = [(r if r is not None else 0) + (CHUNK_MAX - y if y is not None else CHUNK_MAX)
-                for r, y in zip(shifted, divisor, strict=True)]
+        sums = [
+            (r if r is not None else 0) + (CHUNK_MAX - y if y is not None else CHUNK_MAX)
+            for r, y in zip(shifted, divisor, strict=True)
+        ]
         difference, no_borrow = ripple(sums, 1, carry_out=True)
         remainder = select(no_borrow, difference, shifted)
         quotient_bits.append(no_borrow)
@@ -302,6 +321,7 @@ def shift_chunks(op: Op, x: list, amount: list, stages: int) -> list:
 
 # --- circuit catalogue ----------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class CircuitSpec:
     """One compiled function: its name (the cache key), argument shapes, the builder and
@@ -315,15 +335,18 @@ class CircuitSpec:
 
     def arguments(self) -> dict[str, str]:
         clear = self.clear or (False,) * len(self.shapes)
-        return {f"x{i}": ("clear" if is_clear else "encrypted")
-                for i, is_clear in enumerate(clear)}
+        return {f"x{i}": ("clear" if is_clear else "encrypted") for i, is_clear in enumerate(clear)}
 
     def inputset(self, size: int = 24) -> list:
         rng = np.random.default_rng(7)
-        samples = [tuple(np.full(s, self.largest) for s in self.shapes),
-                   tuple(np.zeros(s, dtype=np.int64) for s in self.shapes)]
-        samples += [tuple(rng.integers(0, self.largest + 1, size=s) for s in self.shapes)
-                    for _ in range(size)]
+        samples = [
+            tuple(np.full(s, self.largest) for s in self.shapes),
+            tuple(np.zeros(s, dtype=np.int64) for s in self.shapes),
+        ]
+        samples += [
+            tuple(rng.integers(0, self.largest + 1, size=s) for s in self.shapes)
+            for _ in range(size)
+        ]
         return [sample if len(sample) > 1 else sample[0] for sample in samples]
 
 
@@ -338,16 +361,22 @@ def base_spec() -> CircuitSpec:
         v = chunks_of(x, 8)
         w = lut(t.identity, v[:5])
         nothing = lut1(t.zero, v[5])  # same noise as a chunk, value 0: keeps the index <= 15
-        return output([lut1(t.identity, w[0] * 4 + nothing + w[2]),
-                       lut1(t.identity, w[0] + w[1] + w[2] + w[3] + w[4]),
-                       *multiply_chunks(v[:4], v[4:])])
+        return output(
+            [
+                lut1(t.identity, w[0] * 4 + nothing + w[2]),
+                lut1(t.identity, w[0] + w[1] + w[2] + w[3] + w[4]),
+                *multiply_chunks(v[:4], v[4:]),
+            ]
+        )
+
     return CircuitSpec("base", (8,), build)
 
 
 def refresh_spec(n: int) -> CircuitSpec:
     """Identity by bootstrap: the client's encrypt/decrypt shape and the squash."""
-    return CircuitSpec(f"refresh{n}", (n,),
-                       lambda x: output(lut(tables().identity, chunks_of(x, n))))
+    return CircuitSpec(
+        f"refresh{n}", (n,), lambda x: output(lut(tables().identity, chunks_of(x, n)))
+    )
 
 
 def trivial_spec(n: int) -> CircuitSpec:
@@ -355,6 +384,7 @@ def trivial_spec(n: int) -> CircuitSpec:
         from concrete import fhe
 
         return output(lut(tables().identity, chunks_of(_hint(fhe.zeros((n,)) + x), n)))
+
     return CircuitSpec(f"trivial{n}", (n,), build, clear=(True,))
 
 
@@ -397,6 +427,7 @@ def unary_spec(op: Op, fhe_type: FheType) -> CircuitSpec:
         if op is Op.Neg:
             return output(ripple([CHUNK_MAX - x for x in a], 1))
         raise ValueError(f"no unary circuit for {op.event_name}")
+
     suffix = "b" if fhe_type is FheType.Bool else ""
     return CircuitSpec(f"{op.name.lower()}{suffix}{n}", (n,), build)
 
@@ -405,6 +436,7 @@ def select_spec(n: int) -> CircuitSpec:
     def build(x0, x1, x2):
         condition = x0[0]
         return output(select(condition, chunks_of(x1, n), chunks_of(x2, n)))
+
     return CircuitSpec(f"select{n}", (1, n, n), build)
 
 
@@ -419,6 +451,7 @@ def cast_spec(source: FheType, target: FheType) -> CircuitSpec:
         kept = lut(t.identity, a[:m])
         zeros = lut(t.zero, [a[0]] * (m - len(kept)))
         return output(kept + zeros)
+
     return CircuitSpec(f"cast{n}{'b' if target is FheType.Bool else 'to'}{m}", (n,), build)
 
 
@@ -429,6 +462,7 @@ def shift_stages(fhe_type: FheType) -> int:
 
 
 # --- cost model (bootstraps), for the support matrix and the benchmarks -----------------
+
 
 def estimated_pbs(op: Op, fhe_type: FheType) -> int:
     n = chunk_count(fhe_type)

@@ -48,8 +48,12 @@ class Envelope:
     payload: bytes
 
     def to_bytes(self) -> bytes:
-        return (MAGIC + bytes([BACKEND_IDS[self.backend], int(self.fhe_type), int(self.kind)])
-                + self.key_digest + self.payload)
+        return (
+            MAGIC
+            + bytes([BACKEND_IDS[self.backend], int(self.fhe_type), int(self.kind)])
+            + self.key_digest
+            + self.payload
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Envelope:
@@ -67,17 +71,26 @@ class Envelope:
             raise BadCiphertext(f"bad type code {type_code} or kind {kind}") from None
         return cls(BACKEND_NAMES[backend_id], fhe_type, parsed_kind, data[7:15], data[15:])
 
-    def expect(self, *, backend: str, digest: bytes, fhe_type: FheType | None = None,
-               kind: Kind = Kind.CIPHERTEXT) -> Envelope:
+    def expect(
+        self,
+        *,
+        backend: str,
+        digest: bytes,
+        fhe_type: FheType | None = None,
+        kind: Kind = Kind.CIPHERTEXT,
+    ) -> Envelope:
         """Raise BadCiphertext unless this is what the caller can compute on."""
         if self.backend != backend:
             raise BadCiphertext(f"ciphertext is from backend {self.backend!r}, not {backend!r}")
         if self.key_digest != digest:
-            raise BadCiphertext("ciphertext was made under another tenant's keys "
-                                f"(key {self.key_digest.hex()}, expected {digest.hex()})")
+            raise BadCiphertext(
+                "ciphertext was made under another tenant's keys "
+                f"(key {self.key_digest.hex()}, expected {digest.hex()})"
+            )
         if fhe_type is not None and self.fhe_type is not fhe_type:
             raise BadCiphertext(f"ciphertext is {self.fhe_type.name}, expected {fhe_type.name}")
         if self.kind is not kind:
-            raise BadCiphertext(f"ciphertext is {self.kind.name.lower()}, "
-                                f"expected {kind.name.lower()}")
+            raise BadCiphertext(
+                f"ciphertext is {self.kind.name.lower()}, expected {kind.name.lower()}"
+            )
         return self

@@ -3,7 +3,7 @@
 Every backend is tested against these functions after decryption, and benchmarks
 check their results with them. Values are Python ints in ``0 .. 2**bits - 1``;
 Bool is 0 or 1. Semantics are those of fhEVM / TFHE-rs unsigned integers
-(DESIGN.md section 5):
+(docs/design.md section 5):
 
 * arithmetic wraps modulo ``2**bits``;
 * ``x / 0 == 2**bits - 1`` and ``x % 0 == x``;
@@ -23,16 +23,53 @@ from collections.abc import Callable, Sequence
 
 from ..types import FheType, Op
 
-UINT_TYPES = (FheType.Uint4, FheType.Uint8, FheType.Uint16, FheType.Uint32, FheType.Uint64,
-              FheType.Uint128, FheType.Uint160, FheType.Uint256)
+UINT_TYPES = (
+    FheType.Uint4,
+    FheType.Uint8,
+    FheType.Uint16,
+    FheType.Uint32,
+    FheType.Uint64,
+    FheType.Uint128,
+    FheType.Uint160,
+    FheType.Uint256,
+)
 BYTES_TYPES = (FheType.Bytes64, FheType.Bytes128, FheType.Bytes256)
 
 # Which (op, operand type) pairs fhEVM defines at all; a backend may support fewer.
-_ARITHMETIC = {Op.Add, Op.Sub, Op.Mul, Op.Div, Op.Rem, Op.Shl, Op.Shr, Op.Rotl, Op.Rotr,
-               Op.Ge, Op.Gt, Op.Le, Op.Lt, Op.Min, Op.Max, Op.Neg, Op.Sum, Op.MulDiv,
-               Op.RandBounded}
-_BITWISE = {Op.BitAnd, Op.BitOr, Op.BitXor, Op.Not, Op.Eq, Op.Ne, Op.IfThenElse, Op.Cast,
-            Op.TrivialEncrypt, Op.Rand, Op.IsIn}
+_ARITHMETIC = {
+    Op.Add,
+    Op.Sub,
+    Op.Mul,
+    Op.Div,
+    Op.Rem,
+    Op.Shl,
+    Op.Shr,
+    Op.Rotl,
+    Op.Rotr,
+    Op.Ge,
+    Op.Gt,
+    Op.Le,
+    Op.Lt,
+    Op.Min,
+    Op.Max,
+    Op.Neg,
+    Op.Sum,
+    Op.MulDiv,
+    Op.RandBounded,
+}
+_BITWISE = {
+    Op.BitAnd,
+    Op.BitOr,
+    Op.BitXor,
+    Op.Not,
+    Op.Eq,
+    Op.Ne,
+    Op.IfThenElse,
+    Op.Cast,
+    Op.TrivialEncrypt,
+    Op.Rand,
+    Op.IsIn,
+}
 
 
 def defined(op: Op, fhe_type: FheType) -> str | None:

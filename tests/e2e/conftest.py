@@ -29,14 +29,16 @@ def namespace(kube_api) -> Iterator[str]:
     core = client.CoreV1Api(kube_api)
     core.create_namespace({"metadata": {"name": name}})
     # Pods need the namespace's default ServiceAccount, made by the controller-manager.
-    wait_for(lambda: core.list_namespaced_service_account(name).items, timeout=30,
-             what=f"default service account in {name}")
+    wait_for(
+        lambda: core.list_namespaced_service_account(name).items,
+        timeout=30,
+        what=f"default service account in {name}",
+    )
     yield name
     core.delete_namespace(name)
 
 
-def wait_for(check: Callable[[], Any], *, timeout: float, what: str,
-             interval: float = 0.2) -> Any:
+def wait_for(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.2) -> Any:
     """Poll until ``check()`` is truthy; fail naming what was awaited."""
     deadline = time.monotonic() + timeout
     last = None
@@ -62,8 +64,10 @@ def apply(kube_api, manifest: dict) -> None:
             ext.replace_custom_resource_definition(manifest["metadata"]["name"], manifest)
         return
     rbac = client.RbacAuthorizationV1Api(kube_api)
-    create = {"ClusterRole": rbac.create_cluster_role,
-              "ClusterRoleBinding": rbac.create_cluster_role_binding}[kind]
+    create = {
+        "ClusterRole": rbac.create_cluster_role,
+        "ClusterRoleBinding": rbac.create_cluster_role_binding,
+    }[kind]
     try:
         create(manifest)
     except ApiException as error:
@@ -81,7 +85,7 @@ def installed(kube_api):
 
     def established():
         status = ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}").status
-        return any(c.type == "Established" and c.status == "True"
-                   for c in status.conditions or [])
+        return any(c.type == "Established" and c.status == "True" for c in status.conditions or [])
+
     wait_for(established, timeout=30, what="the FheBatch CRD to be established")
     return True

@@ -16,31 +16,60 @@ from .conftest import wait_for
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
-def job(name: str, script: str, *, gpus: int = 0, tolerate_gpu: bool = False,
-        backoff_limit: int = 0, fail_job_on: int | None = None) -> dict:
-    container = {"name": "main", "image": "fhe-coprocessor:dev",
-                 "command": ["sh", "-c", script],
-                 "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {
-                     "fieldPath": "metadata.name"}}}]}
+def job(
+    name: str,
+    script: str,
+    *,
+    gpus: int = 0,
+    tolerate_gpu: bool = False,
+    backoff_limit: int = 0,
+    fail_job_on: int | None = None,
+) -> dict:
+    container = {
+        "name": "main",
+        "image": "fhe-coprocessor:dev",
+        "command": ["sh", "-c", script],
+        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+    }
     if gpus:
         container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}
-    spec = {"backoffLimit": backoff_limit, "template": {"spec": {
-        "restartPolicy": "Never", "containers": [container],
-        "tolerations": [GPU_TOLERATION] if tolerate_gpu else [],
-        "terminationGracePeriodSeconds": 2}}}
+    spec = {
+        "backoffLimit": backoff_limit,
+        "template": {
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [container],
+                "tolerations": [GPU_TOLERATION] if tolerate_gpu else [],
+                "terminationGracePeriodSeconds": 2,
+            }
+        },
+    }
     if fail_job_on is not None:
-        spec["podFailurePolicy"] = {"rules": [{"action": "FailJob", "onExitCodes": {
-            "containerName": "main", "operator": "In", "values": [fail_job_on]}}]}
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
-            "spec": spec}
+        spec["podFailurePolicy"] = {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": "main",
+                        "operator": "In",
+                        "values": [fail_job_on],
+                    },
+                }
+            ]
+        }
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": spec}
 
 
 def job_condition(batch: client.BatchV1Api, name: str, namespace: str) -> dict | None:
     status = batch.read_namespaced_job_status(name, namespace).status
     for condition in status.conditions or []:
         if condition.type in ("Complete", "Failed") and condition.status == "True":
-            return {"type": condition.type, "reason": condition.reason,
-                    "failed": status.failed or 0, "succeeded": status.succeeded or 0}
+            return {
+                "type": condition.type,
+                "reason": condition.reason,
+                "failed": status.failed or 0,
+                "succeeded": status.succeeded or 0,
+            }
     return None
 
 
@@ -50,13 +79,22 @@ def pods_of(core: client.CoreV1Api, name: str, namespace: str) -> list:
 
 def test_gpu_job_lands_on_the_gpu_node_and_others_do_not(kube_api, namespace):
     batch, core = client.BatchV1Api(kube_api), client.CoreV1Api(kube_api)
-    batch.create_namespaced_job(namespace, job(
-        "gpu", 'test -n "$CUDA_VISIBLE_DEVICES" && echo "gpu $CUDA_VISIBLE_DEVICES"',
-        gpus=1, tolerate_gpu=True))
+    batch.create_namespaced_job(
+        namespace,
+        job(
+            "gpu",
+            'test -n "$CUDA_VISIBLE_DEVICES" && echo "gpu $CUDA_VISIBLE_DEVICES"',
+            gpus=1,
+            tolerate_gpu=True,
+        ),
+    )
     batch.create_namespaced_job(namespace, job("cpu", "true"))
     for name in ("gpu", "cpu"):
-        done = wait_for(lambda n=name: job_condition(batch, n, namespace), timeout=90,
-                        what=f"job {name} to finish")
+        done = wait_for(
+            lambda n=name: job_condition(batch, n, namespace),
+            timeout=90,
+            what=f"job {name} to finish",
+        )
         assert done["type"] == "Complete", done
     assert pods_of(core, "gpu", namespace)[0].spec.node_name.startswith("fhe-gpu-")
     assert pods_of(core, "cpu", namespace)[0].spec.node_name.startswith("fhe-cpu-")
@@ -65,13 +103,19 @@ def test_gpu_job_lands_on_the_gpu_node_and_others_do_not(kube_api, namespace):
 def test_gpu_request_without_toleration_is_never_placed(kube_api, namespace):
     batch, core = client.BatchV1Api(kube_api), client.CoreV1Api(kube_api)
     batch.create_namespaced_job(namespace, job("no-toleration", "true", gpus=1))
-    pod = wait_for(lambda: next(iter(pods_of(core, "no-toleration", namespace)), None),
-                   timeout=30, what="the pod to be created")
+    pod = wait_for(
+        lambda: next(iter(pods_of(core, "no-toleration", namespace)), None),
+        timeout=30,
+        what="the pod to be created",
+    )
 
     def unschedulable():
         current = core.read_namespaced_pod(pod.metadata.name, namespace)
-        return [c for c in current.status.conditions or []
-                if c.type == "PodScheduled" and c.reason == "Unschedulable"]
+        return [
+            c
+            for c in current.status.conditions or []
+            if c.type == "PodScheduled" and c.reason == "Unschedulable"
+        ]
 
     condition = wait_for(unschedulable, timeout=60, what="the scheduler to give up")
     assert "taint" in condition[0].message or "nvidia.com/gpu" in condition[0].message
@@ -81,18 +125,22 @@ def test_gpu_request_without_toleration_is_never_placed(kube_api, namespace):
 def test_exit_1_is_retried_up_to_backoff_limit(kube_api, namespace):
     batch = client.BatchV1Api(kube_api)
     batch.create_namespaced_job(namespace, job("flaky", "exit 1", backoff_limit=1))
-    done = wait_for(lambda: job_condition(batch, "flaky", namespace), timeout=120,
-                    what="the job to fail after its retries")
-    assert (done["type"], done["reason"], done["failed"]) == (
-        "Failed", "BackoffLimitExceeded", 2)
+    done = wait_for(
+        lambda: job_condition(batch, "flaky", namespace),
+        timeout=120,
+        what="the job to fail after its retries",
+    )
+    assert (done["type"], done["reason"], done["failed"]) == ("Failed", "BackoffLimitExceeded", 2)
 
 
 def test_exit_3_under_fail_job_rule_fails_at_once(kube_api, namespace):
     batch = client.BatchV1Api(kube_api)
-    batch.create_namespaced_job(namespace, job("bad-input", "exit 3", backoff_limit=5,
-                                               fail_job_on=3))
-    done = wait_for(lambda: job_condition(batch, "bad-input", namespace), timeout=60,
-                    what="the job to fail")
+    batch.create_namespaced_job(
+        namespace, job("bad-input", "exit 3", backoff_limit=5, fail_job_on=3)
+    )
+    done = wait_for(
+        lambda: job_condition(batch, "bad-input", namespace), timeout=60, what="the job to fail"
+    )
     assert (done["type"], done["reason"], done["failed"]) == ("Failed", "PodFailurePolicy", 1)
 
 
@@ -111,15 +159,20 @@ def test_deleting_a_job_ends_its_process(kube_api, namespace, tmp_path):
     batch, core = client.BatchV1Api(kube_api), client.CoreV1Api(kube_api)
     tmp_path.chmod(0o777)
     pid_file = tmp_path / f"{uuid.uuid4().hex}.pid"
-    batch.create_namespaced_job(namespace, job(
-        "long", f"echo $$$$ > {pid_file}; exec sleep 300"))  # $$ escapes $ in k8s
-    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(),
-                       timeout=60, what="the process to start"))
+    batch.create_namespaced_job(
+        namespace, job("long", f"echo $$$$ > {pid_file}; exec sleep 300")
+    )  # $$ escapes $ in k8s
+    pid = int(
+        wait_for(
+            lambda: pid_file.exists() and pid_file.read_text().strip(),
+            timeout=60,
+            what="the process to start",
+        )
+    )
     assert process.is_running(pid)
     batch.delete_namespaced_job("long", namespace, propagation_policy="Background")
     wait_for(lambda: not process.is_running(pid), timeout=60, what="the process to end")
-    wait_for(lambda: not pods_of(core, "long", namespace), timeout=60,
-             what="the pod to be removed")
+    wait_for(lambda: not pods_of(core, "long", namespace), timeout=60, what="the pod to be removed")
 
 
 def test_second_up_changes_nothing(kube_cluster):
@@ -136,9 +189,14 @@ def test_kubectl_works_with_the_exported_kubeconfig(kube_cluster):
 
     from devstack.versions import kubectl_binary
 
-    result = subprocess.run([str(kubectl_binary()), "get", "nodes", "-o", "name"],
-                            env={**os.environ, "KUBECONFIG": kube_cluster["KUBECONFIG"]},
-                            capture_output=True, text=True, timeout=30, check=True)
+    result = subprocess.run(
+        [str(kubectl_binary()), "get", "nodes", "-o", "name"],
+        env={**os.environ, "KUBECONFIG": kube_cluster["KUBECONFIG"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     assert {"node/fhe-gpu-0", "node/fhe-cpu-0"} <= set(result.stdout.split())
 
 
@@ -147,6 +205,10 @@ def test_each_pod_output_is_kept_in_a_log_file(kube_api, kube_cluster, namespace
     batch.create_namespaced_job(namespace, job("chatty", 'echo "hello from $POD_NAME"'))
     wait_for(lambda: job_condition(batch, "chatty", namespace), timeout=60, what="the job")
     pod = pods_of(core, "chatty", namespace)[0]
-    log = (Path(kube_cluster["STATE_DIR"]) / "kube" / "pods"
-           / f"{namespace}_{pod.metadata.name}_{pod.metadata.uid}.log")
+    log = (
+        Path(kube_cluster["STATE_DIR"])
+        / "kube"
+        / "pods"
+        / f"{namespace}_{pod.metadata.name}_{pod.metadata.uid}.log"
+    )
     assert log.read_text().strip() == f"hello from {pod.metadata.name}"

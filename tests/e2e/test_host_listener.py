@@ -41,13 +41,17 @@ async def listener_settings(database_url, w3, contracts, namespace):
     executor, acl, _ = contracts
     connection = await asyncpg.connect(database_url)
     try:
-        await queries.create_tenant(connection, "chain", w3.eth.chain_id, os.urandom(32),
-                                    "tfhe-rs")
+        await queries.create_tenant(connection, "chain", w3.eth.chain_id, os.urandom(32), "tfhe-rs")
     finally:
         await connection.close()
-    return Settings(database_url=database_url, host_tenant="chain",
-                    host_executor_address=executor.address, host_acl_address=acl.address,
-                    host_start_block=w3.eth.block_number + 1, namespace=namespace)
+    return Settings(
+        database_url=database_url,
+        host_tenant="chain",
+        host_executor_address=executor.address,
+        host_acl_address=acl.address,
+        host_start_block=w3.eth.block_number + 1,
+        namespace=namespace,
+    )
 
 
 @pytest.fixture
@@ -93,8 +97,9 @@ def transfer(w3, contracts, sender, to):
 
 
 def batches(kube_api, namespace) -> dict[str, dict]:
-    items = custom(kube_api).list_namespaced_custom_object(GROUP, VERSION, namespace,
-                                                           PLURAL)["items"]
+    items = custom(kube_api).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)[
+        "items"
+    ]
     return {item["metadata"]["name"]: item for item in items}
 
 
@@ -102,11 +107,14 @@ async def rows_of(pool, transaction: bytes):
     async with pool.acquire() as connection:
         return await connection.fetch(
             "SELECT output_handle, fhe_operation, is_error, error_message FROM computations "
-            "WHERE transaction_id = $1 ORDER BY schedule_order", transaction)
+            "WHERE transaction_id = $1 ORDER BY schedule_order",
+            transaction,
+        )
 
 
 async def test_transfers_become_rows_and_one_batch_per_block_exactly_once(
-        w3, contracts, listener_settings, pool, kube_api, installed, namespace):
+    w3, contracts, listener_settings, pool, kube_api, installed, namespace
+):
     owner, alice, bob = w3.eth.accounts[:3]
     _, _, token = contracts
     mint = send(w3, token.functions.mint(alice, 1000), owner)
@@ -116,21 +124,24 @@ async def test_transfers_become_rows_and_one_batch_per_block_exactly_once(
 
     for receipt in moves:
         ops = [r["fhe_operation"] for r in await rows_of(pool, bytes(receipt["transactionHash"]))]
-        assert sorted(ops) == sorted([int(Op.Ge), int(Op.Sub), int(Op.Add),
-                                      int(Op.IfThenElse), int(Op.IfThenElse)])
+        assert sorted(ops) == sorted(
+            [int(Op.Ge), int(Op.Sub), int(Op.Add), int(Op.IfThenElse), int(Op.IfThenElse)]
+        )
     assert len(await rows_of(pool, bytes(mint["transactionHash"]))) == 3  # 2 trivial + add
     made = batches(kube_api, namespace)
     fhe_blocks = {r["blockNumber"] for r in [mint, *moves]}
     assert len(made) == len(fhe_blocks)  # allow-only blocks have no FHE work
-    by_block = {int(b["metadata"]["annotations"]["fhe.coprocessor.dev/block"]): b
-                for b in made.values()}
+    by_block = {
+        int(b["metadata"]["annotations"]["fhe.coprocessor.dev/block"]): b for b in made.values()
+    }
     for receipt in [mint, *moves]:
         spec = by_block[receipt["blockNumber"]]["spec"]
         assert spec["source"]["transactions"] == ["0x" + bytes(receipt["transactionHash"]).hex()]
         assert spec["tenant"] == "chain" and spec["stages"] == ["compute", "sns"]
     async with pool.acquire() as connection:
         allowed = await connection.fetchval(
-            "SELECT count(*) FROM allowed_handles WHERE event_type = 1")
+            "SELECT count(*) FROM allowed_handles WHERE event_type = 1"
+        )
         count = await connection.fetchval("SELECT count(*) FROM computations")
     assert allowed >= 2 * len(moves)  # both new balances of every transfer
     assert listener.counters.skipped_logs == 0
@@ -145,7 +156,8 @@ async def test_transfers_become_rows_and_one_batch_per_block_exactly_once(
 
 
 async def test_a_batch_lost_between_commit_and_create_is_created_on_restart(
-        w3, contracts, listener_settings, pool, kube_api, installed, namespace):
+    w3, contracts, listener_settings, pool, kube_api, installed, namespace
+):
     owner, alice = w3.eth.accounts[:2]
     _, _, token = contracts
     receipt = send(w3, token.functions.mint(alice, 5), owner)
@@ -157,11 +169,13 @@ async def test_a_batch_lost_between_commit_and_create_is_created_on_restart(
     assert await restarted.poll() == 0  # no block processed twice
     (made,) = batches(kube_api, namespace).values()
     assert made["spec"]["source"]["transactions"] == [
-        "0x" + bytes(receipt["transactionHash"]).hex()]
+        "0x" + bytes(receipt["transactionHash"]).hex()
+    ]
 
 
 async def test_a_reorg_orphans_the_old_block_and_cancels_its_batch(
-        w3, contracts, listener_settings, pool, kube_api, installed, namespace):
+    w3, contracts, listener_settings, pool, kube_api, installed, namespace
+):
     alice, bob = w3.eth.accounts[1:3]
     _, _, token = contracts
     send(w3, token.functions.mint(alice, 50), w3.eth.accounts[0])
@@ -179,18 +193,23 @@ async def test_a_reorg_orphans_the_old_block_and_cancels_its_batch(
     async with pool.acquire() as connection:
         orphaned = await connection.fetchval(
             "SELECT count(*) FROM blocks WHERE block_hash = $1 AND is_orphaned",
-            bytes(old["blockHash"]))
+            bytes(old["blockHash"]),
+        )
     assert orphaned == 1
     old_rows = await rows_of(pool, bytes(old["transactionHash"]))
-    assert old_rows and all(r["is_error"] and r["error_message"] == ORPHANED
-                            for r in old_rows)
+    assert old_rows and all(r["is_error"] and r["error_message"] == ORPHANED for r in old_rows)
     assert not any(r["is_error"] for r in await rows_of(pool, bytes(new["transactionHash"])))
     now = batches(kube_api, namespace)
-    cancelled = {n for n in old_batches if n.startswith(f"host-{w3.eth.chain_id}-"
-                                                        f"{old['blockNumber']}-")}
+    cancelled = {
+        n for n in old_batches if n.startswith(f"host-{w3.eth.chain_id}-{old['blockNumber']}-")
+    }
     assert cancelled and not cancelled & set(now)
-    assert any(n.startswith(f"host-{w3.eth.chain_id}-{new['blockNumber']}-"
-                            f"{bytes(new['blockHash']).hex()[:8]}") for n in now)
+    assert any(
+        n.startswith(
+            f"host-{w3.eth.chain_id}-{new['blockNumber']}-{bytes(new['blockHash']).hex()[:8]}"
+        )
+        for n in now
+    )
 
 
 async def test_logs_it_cannot_use_are_counted_and_skipped(w3, listener_settings, pool):
@@ -203,11 +222,14 @@ async def test_logs_it_cannot_use_are_counted_and_skipped(w3, listener_settings,
     good = derive_handle(Op.Add, (lhs, rhs), bytes.fromhex(sender[2:]), chain, U64).raw
     bad_type = bytearray(good)
     bad_type[30] = 99
-    calls = [rogue.functions.emitAdd(lhs, rhs, b"\x00", good),
-             rogue.functions.emitAdd(lhs, rhs, b"\x00", make_handle(os.urandom(32), 0xFF,
-                                                                     chain, U64).raw),
-             rogue.functions.emitAdd(lhs, rhs, b"\x00", bytes(bad_type)),
-             rogue.functions.emitTeleport(lhs, good)]
+    calls = [
+        rogue.functions.emitAdd(lhs, rhs, b"\x00", good),
+        rogue.functions.emitAdd(
+            lhs, rhs, b"\x00", make_handle(os.urandom(32), 0xFF, chain, U64).raw
+        ),
+        rogue.functions.emitAdd(lhs, rhs, b"\x00", bytes(bad_type)),
+        rogue.functions.emitTeleport(lhs, good),
+    ]
     receipts = [send(w3, call, sender) for call in calls]
     listener = await make_listener(settings, w3, pool, None)
     await listener.poll()
@@ -224,8 +246,16 @@ async def test_logs_it_cannot_use_are_counted_and_skipped(w3, listener_settings,
     assert await rows_of(pool, bytes(pair["transactionHash"])) == []
     assert listener.counters.skipped_logs == 4
     # Later blocks are still read: the listener did not stop at the bad logs.
-    more = send(w3, rogue.functions.emitAdd(rhs, lhs, b"\x00", derive_handle(
-        Op.Add, (rhs, lhs), bytes.fromhex(sender[2:]), chain, U64).raw), sender)
+    more = send(
+        w3,
+        rogue.functions.emitAdd(
+            rhs,
+            lhs,
+            b"\x00",
+            derive_handle(Op.Add, (rhs, lhs), bytes.fromhex(sender[2:]), chain, U64).raw,
+        ),
+        sender,
+    )
     await listener.poll()
     assert len(await rows_of(pool, bytes(more["transactionHash"]))) == 1
 
@@ -245,8 +275,8 @@ def test_bound_refuses_a_missing_artifact(w3):
 
 
 async def test_killed_mid_backlog_and_restarted_misses_and_duplicates_nothing(
-        w3, contracts, listener_settings, pool, kube_api, installed, namespace, kube_cluster,
-        tmp_path):
+    w3, contracts, listener_settings, pool, kube_api, installed, namespace, kube_cluster, tmp_path
+):
     import signal
     import subprocess
     import sys
@@ -256,18 +286,28 @@ async def test_killed_mid_backlog_and_restarted_misses_and_duplicates_nothing(
     send(w3, token.functions.mint(alice, 10**6), owner)
     moves = [transfer(w3, contracts, alice, bob) for _ in range(25)]
     last = w3.eth.block_number
-    env = {**os.environ, "FHE_DATABASE_URL": listener_settings.database_url,
-           "FHE_HOST_RPC_URL": w3.provider.endpoint_uri, "FHE_HOST_TENANT": "chain",
-           "FHE_HOST_EXECUTOR_ADDRESS": listener_settings.host_executor_address,
-           "FHE_HOST_ACL_ADDRESS": listener_settings.host_acl_address,
-           "FHE_HOST_START_BLOCK": str(listener_settings.host_start_block),
-           "FHE_HOST_POLL_INTERVAL_S": "0.2", "FHE_NAMESPACE": namespace,
-           "FHE_KUBECONFIG": kube_cluster["KUBECONFIG"], "FHE_LOG_FORMAT": "text"}
+    env = {
+        **os.environ,
+        "FHE_DATABASE_URL": listener_settings.database_url,
+        "FHE_HOST_RPC_URL": w3.provider.endpoint_uri,
+        "FHE_HOST_TENANT": "chain",
+        "FHE_HOST_EXECUTOR_ADDRESS": listener_settings.host_executor_address,
+        "FHE_HOST_ACL_ADDRESS": listener_settings.host_acl_address,
+        "FHE_HOST_START_BLOCK": str(listener_settings.host_start_block),
+        "FHE_HOST_POLL_INTERVAL_S": "0.2",
+        "FHE_NAMESPACE": namespace,
+        "FHE_KUBECONFIG": kube_cluster["KUBECONFIG"],
+        "FHE_LOG_FORMAT": "text",
+    }
     log = (tmp_path / "listener.log").open("w")
 
     def start() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "listeners", "host"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "listeners", "host"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     async def seen() -> int:
         async with pool.acquire() as connection:
@@ -301,16 +341,21 @@ async def test_killed_mid_backlog_and_restarted_misses_and_duplicates_nothing(
         assert len(await rows_of(pool, bytes(receipt["transactionHash"]))) == 5
 
 
-@pytest.mark.parametrize(("ws_url", "poll_s", "subscribed"), [
-    (None, 120.0, True),  # only the newHeads subscription can wake it in time
-    ("ws://127.0.0.1:1", 0.3, False),  # no subscription: the polling fallback
-])
-async def test_new_blocks_wake_the_listener(w3, contracts, listener_settings, pool, ws_url,
-                                            poll_s, subscribed):
+@pytest.mark.parametrize(
+    ("ws_url", "poll_s", "subscribed"),
+    [
+        (None, 120.0, True),  # only the newHeads subscription can wake it in time
+        ("ws://127.0.0.1:1", 0.3, False),  # no subscription: the polling fallback
+    ],
+)
+async def test_new_blocks_wake_the_listener(
+    w3, contracts, listener_settings, pool, ws_url, poll_s, subscribed
+):
     owner, alice = w3.eth.accounts[:2]
     _, _, token = contracts
-    settings = listener_settings.model_copy(update={"host_ws_url": ws_url,
-                                                    "host_poll_interval_s": poll_s})
+    settings = listener_settings.model_copy(
+        update={"host_ws_url": ws_url, "host_poll_interval_s": poll_s}
+    )
     listener = HostListener(settings, w3, pool, None)
     stop = asyncio.Event()
     running = asyncio.create_task(listener.run(stop))
@@ -335,15 +380,18 @@ async def test_new_blocks_wake_the_listener(w3, contracts, listener_settings, po
 
 
 async def test_a_busy_block_is_split_into_batches_of_whole_transactions(
-        w3, contracts, listener_settings, pool, kube_api, installed, namespace):
+    w3, contracts, listener_settings, pool, kube_api, installed, namespace
+):
     owner, alice, bob = w3.eth.accounts[:3]
     token = contracts[2]
     send(w3, token.functions.mint(alice, 100), owner)
     amounts = [give_to_token(w3, contracts, alice) for _ in range(3)]
     w3.provider.make_request("evm_setAutomine", [False])
     try:
-        hashes = [token.functions.transfer(bob, a).transact({"from": alice, "gas": 2_000_000})
-                  for a in amounts]
+        hashes = [
+            token.functions.transfer(bob, a).transact({"from": alice, "gas": 2_000_000})
+            for a in amounts
+        ]
         w3.provider.make_request("evm_mine", [])
     finally:
         w3.provider.make_request("evm_setAutomine", [True])
@@ -353,34 +401,47 @@ async def test_a_busy_block_is_split_into_batches_of_whole_transactions(
     listener = await make_listener(settings, w3, pool, custom(kube_api))
     await listener.poll()
     block = receipts[0]["blockNumber"]
-    parts = {name: b for name, b in batches(kube_api, namespace).items()
-             if int(b["metadata"]["annotations"]["fhe.coprocessor.dev/block"]) == block}
-    assert sorted(parts) == sorted(f"host-{w3.eth.chain_id}-{block}-"
-                                   f"{bytes(receipts[0]['blockHash']).hex()[:8]}-{n}"
-                                   for n in range(3))
+    parts = {
+        name: b
+        for name, b in batches(kube_api, namespace).items()
+        if int(b["metadata"]["annotations"]["fhe.coprocessor.dev/block"]) == block
+    }
+    assert sorted(parts) == sorted(
+        f"host-{w3.eth.chain_id}-{block}-{bytes(receipts[0]['blockHash']).hex()[:8]}-{n}"
+        for n in range(3)
+    )
     held = sorted(t for b in parts.values() for t in b["spec"]["source"]["transactions"])
     assert held == sorted("0x" + bytes(h).hex() for h in hashes)
     assert all(len(b["spec"]["source"]["transactions"]) == 1 for b in parts.values())
 
 
 async def test_equal_computations_of_two_transactions_belong_to_both(
-        w3, listener_settings, pool, kube_api, installed, namespace):
+    w3, listener_settings, pool, kube_api, installed, namespace
+):
     """Handles are deterministic: two mints of one amount to fresh accounts emit the
     same three computations. Stored once, they are linked to both transactions, so
     both blocks' FheBatches hold them."""
     host = deploy_host(w3)
     executor, acl, token = host.executor, host.acl, deploy_token(w3, host)
-    settings = listener_settings.model_copy(update={
-        "host_executor_address": executor.address, "host_acl_address": acl.address,
-        "host_start_block": w3.eth.block_number + 1})
+    settings = listener_settings.model_copy(
+        update={
+            "host_executor_address": executor.address,
+            "host_acl_address": acl.address,
+            "host_start_block": w3.eth.block_number + 1,
+        }
+    )
     owner, first, second = w3.eth.accounts[0], w3.eth.accounts[5], w3.eth.accounts[6]
     mints = [send(w3, token.functions.mint(who, 777), owner) for who in (first, second)]
     listener = await make_listener(settings, w3, pool, custom(kube_api))
     await listener.poll()
     async with pool.acquire() as connection:
         tenant = await queries.get_tenant(connection, "chain")
-        held = [await queries.transaction_computations(
-            connection, tenant.tenant_id, [bytes(m["transactionHash"])]) for m in mints]
+        held = [
+            await queries.transaction_computations(
+                connection, tenant.tenant_id, [bytes(m["transactionHash"])]
+            )
+            for m in mints
+        ]
     assert [len(rows) for rows in held] == [3, 3]
     assert {r.output_handle for r in held[0]} == {r.output_handle for r in held[1]}
     assert len(batches(kube_api, namespace)) == 2

@@ -42,16 +42,24 @@ CHAIN_ID = 12345
 
 @pytest.fixture(scope="module")
 def settings(dev_stack, database_url_module, tmp_path_factory) -> Settings:
-    return Settings(database_url=database_url_module,
-                    cache_dir=tmp_path_factory.mktemp("operator-cache"))
+    return Settings(
+        database_url=database_url_module, cache_dir=tmp_path_factory.mktemp("operator-cache")
+    )
 
 
 @pytest.fixture(scope="module")
 async def tenant(settings):
     connection = await asyncpg.connect(settings.database_url)
     try:
-        created = await create_tenant(connection, ObjectStore(settings), settings, "ops",
-                                      CHAIN_ID, "tfhe-rs", keyset=session_keyset("tfhe-rs"))
+        created = await create_tenant(
+            connection,
+            ObjectStore(settings),
+            settings,
+            "ops",
+            CHAIN_ID,
+            "tfhe-rs",
+            keyset=session_keyset("tfhe-rs"),
+        )
     finally:
         await connection.close()
     yield created.tenant, load_client(settings, created.tenant)
@@ -71,16 +79,26 @@ class Operator:
         self.port = process.free_port()
         log = open(self.log_path, "a")  # noqa: SIM115 (kept for the process's life)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fhe_operator", "--liveness",
-             f"http://127.0.0.1:{self.port}/healthz"],
-            env=self.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "fhe_operator",
+                "--liveness",
+                f"http://127.0.0.1:{self.port}/healthz",
+            ],
+            env=self.env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         wait_for(self.alive, timeout=60, what="the operator's liveness endpoint")
 
     def alive(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"operator exited {self.process.returncode}: "
-                                 f"{self.log_path.read_text()[-2000:]}")
+            raise AssertionError(
+                f"operator exited {self.process.returncode}: {self.log_path.read_text()[-2000:]}"
+            )
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
                 return True
@@ -96,9 +114,15 @@ class Operator:
 @pytest.fixture(scope="module")
 def operator(kube_cluster, installed, settings, tenant, dev_stack, tmp_path_factory):
     info = StackState.load(Path(kube_cluster["STATE_DIR"])).components["kube"]
-    env = {**os.environ, **dev_stack, "FHE_DATABASE_URL": settings.database_url,
-           "FHE_KUBECONFIG": str(operator_kubeconfig(info)), "FHE_OPERATOR_RESYNC_S": "1",
-           "FHE_LOG_FORMAT": "json", "FHE_MAX_RUNNING_BATCHES_CPU": "2"}
+    env = {
+        **os.environ,
+        **dev_stack,
+        "FHE_DATABASE_URL": settings.database_url,
+        "FHE_KUBECONFIG": str(operator_kubeconfig(info)),
+        "FHE_OPERATOR_RESYNC_S": "1",
+        "FHE_LOG_FORMAT": "json",
+        "FHE_MAX_RUNNING_BATCHES_CPU": "2",
+    }
     env.pop("KUBECONFIG", None)
     running = Operator(env, tmp_path_factory.mktemp("operator") / "operator.log")
     running.start()
@@ -120,8 +144,9 @@ class Gateway:
         self.contract = deploy(self.w3, "CiphertextCommits", [self.signer.address], 1)
 
     def submitted(self, handle_hex: str) -> bool:
-        return self.contract.functions.hasSubmitted(bytes.fromhex(handle_hex[2:]),
-                                                    self.signer.address).call()
+        return self.contract.functions.hasSubmitted(
+            bytes.fromhex(handle_hex[2:]), self.signer.address
+        ).call()
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +156,13 @@ def gateway(dev_stack) -> Gateway:
 
 def signer_secret(kube_api, namespace: str, account) -> None:
     """The chart's Secret: the signer key reaches the send pods only through it."""
-    client.CoreV1Api(kube_api).create_namespaced_secret(namespace, {
-        "metadata": {"name": "fhe-coprocessor-secrets"},
-        "stringData": {"FHE_SENDER_PRIVATE_KEY": "0x" + bytes(account.key).hex()}})
+    client.CoreV1Api(kube_api).create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "fhe-coprocessor-secrets"},
+            "stringData": {"FHE_SENDER_PRIVATE_KEY": "0x" + bytes(account.key).hex()},
+        },
+    )
 
 
 @pytest.fixture
@@ -141,12 +170,18 @@ def ns(namespace, kube_api, settings, dev_stack, gateway):
     """A namespace whose pods get the database, S3 and gateway settings (the chart's
     ConfigMap) and the signer key (its Secret)."""
     data = {key: value for key, value in dev_stack.items() if key.startswith("FHE_S3")}
-    data.update({"FHE_DATABASE_URL": settings.database_url, "FHE_LOG_FORMAT": "json",
-                 "FHE_COMPUTE_INPUT_WAIT_S": "30",
-                 "FHE_GATEWAY_RPC_URL": dev_stack["FHE_GATEWAY_RPC_URL"],
-                 "FHE_GATEWAY_COMMITS_ADDRESS": gateway.contract.address})
-    client.CoreV1Api(kube_api).create_namespaced_config_map(namespace, {
-        "metadata": {"name": "fhe-coprocessor-config"}, "data": data})
+    data.update(
+        {
+            "FHE_DATABASE_URL": settings.database_url,
+            "FHE_LOG_FORMAT": "json",
+            "FHE_COMPUTE_INPUT_WAIT_S": "30",
+            "FHE_GATEWAY_RPC_URL": dev_stack["FHE_GATEWAY_RPC_URL"],
+            "FHE_GATEWAY_COMMITS_ADDRESS": gateway.contract.address,
+        }
+    )
+    client.CoreV1Api(kube_api).create_namespaced_config_map(
+        namespace, {"metadata": {"name": "fhe-coprocessor-config"}, "data": data}
+    )
     return namespace
 
 
@@ -156,17 +191,21 @@ async def store_input(settings, tenant, value: int, fhe_type: FheType) -> str:
     handle = input_handle(ciphertext, CHAIN_ID, int(fhe_type))
     connection = await asyncpg.connect(settings.database_url)
     try:
-        await queries.insert_ciphertext(connection, record.tenant_id, handle, ciphertext, 0,
-                                        int(fhe_type))
+        await queries.insert_ciphertext(
+            connection, record.tenant_id, handle, ciphertext, 0, int(fhe_type)
+        )
     finally:
         await connection.close()
     return "0x" + handle.hex()
 
 
 def batch(name: str, graph: dict, **spec) -> dict:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FheBatch",
-            "metadata": {"name": name},
-            "spec": {"tenant": "ops", "device": "cpu", "graph": graph, **spec}}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FheBatch",
+        "metadata": {"name": name},
+        "spec": {"tenant": "ops", "device": "cpu", "graph": graph, **spec},
+    }
 
 
 def custom(kube_api) -> client.CustomObjectsApi:
@@ -181,6 +220,7 @@ def phase_in(kube_api, ns: str, name: str, *phases: str):
     def check():
         status = get(kube_api, ns, name).get("status") or {}
         return status if status.get("phase") in phases else None
+
     return check
 
 
@@ -192,33 +232,40 @@ async def decrypt_output(settings, tenant, handle_hex: str) -> int:
     record, client_ = tenant
     connection = await asyncpg.connect(settings.database_url)
     try:
-        stored = await queries.get_ciphertexts(connection, record.tenant_id,
-                                               [bytes.fromhex(handle_hex[2:])])
+        stored = await queries.get_ciphertexts(
+            connection, record.tenant_id, [bytes.fromhex(handle_hex[2:])]
+        )
     finally:
         await connection.close()
     return client_.decrypt(next(iter(stored.values())).ciphertext)
 
 
-async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(operator, ns, kube_api,
-                                                              settings, tenant, kube_cluster,
-                                                              gateway):
+async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(
+    operator, ns, kube_api, settings, tenant, kube_cluster, gateway
+):
     signer_secret(kube_api, ns, gateway.signer)
     a = await store_input(settings, tenant, 200, FheType.Uint8)
     b = await store_input(settings, tenant, 100, FheType.Uint8)
-    graph = {"inputs": {"a": a, "b": b}, "nodes": [
-        {"name": "ok", "op": "FheGe", "args": ["a", "b"]},
-        {"name": "dec", "op": "FheSub", "args": ["a", "b"]},
-        {"name": "new", "op": "FheIfThenElse", "args": ["ok", "dec", "a"], "output": True},
-        {"name": "c", "op": "FheAdd", "args": ["b", {"scalar": "0x2a"}], "output": True},
-        {"name": "k", "op": "FheTrivialEncrypt", "args": [{"scalar": "7"}], "type": "Uint8"},
-        {"name": "w", "op": "FheCast", "args": ["k"], "type": "Uint16", "output": True},
-    ]}
+    graph = {
+        "inputs": {"a": a, "b": b},
+        "nodes": [
+            {"name": "ok", "op": "FheGe", "args": ["a", "b"]},
+            {"name": "dec", "op": "FheSub", "args": ["a", "b"]},
+            {"name": "new", "op": "FheIfThenElse", "args": ["ok", "dec", "a"], "output": True},
+            {"name": "c", "op": "FheAdd", "args": ["b", {"scalar": "0x2a"}], "output": True},
+            {"name": "k", "op": "FheTrivialEncrypt", "args": [{"scalar": "7"}], "type": "Uint8"},
+            {"name": "w", "op": "FheCast", "args": ["k"], "type": "Uint16", "output": True},
+        ],
+    }
     custom(kube_api).create_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, batch("transfer", graph,
-                                          stages=["compute", "sns", "send"]))
-    status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "transfer", "Succeeded",
-                                                        "Failed"), timeout=300,
-                                     what="batch transfer to finish")
+        GROUP, VERSION, ns, PLURAL, batch("transfer", graph, stages=["compute", "sns", "send"])
+    )
+    status = await asyncio.to_thread(
+        wait_for,
+        phase_in(kube_api, ns, "transfer", "Succeeded", "Failed"),
+        timeout=300,
+        what="batch transfer to finish",
+    )
     assert status["phase"] == "Succeeded", status
     assert status["computations"] == {"total": 6, "completed": 6, "failed": 0}
     assert status["stages"]["compute"]["state"] == "Succeeded"
@@ -227,16 +274,24 @@ async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(operator, ns, kube
     assert "3/3 outputs published; 3/3 committed in 3 transaction(s)" in status["message"]
     assert status["stages"]["send"]["summary"]["transactions"] == 3
     assert status["observedGeneration"] == 1
-    expected = {"new": reference.binary(Op.Sub, 200, 100, FheType.Uint8),
-                "c": 142, "w": reference.cast(7, FheType.Uint16)}
+    expected = {
+        "new": reference.binary(Op.Sub, 200, 100, FheType.Uint8),
+        "c": 142,
+        "w": reference.cast(7, FheType.Uint16),
+    }
     assert set(status["outputs"]) == set(expected)
     record, client_ = tenant
     store = ObjectStore(settings)
     connection = await asyncpg.connect(settings.database_url)
     try:
-        digests = {bytes(r["handle"]): r for r in await connection.fetch(
-            "SELECT handle, key_id, ciphertext, ciphertext128 FROM ciphertext_digest "
-            "WHERE tenant_id = $1", record.tenant_id)}
+        digests = {
+            bytes(r["handle"]): r
+            for r in await connection.fetch(
+                "SELECT handle, key_id, ciphertext, ciphertext128 FROM ciphertext_digest "
+                "WHERE tenant_id = $1",
+                record.tenant_id,
+            )
+        }
     finally:
         await connection.close()
     for name, value in expected.items():
@@ -248,7 +303,8 @@ async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(operator, ns, kube
         assert bytes(digests[handle]["ciphertext128"]) == keccak(ct128)
         # What the gateway chain holds is the digest of what S3 holds.
         key_id, ct64_digest, ct128_digest, agreed = (
-            gateway.contract.functions.getCiphertextMaterial(handle).call())
+            gateway.contract.functions.getCiphertextMaterial(handle).call()
+        )
         assert (ct64_digest, ct128_digest) == (keccak(ct64), keccak(ct128))
         assert key_id == int.from_bytes(bytes(digests[handle]["key_id"]), "big")
         assert agreed == [gateway.signer.address]
@@ -260,80 +316,172 @@ async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(operator, ns, kube
     assert job.spec.pod_failure_policy.rules[0].on_exit_codes.values == [3]
     assert job.spec.ttl_seconds_after_finished and job.spec.active_deadline_seconds
     assert jobs["sns"].status.start_time >= job.status.completion_time
-    printed = subprocess.run(["kubectl", "get", "fhebatches", "-n", ns],
-                             env={**os.environ, "KUBECONFIG": kube_cluster["KUBECONFIG"]},
-                             capture_output=True, text=True, check=True).stdout
+    printed = subprocess.run(
+        ["kubectl", "get", "fhebatches", "-n", ns],
+        env={**os.environ, "KUBECONFIG": kube_cluster["KUBECONFIG"]},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     header, row = printed.splitlines()[:2]
     assert header.split()[:6] == ["NAME", "PHASE", "DONE", "DEVICE", "AGE", "MESSAGE"]
     assert row.split()[:4] == ["transfer", "Succeeded", "6/6", "cpu"]
     events = client.CoreV1Api(kube_api).list_namespaced_event(ns).items
-    assert any(e.reason == "Succeeded" and e.involved_object.name == "transfer"
-               for e in events)
+    assert any(e.reason == "Succeeded" and e.involved_object.name == "transfer" for e in events)
 
 
-async def test_a_key_that_is_not_a_registered_signer_fails_the_batch(operator, ns, kube_api,
-                                                                    settings, tenant, gateway):
+async def test_a_key_that_is_not_a_registered_signer_fails_the_batch(
+    operator, ns, kube_api, settings, tenant, gateway
+):
     signer_secret(kube_api, ns, gateway.stranger)
     a = await store_input(settings, tenant, 1, FheType.Bool)
-    custom(kube_api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, batch(
-        "stranger", {"inputs": {"a": a}, "nodes": [
-            {"name": "x", "op": "FheNot", "args": ["a"], "output": True}]},
-        stages=["compute", "sns", "send"]))
-    status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "stranger", "Succeeded",
-                                                        "Failed"), timeout=300,
-                                     what="batch stranger to finish")
+    custom(kube_api).create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        ns,
+        PLURAL,
+        batch(
+            "stranger",
+            {
+                "inputs": {"a": a},
+                "nodes": [{"name": "x", "op": "FheNot", "args": ["a"], "output": True}],
+            },
+            stages=["compute", "sns", "send"],
+        ),
+    )
+    status = await asyncio.to_thread(
+        wait_for,
+        phase_in(kube_api, ns, "stranger", "Succeeded", "Failed"),
+        timeout=300,
+        what="batch stranger to finish",
+    )
     assert status["phase"] == "Failed", status
-    assert (f"stage send failed: signer {gateway.stranger.address} is not a registered "
-            "coprocessor signer") in status["message"], status["message"]
+    assert (
+        f"stage send failed: signer {gateway.stranger.address} is not a registered "
+        "coprocessor signer"
+    ) in status["message"], status["message"]
     assert status["stages"]["sns"]["state"] == "Succeeded"
     assert status["stages"]["send"]["attempts"] == 1  # exit 3: not retried
     assert gateway.w3.eth.get_transaction_count(gateway.stranger.address) == 0
 
 
 INVALID = [
-    ("unknown-op", {"nodes": [{"name": "x", "op": "FheFrobnicate", "args": ["a", "a"]}]},
-     "unknown op 'FheFrobnicate'"),
-    ("arity", {"nodes": [{"name": "x", "op": "FheAdd", "args": ["a"]}]},
-     "node 'x' (FheAdd): takes 2 argument(s), got 1"),
-    ("mismatch", {"nodes": [{"name": "x", "op": "FheAdd", "args": ["a", "wide"]}]},
-     "operands differ: Uint8 and Uint16"),
-    ("cycle", {"nodes": [{"name": "x", "op": "FheAdd", "args": ["a", "y"]},
-                         {"name": "y", "op": "FheAdd", "args": ["x", "a"]}]},
-     "cycle through nodes x, y"),
-    ("dangling", {"nodes": [{"name": "x", "op": "FheAdd", "args": ["a", "nope"]}]},
-     "argument 'nope' names no input or node"),
+    (
+        "unknown-op",
+        {"nodes": [{"name": "x", "op": "FheFrobnicate", "args": ["a", "a"]}]},
+        "unknown op 'FheFrobnicate'",
+    ),
+    (
+        "arity",
+        {"nodes": [{"name": "x", "op": "FheAdd", "args": ["a"]}]},
+        "node 'x' (FheAdd): takes 2 argument(s), got 1",
+    ),
+    (
+        "mismatch",
+        {"nodes": [{"name": "x", "op": "FheAdd", "args": ["a", "wide"]}]},
+        "operands differ: Uint8 and Uint16",
+    ),
+    (
+        "cycle",
+        {
+            "nodes": [
+                {"name": "x", "op": "FheAdd", "args": ["a", "y"]},
+                {"name": "y", "op": "FheAdd", "args": ["x", "a"]},
+            ]
+        },
+        "cycle through nodes x, y",
+    ),
+    (
+        "dangling",
+        {"nodes": [{"name": "x", "op": "FheAdd", "args": ["a", "nope"]}]},
+        "argument 'nope' names no input or node",
+    ),
     ("no-type", {"nodes": [{"name": "x", "op": "FheCast", "args": ["a"]}]}, "needs `type`"),
-    ("unsupported", {"nodes": [{"name": "x", "op": "FheRandBounded", "type": "Bool",
-                                "args": [{"scalar": "2"}]}]},
-     "not defined on Bool"),
+    (
+        "unsupported",
+        {
+            "nodes": [
+                {"name": "x", "op": "FheRandBounded", "type": "Bool", "args": [{"scalar": "2"}]}
+            ]
+        },
+        "not defined on Bool",
+    ),
 ]
 
 
-async def test_invalid_graphs_fail_with_a_message_and_no_job(operator, ns, kube_api, settings,
-                                                             tenant):
+async def test_invalid_graphs_fail_with_a_message_and_no_job(
+    operator, ns, kube_api, settings, tenant
+):
     a = await store_input(settings, tenant, 1, FheType.Uint8)
     wide = await store_input(settings, tenant, 1, FheType.Uint16)
-    cases = [(name, batch(name, {"inputs": {"a": a, "wide": wide}, **graph}), message)
-             for name, graph, message in INVALID]
-    cases.append(("tenant", {**batch("tenant", {"inputs": {"a": a}, "nodes": [
-        {"name": "x", "op": "FheNot", "args": ["a"]}]}), "spec": {
-        "tenant": "nobody", "graph": {"inputs": {"a": a}, "nodes": [
-            {"name": "x", "op": "FheNot", "args": ["a"]}]}}}, "tenant 'nobody' does not exist"))
+    cases = [
+        (name, batch(name, {"inputs": {"a": a, "wide": wide}, **graph}), message)
+        for name, graph, message in INVALID
+    ]
+    cases.append(
+        (
+            "tenant",
+            {
+                **batch(
+                    "tenant",
+                    {"inputs": {"a": a}, "nodes": [{"name": "x", "op": "FheNot", "args": ["a"]}]},
+                ),
+                "spec": {
+                    "tenant": "nobody",
+                    "graph": {
+                        "inputs": {"a": a},
+                        "nodes": [{"name": "x", "op": "FheNot", "args": ["a"]}],
+                    },
+                },
+            },
+            "tenant 'nobody' does not exist",
+        )
+    )
     unknown = "0x" + (b"\x01" * 22 + CHAIN_ID.to_bytes(8, "big") + bytes([2, 0])).hex()
-    cases.append(("handle", batch("handle", {"inputs": {"a": unknown}, "nodes": [
-        {"name": "x", "op": "FheNot", "args": ["a"]}]}), "input 'a' (0x0101"))
-    cases.append(("stage", batch("stage", {"inputs": {"a": a}, "nodes": [
-        {"name": "x", "op": "FheNot", "args": ["a"], "output": True}]},
-        stages=["compute", "send"]), "list sns before send"))
-    cases.append(("no-outputs", batch("no-outputs", {"inputs": {"a": a}, "nodes": [
-        {"name": "x", "op": "FheNot", "args": ["a"]}]}, stages=["compute", "sns"]),
-        "no node is marked output: true"))
+    cases.append(
+        (
+            "handle",
+            batch(
+                "handle",
+                {"inputs": {"a": unknown}, "nodes": [{"name": "x", "op": "FheNot", "args": ["a"]}]},
+            ),
+            "input 'a' (0x0101",
+        )
+    )
+    cases.append(
+        (
+            "stage",
+            batch(
+                "stage",
+                {
+                    "inputs": {"a": a},
+                    "nodes": [{"name": "x", "op": "FheNot", "args": ["a"], "output": True}],
+                },
+                stages=["compute", "send"],
+            ),
+            "list sns before send",
+        )
+    )
+    cases.append(
+        (
+            "no-outputs",
+            batch(
+                "no-outputs",
+                {"inputs": {"a": a}, "nodes": [{"name": "x", "op": "FheNot", "args": ["a"]}]},
+                stages=["compute", "sns"],
+            ),
+            "no node is marked output: true",
+        )
+    )
     for _, manifest, _ in cases:
         custom(kube_api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, manifest)
     for name, _, message in cases:
-        status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, name, "Failed",
-                                                            "Succeeded", "Computing"),
-                                         timeout=60, what=f"batch {name} to be judged")
+        status = await asyncio.to_thread(
+            wait_for,
+            phase_in(kube_api, ns, name, "Failed", "Succeeded", "Computing"),
+            timeout=60,
+            what=f"batch {name} to be judged",
+        )
         assert status["phase"] == "Failed", (name, status)
         assert message in status["message"], (name, status["message"])
     assert jobs_in(kube_api, ns) == []
@@ -342,79 +490,142 @@ async def test_invalid_graphs_fail_with_a_message_and_no_job(operator, ns, kube_
     assert failed == {name for name, _, _ in cases}
 
 
-@pytest.mark.parametrize(("mutation", "fragment"), [
-    ({"spec": {"tenant": "ops", "graph": {"nodes": []}, "color": "red"}}, "unknown field"),
-    ({"spec": {"tenant": "ops", "device": "tpu", "graph": {"nodes": [
-        {"name": "x", "op": "FheNot", "args": ["a"]}]}}}, "Unsupported value"),
-    ({"spec": {"tenant": "ops", "graph": {"nodes": [
-        {"name": "x", "op": "FheNot", "args": ["a"]}]},
-        "source": {"transactions": ["0x" + "00" * 32]}}}, "exactly one of spec.graph"),
-    ({"spec": {"tenant": "ops", "graph": {"nodes": [
-        {"name": f"n{i}", "op": "FheNot", "args": ["a"]} for i in range(501)]}}},
-     "must have at most 500 items"),
-    ({"spec": {"tenant": "ops", "graph": {"inputs": {"a": "0x12"}, "nodes": [
-        {"name": "x", "op": "FheNot", "args": ["a"]}]}}}, "should match"),
-])
-def test_the_api_server_rejects_structurally_wrong_batches(installed, kube_api, namespace,
-                                                           mutation, fragment):
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FheBatch",
-            "metadata": {"name": "wrong"}, **mutation}
+@pytest.mark.parametrize(
+    ("mutation", "fragment"),
+    [
+        ({"spec": {"tenant": "ops", "graph": {"nodes": []}, "color": "red"}}, "unknown field"),
+        (
+            {
+                "spec": {
+                    "tenant": "ops",
+                    "device": "tpu",
+                    "graph": {"nodes": [{"name": "x", "op": "FheNot", "args": ["a"]}]},
+                }
+            },
+            "Unsupported value",
+        ),
+        (
+            {
+                "spec": {
+                    "tenant": "ops",
+                    "graph": {"nodes": [{"name": "x", "op": "FheNot", "args": ["a"]}]},
+                    "source": {"transactions": ["0x" + "00" * 32]},
+                }
+            },
+            "exactly one of spec.graph",
+        ),
+        (
+            {
+                "spec": {
+                    "tenant": "ops",
+                    "graph": {
+                        "nodes": [
+                            {"name": f"n{i}", "op": "FheNot", "args": ["a"]} for i in range(501)
+                        ]
+                    },
+                }
+            },
+            "must have at most 500 items",
+        ),
+        (
+            {
+                "spec": {
+                    "tenant": "ops",
+                    "graph": {
+                        "inputs": {"a": "0x12"},
+                        "nodes": [{"name": "x", "op": "FheNot", "args": ["a"]}],
+                    },
+                }
+            },
+            "should match",
+        ),
+    ],
+)
+def test_the_api_server_rejects_structurally_wrong_batches(
+    installed, kube_api, namespace, mutation, fragment
+):
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FheBatch",
+        "metadata": {"name": "wrong"},
+        **mutation,
+    }
     with pytest.raises(ApiException) as rejected:
         custom(kube_api).create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict")
+            GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict"
+        )
     assert rejected.value.status in (400, 422)
     assert fragment in rejected.value.body
 
 
-async def test_bad_ciphertext_exit_3_fails_the_job_at_once(operator, ns, kube_api, settings,
-                                                           tenant):
+async def test_bad_ciphertext_exit_3_fails_the_job_at_once(
+    operator, ns, kube_api, settings, tenant
+):
     record, client_ = tenant
     good = client_.encrypt(5, FheType.Uint8)
     envelope = Envelope.from_bytes(good)
     payload = bytearray(envelope.payload)
-    payload[len(payload) // 2: len(payload) // 2 + 64] = b"\xff" * 64
-    broken = Envelope(envelope.backend, envelope.fhe_type, envelope.kind, envelope.key_digest,
-                      bytes(payload)).to_bytes()
+    payload[len(payload) // 2 : len(payload) // 2 + 64] = b"\xff" * 64
+    broken = Envelope(
+        envelope.backend, envelope.fhe_type, envelope.kind, envelope.key_digest, bytes(payload)
+    ).to_bytes()
     handle = input_handle(broken, CHAIN_ID, int(FheType.Uint8))
     connection = await asyncpg.connect(settings.database_url)
     try:
         await queries.insert_ciphertext(connection, record.tenant_id, handle, broken, 0, 2)
     finally:
         await connection.close()
-    graph = {"inputs": {"a": "0x" + handle.hex()},
-             "nodes": [{"name": "x", "op": "FheAdd", "args": ["a", {"scalar": "1"}]}]}
+    graph = {
+        "inputs": {"a": "0x" + handle.hex()},
+        "nodes": [{"name": "x", "op": "FheAdd", "args": ["a", {"scalar": "1"}]}],
+    }
     custom(kube_api).create_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, batch("corrupt", graph, retries={"backoffLimit": 3}))
-    status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "corrupt", "Failed",
-                                                        "Succeeded"), timeout=180,
-                                     what="batch corrupt to finish")
+        GROUP, VERSION, ns, PLURAL, batch("corrupt", graph, retries={"backoffLimit": 3})
+    )
+    status = await asyncio.to_thread(
+        wait_for,
+        phase_in(kube_api, ns, "corrupt", "Failed", "Succeeded"),
+        timeout=180,
+        what="batch corrupt to finish",
+    )
     assert status["phase"] == "Failed"
     assert "rejected by TFHE-rs" in status["message"], status["message"]
     assert status["stages"]["compute"]["attempts"] == 1  # exit 3: no retry
     assert status["computations"]["failed"] == 1
 
 
-async def test_recoverable_exit_is_retried_then_succeeds(operator, ns, kube_api, settings,
-                                                         tenant, dev_stack):
+async def test_recoverable_exit_is_retried_then_succeeds(
+    operator, ns, kube_api, settings, tenant, dev_stack
+):
     core = client.CoreV1Api(kube_api)
-    core.patch_namespaced_config_map("fhe-coprocessor-config", ns, {
-        "data": {"FHE_S3_ENDPOINT": "http://127.0.0.1:1"}})  # S3 unreachable: exit 75
+    core.patch_namespaced_config_map(
+        "fhe-coprocessor-config", ns, {"data": {"FHE_S3_ENDPOINT": "http://127.0.0.1:1"}}
+    )  # S3 unreachable: exit 75
     a = await store_input(settings, tenant, 9, FheType.Uint8)
-    graph = {"inputs": {"a": a}, "nodes": [
-        {"name": "x", "op": "FheAdd", "args": ["a", {"scalar": "1"}], "output": True}]}
+    graph = {
+        "inputs": {"a": a},
+        "nodes": [{"name": "x", "op": "FheAdd", "args": ["a", {"scalar": "1"}], "output": True}],
+    }
     custom(kube_api).create_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, batch("retry", graph, retries={"backoffLimit": 3}))
+        GROUP, VERSION, ns, PLURAL, batch("retry", graph, retries={"backoffLimit": 3})
+    )
 
     def first_attempt_failed():
         jobs = jobs_in(kube_api, ns)
         return jobs and (jobs[0].status.failed or 0) >= 1
-    await asyncio.to_thread(wait_for, first_attempt_failed, timeout=120,
-                            what="the first pod to fail recoverably")
-    core.patch_namespaced_config_map("fhe-coprocessor-config", ns, {
-        "data": {"FHE_S3_ENDPOINT": dev_stack["FHE_S3_ENDPOINT"]}})
-    status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "retry", "Failed",
-                                                        "Succeeded"), timeout=180,
-                                     what="batch retry to finish")
+
+    await asyncio.to_thread(
+        wait_for, first_attempt_failed, timeout=120, what="the first pod to fail recoverably"
+    )
+    core.patch_namespaced_config_map(
+        "fhe-coprocessor-config", ns, {"data": {"FHE_S3_ENDPOINT": dev_stack["FHE_S3_ENDPOINT"]}}
+    )
+    status = await asyncio.to_thread(
+        wait_for,
+        phase_in(kube_api, ns, "retry", "Failed", "Succeeded"),
+        timeout=180,
+        what="batch retry to finish",
+    )
     assert status["phase"] == "Succeeded", status
     assert status["stages"]["compute"]["attempts"] >= 2
     assert await decrypt_output(settings, tenant, status["outputs"]["x"]) == 10
@@ -429,23 +640,31 @@ def chain_graph(a: str, length: int) -> dict:
 
 
 async def test_operator_killed_mid_batch_converges_without_a_second_job(
-        operator, ns, kube_api, settings, tenant):
+    operator, ns, kube_api, settings, tenant
+):
     a = await store_input(settings, tenant, 7, FheType.Uint16)
     custom(kube_api).create_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, batch("restart", chain_graph(a, 4)))
-    await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "restart", "Computing"),
-                            timeout=60, what="batch restart to start computing")
+        GROUP, VERSION, ns, PLURAL, batch("restart", chain_graph(a, 4))
+    )
+    await asyncio.to_thread(
+        wait_for,
+        phase_in(kube_api, ns, "restart", "Computing"),
+        timeout=60,
+        what="batch restart to start computing",
+    )
     (job,) = jobs_in(kube_api, ns)
     operator.kill()
     operator.start()
-    status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "restart", "Succeeded",
-                                                        "Failed"), timeout=240,
-                                     what="batch restart to finish")
+    status = await asyncio.to_thread(
+        wait_for,
+        phase_in(kube_api, ns, "restart", "Succeeded", "Failed"),
+        timeout=240,
+        what="batch restart to finish",
+    )
     assert status["phase"] == "Succeeded", status
     (again,) = jobs_in(kube_api, ns)
     assert again.metadata.uid == job.metadata.uid
-    assert await decrypt_output(settings, tenant, status["outputs"]["n3"]) == \
-        (7 * 3 ** 4) % 2**16
+    assert await decrypt_output(settings, tenant, status["outputs"]["n3"]) == (7 * 3**4) % 2**16
 
 
 def job_processes(batch_id: str) -> list[int]:
@@ -461,21 +680,34 @@ def job_processes(batch_id: str) -> list[int]:
     return found
 
 
-async def test_deleting_a_batch_mid_run_stops_its_process(operator, ns, kube_api, settings,
-                                                          tenant):
+async def test_deleting_a_batch_mid_run_stops_its_process(operator, ns, kube_api, settings, tenant):
     a = await store_input(settings, tenant, 5, FheType.Uint32)
     custom(kube_api).create_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, batch("doomed", chain_graph(a, 30)))
-    status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "doomed", "Computing"),
-                                     timeout=60, what="batch doomed to start computing")
+        GROUP, VERSION, ns, PLURAL, batch("doomed", chain_graph(a, 30))
+    )
+    status = await asyncio.to_thread(
+        wait_for,
+        phase_in(kube_api, ns, "doomed", "Computing"),
+        timeout=60,
+        what="batch doomed to start computing",
+    )
     batch_id = status["batchId"]
-    await asyncio.to_thread(wait_for, lambda: job_processes(batch_id), timeout=60,
-                            what="the compute process to start")
+    await asyncio.to_thread(
+        wait_for, lambda: job_processes(batch_id), timeout=60, what="the compute process to start"
+    )
     custom(kube_api).delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "doomed")
-    await asyncio.to_thread(wait_for, lambda: not job_processes(batch_id), timeout=60,
-                            what="the compute process to stop")
-    await asyncio.to_thread(wait_for, lambda: not jobs_in(kube_api, ns), timeout=60,
-                            what="the Job to be garbage-collected")
+    await asyncio.to_thread(
+        wait_for,
+        lambda: not job_processes(batch_id),
+        timeout=60,
+        what="the compute process to stop",
+    )
+    await asyncio.to_thread(
+        wait_for,
+        lambda: not jobs_in(kube_api, ns),
+        timeout=60,
+        what="the Job to be garbage-collected",
+    )
 
     def gone() -> bool:  # the finalizer (release in the database) has run
         try:
@@ -483,80 +715,115 @@ async def test_deleting_a_batch_mid_run_stops_its_process(operator, ns, kube_api
         except ApiException as error:
             return error.status == 404
         return False
+
     await asyncio.to_thread(wait_for, gone, timeout=60, what="the finalizer to finish")
     connection = await asyncpg.connect(settings.database_url)
     try:
         released = await connection.fetchval(
-            "SELECT released_at IS NOT NULL FROM batches WHERE batch_id = $1", batch_id)
+            "SELECT released_at IS NOT NULL FROM batches WHERE batch_id = $1", batch_id
+        )
     finally:
         await connection.close()
     assert released
 
 
-
-async def test_a_suspended_batch_starts_no_job_until_resumed(operator, ns, kube_api, settings,
-                                                             tenant):
+async def test_a_suspended_batch_starts_no_job_until_resumed(
+    operator, ns, kube_api, settings, tenant
+):
     a = await store_input(settings, tenant, 41, FheType.Uint8)
-    graph = {"inputs": {"a": a}, "nodes": [
-        {"name": "x", "op": "FheAdd", "args": ["a", {"scalar": "1"}], "output": True}]}
+    graph = {
+        "inputs": {"a": a},
+        "nodes": [{"name": "x", "op": "FheAdd", "args": ["a", {"scalar": "1"}], "output": True}],
+    }
     custom(kube_api).create_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, batch("paused", graph, suspend=True,
-                                          stages=["compute", "sns"]))
-    status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "paused", "Suspended"),
-                                     timeout=60, what="batch paused to be suspended")
+        GROUP, VERSION, ns, PLURAL, batch("paused", graph, suspend=True, stages=["compute", "sns"])
+    )
+    status = await asyncio.to_thread(
+        wait_for,
+        phase_in(kube_api, ns, "paused", "Suspended"),
+        timeout=60,
+        what="batch paused to be suspended",
+    )
     assert "suspended before stage compute" in status["message"]
     assert status["computations"]["total"] == 1  # admitted, not started
     assert jobs_in(kube_api, ns) == []
-    custom(kube_api).patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "paused",
-                                                    {"spec": {"suspend": False}})
-    status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, "paused", "Succeeded",
-                                                        "Failed"), timeout=240,
-                                     what="batch paused to finish after resuming")
+    custom(kube_api).patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, "paused", {"spec": {"suspend": False}}
+    )
+    status = await asyncio.to_thread(
+        wait_for,
+        phase_in(kube_api, ns, "paused", "Succeeded", "Failed"),
+        timeout=240,
+        what="batch paused to finish after resuming",
+    )
     assert status["phase"] == "Succeeded", status
     assert status["observedGeneration"] == 2
-    assert {j.metadata.labels["fhe.coprocessor.dev/stage"] for j in jobs_in(kube_api, ns)} \
-        == {"compute", "sns"}
+    assert {j.metadata.labels["fhe.coprocessor.dev/stage"] for j in jobs_in(kube_api, ns)} == {
+        "compute",
+        "sns",
+    }
     assert await decrypt_output(settings, tenant, status["outputs"]["x"]) == 42
 
 
 async def test_over_the_limit_batches_wait_in_admitted_and_start_by_priority(
-        operator, ns, kube_api, settings, tenant):
+    operator, ns, kube_api, settings, tenant
+):
     """The operator under test allows 2 CPU batches at once (FHE_MAX_RUNNING_BATCHES_CPU)."""
     a = await store_input(settings, tenant, 3, FheType.Uint16)
     api = custom(kube_api)
-    api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
-                                        batch("short", chain_graph(a, 2)))
-    api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
-                                        batch("long", chain_graph(a, 24)))
+    api.create_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, batch("short", chain_graph(a, 2))
+    )
+    api.create_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, batch("long", chain_graph(a, 24))
+    )
     for name in ("short", "long"):
-        await asyncio.to_thread(wait_for, phase_in(kube_api, ns, name, "Computing"),
-                                timeout=60, what=f"batch {name} to start computing")
-    api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
-                                        batch("low", chain_graph(a, 1)))
-    api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
-                                        batch("high", chain_graph(a, 1), priority=5))
+        await asyncio.to_thread(
+            wait_for,
+            phase_in(kube_api, ns, name, "Computing"),
+            timeout=60,
+            what=f"batch {name} to start computing",
+        )
+    api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, batch("low", chain_graph(a, 1)))
+    api.create_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, batch("high", chain_graph(a, 1), priority=5)
+    )
     for name in ("low", "high"):
-        status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, name, "Admitted"),
-                                         timeout=60, what=f"batch {name} to wait")
+        status = await asyncio.to_thread(
+            wait_for,
+            phase_in(kube_api, ns, name, "Admitted"),
+            timeout=60,
+            what=f"batch {name} to wait",
+        )
         assert "waiting for capacity: 2 of 2 cpu batches running" in status["message"]
 
     def started(name: str) -> bool:
-        return any(j.metadata.labels["fhe.coprocessor.dev/batch"] == name
-                   for j in jobs_in(kube_api, ns))
-    await asyncio.to_thread(wait_for, lambda: started("high"), timeout=240,
-                            what="the high-priority batch to start when short finishes")
+        return any(
+            j.metadata.labels["fhe.coprocessor.dev/batch"] == name for j in jobs_in(kube_api, ns)
+        )
+
+    await asyncio.to_thread(
+        wait_for,
+        lambda: started("high"),
+        timeout=240,
+        what="the high-priority batch to start when short finishes",
+    )
     assert get(kube_api, ns, "long")["status"]["phase"] == "Computing"
     low = get(kube_api, ns, "low")["status"]
     assert low["phase"] == "Admitted" and not started("low"), low
     for name in ("short", "long", "low", "high"):
-        status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, name, "Succeeded",
-                                                            "Failed"), timeout=300,
-                                         what=f"batch {name} to finish")
+        status = await asyncio.to_thread(
+            wait_for,
+            phase_in(kube_api, ns, name, "Succeeded", "Failed"),
+            timeout=300,
+            what=f"batch {name} to finish",
+        )
         assert status["phase"] == "Succeeded", (name, status)
 
 
-async def test_host_chain_transfer_to_decrypted_balances(operator, ns, kube_api, settings,
-                                                         tenant, dev_stack, gateway):
+async def test_host_chain_transfer_to_decrypted_balances(
+    operator, ns, kube_api, settings, tenant, dev_stack, gateway
+):
     """The whole path: contracts on anvil -> host listener -> FheBatches -> operator ->
     compute, SNS and send Jobs -> balances that decrypt to the plaintext transfer, whose
     digests are committed on the gateway chain."""
@@ -571,18 +838,25 @@ async def test_host_chain_transfer_to_decrypted_balances(operator, ns, kube_api,
     host = deploy_host(w3)
     executor, acl, token = host.executor, host.acl, deploy_token(w3, host)
     record, _ = tenant
-    listener_settings = settings.model_copy(update={
-        "host_tenant": record.name, "host_executor_address": executor.address,
-        "host_acl_address": acl.address, "host_start_block": w3.eth.block_number + 1,
-        "namespace": ns, "host_batch_stages": ["compute", "sns", "send"]})
+    listener_settings = settings.model_copy(
+        update={
+            "host_tenant": record.name,
+            "host_executor_address": executor.address,
+            "host_acl_address": acl.address,
+            "host_start_block": w3.eth.block_number + 1,
+            "namespace": ns,
+            "host_batch_stages": ["compute", "sns", "send"],
+        }
+    )
     signer_secret(kube_api, ns, gateway.signer)
     amount = bytes.fromhex((await store_input(settings, tenant, 300, FheType.Uint64))[2:])
-    for call, sender in ((token.functions.mint(alice, 1000), owner),
-                         (acl.functions.claimInput(amount), alice),
-                         (acl.functions.allow(amount, token.address), alice),
-                         (token.functions.transfer(bob, amount), alice)):
-        assert w3.eth.wait_for_transaction_receipt(
-            call.transact({"from": sender}))["status"] == 1
+    for call, sender in (
+        (token.functions.mint(alice, 1000), owner),
+        (acl.functions.claimInput(amount), alice),
+        (acl.functions.allow(amount, token.address), alice),
+        (token.functions.transfer(bob, amount), alice),
+    ):
+        assert w3.eth.wait_for_transaction_receipt(call.transact({"from": sender}))["status"] == 1
     pool = await create_pool(listener_settings.database_url, size=2)
     try:
         listener = HostListener(listener_settings, w3, pool, custom(kube_api))
@@ -590,16 +864,22 @@ async def test_host_chain_transfer_to_decrypted_balances(operator, ns, kube_api,
         await listener.poll()
     finally:
         await pool.close()
-    names = [item["metadata"]["name"] for item in custom(kube_api).list_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL)["items"]]
+    names = [
+        item["metadata"]["name"]
+        for item in custom(kube_api).list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)[
+            "items"
+        ]
+    ]
     assert len(names) == 2  # the mint block and the transfer block
     for name in names:
-        status = await asyncio.to_thread(wait_for, phase_in(kube_api, ns, name, "Succeeded",
-                                                            "Failed"), timeout=300,
-                                         what=f"batch {name} to finish")
+        status = await asyncio.to_thread(
+            wait_for,
+            phase_in(kube_api, ns, name, "Succeeded", "Failed"),
+            timeout=300,
+            what=f"batch {name} to finish",
+        )
         assert status["phase"] == "Succeeded", (name, status)
-    balances = {who: "0x" + token.functions.balanceOf(who).call().hex()
-                for who in (alice, bob)}
+    balances = {who: "0x" + token.functions.balanceOf(who).call().hex() for who in (alice, bob)}
     assert await decrypt_output(settings, tenant, balances[alice]) == 700
     assert await decrypt_output(settings, tenant, balances[bob]) == 300
     # The token allows balances for decryption: they were published and committed.

@@ -15,8 +15,9 @@ FHECTL = [sys.executable, "-m", "fhectl"]
 
 def fhectl(*args, env=None, check=True):
     merged = {**os.environ, **(env or {})}
-    result = subprocess.run([*FHECTL, *args], capture_output=True, text=True, env=merged,
-                            timeout=180)
+    result = subprocess.run(
+        [*FHECTL, *args], capture_output=True, text=True, env=merged, timeout=180
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"fhectl {args} exited {result.returncode}: {result.stderr}")
     return result
@@ -37,22 +38,30 @@ def test_up_is_idempotent_status_env_and_down(state_dir):
     second = json.loads(fhectl(*up).stdout)
     assert all(c["reused"] for c in second["components"].values())
 
-    status = json.loads(fhectl("dev", "status", "--state-dir", str(state_dir),
-                               "--skip", "kube").stdout)
+    status = json.loads(
+        fhectl("dev", "status", "--state-dir", str(state_dir), "--skip", "kube").stdout
+    )
     assert {name: c["healthy"] for name, c in status.items()} == {
-        "postgres": True, "s3": True, "chain": True}
+        "postgres": True,
+        "s3": True,
+        "chain": True,
+    }
     pids = {name: c["pid"] for name, c in status.items()}
 
     exports = fhectl("dev", "env", "--state-dir", str(state_dir)).stdout.splitlines()
     names = {line.split("=", 1)[0].removeprefix("export ") for line in exports}
-    assert {"FHE_DATABASE_URL", "FHE_S3_ENDPOINT", "FHE_HOST_RPC_URL",
-            "FHE_GATEWAY_RPC_URL", "FHE_STATE_DIR"} <= names
+    assert {
+        "FHE_DATABASE_URL",
+        "FHE_S3_ENDPOINT",
+        "FHE_HOST_RPC_URL",
+        "FHE_GATEWAY_RPC_URL",
+        "FHE_STATE_DIR",
+    } <= names
 
     down = json.loads(fhectl("dev", "down", "--state-dir", str(state_dir), "-o", "json").stdout)
     assert sorted(down["stopped"]) == ["chain", "postgres", "s3"]
     assert not any(process.is_running(pid) for pid in pids.values())
-    after = fhectl("dev", "status", "--state-dir", str(state_dir), "--skip", "kube",
-                   check=False)
+    after = fhectl("dev", "status", "--state-dir", str(state_dir), "--skip", "kube", check=False)
     assert after.returncode == 1
     assert not any(c["healthy"] for c in json.loads(after.stdout).values())
 
@@ -61,8 +70,9 @@ def test_down_never_kills_a_process_it_did_not_start(state_dir):
     """A recycled pid in the state file belongs to someone else: leave it alone."""
     stranger = subprocess.Popen(["sleep", "60"])
     try:
-        (state_dir / "state.json").write_text(json.dumps({"components": {
-            "postgres": {"pid": stranger.pid, "port": 1}}}))
+        (state_dir / "state.json").write_text(
+            json.dumps({"components": {"postgres": {"pid": stranger.pid, "port": 1}}})
+        )
         fhectl("dev", "down", "--state-dir", str(state_dir))
         assert stranger.poll() is None
     finally:
@@ -75,23 +85,42 @@ def test_port_in_use_is_one_clear_line(state_dir):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = fhectl("dev", "up", "--state-dir", str(state_dir), "--skip", "s3,chain,kube",
-                        "--postgres-port", str(port), check=False)
+        result = fhectl(
+            "dev",
+            "up",
+            "--state-dir",
+            str(state_dir),
+            "--skip",
+            "s3,chain,kube",
+            "--postgres-port",
+            str(port),
+            check=False,
+        )
     assert result.returncode != 0
     expected = f"fhectl: error: postgres: port {port} on 127.0.0.1 is already in use"
     assert result.stderr.strip() == expected
 
 
-@pytest.mark.parametrize(("args", "env", "needle", "code"), [
-    (["db", "migrate"], {"FHE_DATABASE_URL": "mysql://a/b"}, "FHE_DATABASE_URL", 3),
-    (["db", "migrate"], {"FHE_DATABASE_URL": "postgresql://fhe@127.0.0.1:9/none"},
-     "postgres is unavailable", 75),
-    (["dev", "status", "--skip", "redis"], {}, "unknown component", 3),
-    (["dev", "up", "--postgres-port", "http"], {}, "invalid int value", 2),
-])
+@pytest.mark.parametrize(
+    ("args", "env", "needle", "code"),
+    [
+        (["db", "migrate"], {"FHE_DATABASE_URL": "mysql://a/b"}, "FHE_DATABASE_URL", 3),
+        (
+            ["db", "migrate"],
+            {"FHE_DATABASE_URL": "postgresql://fhe@127.0.0.1:9/none"},
+            "postgres is unavailable",
+            75,
+        ),
+        (["dev", "status", "--skip", "redis"], {}, "unknown component", 3),
+        (["dev", "up", "--postgres-port", "http"], {}, "invalid int value", 2),
+    ],
+)
 def test_user_errors_are_one_line_without_traceback(args, env, needle, code, tmp_path):
-    result = fhectl(*args, "--state-dir", str(tmp_path), env=env, check=False) \
-        if args[0] == "dev" else fhectl(*args, env=env, check=False)
+    result = (
+        fhectl(*args, "--state-dir", str(tmp_path), env=env, check=False)
+        if args[0] == "dev"
+        else fhectl(*args, env=env, check=False)
+    )
     assert result.returncode == code
     assert needle in result.stderr
     assert "Traceback" not in result.stderr

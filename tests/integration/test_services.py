@@ -30,8 +30,12 @@ async def test_postgres_listen_notify_round_trip(database_url):
 
 def _s3(env):
     return boto3.client(
-        "s3", endpoint_url=env["FHE_S3_ENDPOINT"], aws_access_key_id=env["FHE_S3_ACCESS_KEY"],
-        aws_secret_access_key=env["FHE_S3_SECRET_KEY"], region_name="us-east-1")
+        "s3",
+        endpoint_url=env["FHE_S3_ENDPOINT"],
+        aws_access_key_id=env["FHE_S3_ACCESS_KEY"],
+        aws_secret_access_key=env["FHE_S3_SECRET_KEY"],
+        region_name="us-east-1",
+    )
 
 
 def test_s3_object_written_and_read_back(dev_stack):

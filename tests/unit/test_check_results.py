@@ -13,19 +13,29 @@ SCRIPT = REPO_ROOT / "scripts" / "check-test-results"
 
 
 def run(path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), str(path)], capture_output=True,
-                          text=True, check=False)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), str(path)], capture_output=True, text=True, check=False
+    )
 
 
-@pytest.mark.parametrize(("xml", "code", "message"), [
-    ('<testsuites><testsuite tests="5" failures="0" errors="0"/></testsuites>', 0, "green"),
-    ('<testsuites><testsuite tests="5" failures="0" errors="2"/></testsuites>', 1,
-     "0 failed and 2 errored of 5"),
-    ('<testsuite tests="3" failures="1" errors="0"/>', 1, "1 failed and 0 errored of 3"),
-    ('<testsuites><testsuite tests="0" failures="0" errors="0"/></testsuites>', 1,
-     "no test ran"),
-    ("<testsuites><testsuite", 1, "no readable test report"),
-])
+@pytest.mark.parametrize(
+    ("xml", "code", "message"),
+    [
+        ('<testsuites><testsuite tests="5" failures="0" errors="0"/></testsuites>', 0, "green"),
+        (
+            '<testsuites><testsuite tests="5" failures="0" errors="2"/></testsuites>',
+            1,
+            "0 failed and 2 errored of 5",
+        ),
+        ('<testsuite tests="3" failures="1" errors="0"/>', 1, "1 failed and 0 errored of 3"),
+        (
+            '<testsuites><testsuite tests="0" failures="0" errors="0"/></testsuites>',
+            1,
+            "no test ran",
+        ),
+        ("<testsuites><testsuite", 1, "no readable test report"),
+    ],
+)
 def test_only_a_report_with_tests_and_no_failures_is_green(tmp_path, xml, code, message):
     report = tmp_path / "pytest.xml"
     report.write_text(xml)

@@ -57,8 +57,10 @@ class FakeDeviceMemory:
         self._lock = threading.Lock()
 
     def devices(self) -> list[DeviceInfo]:
-        return [DeviceInfo(i, f"Fake GPU {i}", total, total - self.used[i])
-                for i, total in enumerate(self.totals)]
+        return [
+            DeviceInfo(i, f"Fake GPU {i}", total, total - self.used[i])
+            for i, total in enumerate(self.totals)
+        ]
 
     def free_bytes(self, index: int) -> int:
         with self._lock:
@@ -83,6 +85,7 @@ def make_pool(totals: list[int], headroom: float = 0.1) -> tuple[DevicePool, Fak
 
 # --- estimate_bytes -------------------------------------------------------------------
 
+
 def test_ciphertext_size_is_base_plus_one_lwe_per_two_bits():
     assert blocks(FheType.Bool) == 1
     assert blocks(FheType.Uint64) == 32
@@ -103,27 +106,31 @@ def test_mul_and_div_need_more_than_add(heavy, fhe_type):
 
 def test_mul_temporaries_grow_with_width():
     """Per ciphertext, Mul's working set grows with the width; Add's stays the same."""
+
     def per_ciphertext(op, t):
         return estimate_bytes(op, t) / ciphertext_bytes(t)
+
     assert per_ciphertext(Op.Mul, FheType.Uint256) > per_ciphertext(Op.Mul, FheType.Uint64)
     assert per_ciphertext(Op.Add, FheType.Uint256) == per_ciphertext(Op.Add, FheType.Uint64)
 
 
 def test_variadic_ops_count_their_operands():
-    assert estimate_bytes(Op.Sum, FheType.Uint64, operands=10) > \
-        estimate_bytes(Op.Sum, FheType.Uint64, operands=2)
-    assert estimate_bytes(Op.Sum, FheType.Uint64) == \
-        estimate_bytes(Op.Sum, FheType.Uint64, operands=2)
+    assert estimate_bytes(Op.Sum, FheType.Uint64, operands=10) > estimate_bytes(
+        Op.Sum, FheType.Uint64, operands=2
+    )
+    assert estimate_bytes(Op.Sum, FheType.Uint64) == estimate_bytes(
+        Op.Sum, FheType.Uint64, operands=2
+    )
 
 
-@given(st.sampled_from(list(Op)), st.sampled_from(list(FheType)),
-       st.sampled_from(list(FheType)))
+@given(st.sampled_from(list(Op)), st.sampled_from(list(FheType)), st.sampled_from(list(FheType)))
 def test_estimate_is_monotonic_in_width(op, a, b):
     if a.bits < b.bits:
         assert estimate_bytes(op, a) < estimate_bytes(op, b)
 
 
 # --- discover (real: this machine has no GPU) ------------------------------------------
+
 
 def _has_cuda_driver() -> bool:
     """Independent of cupy: can the CUDA driver library be loaded at all?"""
@@ -181,25 +188,33 @@ class StubRuntime:
 
 def test_discover_treats_a_missing_libcuda_as_no_gpu(monkeypatch):
     import cupy
+
     # The exact error cupy's driver-API loader raised on this machine.
-    error = RuntimeError("CuPy failed to load libcuda.so.1: OSError: libcuda.so.1: "
-                         "cannot open shared object file: No such file or directory")
+    error = RuntimeError(
+        "CuPy failed to load libcuda.so.1: OSError: libcuda.so.1: "
+        "cannot open shared object file: No such file or directory"
+    )
     monkeypatch.setattr(cupy.cuda, "runtime", StubRuntime(error))
     assert discover() == []
 
 
 def _cuda_runtime_error(status: int) -> BaseException:
     from cupy_backends.cuda.api.runtime import CUDARuntimeError
+
     return CUDARuntimeError(status)
 
 
-@pytest.mark.parametrize("make_error", [
-    pytest.param(lambda: RuntimeError("something else went wrong"), id="RuntimeError"),
-    # cudaErrorIllegalAddress: a GPU is there but failing; that is not "no GPU".
-    pytest.param(lambda: _cuda_runtime_error(700), id="CUDARuntimeError(700)"),
-])
+@pytest.mark.parametrize(
+    "make_error",
+    [
+        pytest.param(lambda: RuntimeError("something else went wrong"), id="RuntimeError"),
+        # cudaErrorIllegalAddress: a GPU is there but failing; that is not "no GPU".
+        pytest.param(lambda: _cuda_runtime_error(700), id="CUDARuntimeError(700)"),
+    ],
+)
 def test_discover_does_not_hide_a_broken_gpu(monkeypatch, make_error):
     import cupy
+
     error = make_error()
     monkeypatch.setattr(cupy.cuda, "runtime", StubRuntime(error))
     with pytest.raises(type(error)) as raised:
@@ -208,6 +223,7 @@ def test_discover_does_not_hide_a_broken_gpu(monkeypatch, make_error):
 
 
 # --- DevicePool -------------------------------------------------------------------------
+
 
 def test_round_robin_spreads_consecutive_reservations():
     pool, _ = make_pool([GIB, GIB, GIB])
@@ -296,6 +312,7 @@ def test_stage_two_error_backs_off_and_propagates():
 
     def failing(index: int) -> int:
         raise OSError("driver went away")
+
     pool = DevicePool(memory.devices(), 0.1, failing)
     with pytest.raises(OSError):
         pool.reserve(100)
@@ -398,8 +415,7 @@ def test_bytes_being_checked_are_already_promised():
     memory = GatedDeviceMemory([1000], gated=3)
     pool = DevicePool(memory.devices(), 0.1, memory.free_bytes)  # capacity 900 = 3 x 300
     results: list[Reservation | None] = []
-    workers = [threading.Thread(target=lambda: results.append(pool.reserve(300)))
-               for _ in range(3)]
+    workers = [threading.Thread(target=lambda: results.append(pool.reserve(300))) for _ in range(3)]
     for thread in workers:
         thread.start()
     try:
@@ -462,6 +478,7 @@ class ReservationMachine(RuleBasedStateMachine):
             assert mine <= self.pool.capacity(device)
 
 
-ReservationMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40,
-                                                deadline=None)
+ReservationMachine.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=40, deadline=None
+)
 test_reservation_machine = ReservationMachine.TestCase

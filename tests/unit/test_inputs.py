@@ -17,13 +17,17 @@ def test_handles_are_a_function_of_the_list_the_contract_and_the_chain():
     first = input_handles(b"list", CONTRACT, 5, types)
     assert first == input_handles(b"list", CONTRACT, 5, types)
     assert len(set(first)) == 2
-    for other in (input_handles(b"list2", CONTRACT, 5, types),
-                  input_handles(b"list", bytes(20), 5, types),
-                  input_handles(b"list", CONTRACT, 6, types)):
+    for other in (
+        input_handles(b"list2", CONTRACT, 5, types),
+        input_handles(b"list", bytes(20), 5, types),
+        input_handles(b"list", CONTRACT, 6, types),
+    ):
         assert not set(other) & set(first)
     parsed = [Handle(h) for h in first]
     assert [(h.index, h.chain_id, h.fhe_type, h.version) for h in parsed] == [
-        (0, 5, FheType.Uint8, 0), (1, 5, FheType.Bool, 0)]
+        (0, 5, FheType.Uint8, 0),
+        (1, 5, FheType.Bool, 0),
+    ]
 
 
 def test_too_many_values_or_a_bad_contract_are_refused():

@@ -7,22 +7,28 @@ from coprocessor.retry import CircuitBreaker, backoff_delays
 from job_runner.upload import CircuitOpen, Uploader
 
 
-@pytest.mark.parametrize(("attempts", "first", "cap", "expected"), [
-    (1, 0.2, 5.0, []),
-    (2, 0.2, 5.0, [0.2]),
-    (5, 0.2, 1.0, [0.2, 0.4, 0.8, 1.0]),
-    (4, 3.0, 2.0, [2.0, 2.0, 2.0]),
-])
+@pytest.mark.parametrize(
+    ("attempts", "first", "cap", "expected"),
+    [
+        (1, 0.2, 5.0, []),
+        (2, 0.2, 5.0, [0.2]),
+        (5, 0.2, 1.0, [0.2, 0.4, 0.8, 1.0]),
+        (4, 3.0, 2.0, [2.0, 2.0, 2.0]),
+    ],
+)
 def test_backoff_doubles_up_to_the_cap(attempts, first, cap, expected):
     assert list(backoff_delays(attempts, first, cap)) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize(("events", "opens_at"), [
-    ("fff", 3),
-    ("ffsfff", 6),  # a success resets the count
-    ("ffsffsff", None),
-    ("fffs", 3),  # and once open, it stays open
-])
+@pytest.mark.parametrize(
+    ("events", "opens_at"),
+    [
+        ("fff", 3),
+        ("ffsfff", 6),  # a success resets the count
+        ("ffsffsff", None),
+        ("fffs", 3),  # and once open, it stays open
+    ],
+)
 def test_breaker_opens_after_consecutive_failures(events, opens_at):
     breaker = CircuitBreaker(3)
     opened = None
@@ -57,8 +63,14 @@ class FlakyStore:
 
 def uploader(store, attempts=3, threshold=10):
     slept: list[float] = []
-    return Uploader(store, attempts=attempts, first_delay_s=0.5, max_delay_s=2.0,
-                    breaker=CircuitBreaker(threshold), sleep=slept.append), slept
+    return Uploader(
+        store,
+        attempts=attempts,
+        first_delay_s=0.5,
+        max_delay_s=2.0,
+        breaker=CircuitBreaker(threshold),
+        sleep=slept.append,
+    ), slept
 
 
 def test_transient_failures_are_retried_with_backoff():

@@ -15,16 +15,19 @@ def add(out: int, a: int, b: int) -> ComputationRow:
     return ComputationRow(handle(out), FheType.Uint64, Op.Add, (handle(a), handle(b)))
 
 
-@pytest.mark.parametrize(("row", "message"), [
-    (ComputationRow(b"\x01" * 31, 5, 0, (handle(1), handle(2))), "not 32 bytes"),
-    (ComputationRow(handle(3), 5, 22, (handle(1), handle(2))), "unknown op code 22"),
-    (ComputationRow(handle(3), 5, 99, (handle(1), handle(2))), "unknown op code 99"),
-    (ComputationRow(handle(3), 12, 0, (handle(1), handle(2))), "type code 12 is out of range"),
-    (ComputationRow(handle(3), 5, 0, (handle(1),)), "FheAdd takes 2 operand"),
-    (ComputationRow(handle(3), 5, 0, (handle(1), b"\x00" * 5)), "operand 1 is not a 32-byte"),
-    (ComputationRow(handle(3), 5, int(Op.Neg), (b"\x07",), is_scalar=True), "no scalar"),
-    (ComputationRow(handle(3), 0, int(Op.IsIn), (handle(1),)), "at least 2"),
-])
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (ComputationRow(b"\x01" * 31, 5, 0, (handle(1), handle(2))), "not 32 bytes"),
+        (ComputationRow(handle(3), 5, 22, (handle(1), handle(2))), "unknown op code 22"),
+        (ComputationRow(handle(3), 5, 99, (handle(1), handle(2))), "unknown op code 99"),
+        (ComputationRow(handle(3), 12, 0, (handle(1), handle(2))), "type code 12 is out of range"),
+        (ComputationRow(handle(3), 5, 0, (handle(1),)), "FheAdd takes 2 operand"),
+        (ComputationRow(handle(3), 5, 0, (handle(1), b"\x00" * 5)), "operand 1 is not a 32-byte"),
+        (ComputationRow(handle(3), 5, int(Op.Neg), (b"\x07",), is_scalar=True), "no scalar"),
+        (ComputationRow(handle(3), 0, int(Op.IsIn), (handle(1),)), "at least 2"),
+    ],
+)
 def test_bad_rows_are_rejected_with_their_reason(row, message):
     with pytest.raises(InvalidRow, match=message):
         check_batch([row])

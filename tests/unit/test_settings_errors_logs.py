@@ -15,14 +15,17 @@ def fresh_settings():
     load_settings.cache_clear()
 
 
-@pytest.mark.parametrize(("variable", "value", "needle"), [
-    ("FHE_DATABASE_URL", "mysql://x/y", "FHE_DATABASE_URL"),
-    ("FHE_DATABASE_POOL_SIZE", "lots", "FHE_DATABASE_POOL_SIZE"),
-    ("FHE_DATABASE_POOL_SIZE", "0", "FHE_DATABASE_POOL_SIZE"),
-    ("FHE_S3_ENDPOINT", "127.0.0.1:9000", "FHE_S3_ENDPOINT"),
-    ("FHE_S3_BUCKET", "x", "FHE_S3_BUCKET"),
-    ("FHE_LOG_LEVEL", "LOUD", "FHE_LOG_LEVEL"),
-])
+@pytest.mark.parametrize(
+    ("variable", "value", "needle"),
+    [
+        ("FHE_DATABASE_URL", "mysql://x/y", "FHE_DATABASE_URL"),
+        ("FHE_DATABASE_POOL_SIZE", "lots", "FHE_DATABASE_POOL_SIZE"),
+        ("FHE_DATABASE_POOL_SIZE", "0", "FHE_DATABASE_POOL_SIZE"),
+        ("FHE_S3_ENDPOINT", "127.0.0.1:9000", "FHE_S3_ENDPOINT"),
+        ("FHE_S3_BUCKET", "x", "FHE_S3_BUCKET"),
+        ("FHE_LOG_LEVEL", "LOUD", "FHE_LOG_LEVEL"),
+    ],
+)
 def test_malformed_setting_names_the_variable(monkeypatch, variable, value, needle):
     monkeypatch.setenv(variable, value)
     with pytest.raises(errors.ConfigError, match=needle) as caught:
@@ -38,12 +41,20 @@ def test_settings_read_the_fhe_prefix(monkeypatch, tmp_path):
     assert settings.cache_dir == tmp_path
 
 
-@pytest.mark.parametrize(("error", "code"), [
-    (errors.Recoverable("x"), 75), (errors.MissingInputs([b"\x01" * 32]), 75),
-    (errors.ServiceUnavailable("s3", "down"), 75), (errors.Irrecoverable("x"), 3),
-    (errors.UserError("x"), 3), (errors.InvalidRow("x"), 3), (errors.Fatal("x"), 1),
-    (errors.SchemaTooNew("x"), 1), (RuntimeError("bug"), 1),
-])
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (errors.Recoverable("x"), 75),
+        (errors.MissingInputs([b"\x01" * 32]), 75),
+        (errors.ServiceUnavailable("s3", "down"), 75),
+        (errors.Irrecoverable("x"), 3),
+        (errors.UserError("x"), 3),
+        (errors.InvalidRow("x"), 3),
+        (errors.Fatal("x"), 1),
+        (errors.SchemaTooNew("x"), 1),
+        (RuntimeError("bug"), 1),
+    ],
+)
 def test_error_classes_map_to_exit_codes(error, code):
     assert errors.exit_code_for(error) == code
 
@@ -60,6 +71,7 @@ def test_json_log_is_one_line_with_fields():
         raise ValueError("boom")
     except ValueError:
         import sys
+
         record.exc_info = sys.exc_info()
     line = JsonFormatter().format(record)
     assert "\n" not in line

@@ -5,10 +5,17 @@ from hypothesis import strategies as st
 from coprocessor.types import COMPUTED_INDEX, FheType, Handle, Op, make_handle
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("Uint64", FheType.Uint64), ("euint8", FheType.Uint8), ("ebool", FheType.Bool),
-    ("bool", FheType.Bool), (7, FheType.Uint160), ("Bytes256", FheType.Bytes256),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Uint64", FheType.Uint64),
+        ("euint8", FheType.Uint8),
+        ("ebool", FheType.Bool),
+        ("bool", FheType.Bool),
+        (7, FheType.Uint160),
+        ("Bytes256", FheType.Bytes256),
+    ],
+)
 def test_type_parse(text, expected):
     assert FheType.parse(text) is expected
 
@@ -38,8 +45,12 @@ def test_op_parse_rejects(bad):
         Op.parse(bad)
 
 
-@given(prehandle=st.binary(min_size=21, max_size=21), index=st.integers(0, 255),
-       chain_id=st.integers(0, 2**64 - 1), fhe_type=st.sampled_from(list(FheType)))
+@given(
+    prehandle=st.binary(min_size=21, max_size=21),
+    index=st.integers(0, 255),
+    chain_id=st.integers(0, 2**64 - 1),
+    fhe_type=st.sampled_from(list(FheType)),
+)
 def test_handle_layout_round_trips(prehandle, index, chain_id, fhe_type):
     handle = make_handle(prehandle, index, chain_id, fhe_type)
     assert len(handle.raw) == 32
@@ -50,10 +61,16 @@ def test_handle_layout_round_trips(prehandle, index, chain_id, fhe_type):
     assert Handle.parse(handle.hex()) == handle
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("1234", "0x-prefixed"), ("0xzz", "not valid hex"), ("0x" + "00" * 31, "32 bytes"),
-    ("0x" + "00" * 33, "32 bytes"), ("0x" + "00" * 30 + "0c00", "type byte 12"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1234", "0x-prefixed"),
+        ("0xzz", "not valid hex"),
+        ("0x" + "00" * 31, "32 bytes"),
+        ("0x" + "00" * 33, "32 bytes"),
+        ("0x" + "00" * 30 + "0c00", "type byte 12"),
+    ],
+)
 def test_handle_parse_errors_say_what_is_wrong(text, message):
     with pytest.raises(ValueError, match=message):
         Handle.parse(text)

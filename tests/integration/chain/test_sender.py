@@ -43,12 +43,15 @@ def commits_contract(w3: Web3, signers, threshold: int):
 
 def digests(n: int, *, salt: bytes = b"") -> tuple[bytes, bytes]:
     """Stand-ins for keccak256(ct64), keccak256(ct128) of handle n."""
-    return (Web3.keccak(b"ct64" + salt + n.to_bytes(4, "big")),
-            Web3.keccak(b"ct128" + salt + n.to_bytes(4, "big")))
+    return (
+        Web3.keccak(b"ct64" + salt + n.to_bytes(4, "big")),
+        Web3.keccak(b"ct128" + salt + n.to_bytes(4, "big")),
+    )
 
 
-async def published_batch(database_url: str, count: int, *, name: str = "b1",
-                          salt_for: dict[int, bytes] | None = None) -> tuple[str, list[bytes]]:
+async def published_batch(
+    database_url: str, count: int, *, name: str = "b1", salt_for: dict[int, bytes] | None = None
+) -> tuple[str, list[bytes]]:
     """A batch of ``count`` outputs, as the SNS stage leaves it: queue rows done and
     digest rows written. Returns (batch id, handles)."""
     salt_for = salt_for or {}
@@ -63,11 +66,20 @@ async def published_batch(database_url: str, count: int, *, name: str = "b1",
             ct64, ct128 = digests(i, salt=salt_for.get(i, b""))
             await connection.execute(
                 """INSERT INTO pbs_computations (tenant_id, handle, batch_id, is_completed)
-                   VALUES ($1, $2, $3, true)""", tenant_id, h, batch_id)
+                   VALUES ($1, $2, $3, true)""",
+                tenant_id,
+                h,
+                batch_id,
+            )
             await connection.execute(
                 """INSERT INTO ciphertext_digest (tenant_id, handle, key_id, ciphertext,
                        ciphertext128, ciphertext128_format) VALUES ($1, $2, $3, $4, $5, 10)""",
-                tenant_id, h, KEY_ID, ct64, ct128)
+                tenant_id,
+                h,
+                KEY_ID,
+                ct64,
+                ct128,
+            )
         return batch_id, handles
     finally:
         await connection.close()
@@ -81,18 +93,23 @@ def w3(dev_stack) -> Web3:
 
 
 def settings_for(database_url: str, rpc_url: str, contract, signer, **extra) -> Settings:
-    return Settings(database_url=database_url, gateway_rpc_url=rpc_url,
-                    gateway_commits_address=contract.address,
-                    sender_private_key="0x" + bytes(signer.key).hex(),
-                    sender_backoff_s=0.05, sender_backoff_cap_s=0.2, **extra)
+    return Settings(
+        database_url=database_url,
+        gateway_rpc_url=rpc_url,
+        gateway_commits_address=contract.address,
+        sender_private_key="0x" + bytes(signer.key).hex(),
+        sender_backoff_s=0.05,
+        sender_backoff_cap_s=0.2,
+        **extra,
+    )
 
 
 async def digest_rows(database_url: str) -> list[asyncpg.Record]:
     connection = await asyncpg.connect(database_url)
     try:
         return await connection.fetch(
-            "SELECT handle, txn_is_sent, txn_hash, txn_nonce FROM ciphertext_digest "
-            "ORDER BY handle")
+            "SELECT handle, txn_is_sent, txn_hash, txn_nonce FROM ciphertext_digest ORDER BY handle"
+        )
     finally:
         await connection.close()
 
@@ -100,24 +117,31 @@ async def digest_rows(database_url: str) -> list[asyncpg.Record]:
 def submissions_by(w3: Web3, contract, signer: str) -> dict[bytes, int]:
     """How many times ``signer`` submitted each handle, from the chain's own logs."""
     events = contract.events.CiphertextMaterialSubmitted().get_logs(
-        from_block=0, argument_filters={"signer": signer})
+        from_block=0, argument_filters={"signer": signer}
+    )
     counts: dict[bytes, int] = {}
     for event in events:
-        counts[bytes(event["args"]["ctHandle"])] = counts.get(
-            bytes(event["args"]["ctHandle"]), 0) + 1
+        counts[bytes(event["args"]["ctHandle"])] = (
+            counts.get(bytes(event["args"]["ctHandle"]), 0) + 1
+        )
     return counts
 
 
-async def test_a_batch_is_committed_once_and_a_rerun_sends_nothing(w3, database_url,
-                                                                   dev_stack):
+async def test_a_batch_is_committed_once_and_a_rerun_sends_nothing(w3, database_url, dev_stack):
     signer = new_signer(w3)
     contract = commits_contract(w3, [signer], 1)
     batch_id, handles = await published_batch(database_url, 5)
     settings = settings_for(database_url, dev_stack["FHE_GATEWAY_RPC_URL"], contract, signer)
 
     first = await run_send(settings, batch_id)
-    assert (first.exit_code, first.total, first.completed, first.sent, first.transactions,
-            first.accepted) == (0, 5, 5, 5, 5, 5), first
+    assert (
+        first.exit_code,
+        first.total,
+        first.completed,
+        first.sent,
+        first.transactions,
+        first.accepted,
+    ) == (0, 5, 5, 5, 5, 5), first
     for i, h in enumerate(handles):
         key_id, ct64, ct128, agreed = contract.functions.getCiphertextMaterial(h).call()
         assert (key_id.to_bytes(32, "big"), ct64, ct128) == (KEY_ID, *digests(i))
@@ -136,31 +160,36 @@ async def test_batching_puts_many_handles_in_one_transaction(w3, database_url, d
     signer = new_signer(w3)
     contract = commits_contract(w3, [signer], 1)
     batch_id, handles = await published_batch(database_url, 10)
-    settings = settings_for(database_url, dev_stack["FHE_GATEWAY_RPC_URL"], contract, signer,
-                            sender_batch_size=4)
+    settings = settings_for(
+        database_url, dev_stack["FHE_GATEWAY_RPC_URL"], contract, signer, sender_batch_size=4
+    )
     summary = await run_send(settings, batch_id)
     assert (summary.exit_code, summary.completed, summary.transactions) == (0, 10, 3)
     assert w3.eth.get_transaction_count(signer.address) == 3
     assert submissions_by(w3, contract, signer.address) == dict.fromkeys(handles, 1)
 
 
-async def test_three_signers_threshold_two_accept_after_the_second(w3, database_url,
-                                                                   dev_stack):
+async def test_three_signers_threshold_two_accept_after_the_second(w3, database_url, dev_stack):
     """Three coprocessors, each with its own database, computed the same handles; the
     third disagrees on one handle's ct128 digest and does not join that consensus."""
     signers = [new_signer(w3) for _ in range(3)]
     contract = commits_contract(w3, signers, 2)
     server = dev_stack["FHE_DATABASE_URL"]
-    async with migrate.scratch_database(server, MIGRATIONS_DIR, "test") as second, \
-            migrate.scratch_database(server, MIGRATIONS_DIR, "test") as third:
+    async with (
+        migrate.scratch_database(server, MIGRATIONS_DIR, "test") as second,
+        migrate.scratch_database(server, MIGRATIONS_DIR, "test") as third,
+    ):
         databases = [database_url, second, third]
-        batches = [await published_batch(url, 3, salt_for={1: b"x"} if url == third else None)
-                   for url in databases]
+        batches = [
+            await published_batch(url, 3, salt_for={1: b"x"} if url == third else None)
+            for url in databases
+        ]
         handles = batches[0][1]
         assert all(b[1] == handles for b in batches)  # deterministic handles
         rpc = dev_stack["FHE_GATEWAY_RPC_URL"]
-        runs = [settings_for(url, rpc, contract, s) for url, s in zip(databases, signers,
-                                                                       strict=True)]
+        runs = [
+            settings_for(url, rpc, contract, s) for url, s in zip(databases, signers, strict=True)
+        ]
 
         first = await run_send(runs[0], batches[0][0])
         assert (first.completed, first.accepted) == (3, 0)
@@ -181,8 +210,7 @@ async def test_three_signers_threshold_two_accept_after_the_second(w3, database_
         assert agreed == expected, i
 
 
-async def test_a_key_that_is_not_a_signer_fails_with_a_clear_message(w3, database_url,
-                                                                     dev_stack):
+async def test_a_key_that_is_not_a_signer_fails_with_a_clear_message(w3, database_url, dev_stack):
     registered, stranger = new_signer(w3), new_signer(w3)
     contract = commits_contract(w3, [registered], 1)
     batch_id, _ = await published_batch(database_url, 2)
@@ -191,22 +219,25 @@ async def test_a_key_that_is_not_a_signer_fails_with_a_clear_message(w3, databas
 
     with pytest.raises(NotASigner) as raised:
         await run_send(settings, batch_id)
-    assert f"signer {stranger.address} is not a registered coprocessor signer" in str(
-        raised.value)
+    assert f"signer {stranger.address} is not a registered coprocessor signer" in str(raised.value)
     assert w3.eth.get_transaction_count(stranger.address) == 0  # nothing was sent
     assert not any(r["txn_is_sent"] or r["txn_hash"] for r in await digest_rows(database_url))
 
 
-async def test_a_recorded_transaction_the_chain_never_saw_is_sent_again(w3, database_url,
-                                                                        dev_stack):
+async def test_a_recorded_transaction_the_chain_never_saw_is_sent_again(
+    w3, database_url, dev_stack
+):
     """Killed between recording the hash and broadcasting: the re-run finds no such
     transaction, puts the row back and sends it."""
     signer = new_signer(w3)
     contract = commits_contract(w3, [signer], 1)
     batch_id, handles = await published_batch(database_url, 2)
     connection = await asyncpg.connect(database_url)
-    await connection.execute("UPDATE ciphertext_digest SET txn_hash = $1, txn_nonce = 0 "
-                             "WHERE handle = $2", os.urandom(32), handles[0])
+    await connection.execute(
+        "UPDATE ciphertext_digest SET txn_hash = $1, txn_nonce = 0 WHERE handle = $2",
+        os.urandom(32),
+        handles[0],
+    )
     await connection.close()
     settings = settings_for(database_url, dev_stack["FHE_GATEWAY_RPC_URL"], contract, signer)
     summary = await run_send(settings, batch_id)
@@ -221,10 +252,12 @@ async def test_a_submission_already_on_chain_is_found_not_sent(w3, database_url,
     contract = commits_contract(w3, [signer], 1)
     batch_id, handles = await published_batch(database_url, 2)
     ct64, ct128 = digests(0)
-    call = contract.functions.addCiphertextMaterial(handles[0], int.from_bytes(KEY_ID, "big"),
-                                                    ct64, ct128)
-    signed = signer.sign_transaction(call.build_transaction({
-        "from": signer.address, "nonce": 0, "chainId": w3.eth.chain_id}))
+    call = contract.functions.addCiphertextMaterial(
+        handles[0], int.from_bytes(KEY_ID, "big"), ct64, ct128
+    )
+    signed = signer.sign_transaction(
+        call.build_transaction({"from": signer.address, "nonce": 0, "chainId": w3.eth.chain_id})
+    )
     w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(signed.raw_transaction))
     settings = settings_for(database_url, dev_stack["FHE_GATEWAY_RPC_URL"], contract, signer)
     summary = await run_send(settings, batch_id)
@@ -233,15 +266,15 @@ async def test_a_submission_already_on_chain_is_found_not_sent(w3, database_url,
     assert submissions_by(w3, contract, signer.address) == dict.fromkeys(handles, 1)
 
 
-async def test_handles_not_published_yet_leave_the_stage_recoverable(w3, database_url,
-                                                                     dev_stack):
+async def test_handles_not_published_yet_leave_the_stage_recoverable(w3, database_url, dev_stack):
     signer = new_signer(w3)
     contract = commits_contract(w3, [signer], 1)
     batch_id, handles = await published_batch(database_url, 3)
     connection = await asyncpg.connect(database_url)
     await connection.execute("DELETE FROM ciphertext_digest WHERE handle = $1", handles[2])
-    await connection.execute("UPDATE pbs_computations SET is_completed = false "
-                             "WHERE handle = $1", handles[2])
+    await connection.execute(
+        "UPDATE pbs_computations SET is_completed = false WHERE handle = $1", handles[2]
+    )
     await connection.close()
     settings = settings_for(database_url, dev_stack["FHE_GATEWAY_RPC_URL"], contract, signer)
     summary = await run_send(settings, batch_id)
@@ -251,6 +284,7 @@ async def test_handles_not_published_yet_leave_the_stage_recoverable(w3, databas
 
 
 # --- the process dies, the chain goes away: a private anvil and `fhe-job send` ------------
+
 
 @pytest.fixture
 def private_chain(tmp_path):
@@ -266,21 +300,32 @@ def private_chain(tmp_path):
 
     def stop() -> None:
         chain.down(holder["info"])
+
     yield Web3(Web3.HTTPProvider(f"http://127.0.0.1:{info['port']}")), stop, restart
     chain.down(holder["info"])
 
 
 def send_process(settings: Settings, batch_id: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "FHE_DATABASE_URL": settings.database_url,
-           "FHE_GATEWAY_RPC_URL": settings.gateway_rpc_url,
-           "FHE_GATEWAY_COMMITS_ADDRESS": settings.gateway_commits_address,
-           "FHE_SENDER_PRIVATE_KEY": settings.sender_private_key.get_secret_value(),
-           "FHE_SENDER_BACKOFF_S": "0.1", "FHE_SENDER_BACKOFF_CAP_S": "0.4",
-           "FHE_SENDER_ATTEMPTS": "4", "FHE_SENDER_MAX_IN_FLIGHT": "1",
-           "FHE_TERMINATION_LOG": str(log.with_suffix(".summary")), "FHE_LOG_FORMAT": "text"}
-    return subprocess.Popen([sys.executable, "-m", "job_runner", "send", "--batch", batch_id],
-                            env=env, cwd=REPO_ROOT, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "FHE_DATABASE_URL": settings.database_url,
+        "FHE_GATEWAY_RPC_URL": settings.gateway_rpc_url,
+        "FHE_GATEWAY_COMMITS_ADDRESS": settings.gateway_commits_address,
+        "FHE_SENDER_PRIVATE_KEY": settings.sender_private_key.get_secret_value(),
+        "FHE_SENDER_BACKOFF_S": "0.1",
+        "FHE_SENDER_BACKOFF_CAP_S": "0.4",
+        "FHE_SENDER_ATTEMPTS": "4",
+        "FHE_SENDER_MAX_IN_FLIGHT": "1",
+        "FHE_TERMINATION_LOG": str(log.with_suffix(".summary")),
+        "FHE_LOG_FORMAT": "text",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "job_runner", "send", "--batch", batch_id],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def sent_count(database_url: str) -> int:
@@ -288,9 +333,11 @@ def sent_count(database_url: str) -> int:
         connection = await asyncpg.connect(database_url)
         try:
             return await connection.fetchval(
-                "SELECT count(*) FROM ciphertext_digest WHERE txn_is_sent")
+                "SELECT count(*) FROM ciphertext_digest WHERE txn_is_sent"
+            )
         finally:
             await connection.close()
+
     return asyncio.run(fetch())
 
 
@@ -300,10 +347,12 @@ def pending_hash(database_url: str) -> bytes | None:
         try:
             value = await connection.fetchval(
                 "SELECT txn_hash FROM ciphertext_digest WHERE NOT txn_is_sent "
-                "AND txn_hash IS NOT NULL LIMIT 1")
+                "AND txn_hash IS NOT NULL LIMIT 1"
+            )
             return bytes(value) if value else None
         finally:
             await connection.close()
+
     return asyncio.run(fetch())
 
 
@@ -311,13 +360,15 @@ async def sent_transactions(database_url: str) -> int:
     connection = await asyncpg.connect(database_url)
     try:
         return await connection.fetchval(
-            "SELECT count(DISTINCT txn_hash) FROM ciphertext_digest WHERE txn_is_sent")
+            "SELECT count(DISTINCT txn_hash) FROM ciphertext_digest WHERE txn_is_sent"
+        )
     finally:
         await connection.close()
 
 
 async def test_killed_after_sending_before_marking_the_rerun_sends_nothing_twice(
-        private_chain, database_url, tmp_path):
+    private_chain, database_url, tmp_path
+):
     w3, _, _ = private_chain
     signer = new_signer(w3)
     contract = commits_contract(w3, [signer], 1)
@@ -334,9 +385,14 @@ async def test_killed_after_sending_before_marking_the_rerun_sends_nothing_twice
         except Exception:
             return None
         return tx_hash
-    in_flight = await asyncio.to_thread(wait_for, broadcast_not_marked, timeout=60,
-                                        what="a broadcast transaction not yet marked",
-                                        interval=0.02)
+
+    in_flight = await asyncio.to_thread(
+        wait_for,
+        broadcast_not_marked,
+        timeout=60,
+        what="a broadcast transaction not yet marked",
+        interval=0.02,
+    )
     sender.send_signal(signal.SIGKILL)
     sender.wait()
 
@@ -352,16 +408,22 @@ async def test_killed_after_sending_before_marking_the_rerun_sends_nothing_twice
     assert any(bytes(r["txn_hash"]) == in_flight for r in rows.values())
 
 
-async def test_chain_stopped_mid_send_retries_exits_75_then_completes(private_chain,
-                                                                      database_url, tmp_path):
+async def test_chain_stopped_mid_send_retries_exits_75_then_completes(
+    private_chain, database_url, tmp_path
+):
     w3, stop, restart = private_chain
     signer = new_signer(w3)
     contract = commits_contract(w3, [signer], 1)
     batch_id, handles = await published_batch(database_url, 8)
     settings = settings_for(database_url, w3.provider.endpoint_uri, contract, signer)
     sender = send_process(settings, batch_id, tmp_path / "first.log")
-    await asyncio.to_thread(wait_for, lambda: sent_count(database_url) >= 2, timeout=60,
-                            what="two commits before stopping the chain", interval=0.05)
+    await asyncio.to_thread(
+        wait_for,
+        lambda: sent_count(database_url) >= 2,
+        timeout=60,
+        what="two commits before stopping the chain",
+        interval=0.05,
+    )
     stop()
     assert sender.wait(timeout=60) == 75, (tmp_path / "first.log").read_text()[-3000:]
     first = json.loads((tmp_path / "first.summary").read_text())
@@ -379,7 +441,8 @@ async def test_chain_stopped_mid_send_retries_exits_75_then_completes(private_ch
 
 
 async def test_the_long_running_sender_commits_what_sns_publishes_as_it_appears(
-        w3, database_url, dev_stack):
+    w3, database_url, dev_stack
+):
     """``fhe-listener sender``'s loop: the backlog at start, then a digest published
     later (with the SNS stage's NOTIFY) without waiting for the poll interval."""
     from coprocessor.chain.gateway import GatewayClient
@@ -392,24 +455,33 @@ async def test_the_long_running_sender_commits_what_sns_publishes_as_it_appears(
     _, handles = await published_batch(database_url, 3)
     connection = await asyncpg.connect(database_url)
     late = handles[2]
-    await connection.execute("UPDATE ciphertext_digest SET ciphertext = NULL WHERE handle = $1",
-                             late)  # not published yet
-    settings = settings_for(database_url, dev_stack["FHE_GATEWAY_RPC_URL"], contract, signer,
-                            notify_poll_interval_s=60.0)
+    await connection.execute(
+        "UPDATE ciphertext_digest SET ciphertext = NULL WHERE handle = $1", late
+    )  # not published yet
+    settings = settings_for(
+        database_url,
+        dev_stack["FHE_GATEWAY_RPC_URL"],
+        contract,
+        signer,
+        notify_poll_interval_s=60.0,
+    )
     pool = await create_pool(database_url, size=4)
     stop = asyncio.Event()
     sender = Sender(settings, pool, GatewayClient.connect(settings))
     running = asyncio.create_task(sender.run(stop))
     try:
+
         async def sent() -> int:
             return await connection.fetchval(
-                "SELECT count(*) FROM ciphertext_digest WHERE txn_is_sent")
+                "SELECT count(*) FROM ciphertext_digest WHERE txn_is_sent"
+            )
+
         while await sent() < 2:
             assert not running.done(), running
             await asyncio.sleep(0.05)
         await connection.execute(
-            "UPDATE ciphertext_digest SET ciphertext = $2 WHERE handle = $1", late,
-            digests(2)[0])
+            "UPDATE ciphertext_digest SET ciphertext = $2 WHERE handle = $1", late, digests(2)[0]
+        )
         await notify(connection, CIPHERTEXTS_UPLOADED, "0x" + late.hex())
         async with asyncio.timeout(20):  # far below the 60 s poll: the NOTIFY woke it
             while await sent() < 3:
@@ -424,8 +496,7 @@ async def test_the_long_running_sender_commits_what_sns_publishes_as_it_appears(
     assert (sender.counters.sent, sender.counters.transactions) == (3, 3)
 
 
-async def test_a_nonce_taken_by_another_transaction_is_signed_again(w3, database_url,
-                                                                    dev_stack):
+async def test_a_nonce_taken_by_another_transaction_is_signed_again(w3, database_url, dev_stack):
     """The nonce the sender read was taken meanwhile (another tool using the key): the
     node answers 'nonce too low', the sender re-reads the nonce and signs again."""
     from coprocessor.chain.committer import Committer
@@ -439,9 +510,17 @@ async def test_a_nonce_taken_by_another_transaction_is_signed_again(w3, database
     settings = settings_for(database_url, dev_stack["FHE_GATEWAY_RPC_URL"], contract, signer)
     gateway = GatewayClient.connect(settings)
     stale = gateway.next_nonce()
-    elsewhere = signer.sign_transaction({"to": w3.eth.accounts[0], "value": 1, "gas": 21000,
-                                         "nonce": stale, "chainId": w3.eth.chain_id,
-                                         "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 1})
+    elsewhere = signer.sign_transaction(
+        {
+            "to": w3.eth.accounts[0],
+            "value": 1,
+            "gas": 21000,
+            "nonce": stale,
+            "chainId": w3.eth.chain_id,
+            "maxFeePerGas": 10**10,
+            "maxPriorityFeePerGas": 1,
+        }
+    )
     w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(elsewhere.raw_transaction))
     reads = [stale]
     real = gateway.next_nonce
@@ -458,14 +537,16 @@ async def test_a_nonce_taken_by_another_transaction_is_signed_again(w3, database
     assert w3.eth.get_transaction_count(signer.address) == stale + 2
 
 
-@pytest.mark.parametrize(("signers", "threshold", "error"), [
-    (1, 0, "InvalidThreshold(uint256,uint256)"),
-    (2, 3, "InvalidThreshold(uint256,uint256)"),
-    ("duplicate", 1, "InvalidSigner(address)"),
-    ("zero", 1, "InvalidSigner(address)"),
-])
-def test_a_contract_with_an_impossible_signer_set_is_not_deployed(w3, signers, threshold,
-                                                                  error):
+@pytest.mark.parametrize(
+    ("signers", "threshold", "error"),
+    [
+        (1, 0, "InvalidThreshold(uint256,uint256)"),
+        (2, 3, "InvalidThreshold(uint256,uint256)"),
+        ("duplicate", 1, "InvalidSigner(address)"),
+        ("zero", 1, "InvalidSigner(address)"),
+    ],
+)
+def test_a_contract_with_an_impossible_signer_set_is_not_deployed(w3, signers, threshold, error):
     from web3.exceptions import ContractCustomError
 
     from coprocessor.chain.contracts import artifact, revert_selector
@@ -476,7 +557,7 @@ def test_a_contract_with_an_impossible_signer_set_is_not_deployed(w3, signers, t
     elif signers == "zero":
         addresses = ["0x" + "00" * 20]
     else:
-        addresses = accounts[1:1 + signers]
+        addresses = accounts[1 : 1 + signers]
     built = artifact("CiphertextCommits")
     factory = w3.eth.contract(abi=built.abi, bytecode=built.bytecode)
     with pytest.raises(ContractCustomError) as raised:
@@ -489,8 +570,9 @@ def test_a_malformed_batch_submission_is_refused_whole(w3):
 
     signer = new_signer(w3)
     contract = commits_contract(w3, [signer], 1)
-    call = contract.functions.addCiphertextMaterials([b"\x01" * 32, b"\x02" * 32], [1],
-                                                     [b"\x03" * 32] * 2, [b"\x04" * 32] * 2)
+    call = contract.functions.addCiphertextMaterials(
+        [b"\x01" * 32, b"\x02" * 32], [1], [b"\x03" * 32] * 2, [b"\x04" * 32] * 2
+    )
     with pytest.raises(ContractLogicError, match="length mismatch"):
         call.estimate_gas({"from": signer.address})
     assert not contract.functions.hasSubmitted(b"\x01" * 32, signer.address).call()

@@ -29,19 +29,32 @@ async def test_migrate_empty_then_rerun_is_a_no_op(empty_database):
     assert await migrate.migrate(empty_database, MIGRATIONS) == []
     connection = await asyncpg.connect(empty_database)
     try:
-        tables = {r["tablename"] for r in await connection.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-        assert {"tenants", "computations", "ciphertexts", "ciphertext_digest",
-                "pbs_computations", "allowed_handles", "verify_proofs", "blocks", "batches",
-                "batch_computations", "schema_migrations"} <= tables
+        tables = {
+            r["tablename"]
+            for r in await connection.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            )
+        }
+        assert {
+            "tenants",
+            "computations",
+            "ciphertexts",
+            "ciphertext_digest",
+            "pbs_computations",
+            "allowed_handles",
+            "verify_proofs",
+            "blocks",
+            "batches",
+            "batch_computations",
+            "schema_migrations",
+        } <= tables
         assert await connection.fetchval("SELECT count(*) FROM schema_migrations") == latest
     finally:
         await connection.close()
 
 
 async def test_concurrent_migrations_apply_once(empty_database):
-    results = await asyncio.gather(*(migrate.migrate(empty_database, MIGRATIONS)
-                                     for _ in range(4)))
+    results = await asyncio.gather(*(migrate.migrate(empty_database, MIGRATIONS) for _ in range(4)))
     assert sorted(len(r) for r in results) == [0, 0, 0, migrate.latest_version(MIGRATIONS)]
 
 
@@ -49,7 +62,8 @@ async def test_refuses_a_database_newer_than_the_code(empty_database):
     await migrate.migrate(empty_database, MIGRATIONS)
     connection = await asyncpg.connect(empty_database)
     await connection.execute(
-        "INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, 'future', 'x')")
+        "INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, 'future', 'x')"
+    )
     await connection.close()
     with pytest.raises(SchemaTooNew, match="schema version 9999"):
         await migrate.migrate(empty_database, MIGRATIONS)
@@ -76,13 +90,15 @@ async def test_failed_migration_leaves_nothing_half_applied(empty_database, tmp_
     broken = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS, broken)
     (broken / "9000_broken.sql").write_text(
-        "CREATE TABLE half_done (id INT);\nSELECT no_such_function();\n")
+        "CREATE TABLE half_done (id INT);\nSELECT no_such_function();\n"
+    )
     with pytest.raises(asyncpg.UndefinedFunctionError):
         await migrate.migrate(empty_database, broken)
     connection = await asyncpg.connect(empty_database)
     try:
         assert await connection.fetchval("SELECT to_regclass('half_done')") is None
-        assert await connection.fetchval("SELECT max(version) FROM schema_migrations") == \
-            migrate.latest_version(MIGRATIONS)
+        assert await connection.fetchval(
+            "SELECT max(version) FROM schema_migrations"
+        ) == migrate.latest_version(MIGRATIONS)
     finally:
         await connection.close()

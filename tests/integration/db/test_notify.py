@@ -13,8 +13,9 @@ from .helpers import add, admission, tenant
 
 
 async def test_waiter_wakes_on_notify_and_polls_without_one(database_url):
-    async with NotificationWaiter(database_url, (queries.WORK_AVAILABLE,),
-                                  poll_interval=0.3) as waiter:
+    async with NotificationWaiter(
+        database_url, (queries.WORK_AVAILABLE,), poll_interval=0.3
+    ) as waiter:
         started = time.monotonic()
         assert (await waiter.wait()).reason == "poll"
         assert time.monotonic() - started >= 0.29
@@ -25,7 +26,10 @@ async def test_waiter_wakes_on_notify_and_polls_without_one(database_url):
             await connection.close()
         wakeup = await waiter.wait(timeout=10)
         assert (wakeup.reason, wakeup.channel, wakeup.payload) == (
-            "notified", "work_available", "b1")
+            "notified",
+            "work_available",
+            "b1",
+        )
 
 
 @pytest.fixture
@@ -42,8 +46,9 @@ async def test_waiter_survives_a_postgres_restart(own_postgres):
     info = running["info"]
     url = server.env(info)["FHE_DATABASE_URL"]
     await migrate.migrate(url, MIGRATIONS_DIR)
-    async with NotificationWaiter(url, (queries.WORK_AVAILABLE,), poll_interval=0.5,
-                                  max_reconnect_delay=0.5) as waiter:
+    async with NotificationWaiter(
+        url, (queries.WORK_AVAILABLE,), poll_interval=0.5, max_reconnect_delay=0.5
+    ) as waiter:
         server.down(info)
         # While the server is down the waiter degrades to polling, without raising.
         assert (await waiter.wait(timeout=1.0)).reason == "poll"

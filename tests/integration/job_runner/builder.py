@@ -37,9 +37,13 @@ class GraphBuilder:
 
     def input(self, value: int, fhe_type: FheType) -> bytes:
         ciphertext = self.client.encrypt(value, fhe_type)
-        handle = derive_handle(Op.TrivialEncrypt, (value.to_bytes(32, "big"),),
-                               self.context + b"input" + len(self.inputs).to_bytes(4, "big"),
-                               CHAIN_ID, fhe_type).raw
+        handle = derive_handle(
+            Op.TrivialEncrypt,
+            (value.to_bytes(32, "big"),),
+            self.context + b"input" + len(self.inputs).to_bytes(4, "big"),
+            CHAIN_ID,
+            fhe_type,
+        ).raw
         self.inputs[handle] = ciphertext
         self.expected[handle] = value
         self.types[handle] = fhe_type
@@ -62,9 +66,16 @@ class GraphBuilder:
         if scalar is not None:
             dependencies += (scalar.to_bytes(max(1, (scalar.bit_length() + 7) // 8), "big"),)
         handle = derive_handle(op, dependencies, self.context, CHAIN_ID, result_type).raw
-        self.rows.append(ComputationRow(handle, int(result_type), int(op), dependencies,
-                                        is_scalar=scalar is not None,
-                                        dependence_chain_id=chain))
+        self.rows.append(
+            ComputationRow(
+                handle,
+                int(result_type),
+                int(op),
+                dependencies,
+                is_scalar=scalar is not None,
+                dependence_chain_id=chain,
+            )
+        )
         self.expected[handle] = value
         self.types[handle] = result_type
         return handle
@@ -73,13 +84,24 @@ class GraphBuilder:
         """Store the inputs and admit the rows as one batch; returns the batch id.
         ``outputs`` are the handles the SNS stage publishes."""
         for handle, ciphertext in self.inputs.items():
-            await queries.insert_ciphertext(connection, self.tenant_id, handle, ciphertext, 0,
-                                            int(self.types[handle]))
+            await queries.insert_ciphertext(
+                connection, self.tenant_id, handle, ciphertext, 0, int(self.types[handle])
+            )
         name = name or "b-" + uuid.uuid4().hex[:8]
         batch_id = f"fhe/{name}@{uuid.uuid4().hex[:8]}"
-        await queries.admit_batch(connection, BatchAdmission(
-            batch_id, self.tenant_id, "fhe", name, batch_id.split("@")[1], None,
-            tuple(self.rows), frozenset(outputs)))
+        await queries.admit_batch(
+            connection,
+            BatchAdmission(
+                batch_id,
+                self.tenant_id,
+                "fhe",
+                name,
+                batch_id.split("@")[1],
+                None,
+                tuple(self.rows),
+                frozenset(outputs),
+            ),
+        )
         self.rows = []
         return batch_id
 
@@ -95,8 +117,15 @@ async def new_tenant(settings: Settings, name: str, backend: str):
     its secret key. Call ``drop_server_key`` when done: each copy is hundreds of MB."""
     connection = await asyncpg.connect(settings.database_url)
     try:
-        created = await create_tenant(connection, ObjectStore(settings), settings, name,
-                                      CHAIN_ID, backend, keyset=session_keyset(backend))
+        created = await create_tenant(
+            connection,
+            ObjectStore(settings),
+            settings,
+            name,
+            CHAIN_ID,
+            backend,
+            keyset=session_keyset(backend),
+        )
     finally:
         await connection.close()
     return created.tenant, load_client(settings, created.tenant)

@@ -13,9 +13,13 @@ from .builder import GraphBuilder, drop_server_key, new_tenant
 @pytest.fixture(scope="module")
 def compute_settings(dev_stack, database_url_module, tmp_path_factory) -> Settings:
     base = tmp_path_factory.mktemp("compute")
-    return Settings(database_url=database_url_module, cache_dir=base / "cache",
-                    termination_log=base / "termination-log", compute_input_wait_s=60,
-                    notify_poll_interval_s=1.0)
+    return Settings(
+        database_url=database_url_module,
+        cache_dir=base / "cache",
+        termination_log=base / "termination-log",
+        compute_input_wait_s=60,
+        notify_poll_interval_s=1.0,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -93,8 +93,9 @@ async def test_a_shared_computation_is_computed_once(graph, conn, compute_settin
     first = await graph.admit(conn, "first")
     graph.node(Op.Mul, x, 7)  # the same operation: the same handle
     second = await graph.admit(conn, "second")
-    results = await asyncio.gather(run_compute(compute_settings, first),
-                                   run_compute(compute_settings, second))
+    results = await asyncio.gather(
+        run_compute(compute_settings, first), run_compute(compute_settings, second)
+    )
     assert sum(r.computed for r in results) == 2  # shared once + after once
     assert [r.failed for r in results] == [0, 0]
     await assert_results(graph, conn, [shared, after])
@@ -111,12 +112,13 @@ async def test_indexed_pods_split_by_chain_and_cover_the_batch(graph, conn, comp
     await assert_results(graph, conn, [left, right])
 
 
-async def test_a_corrupted_input_fails_its_dependents_and_nothing_else(graph, conn,
-                                                                        compute_settings):
+async def test_a_corrupted_input_fails_its_dependents_and_nothing_else(
+    graph, conn, compute_settings
+):
     good, bad = graph.input(10, U8), graph.input(20, U8)
     envelope = Envelope.from_bytes(graph.inputs[bad])
     payload = bytearray(envelope.payload)
-    payload[len(payload) // 2: len(payload) // 2 + 64] = b"\xff" * 64
+    payload[len(payload) // 2 : len(payload) // 2 + 64] = b"\xff" * 64
     graph.inputs[bad] = dataclasses.replace(envelope, payload=bytes(payload)).to_bytes()
     broken = graph.node(Op.Add, bad, 1)
     downstream = graph.node(Op.Add, broken, good)
@@ -125,15 +127,16 @@ async def test_a_corrupted_input_fails_its_dependents_and_nothing_else(graph, co
     summary = await run_compute(compute_settings, batch)
     assert (summary.completed, summary.failed) == (1, 2)
     await assert_results(graph, conn, [fine])
-    rows = {bytes(r["output_handle"]): r for r in await conn.fetch(
-        "SELECT output_handle, is_error, error_message FROM computations")}
+    rows = {
+        bytes(r["output_handle"]): r
+        for r in await conn.fetch("SELECT output_handle, is_error, error_message FROM computations")
+    }
     assert rows[broken]["is_error"] and "rejected by TFHE-rs" in rows[broken]["error_message"]
     assert rows[downstream]["is_error"]
     assert rows[downstream]["error_message"].startswith("input 0x" + broken.hex())
 
 
-async def test_unsupported_operation_fails_that_node_with_the_reason(graph, conn,
-                                                                      compute_settings):
+async def test_unsupported_operation_fails_that_node_with_the_reason(graph, conn, compute_settings):
     x = graph.input(10, U8)
     graph.rows.append(_muldiv_row(graph, x))
     batch = await graph.admit(conn)
@@ -150,6 +153,7 @@ def _muldiv_row(graph, x):
 
 
 # --- the process entry point: exit codes and termination messages -----------------
+
 
 def run_in_thread(*args):
     """run_stage owns its event loop (asyncio.run), so it runs beside the test's."""
@@ -181,7 +185,8 @@ async def test_s3_down_exits_75_and_computes_nothing(stage_env, monkeypatch, gra
     assert await run_in_thread(batch, 0, 1) == 75
     assert "s3 is unavailable" in json.loads(stage_env.read_text())["error"]
     assert not await conn.fetchval(
-        "SELECT is_completed FROM computations WHERE output_handle = $1", node)
+        "SELECT is_completed FROM computations WHERE output_handle = $1", node
+    )
 
 
 async def test_a_cycle_written_by_someone_else_exits_3_naming_it(stage_env, graph, conn):
@@ -189,16 +194,25 @@ async def test_a_cycle_written_by_someone_else_exits_3_naming_it(stage_env, grap
     a, b = graph.node(Op.Add, x, 1), graph.node(Op.Add, x, 2)
     batch = await graph.admit(conn)
     # Rows written around admission's checks (as a buggy listener might): a <-> b.
-    await conn.execute("UPDATE computations SET dependencies = ARRAY[$2::bytea, $3::bytea], "
-                       "is_scalar = false WHERE output_handle = $1", a, b, x)
-    await conn.execute("UPDATE computations SET dependencies = ARRAY[$2::bytea, $3::bytea], "
-                       "is_scalar = false WHERE output_handle = $1", b, a, x)
+    await conn.execute(
+        "UPDATE computations SET dependencies = ARRAY[$2::bytea, $3::bytea], "
+        "is_scalar = false WHERE output_handle = $1",
+        a,
+        b,
+        x,
+    )
+    await conn.execute(
+        "UPDATE computations SET dependencies = ARRAY[$2::bytea, $3::bytea], "
+        "is_scalar = false WHERE output_handle = $1",
+        b,
+        a,
+        x,
+    )
     assert await run_in_thread(batch, 0, 1) == 3
     assert "dependency cycle among 2" in json.loads(stage_env.read_text())["error"]
 
 
-async def test_failed_nodes_make_the_pod_exit_3_after_finishing_the_rest(stage_env, graph,
-                                                                          conn):
+async def test_failed_nodes_make_the_pod_exit_3_after_finishing_the_rest(stage_env, graph, conn):
     x = graph.input(1, U8)
     fine = graph.node(Op.Add, x, 1)
     graph.rows.append(_muldiv_row(graph, x))

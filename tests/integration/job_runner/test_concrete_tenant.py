@@ -27,7 +27,8 @@ async def concrete_tenant(compute_settings):
 
 
 async def test_a_batch_on_a_concrete_tenant_computes_publishes_and_decrypts(
-        concrete_tenant, conn, compute_settings):
+    concrete_tenant, conn, compute_settings
+):
     record, client = concrete_tenant
     assert record.backend == "concrete"
     graph = GraphBuilder(client, record.tenant_id)
@@ -40,7 +41,8 @@ async def test_a_batch_on_a_concrete_tenant_computes_publishes_and_decrypts(
     summary = await run_compute(compute_settings, batch)
     assert (summary.completed, summary.failed) == (4, 0), summary.failures
     assert await graph.check(conn, [ok, spent, new, fee]) == {
-        h: graph.expected[h] for h in (ok, spent, new, fee)}
+        h: graph.expected[h] for h in (ok, spent, new, fee)
+    }
 
     published = await run_sns(compute_settings, batch)
     assert (published.completed, published.failed) == (2, 0)
@@ -51,14 +53,17 @@ async def test_a_batch_on_a_concrete_tenant_computes_publishes_and_decrypts(
         assert Envelope.from_bytes(ct128).kind is Kind.SQUASHED
         assert Envelope.from_bytes(ct64).backend == "concrete"
         assert client.decrypt(ct64) == client.decrypt(ct128) == graph.expected[handle]
-        row = await conn.fetchrow("SELECT ciphertext128 FROM ciphertext_digest "
-                                  "WHERE tenant_id = $1 AND handle = $2", record.tenant_id,
-                                  handle)
+        row = await conn.fetchrow(
+            "SELECT ciphertext128 FROM ciphertext_digest WHERE tenant_id = $1 AND handle = $2",
+            record.tenant_id,
+            handle,
+        )
         assert bytes(row["ciphertext128"]) == keccak(ct128)
 
 
 async def test_a_tfhe_rs_ciphertext_offered_to_a_concrete_tenant_fails_that_node_only(
-        concrete_tenant, tenant, conn, compute_settings):
+    concrete_tenant, tenant, conn, compute_settings
+):
     (record, client), (_, tfhe_client) = concrete_tenant, tenant
     graph = GraphBuilder(client, record.tenant_id)
     good = graph.input(5, U8)
@@ -70,8 +75,9 @@ async def test_a_tfhe_rs_ciphertext_offered_to_a_concrete_tenant_fails_that_node
     summary = await run_compute(compute_settings, batch)
     assert (summary.completed, summary.failed) == (1, 1)
     assert await graph.check(conn, [fine]) == {fine: 6}
-    message = await conn.fetchval("SELECT error_message FROM computations WHERE "
-                                  "output_handle = $1", broken)
+    message = await conn.fetchval(
+        "SELECT error_message FROM computations WHERE output_handle = $1", broken
+    )
     assert "from backend 'tfhe-rs', not 'concrete'" in message
     with pytest.raises(BadCiphertext, match="tfhe-rs"):
         client.decrypt(tfhe_client.encrypt(1, U8))
@@ -85,7 +91,7 @@ def test_circuits_compile_in_worker_threads(tmp_path):
 
     from coprocessor.fhe import concrete_backend, concrete_circuits
 
-    concrete_backend.compile_spec(concrete_circuits.refresh_spec(1), 2.0 ** -64, None)  # main
+    concrete_backend.compile_spec(concrete_circuits.refresh_spec(1), 2.0**-64, None)  # main
     outcome: list = []
 
     def compile_elsewhere() -> None:

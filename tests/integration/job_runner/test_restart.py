@@ -20,7 +20,8 @@ async def wait_for_completed(conn, batch: str, at_least: int, process, timeout: 
         done = await conn.fetchval(
             """SELECT count(*) FROM batch_computations b JOIN computations c
                USING (tenant_id, output_handle) WHERE b.batch_id = $1 AND c.is_completed""",
-            batch)
+            batch,
+        )
         if done >= at_least:
             return done
         assert process.poll() is None, process.stderr.read()
@@ -36,30 +37,52 @@ async def test_kill_in_the_middle_then_rerun(graph, conn, compute_settings):
     for step in range(10):
         chain.append(graph.node(Op.Mul if step % 2 else Op.Add, chain[-1], step + 3))
     batch = await graph.admit(conn)
-    env = {**os.environ, "FHE_DATABASE_URL": compute_settings.database_url,
-           "FHE_CACHE_DIR": str(compute_settings.cache_dir),
-           "FHE_TERMINATION_LOG": str(compute_settings.termination_log),
-           "FHE_COMPUTE_WORKERS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "job_runner", "compute", "--batch", batch],
-                               env=env, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "FHE_DATABASE_URL": compute_settings.database_url,
+        "FHE_CACHE_DIR": str(compute_settings.cache_dir),
+        "FHE_TERMINATION_LOG": str(compute_settings.termination_log),
+        "FHE_COMPUTE_WORKERS": "1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "job_runner", "compute", "--batch", batch],
+        env=env,
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         await wait_for_completed(conn, batch, 3, process, timeout=180)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    before = {bytes(r["output_handle"]): r["completed_at"] for r in await conn.fetch(
-        "SELECT output_handle, completed_at FROM computations WHERE is_completed "
-        "AND output_handle = ANY($1::bytea[])", chain[1:])}
+    before = {
+        bytes(r["output_handle"]): r["completed_at"]
+        for r in await conn.fetch(
+            "SELECT output_handle, completed_at FROM computations WHERE is_completed "
+            "AND output_handle = ANY($1::bytea[])",
+            chain[1:],
+        )
+    }
     assert 3 <= len(before) < 10, "the kill should land mid-batch"
 
     summary = await run_compute(compute_settings, batch)
     assert summary.computed == 10 - len(before)
     assert (summary.completed, summary.failed) == (10, 0)
-    after = {bytes(r["output_handle"]): r["completed_at"] for r in await conn.fetch(
-        "SELECT output_handle, completed_at FROM computations "
-        "WHERE output_handle = ANY($1::bytea[])", list(before))}
+    after = {
+        bytes(r["output_handle"]): r["completed_at"]
+        for r in await conn.fetch(
+            "SELECT output_handle, completed_at FROM computations "
+            "WHERE output_handle = ANY($1::bytea[])",
+            list(before),
+        )
+    }
     assert after == before  # the nodes done before the kill were not computed again
-    assert await conn.fetchval("SELECT count(*) FROM ciphertexts WHERE handle = ANY($1::bytea[])",
-                               chain[1:]) == 10
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM ciphertexts WHERE handle = ANY($1::bytea[])", chain[1:]
+        )
+        == 10
+    )
     decrypted = await graph.check(conn, chain[1:])
     assert decrypted == {h: graph.expected[h] for h in chain[1:]}

@@ -38,9 +38,15 @@ def proven(settings, tenant, tmp_path_factory) -> bytes:
     record, _client = tenant
     crs = ensure_crs(ObjectStore(settings), record.backend, CRS_BITS)
     public_key = asyncio.run(_public_key(settings, record.tenant_id))
-    return node_prove(tmp_path_factory.mktemp("prove"), public_key, crs,
-                      input_metadata("0x" + CONTRACT.hex(), "0x" + USER.hex(), CHAIN_ID),
-                      "Uint64:1000", "Bool:1", "Uint8:7")
+    return node_prove(
+        tmp_path_factory.mktemp("prove"),
+        public_key,
+        crs,
+        input_metadata("0x" + CONTRACT.hex(), "0x" + USER.hex(), CHAIN_ID),
+        "Uint64:1000",
+        "Bool:1",
+        "Uint8:7",
+    )
 
 
 async def _public_key(settings, tenant_id: int) -> bytes:
@@ -62,12 +68,12 @@ def request(input_list: bytes | None, **changes) -> proofs.ProofRequest:
 
 
 async def row_of(conn, zk_proof_id: int):
-    return await conn.fetchrow("SELECT * FROM verify_proofs WHERE zk_proof_id = $1",
-                               zk_proof_id)
+    return await conn.fetchrow("SELECT * FROM verify_proofs WHERE zk_proof_id = $1", zk_proof_id)
 
 
 async def test_a_proven_list_becomes_stored_ciphertexts_under_its_handles(
-        conn, settings, tenant, proven):
+    conn, settings, tenant, proven
+):
     record, client = tenant
     ask = request(proven)
     assert await proofs.insert_request(conn, ask)
@@ -79,7 +85,7 @@ async def test_a_proven_list_becomes_stored_ciphertexts_under_its_handles(
 
     row = await row_of(conn, ask.zk_proof_id)
     assert row["verified"] is True and row["error_message"] is None
-    handles = [bytes(row["handles"])[i:i + 32] for i in range(0, len(row["handles"]), 32)]
+    handles = [bytes(row["handles"])[i : i + 32] for i in range(0, len(row["handles"]), 32)]
     types = [FheType.Uint64, FheType.Bool, FheType.Uint8]
     assert handles == input_handles(proven, CONTRACT, CHAIN_ID, types)
     assert [Handle(h).fhe_type for h in handles] == types
@@ -90,25 +96,30 @@ async def test_a_proven_list_becomes_stored_ciphertexts_under_its_handles(
     # Nothing is pending: a second run answers nothing and stores nothing twice.
     again = await run_verify(settings)
     assert (again.total, again.verified) == (0, 0)
-    assert await conn.fetchval("SELECT count(*) FROM ciphertexts WHERE handle = ANY($1)",
-                               handles) == 3
+    assert (
+        await conn.fetchval("SELECT count(*) FROM ciphertexts WHERE handle = ANY($1)", handles) == 3
+    )
 
 
 def _tampered(proven: bytes) -> bytes:
     middle = len(proven) // 2
-    return proven[:middle] + bytes([proven[middle] ^ 0x01]) + proven[middle + 1:]
+    return proven[:middle] + bytes([proven[middle] ^ 0x01]) + proven[middle + 1 :]
 
 
-@pytest.mark.parametrize(("case", "message"), [
-    ("tampered", "input proof is invalid"),
-    ("other user", "input proof is invalid"),
-    ("other contract", "input proof is invalid"),
-    ("unknown chain", "no tenant serves chain id 999"),
-    ("empty", "carries no input list"),
-    ("garbage", "malformed input list"),
-])
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("tampered", "input proof is invalid"),
+        ("other user", "input proof is invalid"),
+        ("other contract", "input proof is invalid"),
+        ("unknown chain", "no tenant serves chain id 999"),
+        ("empty", "carries no input list"),
+        ("garbage", "malformed input list"),
+    ],
+)
 async def test_bad_requests_are_answered_no_with_the_reason_and_store_nothing(
-        conn, settings, proven, case, message):
+    conn, settings, proven, case, message
+):
     ask = {
         "tampered": request(_tampered(proven)),
         "other user": request(proven, user_address=bytes(20)),
@@ -170,15 +181,22 @@ async def test_a_chain_served_by_a_backend_without_proofs_is_answered_no(conn, s
 
 
 async def test_our_own_fault_leaves_the_row_pending_and_the_queue_moving(
-        conn, settings, tenant, proven):
+    conn, settings, tenant, proven
+):
     """A tenant whose server key is gone from S3 is not the requester's fault: no 'no' on
     their behalf; the row stays pending (exit 3 says why) and the rows behind it are
     still answered."""
     record, _client = tenant
     public_key = await _public_key(settings, record.tenant_id)
-    await queries.create_tenant(conn, "keyless", 778, b"k" * 32, "tfhe-rs",
-                                keys_location="s3://fhe-ciphertexts/keys/keyless/gone",
-                                public_params=public_key)
+    await queries.create_tenant(
+        conn,
+        "keyless",
+        778,
+        b"k" * 32,
+        "tfhe-rs",
+        keys_location="s3://fhe-ciphertexts/keys/keyless/gone",
+        public_params=public_key,
+    )
     stuck, behind = request(proven, chain_id=778), request(proven)
     await proofs.insert_request(conn, stuck)
     await proofs.insert_request(conn, behind)
@@ -190,17 +208,16 @@ async def test_our_own_fault_leaves_the_row_pending_and_the_queue_moving(
         assert (await row_of(conn, stuck.zk_proof_id))["verified"] is None
         assert (await row_of(conn, behind.zk_proof_id))["verified"] is True
     finally:  # later tests count what a run looks at
-        await conn.execute("DELETE FROM verify_proofs WHERE zk_proof_id = $1",
-                           stuck.zk_proof_id)
-
+        await conn.execute("DELETE FROM verify_proofs WHERE zk_proof_id = $1", stuck.zk_proof_id)
 
 
 async def test_the_follow_worker_answers_requests_as_they_are_queued(conn, settings, proven):
     from job_runner.verify import follow
 
     stop, idle = asyncio.Event(), asyncio.Event()
-    worker = asyncio.create_task(follow(settings.model_copy(
-        update={"notify_poll_interval_s": 300.0}), stop, idle))  # a NOTIFY wakes it
+    worker = asyncio.create_task(
+        follow(settings.model_copy(update={"notify_poll_interval_s": 300.0}), stop, idle)
+    )  # a NOTIFY wakes it
     try:
         async with asyncio.timeout(60):
             await idle.wait()  # asleep with an empty queue: only the NOTIFY can wake it

@@ -29,12 +29,15 @@ from coprocessor.settings import Settings
 SIGNER = "0x" + "ab" * 20
 
 
-@pytest.mark.parametrize(("data", "expected"), [
-    (ALREADY_ADDED + "00" * 64, AlreadyAdded),
-    (NOT_A_SIGNER + "00" * 32, NotASigner),
-    ("0x08c379a0" + "00" * 96, SubmissionRejected),  # Error(string): a require message
-    ("", SubmissionRejected),
-])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (ALREADY_ADDED + "00" * 64, AlreadyAdded),
+        (NOT_A_SIGNER + "00" * 32, NotASigner),
+        ("0x08c379a0" + "00" * 96, SubmissionRejected),  # Error(string): a require message
+        ("", SubmissionRejected),
+    ],
+)
 def test_reverts_are_classified_by_their_selector(data, expected):
     assert isinstance(classify_revert(data, "reason", SIGNER), expected)
 
@@ -45,25 +48,31 @@ def test_a_non_signer_fails_the_batch_naming_the_key_and_the_fix():
     assert SIGNER in str(error) and "FHE_SENDER_PRIVATE_KEY" in str(error)
 
 
-@pytest.mark.parametrize(("error", "data"), [
-    (ContractCustomError("0x1dd7250c", data="0x1dd7250c"), "0x1dd7250c"),
-    (type("E", (Exception,), {"data": bytes.fromhex("1dd7250c")})(), "0x1dd7250c"),
-    (type("E", (Exception,), {"data": {"data": "0x26cd75dc"}})(), "0x26cd75dc"),
-    (type("E", (Exception,), {"data": "execution reverted"})(), ""),
-    (ValueError("no data"), ""),
-])
+@pytest.mark.parametrize(
+    ("error", "data"),
+    [
+        (ContractCustomError("0x1dd7250c", data="0x1dd7250c"), "0x1dd7250c"),
+        (type("E", (Exception,), {"data": bytes.fromhex("1dd7250c")})(), "0x1dd7250c"),
+        (type("E", (Exception,), {"data": {"data": "0x26cd75dc"}})(), "0x26cd75dc"),
+        (type("E", (Exception,), {"data": "execution reverted"})(), ""),
+        (ValueError("no data"), ""),
+    ],
+)
 def test_revert_data_is_read_from_every_shape_web3_gives(error, data):
     assert revert_data(error) == data
 
 
-@pytest.mark.parametrize(("error", "transient"), [
-    (requests.exceptions.ConnectionError("refused"), True),
-    (requests.exceptions.ReadTimeout("slow"), True),
-    (TimeoutError(), True),
-    (Web3RPCError("{'code': -32603, 'message': 'internal error'}"), True),
-    (Web3RPCError("{'code': -32003, 'message': 'Insufficient funds for gas'}"), False),
-    (ValueError("bad argument"), False),
-])
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (requests.exceptions.ConnectionError("refused"), True),
+        (requests.exceptions.ReadTimeout("slow"), True),
+        (TimeoutError(), True),
+        (Web3RPCError("{'code': -32603, 'message': 'internal error'}"), True),
+        (Web3RPCError("{'code': -32003, 'message': 'Insufficient funds for gas'}"), False),
+        (ValueError("bad argument"), False),
+    ],
+)
 def test_only_node_trouble_is_retried(error, transient):
     assert _transient(error) is transient
 
@@ -75,12 +84,15 @@ def test_nonce_and_duplicate_broadcast_answers_are_recognised():
 
 
 def row(n: int) -> DigestRow:
-    return DigestRow(1, bytes([n]) * 32, bytes(range(32)), b"\x01" * 32, b"\x02" * 32,
-                     False, None, None)
+    return DigestRow(
+        1, bytes([n]) * 32, bytes(range(32)), b"\x01" * 32, b"\x02" * 32, False, None, None
+    )
 
 
-@pytest.mark.parametrize(("count", "size", "sizes"), [
-    (0, 4, []), (1, 4, [1]), (4, 4, [4]), (10, 4, [4, 4, 2]), (3, 1, [1, 1, 1])])
+@pytest.mark.parametrize(
+    ("count", "size", "sizes"),
+    [(0, 4, []), (1, 4, [1]), (4, 4, [4]), (10, 4, [4, 4, 2]), (3, 1, [1, 1, 1])],
+)
 def test_rows_are_chunked_in_order(count, size, sizes):
     rows = [row(i) for i in range(count)]
     split = chunks(rows, size)

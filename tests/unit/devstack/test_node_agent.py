@@ -4,11 +4,20 @@ import pytest
 
 from devstack import node_agent as agent
 
-POD = {"metadata": {"name": "p1", "namespace": "fhe", "uid": "u-1",
-                    "labels": {"app": "x"}, "annotations": {"a/b": "c"}},
-       "spec": {"nodeName": "fhe-gpu-0", "containers": [{"name": "main", "image": "i"}]}}
-SECRETS = {("secretRef", "fhe", "signer"): {"key": "0xabc"},
-           ("configMapRef", "fhe", "cfg"): {"LEVEL": "debug", "URL": "http://x"}}
+POD = {
+    "metadata": {
+        "name": "p1",
+        "namespace": "fhe",
+        "uid": "u-1",
+        "labels": {"app": "x"},
+        "annotations": {"a/b": "c"},
+    },
+    "spec": {"nodeName": "fhe-gpu-0", "containers": [{"name": "main", "image": "i"}]},
+}
+SECRETS = {
+    ("secretRef", "fhe", "signer"): {"key": "0xabc"},
+    ("configMapRef", "fhe", "cfg"): {"LEVEL": "debug", "URL": "http://x"},
+}
 
 
 def lookup(kind, namespace, name):
@@ -16,28 +25,51 @@ def lookup(kind, namespace, name):
 
 
 def test_env_from_values_refs_and_fields():
-    container = {"envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "C_"}], "env": [
-        {"name": "A", "value": "1"}, {"name": "B", "value": "$(A)-$(C_LEVEL)-$$(A)"},
-        {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "signer", "key": "key"}}},
-        {"name": "LVL", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "LEVEL"}}},
-        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
-        {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "none", "key": "k",
-                                                       "optional": True}}},
-    ]}
+    container = {
+        "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "C_"}],
+        "env": [
+            {"name": "A", "value": "1"},
+            {"name": "B", "value": "$(A)-$(C_LEVEL)-$$(A)"},
+            {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "signer", "key": "key"}}},
+            {"name": "LVL", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "LEVEL"}}},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+            {
+                "name": "OPT",
+                "valueFrom": {"secretKeyRef": {"name": "none", "key": "k", "optional": True}},
+            },
+        ],
+    }
     env = agent.build_env(POD, container, lookup)
-    assert env == {"C_LEVEL": "debug", "C_URL": "http://x", "A": "1", "B": "1-debug-$(A)",
-                   "KEY": "0xabc", "LVL": "debug", "POD": "p1", "APP": "x"}
+    assert env == {
+        "C_LEVEL": "debug",
+        "C_URL": "http://x",
+        "A": "1",
+        "B": "1-debug-$(A)",
+        "KEY": "0xabc",
+        "LVL": "debug",
+        "POD": "p1",
+        "APP": "x",
+    }
 
 
-@pytest.mark.parametrize(("item", "message"), [
-    ({"name": "K", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}},
-     "secretKeyRef nope/k not found"),
-    ({"name": "K", "valueFrom": {"secretKeyRef": {"name": "signer", "key": "other"}}},
-     "not found"),
-    ({"name": "K", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
-     "unsupported valueFrom"),
-])
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (
+            {"name": "K", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}},
+            "secretKeyRef nope/k not found",
+        ),
+        (
+            {"name": "K", "valueFrom": {"secretKeyRef": {"name": "signer", "key": "other"}}},
+            "not found",
+        ),
+        (
+            {"name": "K", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+            "unsupported valueFrom",
+        ),
+    ],
+)
 def test_env_errors_name_the_reference(item, message):
     with pytest.raises(agent.EnvError, match=message):
         agent.build_env(POD, {"env": [item]}, lookup)
@@ -51,7 +83,11 @@ def test_unsupported_field_ref_is_refused():
 def test_argv_needs_a_command_and_expands_variables():
     container = {"command": ["fhe-job", "$(STAGE)"], "args": ["--batch", "$(BATCH)"]}
     assert agent.container_argv(container, {"STAGE": "compute"}) == [
-        "fhe-job", "compute", "--batch", "$(BATCH)"]
+        "fhe-job",
+        "compute",
+        "--batch",
+        "$(BATCH)",
+    ]
     with pytest.raises(agent.EnvError, match="no command"):
         agent.container_argv({"args": ["x"]}, {})
 
@@ -66,13 +102,19 @@ def test_gpu_node_manifest_has_capacity_label_and_taint():
     assert "taints" not in cpu["spec"] and "nvidia.com/gpu" not in agent.NodeSpec("c").capacity
     status = agent.node_status(spec, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))["status"]
     assert status["conditions"][0] == {
-        "type": "Ready", "status": "True", "reason": "NodeAgentReady",
+        "type": "Ready",
+        "status": "True",
+        "reason": "NodeAgentReady",
         "message": "fhe node agent is posting ready status",
-        "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+        "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
 
 
-@pytest.mark.parametrize(("code", "phase", "reason"), [
-    (0, "Succeeded", "Completed"), (1, "Failed", "Error"), (137, "Failed", "Error")])
+@pytest.mark.parametrize(
+    ("code", "phase", "reason"),
+    [(0, "Succeeded", "Completed"), (1, "Failed", "Error"), (137, "Failed", "Error")],
+)
 def test_terminated_status(code, phase, reason):
     moment = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     status = agent.terminated_status(POD, code, "x" * 5000, moment, moment, 2)["status"]

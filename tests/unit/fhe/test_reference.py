@@ -10,16 +10,35 @@ from coprocessor.types import FheType, Op
 U8, U64, U4 = FheType.Uint8, FheType.Uint64, FheType.Uint4
 
 
-@pytest.mark.parametrize(("op", "a", "b", "t", "expected"), [
-    (Op.Add, 255, 1, U8, 0), (Op.Sub, 0, 1, U8, 255), (Op.Mul, 16, 16, U8, 0),
-    (Op.Div, 7, 0, U8, 255), (Op.Div, 7, 2, U8, 3), (Op.Rem, 7, 0, U8, 7),
-    (Op.Rem, 7, 4, U8, 3), (Op.Shl, 1, 9, U8, 2), (Op.Shl, 0x81, 1, U8, 0x02),
-    (Op.Shr, 0x80, 15, U8, 1), (Op.Rotl, 0x81, 1, U8, 0x03), (Op.Rotr, 0x81, 1, U8, 0xC0),
-    (Op.Rotl, 0x81, 8, U8, 0x81), (Op.Rotr, 0b0001, 5, U4, 0b1000),
-    (Op.Eq, 3, 3, U8, 1), (Op.Ne, 3, 3, U8, 0), (Op.Ge, 3, 3, U8, 1), (Op.Gt, 3, 3, U8, 0),
-    (Op.Le, 2, 3, U8, 1), (Op.Lt, 3, 2, U8, 0), (Op.Min, 3, 2, U8, 2), (Op.Max, 3, 2, U8, 3),
-    (Op.Add, 2**64 - 1, 2**64 - 1, U64, 2**64 - 2), (Op.Add, 1, 257, U8, 2),
-])
+@pytest.mark.parametrize(
+    ("op", "a", "b", "t", "expected"),
+    [
+        (Op.Add, 255, 1, U8, 0),
+        (Op.Sub, 0, 1, U8, 255),
+        (Op.Mul, 16, 16, U8, 0),
+        (Op.Div, 7, 0, U8, 255),
+        (Op.Div, 7, 2, U8, 3),
+        (Op.Rem, 7, 0, U8, 7),
+        (Op.Rem, 7, 4, U8, 3),
+        (Op.Shl, 1, 9, U8, 2),
+        (Op.Shl, 0x81, 1, U8, 0x02),
+        (Op.Shr, 0x80, 15, U8, 1),
+        (Op.Rotl, 0x81, 1, U8, 0x03),
+        (Op.Rotr, 0x81, 1, U8, 0xC0),
+        (Op.Rotl, 0x81, 8, U8, 0x81),
+        (Op.Rotr, 0b0001, 5, U4, 0b1000),
+        (Op.Eq, 3, 3, U8, 1),
+        (Op.Ne, 3, 3, U8, 0),
+        (Op.Ge, 3, 3, U8, 1),
+        (Op.Gt, 3, 3, U8, 0),
+        (Op.Le, 2, 3, U8, 1),
+        (Op.Lt, 3, 2, U8, 0),
+        (Op.Min, 3, 2, U8, 2),
+        (Op.Max, 3, 2, U8, 3),
+        (Op.Add, 2**64 - 1, 2**64 - 1, U64, 2**64 - 2),
+        (Op.Add, 1, 257, U8, 2),
+    ],
+)
 def test_binary_edges(op, a, b, t, expected):
     assert ref.binary(op, a, b, t) == expected
 
@@ -37,15 +56,18 @@ def test_unary_cast_and_select():
     assert ref.mul_div(200, 200, 0, U8) == 255
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda: ref.binary(Op.Add, 256, 1, U8), "does not fit Uint8"),
-    (lambda: ref.binary(Op.Add, -1, 1, U8), "does not fit"),
-    (lambda: ref.if_then_else(2, 1, 1), "condition must be a Bool"),
-    (lambda: ref.rand(b"", U8), "non-empty seed"),
-    (lambda: ref.rand_bounded(b"s", 3, U8), "power of two"),
-    (lambda: ref.rand_bounded(b"s", 512, U8), "exceeds Uint8"),
-    (lambda: ref.trivial_encrypt(-1, U8), "negative"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: ref.binary(Op.Add, 256, 1, U8), "does not fit Uint8"),
+        (lambda: ref.binary(Op.Add, -1, 1, U8), "does not fit"),
+        (lambda: ref.if_then_else(2, 1, 1), "condition must be a Bool"),
+        (lambda: ref.rand(b"", U8), "non-empty seed"),
+        (lambda: ref.rand_bounded(b"s", 3, U8), "power of two"),
+        (lambda: ref.rand_bounded(b"s", 512, U8), "exceeds Uint8"),
+        (lambda: ref.trivial_encrypt(-1, U8), "negative"),
+    ],
+)
 def test_bad_operands_are_refused(call, message):
     with pytest.raises(ValueError, match=message):
         call()

@@ -5,13 +5,18 @@ import pytest
 from fhectl.__main__ import run
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("kind: [", "cannot read"),
-    ("kind: Deployment\n", "is not a FheBatch manifest"),
-    ("kind: FheBatch\nspec: {tenant: acme}\n", "exactly one of spec.graph and spec.source"),
-    ("kind: FheBatch\nspec: {tenant: acme, graph: {nodes: [{name: x, op: Add}]}}\n",
-     "spec.graph.nodes.0.op: String should match"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("kind: [", "cannot read"),
+        ("kind: Deployment\n", "is not a FheBatch manifest"),
+        ("kind: FheBatch\nspec: {tenant: acme}\n", "exactly one of spec.graph and spec.source"),
+        (
+            "kind: FheBatch\nspec: {tenant: acme, graph: {nodes: [{name: x, op: Add}]}}\n",
+            "spec.graph.nodes.0.op: String should match",
+        ),
+    ],
+)
 def test_bad_manifests_get_one_line_and_exit_3(tmp_path, capsys, content, message):
     path = tmp_path / "batch.yaml"
     path.write_text(content)

@@ -10,8 +10,14 @@ from coprocessor.types import FheType, Op
 
 
 def fhectl_ops(*extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fhectl", "fhe", "ops", *extra],
-                          capture_output=True, text=True, timeout=120, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "fhectl", "fhe", "ops", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
 
 
 def test_json_names_every_op_and_type_for_both_backends_with_reasons():
@@ -34,7 +40,7 @@ def test_json_names_every_op_and_type_for_both_backends_with_reasons():
 def test_settings_move_the_matrix_and_the_failure_probability():
     import os
 
-    env = {**os.environ, "FHE_CONCRETE_MAX_PBS": "100", "FHE_CONCRETE_P_ERROR": str(2.0 ** -40)}
+    env = {**os.environ, "FHE_CONCRETE_MAX_PBS": "100", "FHE_CONCRETE_P_ERROR": str(2.0**-40)}
     report = json.loads(fhectl_ops("--backend", "concrete", "-o", "json", env=env).stdout)
     assert report["concrete"]["ops"]["FheMul"]["Uint16"] != "supported"
     assert report["concrete"]["ops"]["FheAdd"]["Uint8"] == "supported"

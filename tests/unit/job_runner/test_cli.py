@@ -5,14 +5,20 @@ import pytest
 from job_runner.__main__ import main
 
 
-@pytest.mark.parametrize(("argv", "code", "message"), [
-    (["verify", "--batch", "fhe/b@1"], 2, "verify takes no --batch"),
-    (["sns", "--batch", "fhe/b@1", "--follow"], 2, "--follow is for verify only"),
-    (["compute", "--batch", "fhe/b@1", "--index", "2", "--count", "2"], 2,
-     "--index 2 must be in 0..1"),
-    (["compute"], 2, "compute needs --batch"),
-    (["paint", "--batch", "x"], 2, "invalid choice: 'paint'"),
-])
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["verify", "--batch", "fhe/b@1"], 2, "verify takes no --batch"),
+        (["sns", "--batch", "fhe/b@1", "--follow"], 2, "--follow is for verify only"),
+        (
+            ["compute", "--batch", "fhe/b@1", "--index", "2", "--count", "2"],
+            2,
+            "--index 2 must be in 0..1",
+        ),
+        (["compute"], 2, "compute needs --batch"),
+        (["paint", "--batch", "x"], 2, "invalid choice: 'paint'"),
+    ],
+)
 def test_bad_arguments_exit_with_one_clear_line(argv, code, message, capsys):
     with pytest.raises(SystemExit) as exited:
         main(argv)
@@ -20,13 +26,17 @@ def test_bad_arguments_exit_with_one_clear_line(argv, code, message, capsys):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({}, "FHE_GATEWAY_COMMITS_ADDRESS is not set"),
-    ({"FHE_GATEWAY_COMMITS_ADDRESS": "0x" + "22" * 20}, "FHE_SENDER_PRIVATE_KEY is not set"),
-    ({"FHE_GATEWAY_COMMITS_ADDRESS": "0x22"}, "FHE_GATEWAY_COMMITS_ADDRESS is invalid"),
-])
-def test_send_without_its_settings_exits_3_before_touching_anything(env, message, monkeypatch,
-                                                                     tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "FHE_GATEWAY_COMMITS_ADDRESS is not set"),
+        ({"FHE_GATEWAY_COMMITS_ADDRESS": "0x" + "22" * 20}, "FHE_SENDER_PRIVATE_KEY is not set"),
+        ({"FHE_GATEWAY_COMMITS_ADDRESS": "0x22"}, "FHE_GATEWAY_COMMITS_ADDRESS is invalid"),
+    ],
+)
+def test_send_without_its_settings_exits_3_before_touching_anything(
+    env, message, monkeypatch, tmp_path, capsys
+):
     """No database, no chain is reachable at these URLs: the stage must not need them to
     say what is missing."""
     import json
@@ -35,9 +45,12 @@ def test_send_without_its_settings_exits_3_before_touching_anything(env, message
 
     for name in ("FHE_GATEWAY_COMMITS_ADDRESS", "FHE_SENDER_PRIVATE_KEY"):
         monkeypatch.delenv(name, raising=False)
-    for name, value in {**env, "FHE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
-                        "FHE_TERMINATION_LOG": str(tmp_path / "summary"),
-                        "FHE_LOG_FORMAT": "text"}.items():
+    for name, value in {
+        **env,
+        "FHE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+        "FHE_TERMINATION_LOG": str(tmp_path / "summary"),
+        "FHE_LOG_FORMAT": "text",
+    }.items():
         monkeypatch.setenv(name, value)
     load_settings.cache_clear()
     try:

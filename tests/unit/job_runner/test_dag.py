@@ -25,8 +25,15 @@ def h(name: str) -> bytes:
 
 
 def node(name: str, *operands: str, chain: str | None = None, **state) -> Node:
-    return Node(h(name), Op.Add, FheType.Uint8, tuple(h(o) for o in operands), (),
-                chain.encode() if chain else None, **state)
+    return Node(
+        h(name),
+        Op.Add,
+        FheType.Uint8,
+        tuple(h(o) for o in operands),
+        (),
+        chain.encode() if chain else None,
+        **state,
+    )
 
 
 def names(handles) -> list[str]:
@@ -36,8 +43,9 @@ def names(handles) -> list[str]:
 
 
 def test_diamond_orders_dependencies_first_and_names_external_inputs():
-    graph = build_graph([node("d", "b", "c"), node("b", "a", "x"), node("c", "a", "a"),
-                         node("a", "x", "y")])
+    graph = build_graph(
+        [node("d", "b", "c"), node("b", "a", "x"), node("c", "a", "a"), node("a", "x", "y")]
+    )
     order = names(graph.order)
     assert order.index("a") < order.index("b") < order.index("d")
     assert order.index("c") < order.index("d")
@@ -57,22 +65,29 @@ def test_duplicate_node_is_rejected():
 
 
 def test_chains_join_edges_and_chain_ids():
-    graph = build_graph([node("a", "x"), node("b", "a"), node("c", "y"),
-                         node("d", "z", chain="t1"), node("e", "w", chain="t1"),
-                         node("f", "v")])
+    graph = build_graph(
+        [
+            node("a", "x"),
+            node("b", "a"),
+            node("c", "y"),
+            node("d", "z", chain="t1"),
+            node("e", "w", chain="t1"),
+            node("f", "v"),
+        ]
+    )
     groups = sorted(sorted(names(g)) for g in chains(graph))
     assert groups == [["a", "b"], ["c"], ["d", "e"], ["f"]]
 
 
-@given(st.lists(st.tuples(st.integers(0, 59), st.integers(0, 59)), max_size=80),
-       st.integers(1, 6))
+@given(st.lists(st.tuples(st.integers(0, 59), st.integers(0, 59)), max_size=80), st.integers(1, 6))
 def test_partition_covers_every_node_once_and_never_splits_a_chain(edges, count):
     nodes = {i: set() for i in range(60)}
     for a, b in edges:
         if a > b:  # keep it acyclic: edges from higher to lower index
             nodes[a].add(b)
-    graph = build_graph([node(f"n{i}", *(f"n{j}" for j in sorted(deps)))
-                         for i, deps in nodes.items()])
+    graph = build_graph(
+        [node(f"n{i}", *(f"n{j}" for j in sorted(deps))) for i, deps in nodes.items()]
+    )
     shares = [partition(graph, i, count) for i in range(count)]
     assert sum(len(s) for s in shares) == 60
     assert set().union(*shares) == set(graph.nodes)
@@ -102,12 +117,17 @@ def test_restrict_turns_other_pods_nodes_into_inputs():
 
 
 def row(op: Op, deps, is_scalar=False, out_type=FheType.Uint8, **kw) -> BatchComputation:
-    return BatchComputation(output_handle=h("out"), output_type=int(out_type),
-                            fhe_operation=int(op), dependencies=tuple(deps),
-                            is_scalar=is_scalar, schedule_order=1,
-                            is_completed=kw.get("done", False),
-                            is_error=kw.get("error") is not None,
-                            error_message=kw.get("error"))
+    return BatchComputation(
+        output_handle=h("out"),
+        output_type=int(out_type),
+        fhe_operation=int(op),
+        dependencies=tuple(deps),
+        is_scalar=is_scalar,
+        schedule_order=1,
+        is_completed=kw.get("done", False),
+        is_error=kw.get("error") is not None,
+        error_message=kw.get("error"),
+    )
 
 
 def test_rows_become_engine_requests_with_scalars_and_seeds():
@@ -131,6 +151,15 @@ def test_rand_without_a_seed_is_a_clear_error():
 
 def test_unknown_codes_in_a_row_name_the_row():
     with pytest.raises(InvalidRow, match="0x" + h("out").hex()):
-        node_from_row(BatchComputation(output_handle=h("out"), output_type=99, fhe_operation=0,
-                                       dependencies=(), schedule_order=1, is_completed=False,
-                                       is_error=False, error_message=None))
+        node_from_row(
+            BatchComputation(
+                output_handle=h("out"),
+                output_type=99,
+                fhe_operation=0,
+                dependencies=(),
+                schedule_order=1,
+                is_completed=False,
+                is_error=False,
+                error_message=None,
+            )
+        )

@@ -8,9 +8,12 @@ from .test_dag import h, names, node
 
 def diamond() -> Schedule:
     # a <- (b, c) <- d ; e independent; x is an input from outside
-    return Schedule(build_graph([node("a", "x"), node("b", "a"), node("c", "a"),
-                                 node("d", "b", "c"), node("e", "x")]),
-                    available={h("x")})
+    return Schedule(
+        build_graph(
+            [node("a", "x"), node("b", "a"), node("c", "a"), node("d", "b", "c"), node("e", "x")]
+        ),
+        available={h("x")},
+    )
 
 
 def run_all(schedule: Schedule, workers: int, strategy: Strategy) -> list[list[str]]:
@@ -55,8 +58,14 @@ def test_a_failure_fails_everything_downstream_and_nothing_else():
 
 
 def test_previous_runs_state_is_respected():
-    graph = build_graph([node("a", "x", completed=True), node("b", "a"),
-                         node("c", "x", error="boom"), node("d", "c")])
+    graph = build_graph(
+        [
+            node("a", "x", completed=True),
+            node("b", "a"),
+            node("c", "x", error="boom"),
+            node("d", "c"),
+        ]
+    )
     schedule = Schedule(graph, available={h("x")})
     assert names(schedule.next_batch(4, Strategy.MAX_PARALLELISM)) == ["b"]
     assert schedule.failed[h("d")] == "input 0x" + h("c").hex() + " failed: boom"
@@ -73,8 +82,9 @@ def test_a_node_held_elsewhere_is_awaited_then_counts_as_done():
 
 
 def test_a_failed_outside_input_fails_its_consumers():
-    schedule = Schedule(build_graph([node("a", "x"), node("b", "a"), node("c", "y")]),
-                        available={h("y")})
+    schedule = Schedule(
+        build_graph([node("a", "x"), node("b", "a"), node("c", "y")]), available={h("y")}
+    )
     direct = schedule.input_failed(h("x"), "producer failed")
     assert names(direct) == ["a"]
     assert set(schedule.failed) == {h("a"), h("b")}

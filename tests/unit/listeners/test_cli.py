@@ -8,27 +8,45 @@ from listeners.__main__ import main
 
 @pytest.fixture(autouse=True)
 def fresh_settings(monkeypatch):
-    for name in ("FHE_HOST_EXECUTOR_ADDRESS", "FHE_HOST_ACL_ADDRESS",
-                 "FHE_GATEWAY_COMMITS_ADDRESS", "FHE_SENDER_PRIVATE_KEY"):
+    for name in (
+        "FHE_HOST_EXECUTOR_ADDRESS",
+        "FHE_HOST_ACL_ADDRESS",
+        "FHE_GATEWAY_COMMITS_ADDRESS",
+        "FHE_SENDER_PRIVATE_KEY",
+    ):
         monkeypatch.delenv(name, raising=False)
     load_settings.cache_clear()
     yield
     load_settings.cache_clear()
 
 
-@pytest.mark.parametrize(("argv", "env", "code", "message"), [
-    (["gateway"], {}, 3, "listener 'gateway' is not available in this release"),
-    (["host"], {}, 1, "FHE_HOST_EXECUTOR_ADDRESS and FHE_HOST_ACL_ADDRESS are required"),
-    (["host"], {"FHE_HOST_EXECUTOR_ADDRESS": "0x12"}, 3,
-     "setting FHE_HOST_EXECUTOR_ADDRESS is invalid"),
-    (["teleport"], {}, 2, "invalid choice: 'teleport'"),
-    (["sender"], {}, 3, "FHE_GATEWAY_COMMITS_ADDRESS is not set"),
-    (["sender"], {"FHE_GATEWAY_COMMITS_ADDRESS": "0x" + "11" * 20}, 3,
-     "FHE_SENDER_PRIVATE_KEY is not set"),
-    (["sender"], {"FHE_GATEWAY_COMMITS_ADDRESS": "0x" + "11" * 20,
-                  "FHE_SENDER_PRIVATE_KEY": "0x1234"}, 3,
-     "setting FHE_SENDER_PRIVATE_KEY is invalid: Value error, must be 64 hex digits"),
-])
+@pytest.mark.parametrize(
+    ("argv", "env", "code", "message"),
+    [
+        (["gateway"], {}, 3, "listener 'gateway' is not available in this release"),
+        (["host"], {}, 1, "FHE_HOST_EXECUTOR_ADDRESS and FHE_HOST_ACL_ADDRESS are required"),
+        (
+            ["host"],
+            {"FHE_HOST_EXECUTOR_ADDRESS": "0x12"},
+            3,
+            "setting FHE_HOST_EXECUTOR_ADDRESS is invalid",
+        ),
+        (["teleport"], {}, 2, "invalid choice: 'teleport'"),
+        (["sender"], {}, 3, "FHE_GATEWAY_COMMITS_ADDRESS is not set"),
+        (
+            ["sender"],
+            {"FHE_GATEWAY_COMMITS_ADDRESS": "0x" + "11" * 20},
+            3,
+            "FHE_SENDER_PRIVATE_KEY is not set",
+        ),
+        (
+            ["sender"],
+            {"FHE_GATEWAY_COMMITS_ADDRESS": "0x" + "11" * 20, "FHE_SENDER_PRIVATE_KEY": "0x1234"},
+            3,
+            "setting FHE_SENDER_PRIVATE_KEY is invalid: Value error, must be 64 hex digits",
+        ),
+    ],
+)
 def test_bad_invocations(argv, env, code, message, monkeypatch, capsys):
     for name, value in env.items():
         monkeypatch.setenv(name, value)

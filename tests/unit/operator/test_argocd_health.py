@@ -35,24 +35,39 @@ def batch(status=None, generation=1) -> dict:
     return obj
 
 
-@pytest.mark.parametrize(("obj", "expected"), [
-    (batch(), ("Progressing", "waiting for the operator")),
-    (batch({"observedGeneration": 1}), ("Progressing", "waiting for the operator")),
-    (batch({"phase": "Computing", "observedGeneration": 1, "message": "computing: 1/4"}),
-     ("Progressing", "computing: 1/4")),
-    (batch({"phase": "Admitted", "observedGeneration": 1}), ("Progressing", "Admitted")),
-    (batch({"phase": "Succeeded", "observedGeneration": 1, "message": "all stages done"}),
-     ("Healthy", "all stages done")),
-    (batch({"phase": "Failed", "observedGeneration": 1, "message": "node 'x': bad"}),
-     ("Degraded", "node 'x': bad")),
-    (batch({"phase": "Suspended", "observedGeneration": 1, "message": "suspended"}),
-     ("Suspended", "suspended")),
-    # A Succeeded status of an older spec is not the health of the current one.
-    (batch({"phase": "Succeeded", "observedGeneration": 1}, generation=2),
-     ("Progressing", "the operator has not observed the current spec yet")),
-    (batch({"phase": "Succeeded"}, generation=2),
-     ("Progressing", "the operator has not observed the current spec yet")),
-])
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        (batch(), ("Progressing", "waiting for the operator")),
+        (batch({"observedGeneration": 1}), ("Progressing", "waiting for the operator")),
+        (
+            batch({"phase": "Computing", "observedGeneration": 1, "message": "computing: 1/4"}),
+            ("Progressing", "computing: 1/4"),
+        ),
+        (batch({"phase": "Admitted", "observedGeneration": 1}), ("Progressing", "Admitted")),
+        (
+            batch({"phase": "Succeeded", "observedGeneration": 1, "message": "all stages done"}),
+            ("Healthy", "all stages done"),
+        ),
+        (
+            batch({"phase": "Failed", "observedGeneration": 1, "message": "node 'x': bad"}),
+            ("Degraded", "node 'x': bad"),
+        ),
+        (
+            batch({"phase": "Suspended", "observedGeneration": 1, "message": "suspended"}),
+            ("Suspended", "suspended"),
+        ),
+        # A Succeeded status of an older spec is not the health of the current one.
+        (
+            batch({"phase": "Succeeded", "observedGeneration": 1}, generation=2),
+            ("Progressing", "the operator has not observed the current spec yet"),
+        ),
+        (
+            batch({"phase": "Succeeded"}, generation=2),
+            ("Progressing", "the operator has not observed the current spec yet"),
+        ),
+    ],
+)
 def test_phases_map_onto_argo_health(obj, expected):
     assert health(obj) == expected
 

@@ -20,105 +20,237 @@ T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 
 
 def spec(**extra) -> FheBatchSpec:
-    return FheBatchSpec.model_validate({"tenant": "acme", "graph": {
-        "nodes": [{"name": "x", "op": "FheNot", "args": ["a"]}]}, **extra})
+    return FheBatchSpec.model_validate(
+        {
+            "tenant": "acme",
+            "graph": {"nodes": [{"name": "x", "op": "FheNot", "args": ["a"]}]},
+            **extra,
+        }
+    )
 
 
 def observed(**kw) -> Observed:
-    base = dict(generation=2, created_at=T0, now=T0 + dt.timedelta(seconds=10), spec=spec(),
-                batch_id="fhe/b@1", admitted=True, progress=Progress(3, 0, 0))
+    base = dict(
+        generation=2,
+        created_at=T0,
+        now=T0 + dt.timedelta(seconds=10),
+        spec=spec(),
+        batch_id="fhe/b@1",
+        admitted=True,
+        progress=Progress(3, 0, 0),
+    )
     base.update(kw)
     return Observed(**base)
 
 
 RUNNING = JobView("b-compute", active=1)
 DONE = JobView("b-compute", succeeded=True, summary={"completed": 3, "failed": 0})
-FAILED = JobView("b-compute", failed=True, failure_message="PodFailurePolicy: exit 3",
-                 summary={"error": "1 computation(s) failed; 0xab: bad bytes"})
+FAILED = JobView(
+    "b-compute",
+    failed=True,
+    failure_message="PodFailurePolicy: exit 3",
+    summary={"error": "1 computation(s) failed; 0xab: bad bytes"},
+)
 
 
-@pytest.mark.parametrize(("case", "phase", "admit", "create", "message"), [
-    (dict(spec=None, spec_error="spec.tenant: bad"), "Failed", False, [], "spec.tenant: bad"),
-    (dict(admitted=False, progress=None), "Pending", True, [], "admitting"),
-    (dict(), "Computing", False, ["compute"], "starting stage compute"),
-    (dict(jobs={"compute": RUNNING}), "Computing", False, [], "computing: 0/3 computed"),
-    (dict(jobs={"compute": DONE}, progress=Progress(3, 3, 0)), "Succeeded", False, [],
-     "3/3 computed"),
-    (dict(jobs={"compute": FAILED}), "Failed", False, [], "bad bytes"),
-    (dict(spec=spec(suspend=True)), "Suspended", False, [], "suspended before stage compute"),
-    (dict(spec=spec(suspend=True), jobs={"compute": RUNNING}), "Computing", False, [],
-     "suspended: no new Jobs"),
-    (dict(may_start=False, wait_reason="waiting for capacity: 2 of 2 gpu"), "Admitted", False,
-     [], "waiting for capacity"),
-    (dict(now=T0 + dt.timedelta(hours=2)), "Failed", False, [], "deadline of 3600s passed"),
-    (dict(jobs={"compute": JobView("b-compute", active=0, waiting="pod unschedulable: 0/2 "
-                                   "nodes are available: Insufficient nvidia.com/gpu")}),
-     "Computing", False, [], "Insufficient nvidia.com/gpu"),
-])
+@pytest.mark.parametrize(
+    ("case", "phase", "admit", "create", "message"),
+    [
+        (dict(spec=None, spec_error="spec.tenant: bad"), "Failed", False, [], "spec.tenant: bad"),
+        (dict(admitted=False, progress=None), "Pending", True, [], "admitting"),
+        (dict(), "Computing", False, ["compute"], "starting stage compute"),
+        (dict(jobs={"compute": RUNNING}), "Computing", False, [], "computing: 0/3 computed"),
+        (
+            dict(jobs={"compute": DONE}, progress=Progress(3, 3, 0)),
+            "Succeeded",
+            False,
+            [],
+            "3/3 computed",
+        ),
+        (dict(jobs={"compute": FAILED}), "Failed", False, [], "bad bytes"),
+        (dict(spec=spec(suspend=True)), "Suspended", False, [], "suspended before stage compute"),
+        (
+            dict(spec=spec(suspend=True), jobs={"compute": RUNNING}),
+            "Computing",
+            False,
+            [],
+            "suspended: no new Jobs",
+        ),
+        (
+            dict(may_start=False, wait_reason="waiting for capacity: 2 of 2 gpu"),
+            "Admitted",
+            False,
+            [],
+            "waiting for capacity",
+        ),
+        (dict(now=T0 + dt.timedelta(hours=2)), "Failed", False, [], "deadline of 3600s passed"),
+        (
+            dict(
+                jobs={
+                    "compute": JobView(
+                        "b-compute",
+                        active=0,
+                        waiting="pod unschedulable: 0/2 "
+                        "nodes are available: Insufficient nvidia.com/gpu",
+                    )
+                }
+            ),
+            "Computing",
+            False,
+            [],
+            "Insufficient nvidia.com/gpu",
+        ),
+    ],
+)
 def test_phase_table(case, phase, admit, create, message):
     check_plan(case, phase, admit, create, message)
 
 
 TWO_STAGES = spec(stages=["compute", "sns"])
 SNS_RUNNING = JobView("b-sns", active=1)
-SNS_DONE = JobView("b-sns", succeeded=True, summary={"total": 1, "completed": 1,
-                                                    "uploaded": 2, "failed": 0})
-SNS_FAILED = JobView("b-sns", failed=True, summary={
-    "error": "s3 is unavailable: connection refused (0/1 published; a re-run continues)"})
+SNS_DONE = JobView(
+    "b-sns", succeeded=True, summary={"total": 1, "completed": 1, "uploaded": 2, "failed": 0}
+)
+SNS_FAILED = JobView(
+    "b-sns",
+    failed=True,
+    summary={"error": "s3 is unavailable: connection refused (0/1 published; a re-run continues)"},
+)
 
 
-@pytest.mark.parametrize(("case", "phase", "admit", "create", "message"), [
-    (dict(jobs={"compute": RUNNING}), "Computing", False, [], "computing"),
-    (dict(jobs={"compute": DONE}, progress=Progress(3, 3, 0)), "Squashing", False, ["sns"],
-     "starting stage sns"),
-    (dict(jobs={"compute": DONE, "sns": SNS_RUNNING}), "Squashing", False, [],
-     "squashing and uploading"),
-    (dict(jobs={"compute": DONE, "sns": SNS_DONE}, progress=Progress(3, 3, 0)), "Succeeded",
-     False, [], "3/3 computed; 1/1 outputs published"),
-    (dict(jobs={"compute": DONE, "sns": SNS_FAILED}), "Failed", False, [],
-     "stage sns failed: s3 is unavailable"),
-    (dict(jobs={"compute": FAILED}), "Failed", False, [], "stage compute failed"),
-    # The capacity limit holds back compute only; a later stage starts at once.
-    (dict(jobs={"compute": DONE}, may_start=False, wait_reason="waiting for capacity"),
-     "Squashing", False, ["sns"], "starting stage sns"),
-    (dict(jobs={"compute": DONE}, spec=spec(stages=["compute", "sns"], suspend=True)),
-     "Suspended", False, [], "suspended before stage sns"),
-])
+@pytest.mark.parametrize(
+    ("case", "phase", "admit", "create", "message"),
+    [
+        (dict(jobs={"compute": RUNNING}), "Computing", False, [], "computing"),
+        (
+            dict(jobs={"compute": DONE}, progress=Progress(3, 3, 0)),
+            "Squashing",
+            False,
+            ["sns"],
+            "starting stage sns",
+        ),
+        (
+            dict(jobs={"compute": DONE, "sns": SNS_RUNNING}),
+            "Squashing",
+            False,
+            [],
+            "squashing and uploading",
+        ),
+        (
+            dict(jobs={"compute": DONE, "sns": SNS_DONE}, progress=Progress(3, 3, 0)),
+            "Succeeded",
+            False,
+            [],
+            "3/3 computed; 1/1 outputs published",
+        ),
+        (
+            dict(jobs={"compute": DONE, "sns": SNS_FAILED}),
+            "Failed",
+            False,
+            [],
+            "stage sns failed: s3 is unavailable",
+        ),
+        (dict(jobs={"compute": FAILED}), "Failed", False, [], "stage compute failed"),
+        # The capacity limit holds back compute only; a later stage starts at once.
+        (
+            dict(jobs={"compute": DONE}, may_start=False, wait_reason="waiting for capacity"),
+            "Squashing",
+            False,
+            ["sns"],
+            "starting stage sns",
+        ),
+        (
+            dict(jobs={"compute": DONE}, spec=spec(stages=["compute", "sns"], suspend=True)),
+            "Suspended",
+            False,
+            [],
+            "suspended before stage sns",
+        ),
+    ],
+)
 def test_two_stage_table(case, phase, admit, create, message):
     check_plan({"spec": TWO_STAGES, **case}, phase, admit, create, message)
 
 
 THREE_STAGES = spec(stages=["compute", "sns", "send"])
 SEND_RUNNING = JobView("b-send", active=1)
-SEND_DONE = JobView("b-send", succeeded=True, summary={
-    "total": 3, "completed": 3, "sent": 3, "transactions": 2, "accepted": 3, "failed": 0,
-    "signer": "0xabc", "gas_used": 1})
-SEND_FAILED = JobView("b-send", failed=True, summary={
-    "error": "signer 0xabc is not a registered coprocessor signer of the CiphertextCommits "
-             "contract"})
+SEND_DONE = JobView(
+    "b-send",
+    succeeded=True,
+    summary={
+        "total": 3,
+        "completed": 3,
+        "sent": 3,
+        "transactions": 2,
+        "accepted": 3,
+        "failed": 0,
+        "signer": "0xabc",
+        "gas_used": 1,
+    },
+)
+SEND_FAILED = JobView(
+    "b-send",
+    failed=True,
+    summary={
+        "error": "signer 0xabc is not a registered coprocessor signer of the CiphertextCommits "
+        "contract"
+    },
+)
 
 
-@pytest.mark.parametrize(("case", "phase", "admit", "create", "message"), [
-    # Published is not enough: the batch waits for its commits on the gateway chain.
-    (dict(jobs={"compute": DONE, "sns": SNS_DONE}), "Sending", False, ["send"],
-     "starting stage send"),
-    (dict(jobs={"compute": DONE, "sns": SNS_DONE, "send": SEND_RUNNING}), "Sending", False,
-     [], "committing the outputs' digests to the gateway chain"),
-    (dict(jobs={"compute": DONE, "sns": SNS_DONE, "send": SEND_DONE},
-          progress=Progress(3, 3, 0)), "Succeeded", False, [],
-     "1/1 outputs published; 3/3 committed in 2 transaction(s)"),
-    (dict(jobs={"compute": DONE, "sns": SNS_DONE, "send": SEND_FAILED}), "Failed", False, [],
-     "stage send failed: signer 0xabc is not a registered coprocessor signer"),
-])
+@pytest.mark.parametrize(
+    ("case", "phase", "admit", "create", "message"),
+    [
+        # Published is not enough: the batch waits for its commits on the gateway chain.
+        (
+            dict(jobs={"compute": DONE, "sns": SNS_DONE}),
+            "Sending",
+            False,
+            ["send"],
+            "starting stage send",
+        ),
+        (
+            dict(jobs={"compute": DONE, "sns": SNS_DONE, "send": SEND_RUNNING}),
+            "Sending",
+            False,
+            [],
+            "committing the outputs' digests to the gateway chain",
+        ),
+        (
+            dict(
+                jobs={"compute": DONE, "sns": SNS_DONE, "send": SEND_DONE},
+                progress=Progress(3, 3, 0),
+            ),
+            "Succeeded",
+            False,
+            [],
+            "1/1 outputs published; 3/3 committed in 2 transaction(s)",
+        ),
+        (
+            dict(jobs={"compute": DONE, "sns": SNS_DONE, "send": SEND_FAILED}),
+            "Failed",
+            False,
+            [],
+            "stage send failed: signer 0xabc is not a registered coprocessor signer",
+        ),
+    ],
+)
 def test_three_stage_table(case, phase, admit, create, message):
     check_plan({"spec": THREE_STAGES, **case}, phase, admit, create, message)
 
 
 def test_send_summary_shows_counts_but_not_the_signer_details():
-    status = plan(observed(spec=THREE_STAGES, jobs={"compute": DONE, "sns": SNS_DONE,
-                                                     "send": SEND_DONE})).status
+    status = plan(
+        observed(spec=THREE_STAGES, jobs={"compute": DONE, "sns": SNS_DONE, "send": SEND_DONE})
+    ).status
     assert status["stages"]["send"]["summary"] == {
-        "total": 3, "completed": 3, "sent": 3, "transactions": 2, "accepted": 3, "failed": 0}
+        "total": 3,
+        "completed": 3,
+        "sent": 3,
+        "transactions": 2,
+        "accepted": 3,
+        "failed": 0,
+    }
 
 
 def check_plan(case, phase, admit, create, message):
@@ -140,11 +272,11 @@ def test_events_only_on_a_phase_change_and_job_creation():
 def test_status_reports_outputs_only_when_succeeded_and_keeps_transition_times():
     running = plan(observed(jobs={"compute": RUNNING}, outputs={"x": "0x01"}))
     assert running.status["outputs"] == {}
-    later = observed(jobs={"compute": RUNNING}, previous=running.status,
-                     now=T0 + dt.timedelta(seconds=99))
+    later = observed(
+        jobs={"compute": RUNNING}, previous=running.status, now=T0 + dt.timedelta(seconds=99)
+    )
     assert plan(later).status["conditions"] == running.status["conditions"]
-    done = plan(observed(jobs={"compute": DONE}, outputs={"x": "0x01"},
-                         progress=Progress(3, 3, 0)))
+    done = plan(observed(jobs={"compute": DONE}, outputs={"x": "0x01"}, progress=Progress(3, 3, 0)))
     assert done.status["outputs"] == {"x": "0x01"} and done.status["done"] == "3/3"
     ready = {c["type"]: c["status"] for c in done.status["conditions"]}
     assert ready == {"Ready": "True", "Failed": "False", "Progressing": "False"}
@@ -163,9 +295,17 @@ def test_capacity_goes_by_priority_then_age():
 
 
 def test_job_manifest_for_gpu_has_limits_toleration_and_failure_policy():
-    manifest = job_manifest(namespace="fhe", name="b", uid="u1", batch_id="fhe/b@1",
-                            spec=spec(parallelism=3), stage="compute", device="gpu",
-                            settings=JobSettings(), remaining_seconds=100)
+    manifest = job_manifest(
+        namespace="fhe",
+        name="b",
+        uid="u1",
+        batch_id="fhe/b@1",
+        spec=spec(parallelism=3),
+        stage="compute",
+        device="gpu",
+        settings=JobSettings(),
+        remaining_seconds=100,
+    )
     pod = manifest["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -174,11 +314,21 @@ def test_job_manifest_for_gpu_has_limits_toleration_and_failure_policy():
     assert manifest["spec"]["completionMode"] == "Indexed"
     assert manifest["spec"]["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
     assert manifest["metadata"]["ownerReferences"][0]["uid"] == "u1"
-    cpu = job_manifest(namespace="fhe", name="b", uid="u1", batch_id="fhe/b@1", spec=spec(),
-                       stage="compute", device="cpu", settings=JobSettings(),
-                       remaining_seconds=100)
-    assert "nvidia.com/gpu" not in cpu["spec"]["template"]["spec"]["containers"][0][
-        "resources"]["limits"]
+    cpu = job_manifest(
+        namespace="fhe",
+        name="b",
+        uid="u1",
+        batch_id="fhe/b@1",
+        spec=spec(),
+        stage="compute",
+        device="cpu",
+        settings=JobSettings(),
+        remaining_seconds=100,
+    )
+    assert (
+        "nvidia.com/gpu"
+        not in cpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    )
 
 
 def test_job_names_stay_valid_and_deterministic():
@@ -189,31 +339,88 @@ def test_job_names_stay_valid_and_deterministic():
 
 
 def test_job_view_reads_conditions_termination_message_and_unschedulable_pods():
-    job = {"metadata": {"name": "b-compute"}, "status": {
-        "failed": 1, "startTime": "t0",
-        "conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
-                        "message": "exit 3", "lastTransitionTime": "t1"}]}}
-    pods = [{"metadata": {}, "status": {"containerStatuses": [{"state": {"terminated": {
-        "exitCode": 3, "finishedAt": "t1",
-        "message": '{"completed": 1, "failed": 1, "error": "bad"}'}}}]}}]
+    job = {
+        "metadata": {"name": "b-compute"},
+        "status": {
+            "failed": 1,
+            "startTime": "t0",
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "PodFailurePolicy",
+                    "message": "exit 3",
+                    "lastTransitionTime": "t1",
+                }
+            ],
+        },
+    }
+    pods = [
+        {
+            "metadata": {},
+            "status": {
+                "containerStatuses": [
+                    {
+                        "state": {
+                            "terminated": {
+                                "exitCode": 3,
+                                "finishedAt": "t1",
+                                "message": '{"completed": 1, "failed": 1, "error": "bad"}',
+                            }
+                        }
+                    }
+                ]
+            },
+        }
+    ]
     view = job_view(job, pods)
     assert view.failed and view.summary["error"] == "bad" and view.finished_at == "t1"
-    garbled = [{"metadata": {}, "status": {"containerStatuses": [{"state": {"terminated": {
-        "message": "Traceback...\nValueError: boom"}}}]}}]
+    garbled = [
+        {
+            "metadata": {},
+            "status": {
+                "containerStatuses": [
+                    {"state": {"terminated": {"message": "Traceback...\nValueError: boom"}}}
+                ]
+            },
+        }
+    ]
     assert job_view(job, garbled).summary == {"error": "ValueError: boom"}
-    pending = [{"metadata": {}, "status": {"conditions": [{
-        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-        "message": "0/2 nodes are available"}]}}]
+    pending = [
+        {
+            "metadata": {},
+            "status": {
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/2 nodes are available",
+                    }
+                ]
+            },
+        }
+    ]
     view = job_view({"metadata": {"name": "j"}, "status": {"active": 1}}, pending)
     assert view.waiting == "pod unschedulable: 0/2 nodes are available"
 
 
 def test_an_edited_spec_gets_its_own_job_and_the_same_spec_the_same_job():
     def name_for(batch_spec):
-        return job_manifest(namespace="fhe", name="b", uid="u1", batch_id="fhe/b@1",
-                            spec=batch_spec, stage="compute", device="cpu",
-                            settings=JobSettings(), remaining_seconds=100)["metadata"]["name"]
-    edited = FheBatchSpec.model_validate({"tenant": "acme", "graph": {
-        "nodes": [{"name": "y", "op": "FheNot", "args": ["a"]}]}})
+        return job_manifest(
+            namespace="fhe",
+            name="b",
+            uid="u1",
+            batch_id="fhe/b@1",
+            spec=batch_spec,
+            stage="compute",
+            device="cpu",
+            settings=JobSettings(),
+            remaining_seconds=100,
+        )["metadata"]["name"]
+
+    edited = FheBatchSpec.model_validate(
+        {"tenant": "acme", "graph": {"nodes": [{"name": "y", "op": "FheNot", "args": ["a"]}]}}
+    )
     assert name_for(spec()) == name_for(spec(priority=3))
     assert name_for(spec()) != name_for(edited)

@@ -37,8 +37,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.finalizer = FINALIZER_KOPF
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration")
-    # A watch that dies silently is reconnected (DESIGN.md section 10).
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # A watch that dies silently is reconnected (docs/design.md section 10).
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90
     settings.watching.connect_timeout = 10
@@ -57,19 +58,18 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(*RESOURCE)
-async def batch_event(event: dict[str, Any], namespace: str, name: str, memo: kopf.Memo,
-                      **_: Any) -> None:
+async def batch_event(
+    event: dict[str, Any], namespace: str, name: str, memo: kopf.Memo, **_: Any
+) -> None:
     if event.get("type") != "DELETED":  # the last event, after every finalizer is gone
         await memo["controller"].reconcile(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_BATCH: kopf.PRESENT})
-async def job_event(namespace: str, labels: dict[str, str], memo: kopf.Memo,
-                    **_: Any) -> None:
+async def job_event(namespace: str, labels: dict[str, str], memo: kopf.Memo, **_: Any) -> None:
     await memo["controller"].reconcile(namespace, labels[LABEL_BATCH])
 
 
 @kopf.timer(*RESOURCE, interval=load_settings().operator_resync_s, sharp=False)
 async def resync(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     await memo["controller"].reconcile(namespace, name)
-

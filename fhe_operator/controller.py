@@ -67,15 +67,19 @@ def _as_dict(api: client.ApiClient, obj: Any) -> dict[str, Any]:
 def job_view(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobView:
     """Summarise a Job and its pods (pure, so unit tests feed it API-shaped dicts)."""
     status = job.get("status") or {}
-    conditions = {c["type"]: c for c in status.get("conditions") or []
-                  if c.get("status") == "True"}
+    conditions = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
     failed = conditions.get("Failed")
     summary = None
     waiting = None
     finished = sorted(
-        (term for pod in pods for cs in (pod.get("status") or {}).get("containerStatuses") or []
-         if (term := (cs.get("state") or {}).get("terminated"))),
-        key=lambda t: t.get("finishedAt") or "")
+        (
+            term
+            for pod in pods
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []
+            if (term := (cs.get("state") or {}).get("terminated"))
+        ),
+        key=lambda t: t.get("finishedAt") or "",
+    )
     if finished and finished[-1].get("message"):
         text = finished[-1]["message"]
         try:
@@ -86,18 +90,27 @@ def job_view(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobView:
             summary = {"error": str(summary)[:500]}
     for pod in pods:
         for condition in (pod.get("status") or {}).get("conditions") or []:
-            if (condition.get("type") == "PodScheduled" and condition.get("status") == "False"
-                    and condition.get("reason") == "Unschedulable"):
+            if (
+                condition.get("type") == "PodScheduled"
+                and condition.get("status") == "False"
+                and condition.get("reason") == "Unschedulable"
+            ):
                 waiting = f"pod unschedulable: {condition.get('message', '')}"[:300]
-    attempts = (status.get("failed") or 0) + (status.get("succeeded") or 0) + \
-        (status.get("active") or 0)
+    attempts = (
+        (status.get("failed") or 0) + (status.get("succeeded") or 0) + (status.get("active") or 0)
+    )
     return JobView(
-        name=job["metadata"]["name"], active=status.get("active") or 0,
-        succeeded="Complete" in conditions, failed=failed is not None,
+        name=job["metadata"]["name"],
+        active=status.get("active") or 0,
+        succeeded="Complete" in conditions,
+        failed=failed is not None,
         failure_message=(f"{failed.get('reason')}: {failed.get('message')}" if failed else None),
-        attempts=max(attempts, 1), started_at=status.get("startTime"),
+        attempts=max(attempts, 1),
+        started_at=status.get("startTime"),
         finished_at=status.get("completionTime") or (failed or {}).get("lastTransitionTime"),
-        summary=summary, waiting=waiting)
+        summary=summary,
+        waiting=waiting,
+    )
 
 
 class Controller:
@@ -108,10 +121,12 @@ class Controller:
         self.custom = client.CustomObjectsApi(api)
         self.batch_api = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
-        self.job_settings = JobSettings(image=settings.job_image,
-                                        config_map=settings.job_config_map,
-                                        secret=settings.job_secret,
-                                        ttl_seconds_after_finished=settings.job_ttl_s)
+        self.job_settings = JobSettings(
+            image=settings.job_image,
+            config_map=settings.job_config_map,
+            secret=settings.job_secret,
+            ttl_seconds_after_finished=settings.job_ttl_s,
+        )
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._gpu_nodes: tuple[float, bool] | None = None
 
@@ -121,8 +136,10 @@ class Controller:
             try:
                 return await self._reconcile(namespace, name)
             except Recoverable as error:  # retried by the next event or the timer
-                log.warning("reconcile deferred", extra={"fields": {
-                    "batch": f"{namespace}/{name}", "error": str(error)}})
+                log.warning(
+                    "reconcile deferred",
+                    extra={"fields": {"batch": f"{namespace}/{name}", "error": str(error)}},
+                )
                 return None
 
     async def release(self, namespace: str, name: str, body: dict[str, Any]) -> None:
@@ -166,26 +183,45 @@ class Controller:
         jobs = await self._job_views(namespace, name, ident) if admitted else {}
         device = await self._device(spec) if spec else "cpu"
         may_start, wait_reason = True, None
-        if (spec and admitted and "compute" not in jobs and not spec.suspend
-                and not error):
+        if spec and admitted and "compute" not in jobs and not spec.suspend and not error:
             may_start, wait_reason = await self._capacity(namespace, name, meta, spec, device)
         observed = Observed(
-            generation=meta.get("generation", 1), created_at=_parse_time(
-                meta.get("creationTimestamp")), now=now, spec=spec, spec_error=error,
-            batch_id=ident, admitted=admitted, progress=progress,
-            outputs=planned.outputs if planned else {}, jobs=jobs, device=device,
-            may_start=may_start, wait_reason=wait_reason, previous=previous)
+            generation=meta.get("generation", 1),
+            created_at=_parse_time(meta.get("creationTimestamp")),
+            now=now,
+            spec=spec,
+            spec_error=error,
+            batch_id=ident,
+            admitted=admitted,
+            progress=progress,
+            outputs=planned.outputs if planned else {},
+            jobs=jobs,
+            device=device,
+            may_start=may_start,
+            wait_reason=wait_reason,
+            previous=previous,
+        )
         result = plan(observed)
         if result.admit:
             assert spec is not None and tenant is not None and ident is not None
             assert planned is not None
             async with self.pool.acquire() as connection:
-                await queries.admit_batch(connection, BatchAdmission(
-                    ident, tenant.tenant_id, namespace, name, spec.spec_hash(), meta["uid"],
-                    planned.rows,
-                    frozenset(bytes.fromhex(h[2:]) for h in planned.outputs.values())))
-            log.info("batch admitted", extra={"fields": {"batch": ident,
-                                                         "rows": len(planned.rows)}})
+                await queries.admit_batch(
+                    connection,
+                    BatchAdmission(
+                        ident,
+                        tenant.tenant_id,
+                        namespace,
+                        name,
+                        spec.spec_hash(),
+                        meta["uid"],
+                        planned.rows,
+                        frozenset(bytes.fromhex(h[2:]) for h in planned.outputs.values()),
+                    ),
+                )
+            log.info(
+                "batch admitted", extra={"fields": {"batch": ident, "rows": len(planned.rows)}}
+            )
             return await self._reconcile(namespace, name)
         for stage in result.create_jobs:
             await self._create_job(body, spec, ident, stage, device, observed)
@@ -210,59 +246,82 @@ class Controller:
             planned = None
             if spec.graph is not None:
                 try:
-                    planned = plan_graph(spec.graph, namespace=namespace, name=name,
-                                         chain_id=tenant.chain_id,
-                                         backend=get_backend(tenant.backend))
+                    planned = plan_graph(
+                        spec.graph,
+                        namespace=namespace,
+                        name=name,
+                        chain_id=tenant.chain_id,
+                        backend=get_backend(tenant.backend),
+                    )
                 except (InvalidSpec, ValueError) as invalid:
                     return spec, str(invalid), None, tenant
-                known = await queries.known_handles(connection, tenant.tenant_id,
-                                                    planned.inputs)
+                known = await queries.known_handles(connection, tenant.tenant_id, planned.inputs)
                 for input_name, text in spec.graph.inputs.items():
                     if bytes.fromhex(text[2:]) not in known:
-                        return spec, (f"input {input_name!r} ({text[:18]}...) exists nowhere: "
-                                      f"no ciphertext and no computation for tenant "
-                                      f"{spec.tenant!r}"), planned, tenant
+                        return (
+                            spec,
+                            (
+                                f"input {input_name!r} ({text[:18]}...) exists nowhere: "
+                                f"no ciphertext and no computation for tenant "
+                                f"{spec.tenant!r}"
+                            ),
+                            planned,
+                            tenant,
+                        )
             elif spec.source is not None:
                 rows = await queries.transaction_computations(
-                    connection, tenant.tenant_id,
-                    [bytes.fromhex(t[2:]) for t in spec.source.transactions])
+                    connection,
+                    tenant.tenant_id,
+                    [bytes.fromhex(t[2:]) for t in spec.source.transactions],
+                )
                 if not rows:
-                    return spec, "no computations in the database for the given transactions", \
-                        None, tenant
+                    return (
+                        spec,
+                        "no computations in the database for the given transactions",
+                        None,
+                        tenant,
+                    )
                 planned = PlannedGraph(tuple(rows), {}, {}, ())
         return spec, None, planned, tenant
 
     # --- Kubernetes reads ------------------------------------------------------------
     async def _get_batch(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await asyncio.to_thread(self.custom.get_namespaced_custom_object,
-                                           GROUP, VERSION, namespace, PLURAL, name)
+            return await asyncio.to_thread(
+                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+            )
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
 
-    async def _job_views(self, namespace: str, name: str, ident: str | None
-                         ) -> dict[str, JobView]:
+    async def _job_views(self, namespace: str, name: str, ident: str | None) -> dict[str, JobView]:
         """This batch id's Jobs by stage; Jobs of an earlier spec of the same resource
         are not this batch's progress."""
         selector = f"{LABEL_BATCH}={name}"
-        jobs = await asyncio.to_thread(self.batch_api.list_namespaced_job, namespace,
-                                       label_selector=selector)
-        pods = await asyncio.to_thread(self.core.list_namespaced_pod, namespace,
-                                       label_selector=selector)
+        jobs = await asyncio.to_thread(
+            self.batch_api.list_namespaced_job, namespace, label_selector=selector
+        )
+        pods = await asyncio.to_thread(
+            self.core.list_namespaced_pod, namespace, label_selector=selector
+        )
         pod_dicts = [_as_dict(self.api, p) for p in pods.items]
         views = {}
         for job in jobs.items:
             data = _as_dict(self.api, job)
             stage = data["metadata"]["labels"].get(LABEL_STAGE)
             annotations = data["metadata"].get("annotations") or {}
-            if (data["metadata"].get("deletionTimestamp") or not stage
-                    or annotations.get(ANNOTATION_BATCH_ID) != ident):
+            if (
+                data["metadata"].get("deletionTimestamp")
+                or not stage
+                or annotations.get(ANNOTATION_BATCH_ID) != ident
+            ):
                 continue
-            mine = [p for p in pod_dicts
-                    if (p["metadata"].get("labels") or {}).get("job-name")
-                    == data["metadata"]["name"]]
+            mine = [
+                p
+                for p in pod_dicts
+                if (p["metadata"].get("labels") or {}).get("job-name") == data["metadata"]["name"]
+            ]
             views[stage] = job_view(data, mine)
         return views
 
@@ -272,36 +331,56 @@ class Controller:
         now = time.monotonic()
         if self._gpu_nodes is None or now - self._gpu_nodes[0] > NODE_CACHE_S:
             nodes = await asyncio.to_thread(self.core.list_node)
-            has_gpu = any(int((n.status.allocatable or {}).get(GPU_RESOURCE, "0")) > 0
-                          for n in nodes.items)
+            has_gpu = any(
+                int((n.status.allocatable or {}).get(GPU_RESOURCE, "0")) > 0 for n in nodes.items
+            )
             self._gpu_nodes = (now, has_gpu)
         return "gpu" if self._gpu_nodes[1] else "cpu"
 
-    async def _capacity(self, namespace: str, name: str, meta: dict[str, Any],
-                        spec: FheBatchSpec, device: str) -> tuple[bool, str | None]:
-        limit = (self.settings.max_running_batches_gpu if device == "gpu"
-                 else self.settings.max_running_batches_cpu)
+    async def _capacity(
+        self, namespace: str, name: str, meta: dict[str, Any], spec: FheBatchSpec, device: str
+    ) -> tuple[bool, str | None]:
+        limit = (
+            self.settings.max_running_batches_gpu
+            if device == "gpu"
+            else self.settings.max_running_batches_cpu
+        )
         if limit is None:
             return True, None
         jobs = await asyncio.to_thread(
             self.batch_api.list_job_for_all_namespaces,
-            label_selector=f"{LABEL_STAGE}=compute,{LABEL_DEVICE}={device}")
-        running = sum(1 for j in jobs.items if (j.status.active or 0) > 0
-                      or not any(c.type in ("Complete", "Failed") and c.status == "True"
-                                 for c in j.status.conditions or []))
-        batches = await asyncio.to_thread(self.custom.list_cluster_custom_object,
-                                          GROUP, VERSION, PLURAL)
+            label_selector=f"{LABEL_STAGE}=compute,{LABEL_DEVICE}={device}",
+        )
+        running = sum(
+            1
+            for j in jobs.items
+            if (j.status.active or 0) > 0
+            or not any(
+                c.type in ("Complete", "Failed") and c.status == "True"
+                for c in j.status.conditions or []
+            )
+        )
+        batches = await asyncio.to_thread(
+            self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL
+        )
         waiting = []
         for item in batches["items"]:
             status = item.get("status") or {}
-            if status.get("phase") in ("Pending", "Admitted") and status.get("device") == device \
-                    and not (item.get("spec") or {}).get("suspend"):
-                waiting.append(QueueEntry(
-                    f"{item['metadata']['namespace']}/{item['metadata']['name']}",
-                    int((item.get("spec") or {}).get("priority", 0)),
-                    _parse_time(item["metadata"].get("creationTimestamp"))))
-        me = QueueEntry(f"{namespace}/{name}", spec.priority,
-                        _parse_time(meta.get("creationTimestamp")))
+            if (
+                status.get("phase") in ("Pending", "Admitted")
+                and status.get("device") == device
+                and not (item.get("spec") or {}).get("suspend")
+            ):
+                waiting.append(
+                    QueueEntry(
+                        f"{item['metadata']['namespace']}/{item['metadata']['name']}",
+                        int((item.get("spec") or {}).get("priority", 0)),
+                        _parse_time(item["metadata"].get("creationTimestamp")),
+                    )
+                )
+        me = QueueEntry(
+            f"{namespace}/{name}", spec.priority, _parse_time(meta.get("creationTimestamp"))
+        )
         return capacity_decision(me, waiting, running, limit, device)
 
     # --- Kubernetes writes -----------------------------------------------------------
@@ -309,30 +388,50 @@ class Controller:
         """Replace the list, guarded by resourceVersion: a concurrent change (kopf's own
         finalizer) makes this a 409, and the next reconcile tries again."""
         meta = body["metadata"]
-        patch = {"metadata": {"finalizers": finalizers,
-                              "resourceVersion": meta["resourceVersion"]}}
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
         try:
-            await asyncio.to_thread(self.custom.patch_namespaced_custom_object, GROUP, VERSION,
-                                    meta["namespace"], PLURAL, meta["name"], patch)
+            await asyncio.to_thread(
+                self.custom.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                PLURAL,
+                meta["name"],
+                patch,
+            )
         except ApiException as error:
             if error.status not in (404, 409):
                 raise
-            raise ServiceUnavailable("kube-apiserver", f"finalizer update raced: "
-                                     f"{error.reason}") from None
+            raise ServiceUnavailable(
+                "kube-apiserver", f"finalizer update raced: {error.reason}"
+            ) from None
 
-    async def _create_job(self, body: dict[str, Any], spec, ident, stage: str, device: str,
-                          observed: Observed) -> None:
+    async def _create_job(
+        self, body: dict[str, Any], spec, ident, stage: str, device: str, observed: Observed
+    ) -> None:
         meta = body["metadata"]
         elapsed = (observed.now - observed.created_at).total_seconds()
         manifest = job_manifest(
-            namespace=meta["namespace"], name=meta["name"], uid=meta["uid"], batch_id=ident,
-            spec=spec, stage=stage, device=device, settings=self.job_settings,
-            remaining_seconds=int(spec.deadline_seconds - elapsed))
+            namespace=meta["namespace"],
+            name=meta["name"],
+            uid=meta["uid"],
+            batch_id=ident,
+            spec=spec,
+            stage=stage,
+            device=device,
+            settings=self.job_settings,
+            remaining_seconds=int(spec.deadline_seconds - elapsed),
+        )
         try:
-            await asyncio.to_thread(self.batch_api.create_namespaced_job, meta["namespace"],
-                                    manifest)
-            log.info("job created", extra={"fields": {
-                "job": manifest["metadata"]["name"], "batch": ident, "stage": stage}})
+            await asyncio.to_thread(
+                self.batch_api.create_namespaced_job, meta["namespace"], manifest
+            )
+            log.info(
+                "job created",
+                extra={
+                    "fields": {"job": manifest["metadata"]["name"], "batch": ident, "stage": stage}
+                },
+            )
         except ApiException as error:
             if error.status != 409:  # 409: it exists (restart, lost response): fine
                 raise
@@ -343,35 +442,56 @@ class Controller:
             now = dt.datetime.now(dt.UTC)
             event = {
                 "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-                "involvedObject": {"apiVersion": API_VERSION, "kind": KIND,
-                                   "name": meta["name"], "namespace": meta["namespace"],
-                                   "uid": meta["uid"]},
-                "type": kind, "reason": reason, "message": message[:1000],
+                "involvedObject": {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": meta["name"],
+                    "namespace": meta["namespace"],
+                    "uid": meta["uid"],
+                },
+                "type": kind,
+                "reason": reason,
+                "message": message[:1000],
                 "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "count": 1,
+                "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "count": 1,
                 "source": {"component": "fhe-operator"},
-                "reportingComponent": "fhe-operator", "reportingInstance": "fhe-operator",
+                "reportingComponent": "fhe-operator",
+                "reportingInstance": "fhe-operator",
             }
             try:
-                await asyncio.to_thread(self.core.create_namespaced_event, meta["namespace"],
-                                        event)
+                await asyncio.to_thread(self.core.create_namespaced_event, meta["namespace"], event)
             except ApiException as error:  # an event is best effort, never a failure
                 log.warning("event not posted", extra={"fields": {"error": error.reason}})
 
-    async def _write_status(self, namespace: str, name: str, previous: dict[str, Any],
-                            status: dict[str, Any]) -> None:
+    async def _write_status(
+        self, namespace: str, name: str, previous: dict[str, Any], status: dict[str, Any]
+    ) -> None:
         if {k: previous.get(k) for k in status} == status:
             return
         # Merge patch: keys we no longer report are set to null so they disappear.
         patch = {**{k: None for k in previous if k not in status}, **status}
         try:
-            await asyncio.to_thread(self.custom.patch_namespaced_custom_object_status,
-                                    GROUP, VERSION, namespace, PLURAL, name, {"status": patch})
+            await asyncio.to_thread(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": patch},
+            )
         except ApiException as error:
             if error.status != 404:
                 raise
         if status["phase"] != previous.get("phase"):
-            log.info("phase", extra={"fields": {"batch": f"{namespace}/{name}",
-                                                "phase": status["phase"],
-                                                "message": status["message"]}})
-
+            log.info(
+                "phase",
+                extra={
+                    "fields": {
+                        "batch": f"{namespace}/{name}",
+                        "phase": status["phase"],
+                        "message": status["message"],
+                    }
+                },
+            )

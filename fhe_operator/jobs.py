@@ -1,4 +1,4 @@
-"""Job manifests for a batch's stages (DESIGN.md section 4). Pure: dicts in, dict out.
+"""Job manifests for a batch's stages (docs/design.md section 4). Pure: dicts in, dict out.
 
 Names are deterministic (``<batch>-<spec hash>-<stage>``, shortened with a hash when
 too long), so creating a Job twice - an operator restart, two replicas, a lost
@@ -42,15 +42,28 @@ def job_name(batch: str, stage: str) -> str:
     if len(name) <= MAX_NAME:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[:MAX_NAME - 10 - len(stage)].rstrip('-')}-{digest}-{stage}"
+    return f"{name[: MAX_NAME - 10 - len(stage)].rstrip('-')}-{digest}-{stage}"
 
 
-def job_manifest(*, namespace: str, name: str, uid: str, batch_id: str, spec: FheBatchSpec,
-                 stage: str, device: str, settings: JobSettings,
-                 remaining_seconds: int) -> dict[str, Any]:
+def job_manifest(
+    *,
+    namespace: str,
+    name: str,
+    uid: str,
+    batch_id: str,
+    spec: FheBatchSpec,
+    stage: str,
+    device: str,
+    settings: JobSettings,
+    remaining_seconds: int,
+) -> dict[str, Any]:
     """The Job for one stage. ``device`` is the resolved class (gpu or cpu)."""
-    labels = {LABEL_BATCH: name, LABEL_STAGE: stage, LABEL_TENANT: spec.tenant,
-              LABEL_DEVICE: device}
+    labels = {
+        LABEL_BATCH: name,
+        LABEL_STAGE: stage,
+        LABEL_TENANT: spec.tenant,
+        LABEL_DEVICE: device,
+    }
     pods = spec.parallelism if stage == "compute" else 1
     command = ["fhe-job", stage, "--batch", batch_id]
     if pods > 1:
@@ -61,14 +74,20 @@ def job_manifest(*, namespace: str, name: str, uid: str, batch_id: str, spec: Fh
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # required by podFailurePolicy; the Job retries pods
-        "containers": [{
-            "name": CONTAINER, "image": settings.image, "command": command,
-            "envFrom": [{"configMapRef": {"name": settings.config_map, "optional": True}},
-                        {"secretRef": {"name": settings.secret, "optional": True}}],
-            "resources": resources,
-            "terminationMessagePath": "/dev/termination-log",
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-        }],
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": settings.image,
+                "command": command,
+                "envFrom": [
+                    {"configMapRef": {"name": settings.config_map, "optional": True}},
+                    {"secretRef": {"name": settings.secret, "optional": True}},
+                ],
+                "resources": resources,
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        ],
     }
     if settings.service_account:
         pod_spec["serviceAccountName"] = settings.service_account
@@ -77,33 +96,48 @@ def job_manifest(*, namespace: str, name: str, uid: str, batch_id: str, spec: Fh
         resources["limits"][GPU_RESOURCE] = gpus
         resources["requests"][GPU_RESOURCE] = gpus
         pod_spec["nodeSelector"] = {"nvidia.com/gpu.present": "true"}
-        pod_spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists",
-                                    "effect": "NoSchedule"}]
+        pod_spec["tolerations"] = [
+            {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+        ]
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.retries.backoff_limit,
         "activeDeadlineSeconds": max(1, remaining_seconds),
         "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
-        "completions": pods, "parallelism": pods,
-        "podFailurePolicy": {"rules": [
-            # Bad input (exit 3) can never succeed: fail the Job now, do not retry.
-            {"action": "FailJob",
-             "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [3]}},
-            # A node drained or a pod preempted is not the batch's fault.
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-        ]},
+        "completions": pods,
+        "parallelism": pods,
+        "podFailurePolicy": {
+            "rules": [
+                # Bad input (exit 3) can never succeed: fail the Job now, do not retry.
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [3]},
+                },
+                # A node drained or a pod preempted is not the batch's fault.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]
+        },
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},
     }
     if pods > 1:
         job_spec["completionMode"] = "Indexed"
     return {
-        "apiVersion": "batch/v1", "kind": "Job",
+        "apiVersion": "batch/v1",
+        "kind": "Job",
         "metadata": {
             "name": job_name(f"{name}-{spec.spec_hash()[:8]}", stage),
-            "namespace": namespace, "labels": labels,
+            "namespace": namespace,
+            "labels": labels,
             "annotations": {ANNOTATION_BATCH_ID: batch_id},
-            "ownerReferences": [{"apiVersion": API_VERSION, "kind": KIND,
-                                 "name": name, "uid": uid, "controller": True,
-                                 "blockOwnerDeletion": True}],
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": name,
+                    "uid": uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
         },
         "spec": job_spec,
     }

@@ -4,7 +4,7 @@ The controller gathers an ``Observed`` (the resource, its Jobs and pods, the dat
 counts, the capacity decision) and applies the ``Plan`` this module returns: admit,
 create Jobs, post Events, write status. Nothing here remembers anything between
 calls; status is recomputed from the world every time, so a lost event or an
-operator restart converges (DESIGN.md section 10).
+operator restart converges (docs/design.md section 10).
 """
 
 from __future__ import annotations
@@ -117,15 +117,18 @@ def _decide(o: Observed) -> tuple[str, str, bool, list[str]]:
         # No Job yet for this stage: every earlier one succeeded.
         elapsed = (o.now - o.created_at).total_seconds()
         if elapsed >= spec.deadline_seconds:
-            return ("Failed", f"deadline of {spec.deadline_seconds}s passed before stage "
-                    f"{stage} started", False, [])
+            return (
+                "Failed",
+                f"deadline of {spec.deadline_seconds}s passed before stage {stage} started",
+                False,
+                [],
+            )
         if spec.suspend:
             return "Suspended", f"suspended before stage {stage}; {_done(o)}", False, []
         if stage == "compute" and not o.may_start:
             return "Admitted", o.wait_reason or "waiting for capacity", False, []
         return PHASE_OF_STAGE[stage], f"starting stage {stage}", False, [stage]
-    return ("Succeeded", f"all stages done; {_done(o)}{_published(o)}{_committed(o)}", False,
-            [])
+    return ("Succeeded", f"all stages done; {_done(o)}{_published(o)}{_committed(o)}", False, [])
 
 
 def _done(o: Observed) -> str:
@@ -148,8 +151,10 @@ def _committed(o: Observed) -> str:
     if send is None or not send.summary:
         return ""
     summary = send.summary
-    return (f"; {summary.get('completed', 0)}/{summary.get('total', 0)} committed in "
-            f"{summary.get('transactions', 0)} transaction(s)")
+    return (
+        f"; {summary.get('completed', 0)}/{summary.get('total', 0)} committed in "
+        f"{summary.get('transactions', 0)} transaction(s)"
+    )
 
 
 def _failure(job: JobView) -> str:
@@ -174,7 +179,7 @@ def _running_message(o: Observed, stage: str, job: JobView) -> str:
 def _status(o: Observed, phase: str, message: str) -> dict[str, Any]:
     progress = o.progress or Progress(0, 0, 0)
     stages: dict[str, Any] = {}
-    for stage in (o.spec.stages if o.spec else []):
+    for stage in o.spec.stages if o.spec else []:
         job = o.jobs.get(stage)
         entry: dict[str, Any] = {"state": stage_state(job)}
         if job is not None:
@@ -184,15 +189,17 @@ def _status(o: Observed, phase: str, message: str) -> dict[str, Any]:
             if job.finished_at:
                 entry["finishedAt"] = job.finished_at
             if job.summary:
-                entry["summary"] = {k: v for k, v in job.summary.items()
-                                    if k in STATUS_KEYS}
+                entry["summary"] = {k: v for k, v in job.summary.items() if k in STATUS_KEYS}
         stages[stage] = entry
     status: dict[str, Any] = {
         "phase": phase,
         "message": message[:1000],
         "observedGeneration": o.generation,
-        "computations": {"total": progress.total, "completed": progress.completed,
-                         "failed": progress.failed},
+        "computations": {
+            "total": progress.total,
+            "completed": progress.completed,
+            "failed": progress.failed,
+        },
         "done": f"{progress.completed}/{progress.total}",
         "device": o.device,
         "stages": stages,
@@ -216,12 +223,20 @@ def _conditions(o: Observed, phase: str, message: str) -> list[dict[str, str]]:
     for kind, (value, reason) in wanted.items():
         old = previous.get(kind) or {}
         since = old.get("lastTransitionTime") if old.get("status") == value else None
-        conditions.append({"type": kind, "status": value, "reason": reason,
-                           "message": message[:300], "lastTransitionTime": since or now})
+        conditions.append(
+            {
+                "type": kind,
+                "status": value,
+                "reason": reason,
+                "message": message[:300],
+                "lastTransitionTime": since or now,
+            }
+        )
     return conditions
 
 
 # --- capacity ----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class QueueEntry:
@@ -230,8 +245,9 @@ class QueueEntry:
     created_at: dt.datetime
 
 
-def capacity_decision(me: QueueEntry, waiting: list[QueueEntry], running: int,
-                      limit: int | None, device: str) -> tuple[bool, str | None]:
+def capacity_decision(
+    me: QueueEntry, waiting: list[QueueEntry], running: int, limit: int | None, device: str
+) -> tuple[bool, str | None]:
     """May ``me`` start its compute Job now? Higher priority first, then older.
 
     ``waiting`` are the batches of this device class that want to start (``me``
@@ -240,11 +256,15 @@ def capacity_decision(me: QueueEntry, waiting: list[QueueEntry], running: int,
     if limit is None:
         return True, None
     free = limit - running
-    order = sorted({e.name: e for e in [*waiting, me]}.values(),
-                   key=lambda e: (-e.priority, e.created_at, e.name))
+    order = sorted(
+        {e.name: e for e in [*waiting, me]}.values(),
+        key=lambda e: (-e.priority, e.created_at, e.name),
+    )
     position = [e.name for e in order].index(me.name)
     if position < free:
         return True, None
     ahead = position - max(free, 0)
-    return False, (f"waiting for capacity: {running} of {limit} {device} batches running"
-                   + (f", {ahead} waiting ahead" if ahead else ""))
+    return False, (
+        f"waiting for capacity: {running} of {limit} {device} batches running"
+        + (f", {ahead} waiting ahead" if ahead else "")
+    )

@@ -17,10 +17,17 @@ from coprocessor.settings import load_settings
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fhe-operator", description=__doc__.splitlines()[0])
-    parser.add_argument("--namespace", action="append", default=[],
-                        help="watch only this namespace (repeatable); default: all")
-    parser.add_argument("--liveness", default="http://127.0.0.1:8080/healthz",
-                        help="liveness endpoint URL (reflects the watch streams)")
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: all",
+    )
+    parser.add_argument(
+        "--liveness",
+        default="http://127.0.0.1:8080/healthz",
+        help="liveness endpoint URL (reflects the watch streams)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -36,8 +43,12 @@ def main(argv: list[str] | None = None) -> None:
 
     kopf.configure(verbose=False)
     configure_logging(settings.log_level, settings.log_format)  # kopf replaced handlers
-    kopf.run(standalone=True, clusterwide=not args.namespace,
-             namespaces=args.namespace, liveness_endpoint=args.liveness)
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness,
+    )
 
 
 if __name__ == "__main__":

@@ -59,21 +59,25 @@ def _order(graph: Graph) -> list[GraphNode]:
             if ref not in by_name and ref not in graph.inputs:
                 raise InvalidSpec(f"{_where(node)}: argument {ref!r} names no input or node")
     ordered, stuck = topological_order(
-        {n.name: [a for a in n.args if isinstance(a, str)] for n in graph.nodes})
+        {n.name: [a for a in n.args if isinstance(a, str)] for n in graph.nodes}
+    )
     if stuck:
         raise InvalidSpec(f"the graph has a cycle through nodes {', '.join(sorted(stuck)[:5])}")
     return [by_name[n] for n in ordered]
 
 
-def plan_graph(graph: Graph, *, namespace: str, name: str, chain_id: int,
-               backend: Backend) -> PlannedGraph:
+def plan_graph(
+    graph: Graph, *, namespace: str, name: str, chain_id: int, backend: Backend
+) -> PlannedGraph:
     context = graph_context(namespace, name)
     known: dict[str, tuple[bytes, FheType]] = {}
     for input_name, text in graph.inputs.items():
         handle = Handle.parse(text)
         if handle.chain_id != chain_id:
-            raise InvalidSpec(f"input {input_name!r} is a handle of chain {handle.chain_id}, "
-                              f"but the tenant is on chain {chain_id}")
+            raise InvalidSpec(
+                f"input {input_name!r} is a handle of chain {handle.chain_id}, "
+                f"but the tenant is on chain {chain_id}"
+            )
         known[input_name] = (handle.raw, handle.fhe_type)
     rows: list[ComputationRow] = []
     handles: dict[str, str] = {}
@@ -89,16 +93,23 @@ def plan_graph(graph: Graph, *, namespace: str, name: str, chain_id: int,
     return PlannedGraph(tuple(rows), outputs, handles, inputs)
 
 
-def _plan_node(node: GraphNode, known: dict[str, tuple[bytes, FheType]], context: bytes,
-               chain_id: int, backend: Backend) -> tuple[bytes, FheType, ComputationRow]:
+def _plan_node(
+    node: GraphNode,
+    known: dict[str, tuple[bytes, FheType]],
+    context: bytes,
+    chain_id: int,
+    backend: Backend,
+) -> tuple[bytes, FheType, ComputationRow]:
     where = _where(node)
     try:
         op = Op.parse(node.op)
     except ValueError as error:
         raise InvalidSpec(f"{where}: {error}") from None
     if op is Op.MulDiv:
-        raise InvalidSpec(f"{where}: FheMulDiv is not accepted in graphs yet: its two "
-                          "plaintext operands do not fit a computation row's one scalar")
+        raise InvalidSpec(
+            f"{where}: FheMulDiv is not accepted in graphs yet: its two "
+            "plaintext operands do not fit a computation row's one scalar"
+        )
     signature = op.signature
     scalars = [a for a in node.args if isinstance(a, Scalar)]
     operands = [a for a in node.args if isinstance(a, str)]
@@ -117,9 +128,11 @@ def _plan_node(node: GraphNode, known: dict[str, tuple[bytes, FheType]], context
             raise InvalidSpec(f"{where}: {error}") from None
     if op in EXPLICIT_TYPE_OPS and explicit is None:
         raise InvalidSpec(f"{where}: needs `type` (the result type)")
-    expected_args = {Op.TrivialEncrypt: (0, 1, "one {scalar: ...}"),
-                     Op.Rand: (0, 0, "no arguments"),
-                     Op.RandBounded: (0, 1, "one {scalar: ...}")}
+    expected_args = {
+        Op.TrivialEncrypt: (0, 1, "one {scalar: ...}"),
+        Op.Rand: (0, 0, "no arguments"),
+        Op.RandBounded: (0, 1, "one {scalar: ...}"),
+    }
     if op in expected_args:
         want_operands, want_scalars, shape = expected_args[op]
         if len(operands) != want_operands or len(scalars) != want_scalars:
@@ -129,8 +142,9 @@ def _plan_node(node: GraphNode, known: dict[str, tuple[bytes, FheType]], context
         if signature.arity is not None and count != signature.arity:
             raise InvalidSpec(f"{where}: takes {signature.arity} argument(s), got {count}")
         if signature.arity is None and count < signature.min_args:
-            raise InvalidSpec(f"{where}: takes at least {signature.min_args} argument(s), "
-                              f"got {count}")
+            raise InvalidSpec(
+                f"{where}: takes at least {signature.min_args} argument(s), got {count}"
+            )
     types = [known[ref][1] for ref in operands]
     try:
         working = operand_type(op, types, explicit)
@@ -141,15 +155,21 @@ def _plan_node(node: GraphNode, known: dict[str, tuple[bytes, FheType]], context
     except Irrecoverable as error:
         raise InvalidSpec(f"{where}: {error}") from None
     if explicit is not None and op not in EXPLICIT_TYPE_OPS and explicit is not result_type:
-        raise InvalidSpec(f"{where}: `type` says {explicit.name} but the node computes "
-                          f"{result_type.name}")
+        raise InvalidSpec(
+            f"{where}: `type` says {explicit.name} but the node computes {result_type.name}"
+        )
     dependencies = tuple(known[ref][0] for ref in operands)
     dependencies += tuple(plaintext_operand(s.value) for s in scalars)
     if op in (Op.Rand, Op.RandBounded):  # a seed per node and batch: reproducible
         dependencies += (hashlib.sha3_256(context + b"/" + node.name.encode()).digest()[:16],)
     handle = derive_handle(op, dependencies, context, chain_id, result_type).raw
-    row = ComputationRow(handle, int(result_type), int(op), dependencies,
-                         is_scalar=bool(scalars) or op in (Op.Rand, Op.RandBounded))
+    row = ComputationRow(
+        handle,
+        int(result_type),
+        int(op),
+        dependencies,
+        is_scalar=bool(scalars) or op in (Op.Rand, Op.RandBounded),
+    )
     return handle, result_type, row
 
 
@@ -159,12 +179,16 @@ def check_stages(stages: list[str], available: tuple[str, ...], graph: Graph | N
     stage commits what SNS published, so it comes with SNS."""
     unavailable = [s for s in stages if s not in available]
     if unavailable:
-        raise InvalidSpec(f"stage(s) {', '.join(unavailable)} are not batch stages "
-                          f"(available: {', '.join(available)}; input proofs are verified by "
-                          "`fhe-job verify`, which takes no batch)")
+        raise InvalidSpec(
+            f"stage(s) {', '.join(unavailable)} are not batch stages "
+            f"(available: {', '.join(available)}; input proofs are verified by "
+            "`fhe-job verify`, which takes no batch)"
+        )
     if "sns" in stages and graph is not None and not any(n.output for n in graph.nodes):
-        raise InvalidSpec("stage sns publishes the graph's outputs, but no node is marked "
-                          "output: true")
+        raise InvalidSpec(
+            "stage sns publishes the graph's outputs, but no node is marked output: true"
+        )
     if "send" in stages and "sns" not in stages:
-        raise InvalidSpec("stage send commits the digests stage sns publishes; list sns "
-                          "before send")
+        raise InvalidSpec(
+            "stage send commits the digests stage sns publishes; list sns before send"
+        )

@@ -1,0 +1,1 @@
+"""The kopf operator: reconciles FheBatch resources into stage Jobs (``fhe-operator``)."""
