@@ -1,16 +1,22 @@
 //! Thin PyO3 bindings of the `tfhe` crate (TFHE-rs 1.7) for the coprocessor's
 //! `tfhe-rs` engine backend. Everything that is policy (envelopes, validation,
 //! semantics at the edges such as scalar division by zero) lives in Python; this file
-//! only maps type and op codes (DESIGN.md section 5) onto TFHE-rs calls.
+//! only maps type and op codes (docs/design.md section 5) onto TFHE-rs calls.
 //!
 //! Values cross the boundary as 32-byte little-endian strings, ciphertexts and keys as
 //! TFHE-rs safe-serialized (versioned, size-limited) bytes. Long calls release the GIL.
+//!
+//! Cargo feature `test-prover` (off by default) adds `prove_inputs`, a client-side
+//! prover that only the test suite needs; see its doc comment.
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+#[cfg(not(feature = "test-prover"))]
+use pyo3::types::{PyDict, PyTuple};
 use tfhe::conformance::ParameterSetConformant;
 use tfhe::integer::ciphertext::IntegerCiphertext;
+use tfhe::integer::ciphertext::IntegerProvenCompactCiphertextListConformanceParams;
 use tfhe::integer::U256;
 use tfhe::prelude::*;
 use tfhe::safe_serialization::{DeserializationConfig, SerializationConfig};
@@ -21,15 +27,14 @@ use tfhe::shortint::parameters::{
     PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
     PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
 };
-use tfhe::integer::ciphertext::IntegerProvenCompactCiphertextListConformanceParams;
-use tfhe::zk::{CompactPkeCrs, ZkComputeLoad, ZkVerificationOutcome};
+#[cfg(feature = "test-prover")]
+use tfhe::zk::ZkComputeLoad;
+use tfhe::zk::{CompactPkeCrs, ZkVerificationOutcome};
 use tfhe::{
-    set_server_key, ClientKey, CompressedSquashedNoiseCiphertextList, FheTypes, ProvenCompactCiphertextList, CompactPublicKey, CompressedServerKey, Config, ConfigBuilder,
-    FheBool, FheUint128, FheUint16,
-    FheUint160, FheUint256,
-    FheUint32, FheUint4,
-    FheUint64, FheUint8,
-    Seed, ServerKey, SquashedNoiseFheBool, SquashedNoiseFheUint,
+    set_server_key, ClientKey, CompactPublicKey, CompressedServerKey,
+    CompressedSquashedNoiseCiphertextList, Config, ConfigBuilder, FheBool, FheTypes, FheUint128,
+    FheUint16, FheUint160, FheUint256, FheUint32, FheUint4, FheUint64, FheUint8,
+    ProvenCompactCiphertextList, Seed, ServerKey, SquashedNoiseFheBool, SquashedNoiseFheUint,
 };
 
 const KEY_LIMIT: u64 = 1 << 31;
@@ -37,6 +42,132 @@ const CT_LIMIT: u64 = 1 << 26;
 
 fn err<E: std::fmt::Display>(e: E) -> PyErr {
     PyValueError::new_err(e.to_string())
+}
+
+/// A code from Python that names no variant of the enum it is decoded into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct UnknownCode {
+    what: &'static str,
+    code: u8,
+}
+
+impl std::fmt::Display for UnknownCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} code {} is not supported", self.what, self.code)
+    }
+}
+
+impl std::error::Error for UnknownCode {}
+
+/// An unknown code as the `unsupported: ...` ValueError that Python maps to
+/// UnsupportedOperation.
+fn unsupported_code(e: UnknownCode) -> PyErr {
+    unsupported(&e.to_string())
+}
+
+/// Declares a `#[repr(u8)]` enum of wire codes and its `TryFrom<u8>` from one list, so
+/// each code is written once.
+macro_rules! code_enum {
+    (
+        $(#[$meta:meta])*
+        enum $name:ident($what:literal) { $($variant:ident = $code:literal,)+ }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(u8)]
+        enum $name {
+            $($variant = $code,)+
+        }
+
+        impl TryFrom<u8> for $name {
+            type Error = UnknownCode;
+
+            fn try_from(code: u8) -> Result<Self, UnknownCode> {
+                $(if code == $name::$variant as u8 {
+                    return Ok($name::$variant);
+                })+
+                Err(UnknownCode { what: $what, code })
+            }
+        }
+    };
+}
+
+code_enum! {
+    /// Type codes: the values of `coprocessor.types.FheType` (docs/design.md section 5) that
+    /// this extension supports.
+    enum FheType("type") {
+        Bool = 0,
+        Uint4 = 1,
+        Uint8 = 2,
+        Uint16 = 3,
+        Uint32 = 4,
+        Uint64 = 5,
+        Uint128 = 6,
+        Uint160 = 7,
+        Uint256 = 8,
+    }
+}
+
+impl FheType {
+    /// Our type of an entry of an expanded input list, if it is one of ours.
+    fn from_tfhe(kind: FheTypes) -> Option<Self> {
+        Some(match kind {
+            FheTypes::Bool => FheType::Bool,
+            FheTypes::Uint4 => FheType::Uint4,
+            FheTypes::Uint8 => FheType::Uint8,
+            FheTypes::Uint16 => FheType::Uint16,
+            FheTypes::Uint32 => FheType::Uint32,
+            FheTypes::Uint64 => FheType::Uint64,
+            FheTypes::Uint128 => FheType::Uint128,
+            FheTypes::Uint160 => FheType::Uint160,
+            FheTypes::Uint256 => FheType::Uint256,
+            _ => return None,
+        })
+    }
+}
+
+/// A type code argument; an unknown one is a ValueError (a ciphertext of a type we do not
+/// have, to Python: BadCiphertext).
+fn type_arg(code: u8) -> PyResult<FheType> {
+    FheType::try_from(code).map_err(err)
+}
+
+code_enum! {
+    /// Op codes: the values of `coprocessor.types.Op` that are passed to the evaluator as
+    /// codes (Cast, TrivialEncrypt, IfThenElse and Rand have methods of their own).
+    enum OpCode("op") {
+        Add = 0,
+        Sub = 1,
+        Mul = 2,
+        Div = 3,
+        Rem = 4,
+        BitAnd = 5,
+        BitOr = 6,
+        BitXor = 7,
+        Shl = 8,
+        Shr = 9,
+        Rotl = 10,
+        Rotr = 11,
+        Eq = 12,
+        Ne = 13,
+        Ge = 14,
+        Gt = 15,
+        Le = 16,
+        Lt = 17,
+        Min = 18,
+        Max = 19,
+        Neg = 20,
+        Not = 21,
+    }
+}
+
+impl OpCode {
+    fn is_shift(self) -> bool {
+        matches!(
+            self,
+            OpCode::Shl | OpCode::Shr | OpCode::Rotl | OpCode::Rotr
+        )
+    }
 }
 
 fn config() -> Config {
@@ -108,15 +239,16 @@ enum Ct {
 }
 
 macro_rules! each_uint {
+    // (Ct variant, TFHE-rs type, FheType variant, clear type)
     ($m:ident) => {
-        $m!(U4, FheUint4, 1, u8);
-        $m!(U8, FheUint8, 2, u8);
-        $m!(U16, FheUint16, 3, u16);
-        $m!(U32, FheUint32, 4, u32);
-        $m!(U64, FheUint64, 5, u64);
-        $m!(U128, FheUint128, 6, u128);
-        $m!(U160, FheUint160, 7, U256);
-        $m!(U256, FheUint256, 8, U256);
+        $m!(U4, FheUint4, Uint4, u8);
+        $m!(U8, FheUint8, Uint8, u8);
+        $m!(U16, FheUint16, Uint16, u16);
+        $m!(U32, FheUint32, Uint32, u32);
+        $m!(U64, FheUint64, Uint64, u64);
+        $m!(U128, FheUint128, Uint128, u128);
+        $m!(U160, FheUint160, Uint160, U256);
+        $m!(U256, FheUint256, Uint256, U256);
     };
 }
 
@@ -168,17 +300,17 @@ macro_rules! on_any {
 }
 
 impl Ct {
-    fn type_code(&self) -> u8 {
+    fn fhe_type(&self) -> FheType {
         match self {
-            Ct::Bool(_) => 0,
-            Ct::U4(_) => 1,
-            Ct::U8(_) => 2,
-            Ct::U16(_) => 3,
-            Ct::U32(_) => 4,
-            Ct::U64(_) => 5,
-            Ct::U128(_) => 6,
-            Ct::U160(_) => 7,
-            Ct::U256(_) => 8,
+            Ct::Bool(_) => FheType::Bool,
+            Ct::U4(_) => FheType::Uint4,
+            Ct::U8(_) => FheType::Uint8,
+            Ct::U16(_) => FheType::Uint16,
+            Ct::U32(_) => FheType::Uint32,
+            Ct::U64(_) => FheType::Uint64,
+            Ct::U128(_) => FheType::Uint128,
+            Ct::U160(_) => FheType::Uint160,
+            Ct::U256(_) => FheType::Uint256,
         }
     }
 
@@ -193,17 +325,20 @@ impl Ct {
     /// TFHE-rs's own conformance check demands *fresh* ciphertexts (exact degree and
     /// nominal noise), which refuses valid results of trivial encryption, casts and
     /// scalar ops, so it is kept for client inputs (proofs) only.
-    fn from_bytes(type_code: u8, bytes: &[u8], check: bool) -> PyResult<Ct> {
+    fn from_bytes(kind: FheType, bytes: &[u8], check: bool) -> PyResult<Ct> {
         let cfg = DeserializationConfig::new(CT_LIMIT).disable_conformance();
-        let bad = || PyValueError::new_err("ciphertext does not match the keyset's parameters or its type");
+        let bad = || {
+            PyValueError::new_err("ciphertext does not match the keyset's parameters or its type")
+        };
         macro_rules! load {
-            ($variant:ident, $ty:ident, $code:expr, $clear:ty) => {
-                if type_code == $code {
+            ($variant:ident, $ty:ident, $code:ident, $clear:ty) => {
+                if kind == FheType::$code {
                     let value: $ty = cfg.deserialize_from(bytes).map_err(err)?;
                     if check {
                         let (radix, _, _, _) = value.clone().into_raw_parts();
-                        let expected = ($ty::num_bits() + 1) / 2;
-                        if radix.blocks().len() != expected || !radix.blocks().iter().all(block_ok) {
+                        let expected = $ty::num_bits().div_ceil(2);
+                        if radix.blocks().len() != expected || !radix.blocks().iter().all(block_ok)
+                        {
                             return Err(bad());
                         }
                     }
@@ -211,7 +346,7 @@ impl Ct {
                 }
             };
         }
-        if type_code == 0 {
+        if kind == FheType::Bool {
             let value: FheBool = cfg.deserialize_from(bytes).map_err(err)?;
             if check && !block_ok(&value.clone().into_raw_parts()) {
                 return Err(bad());
@@ -219,7 +354,7 @@ impl Ct {
             return Ok(Ct::Bool(value));
         }
         each_uint!(load);
-        Err(PyValueError::new_err(format!("type code {type_code} is not supported")))
+        unreachable!("each_uint! covers every FheType but Bool")
     }
 }
 
@@ -239,7 +374,9 @@ fn block_ok(block: &tfhe::shortint::Ciphertext) -> bool {
 /// header (the name comes before any payload).
 fn names_compressed_list(bytes: &[u8]) -> bool {
     const NAME: &[u8] = b"CompressedSquashedNoiseCiphertextList";
-    bytes[..bytes.len().min(256)].windows(NAME.len()).any(|w| w == NAME)
+    bytes[..bytes.len().min(256)]
+        .windows(NAME.len())
+        .any(|w| w == NAME)
 }
 
 fn unsupported(what: &str) -> PyErr {
@@ -255,7 +392,11 @@ fn generate_keys(py: Python<'_>) -> PyResult<(Py<PyBytes>, Py<PyBytes>, Py<PyByt
         let ck = ClientKey::generate(config());
         let csk = CompressedServerKey::new(&ck);
         let pk = CompactPublicKey::new(&ck);
-        Ok((ser(&ck, KEY_LIMIT)?, ser(&csk, KEY_LIMIT)?, ser(&pk, KEY_LIMIT)?))
+        Ok((
+            ser(&ck, KEY_LIMIT)?,
+            ser(&csk, KEY_LIMIT)?,
+            ser(&pk, KEY_LIMIT)?,
+        ))
     })?;
     Ok((
         PyBytes::new(py, &ck).into(),
@@ -274,7 +415,9 @@ const CRS_MAX_BITS: usize = 2048;
 #[pyfunction]
 fn generate_crs(py: Python<'_>, max_bits: usize) -> PyResult<Py<PyBytes>> {
     if max_bits == 0 || max_bits > CRS_MAX_BITS {
-        return Err(PyValueError::new_err(format!("max_bits must be 1..={CRS_MAX_BITS}")));
+        return Err(PyValueError::new_err(format!(
+            "max_bits must be 1..={CRS_MAX_BITS}"
+        )));
     }
     let bytes = py.allow_threads(|| -> PyResult<Vec<u8>> {
         let crs = CompactPkeCrs::from_config(config(), max_bits).map_err(err)?;
@@ -285,48 +428,75 @@ fn generate_crs(py: Python<'_>, max_bits: usize) -> PyResult<Py<PyBytes>> {
 
 /// What a client does (node-tfhe in production): encrypt values under the compact public
 /// key into one list and prove it, bound to `metadata`. `values` are (type code, 32-byte LE).
+///
+/// Test-only (cargo feature `test-prover`, which the dev/test install turns on): the
+/// coprocessor only *verifies* proofs (`Evaluator.verify_inputs`); clients prove with the
+/// SDK (node-tfhe). The tests use this to check our verifier against a native prover.
+#[cfg(feature = "test-prover")]
 #[pyfunction]
-fn prove_inputs(py: Python<'_>, public_key: Vec<u8>, crs: Vec<u8>, metadata: Vec<u8>,
-                values: Vec<(u8, Vec<u8>)>) -> PyResult<Py<PyBytes>> {
+fn prove_inputs(
+    py: Python<'_>,
+    public_key: Vec<u8>,
+    crs: Vec<u8>,
+    metadata: Vec<u8>,
+    values: Vec<(u8, Vec<u8>)>,
+) -> PyResult<Py<PyBytes>> {
     let bytes = py.allow_threads(move || -> PyResult<Vec<u8>> {
         let pk: CompactPublicKey = de(&public_key, KEY_LIMIT)?;
         let crs: CompactPkeCrs = de(&crs, KEY_LIMIT)?;
         let mut builder = ProvenCompactCiphertextList::builder(&pk);
         for (type_code, value) in &values {
             let v = u256_from(value)?;
-            match type_code {
-                0 => { builder.push(low(v) & 1 == 1); }
-                1 => { builder.push_with_num_bits(low(v) as u8, 4).map_err(err)?; }
-                2 => { builder.push(low(v) as u8); }
-                3 => { builder.push(low(v) as u16); }
-                4 => { builder.push(low(v) as u32); }
-                5 => { builder.push(low(v) as u64); }
-                6 => { builder.push(low(v)); }
-                7 => { builder.push_with_num_bits(v, 160).map_err(err)?; }
-                8 => { builder.push(v); }
-                _ => return Err(unsupported("type")),
+            match FheType::try_from(*type_code).map_err(unsupported_code)? {
+                FheType::Bool => {
+                    builder.push(low(v) & 1 == 1);
+                }
+                FheType::Uint4 => {
+                    builder.push_with_num_bits(low(v) as u8, 4).map_err(err)?;
+                }
+                FheType::Uint8 => {
+                    builder.push(low(v) as u8);
+                }
+                FheType::Uint16 => {
+                    builder.push(low(v) as u16);
+                }
+                FheType::Uint32 => {
+                    builder.push(low(v) as u32);
+                }
+                FheType::Uint64 => {
+                    builder.push(low(v) as u64);
+                }
+                FheType::Uint128 => {
+                    builder.push(low(v));
+                }
+                FheType::Uint160 => {
+                    builder.push_with_num_bits(v, 160).map_err(err)?;
+                }
+                FheType::Uint256 => {
+                    builder.push(v);
+                }
             };
         }
-        let list = builder.build_with_proof_packed(&crs, &metadata, ZkComputeLoad::Verify)
+        let list = builder
+            .build_with_proof_packed(&crs, &metadata, ZkComputeLoad::Verify)
             .map_err(err)?;
         ser(&list, CT_LIMIT)
     })?;
     Ok(PyBytes::new(py, &bytes).into())
 }
 
-fn type_code_of(kind: FheTypes) -> Option<u8> {
-    Some(match kind {
-        FheTypes::Bool => 0,
-        FheTypes::Uint4 => 1,
-        FheTypes::Uint8 => 2,
-        FheTypes::Uint16 => 3,
-        FheTypes::Uint32 => 4,
-        FheTypes::Uint64 => 5,
-        FheTypes::Uint128 => 6,
-        FheTypes::Uint160 => 7,
-        FheTypes::Uint256 => 8,
-        _ => return None,
-    })
+/// The name `prove_inputs` in a build without the `test-prover` feature: callers get a
+/// clear error instead of an AttributeError.
+#[cfg(not(feature = "test-prover"))]
+#[pyfunction]
+#[pyo3(signature = (*_args, **_kwargs))]
+fn prove_inputs(
+    _args: &Bound<'_, PyTuple>,
+    _kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Py<PyBytes>> {
+    Err(PyRuntimeError::new_err(
+        "this fhe_native build has no client prover; build with --features test-prover",
+    ))
 }
 
 // --- client side ---------------------------------------------------------------------------
@@ -347,19 +517,20 @@ impl Client {
     fn encrypt(&self, py: Python<'_>, type_code: u8, value: Vec<u8>) -> PyResult<Py<PyBytes>> {
         let v = u256_from(&value)?;
         let bytes = py.allow_threads(|| -> PyResult<Vec<u8>> {
+            let kind = FheType::try_from(type_code).map_err(unsupported_code)?;
             let ck = &self.key;
             macro_rules! enc {
-                ($variant:ident, $ty:ident, $code:expr, $clear:ty) => {
-                    if type_code == $code {
+                ($variant:ident, $ty:ident, $code:ident, $clear:ty) => {
+                    if kind == FheType::$code {
                         return Ct::$variant($ty::encrypt(<$clear>::from_u256(v), ck)).to_bytes();
                     }
                 };
             }
-            if type_code == 0 {
+            if kind == FheType::Bool {
                 return Ct::Bool(FheBool::encrypt(low(v) & 1 == 1, ck)).to_bytes();
             }
             each_uint!(enc);
-            Err(unsupported("type"))
+            unreachable!("each_uint! covers every FheType but Bool")
         })?;
         Ok(PyBytes::new(py, &bytes).into())
     }
@@ -367,7 +538,7 @@ impl Client {
     fn decrypt(&self, py: Python<'_>, type_code: u8, ciphertext: Vec<u8>) -> PyResult<Py<PyBytes>> {
         let out = py.allow_threads(|| -> PyResult<[u8; 32]> {
             let ck = &self.key;
-            let value = match Ct::from_bytes(type_code, &ciphertext, false)? {
+            let value = match Ct::from_bytes(type_arg(type_code)?, &ciphertext, false)? {
                 Ct::Bool(c) => U256::from(c.decrypt(ck) as u128),
                 Ct::U4(c) => FheDecrypt::<u8>::decrypt(&c, ck).into_u256(),
                 Ct::U8(c) => FheDecrypt::<u8>::decrypt(&c, ck).into_u256(),
@@ -383,7 +554,12 @@ impl Client {
         Ok(PyBytes::new(py, &out).into())
     }
 
-    fn decrypt_squashed(&self, py: Python<'_>, type_code: u8, ciphertext: Vec<u8>) -> PyResult<Py<PyBytes>> {
+    fn decrypt_squashed(
+        &self,
+        py: Python<'_>,
+        type_code: u8,
+        ciphertext: Vec<u8>,
+    ) -> PyResult<Py<PyBytes>> {
         let out = py.allow_threads(|| -> PyResult<[u8; 32]> {
             let ck = &self.key;
             // Either format: a one-element compressed list (keysets with the noise
@@ -391,11 +567,14 @@ impl Client {
             // told apart by the type name in the safe-serialization header, so a damaged
             // list reports the list's own error.
             let list = if names_compressed_list(&ciphertext) {
-                Some(de::<CompressedSquashedNoiseCiphertextList>(&ciphertext, CT_LIMIT)?)
+                Some(de::<CompressedSquashedNoiseCiphertextList>(
+                    &ciphertext,
+                    CT_LIMIT,
+                )?)
             } else {
                 None
             };
-            let value = if type_code == 0 {
+            let value = if type_arg(type_code)? == FheType::Bool {
                 let c: SquashedNoiseFheBool = match &list {
                     Some(l) => l.get(0).map_err(err)?.ok_or_else(|| err("empty list"))?,
                     None => de(&ciphertext, CT_LIMIT)?,
@@ -416,40 +595,52 @@ impl Client {
 
 /// The list checked for shape against the CRS (TFHE-rs conformance), its proof verified
 /// against the CRS, the key and the metadata, then expanded: [(type code, bytes)].
-fn verify_and_expand(crs: &CompactPkeCrs, pk: &CompactPublicKey, list: &[u8],
-                     metadata: &[u8]) -> PyResult<Vec<(u8, Vec<u8>)>> {
+fn verify_and_expand(
+    crs: &CompactPkeCrs,
+    pk: &CompactPublicKey,
+    list: &[u8],
+    metadata: &[u8],
+) -> PyResult<Vec<(u8, Vec<u8>)>> {
     let params = IntegerProvenCompactCiphertextListConformanceParams::from_crs_and_parameters(
-        PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128, crs);
+        PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
+        crs,
+    );
     let list: ProvenCompactCiphertextList = DeserializationConfig::new(CT_LIMIT)
         .deserialize_from(list, &params)
         .map_err(|e| PyValueError::new_err(format!("malformed input list: {e}")))?;
     if let ZkVerificationOutcome::Invalid = list.verify(crs, pk, metadata) {
         return Err(PyValueError::new_err(
-            "input proof is invalid (tampered list, another key, or other metadata)"));
+            "input proof is invalid (tampered list, another key, or other metadata)",
+        ));
     }
     // Verified just above on this very object: expanding without a second
     // verification halves the work a hostile list can cost us.
     let expander = list.expand_without_verification().map_err(err)?;
     let mut out = Vec::with_capacity(expander.len());
     for index in 0..expander.len() {
-        let kind = expander.get_kind_of(index)
+        let kind = expander
+            .get_kind_of(index)
             .ok_or_else(|| PyValueError::new_err("input list entry has no type"))?;
-        let code = type_code_of(kind)
+        let code = FheType::from_tfhe(kind)
             .ok_or_else(|| unsupported("input type outside Bool..Uint256"))?;
         macro_rules! take {
-            ($variant:ident, $ty:ident, $code:expr, $clear:ty) => {
-                if code == $code {
-                    let value: $ty = expander.get(index).map_err(err)?
+            ($variant:ident, $ty:ident, $code:ident, $clear:ty) => {
+                if code == FheType::$code {
+                    let value: $ty = expander
+                        .get(index)
+                        .map_err(err)?
                         .ok_or_else(|| PyValueError::new_err("input list entry missing"))?;
-                    out.push((code, Ct::$variant(value).to_bytes()?));
+                    out.push((code as u8, Ct::$variant(value).to_bytes()?));
                     continue;
                 }
             };
         }
-        if code == 0 {
-            let value: FheBool = expander.get(index).map_err(err)?
+        if code == FheType::Bool {
+            let value: FheBool = expander
+                .get(index)
+                .map_err(err)?
                 .ok_or_else(|| PyValueError::new_err("input list entry missing"))?;
-            out.push((0, Ct::Bool(value).to_bytes()?));
+            out.push((code as u8, Ct::Bool(value).to_bytes()?));
             continue;
         }
         each_uint!(take);
@@ -464,7 +655,7 @@ struct Evaluator {
     key: ServerKey,
 }
 
-fn binary_uint<T>(op: u8, a: &T, b: &T) -> PyResult<Ct>
+fn binary_uint<T>(op: OpCode, a: &T, b: &T) -> PyResult<Ct>
 where
     T: Clone,
     for<'a> &'a T: std::ops::Add<&'a T, Output = T>
@@ -484,27 +675,27 @@ where
     T: IntoCt,
 {
     Ok(match op {
-        0 => (a + b).into_ct(),
-        1 => (a - b).into_ct(),
-        2 => (a * b).into_ct(),
-        3 => (a / b).into_ct(),
-        4 => (a % b).into_ct(),
-        5 => (a & b).into_ct(),
-        6 => (a | b).into_ct(),
-        7 => (a ^ b).into_ct(),
-        8 => (a << b).into_ct(),
-        9 => (a >> b).into_ct(),
-        10 => a.rotate_left(b).into_ct(),
-        11 => a.rotate_right(b).into_ct(),
-        12 => Ct::Bool(a.eq(b)),
-        13 => Ct::Bool(a.ne(b)),
-        14 => Ct::Bool(a.ge(b)),
-        15 => Ct::Bool(a.gt(b)),
-        16 => Ct::Bool(a.le(b)),
-        17 => Ct::Bool(a.lt(b)),
-        18 => a.min(b).into_ct(),
-        19 => a.max(b).into_ct(),
-        _ => return Err(unsupported("binary op")),
+        OpCode::Add => (a + b).into_ct(),
+        OpCode::Sub => (a - b).into_ct(),
+        OpCode::Mul => (a * b).into_ct(),
+        OpCode::Div => (a / b).into_ct(),
+        OpCode::Rem => (a % b).into_ct(),
+        OpCode::BitAnd => (a & b).into_ct(),
+        OpCode::BitOr => (a | b).into_ct(),
+        OpCode::BitXor => (a ^ b).into_ct(),
+        OpCode::Shl => (a << b).into_ct(),
+        OpCode::Shr => (a >> b).into_ct(),
+        OpCode::Rotl => a.rotate_left(b).into_ct(),
+        OpCode::Rotr => a.rotate_right(b).into_ct(),
+        OpCode::Eq => Ct::Bool(a.eq(b)),
+        OpCode::Ne => Ct::Bool(a.ne(b)),
+        OpCode::Ge => Ct::Bool(a.ge(b)),
+        OpCode::Gt => Ct::Bool(a.gt(b)),
+        OpCode::Le => Ct::Bool(a.le(b)),
+        OpCode::Lt => Ct::Bool(a.lt(b)),
+        OpCode::Min => a.min(b).into_ct(),
+        OpCode::Max => a.max(b).into_ct(),
+        OpCode::Neg | OpCode::Not => return Err(unsupported("binary op")),
     })
 }
 
@@ -512,7 +703,7 @@ trait IntoCt {
     fn into_ct(self) -> Ct;
 }
 macro_rules! into_ct {
-    ($variant:ident, $ty:ident, $code:expr, $clear:ty) => {
+    ($variant:ident, $ty:ident, $code:ident, $clear:ty) => {
         impl IntoCt for $ty {
             fn into_ct(self) -> Ct {
                 Ct::$variant(self)
@@ -525,26 +716,26 @@ each_uint!(into_ct);
 /// Scalar second operand. Division and remainder by zero and shift amounts are
 /// normalised in Python (fhEVM semantics), so the scalar here is never zero for Div/Rem.
 macro_rules! binary_scalar {
-    ($a:expr, $s:expr, $op:expr, $bits:expr) => {{
+    ($a:expr, $s:expr, $op:expr) => {{
         let a = $a;
         let s = $s;
         Ok(match $op {
-            0 => (a + s).into_ct(),
-            1 => (a - s).into_ct(),
-            2 => (a * s).into_ct(),
-            3 => (a / s).into_ct(),
-            4 => (a % s).into_ct(),
-            5 => (a & s).into_ct(),
-            6 => (a | s).into_ct(),
-            7 => (a ^ s).into_ct(),
-            12 => Ct::Bool(a.eq(s)),
-            13 => Ct::Bool(a.ne(s)),
-            14 => Ct::Bool(a.ge(s)),
-            15 => Ct::Bool(a.gt(s)),
-            16 => Ct::Bool(a.le(s)),
-            17 => Ct::Bool(a.lt(s)),
-            18 => a.min(s).into_ct(),
-            19 => a.max(s).into_ct(),
+            OpCode::Add => (a + s).into_ct(),
+            OpCode::Sub => (a - s).into_ct(),
+            OpCode::Mul => (a * s).into_ct(),
+            OpCode::Div => (a / s).into_ct(),
+            OpCode::Rem => (a % s).into_ct(),
+            OpCode::BitAnd => (a & s).into_ct(),
+            OpCode::BitOr => (a | s).into_ct(),
+            OpCode::BitXor => (a ^ s).into_ct(),
+            OpCode::Eq => Ct::Bool(a.eq(s)),
+            OpCode::Ne => Ct::Bool(a.ne(s)),
+            OpCode::Ge => Ct::Bool(a.ge(s)),
+            OpCode::Gt => Ct::Bool(a.gt(s)),
+            OpCode::Le => Ct::Bool(a.le(s)),
+            OpCode::Lt => Ct::Bool(a.lt(s)),
+            OpCode::Min => a.min(s).into_ct(),
+            OpCode::Max => a.max(s).into_ct(),
             _ => return Err(unsupported("scalar op")),
         })
     }};
@@ -555,41 +746,41 @@ macro_rules! shift_scalar {
         let a = $a;
         let n: u32 = $amount;
         Ok(match $op {
-            8 => (a << n).into_ct(),
-            9 => (a >> n).into_ct(),
-            10 => a.rotate_left(n).into_ct(),
-            11 => a.rotate_right(n).into_ct(),
+            OpCode::Shl => (a << n).into_ct(),
+            OpCode::Shr => (a >> n).into_ct(),
+            OpCode::Rotl => a.rotate_left(n).into_ct(),
+            OpCode::Rotr => a.rotate_right(n).into_ct(),
             _ => return Err(unsupported("shift op")),
         })
     }};
 }
 
-fn bool_binary(op: u8, a: &FheBool, b: &FheBool) -> PyResult<Ct> {
+fn bool_binary(op: OpCode, a: &FheBool, b: &FheBool) -> PyResult<Ct> {
     Ok(Ct::Bool(match op {
-        5 => a & b,
-        6 => a | b,
-        7 => a ^ b,
-        12 => a.eq(b),
-        13 => a.ne(b),
+        OpCode::BitAnd => a & b,
+        OpCode::BitOr => a | b,
+        OpCode::BitXor => a ^ b,
+        OpCode::Eq => a.eq(b),
+        OpCode::Ne => a.ne(b),
         _ => return Err(unsupported("op on Bool")),
     }))
 }
 
-fn bool_scalar(op: u8, a: &FheBool, s: bool) -> PyResult<Ct> {
+fn bool_scalar(op: OpCode, a: &FheBool, s: bool) -> PyResult<Ct> {
     Ok(Ct::Bool(match op {
-        5 => a & s,
-        6 => a | s,
-        7 => a ^ s,
-        12 => a.eq(s),
-        13 => a.ne(s),
+        OpCode::BitAnd => a & s,
+        OpCode::BitOr => a | s,
+        OpCode::BitXor => a ^ s,
+        OpCode::Eq => a.eq(s),
+        OpCode::Ne => a.ne(s),
         _ => return Err(unsupported("scalar op on Bool")),
     }))
 }
 
-fn cast_to(target: u8, source: Ct) -> PyResult<Ct> {
+fn cast_to(target: FheType, source: Ct) -> PyResult<Ct> {
     macro_rules! to_uint {
-        ($variant:ident, $ty:ident, $code:expr, $clear:ty) => {
-            if target == $code {
+        ($variant:ident, $ty:ident, $code:ident, $clear:ty) => {
+            if target == FheType::$code {
                 return Ok(Ct::$variant(match source {
                     Ct::Bool(c) => $ty::cast_from(c),
                     Ct::U4(c) => $ty::cast_from(c),
@@ -604,7 +795,7 @@ fn cast_to(target: u8, source: Ct) -> PyResult<Ct> {
             }
         };
     }
-    if target == 0 {
+    if target == FheType::Bool {
         // Truncation to one bit: the lowest bit (coprocessor.fhe.reference.cast).
         macro_rules! low_bit {
             ($c:expr) => {
@@ -624,7 +815,7 @@ fn cast_to(target: u8, source: Ct) -> PyResult<Ct> {
         }));
     }
     each_uint!(to_uint);
-    Err(unsupported("cast target"))
+    unreachable!("each_uint! covers every FheType but Bool")
 }
 
 #[pymethods]
@@ -639,10 +830,19 @@ impl Evaluator {
     }
 
     /// Encrypted (op, a, b) -> (result type code, bytes).
-    fn binary(&self, py: Python<'_>, op: u8, type_code: u8, a: Vec<u8>, b: Vec<u8>) -> PyResult<(u8, Py<PyBytes>)> {
+    fn binary(
+        &self,
+        py: Python<'_>,
+        op: u8,
+        type_code: u8,
+        a: Vec<u8>,
+        b: Vec<u8>,
+    ) -> PyResult<(u8, Py<PyBytes>)> {
         self.run(py, || {
             let sk = true;
-            let (x, y) = (Ct::from_bytes(type_code, &a, sk)?, Ct::from_bytes(type_code, &b, sk)?);
+            let kind = type_arg(type_code)?;
+            let (x, y) = (Ct::from_bytes(kind, &a, sk)?, Ct::from_bytes(kind, &b, sk)?);
+            let op = OpCode::try_from(op).map_err(unsupported_code)?;
             match (&x, &y) {
                 (Ct::Bool(x), Ct::Bool(y)) => bool_binary(op, x, y),
                 (Ct::U4(x), Ct::U4(y)) => binary_uint(op, x, y),
@@ -659,17 +859,25 @@ impl Evaluator {
     }
 
     /// (op, encrypted a, plaintext scalar as 32 LE bytes).
-    fn binary_scalar(&self, py: Python<'_>, op: u8, type_code: u8, a: Vec<u8>, scalar: Vec<u8>) -> PyResult<(u8, Py<PyBytes>)> {
+    fn binary_scalar(
+        &self,
+        py: Python<'_>,
+        op: u8,
+        type_code: u8,
+        a: Vec<u8>,
+        scalar: Vec<u8>,
+    ) -> PyResult<(u8, Py<PyBytes>)> {
         let s = u256_from(&scalar)?;
         self.run(py, || {
-            let x = Ct::from_bytes(type_code, &a, true)?;
+            let x = Ct::from_bytes(type_arg(type_code)?, &a, true)?;
+            let op = OpCode::try_from(op).map_err(unsupported_code)?;
             let amount = low(s) as u32;
             macro_rules! go {
                 ($c:expr, $clear:ty) => {
-                    if (8..=11).contains(&op) {
+                    if op.is_shift() {
                         shift_scalar!($c, amount, op)
                     } else {
-                        binary_scalar!($c, <$clear>::from_u256(s), op, 0)
+                        binary_scalar!($c, <$clear>::from_u256(s), op)
                     }
                 };
             }
@@ -688,20 +896,27 @@ impl Evaluator {
     }
 
     /// Neg (20) and Not (21).
-    fn unary(&self, py: Python<'_>, op: u8, type_code: u8, a: Vec<u8>) -> PyResult<(u8, Py<PyBytes>)> {
+    fn unary(
+        &self,
+        py: Python<'_>,
+        op: u8,
+        type_code: u8,
+        a: Vec<u8>,
+    ) -> PyResult<(u8, Py<PyBytes>)> {
         self.run(py, || {
-            let x = Ct::from_bytes(type_code, &a, true)?;
+            let x = Ct::from_bytes(type_arg(type_code)?, &a, true)?;
+            let op = OpCode::try_from(op).map_err(unsupported_code)?;
             macro_rules! go {
                 ($c:expr) => {
                     match op {
-                        20 => (-$c).into_ct(),
-                        21 => (!$c).into_ct(),
+                        OpCode::Neg => (-$c).into_ct(),
+                        OpCode::Not => (!$c).into_ct(),
                         _ => return Err(unsupported("unary op")),
                     }
                 };
             }
             Ok(match &x {
-                Ct::Bool(c) if op == 21 => Ct::Bool(!c),
+                Ct::Bool(c) if op == OpCode::Not => Ct::Bool(!c),
                 Ct::Bool(_) => return Err(unsupported("Neg on Bool")),
                 Ct::U4(c) => go!(c),
                 Ct::U8(c) => go!(c),
@@ -715,18 +930,37 @@ impl Evaluator {
         })
     }
 
-    fn cast(&self, py: Python<'_>, from_type: u8, to_type: u8, a: Vec<u8>) -> PyResult<(u8, Py<PyBytes>)> {
-        self.run(py, || cast_to(to_type, Ct::from_bytes(from_type, &a, true)?))
+    fn cast(
+        &self,
+        py: Python<'_>,
+        from_type: u8,
+        to_type: u8,
+        a: Vec<u8>,
+    ) -> PyResult<(u8, Py<PyBytes>)> {
+        self.run(py, || {
+            let x = Ct::from_bytes(type_arg(from_type)?, &a, true)?;
+            let target = FheType::try_from(to_type)
+                .map_err(|e| unsupported(&format!("cast target: {e}")))?;
+            cast_to(target, x)
+        })
     }
 
-    fn if_then_else(&self, py: Python<'_>, type_code: u8, condition: Vec<u8>, a: Vec<u8>, b: Vec<u8>) -> PyResult<(u8, Py<PyBytes>)> {
+    fn if_then_else(
+        &self,
+        py: Python<'_>,
+        type_code: u8,
+        condition: Vec<u8>,
+        a: Vec<u8>,
+        b: Vec<u8>,
+    ) -> PyResult<(u8, Py<PyBytes>)> {
         self.run(py, || {
             let sk = true;
-            let c = match Ct::from_bytes(0, &condition, sk)? {
+            let c = match Ct::from_bytes(FheType::Bool, &condition, sk)? {
                 Ct::Bool(c) => c,
                 _ => return Err(unsupported("condition")),
             };
-            let (x, y) = (Ct::from_bytes(type_code, &a, sk)?, Ct::from_bytes(type_code, &b, sk)?);
+            let kind = type_arg(type_code)?;
+            let (x, y) = (Ct::from_bytes(kind, &a, sk)?, Ct::from_bytes(kind, &b, sk)?);
             Ok(match (&x, &y) {
                 (Ct::Bool(x), Ct::Bool(y)) => Ct::Bool(c.if_then_else(x, y)),
                 (Ct::U4(x), Ct::U4(y)) => Ct::U4(c.if_then_else(x, y)),
@@ -742,33 +976,48 @@ impl Evaluator {
         })
     }
 
-    fn trivial(&self, py: Python<'_>, type_code: u8, value: Vec<u8>) -> PyResult<(u8, Py<PyBytes>)> {
+    fn trivial(
+        &self,
+        py: Python<'_>,
+        type_code: u8,
+        value: Vec<u8>,
+    ) -> PyResult<(u8, Py<PyBytes>)> {
         let v = u256_from(&value)?;
         self.run(py, || {
+            let kind = FheType::try_from(type_code).map_err(unsupported_code)?;
             macro_rules! go {
-                ($variant:ident, $ty:ident, $code:expr, $clear:ty) => {
-                    if type_code == $code {
+                ($variant:ident, $ty:ident, $code:ident, $clear:ty) => {
+                    if kind == FheType::$code {
                         return Ok(Ct::$variant($ty::encrypt_trivial(<$clear>::from_u256(v))));
                     }
                 };
             }
-            if type_code == 0 {
+            if kind == FheType::Bool {
                 return Ok(Ct::Bool(FheBool::encrypt_trivial(low(v) & 1 == 1)));
             }
             each_uint!(go);
-            Err(unsupported("type"))
+            unreachable!("each_uint! covers every FheType but Bool")
         })
     }
 
     /// Oblivious pseudo-random value from a 16-byte seed; `bits` > 0 bounds it to
     /// [0, 2^bits).
-    fn random(&self, py: Python<'_>, type_code: u8, seed: Vec<u8>, bits: u64) -> PyResult<(u8, Py<PyBytes>)> {
-        let seed: [u8; 16] = seed.try_into().map_err(|_| PyValueError::new_err("seed is 16 bytes"))?;
+    fn random(
+        &self,
+        py: Python<'_>,
+        type_code: u8,
+        seed: Vec<u8>,
+        bits: u64,
+    ) -> PyResult<(u8, Py<PyBytes>)> {
+        let seed: [u8; 16] = seed
+            .try_into()
+            .map_err(|_| PyValueError::new_err("seed is 16 bytes"))?;
         let seed = Seed(u128::from_le_bytes(seed));
         self.run(py, || {
+            let kind = FheType::try_from(type_code).map_err(unsupported_code)?;
             macro_rules! go {
-                ($variant:ident, $ty:ident, $code:expr, $clear:ty) => {
-                    if type_code == $code {
+                ($variant:ident, $ty:ident, $code:ident, $clear:ty) => {
+                    if kind == FheType::$code {
                         return Ok(Ct::$variant(if bits == 0 {
                             $ty::generate_oblivious_pseudo_random(seed)
                         } else {
@@ -777,21 +1026,27 @@ impl Evaluator {
                     }
                 };
             }
-            if type_code == 0 {
+            if kind == FheType::Bool {
                 return Ok(Ct::Bool(FheBool::generate_oblivious_pseudo_random(seed)));
             }
             each_uint!(go);
-            Err(unsupported("type"))
+            unreachable!("each_uint! covers every FheType but Bool")
         })
     }
 
     /// Switch-and-squash: the 128-bit, decryption-ready form; with `compress`, as a
     /// one-element CompressedSquashedNoiseCiphertextList (needs `can_compress_squashed`).
-    fn squash(&self, py: Python<'_>, type_code: u8, a: Vec<u8>, compress: bool) -> PyResult<Py<PyBytes>> {
+    fn squash(
+        &self,
+        py: Python<'_>,
+        type_code: u8,
+        a: Vec<u8>,
+        compress: bool,
+    ) -> PyResult<Py<PyBytes>> {
         let key = self.key.clone();
         let bytes = py.allow_threads(move || -> PyResult<Vec<u8>> {
             set_server_key(key.clone());
-            let x = Ct::from_bytes(type_code, &a, true)?;
+            let x = Ct::from_bytes(type_arg(type_code)?, &a, true)?;
             on_any!(x, c => {
                 let squashed = c.squash_noise().map_err(err)?;
                 if compress {
@@ -821,8 +1076,14 @@ impl Evaluator {
     /// handed verifies against that key), then expand it into one ciphertext per value:
     /// [(type code, bytes)]. The list is deserialized with TFHE-rs's conformance check
     /// (shape, sizes, proof kind) before the proof is looked at.
-    fn verify_inputs(&self, py: Python<'_>, crs: Vec<u8>, public_key: Vec<u8>, list: Vec<u8>,
-                     metadata: Vec<u8>) -> PyResult<Vec<(u8, Py<PyBytes>)>> {
+    fn verify_inputs(
+        &self,
+        py: Python<'_>,
+        crs: Vec<u8>,
+        public_key: Vec<u8>,
+        list: Vec<u8>,
+        metadata: Vec<u8>,
+    ) -> PyResult<Vec<(u8, Py<PyBytes>)>> {
         let key = self.key.clone();
         let out = py.allow_threads(move || -> PyResult<Vec<(u8, Vec<u8>)>> {
             set_server_key(key);
@@ -833,15 +1094,20 @@ impl Evaluator {
             let pk: CompactPublicKey = de(&public_key, KEY_LIMIT).map_err(|e| {
                 PyRuntimeError::new_err(format!("the compact public key does not load: {e}"))
             })?;
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| verify_and_expand(&crs, &pk, &list, &metadata)))
-                .map_err(|_| PyValueError::new_err("malformed input list: TFHE-rs panicked on it"))?
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                verify_and_expand(&crs, &pk, &list, &metadata)
+            }))
+            .map_err(|_| PyValueError::new_err("malformed input list: TFHE-rs panicked on it"))?
         })?;
-        Ok(out.into_iter().map(|(code, bytes)| (code, PyBytes::new(py, &bytes).into())).collect())
+        Ok(out
+            .into_iter()
+            .map(|(code, bytes)| (code, PyBytes::new(py, &bytes).into()))
+            .collect())
     }
 
     /// Check that bytes are a ciphertext of this key's parameters and the given type.
     fn check(&self, py: Python<'_>, type_code: u8, a: Vec<u8>) -> PyResult<()> {
-        py.allow_threads(|| Ct::from_bytes(type_code, &a, true).map(|_| ()))
+        py.allow_threads(|| Ct::from_bytes(type_arg(type_code)?, &a, true).map(|_| ()))
     }
 }
 
@@ -857,7 +1123,7 @@ impl Evaluator {
             set_server_key(key);
             let ct = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
                 .map_err(|_| PyRuntimeError::new_err("TFHE-rs panicked during the operation"))??;
-            Ok((ct.type_code(), ct.to_bytes()?))
+            Ok((ct.fhe_type() as u8, ct.to_bytes()?))
         })?;
         Ok((code, PyBytes::new(py, &bytes).into()))
     }
@@ -866,6 +1132,7 @@ impl Evaluator {
 #[pymodule]
 fn fhe_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TFHE_VERSION", "1.7.0")?;
+    m.add("HAS_TEST_PROVER", cfg!(feature = "test-prover"))?;
     m.add_function(wrap_pyfunction!(generate_keys, m)?)?;
     m.add_function(wrap_pyfunction!(generate_crs, m)?)?;
     m.add_function(wrap_pyfunction!(prove_inputs, m)?)?;
