@@ -114,8 +114,9 @@ class Evaluator(Protocol):
 
     def squash(self, ciphertext: bytes) -> bytes: ...
 
-    def verify_inputs(self, crs: bytes, public_key: bytes, proven_list: bytes,
-                      metadata: bytes) -> list[bytes]:
+    def verify_inputs(
+        self, crs: bytes, public_key: bytes, proven_list: bytes, metadata: bytes
+    ) -> list[bytes]:
         """A client's proven input list -> ciphertexts, or InvalidInputProof; backends
         without input proofs raise UnsupportedOperation."""
 
@@ -214,8 +215,9 @@ def operand_type(op: Op, types: Sequence[FheType], result_type: FheType | None) 
         if types[0] is not FheType.Bool:
             raise InvalidOperands(f"FheIfThenElse condition is {types[0].name}, not Bool")
         if types[1] is not types[2]:
-            raise InvalidOperands(f"FheIfThenElse branches differ: {types[1].name} and "
-                                  f"{types[2].name}")
+            raise InvalidOperands(
+                f"FheIfThenElse branches differ: {types[1].name} and {types[2].name}"
+            )
         return types[1]
     if op in (Op.TrivialEncrypt, Op.Rand, Op.RandBounded):
         if result_type is None:
@@ -230,8 +232,7 @@ def operand_type(op: Op, types: Sequence[FheType], result_type: FheType | None) 
     first = types[0]
     for other in types[1:]:
         if other is not first:
-            raise InvalidOperands(f"{op.event_name} operands differ: {first.name} and "
-                                  f"{other.name}")
+            raise InvalidOperands(f"{op.event_name} operands differ: {first.name} and {other.name}")
     if signature.arity is not None and signature.arity < len(types):
         raise InvalidOperands(f"{op.event_name} takes {signature.arity} operand(s)")
     return first

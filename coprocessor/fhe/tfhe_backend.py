@@ -44,7 +44,8 @@ def _native():
         import fhe_native
     except ImportError as error:
         raise UnsupportedOperation(
-            "the tfhe-rs extension is not built; run `make setup` (native/)") from error
+            "the tfhe-rs extension is not built; run `make setup` (native/)"
+        ) from error
     return fhe_native
 
 
@@ -125,8 +126,7 @@ class TfheRsEvaluator:
             target = request.result_type
             assert target is not None
             require_support(TfheRsBackend(), op, target)
-            return self._wrap(*self._call("cast", int(working), int(target),
-                                          envelopes[0].payload))
+            return self._wrap(*self._call("cast", int(working), int(target), envelopes[0].payload))
         if op is Op.TrivialEncrypt:
             value = reference.trivial_encrypt(one_scalar(request), working)
             return self._wrap(*self._call("trivial", int(working), _le(value)))
@@ -134,8 +134,11 @@ class TfheRsEvaluator:
             return self._random(request, working)
         if op is Op.IfThenElse:
             condition, first, second = envelopes
-            return self._wrap(*self._call("if_then_else", int(working), condition.payload,
-                                          first.payload, second.payload))
+            return self._wrap(
+                *self._call(
+                    "if_then_else", int(working), condition.payload, first.payload, second.payload
+                )
+            )
         if op in (Op.Neg, Op.Not):
             if request.scalars:
                 raise InvalidOperands(f"{op.event_name} takes no scalar")
@@ -151,8 +154,9 @@ class TfheRsEvaluator:
             rhs = envelopes[1].payload
             if op in (Op.Shl, Op.Shr, Op.Rotl, Op.Rotr):
                 rhs = self._amount_modulo_bits(op, rhs, working)
-            return self._wrap(*self._call("binary", int(op), int(working),
-                                          envelopes[0].payload, rhs))
+            return self._wrap(
+                *self._call("binary", int(op), int(working), envelopes[0].payload, rhs)
+            )
         if len(envelopes) == 1 and len(request.scalars) == 1:
             return self._binary_scalar(op, envelopes[0], request.scalars[0], working)
         raise InvalidOperands(f"{op.event_name} takes two operands, the second may be a scalar")
@@ -164,8 +168,9 @@ class TfheRsEvaluator:
         if bits & (bits - 1) == 0:
             if op in (Op.Rotl, Op.Rotr):
                 return amount
-            return self._call("binary_scalar", int(Op.BitAnd), int(fhe_type), amount,
-                              _le(bits - 1))[1]
+            return self._call(
+                "binary_scalar", int(Op.BitAnd), int(fhe_type), amount, _le(bits - 1)
+            )[1]
         return self._call("binary_scalar", int(Op.Rem), int(fhe_type), amount, _le(bits))[1]
 
     def _binary_scalar(self, op: Op, lhs: Envelope, scalar: int, fhe_type: FheType) -> bytes:
@@ -178,8 +183,9 @@ class TfheRsEvaluator:
             return self._wrap(*self._call("trivial", int(fhe_type), _le(fhe_type.max_value)))
         if op in (Op.Shl, Op.Shr, Op.Rotl, Op.Rotr):
             value = value % fhe_type.bits  # wrapped first, like fhEVM
-        return self._wrap(*self._call("binary_scalar", int(op), int(fhe_type), lhs.payload,
-                                      _le(value)))
+        return self._wrap(
+            *self._call("binary_scalar", int(op), int(fhe_type), lhs.payload, _le(value))
+        )
 
     def _mul_div(self, lhs: Envelope, scalars: tuple[int, ...], fhe_type: FheType) -> bytes:
         """(a * b) // c with the product at double width: widen, multiply, divide, cut."""
@@ -187,25 +193,34 @@ class TfheRsEvaluator:
         if divisor == 0:
             return self._wrap(*self._call("trivial", int(fhe_type), _le(fhe_type.max_value)))
         _, widened = self._call("cast", int(fhe_type), int(wide), lhs.payload)
-        _, product = self._call("binary_scalar", int(Op.Mul), int(wide), widened,
-                                _le(multiplier))
+        _, product = self._call("binary_scalar", int(Op.Mul), int(wide), widened, _le(multiplier))
         _, quotient = self._call("binary_scalar", int(Op.Div), int(wide), product, _le(divisor))
         return self._wrap(*self._call("cast", int(wide), int(fhe_type), quotient))
 
     def _fold(self, envelopes: list[Envelope], op: Op, fhe_type: FheType) -> bytes:
         accumulated = envelopes[0].payload
         for item in envelopes[1:]:
-            _, accumulated = self._call("binary", int(op), int(fhe_type), accumulated,
-                                        item.payload)
+            _, accumulated = self._call("binary", int(op), int(fhe_type), accumulated, item.payload)
         return self._wrap(int(fhe_type), accumulated)
 
-    def _is_in(self, envelopes: list[Envelope], scalars: tuple[int, ...],
-               fhe_type: FheType) -> bytes:
+    def _is_in(
+        self, envelopes: list[Envelope], scalars: tuple[int, ...], fhe_type: FheType
+    ) -> bytes:
         needle, candidates = envelopes[0], envelopes[1:]
-        hits = [self._call("binary", int(Op.Eq), int(fhe_type), needle.payload, c.payload)[1]
-                for c in candidates]
-        hits += [self._call("binary_scalar", int(Op.Eq), int(fhe_type), needle.payload,
-                            _le(reference.wrap(s, fhe_type)))[1] for s in scalars]
+        hits = [
+            self._call("binary", int(Op.Eq), int(fhe_type), needle.payload, c.payload)[1]
+            for c in candidates
+        ]
+        hits += [
+            self._call(
+                "binary_scalar",
+                int(Op.Eq),
+                int(fhe_type),
+                needle.payload,
+                _le(reference.wrap(s, fhe_type)),
+            )[1]
+            for s in scalars
+        ]
         if not hits:
             raise InvalidOperands("FheIsIn needs at least one candidate")
         found = hits[0]
@@ -221,8 +236,9 @@ class TfheRsEvaluator:
         if request.op is Op.RandBounded:
             bound = one_scalar(request)
             if bound <= 0 or bound & (bound - 1) or bound > fhe_type.max_value + 1:
-                raise InvalidOperands(f"upper bound {bound} must be a power of two within "
-                                      f"{fhe_type.name}")
+                raise InvalidOperands(
+                    f"upper bound {bound} must be a power of two within {fhe_type.name}"
+                )
             bits = bound.bit_length() - 1
             if bits == 0:  # the only value below 1 is 0
                 return self._wrap(*self._call("trivial", int(fhe_type), _le(0)))
@@ -245,15 +261,17 @@ class TfheRsEvaluator:
         payload = self._call("squash", int(envelope.fhe_type), envelope.payload, compress)
         return self._wrap(int(envelope.fhe_type), payload, Kind.SQUASHED)
 
-    def verify_inputs(self, crs: bytes, public_key: bytes, proven_list: bytes,
-                      metadata: bytes) -> list[bytes]:
+    def verify_inputs(
+        self, crs: bytes, public_key: bytes, proven_list: bytes, metadata: bytes
+    ) -> list[bytes]:
         """A client's proven input list -> one enveloped ciphertext per value, only if the
         proof holds for this CRS, this tenant's compact public key and ``metadata``."""
         if not isinstance(proven_list, bytes | bytearray) or not proven_list:
             raise InvalidInputProof("the input list is empty or not bytes")
         try:
-            expanded = self._evaluator.verify_inputs(crs, public_key, bytes(proven_list),
-                                                     bytes(metadata))
+            expanded = self._evaluator.verify_inputs(
+                crs, public_key, bytes(proven_list), bytes(metadata)
+            )
         except ValueError as error:
             raise InvalidInputProof(f"input list refused: {error}") from None
         except RuntimeError as error:  # our CRS or the tenant's key: not the list's fault
@@ -267,8 +285,6 @@ class TfheRsEvaluator:
         return envelope.fhe_type
 
 
-
-
 class TfheRsBackend:
     name = NAME
     failure_probability = "2^-128 per bootstrap (PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128)"
@@ -277,8 +293,11 @@ class TfheRsBackend:
     def support(self, op: Op, fhe_type: FheType) -> str | None:
         if fhe_type not in SUPPORTED_TYPES:
             return f"{fhe_type.name} is not supported by {NAME} yet (byte arrays)"
-        if op is Op.MulDiv and fhe_type in reference.UINT_TYPES \
-                and reference.double_width(fhe_type) is None:
+        if (
+            op is Op.MulDiv
+            and fhe_type in reference.UINT_TYPES
+            and reference.double_width(fhe_type) is None
+        ):
             return f"no double-width type for the product of {fhe_type.name}"
         if fhe_type is FheType.Bool and op is Op.RandBounded:
             return "RandBounded is not defined on Bool"

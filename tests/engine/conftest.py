@@ -28,10 +28,17 @@ class Harness:
     def dec(self, ciphertext: bytes) -> int:
         return self.client.decrypt(ciphertext)
 
-    def run(self, op: Op, *operands: bytes, scalars: tuple[int, ...] = (),
-            result_type: FheType | None = None, seed: bytes = b"") -> bytes:
-        return self.evaluator.evaluate(OpRequest(op, tuple(operands), tuple(scalars),
-                                                 result_type, seed))
+    def run(
+        self,
+        op: Op,
+        *operands: bytes,
+        scalars: tuple[int, ...] = (),
+        result_type: FheType | None = None,
+        seed: bytes = b"",
+    ) -> bytes:
+        return self.evaluator.evaluate(
+            OpRequest(op, tuple(operands), tuple(scalars), result_type, seed)
+        )
 
 
 _HARNESSES: dict[str, Harness] = {}
@@ -42,10 +49,13 @@ def harness_for(name: str) -> Harness:
     if name not in _HARNESSES:
         backend = get_backend(name)
         keyset = session_keyset(name)
-        _HARNESSES[name] = Harness(backend.name,
-                                   backend.client(keyset.client_key, keyset.key_id),
-                                   backend.evaluator(keyset.server_key), keyset.server_key,
-                                   keyset.public_params)
+        _HARNESSES[name] = Harness(
+            backend.name,
+            backend.client(keyset.client_key, keyset.key_id),
+            backend.evaluator(keyset.server_key),
+            keyset.server_key,
+            keyset.public_params,
+        )
     return _HARNESSES[name]
 
 

@@ -22,10 +22,20 @@ BINARY_OPS = [op for op in ref.BINARY]
 # Every example costs real FHE work (up to seconds), so no shrinking: a failing example
 # is reported as drawn.
 _PHASES = [Phase.explicit, Phase.reuse, Phase.generate]
-FEW = settings(max_examples=3, deadline=None, derandomize=True, phases=_PHASES,
-               suppress_health_check=[HealthCheck.function_scoped_fixture])
-ONE = settings(max_examples=1, deadline=None, derandomize=True, phases=_PHASES,
-               suppress_health_check=[HealthCheck.function_scoped_fixture])
+FEW = settings(
+    max_examples=3,
+    deadline=None,
+    derandomize=True,
+    phases=_PHASES,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+ONE = settings(
+    max_examples=1,
+    deadline=None,
+    derandomize=True,
+    phases=_PHASES,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 U4, U8, U64 = FheType.Uint4, FheType.Uint8, FheType.Uint64
 
 
@@ -65,10 +75,19 @@ def test_binary_ops_on_uint8(engine, op, scalar, data):
     check_binary(engine, op, U8, data.draw(values(U8)), data.draw(values(U8)), scalar)
 
 
-@pytest.mark.parametrize(("op", "t"), [
-    (Op.Add, FheType.Uint16), (Op.Lt, FheType.Uint32), (Op.Sub, U64), (Op.Eq, U64),
-    (Op.BitXor, FheType.Uint128), (Op.Eq, FheType.Uint160), (Op.BitAnd, FheType.Uint256),
-], ids=lambda x: getattr(x, "name", x))
+@pytest.mark.parametrize(
+    ("op", "t"),
+    [
+        (Op.Add, FheType.Uint16),
+        (Op.Lt, FheType.Uint32),
+        (Op.Sub, U64),
+        (Op.Eq, U64),
+        (Op.BitXor, FheType.Uint128),
+        (Op.Eq, FheType.Uint160),
+        (Op.BitAnd, FheType.Uint256),
+    ],
+    ids=lambda x: getattr(x, "name", x),
+)
 @ONE
 @given(data=st.data())
 def test_wide_types_sampled(engine, op, t, data):
@@ -77,8 +96,11 @@ def test_wide_types_sampled(engine, op, t, data):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("op", BINARY_OPS, ids=lambda o: o.name)
-@pytest.mark.parametrize("t", [FheType.Uint16, FheType.Uint32, U64, FheType.Uint128,
-                               FheType.Uint160, FheType.Uint256], ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    "t",
+    [FheType.Uint16, FheType.Uint32, U64, FheType.Uint128, FheType.Uint160, FheType.Uint256],
+    ids=lambda t: t.name,
+)
 @pytest.mark.parametrize("scalar", [False, True], ids=["encrypted", "scalar"])
 @FEW
 @given(data=st.data())
@@ -86,20 +108,34 @@ def test_full_sweep(engine, op, t, scalar, data):
     check_binary(engine, op, t, data.draw(values(t)), data.draw(values(t)), scalar)
 
 
-@pytest.mark.parametrize(("op", "a", "b", "scalar"), [
-    (Op.Div, 13, 0, False), (Op.Div, 13, 0, True), (Op.Rem, 13, 0, False),
-    (Op.Rem, 13, 0, True), (Op.Shl, 3, 9, False), (Op.Shl, 3, 9, True),
-    (Op.Shr, 12, 6, False), (Op.Shr, 12, 70, True), (Op.Rotl, 9, 5, False),
-    (Op.Rotr, 9, 13, True), (Op.Add, 15, 1, False), (Op.Sub, 0, 1, True),
-    (Op.Mul, 15, 15, False), (Op.Add, 3, 18, True),
-])
+@pytest.mark.parametrize(
+    ("op", "a", "b", "scalar"),
+    [
+        (Op.Div, 13, 0, False),
+        (Op.Div, 13, 0, True),
+        (Op.Rem, 13, 0, False),
+        (Op.Rem, 13, 0, True),
+        (Op.Shl, 3, 9, False),
+        (Op.Shl, 3, 9, True),
+        (Op.Shr, 12, 6, False),
+        (Op.Shr, 12, 70, True),
+        (Op.Rotl, 9, 5, False),
+        (Op.Rotr, 9, 13, True),
+        (Op.Add, 15, 1, False),
+        (Op.Sub, 0, 1, True),
+        (Op.Mul, 15, 15, False),
+        (Op.Add, 3, 18, True),
+    ],
+)
 def test_edge_values(engine, op, a, b, scalar):
     if scalar:
-        assert engine.dec(engine.run(op, engine.enc(a, U4), scalars=(b,))) == \
-            ref.binary(op, a, b, U4)
+        assert engine.dec(engine.run(op, engine.enc(a, U4), scalars=(b,))) == ref.binary(
+            op, a, b, U4
+        )
     else:
-        assert engine.dec(engine.run(op, engine.enc(a, U4), engine.enc(b, U4))) == \
-            ref.binary(op, a, b, U4)
+        assert engine.dec(engine.run(op, engine.enc(a, U4), engine.enc(b, U4))) == ref.binary(
+            op, a, b, U4
+        )
 
 
 @pytest.mark.parametrize("op", [Op.Shl, Op.Rotr], ids=lambda o: o.name)
@@ -112,8 +148,9 @@ def test_plaintext_shift_amounts_are_wrapped_before_the_modulo(engine, op):
         with pytest.raises(UnsupportedOperation):
             engine.run(op, engine.enc(a, t), scalars=(amount,))
         return
-    assert engine.dec(engine.run(op, engine.enc(a, t), scalars=(amount,))) == \
-        ref.binary(op, a, amount, t)
+    assert engine.dec(engine.run(op, engine.enc(a, t), scalars=(amount,))) == ref.binary(
+        op, a, amount, t
+    )
 
 
 @pytest.mark.parametrize(("t", "a"), [(U4, 0), (U4, 5), (U8, 200), (U64, 2**64 - 1)])
@@ -133,11 +170,19 @@ def test_bool_logic(engine, a, b):
     assert engine.dec(engine.run(Op.Not, x)) == 1 - a
 
 
-@pytest.mark.parametrize(("value", "source", "target"), [
-    (0xAB, U8, U64), (2**64 - 3, U64, U8), (0xAB, U8, FheType.Bool), (0xAA, U8, FheType.Bool),
-    (1, FheType.Bool, U8), (9, U4, FheType.Uint256), (2**255 + 7, FheType.Uint256, U4),
-    (2**159 + 1, FheType.Uint160, FheType.Uint128),
-])
+@pytest.mark.parametrize(
+    ("value", "source", "target"),
+    [
+        (0xAB, U8, U64),
+        (2**64 - 3, U64, U8),
+        (0xAB, U8, FheType.Bool),
+        (0xAA, U8, FheType.Bool),
+        (1, FheType.Bool, U8),
+        (9, U4, FheType.Uint256),
+        (2**255 + 7, FheType.Uint256, U4),
+        (2**159 + 1, FheType.Uint160, FheType.Uint128),
+    ],
+)
 def test_cast_truncates_or_zero_extends(engine, value, source, target):
     result = engine.run(Op.Cast, engine.enc(value, source), result_type=target)
     assert engine.dec(result) == ref.cast(value, target)
@@ -145,7 +190,7 @@ def test_cast_truncates_or_zero_extends(engine, value, source, target):
 
 @pytest.mark.parametrize("t", [FheType.Uint128, FheType.Uint160, FheType.Uint256])
 def test_wide_values_round_trip(engine, t):
-    for value in (0, t.max_value, 2**(t.bits - 1) + 12345):
+    for value in (0, t.max_value, 2 ** (t.bits - 1) + 12345):
         assert engine.dec(engine.enc(value, t)) == value
 
 
@@ -167,8 +212,7 @@ def test_chains_across_ops_and_types(engine):
 
 def test_trivial_encrypt(engine):
     assert engine.dec(engine.run(Op.TrivialEncrypt, scalars=(300,), result_type=U8)) == 44
-    assert engine.dec(engine.run(Op.TrivialEncrypt, scalars=(1,),
-                                 result_type=FheType.Bool)) == 1
+    assert engine.dec(engine.run(Op.TrivialEncrypt, scalars=(1,), result_type=FheType.Bool)) == 1
 
 
 def test_rand_is_deterministic_per_seed_and_in_range(engine):
@@ -222,6 +266,7 @@ def test_squashed_ciphertexts_decrypt_to_the_same_value(engine, value, t):
 
 # --- bad input ---------------------------------------------------------------------------
 
+
 def test_corrupted_ciphertext_is_rejected(engine):
     ct = bytearray(engine.enc(5, U8))
     ct[40:60] = bytes(20)
@@ -233,21 +278,24 @@ def test_corrupted_ciphertext_is_rejected(engine):
 
 def test_wrong_tenant_wrong_backend_and_garbage_are_rejected(engine):
     envelope = Envelope.from_bytes(engine.enc(5, U8))
-    other_tenant = Envelope(envelope.backend, envelope.fhe_type, envelope.kind,
-                            b"\x00" * 8, envelope.payload).to_bytes()
+    other_tenant = Envelope(
+        envelope.backend, envelope.fhe_type, envelope.kind, b"\x00" * 8, envelope.payload
+    ).to_bytes()
     with pytest.raises(BadCiphertext, match="another tenant"):
         engine.run(Op.Add, other_tenant, scalars=(1,))
     other_name = next(name for name in ("concrete", "tfhe-rs") if name != engine.name)
-    other_backend = Envelope(other_name, envelope.fhe_type, envelope.kind,
-                             envelope.key_digest, envelope.payload).to_bytes()
+    other_backend = Envelope(
+        other_name, envelope.fhe_type, envelope.kind, envelope.key_digest, envelope.payload
+    ).to_bytes()
     with pytest.raises(BadCiphertext, match=f"from backend '{other_name}'"):
         engine.run(Op.Add, other_backend, scalars=(1,))
     with pytest.raises(BadCiphertext, match="bad magic"):
         engine.run(Op.Add, b"not a ciphertext", scalars=(1,))
 
 
-@pytest.mark.parametrize("key", [b"", b"garbage-bytes" * 4, b"CCK1" + bytes(40)],
-                         ids=["empty", "garbage", "magic-only"])
+@pytest.mark.parametrize(
+    "key", [b"", b"garbage-bytes" * 4, b"CCK1" + bytes(40)], ids=["empty", "garbage", "magic-only"]
+)
 def test_garbage_keys_are_refused_naming_the_backend(engine, key):
     backend = get_backend(engine.name)
     with pytest.raises(BadCiphertext, match=f"{engine.name} client key"):
@@ -265,8 +313,9 @@ def test_type_mismatches_are_refused(engine):
     with pytest.raises(InvalidOperands, match="explicit result type"):
         engine.run(Op.Cast, a8)
     relabelled = Envelope.from_bytes(a8)
-    lying = Envelope(relabelled.backend, U64, relabelled.kind, relabelled.key_digest,
-                     relabelled.payload).to_bytes()
+    lying = Envelope(
+        relabelled.backend, U64, relabelled.kind, relabelled.key_digest, relabelled.payload
+    ).to_bytes()
     with pytest.raises(BadCiphertext):
         engine.run(Op.Add, lying, scalars=(1,))
 

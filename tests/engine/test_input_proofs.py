@@ -35,8 +35,15 @@ def engine(tfhe_engine):
 @pytest.fixture(scope="module")
 def proven(engine, crs, tmp_path_factory) -> bytes:
     """One list from node-tfhe: (Uint64 1000, Bool true, Uint8 7), bound to CONTRACT/USER."""
-    return node_prove(tmp_path_factory.mktemp("prove"), engine.public_params, crs,
-                      input_metadata(CONTRACT, USER, CHAIN), "Uint64:1000", "Bool:1", "Uint8:7")
+    return node_prove(
+        tmp_path_factory.mktemp("prove"),
+        engine.public_params,
+        crs,
+        input_metadata(CONTRACT, USER, CHAIN),
+        "Uint64:1000",
+        "Bool:1",
+        "Uint8:7",
+    )
 
 
 def verify(engine, crs: bytes, proven_list: bytes, metadata: bytes) -> list[bytes]:
@@ -62,9 +69,15 @@ def test_a_node_tfhe_list_is_verified_expanded_and_computed_on(engine, crs, prov
     assert engine.dec(chosen) == 7
 
 
-@pytest.mark.parametrize(("contract", "user", "chain"), [
-    ("0x" + "33" * 20, USER, CHAIN), (CONTRACT, "0x" + "44" * 20, CHAIN), (CONTRACT, USER, 1),
-], ids=["other-contract", "other-user", "other-chain"])
+@pytest.mark.parametrize(
+    ("contract", "user", "chain"),
+    [
+        ("0x" + "33" * 20, USER, CHAIN),
+        (CONTRACT, "0x" + "44" * 20, CHAIN),
+        (CONTRACT, USER, 1),
+    ],
+    ids=["other-contract", "other-user", "other-chain"],
+)
 def test_a_proof_bound_to_other_metadata_is_refused(engine, crs, proven, contract, user, chain):
     with pytest.raises(InvalidInputProof, match="proof is invalid"):
         verify(engine, crs, proven, input_metadata(contract, user, chain))
@@ -91,18 +104,29 @@ def test_the_native_prover_agrees_with_the_verifier(engine, crs):
     import fhe_native
 
     metadata = input_metadata(CONTRACT, USER, CHAIN)
-    proven_list = fhe_native.prove_inputs(engine.public_params, crs, metadata, [
-        (int(FheType.Uint16), (54321).to_bytes(32, "little")),
-        (int(FheType.Uint4), (9).to_bytes(32, "little"))])
+    proven_list = fhe_native.prove_inputs(
+        engine.public_params,
+        crs,
+        metadata,
+        [
+            (int(FheType.Uint16), (54321).to_bytes(32, "little")),
+            (int(FheType.Uint4), (9).to_bytes(32, "little")),
+        ],
+    )
     inputs = verify(engine, crs, proven_list, metadata)
     assert [engine.dec(c) for c in inputs] == [54321, 9]
 
 
-@pytest.mark.parametrize(("contract", "user", "chain", "message"), [
-    ("0x1234", USER, CHAIN, "contract address"), (CONTRACT, "22" * 20, CHAIN, "user address"),
-    (CONTRACT, "0x" + "zz" * 20, CHAIN, "user address"), (CONTRACT, USER, 0, "chain id"),
-    (CONTRACT, USER, 2**256, "chain id"),
-])
+@pytest.mark.parametrize(
+    ("contract", "user", "chain", "message"),
+    [
+        ("0x1234", USER, CHAIN, "contract address"),
+        (CONTRACT, "22" * 20, CHAIN, "user address"),
+        (CONTRACT, "0x" + "zz" * 20, CHAIN, "user address"),
+        (CONTRACT, USER, 0, "chain id"),
+        (CONTRACT, USER, 2**256, "chain id"),
+    ],
+)
 def test_malformed_metadata_is_refused_before_any_proof_work(contract, user, chain, message):
     with pytest.raises(InvalidInputProof, match=message):
         input_metadata(contract, user, chain)

@@ -15,9 +15,15 @@ COMPRESSED, BARE = SquashedFormat.COMPRESSED_ON_CPU, SquashedFormat.UNCOMPRESSED
 LIST_NAME = b"CompressedSquashedNoiseCiphertextList"  # in TFHE-rs's safe-serialization header
 
 
-@pytest.mark.parametrize(("fhe_type", "expected"), [
-    (FheType.Bool, BARE), (FheType.Uint4, BARE), (FheType.Uint8, COMPRESSED),
-    (FheType.Uint64, COMPRESSED)])  # Uint256: 99 KB against 4.2 MB (bench)
+@pytest.mark.parametrize(
+    ("fhe_type", "expected"),
+    [
+        (FheType.Bool, BARE),
+        (FheType.Uint4, BARE),
+        (FheType.Uint8, COMPRESSED),
+        (FheType.Uint64, COMPRESSED),
+    ],
+)  # Uint256: 99 KB against 4.2 MB (bench)
 def test_squash_picks_the_smaller_form_and_both_decrypt(tfhe_engine, fhe_type, expected):
     evaluator = tfhe_engine.evaluator
     value = fhe_type.max_value - 1 if fhe_type is not FheType.Bool else 1
@@ -29,11 +35,13 @@ def test_squash_picks_the_smaller_form_and_both_decrypt(tfhe_engine, fhe_type, e
     assert tfhe_engine.dec(squashed) == value
 
     # The other form, made by the native call directly: the policy's pick is the smaller.
-    other = evaluator._call("squash", int(fhe_type), Envelope.from_bytes(ciphertext).payload,
-                            expected is BARE)
+    other = evaluator._call(
+        "squash", int(fhe_type), Envelope.from_bytes(ciphertext).payload, expected is BARE
+    )
     assert len(payload) < len(other)
-    assert tfhe_engine.dec(replace(Envelope.from_bytes(squashed), payload=other).to_bytes()) \
-        == value
+    assert (
+        tfhe_engine.dec(replace(Envelope.from_bytes(squashed), payload=other).to_bytes()) == value
+    )
 
 
 def test_a_truncated_compressed_list_is_refused(tfhe_engine):

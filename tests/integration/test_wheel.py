@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -29,22 +30,14 @@ OURS = ("fhe_coprocessor", "fhe_devstack", "__editable__", "_fhe_coprocessor", "
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(out),
-            str(REPO_ROOT),
-        ],
-        check=True,
-        cwd=out,
-    )
+    scratch = REPO_ROOT / "build"  # setuptools builds in the source tree
+    had_scratch = scratch.exists()
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    try:
+        subprocess.run([*command, "-q", "-w", str(out), str(REPO_ROOT)], check=True, cwd=out)
+    finally:
+        if not had_scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     (built,) = out.glob("fhe_coprocessor-*.whl")
     return built
 
