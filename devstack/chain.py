@@ -37,8 +37,9 @@ def _chain_id(port: int) -> int | None:
 class Anvil:
     name = "chain"
 
-    def __init__(self, port: int | None = None, chain_id: int = DEV_CHAIN_ID,
-                 block_time: int | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, chain_id: int = DEV_CHAIN_ID, block_time: int | None = None
+    ) -> None:
         self.requested_port = port
         self.chain_id = chain_id
         self.block_time = block_time  # None: mine each transaction at once (automine)
@@ -50,15 +51,28 @@ class Anvil:
         logfile = state_dir / "chain" / "anvil.log"
         dump = state_dir / "chain" / "state.json"
         port = process.choose_port(self.requested_port, previous, "chain")
-        argv = [str(binary), "--host", "127.0.0.1", "--port", str(port),
-                "--chain-id", str(self.chain_id), "--state", str(dump)]
+        argv = [
+            str(binary),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--chain-id",
+            str(self.chain_id),
+            "--state",
+            str(dump),
+        ]
         if self.block_time:
             argv += ["--block-time", str(self.block_time)]
         pid = process.spawn(argv, logfile)
-        process.wait_until(lambda: _chain_id(port) == self.chain_id, timeout=60,
-                           service="chain", log_path=logfile, pid=pid)
+        process.wait_until(
+            lambda: _chain_id(port) == self.chain_id,
+            timeout=60,
+            service="chain",
+            log_path=logfile,
+            pid=pid,
+        )
         return {"pid": pid, "port": port, "chain_id": self.chain_id, "log": str(logfile)}
-
 
     def down(self, info: Info) -> None:
         process.stop(info.get("pid"), expect="anvil")
@@ -66,11 +80,18 @@ class Anvil:
     def health(self, info: Info) -> Info:
         alive = process.is_running(info.get("pid"), expect="anvil")
         chain_id = _chain_id(int(info["port"])) if alive else None
-        return {"healthy": chain_id == info.get("chain_id"), "pid": info.get("pid"),
-                "port": info.get("port"), "chain_id": chain_id,
-                "url": f"http://127.0.0.1:{info.get('port')}"}
+        return {
+            "healthy": chain_id == info.get("chain_id"),
+            "pid": info.get("pid"),
+            "port": info.get("port"),
+            "chain_id": chain_id,
+            "url": f"http://127.0.0.1:{info.get('port')}",
+        }
 
     def env(self, info: Info) -> dict[str, str]:
         url = f"http://127.0.0.1:{info['port']}"
-        return {"FHE_HOST_RPC_URL": url, "FHE_GATEWAY_RPC_URL": url,
-                "FHE_CHAIN_ID": str(info["chain_id"])}
+        return {
+            "FHE_HOST_RPC_URL": url,
+            "FHE_GATEWAY_RPC_URL": url,
+            "FHE_CHAIN_ID": str(info["chain_id"]),
+        }

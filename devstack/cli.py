@@ -81,19 +81,27 @@ def register(groups: argparse._SubParsersAction) -> None:
         ("env", cmd_env, "export lines that point clients at the stack"),
     ):
         sub = commands.add_parser(name, help=text, description=text, parents=[output])
-        sub.add_argument("--state-dir", help="stack data and pid files (default: FHE_STATE_DIR "
-                                             "or ~/.cache/fhe-coprocessor/dev)")
+        sub.add_argument(
+            "--state-dir",
+            help="stack data and pid files (default: FHE_STATE_DIR "
+            "or ~/.cache/fhe-coprocessor/dev)",
+        )
         sub.add_argument("--skip", help="comma-separated components to leave out")
         sub.set_defaults(handler=handler)
         if name == "up":
             for component in ("postgres", "s3", "chain"):
-                sub.add_argument(f"--{component}-port", type=int, metavar="PORT",
-                                 help=f"{component} port (default: a free one, kept across "
-                                      "restarts)")
+                sub.add_argument(
+                    f"--{component}-port",
+                    type=int,
+                    metavar="PORT",
+                    help=f"{component} port (default: a free one, kept across restarts)",
+                )
 
     gateway = commands.add_parser(
-        "gateway", parents=[output],
+        "gateway",
+        parents=[output],
         help="deploy CiphertextCommits with a dev signer on the stack's chain "
-        "(idempotent); prints its address and where the signer key is")
+        "(idempotent); prints its address and where the signer key is",
+    )
     gateway.add_argument("--state-dir", help="where the address and key are kept")
     gateway.set_defaults(handler=cmd_gateway)
