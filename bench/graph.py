@@ -38,6 +38,7 @@ from coprocessor.storage import ObjectStore
 from coprocessor.tenants import create_tenant, load_client
 from coprocessor.types import FheType, Op, derive_handle
 from devstack import stack
+from devstack.settings import default_state_dir
 from devstack.versions import REPO_ROOT
 from job_runner.compute import run_compute
 from job_runner.executor import usable_cores
@@ -84,6 +85,7 @@ def transfers_graph(
             context + next(counter).to_bytes(4, "big"),
             CHAIN_ID,
             fhe_type,
+            scalar=True,
         ).raw
         inputs[handle] = client.encrypt(value, fhe_type)
         return handle
@@ -91,7 +93,7 @@ def transfers_graph(
     rows: list[ComputationRow] = []
 
     def node(op: Op, *operands: bytes, result: FheType = fhe_type) -> bytes:
-        handle = derive_handle(op, operands, context, CHAIN_ID, result).raw
+        handle = derive_handle(op, operands, context, CHAIN_ID, result, scalar=False).raw
         rows.append(ComputationRow(handle, int(result), int(op), operands))
         return handle
 
@@ -239,9 +241,7 @@ def main() -> None:
 
     components = stack.service_components()
     with tempfile.TemporaryDirectory(prefix="fhe-bench-") as fallback:
-        state_dir, started = stack.reuse_or_start(
-            Settings().dev_state_dir, Path(fallback), components
-        )
+        state_dir, started = stack.reuse_or_start(default_state_dir(), Path(fallback), components)
         try:
             graph = asyncio.run(with_database(args, stack.env(state_dir, components), keyset))
         finally:

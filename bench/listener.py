@@ -1,13 +1,15 @@
 """Host listener benchmark: events ingested per second from a backlog.
 
-    .venv/bin/python bench/listener.py [--transfers 200]
+    .venv/bin/python bench/listener.py [--transfers 40] [--mint-every 10]
 
-On the dev stack's anvil and a scratch PostgreSQL database: deploy the contracts, make
-a backlog of confidential transfers (each: 5 executor events plus ACL events, in its own block after
-the wallet's claim and share transactions), then
-time one listener poll that reads, decodes, checks (every handle re-derived) and
-writes the whole backlog. Rows only (no FheBatch creation: that is the operator
-benchmark's business). Writes bench/results/listener.json.
+On the dev stack's anvil and a scratch PostgreSQL database: deploy (or find) Zama's
+fhEVM host contracts and a ConfidentialToken, make a backlog of confidential
+transfers (``transferTrivial``, each in its own block: 6 FHEVMExecutor events and 4
+ACL ``Allowed`` events) with a mint every ``--mint-every`` transfers (1 executor
+event, 2 ACL events), then time one listener poll that reads, decodes, checks (every
+handle re-derived by the host's rule) and writes the whole backlog. Rows only (no
+FheBatch creation: that is the operator benchmark's business). Writes
+bench/results/listener.json.
 """
 
 from __future__ import annotations
@@ -16,45 +18,52 @@ import argparse
 import asyncio
 import os
 import time
+from pathlib import Path
 
 import asyncpg
 from benchlib import dev_services, write_result
 from web3 import Web3
 
-from coprocessor.chain.contracts import deploy_host, deploy_token
+from coprocessor.chain.contracts import bound, deploy
 from coprocessor.db import queries
 from coprocessor.db.migrate import scratch_database
 from coprocessor.db.pool import create_pool
 from coprocessor.settings import Settings
-from coprocessor.types import FheType, make_handle
+from devstack.host_chain import DAPPS_BUILD, HostChain, ensure_host_chain
 from listeners.host import HostListener
 
 
-def backlog(w3: Web3, transfers: int) -> tuple[object, object, int]:
-    host = deploy_host(w3)
-    executor, acl, token = host.executor, host.acl, deploy_token(w3, host)
+def backlog(w3: Web3, host: HostChain, transfers: int, mint_every: int) -> tuple[int, int]:
+    """(first block, mints) of a backlog of ``transfers`` transfers and some mints."""
     owner, alice, bob = w3.eth.accounts[:3]
-    start = w3.eth.block_number + 1
-    w3.eth.wait_for_transaction_receipt(
-        token.functions.mint(alice, 10**9).transact({"from": owner})
+    token = deploy(
+        w3,
+        "ConfidentialToken",
+        host.acl,
+        host.executor,
+        host.kms_verifier,
+        sender=owner,
+        build_dir=DAPPS_BUILD,
     )
-    hashes = []
+    start = w3.eth.block_number + 1
+    hashes = [
+        token.functions.mint(holder, 10**9).transact({"from": owner}) for holder in (alice, bob)
+    ]
+    mints = 2
     for n in range(transfers):
         sender, to = (alice, bob) if n % 2 == 0 else (bob, alice)
-        amount = make_handle(os.urandom(32), 0, w3.eth.chain_id, FheType.Uint64).raw
-        w3.eth.wait_for_transaction_receipt(
-            acl.functions.claimInput(amount).transact({"from": sender})
-        )
-        w3.eth.wait_for_transaction_receipt(
-            acl.functions.allow(amount, token.address).transact({"from": sender})
-        )
-        hashes.append(token.functions.transfer(to, amount).transact({"from": sender}))
-    for tx in hashes[-1:]:
-        w3.eth.wait_for_transaction_receipt(tx)
-    return executor, acl, start
+        # A distinct amount per transfer, so its TrivialEncrypt is a handle of its own.
+        hashes.append(token.functions.transferTrivial(to, 1 + n).transact({"from": sender}))
+        if mint_every and n % mint_every == mint_every - 1:
+            hashes.append(token.functions.mint(sender, 1 + n).transact({"from": owner}))
+            mints += 1
+    for tx in hashes:  # anvil mines each on arrival; check none reverted
+        if w3.eth.wait_for_transaction_receipt(tx)["status"] != 1:
+            raise SystemExit(f"transaction 0x{bytes(tx).hex()} reverted")
+    return start, mints
 
 
-async def ingest(env: dict[str, str], w3: Web3, executor, acl, start: int) -> dict:
+async def ingest(env: dict[str, str], w3: Web3, host: HostChain, start: int) -> dict:
     async with scratch_database(
         env["FHE_DATABASE_URL"], Settings().migrations_dir, "bench_listener"
     ) as url:
@@ -68,8 +77,8 @@ async def ingest(env: dict[str, str], w3: Web3, executor, acl, start: int) -> di
         settings = Settings(
             database_url=url,
             host_tenant="bench",
-            host_executor_address=executor.address,
-            host_acl_address=acl.address,
+            host_executor_address=host.executor,
+            host_acl_address=host.acl,
             host_start_block=start,
         )
         pool = await create_pool(url, size=4)
@@ -92,22 +101,31 @@ async def ingest(env: dict[str, str], w3: Web3, executor, acl, start: int) -> di
         "events_per_s": round(events / seconds, 1),
         "blocks_per_s": round(blocks / seconds, 1),
         "skipped": counters.skipped_logs,
+        "skipped_reasons": counters.skipped_reasons,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--transfers", type=int, default=200)
+    parser.add_argument("--transfers", type=int, default=40)
+    parser.add_argument("--mint-every", type=int, default=10, help="0: no mints between")
     args = parser.parse_args()
     with dev_services() as env:
         w3 = Web3(Web3.HTTPProvider(env["FHE_HOST_RPC_URL"]))
         made = time.perf_counter()
-        executor, acl, start = backlog(w3, args.transfers)
+        host = ensure_host_chain(w3, Path(env["FHE_STATE_DIR"]))
+        start, mints = backlog(w3, host, args.transfers, args.mint_every)
         print(
-            f"backlog: {args.transfers} transfers in {time.perf_counter() - made:.1f} s", flush=True
+            f"backlog: {args.transfers} transfers, {mints} mints in "
+            f"{time.perf_counter() - made:.1f} s",
+            flush=True,
         )
-        result = asyncio.run(ingest(env, w3, executor, acl, start))
+        result = asyncio.run(ingest(env, w3, host, start))
+        result["host_contracts"] = (
+            bound(w3, "host/FHEVMExecutor", host.executor).functions.getVersion().call()
+        )
     result["transfers"] = args.transfers
+    result["mints"] = mints
     write_result("listener", result)
 
 

@@ -108,15 +108,18 @@ class Settings(BaseSettings):
         "trying (circuit open) and exits recoverably (75).",
     )
 
-    host_tenant: str = Field(
-        "demo",
-        description="Tenant whose keys the host chain's "
-        "ciphertexts use (the listener serves one tenant).",
+    host_tenant: str | None = Field(
+        None,
+        description="Tenant whose keys the host chain's ciphertexts use; default: the "
+        "tenant created for the chain id the host RPC serves (one listener per chain).",
     )
     host_executor_address: str | None = Field(
-        None, description="FheExecutor contract on the host chain (0x address)."
+        None, description="Zama's FHEVMExecutor proxy on the host chain (0x address)."
     )
-    host_acl_address: str | None = Field(None, description="ACL contract (0x address).")
+    host_acl_address: str | None = Field(
+        None,
+        description="Zama's ACL proxy on the host chain (0x address); the handle rule hashes it.",
+    )
     host_start_block: int = Field(
         0, ge=0, description="First block the listener reads when it has no cursor in the database."
     )

@@ -12,6 +12,7 @@ from enum import IntEnum
 HANDLE_LENGTH = 32
 HANDLE_VERSION = 0
 COMPUTED_INDEX = 0xFF
+SEED_BYTES = 16  # a Rand seed: the host's bytes16
 
 
 class FheType(IntEnum):
@@ -247,17 +248,89 @@ def plaintext_operand(value: int) -> bytes:
 
 
 def derive_handle(
-    op: Op, dependencies: tuple[bytes, ...], context: bytes, chain_id: int, result_type: FheType
+    op: Op,
+    dependencies: tuple[bytes, ...],
+    context: bytes,
+    chain_id: int,
+    result_type: FheType,
+    *,
+    scalar: bool,
 ) -> Handle:
-    """The output handle of a computation: keccak256 over the op, its operands (handles
-    and plaintext bytes, length-prefixed so no two operand lists collide) and a
-    context (the emitting contract, or the batch for an inline graph). Every
-    coprocessor that sees the same operation derives the same handle."""
+    """The output handle of a computation, by the fhEVM host's rule (docs/design.md
+    section 5): keccak256 over the ``abi.encodePacked`` preimage of ``host_preimage``,
+    cut to 21 bytes, then index 0xff, the chain id, the result type and version 0.
+
+    ``context`` is the host chain's ACL address for chain computations (20 bytes); an
+    inline FheBatch graph hashes its batch context there instead (``graph_context``), so
+    its handles never meet a chain's. No caller and no transaction enter the hash: the
+    same op on the same operands gives the same handle in any contract and transaction.
+    """
     from eth_hash.auto import keccak
 
-    body = bytes([int(op)]) + b"".join(len(d).to_bytes(2, "big") + d for d in dependencies)
-    prehandle = keccak(b"fhe-coprocessor/computed" + body + context)
+    prehandle = keccak(
+        host_preimage(op, dependencies, context, chain_id, result_type, scalar=scalar)
+    )
     return make_handle(prehandle, COMPUTED_INDEX, chain_id, result_type)
+
+
+def _word(value: bytes | int) -> bytes:
+    """A uint256 / bytes32 slot of ``abi.encodePacked``."""
+    number = int.from_bytes(value, "big") if isinstance(value, bytes) else value
+    if not 0 <= number < 1 << 256:
+        raise ValueError(f"plaintext {number} does not fit 256 bits")
+    return number.to_bytes(32, "big")
+
+
+def _handle_word(value: bytes) -> bytes:
+    if len(value) != HANDLE_LENGTH:
+        raise ValueError(f"an operand handle is {HANDLE_LENGTH} bytes, got {len(value)}")
+    return value
+
+
+def host_preimage(
+    op: Op,
+    dependencies: tuple[bytes, ...],
+    context: bytes,
+    chain_id: int,
+    result_type: FheType,
+    *,
+    scalar: bool,
+) -> bytes:
+    """What the host hashes for one computation. ``dependencies`` are as the rows carry
+    them: operand handles (32 bytes), plaintexts as big-endian bytes of any length
+    (widened to a uint256 word here, as the event carries them), seeds as 16 bytes."""
+    code = bytes([int(op)])
+    tail = context + chain_id.to_bytes(32, "big")
+    if op <= Op.Max:  # binary: lhs, rhs (a handle or a plaintext word), the scalar byte
+        lhs, rhs = dependencies
+        right = _word(rhs) if scalar else _handle_word(rhs)
+        return code + _handle_word(lhs) + right + (b"\x01" if scalar else b"\x00") + tail
+    if op in (Op.Neg, Op.Not):
+        (operand,) = dependencies
+        return code + _handle_word(operand) + tail
+    if op is Op.Cast:
+        (operand,) = dependencies
+        return code + _handle_word(operand) + bytes([int(result_type)]) + tail
+    if op is Op.TrivialEncrypt:
+        (plaintext,) = dependencies
+        return code + _word(plaintext) + bytes([int(result_type)]) + tail
+    if op is Op.IfThenElse:
+        return code + b"".join(_handle_word(d) for d in dependencies) + tail
+    if op is Op.Rand:  # the host hashes neither the ACL nor the chain id here
+        (seed,) = dependencies
+        return code + bytes([int(result_type)]) + _seed(seed)
+    if op is Op.RandBounded:
+        bound, seed = dependencies
+        return code + _word(bound) + bytes([int(result_type)]) + _seed(seed)
+    # Sum, IsIn, MulDiv: newer hosts only; ours for inline graphs (documented as such):
+    # every operand as a word, plaintexts flagged by the trailing scalar byte.
+    return code + b"".join(_word(d) for d in dependencies) + (b"\x01" if scalar else b"\x00") + tail
+
+
+def _seed(seed: bytes) -> bytes:
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"a random seed is {SEED_BYTES} bytes, got {len(seed)}")
+    return seed
 
 
 def address_bytes(text: object) -> bytes | None:

@@ -16,6 +16,9 @@ from .component import Info
 from .versions import anvil_binary
 
 DEV_CHAIN_ID = 12345
+# Fixed rather than anvil's "latest", so a newer anvil does not change the chain under us;
+# fhEVM's host contracts use transient storage (cancun or later).
+HARDFORK = "prague"
 
 
 def rpc(url: str, method: str, params: list | None = None, timeout: float = 2.0) -> object:
@@ -59,6 +62,8 @@ class Anvil:
             str(port),
             "--chain-id",
             str(self.chain_id),
+            "--hardfork",
+            HARDFORK,
             "--state",
             str(dump),
         ]

@@ -69,6 +69,22 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_host_chain(args: argparse.Namespace) -> int:
+    from web3 import Web3
+
+    from .host_chain import ensure_host_chain
+
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    w3 = Web3(Web3.HTTPProvider(load_settings().host_rpc_url, request_kwargs={"timeout": 10}))
+    host = ensure_host_chain(w3, state_dir)
+    if args.env:
+        for key, value in host.env().items():
+            print(f"export {key}={shlex.quote(value)}")
+    else:
+        _emit(host.as_dict(), args.output)
+    return 0
+
+
 def register(groups: argparse._SubParsersAction) -> None:
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("-o", "--output", choices=["text", "json"], default="text")
@@ -105,3 +121,16 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     gateway.add_argument("--state-dir", help="where the address and key are kept")
     gateway.set_defaults(handler=cmd_gateway)
+
+    host_chain = commands.add_parser(
+        "host-chain",
+        parents=[output],
+        help="deploy Zama's fhEVM host contracts (ACL, FHEVMExecutor, KMSVerifier, "
+        "InputVerifier, HCULimit, PauserSet) with the dev deployer and dev signers on the "
+        "stack's chain (idempotent); prints their addresses",
+    )
+    host_chain.add_argument("--state-dir", help="where the signer keys are kept")
+    host_chain.add_argument(
+        "--env", action="store_true", help="print export lines (FHE_HOST_ACL_ADDRESS=...)"
+    )
+    host_chain.set_defaults(handler=cmd_host_chain)

@@ -38,7 +38,12 @@ class PlannedGraph:
 
 
 def graph_context(namespace: str, name: str) -> bytes:
-    return f"fhebatch:{namespace}/{name}".encode()
+    """What an inline graph's handles hash where the host hashes its ACL address: 20
+    bytes of the batch's identity, so its handles never meet a chain's or another
+    batch's."""
+    from eth_hash.auto import keccak
+
+    return keccak(f"fhebatch:{namespace}/{name}".encode())[-20:]
 
 
 def _where(node: GraphNode) -> str:
@@ -82,10 +87,13 @@ def plan_graph(
     rows: list[ComputationRow] = []
     handles: dict[str, str] = {}
     outputs: dict[str, str] = {}
+    planned: set[bytes] = set()
     for node in _order(graph):
         handle, result_type, row = _plan_node(node, known, context, chain_id, backend)
         known[node.name] = (handle, result_type)
-        rows.append(row)
+        if handle not in planned:  # two identical nodes are one computation
+            planned.add(handle)
+            rows.append(row)
         handles[node.name] = "0x" + handle.hex()
         if node.output:
             outputs[node.name] = handles[node.name]
@@ -162,14 +170,11 @@ def _plan_node(
     dependencies += tuple(plaintext_operand(s.value) for s in scalars)
     if op in (Op.Rand, Op.RandBounded):  # a seed per node and batch: reproducible
         dependencies += (hashlib.sha3_256(context + b"/" + node.name.encode()).digest()[:16],)
-    handle = derive_handle(op, dependencies, context, chain_id, result_type).raw
-    row = ComputationRow(
-        handle,
-        int(result_type),
-        int(op),
-        dependencies,
-        is_scalar=bool(scalars) or op in (Op.Rand, Op.RandBounded),
-    )
+    is_scalar = bool(scalars) or op in (Op.Rand, Op.RandBounded)
+    handle = derive_handle(
+        op, dependencies, context, chain_id, result_type, scalar=bool(scalars)
+    ).raw
+    row = ComputationRow(handle, int(result_type), int(op), dependencies, is_scalar=is_scalar)
     return handle, result_type, row
 
 

@@ -38,18 +38,24 @@ from coprocessor.api.batch import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from coprocessor.api.names import ANNOTATION_BLOCK, LABEL_SOURCE, SOURCE_HOST_LISTENER
 from coprocessor.chain.contracts import bound, decode_logs
 from coprocessor.db import host as host_db
-from coprocessor.db import queries
+from coprocessor.db import proofs, queries
 from coprocessor.db.pool import classify
 from coprocessor.errors import Fatal, Recoverable, ServiceUnavailable
 from coprocessor.settings import Settings
 
 from .host_events import (
+    DELEGATED,
+    IGNORED_EVENTS,
+    REVOKED,
+    VERIFY_INPUT,
     AllowedRow,
     UndecodableEvent,
     allowed_rows,
     batch_parts,
     check_derivation,
     computation_row,
+    delegation_row,
+    verified_input,
 )
 
 log = logging.getLogger(__name__)
@@ -116,18 +122,30 @@ class HostListener:
         self.w3 = w3
         self.pool = pool
         self.batches_api = batches_api
-        self.executor = bound(w3, "FheExecutor", settings.host_executor_address)
-        self.acl = bound(w3, "ACL", settings.host_acl_address)
+        # Zama's FHEVMExecutor and ACL (@fhevm/host-contracts), ABIs shipped compiled.
+        self.executor = bound(w3, "host/FHEVMExecutor", settings.host_executor_address)
+        self.acl = bound(w3, "host/ACL", settings.host_acl_address)
+        self.acl_raw = bytes.fromhex(self.acl.address[2:])  # what the handle rule hashes
         self.counters = Counters()
         self.chain_id = 0
         self.tenant: queries.Tenant | None = None
 
     async def start(self) -> None:
         self.chain_id = await self._rpc(lambda: self.w3.eth.chain_id)
+        wanted = self.settings.host_tenant
         async with self.pool.acquire() as connection:
-            self.tenant = await queries.get_tenant(connection, self.settings.host_tenant)
+            if wanted is None:  # the tenant whose keys serve this host chain
+                found = await proofs.tenant_for_chain(connection, self.chain_id)
+                self.tenant = found.tenant if found else None
+            else:
+                self.tenant = await queries.get_tenant(connection, wanted)
         if self.tenant is None:
-            raise Fatal(f"tenant {self.settings.host_tenant!r} does not exist")
+            raise Fatal(
+                f"no tenant serves host chain {self.chain_id}; create one with "
+                f"`fhectl tenant create NAME --chain-id {self.chain_id}`"
+                if wanted is None
+                else f"tenant {wanted!r} does not exist"
+            )
         if self.tenant.chain_id != self.chain_id:
             raise Fatal(
                 f"tenant {self.tenant.name!r} is on chain {self.tenant.chain_id}, "
@@ -310,7 +328,7 @@ class HostListener:
             )
         )
         assert self.tenant is not None
-        computations, allowed, transactions = self._decode(logs)
+        computations, allowed, transactions, inputs, delegations = self._decode(logs)
         name = batch_name(self.chain_id, number, block_hash) if computations else None
         per_transaction = [
             sum(1 for r in computations if r.transaction_id == t) for t in transactions
@@ -330,6 +348,13 @@ class HostListener:
             tuple(transactions),
             name,
             tuple(parts),
+            tuple(
+                host_db.VerifiedInputRow(
+                    v.handle, v.transaction_id, v.contract_address, v.user_address, v.fhe_type
+                )
+                for v in inputs
+            ),
+            tuple(host_db.Delegation(*vars(d).values()) for d in delegations),
         )
         async with self.pool.acquire() as connection, connection.transaction():
             new = await host_db.record_block(connection, record)
@@ -352,25 +377,37 @@ class HostListener:
         )
         return block_hash
 
-    def _decode(self, logs: list[Any]) -> tuple[list, list[AllowedRow], list[bytes]]:
+    def _decode(self, logs: list[Any]) -> tuple[list, list[AllowedRow], list[bytes], list, list]:
         """Rows of the block's logs. A transaction with an executor event that cannot
         be used is refused whole: half of its graph would leave the rest waiting for
         handles nothing produces."""
         by_index = sorted(logs, key=lambda item: (item["transactionIndex"], item["logIndex"]))
         per_transaction: dict[bytes, list] = {}
         refused: dict[bytes, str] = {}
+        inputs: list = []
         for entry, (name, args) in self._events(self.executor, by_index):
             tx = bytes(entry["transactionHash"])
+            if name in IGNORED_EVENTS:
+                continue
             try:
+                if name == VERIFY_INPUT:
+                    inputs.append(verified_input(name, args, tx))
+                    continue
                 row = computation_row(name, args, tx)
-                check_derivation(row, bytes.fromhex(args["caller"][2:]), self.chain_id)
-                per_transaction.setdefault(tx, []).append(row)
+                check_derivation(row, self.acl_raw, self.chain_id)
+                # The same computation twice in one transaction is one row.
+                if all(r.output_handle != row.output_handle for r in per_transaction.get(tx, [])):
+                    per_transaction.setdefault(tx, []).append(row)
             except (UndecodableEvent, KeyError, TypeError, ValueError) as error:
                 self._skip(entry, str(error))
                 refused.setdefault(tx, str(error))
         allowed: list[AllowedRow] = []
+        delegations: list = []
         for entry, (name, args) in self._events(self.acl, by_index):
             try:
+                if name in (DELEGATED, REVOKED):
+                    delegations.append(delegation_row(name, args, bytes(entry["transactionHash"])))
+                    continue
                 allowed.extend(allowed_rows(name, args, bytes(entry["transactionHash"])))
             except (UndecodableEvent, KeyError, TypeError, ValueError) as error:
                 self._skip(entry, str(error))
@@ -388,7 +425,8 @@ class HostListener:
                     },
                 )
         computations = [row for rows in per_transaction.values() for row in rows]
-        return computations, allowed, list(per_transaction)
+        kept = [v for v in inputs if v.transaction_id not in refused]
+        return computations, allowed, list(per_transaction), kept, delegations
 
     def _events(self, contract, logs):
         """(log, (name, args)) of the logs this contract emitted that decode at all."""

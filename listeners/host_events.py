@@ -1,10 +1,14 @@
 """Host-chain events -> database rows: the pure half of the host listener.
 
-The executor's events carry the result handle the contract derived; the rows repeat
-its operands in the encoding ``types.derive_handle`` hashes (handles as 32 bytes, seeds
-as 16, other plaintext as minimal big-endian bytes), so the coprocessor can re-derive
-and check every handle, and a computation seen twice (a re-processed block) is the
-same row. ACL events become ``allowed_handles`` rows.
+The events are those of Zama's fhEVM host contracts (``FHEVMExecutor`` and ``ACL`` of
+``@fhevm/host-contracts``). Each executor event carries the result handle the host
+derived; the row repeats its operands (handles as 32 bytes, seeds as 16, plaintexts as
+big-endian bytes) so the coprocessor re-derives the handle by the host's rule
+(``types.derive_handle`` with the ACL address) and refuses one that does not match.
+``VerifyInput`` names an input handle the verify stage must provide; ACL events become
+``allowed_handles`` rows (both ``Allowed`` and ``AllowedForDecryption`` queue SNS) and
+delegation rows; the contracts' administrative events (OpenZeppelin's Initialized,
+Upgraded, Ownership*, Paused/Unpaused, and account blocking) are ignored quietly.
 
 Anything that does not fit - an unknown event, a wrong field, a handle whose type byte
 is out of range - is an ``UndecodableEvent`` naming the transaction and the reason;
@@ -25,6 +29,23 @@ from coprocessor.types import FheType, Handle, Op, derive_handle, plaintext_oper
 BINARY_OPS = {Op(code).event_name: Op(code) for code in range(20)}
 UNARY_OPS = {"FheNeg": Op.Neg, "FheNot": Op.Not}
 ALLOWED, ALLOWED_FOR_DECRYPTION = 0, 1
+VERIFY_INPUT = "VerifyInput"
+# Administrative events of the host contracts that carry no FHE work.
+IGNORED_EVENTS = frozenset(
+    {
+        "Initialized",
+        "Upgraded",
+        "OwnershipTransferStarted",
+        "OwnershipTransferred",
+        "Paused",
+        "Unpaused",
+        "BlockedAccount",
+        "UnblockedAccount",
+        "EIP712DomainChanged",
+        "NewContextSet",
+    }
+)
+DELEGATED, REVOKED = "DelegatedForUserDecryption", "RevokedDelegationForUserDecryption"
 
 
 class UndecodableEvent(Irrecoverable):
@@ -51,6 +72,39 @@ class AllowedRow:
     transaction_id: bytes
 
 
+@dataclass(frozen=True)
+class VerifiedInput:
+    """``VerifyInput``: the host accepted an input proof; ``handle`` must be produced by
+    the verify stage (from the gateway's proof request) before anything computes on it."""
+
+    handle: bytes
+    contract_address: bytes  # the caller: the dapp that called FHE.fromExternal
+    user_address: bytes
+    fhe_type: int
+    transaction_id: bytes
+
+
+@dataclass(frozen=True)
+class DelegationRow:
+    """A user decryption delegation (or its revocation), kept for the gateway's ACL."""
+
+    delegator: bytes
+    delegate: bytes
+    contract_address: bytes
+    delegation_counter: int
+    old_expiration: int
+    new_expiration: int | None  # None: revoked
+    transaction_id: bytes
+
+
+def _address(value: Any) -> bytes:
+    text = str(value)
+    raw = bytes.fromhex(text[2:]) if text.startswith("0x") else b""
+    if len(raw) != 20:
+        raise ValueError(f"{value!r} is not a 20-byte address")
+    return raw
+
+
 def _handle(args: Mapping[str, Any], key: str, transaction: bytes) -> bytes:
     value = args.get(key)
     if value is None:
@@ -68,6 +122,25 @@ def _type(value: Any, transaction: bytes) -> FheType:
         raise UndecodableEvent(
             f"tx 0x{transaction.hex()}: type code {value!r} is not a ciphertext type"
         ) from None
+
+
+def verified_input(name: str, args: Mapping[str, Any], transaction: bytes) -> VerifiedInput:
+    """``VerifyInput(caller, inputHandle, userAddress, inputProof, inputType, result)``."""
+    with _malformed(name, transaction):
+        result = _handle(args, "result", transaction)
+        fhe_type = _type(args["inputType"], transaction)
+        if result[30] != int(fhe_type):
+            raise UndecodableEvent(
+                f"tx 0x{transaction.hex()}: VerifyInput result 0x{result.hex()} is not a "
+                f"{fhe_type.name} handle"
+            )
+        return VerifiedInput(
+            result,
+            _address(args["caller"]),
+            _address(args["userAddress"]),
+            int(fhe_type),
+            transaction,
+        )
 
 
 def computation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> ComputationRow:
@@ -140,12 +213,24 @@ def _computation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> 
     raise UndecodableEvent(f"tx 0x{transaction.hex()}: {name!r} is not an executor event")
 
 
-def check_derivation(row: ComputationRow, caller: bytes, chain_id: int) -> None:
-    """The contract's handle must be the one our rule gives: a contract that derives
-    handles differently would make every coprocessor disagree later, so refuse now."""
-    derived = derive_handle(
-        Op(row.fhe_operation), row.dependencies, caller, chain_id, FheType(row.output_type)
-    ).raw
+def check_derivation(row: ComputationRow, acl: bytes, chain_id: int) -> None:
+    """The host's handle must be the one its rule gives (keccak over the op, operands,
+    the ACL address and the chain id): a forged or foreign result would make every
+    coprocessor disagree later, so refuse it now."""
+    try:
+        derived = derive_handle(
+            Op(row.fhe_operation),
+            row.dependencies,
+            acl,
+            chain_id,
+            FheType(row.output_type),
+            scalar=row.is_scalar,
+        ).raw
+    except ValueError as error:
+        raise UndecodableEvent(
+            f"tx 0x{(row.transaction_id or b'').hex()}: cannot re-derive "
+            f"0x{row.output_handle.hex()}: {error}"
+        ) from None
     if derived != row.output_handle:
         raise UndecodableEvent(
             f"tx 0x{(row.transaction_id or b'').hex()}: result 0x{row.output_handle.hex()} "
@@ -154,23 +239,40 @@ def check_derivation(row: ComputationRow, caller: bytes, chain_id: int) -> None:
 
 
 def allowed_rows(name: str, args: Mapping[str, Any], transaction: bytes) -> list[AllowedRow]:
-    """ACL events: who may use a handle, and which handles may be decrypted."""
+    """ACL events: who may use a handle, and which handles may be decrypted. Delegation
+    and administrative events give no rows here (see ``acl_event``)."""
     with _malformed(name, transaction):
         return _allowed_rows(name, args, transaction)
 
 
+def delegation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> DelegationRow:
+    with _malformed(name, transaction):
+        revoked = name == REVOKED
+        return DelegationRow(
+            _address(args["delegator"]),
+            _address(args["delegate"]),
+            _address(args["contractAddress"]),
+            int(args["delegationCounter"]),
+            int(args["oldExpirationDate"]),
+            None if revoked else int(args["newExpirationDate"]),
+            transaction,
+        )
+
+
 def _allowed_rows(name: str, args: Mapping[str, Any], transaction: bytes) -> list[AllowedRow]:
+    if name in IGNORED_EVENTS or name in (DELEGATED, REVOKED):
+        return []
     if name == "Allowed":
         return [
             AllowedRow(
                 _handle(args, "handle", transaction),
-                bytes.fromhex(str(args["account"])[2:]),
+                _address(args["account"]),
                 ALLOWED,
                 transaction,
             )
         ]
     if name == "AllowedForDecryption":
-        caller = bytes.fromhex(str(args["caller"])[2:])
+        caller = _address(args["caller"])
         return [
             AllowedRow(Handle(bytes(h)).raw, caller, ALLOWED_FOR_DECRYPTION, transaction)
             for h in args["handlesList"]

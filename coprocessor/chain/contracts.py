@@ -22,7 +22,6 @@ from web3.contract import Contract
 from web3.types import Wei
 
 from ..errors import Fatal
-from ..types import Op
 
 BUILD_DIR = Path(__file__).resolve().parent / "compiled"
 
@@ -79,39 +78,6 @@ def decode_logs(contract: Contract, logs: list[Any]) -> list[tuple[str, dict[str
             event = getattr(contract.events, name)().process_log(log)
             decoded.append((name, dict(event["args"])))
     return decoded
-
-
-# fhEVM's executor names two events without the "Fhe" prefix that graph op names use.
-_UNPREFIXED = {"Cast", "TrivialEncrypt"}
-
-
-def executor_event_name(op: Op) -> str:
-    """The FheExecutor event that records ``op`` (docs/design.md section 5)."""
-    name = op.event_name
-    return name[3:] if name[3:] in _UNPREFIXED else name
-
-
-@dataclass(frozen=True)
-class HostContracts:
-    executor: Contract
-    acl: Contract
-
-
-def deploy_host(w3: Web3, sender: str | None = None) -> HostContracts:
-    """ACL, then FheExecutor(acl), then tell the ACL which executor grants results."""
-    sender = sender or w3.eth.accounts[0]
-    acl = deploy(w3, "ACL", sender=sender)
-    executor = deploy(w3, "FheExecutor", acl.address, sender=sender)
-    receipt = w3.eth.wait_for_transaction_receipt(
-        acl.functions.setExecutor(executor.address).transact({"from": sender})
-    )
-    if receipt["status"] != 1:
-        raise Fatal("ACL.setExecutor reverted")
-    return HostContracts(executor, acl)
-
-
-def deploy_token(w3: Web3, host: HostContracts, sender: str | None = None) -> Contract:
-    return deploy(w3, "ConfidentialERC20", host.executor.address, host.acl.address, sender=sender)
 
 
 def funded_account(w3: Web3, wei: int) -> LocalAccount:

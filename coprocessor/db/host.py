@@ -60,6 +60,26 @@ class AllowedHandle:
 
 
 @dataclass(frozen=True)
+class VerifiedInputRow:
+    handle: bytes
+    transaction_id: bytes
+    contract_address: bytes
+    user_address: bytes
+    input_type: int
+
+
+@dataclass(frozen=True)
+class Delegation:
+    delegator: bytes
+    delegate: bytes
+    contract_address: bytes
+    delegation_counter: int
+    old_expiration: int
+    new_expiration: int | None  # None: revoked
+    transaction_id: bytes
+
+
+@dataclass(frozen=True)
 class BlockRecord:
     chain_id: int
     number: int
@@ -71,6 +91,8 @@ class BlockRecord:
     transactions: tuple[bytes, ...]  # those with FHE work, in block order
     batch_name: str | None  # the block's batch name (a prefix when split in parts)
     parts: tuple[int, ...] = ()  # batch part of each transaction; empty: all part 0
+    verified_inputs: tuple[VerifiedInputRow, ...] = ()
+    delegations: tuple[Delegation, ...] = ()
 
 
 async def record_block(connection: asyncpg.Connection, block: BlockRecord) -> bool:
@@ -134,6 +156,41 @@ async def record_block(connection: asyncpg.Connection, block: BlockRecord) -> bo
         [
             (block.tenant_id, a.handle, a.account_address, a.event_type, a.transaction_id)
             for a in block.allowed
+        ],
+    )
+    await connection.executemany(
+        """INSERT INTO host_verified_inputs (tenant_id, handle, transaction_id,
+               contract_address, user_address, input_type)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+        [
+            (
+                block.tenant_id,
+                v.handle,
+                v.transaction_id,
+                v.contract_address,
+                v.user_address,
+                v.input_type,
+            )
+            for v in block.verified_inputs
+        ],
+    )
+    await connection.executemany(
+        """INSERT INTO user_decryption_delegations (chain_id, delegator, delegate,
+               contract_address, delegation_counter, old_expiration, new_expiration,
+               transaction_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING""",
+        [
+            (
+                block.chain_id,
+                d.delegator,
+                d.delegate,
+                d.contract_address,
+                d.delegation_counter,
+                d.old_expiration,
+                d.new_expiration,
+                d.transaction_id,
+            )
+            for d in block.delegations
         ],
     )
     await connection.executemany(

@@ -24,7 +24,11 @@ from .queries import (
 
 
 async def enqueue_batch_outputs(connection: asyncpg.Connection, batch_id: str) -> int:
-    """Queue the batch's published handles (idempotent); returns how many were new."""
+    """Queue the batch's published handles (idempotent); returns how many were new.
+
+    Published: the nodes marked as outputs, and every handle the host ACL allowed
+    (``Allowed`` or ``AllowedForDecryption``), as Zama's coprocessors do: a persistent
+    allow is what makes a handle decryptable by a user or the public later."""
     rows = await connection.fetch(
         """INSERT INTO pbs_computations (tenant_id, handle, batch_id)
            SELECT bc.tenant_id, bc.output_handle, bc.batch_id
@@ -33,7 +37,7 @@ async def enqueue_batch_outputs(connection: asyncpg.Connection, batch_id: str) -
              AND (bc.is_output OR EXISTS (
                     SELECT 1 FROM allowed_handles a
                     WHERE a.tenant_id = bc.tenant_id AND a.handle = bc.output_handle
-                      AND a.event_type = 1))  -- AllowedForDecryption
+                      AND a.event_type IN (0, 1)))  -- Allowed, AllowedForDecryption
            ORDER BY bc.position
            ON CONFLICT (tenant_id, handle) DO NOTHING
            RETURNING handle""",

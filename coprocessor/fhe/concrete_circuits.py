@@ -35,7 +35,7 @@ WIDTH = 4  # bits of every chunk ciphertext at a circuit boundary
 CHUNK_BITS = 2
 CHUNK_MAX = 3
 MAX_NORM2 = 18
-CIRCUITS_VERSION = 2  # bump when a builder changes: it is part of the disk cache key
+CIRCUITS_VERSION = 3  # bump when a builder changes: it is part of the disk cache key
 
 
 def chunk_count(fhe_type: FheType) -> int:
@@ -75,6 +75,8 @@ class Tables:
         self.mod4 = _table(lambda i: i % 4)
         self.carry = _table(lambda i: i // 4)
         self.bit0 = _table(lambda i: i & 1)
+        self.nonzero = _table(lambda i: int((i & CHUNK_MAX) != 0))
+        self.either = _packed(lambda a, b: int(a != 0 or b != 0))
         self.bit1 = _table(lambda i: (i >> 1) & 1)
         self.not2 = _table(lambda i: (3 - i) & 3)
         self.not1 = _table(lambda i: (1 - i) & 1)
@@ -446,8 +448,15 @@ def cast_spec(source: FheType, target: FheType) -> CircuitSpec:
     def build(x0):
         a = chunks_of(x0, n)
         t = tables()
-        if target is FheType.Bool:
-            return output([lut1(t.bit0, a[0])])
+        if target is FheType.Bool:  # x != 0: fold "any chunk set" pairwise, as a tree
+            flags = a
+            while len(flags) > 1:
+                pairs = [flags[i + 1] * 4 + flags[i] for i in range(0, len(flags) - 1, 2)]
+                folded = lut(t.either, pairs)
+                if len(flags) % 2:
+                    folded.append(flags[-1])
+                flags = folded
+            return output([lut1(t.nonzero, flags[0])])
         kept = lut(t.identity, a[:m])
         zeros = lut(t.zero, [a[0]] * (m - len(kept)))
         return output(kept + zeros)

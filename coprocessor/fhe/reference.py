@@ -9,11 +9,14 @@ Bool is 0 or 1. Semantics are those of fhEVM / TFHE-rs unsigned integers
 * ``x / 0 == 2**bits - 1`` and ``x % 0 == x``;
 * shift and rotate amounts are taken modulo ``bits``;
 * comparisons return Bool;
-* Cast truncates or zero-extends;
+* Cast truncates or zero-extends, and Cast to Bool is ``x != 0`` (fhEVM's rule, not
+  the lowest bit);
 * ``MulDiv(a, b, c) == (a * b) // c`` with the product kept at double width, then
   wrapped to ``bits``; ``c == 0`` gives ``2**bits - 1`` like Div;
-* Rand/RandBounded are a deterministic function of a seed (SHAKE-256), so every
-  coprocessor that runs the same event derives the same value.
+* Rand/RandBounded are a deterministic function of their 16-byte seed. The value a
+  backend draws is its own generator's (TFHE-rs: the oblivious pseudo-random bounded
+  generator, seed read big-endian, full type width when unbounded), so ``rand`` here
+  only fixes the range and determinism the conformance suite checks.
 """
 
 from __future__ import annotations
@@ -160,7 +163,7 @@ def bit_not(a: int, fhe_type: FheType) -> int:
 
 
 def cast(a: int, to: FheType) -> int:
-    return wrap(a, to)
+    return int(a != 0) if to is FheType.Bool else wrap(a, to)
 
 
 def trivial_encrypt(value: int, to: FheType) -> int:

@@ -12,10 +12,8 @@ truncation), and Sum / IsIn (folds of Add and Eq/Or).
 
 from __future__ import annotations
 
-import hashlib
-
 from ..errors import ConfigError
-from ..types import FheType, Op
+from ..types import SEED_BYTES, FheType, Op
 from . import reference
 from .engine import (
     EvaluatorCache,
@@ -229,9 +227,11 @@ class TfheRsEvaluator:
         return self._wrap(int(FheType.Bool), found)
 
     def _random(self, request: OpRequest, fhe_type: FheType) -> bytes:
-        if not request.seed:
-            raise InvalidOperands(f"{request.op.event_name} needs a seed")
-        seed = hashlib.sha3_256(b"fhe-rand" + request.seed).digest()[:16]
+        if request.seed is None or len(request.seed) != SEED_BYTES:
+            raise InvalidOperands(
+                f"{request.op.event_name} needs a {SEED_BYTES}-byte seed (the host's bytes16)"
+            )
+        seed = request.seed  # as the host emits it; read big-endian by the extension
         bits = 0
         if request.op is Op.RandBounded:
             bound = one_scalar(request)

@@ -109,6 +109,21 @@ code_enum! {
 }
 
 impl FheType {
+    /// The plaintext width in bits (the same as `coprocessor.types.FheType.bits`).
+    fn bits(self) -> u64 {
+        match self {
+            FheType::Bool => 1,
+            FheType::Uint4 => 4,
+            FheType::Uint8 => 8,
+            FheType::Uint16 => 16,
+            FheType::Uint32 => 32,
+            FheType::Uint64 => 64,
+            FheType::Uint128 => 128,
+            FheType::Uint160 => 160,
+            FheType::Uint256 => 256,
+        }
+    }
+
     /// Our type of an entry of an expanded input list, if it is one of ours.
     fn from_tfhe(kind: FheTypes) -> Option<Self> {
         Some(match kind {
@@ -796,22 +811,17 @@ fn cast_to(target: FheType, source: Ct) -> PyResult<Ct> {
         };
     }
     if target == FheType::Bool {
-        // Truncation to one bit: the lowest bit (coprocessor.fhe.reference.cast).
-        macro_rules! low_bit {
-            ($c:expr) => {
-                (&$c & 1u8).eq(1u8)
-            };
-        }
+        // fhEVM's cast to Bool is `x != 0` (coprocessor.fhe.reference.cast).
         return Ok(Ct::Bool(match source {
             Ct::Bool(c) => c,
-            Ct::U4(c) => low_bit!(c),
-            Ct::U8(c) => low_bit!(c),
-            Ct::U16(c) => (&c & 1u16).eq(1u16),
-            Ct::U32(c) => (&c & 1u32).eq(1u32),
-            Ct::U64(c) => (&c & 1u64).eq(1u64),
-            Ct::U128(c) => (&c & 1u128).eq(1u128),
-            Ct::U160(c) => (&c & U256::ONE).eq(U256::ONE),
-            Ct::U256(c) => (&c & U256::ONE).eq(U256::ONE),
+            Ct::U4(c) => c.ne(0u8),
+            Ct::U8(c) => c.ne(0u8),
+            Ct::U16(c) => c.ne(0u16),
+            Ct::U32(c) => c.ne(0u32),
+            Ct::U64(c) => c.ne(0u64),
+            Ct::U128(c) => c.ne(0u128),
+            Ct::U160(c) => c.ne(U256::ZERO),
+            Ct::U256(c) => c.ne(U256::ZERO),
         }));
     }
     each_uint!(to_uint);
@@ -1000,8 +1010,10 @@ impl Evaluator {
         })
     }
 
-    /// Oblivious pseudo-random value from a 16-byte seed; `bits` > 0 bounds it to
-    /// [0, 2^bits).
+    /// Oblivious pseudo-random value from a 16-byte seed read big-endian, as the fhEVM
+    /// host emits it; always TFHE-rs's bounded generator, over [0, 2^bits) with `bits`
+    /// > 0 and over the type's full width with `bits` = 0 (what fhEVM's coprocessor does,
+    /// so the same seed gives the same ciphertext plaintext everywhere).
     fn random(
         &self,
         py: Python<'_>,
@@ -1012,17 +1024,16 @@ impl Evaluator {
         let seed: [u8; 16] = seed
             .try_into()
             .map_err(|_| PyValueError::new_err("seed is 16 bytes"))?;
-        let seed = Seed(u128::from_le_bytes(seed));
+        let seed = Seed(u128::from_be_bytes(seed));
         self.run(py, || {
             let kind = FheType::try_from(type_code).map_err(unsupported_code)?;
             macro_rules! go {
                 ($variant:ident, $ty:ident, $code:ident, $clear:ty) => {
                     if kind == FheType::$code {
-                        return Ok(Ct::$variant(if bits == 0 {
-                            $ty::generate_oblivious_pseudo_random(seed)
-                        } else {
-                            $ty::generate_oblivious_pseudo_random_bounded(seed, bits)
-                        }));
+                        let width = if bits == 0 { kind.bits() } else { bits };
+                        return Ok(Ct::$variant($ty::generate_oblivious_pseudo_random_bounded(
+                            seed, width,
+                        )));
                     }
                 };
             }

@@ -1,11 +1,13 @@
-"""The host listener on a real anvil, PostgreSQL and control plane: confidential ERC20
-transfers become computations, ACL rows and one FheBatch per block - exactly once,
-across restarts and reorgs - and logs it cannot use are skipped with a reason."""
+"""The host listener on Zama's real host contracts (FHEVMExecutor, ACL), a real anvil,
+PostgreSQL and control plane: confidential token transfers become computations, ACL
+rows and one FheBatch per block - exactly once, across restarts and reorgs - and logs
+it cannot use are skipped with a reason."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -13,13 +15,15 @@ from kubernetes import client
 from web3 import Web3
 
 from coprocessor.api.batch import GROUP, PLURAL, VERSION
-from coprocessor.chain.contracts import bound, deploy, deploy_host, deploy_token
+from coprocessor.chain.contracts import bound, decode_logs, deploy
 from coprocessor.db import queries
 from coprocessor.db.host import ORPHANED
 from coprocessor.db.pool import create_pool
 from coprocessor.settings import Settings
 from coprocessor.types import FheType, Op, derive_handle, make_handle
+from devstack.host_chain import ensure_host_chain
 from listeners.host import HostListener
+from tests.hostchain import deploy_dapp, send, signed_input_proof
 from tests.paths import TESTING_CONTRACTS
 
 U64 = FheType.Uint64
@@ -31,14 +35,17 @@ def w3(dev_stack) -> Web3:
 
 
 @pytest.fixture(scope="module")
-def contracts(w3):
-    host = deploy_host(w3)
-    return host.executor, host.acl, deploy_token(w3, host)
+def host(w3, dev_stack):
+    return ensure_host_chain(w3, Path(dev_stack["FHE_STATE_DIR"]))
+
+
+@pytest.fixture(scope="module")
+def token(w3, host):
+    return deploy_dapp(w3, host, "ConfidentialToken")
 
 
 @pytest.fixture
-async def listener_settings(database_url, w3, contracts, namespace):
-    executor, acl, _ = contracts
+async def listener_settings(database_url, w3, host, namespace):
     connection = await asyncpg.connect(database_url)
     try:
         await queries.create_tenant(connection, "chain", w3.eth.chain_id, os.urandom(32), "tfhe-rs")
@@ -46,9 +53,8 @@ async def listener_settings(database_url, w3, contracts, namespace):
         await connection.close()
     return Settings(
         database_url=database_url,
-        host_tenant="chain",
-        host_executor_address=executor.address,
-        host_acl_address=acl.address,
+        host_executor_address=host.executor,
+        host_acl_address=host.acl,
         host_start_block=w3.eth.block_number + 1,
         namespace=namespace,
     )
@@ -71,29 +77,14 @@ async def make_listener(settings, w3, pool, api) -> HostListener:
     return listener
 
 
-def send(w3, call, sender):
-    receipt = w3.eth.wait_for_transaction_receipt(call.transact({"from": sender}))
-    assert receipt["status"] == 1
-    return receipt
+def transfer(w3, token, sender, to, amount=1):
+    return send(w3, token.functions.transferTrivial(to, amount), sender)
 
 
-def amount_handle(w3) -> bytes:
-    return make_handle(os.urandom(32), 0, w3.eth.chain_id, U64).raw
-
-
-def give_to_token(w3, contracts, sender) -> bytes:
-    """A wallet's steps before a transfer: claim its encrypted amount, share it with
-    the token."""
-    _, acl, token = contracts
-    amount = amount_handle(w3)
-    send(w3, acl.functions.claimInput(amount), sender)
-    send(w3, acl.functions.allow(amount, token.address), sender)
-    return amount
-
-
-def transfer(w3, contracts, sender, to):
-    amount = give_to_token(w3, contracts, sender)
-    return send(w3, contracts[2].functions.transfer(to, amount), sender)
+def results(w3, host, receipt) -> set[bytes]:
+    """The distinct result handles the executor emitted in a transaction."""
+    executor = bound(w3, "host/FHEVMExecutor", host.executor)
+    return {bytes(a["result"]) for _, a in decode_logs(executor, receipt["logs"])}
 
 
 def batches(kube_api, namespace) -> dict[str, dict]:
@@ -104,33 +95,41 @@ def batches(kube_api, namespace) -> dict[str, dict]:
 
 
 async def rows_of(pool, transaction: bytes):
+    """Every computation a transaction emitted, including those it shares with another
+    transaction (handles are deterministic, so equal computations are one row)."""
     async with pool.acquire() as connection:
         return await connection.fetch(
-            "SELECT output_handle, fhe_operation, is_error, error_message FROM computations "
-            "WHERE transaction_id = $1 ORDER BY schedule_order",
+            "SELECT c.output_handle, c.fhe_operation, c.is_error, c.error_message "
+            "FROM computations c JOIN transaction_computations l "
+            "ON l.tenant_id = c.tenant_id AND l.output_handle = c.output_handle "
+            "WHERE l.transaction_id = $1 ORDER BY c.schedule_order",
             transaction,
         )
 
 
 async def test_transfers_become_rows_and_one_batch_per_block_exactly_once(
-    w3, contracts, listener_settings, pool, kube_api, installed, namespace
+    w3, host, token, listener_settings, pool, kube_api, installed, namespace
 ):
     owner, alice, bob = w3.eth.accounts[:3]
-    _, _, token = contracts
     mint = send(w3, token.functions.mint(alice, 1000), owner)
-    moves = [transfer(w3, contracts, alice, bob), transfer(w3, contracts, bob, alice)]
+    moves = [transfer(w3, token, alice, bob, 7), transfer(w3, token, bob, alice, 3)]
     listener = await make_listener(listener_settings, w3, pool, custom(kube_api))
     assert await listener.poll() == w3.eth.block_number - listener_settings.host_start_block + 1
 
     for receipt in moves:
-        ops = [r["fhe_operation"] for r in await rows_of(pool, bytes(receipt["transactionHash"]))]
-        assert sorted(ops) == sorted(
-            [int(Op.Ge), int(Op.Sub), int(Op.Add), int(Op.IfThenElse), int(Op.IfThenElse)]
-        )
-    assert len(await rows_of(pool, bytes(mint["transactionHash"]))) == 3  # 2 trivial + add
+        rows = await rows_of(pool, bytes(receipt["transactionHash"]))
+        assert {bytes(r["output_handle"]) for r in rows} == results(w3, host, receipt)
+        assert {r["fhe_operation"] for r in rows} == {
+            int(Op.TrivialEncrypt),
+            int(Op.Le),
+            int(Op.IfThenElse),
+            int(Op.Sub),
+            int(Op.Add),
+        }
+    minted = await rows_of(pool, bytes(mint["transactionHash"]))
+    assert [r["fhe_operation"] for r in minted] == [int(Op.TrivialEncrypt), int(Op.Add)]
     made = batches(kube_api, namespace)
-    fhe_blocks = {r["blockNumber"] for r in [mint, *moves]}
-    assert len(made) == len(fhe_blocks)  # allow-only blocks have no FHE work
+    assert len(made) == 3  # one per block with FHE work
     by_block = {
         int(b["metadata"]["annotations"]["fhe.coprocessor.dev/block"]): b for b in made.values()
     }
@@ -140,10 +139,10 @@ async def test_transfers_become_rows_and_one_batch_per_block_exactly_once(
         assert spec["tenant"] == "chain" and spec["stages"] == ["compute", "sns"]
     async with pool.acquire() as connection:
         allowed = await connection.fetchval(
-            "SELECT count(*) FROM allowed_handles WHERE event_type = 1"
+            "SELECT count(DISTINCT handle) FROM allowed_handles WHERE event_type = 0"
         )
         count = await connection.fetchval("SELECT count(*) FROM computations")
-    assert allowed >= 2 * len(moves)  # both new balances of every transfer
+    assert allowed == 1 + 2 * len(moves)  # the minted balance, both new balances per move
     assert listener.counters.skipped_logs == 0
 
     # A second poll, and a second listener, find nothing new and create nothing twice.
@@ -156,10 +155,9 @@ async def test_transfers_become_rows_and_one_batch_per_block_exactly_once(
 
 
 async def test_a_batch_lost_between_commit_and_create_is_created_on_restart(
-    w3, contracts, listener_settings, pool, kube_api, installed, namespace
+    w3, token, listener_settings, pool, kube_api, installed, namespace
 ):
     owner, alice = w3.eth.accounts[:2]
-    _, _, token = contracts
     receipt = send(w3, token.functions.mint(alice, 5), owner)
     # The first listener "dies" right after its commit: it writes rows but no batch.
     rows_only = await make_listener(listener_settings, w3, pool, None)
@@ -174,19 +172,18 @@ async def test_a_batch_lost_between_commit_and_create_is_created_on_restart(
 
 
 async def test_a_reorg_orphans_the_old_block_and_cancels_its_batch(
-    w3, contracts, listener_settings, pool, kube_api, installed, namespace
+    w3, host, token, listener_settings, pool, kube_api, installed, namespace
 ):
     alice, bob = w3.eth.accounts[1:3]
-    _, _, token = contracts
-    send(w3, token.functions.mint(alice, 50), w3.eth.accounts[0])
+    mint = send(w3, token.functions.mint(alice, 50), w3.eth.accounts[0])
     listener = await make_listener(listener_settings, w3, pool, custom(kube_api))
     await listener.poll()
     snapshot = w3.provider.make_request("evm_snapshot", [])["result"]
-    old = transfer(w3, contracts, alice, bob)
+    old = transfer(w3, token, alice, bob, 11)
     await listener.poll()
     old_batches = set(batches(kube_api, namespace))
     assert w3.provider.make_request("evm_revert", [snapshot])["result"] is True
-    new = transfer(w3, contracts, alice, bob)  # same heights, other blocks
+    new = transfer(w3, token, alice, bob, 12)  # same height, another block
     assert new["blockNumber"] == old["blockNumber"]
     await listener.poll()
     assert listener.counters.reorgs == 1
@@ -197,7 +194,12 @@ async def test_a_reorg_orphans_the_old_block_and_cancels_its_batch(
         )
     assert orphaned == 1
     old_rows = await rows_of(pool, bytes(old["transactionHash"]))
-    assert old_rows and all(r["is_error"] and r["error_message"] == ORPHANED for r in old_rows)
+    # What only the replaced transaction emitted fails as orphaned; a computation a
+    # canonical transaction shares (the trivial 0 of the mint) stays as it was.
+    shared = results(w3, host, mint) | results(w3, host, new)
+    only_old = [r for r in old_rows if bytes(r["output_handle"]) not in shared]
+    assert only_old and all(r["is_error"] and r["error_message"] == ORPHANED for r in only_old)
+    assert not any(r["is_error"] for r in old_rows if bytes(r["output_handle"]) in shared)
     assert not any(r["is_error"] for r in await rows_of(pool, bytes(new["transactionHash"])))
     now = batches(kube_api, namespace)
     cancelled = {
@@ -218,8 +220,9 @@ async def test_logs_it_cannot_use_are_counted_and_skipped(w3, listener_settings,
     sender = w3.eth.accounts[0]
     chain = w3.eth.chain_id
     lhs, rhs = (make_handle(os.urandom(32), 0, chain, U64).raw for _ in range(2))
-    # The caller in the rogue's events is the sender: the handle's context.
-    good = derive_handle(Op.Add, (lhs, rhs), bytes.fromhex(sender[2:]), chain, U64).raw
+    # The host's rule hashes the ACL address, whoever emits the event.
+    acl = bytes.fromhex(listener_settings.host_acl_address[2:])
+    good = derive_handle(Op.Add, (lhs, rhs), acl, chain, U64, scalar=False).raw
     bad_type = bytearray(good)
     bad_type[30] = 99
     calls = [
@@ -252,7 +255,7 @@ async def test_logs_it_cannot_use_are_counted_and_skipped(w3, listener_settings,
             rhs,
             lhs,
             b"\x00",
-            derive_handle(Op.Add, (rhs, lhs), bytes.fromhex(sender[2:]), chain, U64).raw,
+            derive_handle(Op.Add, (rhs, lhs), acl, chain, U64, scalar=False).raw,
         ),
         sender,
     )
@@ -275,16 +278,24 @@ def test_bound_refuses_a_missing_artifact(w3):
 
 
 async def test_killed_mid_backlog_and_restarted_misses_and_duplicates_nothing(
-    w3, contracts, listener_settings, pool, kube_api, installed, namespace, kube_cluster, tmp_path
+    w3,
+    host,
+    token,
+    listener_settings,
+    pool,
+    kube_api,
+    installed,
+    namespace,
+    kube_cluster,
+    tmp_path,
 ):
     import signal
     import subprocess
     import sys
 
     owner, alice, bob = w3.eth.accounts[:3]
-    _, _, token = contracts
     send(w3, token.functions.mint(alice, 10**6), owner)
-    moves = [transfer(w3, contracts, alice, bob) for _ in range(25)]
+    moves = [transfer(w3, token, alice, bob) for _ in range(25)]
     last = w3.eth.block_number
     env = {
         **os.environ,
@@ -334,11 +345,12 @@ async def test_killed_mid_backlog_and_restarted_misses_and_duplicates_nothing(
         assert second.wait(timeout=30) == 0
     assert await seen() == expected_blocks
     made = batches(kube_api, namespace)
-    assert len(made) == 26  # the mint block and 25 transfer blocks; allow blocks have none
+    assert len(made) == 26  # the mint block and 25 transfer blocks
     transactions = [t for b in made.values() for t in b["spec"]["source"]["transactions"]]
     assert len(transactions) == len(set(transactions)) == 26
     for receipt in moves:
-        assert len(await rows_of(pool, bytes(receipt["transactionHash"]))) == 5
+        rows = await rows_of(pool, bytes(receipt["transactionHash"]))
+        assert {bytes(r["output_handle"]) for r in rows} == results(w3, host, receipt)
 
 
 @pytest.mark.parametrize(
@@ -349,10 +361,9 @@ async def test_killed_mid_backlog_and_restarted_misses_and_duplicates_nothing(
     ],
 )
 async def test_new_blocks_wake_the_listener(
-    w3, contracts, listener_settings, pool, ws_url, poll_s, subscribed
+    w3, host, token, listener_settings, pool, ws_url, poll_s, subscribed
 ):
     owner, alice = w3.eth.accounts[:2]
-    _, _, token = contracts
     settings = listener_settings.model_copy(
         update={"host_ws_url": ws_url, "host_poll_interval_s": poll_s}
     )
@@ -370,7 +381,8 @@ async def test_new_blocks_wake_the_listener(
             if await rows_of(pool, bytes(receipt["transactionHash"])):
                 break
             await asyncio.sleep(0.1)
-        assert len(await rows_of(pool, bytes(receipt["transactionHash"]))) >= 2
+        rows = await rows_of(pool, bytes(receipt["transactionHash"]))
+        assert {bytes(r["output_handle"]) for r in rows} == results(w3, host, receipt)
         assert listener.counters.subscribed is subscribed
         if subscribed:
             assert listener.counters.heads >= 1
@@ -380,17 +392,15 @@ async def test_new_blocks_wake_the_listener(
 
 
 async def test_a_busy_block_is_split_into_batches_of_whole_transactions(
-    w3, contracts, listener_settings, pool, kube_api, installed, namespace
+    w3, token, listener_settings, pool, kube_api, installed, namespace
 ):
     owner, alice, bob = w3.eth.accounts[:3]
-    token = contracts[2]
     send(w3, token.functions.mint(alice, 100), owner)
-    amounts = [give_to_token(w3, contracts, alice) for _ in range(3)]
     w3.provider.make_request("evm_setAutomine", [False])
     try:
         hashes = [
-            token.functions.transfer(bob, a).transact({"from": alice, "gas": 2_000_000})
-            for a in amounts
+            token.functions.transferTrivial(bob, amount).transact({"from": alice, "gas": 2_000_000})
+            for amount in (1, 2, 3)
         ]
         w3.provider.make_request("evm_mine", [])
     finally:
@@ -416,23 +426,14 @@ async def test_a_busy_block_is_split_into_batches_of_whole_transactions(
 
 
 async def test_equal_computations_of_two_transactions_belong_to_both(
-    w3, listener_settings, pool, kube_api, installed, namespace
+    w3, token, listener_settings, pool, kube_api, installed, namespace
 ):
-    """Handles are deterministic: two mints of one amount to fresh accounts emit the
-    same three computations. Stored once, they are linked to both transactions, so
-    both blocks' FheBatches hold them."""
-    host = deploy_host(w3)
-    executor, acl, token = host.executor, host.acl, deploy_token(w3, host)
-    settings = listener_settings.model_copy(
-        update={
-            "host_executor_address": executor.address,
-            "host_acl_address": acl.address,
-            "host_start_block": w3.eth.block_number + 1,
-        }
-    )
+    """The host's handles hash no caller and no transaction: two mints of one amount to
+    fresh accounts emit the same two computations (trivial 0, then + 777). Stored once,
+    they are linked to both transactions, so both blocks' FheBatches hold them."""
     owner, first, second = w3.eth.accounts[0], w3.eth.accounts[5], w3.eth.accounts[6]
     mints = [send(w3, token.functions.mint(who, 777), owner) for who in (first, second)]
-    listener = await make_listener(settings, w3, pool, custom(kube_api))
+    listener = await make_listener(listener_settings, w3, pool, custom(kube_api))
     await listener.poll()
     async with pool.acquire() as connection:
         tenant = await queries.get_tenant(connection, "chain")
@@ -442,6 +443,57 @@ async def test_equal_computations_of_two_transactions_belong_to_both(
             )
             for m in mints
         ]
-    assert [len(rows) for rows in held] == [3, 3]
+        stored = await connection.fetchval("SELECT count(*) FROM computations")
+    assert [len(rows) for rows in held] == [2, 2]
     assert {r.output_handle for r in held[0]} == {r.output_handle for r in held[1]}
+    assert stored == 2
     assert len(batches(kube_api, namespace)) == 2
+    assert listener.counters.skipped_logs == 0
+
+
+async def test_verify_input_and_delegations_are_recorded(w3, host, token, listener_settings, pool):
+    """A transfer of an input the (dev) gateway signed: the host emits VerifyInput, the
+    listener records the input handle the verify stage owes, and the computations on it
+    depend on it; an ACL delegation and its revocation are stored for the gateway."""
+    from devstack.host_chain import host_artifact
+
+    owner, alice, bob = w3.eth.accounts[:3]
+    send(w3, token.functions.mint(alice, 100), owner)
+    digest = Web3.keccak(os.urandom(16))
+    handle = digest[:21] + b"\x00" + w3.eth.chain_id.to_bytes(8, "big") + bytes([int(U64), 0])
+    proof = signed_input_proof(host, [handle], alice, token.address)
+    sent = send(w3, token.functions.transfer(bob, handle, proof), alice)
+    acl = w3.eth.contract(address=host.acl, abi=host_artifact("ACL").abi)
+    expiry = w3.eth.get_block("latest")["timestamp"] + 7200
+    send(w3, acl.functions.delegateForUserDecryption(bob, token.address, expiry), alice)
+    w3.provider.make_request("evm_mine", [])  # the ACL refuses two changes in one block
+    send(w3, acl.functions.revokeDelegationForUserDecryption(bob, token.address), alice)
+    listener = await make_listener(listener_settings, w3, pool, None)
+    await listener.poll()
+    assert listener.counters.skipped_logs == 0
+    async with pool.acquire() as connection:
+        inputs = await connection.fetch("SELECT * FROM host_verified_inputs")
+        delegations = await connection.fetch(
+            "SELECT * FROM user_decryption_delegations ORDER BY new_expiration NULLS LAST"
+        )
+    assert [(bytes(r["handle"]), bytes(r["transaction_id"])) for r in inputs] == [
+        (handle, bytes(sent["transactionHash"]))
+    ]
+    assert bytes(inputs[0]["contract_address"]) == bytes.fromhex(token.address[2:])
+    assert bytes(inputs[0]["user_address"]) == bytes.fromhex(alice[2:])
+    consumers = [
+        r
+        for r in await rows_of(pool, bytes(sent["transactionHash"]))
+        if r["fhe_operation"] == int(Op.Le)
+    ]
+    assert len(consumers) == 1
+    async with pool.acquire() as connection:
+        deps = await connection.fetchval(
+            "SELECT dependencies FROM computations WHERE output_handle = $1",
+            consumers[0]["output_handle"],
+        )
+    assert handle in [bytes(d) for d in deps]
+    assert [(bytes(d["delegate"]), d["new_expiration"]) for d in delegations] == [
+        (bytes.fromhex(bob[2:]), expiry),
+        (bytes.fromhex(bob[2:]), None),
+    ]

@@ -824,25 +824,30 @@ async def test_over_the_limit_batches_wait_in_admitted_and_start_by_priority(
 async def test_host_chain_transfer_to_decrypted_balances(
     operator, ns, kube_api, settings, tenant, dev_stack, gateway
 ):
-    """The whole path: contracts on anvil -> host listener -> FheBatches -> operator ->
-    compute, SNS and send Jobs -> balances that decrypt to the plaintext transfer, whose
-    digests are committed on the gateway chain."""
+    """The whole path: Zama's host contracts on anvil and a dapp on @fhevm/solidity ->
+    host listener -> FheBatches -> operator -> compute, SNS and send Jobs -> balances that
+    decrypt to the plaintext transfer, whose digests are committed on the gateway chain.
+    The amount is an encrypted input (FHE.fromExternal) the dev coprocessor signer
+    signed, so the real InputVerifier accepts it."""
+    from pathlib import Path
+
     from web3 import Web3
 
-    from coprocessor.chain.contracts import deploy_host, deploy_token
     from coprocessor.db.pool import create_pool
+    from devstack.host_chain import ensure_host_chain
     from listeners.host import HostListener
+    from tests.hostchain import deploy_dapp, signed_input_proof
 
     w3 = Web3(Web3.HTTPProvider(dev_stack["FHE_HOST_RPC_URL"]))
     owner, alice, bob = w3.eth.accounts[:3]
-    host = deploy_host(w3)
-    executor, acl, token = host.executor, host.acl, deploy_token(w3, host)
+    host = ensure_host_chain(w3, Path(dev_stack["FHE_STATE_DIR"]))
+    token = deploy_dapp(w3, host, "ConfidentialToken")
     record, _ = tenant
     listener_settings = settings.model_copy(
         update={
             "host_tenant": record.name,
-            "host_executor_address": executor.address,
-            "host_acl_address": acl.address,
+            "host_executor_address": host.executor,
+            "host_acl_address": host.acl,
             "host_start_block": w3.eth.block_number + 1,
             "namespace": ns,
             "host_batch_stages": ["compute", "sns", "send"],
@@ -850,11 +855,10 @@ async def test_host_chain_transfer_to_decrypted_balances(
     )
     signer_secret(kube_api, ns, gateway.signer)
     amount = bytes.fromhex((await store_input(settings, tenant, 300, FheType.Uint64))[2:])
+    proof = signed_input_proof(host, [amount], alice, token.address)
     for call, sender in (
         (token.functions.mint(alice, 1000), owner),
-        (acl.functions.claimInput(amount), alice),
-        (acl.functions.allow(amount, token.address), alice),
-        (token.functions.transfer(bob, amount), alice),
+        (token.functions.transfer(bob, amount, proof), alice),
     ):
         assert w3.eth.wait_for_transaction_receipt(call.transact({"from": sender}))["status"] == 1
     pool = await create_pool(listener_settings.database_url, size=2)
@@ -882,6 +886,6 @@ async def test_host_chain_transfer_to_decrypted_balances(
     balances = {who: "0x" + token.functions.balanceOf(who).call().hex() for who in (alice, bob)}
     assert await decrypt_output(settings, tenant, balances[alice]) == 700
     assert await decrypt_output(settings, tenant, balances[bob]) == 300
-    # The token allows balances for decryption: they were published and committed.
+    # The token allows the balances (FHE.allow): they were published and committed.
     for who in (alice, bob):
         assert gateway.submitted(balances[who]), who

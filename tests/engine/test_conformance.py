@@ -176,7 +176,10 @@ def test_bool_logic(engine, a, b):
         (0xAB, U8, U64),
         (2**64 - 3, U64, U8),
         (0xAB, U8, FheType.Bool),
-        (0xAA, U8, FheType.Bool),
+        (0xAA, U8, FheType.Bool),  # lowest bit 0, yet != 0: True
+        (0, U64, FheType.Bool),
+        (2**63, U64, FheType.Bool),
+        (2**200, FheType.Uint256, FheType.Bool),
         (1, FheType.Bool, U8),
         (9, U4, FheType.Uint256),
         (2**255 + 7, FheType.Uint256, U4),
@@ -215,18 +218,34 @@ def test_trivial_encrypt(engine):
     assert engine.dec(engine.run(Op.TrivialEncrypt, scalars=(1,), result_type=FheType.Bool)) == 1
 
 
+SEED = bytes.fromhex("00112233445566778899aabbccddeeff")  # a host bytes16
+
+
 def test_rand_is_deterministic_per_seed_and_in_range(engine):
     if unsupported(engine, Op.Rand, U8):
         with pytest.raises(UnsupportedOperation, match="pseudo-random"):
-            engine.run(Op.Rand, result_type=U8, seed=b"block-17/tx-3")
+            engine.run(Op.Rand, result_type=U8, seed=SEED)
         return
-    first = engine.dec(engine.run(Op.Rand, result_type=U8, seed=b"block-17/tx-3"))
-    again = engine.dec(engine.run(Op.Rand, result_type=U8, seed=b"block-17/tx-3"))
+    first = engine.dec(engine.run(Op.Rand, result_type=U8, seed=SEED))
+    again = engine.dec(engine.run(Op.Rand, result_type=U8, seed=SEED))
     assert first == again and 0 <= first <= 255
-    draws = {engine.dec(engine.run(Op.Rand, result_type=U8, seed=bytes([i]))) for i in range(6)}
+    draws = {
+        engine.dec(engine.run(Op.Rand, result_type=U8, seed=bytes([i]) * 16)) for i in range(6)
+    }
     assert len(draws) > 1, "six seeds gave one value"
-    bounded = engine.dec(engine.run(Op.RandBounded, scalars=(16,), result_type=U8, seed=b"s"))
+    bounded = engine.dec(engine.run(Op.RandBounded, scalars=(16,), result_type=U8, seed=SEED))
     assert 0 <= bounded < 16
+    wide = {
+        engine.dec(engine.run(Op.Rand, result_type=U64, seed=bytes([i]) * 16)) for i in range(4)
+    }
+    assert any(v >= 2**32 for v in wide), "an unbounded Uint64 draw uses the full width"
+
+
+def test_a_seed_is_the_hosts_16_bytes(engine):
+    if unsupported(engine, Op.Rand, U8):
+        return
+    with pytest.raises(InvalidOperands, match="16-byte seed"):
+        engine.run(Op.Rand, result_type=U8, seed=b"block-17/tx-3")
 
 
 def test_sum_and_is_in(engine):

@@ -94,7 +94,8 @@ def test_the_wheel_holds_the_product_and_its_data_only(wheel):
         "0004_sender.sql",
     }
     abis = [n for n in names if n.startswith("coprocessor/chain/compiled/")]
-    assert any(n.endswith("FheExecutor.json") for n in abis)
+    assert any(n.endswith("host/FHEVMExecutor.json") for n in abis)
+    assert any(n.endswith("host/ACL.json") for n in abis)
     assert not any("RogueExecutor" in n for n in abis)  # a test contract
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()

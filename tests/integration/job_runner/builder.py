@@ -43,6 +43,7 @@ class GraphBuilder:
             self.context + b"input" + len(self.inputs).to_bytes(4, "big"),
             CHAIN_ID,
             fhe_type,
+            scalar=True,
         ).raw
         self.inputs[handle] = ciphertext
         self.expected[handle] = value
@@ -65,7 +66,9 @@ class GraphBuilder:
         dependencies = tuple(handles)
         if scalar is not None:
             dependencies += (scalar.to_bytes(max(1, (scalar.bit_length() + 7) // 8), "big"),)
-        handle = derive_handle(op, dependencies, self.context, CHAIN_ID, result_type).raw
+        handle = derive_handle(
+            op, dependencies, self.context, CHAIN_ID, result_type, scalar=scalar is not None
+        ).raw
         self.rows.append(
             ComputationRow(
                 handle,

@@ -148,7 +148,7 @@ def _muldiv_row(graph, x):
     from coprocessor.db.rows import ComputationRow
     from coprocessor.types import derive_handle
 
-    handle = derive_handle(Op.MulDiv, (x, x, x), graph.context, 12345, U8).raw
+    handle = derive_handle(Op.MulDiv, (x, x, x), graph.context, 12345, U8, scalar=False).raw
     return ComputationRow(handle, int(U8), int(Op.MulDiv), (x, x, x))
 
 

@@ -47,7 +47,9 @@ def test_unary_cast_and_select():
     assert ref.neg(1, U8) == 255 and ref.neg(0, U8) == 0
     assert ref.bit_not(0x0F, U8) == 0xF0 and ref.bit_not(1, FheType.Bool) == 0
     assert ref.cast(0x1234, U8) == 0x34 and ref.cast(0x34, FheType.Uint16) == 0x34
-    assert ref.cast(2, FheType.Bool) == 0
+    # fhEVM: Cast to Bool is x != 0, not the lowest bit.
+    assert ref.cast(2, FheType.Bool) == 1 and ref.cast(0, FheType.Bool) == 0
+    assert ref.cast(2**200, FheType.Bool) == 1
     assert ref.trivial_encrypt(300, U8) == 44
     assert ref.if_then_else(1, 5, 6) == 5 and ref.if_then_else(0, 5, 6) == 6
     assert ref.sum_values([200, 100], U8) == 44

@@ -1,57 +1,141 @@
 """Host events -> rows: malformed events give one clear error; good ones re-derive."""
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 
-from coprocessor.types import FheType, Op, derive_handle, make_handle
+from coprocessor.types import FheType, Op, derive_handle, host_preimage, make_handle
 from listeners.host_events import (
     ALLOWED_FOR_DECRYPTION,
+    DELEGATED,
+    IGNORED_EVENTS,
+    REVOKED,
     UndecodableEvent,
     allowed_rows,
     batch_parts,
     check_derivation,
     computation_row,
+    delegation_row,
+    verified_input,
 )
 
 TX = bytes.fromhex("ab" * 32)
-CHAIN = 12345
-CALLER = bytes.fromhex("11" * 20)
+VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "host_handles.json").read_text())
+CHAIN = VECTORS["chain_id"]
+ACL = bytes.fromhex(VECTORS["acl"][2:])
+BYTES_FIELDS = {"lhs", "rhs", "scalarByte", "result", "ct", "control", "ifTrue", "ifFalse", "seed"}
 
 
 def handle(fhe_type=FheType.Uint8) -> bytes:
     return make_handle(os.urandom(32), 0, CHAIN, fhe_type).raw
 
 
-def binary(op: Op, lhs: bytes, rhs: bytes, scalar: bool) -> dict:
-    operand = rhs if not scalar else rhs[-1:] if rhs[-1] else b"\x00"
-    result = derive_handle(op, (lhs, operand), CALLER, CHAIN, FheType(lhs[30])).raw
-    return {
-        "caller": "0x" + CALLER.hex(),
-        "lhs": lhs,
-        "rhs": rhs,
-        "scalarByte": b"\x01" if scalar else b"\x00",
-        "result": result,
+def as_decoded(args: dict) -> dict:
+    """The vector's JSON args as web3 decodes a log: bytes for bytesN, ints, addresses."""
+    return {k: bytes.fromhex(v[2:]) if k in BYTES_FIELDS else v for k, v in args.items()}
+
+
+@pytest.mark.parametrize(
+    "vector",
+    VECTORS["vectors"],
+    ids=lambda v: f"{v['event']}-{v['kind']}-{v['args']['result'][-4:]}",
+)
+def test_every_handle_the_real_host_emitted_re_derives(vector):
+    """Known answers from a real anvil run of Zama's FHEVMExecutor: the row re-derives
+    to the emitted handle, and our preimage is byte for byte the host's."""
+    row = computation_row(vector["event"], as_decoded(vector["args"]), TX)
+    assert "0x" + row.output_handle.hex() == vector["handle"]
+    check_derivation(row, ACL, CHAIN)
+    preimage = host_preimage(
+        Op(row.fhe_operation),
+        row.dependencies,
+        ACL,
+        CHAIN,
+        FheType(row.output_type),
+        scalar=row.is_scalar,
+    )
+    assert "0x" + preimage.hex() == vector["preimage"]
+
+
+def test_the_vectors_cover_every_op_kind_the_host_emits():
+    kinds = {v["kind"] for v in VECTORS["vectors"]}
+    assert kinds >= {
+        "binary",
+        "binary_scalar",
+        "unary",
+        "cast",
+        "trivial_encrypt",
+        "if_then_else",
+        "rand",
+        "rand_bounded",
     }
 
 
-def test_binary_and_scalar_events_become_rows_that_re_derive():
-    lhs, rhs = handle(), handle()
-    row = computation_row("FheAdd", binary(Op.Add, lhs, rhs, False), TX)
-    assert (row.fhe_operation, row.dependencies, row.is_scalar) == (int(Op.Add), (lhs, rhs), False)
-    check_derivation(row, CALLER, CHAIN)
-    scalar = (5).to_bytes(32, "big")
-    row = computation_row("FheAdd", binary(Op.Add, lhs, scalar, True), TX)
-    assert row.dependencies == (lhs, b"\x05") and row.is_scalar
-    assert row.transaction_id == TX
-    check_derivation(row, CALLER, CHAIN)
+def test_a_scalar_and_an_encrypted_operand_never_share_a_handle():
+    lhs = handle()
+    word = handle()  # the same 32 bytes, once as a handle and once as a plaintext
+    encrypted = derive_handle(Op.Add, (lhs, word), ACL, CHAIN, FheType.Uint8, scalar=False)
+    plaintext = derive_handle(Op.Add, (lhs, word), ACL, CHAIN, FheType.Uint8, scalar=True)
+    assert encrypted != plaintext
 
 
-def test_a_handle_the_contract_derived_differently_is_refused():
-    event = binary(Op.Add, handle(), handle(), False)
-    event["result"] = handle()
+def test_a_forged_result_or_another_acl_is_refused():
+    vector = next(v for v in VECTORS["vectors"] if v["kind"] == "binary")
+    args = as_decoded(vector["args"])
+    args["result"] = handle()
     with pytest.raises(UndecodableEvent, match="is not the derived handle"):
-        check_derivation(computation_row("FheAdd", event, TX), CALLER, CHAIN)
+        check_derivation(computation_row(vector["event"], args, TX), ACL, CHAIN)
+    row = computation_row(vector["event"], as_decoded(vector["args"]), TX)
+    with pytest.raises(UndecodableEvent, match="is not the derived handle"):
+        check_derivation(row, b"\x01" * 20, CHAIN)
+    with pytest.raises(UndecodableEvent, match="is not the derived handle"):
+        check_derivation(row, ACL, CHAIN + 1)
+
+
+def test_verify_input_names_the_handle_the_verify_stage_must_provide():
+    h = handle(FheType.Uint64)
+    args = {
+        "caller": "0x" + "22" * 20,
+        "inputHandle": h,
+        "userAddress": "0x" + "33" * 20,
+        "inputProof": b"proof",
+        "inputType": 5,
+        "result": h,
+    }
+    found = verified_input("VerifyInput", args, TX)
+    assert (found.handle, found.contract_address, found.user_address, found.fhe_type) == (
+        h,
+        b"\x22" * 20,
+        b"\x33" * 20,
+        5,
+    )
+    with pytest.raises(UndecodableEvent, match="is not a Uint8 handle"):
+        verified_input("VerifyInput", {**args, "inputType": 2}, TX)
+    with pytest.raises(UndecodableEvent, match="missing or malformed"):
+        verified_input("VerifyInput", {**args, "userAddress": "0x12"}, TX)
+
+
+def test_delegations_and_administrative_events():
+    args = {
+        "delegator": "0x" + "44" * 20,
+        "delegate": "0x" + "55" * 20,
+        "contractAddress": "0x" + "66" * 20,
+        "delegationCounter": 3,
+        "oldExpirationDate": 0,
+        "newExpirationDate": 2**40,
+    }
+    granted = delegation_row(DELEGATED, args, TX)
+    assert (granted.delegation_counter, granted.new_expiration) == (3, 2**40)
+    revoked = delegation_row(
+        REVOKED, {k: v for k, v in args.items() if k != "newExpirationDate"}, TX
+    )
+    assert revoked.new_expiration is None
+    for name in IGNORED_EVENTS:
+        assert allowed_rows(name, {}, TX) == []
+    with pytest.raises(UndecodableEvent, match="missing or malformed"):
+        delegation_row(DELEGATED, {**args, "delegate": None}, TX)
 
 
 def bad_type_handle() -> bytes:

@@ -203,3 +203,49 @@ def test_stages_must_exist_sns_needs_outputs_and_send_needs_sns(stages, outputs,
         with pytest.raises(InvalidSpec) as rejected:
             check_stages(stages, ("compute", "sns", "send"), graph)
         assert message in str(rejected.value)
+
+
+def test_identical_nodes_are_one_computation_admitted_once():
+    """Handles follow the host's rule, so two equal nodes are equal computations: the
+    graph is admitted with one row for them (admission used to refuse it forever)."""
+    result = planned(
+        [
+            {"name": "five", "op": "FheTrivialEncrypt", "args": [{"scalar": "5"}], "type": "Uint8"},
+            {"name": "cinq", "op": "FheTrivialEncrypt", "args": [{"scalar": "5"}], "type": "Uint8"},
+            {"name": "s1", "op": "FheAdd", "args": ["a", "b"], "output": True},
+            {"name": "s2", "op": "FheAdd", "args": ["a", "b"], "output": True},
+            {"name": "t", "op": "FheAdd", "args": ["five", "cinq"]},
+        ]
+    )
+    check_batch(result.rows)
+    assert result.handles["five"] == result.handles["cinq"]
+    assert result.handles["s1"] == result.handles["s2"]
+    assert len(result.rows) == 3 and len(result.outputs) == 2
+
+
+def test_a_scalar_never_takes_the_handle_of_an_encrypted_operand():
+    as_handle = {"b": handle(2)}
+    encrypted = planned(
+        [{"name": "x", "op": "FheAdd", "args": ["a", "b"]}], inputs={"a": handle(1), **as_handle}
+    )
+    word = str(int(as_handle["b"], 16))  # the same 32 bytes as a plaintext
+    scalar = planned(
+        [{"name": "x", "op": "FheAdd", "args": ["a", {"scalar": word}]}],
+        inputs={"a": handle(1), **as_handle},
+    )
+    assert encrypted.handles["x"] != scalar.handles["x"]
+
+
+def test_inline_handles_depend_on_the_batch():
+    nodes = [{"name": "x", "op": "FheAdd", "args": ["a", "b"]}]
+    here = plan_graph(
+        spec(nodes).graph, namespace="fhe", name="b", chain_id=CHAIN, backend=get_backend("tfhe-rs")
+    )
+    there = plan_graph(
+        spec(nodes).graph,
+        namespace="fhe",
+        name="other",
+        chain_id=CHAIN,
+        backend=get_backend("tfhe-rs"),
+    )
+    assert here.handles["x"] != there.handles["x"]

@@ -1,0 +1,57 @@
+"""Test helpers for Zama's host contracts on the dev stack's anvil: deploy our dapps,
+send a call, and sign an input proof as the gateway's coprocessors would."""
+
+from __future__ import annotations
+
+from eth_account import Account
+from web3 import Web3
+
+from devstack.host_chain import dapp_artifact, signer_key
+
+
+def deploy_dapp(w3: Web3, host, name: str):
+    built = dapp_artifact(name)
+    factory = w3.eth.contract(abi=built.abi, bytecode=built.bytecode)
+    tx = factory.constructor(host.acl, host.executor, host.kms_verifier)
+    receipt = w3.eth.wait_for_transaction_receipt(tx.transact({"from": w3.eth.accounts[0]}))
+    assert receipt["status"] == 1, f"deploying {name} reverted"
+    return w3.eth.contract(address=receipt["contractAddress"], abi=built.abi)
+
+
+def send(w3: Web3, function, sender: str):
+    receipt = w3.eth.wait_for_transaction_receipt(function.transact({"from": sender}))
+    assert receipt["status"] == 1, f"{function.fn_name} reverted"
+    return receipt
+
+
+def signed_input_proof(host, handles: list[bytes], user: str, contract: str) -> bytes:
+    """What the gateway's coprocessors hand a user for an input: numHandles | numSigners |
+    handles | signatures | extraData, signed (EIP-712, InputVerification domain) by our dev
+    coprocessor signer. The handles need no ciphertext for the host to accept them."""
+    extra = b"\x00"
+    signature = Account.sign_typed_data(
+        signer_key(host).key,
+        domain_data={
+            "name": "InputVerification",
+            "version": "1",
+            "chainId": host.gateway_chain_id,
+            "verifyingContract": host.input_verification_address,
+        },
+        message_types={
+            "CiphertextVerification": [
+                {"name": "ctHandles", "type": "bytes32[]"},
+                {"name": "userAddress", "type": "address"},
+                {"name": "contractAddress", "type": "address"},
+                {"name": "contractChainId", "type": "uint256"},
+                {"name": "extraData", "type": "bytes"},
+            ]
+        },
+        message_data={
+            "ctHandles": handles,
+            "userAddress": user,
+            "contractAddress": contract,
+            "contractChainId": host.chain_id,
+            "extraData": extra,
+        },
+    ).signature
+    return bytes([len(handles), 1]) + b"".join(handles) + bytes(signature) + extra
