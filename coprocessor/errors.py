@@ -66,10 +66,10 @@ class ServiceUnavailable(Recoverable):
 class MissingInputs(Recoverable):
     """Inputs of a computation are not stored yet (another batch may still produce them)."""
 
-    def __init__(self, handles: list[bytes]) -> None:
+    def __init__(self, handles: list[bytes], why: str = "") -> None:
         shown = ", ".join("0x" + h.hex() for h in handles[:5])
         more = f" and {len(handles) - 5} more" if len(handles) > 5 else ""
-        super().__init__(f"missing input ciphertexts: {shown}{more}")
+        super().__init__(f"missing input ciphertexts: {shown}{more}{why}")
         self.handles = handles
 
 

@@ -137,7 +137,8 @@ class Executor:
                     else:
                         waited = time.monotonic() - last_progress
                         if waited >= self.input_wait_s:
-                            raise MissingInputs(sorted(schedule.awaited()))
+                            missing = sorted(schedule.awaited())
+                            raise MissingInputs(missing, await self._why_missing(missing))
                         await waiter.wait(min(self.poll_interval_s, self.input_wait_s - waited))
                     if schedule.awaited() and (
                         not tasks or time.monotonic() - last_refresh >= self.poll_interval_s
@@ -149,6 +150,22 @@ class Executor:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _why_missing(self, missing: list[bytes]) -> str:
+        """Name the inputs the host accepted that this coprocessor never verified: the
+        wait is for the verify stage (a proof request the gateway listener queues)."""
+        async with self.pool.acquire() as connection:
+            unverified = await queries.host_inputs_awaiting_verification(
+                connection, self.tenant_id, missing
+            )
+        if not unverified:
+            return ""
+        handle, tx = next(iter(unverified.items()))
+        return (
+            f"; {len(unverified)} of them the host accepted as inputs (VerifyInput, e.g. "
+            f"0x{handle.hex()} in tx 0x{tx.hex()}) but the verify stage has not stored: "
+            "is its proof request queued (gateway listener, `fhectl input submit`)?"
+        )
 
     async def _refresh_awaited(self) -> bool:
         """Look up what this pod waits for; True if anything arrived or failed."""

@@ -385,6 +385,24 @@ class InputState:
     failed: str | None = None
 
 
+async def host_inputs_awaiting_verification(
+    connection: asyncpg.Connection, tenant_id: int, handles: Sequence[bytes]
+) -> dict[bytes, bytes]:
+    """Of ``handles``, those the host accepted as inputs (VerifyInput) whose ciphertext
+    the verify stage has not stored: handle -> the host transaction."""
+    rows = await connection.fetch(
+        """SELECT DISTINCT ON (v.handle) v.handle, v.transaction_id
+           FROM host_verified_inputs v
+           WHERE v.tenant_id = $1 AND v.handle = ANY($2::bytea[])
+             AND NOT EXISTS (SELECT 1 FROM ciphertexts t
+                             WHERE t.tenant_id = v.tenant_id AND t.handle = v.handle)
+           ORDER BY v.handle, v.created_at""",
+        tenant_id,
+        list(handles),
+    )
+    return {bytes(r["handle"]): bytes(r["transaction_id"]) for r in rows}
+
+
 async def input_states(
     connection: asyncpg.Connection, tenant_id: int, handles: Sequence[bytes]
 ) -> dict[bytes, InputState]:

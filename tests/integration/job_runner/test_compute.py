@@ -67,6 +67,38 @@ async def test_max_locality_gives_the_same_results(graph, conn, compute_settings
     await assert_results(graph, conn, nodes)
 
 
+async def test_an_input_the_host_accepted_but_nobody_verified_is_named(
+    graph, conn, compute_settings
+):
+    """VerifyInput gave a handle whose ciphertext only the verify stage can store: the
+    compute pod waits for it, then says which input and where the host accepted it."""
+    import os
+
+    from coprocessor.types import make_handle
+
+    unverified = make_handle(os.urandom(32), 0, 12345, U8).raw
+    graph.types[unverified], graph.expected[unverified] = U8, 0
+    graph.node(Op.Add, unverified, 1)
+    batch = await graph.admit(conn)
+    tx = os.urandom(32)
+    await conn.execute(
+        """INSERT INTO host_verified_inputs (tenant_id, handle, transaction_id,
+               contract_address, user_address, input_type) VALUES ($1, $2, $3, $4, $5, $6)""",
+        graph.tenant_id,
+        unverified,
+        tx,
+        b"\x01" * 20,
+        b"\x02" * 20,
+        int(U8),
+    )
+    impatient = compute_settings.model_copy(update={"compute_input_wait_s": 0.5})
+    with pytest.raises(MissingInputs) as missing:
+        await run_compute(impatient, batch)
+    message = str(missing.value)
+    assert "0x" + unverified.hex() in message and "VerifyInput" in message
+    assert "0x" + tx.hex() in message and "verify stage" in message
+
+
 async def test_cross_batch_input_is_waited_for(graph, conn, compute_settings):
     x = graph.input(40, U8)
     produced = graph.node(Op.Add, x, 2)
