@@ -46,7 +46,16 @@ from .jobs import (
     JobSettings,
     job_manifest,
 )
-from .reconcile import JobView, Observed, Plan, Progress, QueueEntry, capacity_decision, plan
+from .reconcile import (
+    JobView,
+    Observed,
+    Plan,
+    Progress,
+    QueueEntry,
+    capacity_decision,
+    is_settled,
+    plan,
+)
 from .validation import InvalidSpec, PlannedGraph, check_stages, plan_graph
 
 log = logging.getLogger(__name__)
@@ -167,9 +176,11 @@ class Controller:
                 await self.release(namespace, name, body)
                 await self._set_finalizers(body, [f for f in finalizers if f != FINALIZER])
             return None
+        previous = body.get("status") or {}
+        if is_settled(meta.get("generation", 1), previous):
+            return None
         if FINALIZER not in finalizers:
             await self._set_finalizers(body, [*finalizers, FINALIZER])
-        previous = body.get("status") or {}
         now = dt.datetime.now(dt.UTC)
         spec, error, planned, tenant = await self._validate(namespace, name, body)
         ident = batch_id(namespace, name, spec) if spec and not error else None

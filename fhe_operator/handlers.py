@@ -25,6 +25,7 @@ from coprocessor.db.pool import create_pool
 from coprocessor.settings import load_settings
 
 from .controller import Controller
+from .reconcile import is_settled
 
 log = logging.getLogger(__name__)
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -70,6 +71,11 @@ async def job_event(namespace: str, labels: dict[str, str], memo: kopf.Memo, **_
     await memo["controller"].reconcile(namespace, labels[LABEL_BATCH])
 
 
-@kopf.timer(*RESOURCE, interval=load_settings().operator_resync_s, sharp=False)
+def _unsettled(meta: kopf.Meta, status: kopf.Status, **_: Any) -> bool:
+    """A finished batch is not reconciled on the timer (docs: reconcile.is_settled)."""
+    return not is_settled(meta.get("generation", 1), dict(status))
+
+
+@kopf.timer(*RESOURCE, interval=load_settings().operator_resync_s, sharp=False, when=_unsettled)
 async def resync(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     await memo["controller"].reconcile(namespace, name)

@@ -83,6 +83,15 @@ def stage_state(job: JobView | None) -> str:
     return "Running"
 
 
+def is_settled(generation: int, status: dict[str, Any]) -> bool:
+    """Terminal is terminal: a batch that finished (Succeeded or Failed) for the spec it
+    has now is never reconciled again. Its phase, outputs and stage results live in its
+    status, so losing its Jobs to their TTL, an operator restart, another operator or a
+    database without its tenant changes nothing. Editing the spec (a new generation)
+    asks for a new computation and is reconciled as one."""
+    return status.get("phase") in TERMINAL and status.get("observedGeneration") == generation
+
+
 def plan(observed: Observed) -> Plan:
     phase, message, admit, create = _decide(observed)
     status = _status(observed, phase, message)

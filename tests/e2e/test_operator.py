@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -328,6 +329,64 @@ async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(
     assert row.split()[:4] == ["transfer", "Succeeded", "6/6", "cpu"]
     events = client.CoreV1Api(kube_api).list_namespaced_event(ns).items
     assert any(e.reason == "Succeeded" and e.involved_object.name == "transfer" for e in events)
+
+
+async def test_a_finished_batch_stays_finished_without_its_jobs_or_its_tenant(
+    operator, ns, kube_api, settings, tenant
+):
+    """Terminal is terminal: once Succeeded, losing the Jobs (their TTL) and the tenant
+    row (an operator on another database) changes nothing. Before the fix the next
+    resync (1 s here) re-created the compute Job or failed the batch."""
+    a = await store_input(settings, tenant, 5, FheType.Uint8)
+    graph = {
+        "inputs": {"a": a},
+        "nodes": [{"name": "x", "op": "FheAdd", "args": ["a", {"scalar": "1"}], "output": True}],
+    }
+    custom(kube_api).create_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, batch("settled", graph)
+    )
+    done = await asyncio.to_thread(
+        wait_for,
+        phase_in(kube_api, ns, "settled", "Succeeded", "Failed"),
+        timeout=300,
+        what="batch settled to finish",
+    )
+    assert done["phase"] == "Succeeded", done
+    jobs = client.BatchV1Api(kube_api)
+    for job in jobs_in(kube_api, ns):
+        jobs.delete_namespaced_job(job.metadata.name, ns, propagation_policy="Background")
+    record, _ = tenant
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        await connection.execute(
+            "UPDATE tenants SET name = name || '-elsewhere' WHERE tenant_id = $1",
+            record.tenant_id,
+        )
+        try:
+            # A watch event on the batch, then several resync periods.
+            custom(kube_api).patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                ns,
+                PLURAL,
+                "settled",
+                {"metadata": {"annotations": {"example.com/touched": "1"}}},
+            )
+            deadline = time.monotonic() + 8  # the operator resyncs every 1 s here
+            while time.monotonic() < deadline:
+                status = get(kube_api, ns, "settled")["status"]
+                assert status == done, "a finished batch changed"
+                live = [j for j in jobs_in(kube_api, ns) if not j.metadata.deletion_timestamp]
+                assert not live, "a Job was created for a finished batch"
+                await asyncio.sleep(0.5)
+        finally:
+            await connection.execute(
+                "UPDATE tenants SET name = $2 WHERE tenant_id = $1",
+                record.tenant_id,
+                record.name,
+            )
+    finally:
+        await connection.close()
 
 
 async def test_a_key_that_is_not_a_registered_signer_fails_the_batch(

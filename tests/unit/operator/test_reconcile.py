@@ -424,3 +424,19 @@ def test_an_edited_spec_gets_its_own_job_and_the_same_spec_the_same_job():
     )
     assert name_for(spec()) == name_for(spec(priority=3))
     assert name_for(spec()) != name_for(edited)
+
+
+@pytest.mark.parametrize(
+    ("generation", "status", "settled"),
+    [
+        (1, {"phase": "Succeeded", "observedGeneration": 1}, True),
+        (1, {"phase": "Failed", "observedGeneration": 1}, True),
+        (2, {"phase": "Succeeded", "observedGeneration": 1}, False),  # the spec was edited
+        (1, {"phase": "Computing", "observedGeneration": 1}, False),
+        (1, {}, False),
+    ],
+)
+def test_a_finished_batch_is_settled_for_its_generation(generation, status, settled):
+    from fhe_operator.reconcile import is_settled
+
+    assert is_settled(generation, status) is settled
