@@ -54,6 +54,7 @@ from .reconcile import (
     QueueEntry,
     capacity_decision,
     is_settled,
+    owned_by_batch,
     plan,
 )
 from .validation import InvalidSpec, PlannedGraph, check_stages, plan_graph
@@ -362,17 +363,25 @@ class Controller:
             self.batch_api.list_job_for_all_namespaces,
             label_selector=f"{LABEL_STAGE}=compute,{LABEL_DEVICE}={device}",
         )
+        batches = await asyncio.to_thread(
+            self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL
+        )
+        # Labels can be set by anyone who may create a Job: only Jobs an existing
+        # FheBatch owns (owner reference uid) take capacity.
+        owners = {item["metadata"].get("uid") for item in batches["items"]}
         running = sum(
             1
             for j in jobs.items
-            if (j.status.active or 0) > 0
-            or not any(
-                c.type in ("Complete", "Failed") and c.status == "True"
-                for c in j.status.conditions or []
+            if owned_by_batch(
+                [(r.kind, r.uid) for r in (j.metadata.owner_references or [])], owners
             )
-        )
-        batches = await asyncio.to_thread(
-            self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL
+            and (
+                (j.status.active or 0) > 0
+                or not any(
+                    c.type in ("Complete", "Failed") and c.status == "True"
+                    for c in j.status.conditions or []
+                )
+            )
         )
         waiting = []
         for item in batches["items"]:

@@ -83,6 +83,11 @@ def stage_state(job: JobView | None) -> str:
     return "Running"
 
 
+def owned_by_batch(owner_references: list[tuple[str, str]], batch_uids: set[str]) -> bool:
+    """Whether a Job is one of ours: owned (kind, uid) by an FheBatch that exists."""
+    return any(kind == "FheBatch" and uid in batch_uids for kind, uid in owner_references)
+
+
 def is_settled(generation: int, status: dict[str, Any]) -> bool:
     """Terminal is terminal: a batch that finished (Succeeded or Failed) for the spec it
     has now is never reconciled again. Its phase, outputs and stage results live in its

@@ -106,6 +106,7 @@ class Counters:
     skipped_logs: int = 0
     batches: int = 0
     reorgs: int = 0
+    split_blocks: int = 0  # blocks whose work needed more than one FheBatch
     orphaned_blocks: int = 0
     heads: int = 0  # newHeads notifications received
     subscribed: bool = False
@@ -334,6 +335,19 @@ class HostListener:
             sum(1 for r in computations if r.transaction_id == t) for t in transactions
         ]
         parts = batch_parts(per_transaction, self.settings.host_batch_max_computations)
+        if parts and parts[-1] > 0:
+            self.counters.split_blocks += 1
+            log.info(
+                "block split",
+                extra={
+                    "fields": {
+                        "number": number,
+                        "batches": parts[-1] + 1,
+                        "transactions": len(transactions),
+                        "computations": len(computations),
+                    }
+                },
+            )
         record = host_db.BlockRecord(
             self.chain_id,
             number,

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from coprocessor.api.batch import MAX_INLINE_NODES
 from coprocessor.db.rows import ComputationRow
 from coprocessor.errors import Irrecoverable
 from coprocessor.types import FheType, Handle, Op, derive_handle, plaintext_operand
@@ -280,14 +281,23 @@ def _allowed_rows(name: str, args: Mapping[str, Any], transaction: bytes) -> lis
     raise UndecodableEvent(f"tx 0x{transaction.hex()}: {name!r} is not an ACL event")
 
 
-def batch_parts(computations_per_transaction: list[int], max_computations: int) -> list[int]:
+def batch_parts(
+    computations_per_transaction: list[int],
+    max_computations: int,
+    max_transactions: int = MAX_INLINE_NODES,
+) -> list[int]:
     """The part (FheBatch) of each transaction when a block's work is split into batches
-    of at most ``max_computations`` (0: one batch). Transactions stay whole and in order:
-    one larger than the limit gets a part of its own."""
-    parts, part, filled = [], 0, 0
+    of at most ``max_computations`` computations (0: no such limit) and at most
+    ``max_transactions`` transactions (the CRD's limit on ``source.transactions``, so a
+    busy block never earns a 422 that would stall the listener). Transactions stay whole
+    and in order: one larger than the computation limit gets a part of its own."""
+    parts: list[int] = []
+    part, filled, held = 0, 0, 0
     for count in computations_per_transaction:
-        if max_computations and filled and filled + count > max_computations:
-            part, filled = part + 1, 0
+        over = max_computations and filled and filled + count > max_computations
+        if over or held >= max_transactions:
+            part, filled, held = part + 1, 0, 0
         parts.append(part)
         filled += count
+        held += 1
     return parts

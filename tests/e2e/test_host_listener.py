@@ -423,6 +423,7 @@ async def test_a_busy_block_is_split_into_batches_of_whole_transactions(
     held = sorted(t for b in parts.values() for t in b["spec"]["source"]["transactions"])
     assert held == sorted("0x" + bytes(h).hex() for h in hashes)
     assert all(len(b["spec"]["source"]["transactions"]) == 1 for b in parts.values())
+    assert listener.counters.split_blocks == 1
 
 
 async def test_equal_computations_of_two_transactions_belong_to_both(

@@ -199,3 +199,12 @@ def test_acl_events():
 )
 def test_a_block_splits_into_batches_of_whole_transactions(counts, limit, parts):
     assert batch_parts(counts, limit) == parts
+
+
+def test_a_block_of_600_transactions_fits_the_crd_in_two_batches():
+    from coprocessor.api.batch import MAX_INLINE_NODES
+
+    parts = batch_parts([5] * 600, 0)
+    assert parts == [0] * MAX_INLINE_NODES + [1] * (600 - MAX_INLINE_NODES)
+    assert batch_parts([1, 1, 1, 1, 1], 0, max_transactions=2) == [0, 0, 1, 1, 2]
+    assert batch_parts([3, 3, 3], 5, max_transactions=2) == [0, 1, 2]

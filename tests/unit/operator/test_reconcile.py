@@ -440,3 +440,12 @@ def test_a_finished_batch_is_settled_for_its_generation(generation, status, sett
     from fhe_operator.reconcile import is_settled
 
     assert is_settled(generation, status) is settled
+
+
+def test_only_jobs_an_existing_batch_owns_take_capacity():
+    from fhe_operator.reconcile import owned_by_batch
+
+    assert owned_by_batch([("FheBatch", "u1")], {"u1", "u2"})
+    assert not owned_by_batch([], {"u1"})  # a Job someone labelled like ours
+    assert not owned_by_batch([("FheBatch", "gone")], {"u1"})  # its batch was deleted
+    assert not owned_by_batch([("Deployment", "u1")], {"u1"})
