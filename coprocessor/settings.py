@@ -32,14 +32,18 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         "postgresql://fhe@127.0.0.1:5432/coprocessor",
-        description="PostgreSQL DSN used by every component.",
+        description="PostgreSQL DSN used by every component (it may hold a password: "
+        "never in repr or logs).",
+        repr=False,
     )
     database_pool_size: int = Field(8, ge=1, le=256, description="Connections per process.")
 
     s3_endpoint: str = Field("http://127.0.0.1:9000", description="S3 API endpoint URL.")
     s3_bucket: str = Field("fhe-ciphertexts", min_length=3, max_length=63)
     s3_access_key: str = Field("fheadmin", description="S3 access key id.")
-    s3_secret_key: str = Field("fheadmin-secret", description="S3 secret key.")
+    s3_secret_key: str = Field(
+        "fheadmin-secret", description="S3 secret key (never in repr or logs).", repr=False
+    )
     s3_region: str = Field("us-east-1")
 
     host_rpc_url: str = Field("http://127.0.0.1:8545", description="Host chain JSON-RPC.")

@@ -87,3 +87,17 @@ def test_the_disk_preflight_names_the_place_and_the_shortfall(tmp_path):
     why = disk_shortfall([tmp_path / "not" / "yet"], 2**60)
     assert why is not None and str(tmp_path / "not" / "yet") in why
     assert "the suite needs 1073741824 GiB" in why
+
+
+def test_secrets_never_appear_in_the_settings_repr():
+    from coprocessor.settings import Settings
+
+    settings = Settings(
+        database_url="postgresql://fhe:db-password@db.internal:5432/coprocessor",
+        s3_secret_key="s3-secret-value",
+        sender_private_key="0x" + "ab" * 32,
+    )
+    shown = repr(settings) + str(settings)
+    for secret in ("db-password", "s3-secret-value", "ab" * 32):
+        assert secret not in shown
+    assert settings.database_url.endswith("/coprocessor")  # still usable
