@@ -151,6 +151,25 @@ def send(w3: Web3, call, sender: str) -> None:
         raise SystemExit(f"transaction {receipt['transactionHash'].hex()} reverted")
 
 
+def stage_times(status: dict) -> str:
+    """Seconds per stage (Job start to finish) from the batch's status, and their sum."""
+    from datetime import datetime
+
+    def seconds(entry: dict) -> float | None:
+        if not entry.get("startedAt") or not entry.get("finishedAt"):
+            return None
+        start, end = (
+            datetime.fromisoformat(entry[k].replace("Z", "+00:00"))
+            for k in ("startedAt", "finishedAt")
+        )
+        return (end - start).total_seconds()
+
+    parts = {stage: seconds(entry) for stage, entry in (status.get("stages") or {}).items()}
+    shown = ", ".join(f"{stage} {t:.0f}s" for stage, t in parts.items() if t is not None)
+    total = sum(t for t in parts.values() if t is not None)
+    return f"stages: {shown} (Jobs {total:.0f}s in all)"
+
+
 def wait_all(api: client.CustomObjectsApi, names: list[str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     pending = set(names)
@@ -167,6 +186,7 @@ def wait_all(api: client.CustomObjectsApi, names: list[str], timeout: float) -> 
             if status.get("phase") == "Succeeded":
                 pending.discard(name)
                 print(f"{name}: {status.get('message')}")
+                print(f"  {stage_times(status)}")
         time.sleep(1)
     if pending:
         raise SystemExit(f"batches not finished in {timeout}s: {sorted(pending)}")
