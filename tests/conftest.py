@@ -22,6 +22,24 @@ from devstack.kube import KubeControlPlane
 from devstack.settings import default_state_dir
 from tests.paths import REPO_ROOT
 
+
+def checkout_temp_root(checkout: Path, base: Path) -> Path:
+    """The temp root of this checkout's test sessions. pytest's retention
+    (``tmp_path_retention_count = 1``) deletes the older numbered session dirs under its
+    root as a new session starts; with one root per user, a session from another
+    checkout (a CI clone) lost its live stack - PostgreSQL's data dir - that way. One
+    root per checkout keeps the retention and ends the interference."""
+    import hashlib
+
+    digest = hashlib.sha256(str(checkout.resolve()).encode()).hexdigest()[:10]
+    return base / f"fhe-pytest-{digest}"
+
+
+os.environ.setdefault(
+    "PYTEST_DEBUG_TEMPROOT", str(checkout_temp_root(REPO_ROOT, Path(tempfile.gettempdir())))
+)
+Path(os.environ["PYTEST_DEBUG_TEMPROOT"]).mkdir(parents=True, exist_ok=True)
+
 _MARKERS = {
     "unit": pytest.mark.unit,
     "integration": pytest.mark.integration,

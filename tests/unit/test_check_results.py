@@ -47,3 +47,16 @@ def test_only_a_report_with_tests_and_no_failures_is_green(tmp_path, xml, code, 
 def test_a_missing_report_is_red(tmp_path):
     done = run(tmp_path / "absent.xml")
     assert done.returncode == 1 and "no readable test report" in done.stderr
+
+
+def test_each_checkout_has_its_own_pytest_temp_root(tmp_path):
+    """Two checkouts' sessions never share the directory pytest's retention prunes."""
+    import os
+
+    from tests.conftest import checkout_temp_root
+
+    one = checkout_temp_root(tmp_path / "main", tmp_path)
+    other = checkout_temp_root(tmp_path / "clone" / "main", tmp_path)
+    assert one != other and one == checkout_temp_root(tmp_path / "main", tmp_path)
+    assert "fhe-pytest-" in os.environ["PYTEST_DEBUG_TEMPROOT"]  # this run uses one
+    assert str(tmp_path).startswith(os.environ["PYTEST_DEBUG_TEMPROOT"])
