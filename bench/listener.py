@@ -24,27 +24,19 @@ import asyncpg
 from benchlib import dev_services, write_result
 from web3 import Web3
 
-from coprocessor.chain.contracts import bound, deploy
+from coprocessor.chain.contracts import bound
 from coprocessor.db import queries
 from coprocessor.db.migrate import scratch_database
 from coprocessor.db.pool import create_pool
 from coprocessor.settings import Settings
-from devstack.host_chain import DAPPS_BUILD, HostChain, ensure_host_chain
+from devstack.host_chain import HostChain, deploy_dapp, ensure_host_chain
 from listeners.host import HostListener
 
 
 def backlog(w3: Web3, host: HostChain, transfers: int, mint_every: int) -> tuple[int, int]:
     """(first block, mints) of a backlog of ``transfers`` transfers and some mints."""
     owner, alice, bob = w3.eth.accounts[:3]
-    token = deploy(
-        w3,
-        "ConfidentialToken",
-        host.acl,
-        host.executor,
-        host.kms_verifier,
-        sender=owner,
-        build_dir=DAPPS_BUILD,
-    )
+    token = deploy_dapp(w3, host, "ConfidentialToken", sender=owner)
     start = w3.eth.block_number + 1
     hashes = [
         token.functions.mint(holder, 10**9).transact({"from": owner}) for holder in (alice, bob)

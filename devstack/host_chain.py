@@ -420,3 +420,17 @@ def ensure_host_chain(
 def signer_key(host: HostChain, index: int = 0, kind: str = "coprocessor-signer") -> LocalAccount:
     """A dev signer key ``ensure_host_chain`` keeps (tests and the dev stack only)."""
     return Account.from_key((host.key_dir / f"{kind}-{index}.key").read_text().strip())
+
+
+def deploy_dapp(w3: Web3, host: HostChain, name: str, sender: str | None = None) -> Contract:
+    """Deploy one of our dapps (contracts/dapps) against this host's ACL, executor and
+    KMS verifier, as their constructors take them."""
+    built = dapp_artifact(name)
+    factory = w3.eth.contract(abi=built.abi, bytecode=built.bytecode)
+    tx = factory.constructor(host.acl, host.executor, host.kms_verifier)
+    receipt = w3.eth.wait_for_transaction_receipt(
+        tx.transact({"from": sender or w3.eth.accounts[0]})
+    )
+    if receipt["status"] != 1 or receipt["contractAddress"] is None:
+        raise Fatal(f"deploying {name} reverted (tx {receipt['transactionHash'].hex()})")
+    return w3.eth.contract(address=receipt["contractAddress"], abi=built.abi)

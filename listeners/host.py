@@ -362,13 +362,8 @@ class HostListener:
             tuple(transactions),
             name,
             tuple(parts),
-            tuple(
-                host_db.VerifiedInputRow(
-                    v.handle, v.transaction_id, v.contract_address, v.user_address, v.fhe_type
-                )
-                for v in inputs
-            ),
-            tuple(host_db.Delegation(*vars(d).values()) for d in delegations),
+            tuple(inputs),
+            tuple(delegations),
         )
         async with self.pool.acquire() as connection, connection.transaction():
             new = await host_db.record_block(connection, record)

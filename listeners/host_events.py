@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coprocessor.api.batch import MAX_INLINE_NODES
+from coprocessor.db.host import Delegation, VerifiedInputRow
 from coprocessor.db.rows import ComputationRow
 from coprocessor.errors import Irrecoverable
 from coprocessor.types import FheType, Handle, Op, derive_handle, plaintext_operand
@@ -73,31 +74,6 @@ class AllowedRow:
     transaction_id: bytes
 
 
-@dataclass(frozen=True)
-class VerifiedInput:
-    """``VerifyInput``: the host accepted an input proof; ``handle`` must be produced by
-    the verify stage (from the gateway's proof request) before anything computes on it."""
-
-    handle: bytes
-    contract_address: bytes  # the caller: the dapp that called FHE.fromExternal
-    user_address: bytes
-    fhe_type: int
-    transaction_id: bytes
-
-
-@dataclass(frozen=True)
-class DelegationRow:
-    """A user decryption delegation (or its revocation), kept for the gateway's ACL."""
-
-    delegator: bytes
-    delegate: bytes
-    contract_address: bytes
-    delegation_counter: int
-    old_expiration: int
-    new_expiration: int | None  # None: revoked
-    transaction_id: bytes
-
-
 def _address(value: Any) -> bytes:
     text = str(value)
     raw = bytes.fromhex(text[2:]) if text.startswith("0x") else b""
@@ -125,7 +101,7 @@ def _type(value: Any, transaction: bytes) -> FheType:
         ) from None
 
 
-def verified_input(name: str, args: Mapping[str, Any], transaction: bytes) -> VerifiedInput:
+def verified_input(name: str, args: Mapping[str, Any], transaction: bytes) -> VerifiedInputRow:
     """``VerifyInput(caller, inputHandle, userAddress, inputProof, inputType, result)``."""
     with _malformed(name, transaction):
         result = _handle(args, "result", transaction)
@@ -135,12 +111,12 @@ def verified_input(name: str, args: Mapping[str, Any], transaction: bytes) -> Ve
                 f"tx 0x{transaction.hex()}: VerifyInput result 0x{result.hex()} is not a "
                 f"{fhe_type.name} handle"
             )
-        return VerifiedInput(
-            result,
-            _address(args["caller"]),
-            _address(args["userAddress"]),
-            int(fhe_type),
-            transaction,
+        return VerifiedInputRow(
+            handle=result,
+            transaction_id=transaction,
+            contract_address=_address(args["caller"]),  # the dapp that called fromExternal
+            user_address=_address(args["userAddress"]),
+            input_type=int(fhe_type),
         )
 
 
@@ -246,10 +222,10 @@ def allowed_rows(name: str, args: Mapping[str, Any], transaction: bytes) -> list
         return _allowed_rows(name, args, transaction)
 
 
-def delegation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> DelegationRow:
+def delegation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> Delegation:
     with _malformed(name, transaction):
         revoked = name == REVOKED
-        return DelegationRow(
+        return Delegation(
             _address(args["delegator"]),
             _address(args["delegate"]),
             _address(args["contractAddress"]),

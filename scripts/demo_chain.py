@@ -24,30 +24,17 @@ from web3 import Web3
 from web3.contract import Contract
 
 from coprocessor.api.batch import GROUP, PLURAL, VERSION
-from coprocessor.chain.contracts import bound, deploy
+from coprocessor.chain.contracts import bound
 from coprocessor.db import queries
 from coprocessor.db.pool import create_pool
 from coprocessor.settings import load_settings
 from coprocessor.tenants import load_client
-from devstack.host_chain import DAPPS_BUILD, HostChain, ensure_host_chain
+from devstack.host_chain import deploy_dapp, ensure_host_chain
 from devstack.settings import default_state_dir
 from listeners.host import HostListener
 
 NAMESPACE, TENANT = "fhe-demo", "demo"
 MINTED = 1000
-
-
-def deploy_token(w3: Web3, host: HostChain) -> Contract:
-    owner = w3.eth.accounts[0]
-    return deploy(
-        w3,
-        "ConfidentialToken",
-        host.acl,
-        host.executor,
-        host.kms_verifier,
-        sender=owner,
-        build_dir=DAPPS_BUILD,
-    )
 
 
 def transact(w3: Web3, token: Contract, names: dict[str, str]) -> tuple[int, dict[str, int]]:
@@ -74,7 +61,7 @@ async def main() -> int:
     alice, bob, carol = w3.eth.accounts[1:4]
     names = {alice: "alice", bob: "bob", carol: "carol"}
     host = ensure_host_chain(w3, default_state_dir())
-    token = deploy_token(w3, host)
+    token = deploy_dapp(w3, host, "ConfidentialToken")
     print(
         f"host contracts: FHEVMExecutor {host.executor}, ACL {host.acl}, "
         f"KMSVerifier {host.kms_verifier} (chain {host.chain_id}); "

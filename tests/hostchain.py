@@ -6,16 +6,9 @@ from __future__ import annotations
 from eth_account import Account
 from web3 import Web3
 
-from devstack.host_chain import dapp_artifact, signer_key
+from devstack.host_chain import deploy_dapp, signer_key
 
-
-def deploy_dapp(w3: Web3, host, name: str):
-    built = dapp_artifact(name)
-    factory = w3.eth.contract(abi=built.abi, bytecode=built.bytecode)
-    tx = factory.constructor(host.acl, host.executor, host.kms_verifier)
-    receipt = w3.eth.wait_for_transaction_receipt(tx.transact({"from": w3.eth.accounts[0]}))
-    assert receipt["status"] == 1, f"deploying {name} reverted"
-    return w3.eth.contract(address=receipt["contractAddress"], abi=built.abi)
+__all__ = ["deploy_dapp", "send", "signed_input_proof"]
 
 
 def send(w3: Web3, function, sender: str):

@@ -61,6 +61,9 @@ class AllowedHandle:
 
 @dataclass(frozen=True)
 class VerifiedInputRow:
+    """``VerifyInput``: the host accepted an input proof for ``handle``; its ciphertext
+    is the verify stage's to store before anything computes on it."""
+
     handle: bytes
     transaction_id: bytes
     contract_address: bytes
@@ -70,6 +73,8 @@ class VerifiedInputRow:
 
 @dataclass(frozen=True)
 class Delegation:
+    """A user-decryption delegation on the host ACL, or its revocation."""
+
     delegator: bytes
     delegate: bytes
     contract_address: bytes

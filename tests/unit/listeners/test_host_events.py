@@ -105,7 +105,7 @@ def test_verify_input_names_the_handle_the_verify_stage_must_provide():
         "result": h,
     }
     found = verified_input("VerifyInput", args, TX)
-    assert (found.handle, found.contract_address, found.user_address, found.fhe_type) == (
+    assert (found.handle, found.contract_address, found.user_address, found.input_type) == (
         h,
         b"\x22" * 20,
         b"\x33" * 20,
