@@ -31,8 +31,10 @@ def checkout_temp_root(checkout: Path, base: Path) -> Path:
     root per checkout keeps the retention and ends the interference."""
     import hashlib
 
-    digest = hashlib.sha256(str(checkout.resolve()).encode()).hexdigest()[:10]
-    return base / f"fhe-pytest-{digest}"
+    # Short: PostgreSQL's Unix socket lives in a test's data dir, and a socket path has
+    # at most 107 bytes (measured: a 26-byte root broke test_notify's own server).
+    digest = hashlib.sha256(str(checkout.resolve()).encode()).hexdigest()[:6]
+    return base / f"fhe-{digest}"
 
 
 os.environ.setdefault(
