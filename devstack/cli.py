@@ -1,29 +1,19 @@
 """``fhectl dev``: the local stack, as a command group fhectl loads from the entry point
 group ``fhectl.commands`` (declared by the fhe-devstack distribution), so the product's
-fhectl carries no dev tooling and the dev install still gets one command line."""
+fhectl carries no dev tooling and the dev install still gets one command line. It prints
+through fhectl's own output module, so ``-o`` means the same everywhere."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 from pathlib import Path
-from typing import Any
 
 from coprocessor.settings import load_settings
+from fhectl.output import OUTPUT, emit
 
 from . import stack
 from .settings import default_state_dir
-
-
-def _emit(data: Any, output: str) -> None:
-    # fhectl's printer, repeated in four lines rather than imported: the dev stack must
-    # not depend on a deployable.
-    if output == "json":
-        print(json.dumps(data, indent=2, sort_keys=True, default=str))
-    else:
-        for key, value in data.items():
-            print(f"{key}: {json.dumps(value, default=str) if isinstance(value, dict) else value}")
 
 
 def _stack_args(args: argparse.Namespace) -> tuple[Path, list]:
@@ -36,20 +26,20 @@ def _stack_args(args: argparse.Namespace) -> tuple[Path, list]:
 def cmd_up(args: argparse.Namespace) -> int:
     state_dir, components = _stack_args(args)
     report = stack.up(state_dir, components)
-    _emit({"state_dir": str(state_dir), "components": report}, args.output)
+    emit({"state_dir": str(state_dir), "components": report}, args.output)
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
     state_dir, components = _stack_args(args)
-    _emit({"stopped": stack.down(state_dir, components)}, args.output)
+    emit({"stopped": stack.down(state_dir, components)}, args.output)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     state_dir, components = _stack_args(args)
     report = stack.status(state_dir, components)
-    _emit(report, "json")
+    emit(report, "json")
     return 0 if all(c["healthy"] for c in report.values()) else 1
 
 
@@ -65,7 +55,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     gateway = ensure_dev_gateway(state_dir, load_settings().gateway_rpc_url)
-    _emit(gateway.as_dict(), args.output)
+    emit(gateway.as_dict(), args.output)
     return 0
 
 
@@ -81,13 +71,11 @@ def cmd_host_chain(args: argparse.Namespace) -> int:
         for key, value in host.env().items():
             print(f"export {key}={shlex.quote(value)}")
     else:
-        _emit(host.as_dict(), args.output)
+        emit(host.as_dict(), args.output)
     return 0
 
 
 def register(groups: argparse._SubParsersAction) -> None:
-    output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("-o", "--output", choices=["text", "json"], default="text")
     dev = groups.add_parser("dev", help="the local stack (PostgreSQL, S3, chain)")
     commands = dev.add_subparsers(dest="command", required=True, metavar="ACTION")
     for name, handler, text in (
@@ -96,7 +84,7 @@ def register(groups: argparse._SubParsersAction) -> None:
         ("status", cmd_status, "JSON health per component; exit 1 if any is unhealthy"),
         ("env", cmd_env, "export lines that point clients at the stack"),
     ):
-        sub = commands.add_parser(name, help=text, description=text, parents=[output])
+        sub = commands.add_parser(name, help=text, description=text, parents=[OUTPUT])
         sub.add_argument(
             "--state-dir",
             help="stack data and pid files (default: FHE_STATE_DIR "
@@ -115,7 +103,7 @@ def register(groups: argparse._SubParsersAction) -> None:
 
     gateway = commands.add_parser(
         "gateway",
-        parents=[output],
+        parents=[OUTPUT],
         help="deploy CiphertextCommits with a dev signer on the stack's chain "
         "(idempotent); prints its address and where the signer key is",
     )
@@ -124,7 +112,7 @@ def register(groups: argparse._SubParsersAction) -> None:
 
     host_chain = commands.add_parser(
         "host-chain",
-        parents=[output],
+        parents=[OUTPUT],
         help="deploy Zama's fhEVM host contracts (ACL, FHEVMExecutor, KMSVerifier, "
         "InputVerifier, HCULimit, PauserSet) with the dev deployer and dev signers on the "
         "stack's chain (idempotent); prints their addresses",

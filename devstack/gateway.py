@@ -11,7 +11,6 @@ has the contract.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from web3 import Web3
 
 from coprocessor.chain.contracts import bound, deploy, funded_account
 from coprocessor.errors import ServiceUnavailable
+
+from .keys import save_key
 
 FUNDING_WEI = 100 * 10**18  # anvil's accounts hold 10,000 ether each
 
@@ -66,9 +67,7 @@ def ensure_dev_gateway(state_dir: Path, rpc_url: str) -> DevGateway:
         return existing
     signer = funded_account(w3, FUNDING_WEI)
     key_file = directory / "signer.key"
-    descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write("0x" + bytes(signer.key).hex())
+    save_key(key_file, signer, replace=True)
     contract = deploy(w3, "CiphertextCommits", [signer.address], 1)
     gateway = DevGateway(contract.address, signer.address, key_file, 1)
     (directory / "gateway.json").write_text(

@@ -17,7 +17,6 @@ set asked for differs from the registered one, which it then replaces through
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from web3.types import Wei
 from coprocessor.chain.contracts import BUILD_DIR, Artifact, artifact
 from coprocessor.errors import Fatal, ServiceUnavailable
 
+from .keys import key_at
 from .versions import REPO_ROOT
 
 # DEV ONLY. A key of our own (keccak256 of a sentence, not one of anvil's accounts), so
@@ -143,22 +143,11 @@ def host_addresses() -> dict[str, Any]:
     return record
 
 
-def _key(path: Path) -> LocalAccount:
-    """The key in ``path``, created (0600) on first use."""
-    if path.is_file():
-        return Account.from_key(path.read_text().strip())
-    account = Account.create()
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write("0x" + bytes(account.key).hex())
-    return account
-
-
 def _signers(directory: Path, stem: str, wanted: int | Sequence[str]) -> list[str]:
     if isinstance(wanted, int):
         if wanted < 1:
             raise Fatal(f"at least one {stem} is needed")
-        return [_key(directory / f"{stem}-{i}.key").address for i in range(wanted)]
+        return [key_at(directory / f"{stem}-{i}.key").address for i in range(wanted)]
     if not wanted:
         raise Fatal(f"at least one {stem} is needed")
     return [Web3.to_checksum_address(address) for address in wanted]

@@ -13,19 +13,17 @@ import yaml
 
 from coprocessor.api.batch import GROUP, KIND, PLURAL, VERSION, FheBatchSpec, describe_error
 from coprocessor.api.kube import api_client
-from coprocessor.errors import ConfigError, UserError
+from coprocessor.errors import UserError
 from coprocessor.settings import load_settings
 
 from .output import OUTPUT, emit
 
 
 def _custom_objects() -> Any:
+    """The API; no usable credentials is a ConfigError, one line like any user error."""
     from kubernetes import client
 
-    try:
-        return client.CustomObjectsApi(api_client(load_settings().kubeconfig))
-    except ConfigError as error:
-        raise UserError(str(error)) from None
+    return client.CustomObjectsApi(api_client(load_settings().kubeconfig))
 
 
 def _batch_call(call: Callable[..., Any], namespace: str, *rest: Any) -> Any:

@@ -26,7 +26,14 @@ from coprocessor.api.batch import MAX_INLINE_NODES
 from coprocessor.db.host import Delegation, VerifiedInputRow
 from coprocessor.db.rows import ComputationRow
 from coprocessor.errors import Irrecoverable
-from coprocessor.types import FheType, Handle, Op, derive_handle, plaintext_operand
+from coprocessor.types import (
+    FheType,
+    Handle,
+    Op,
+    address_bytes,
+    derive_handle,
+    plaintext_operand,
+)
 
 BINARY_OPS = {Op(code).event_name: Op(code) for code in range(20)}
 UNARY_OPS = {"FheNeg": Op.Neg, "FheNot": Op.Not}
@@ -75,9 +82,8 @@ class AllowedRow:
 
 
 def _address(value: Any) -> bytes:
-    text = str(value)
-    raw = bytes.fromhex(text[2:]) if text.startswith("0x") else b""
-    if len(raw) != 20:
+    raw = address_bytes(value)
+    if raw is None:
         raise ValueError(f"{value!r} is not a 20-byte address")
     return raw
 

@@ -179,14 +179,19 @@ def sub_chunks(a: list, b: list, *, carry_out: bool = False):
 def compare_chunks(a: list, b: list):
     """0 equal, 1 a < b, 2 a > b: per-chunk verdicts folded from the top, as a tree."""
     t = tables()
-    verdicts = lut(t.compare, [x * 4 + y for x, y in zip(a, b, strict=True)])
-    while len(verdicts) > 1:
-        pairs = [verdicts[i + 1] * 4 + verdicts[i] for i in range(0, len(verdicts) - 1, 2)]
-        folded = lut(t.combine, pairs)
-        if len(verdicts) % 2:
-            folded.append(verdicts[-1])
-        verdicts = folded
-    return verdicts[0]
+    return fold_pairs(t.combine, lut(t.compare, [x * 4 + y for x, y in zip(a, b, strict=True)]))
+
+
+def fold_pairs(table, values: list):
+    """Reduce chunk-sized values to one with a packed table, pairwise as a tree (the
+    higher of each pair in the packed high half); an odd one out moves up unchanged."""
+    while len(values) > 1:
+        pairs = [values[i + 1] * 4 + values[i] for i in range(0, len(values) - 1, 2)]
+        folded = lut(table, pairs)
+        if len(values) % 2:
+            folded.append(values[-1])
+        values = folded
+    return values[0]
 
 
 def select(condition, if_true: list, if_false: list, *, clean: bool = True) -> list:
@@ -448,15 +453,8 @@ def cast_spec(source: FheType, target: FheType) -> CircuitSpec:
     def build(x0):
         a = chunks_of(x0, n)
         t = tables()
-        if target is FheType.Bool:  # x != 0: fold "any chunk set" pairwise, as a tree
-            flags = a
-            while len(flags) > 1:
-                pairs = [flags[i + 1] * 4 + flags[i] for i in range(0, len(flags) - 1, 2)]
-                folded = lut(t.either, pairs)
-                if len(flags) % 2:
-                    folded.append(flags[-1])
-                flags = folded
-            return output([lut1(t.nonzero, flags[0])])
+        if target is FheType.Bool:  # x != 0: "any chunk set", folded as a tree
+            return output([lut1(t.nonzero, fold_pairs(t.either, a))])
         kept = lut(t.identity, a[:m])
         zeros = lut(t.zero, [a[0]] * (m - len(kept)))
         return output(kept + zeros)

@@ -133,3 +133,24 @@ def test_corrupt_state_file_is_set_aside(state_dir):
     result = fhectl("dev", "status", "--state-dir", str(state_dir), check=False)
     assert result.returncode == 1
     assert (state_dir / "state.corrupt").exists()
+
+
+def test_dev_gateway_is_idempotent_and_keeps_its_key_private(dev_stack, tmp_path):
+    """`fhectl dev gateway` deploys CiphertextCommits once per state dir; the signer key
+    file is 0600 and a second call reuses contract and key."""
+    env = {"FHE_GATEWAY_RPC_URL": dev_stack["FHE_GATEWAY_RPC_URL"]}
+    args = ("dev", "gateway", "--state-dir", str(tmp_path), "-o", "json")
+    first = json.loads(fhectl(*args, env=env).stdout)
+    again = json.loads(fhectl(*args, env=env).stdout)
+    assert first == again
+    key_file = tmp_path / "gateway" / "signer.key"
+    assert first["key_file"] == str(key_file)
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_dev_host_chain_prints_env_lines(dev_stack):
+    env = {"FHE_HOST_RPC_URL": dev_stack["FHE_HOST_RPC_URL"]}
+    lines = fhectl("dev", "host-chain", "--env", env=env).stdout.splitlines()
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+    assert exports["FHE_HOST_ACL_ADDRESS"].startswith("0x")
+    assert len(exports["FHE_HOST_EXECUTOR_ADDRESS"]) == 42
