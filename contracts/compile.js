@@ -1,6 +1,8 @@
-// Compile every contracts/*.sol and contracts/testing/*.sol with solc (the npm package, pinned in tools/versions.env)
-// into coprocessor/chain/compiled/<Contract>.json = {abi, bytecode, solc} (package data of the
-// product wheel); contracts/testing/ go to contracts/build/testing/ instead (tests only).
+// Compile every contracts/*.sol, contracts/gateway/*.sol and contracts/testing/*.sol with solc (the
+// npm package, pinned in tools/versions.env) into coprocessor/chain/compiled/<Contract>.json =
+// {abi, bytecode, solc} (package data of the product wheel); contracts/testing/ go to
+// contracts/build/testing/ instead (tests only). Abstract contracts, interfaces and libraries (no
+// bytecode) get no artifact: nothing deploys them, and their ABIs are in the contracts using them.
 // Run by scripts/install:
 //   NODE_PATH=<npm dir>/node_modules node contracts/compile.js
 "use strict";
@@ -10,12 +12,14 @@ const solc = require("solc");
 
 const here = __dirname;
 const sources = {};
-for (const dir of [".", "testing"]) {  // testing/: contracts only tests deploy
+for (const dir of [".", "gateway", "testing"]) {  // testing/: contracts only tests deploy
   for (const file of fs.readdirSync(path.join(here, dir)).filter((f) => f.endsWith(".sol")).sort()) {
     const name = dir === "." ? file : `${dir}/${file}`;
     sources[name] = { content: fs.readFileSync(path.join(here, name), "utf8") };
   }
 }
+// Sources are named by their path under contracts/, so solc resolves a relative import
+// ("./Structs.sol" in gateway/) to another source itself, without the import callback.
 const input = {
   language: "Solidity",
   sources,
@@ -34,9 +38,18 @@ if (errors.length) process.exit(1);
 const product = path.join(here, "..", "coprocessor", "chain", "compiled");
 const testing = path.join(here, "build", "testing");
 for (const dir of [product, testing]) fs.mkdirSync(dir, { recursive: true });
+const written = {};
 for (const [file, contracts] of Object.entries(output.contracts)) {
   const out = file.startsWith("testing/") ? testing : product;
   for (const [name, artifact] of Object.entries(contracts)) {
+    if (!artifact.evm.bytecode.object) continue;
+    // One artifact per name: a second contract of the same name would silently replace it.
+    const key = path.join(out, name);
+    if (written[key]) {
+      console.error(`contract ${name} is defined in both ${written[key]} and ${file}`);
+      process.exit(1);
+    }
+    written[key] = file;
     fs.writeFileSync(path.join(out, `${name}.json`), JSON.stringify({
       contract: name, source: file, solc: solc.version(),
       abi: artifact.abi, bytecode: "0x" + artifact.evm.bytecode.object,

@@ -39,7 +39,25 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(8, ge=1, le=256, description="Connections per process.")
 
     s3_endpoint: str = Field("http://127.0.0.1:9000", description="S3 API endpoint URL.")
-    s3_bucket: str = Field("fhe-ciphertexts", min_length=3, max_length=63)
+    s3_bucket: str = Field(
+        "fhe-ciphertexts",
+        min_length=3,
+        max_length=63,
+        description="Bucket of the coprocessor's own objects (server keys, CRS).",
+    )
+    s3_bucket_ct64: str = Field(
+        "fhe-ct64",
+        min_length=3,
+        max_length=63,
+        description="Bucket of published ct64 objects (raw TFHE-rs bytes, named by their "
+        "keccak256); its URL is what the coprocessor registers in GatewayConfig.",
+    )
+    s3_bucket_ct128: str = Field(
+        "fhe-ct128",
+        min_length=3,
+        max_length=63,
+        description="Bucket of published ct128 (squashed) objects, named by their keccak256.",
+    )
     s3_access_key: str = Field("fheadmin", description="S3 access key id.")
     s3_secret_key: str = Field(
         "fheadmin-secret", description="S3 secret key (never in repr or logs).", repr=False
@@ -157,10 +175,20 @@ class Settings(BaseSettings):
         ["compute", "sns"], description="Stages of the FheBatches the listener creates."
     )
 
+    gateway_config_address: str | None = Field(
+        None,
+        description="GatewayConfig contract on the gateway chain (0x address): who may "
+        "send; required by the send stage.",
+    )
     gateway_commits_address: str | None = Field(
         None,
         description="CiphertextCommits contract on the gateway chain (0x address); "
         "required by the send stage.",
+    )
+    gateway_acl_address: str | None = Field(
+        None,
+        description="MultichainACL contract on the gateway chain (0x address); "
+        "required by the send stage (the host ACL events it relays).",
     )
     sender_private_key: SecretStr | None = Field(
         None,
@@ -168,20 +196,12 @@ class Settings(BaseSettings):
         "gateway chain. Give it through the Job Secret (FHE_JOB_SECRET), never a CR; it is "
         "never logged.",
     )
-    sender_batch_size: int = Field(
-        1,
-        ge=1,
-        le=256,
-        description="Handles committed per transaction: 1 calls "
-        "addCiphertextMaterial per handle (the reference's sender), more use "
-        "addCiphertextMaterials.",
-    )
     sender_max_in_flight: int = Field(
         16,
         ge=1,
         le=1024,
-        description="Transactions sent before waiting for receipts "
-        "(consecutive nonces of the one signer).",
+        description="Transactions sent before waiting for receipts (consecutive "
+        "nonces of the one tx sender; one handle or ACL call per transaction).",
     )
     sender_attempts: int = Field(
         5,
@@ -264,7 +284,13 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql:// or postgres://")
         return value
 
-    @field_validator("host_executor_address", "host_acl_address", "gateway_commits_address")
+    @field_validator(
+        "host_executor_address",
+        "host_acl_address",
+        "gateway_config_address",
+        "gateway_commits_address",
+        "gateway_acl_address",
+    )
     @classmethod
     def _address(cls, value: str | None) -> str | None:
         if value is not None and not (value.startswith("0x") and len(value) == 42):

@@ -2,7 +2,9 @@
 
 Every failure to reach the server is a ``ServiceUnavailable`` (recoverable); a missing
 object is ``KeyError``. Writes are idempotent: an object already stored with the same
-SHA-256 is not uploaded again.
+SHA-256 is not uploaded again. Published ciphertexts are *content-addressed* (the key is
+the hex keccak256 of the bytes, as the protocol lays them out): they are written only
+where nothing is, never overwritten.
 """
 
 from __future__ import annotations
@@ -13,18 +15,27 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-from .errors import ServiceUnavailable
+from .errors import Irrecoverable, ServiceUnavailable
 from .settings import Settings
 
 DIGEST_METADATA = "sha256"
 _MISSING = ("404", "NoSuchKey", "NotFound")
 
 
+class ForeignObject(Irrecoverable):
+    """A content-addressed key holds other bytes than its name says (never overwritten)."""
+
+
 class ObjectStore:
     def __init__(
-        self, settings: Settings, *, connect_timeout: float = 5.0, attempts: int = 3
+        self,
+        settings: Settings,
+        *,
+        bucket: str | None = None,
+        connect_timeout: float = 5.0,
+        attempts: int = 3,
     ) -> None:
-        self.bucket = settings.s3_bucket
+        self.bucket = bucket or settings.s3_bucket
         self.endpoint = settings.s3_endpoint
         self._client = boto3.client(
             "s3",
@@ -60,20 +71,70 @@ class ObjectStore:
             raise self._unavailable(error) from None
         return head.get("Metadata", {}).get(DIGEST_METADATA)
 
-    def put(self, key: str, data: bytes) -> bool:
+    def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> bool:
         """Store ``data`` at ``key`` unless an identical object is there; True if uploaded."""
         digest = hashlib.sha256(data).hexdigest()
         if self.digest_of(key) == digest:
             return False
         try:
             self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=data, Metadata={DIGEST_METADATA: digest}
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                Metadata={**(metadata or {}), DIGEST_METADATA: digest},
             )
         except (BotoCoreError, ClientError, EndpointConnectionError) as error:
             raise self._unavailable(error) from None
         return True
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_content_addressed(
+        self, key: str, data: bytes, metadata: dict[str, str] | None = None
+    ) -> bool:
+        """Store a published object whose name is its digest; True if uploaded now.
+
+        Already there with the same bytes: nothing to do (a re-run, another batch). There
+        with other bytes: ForeignObject - someone wrote under a digest that is not theirs,
+        and what may already be committed under that name is never overwritten."""
+        digest = hashlib.sha256(data).hexdigest()
+        for _ in range(2):
+            existing = self.digest_of(key)
+            if existing == digest:
+                return False
+            if existing is not None or self.exists(key):
+                raise ForeignObject(
+                    f"s3://{self.bucket}/{key} holds other bytes than the object named by "
+                    "that digest; it is left as it is"
+                )
+            if self.put_if_absent(key, data, metadata):
+                return True
+            # Another writer created it between the two calls: look again.
+        raise ForeignObject(f"s3://{self.bucket}/{key} keeps changing; it is left as it is")
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if error.response["Error"]["Code"] in _MISSING:
+                return False
+            raise self._unavailable(error) from None
+        except (BotoCoreError, EndpointConnectionError) as error:
+            raise self._unavailable(error) from None
+        return True
+
+    def metadata(self, key: str) -> dict[str, str]:
+        """The object's user metadata (``Ct-Format`` of a ct128, our sha256); KeyError
+        when absent."""
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if error.response["Error"]["Code"] in _MISSING:
+                raise KeyError(key) from None
+            raise self._unavailable(error) from None
+        except (BotoCoreError, EndpointConnectionError) as error:
+            raise self._unavailable(error) from None
+        return dict(head.get("Metadata", {}))
+
+    def put_if_absent(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> bool:
         """Store ``data`` only if nothing is at ``key`` (S3 conditional write), so two
         writers racing to create one shared object agree on one; True if this call won."""
         try:
@@ -82,7 +143,7 @@ class ObjectStore:
                 Key=key,
                 Body=data,
                 IfNoneMatch="*",
-                Metadata={DIGEST_METADATA: hashlib.sha256(data).hexdigest()},
+                Metadata={**(metadata or {}), DIGEST_METADATA: hashlib.sha256(data).hexdigest()},
             )
         except ClientError as error:
             if error.response["Error"]["Code"] in ("PreconditionFailed", "412"):

@@ -89,13 +89,18 @@ async def create_tenant(
     chain_id: int,
     backend_name: str,
     keyset: Keyset | None = None,
+    kms_key_id: int | None = None,
 ) -> CreatedTenant:
     """The tenant row, its server key in S3 and its client key on this machine.
 
     ``keyset`` is one made elsewhere (a key ceremony; tests sharing one session keyset,
     since generating one takes tens of seconds); by default a fresh one is generated.
+    ``kms_key_id`` is the id the KMS activated the keyset under (``activate`` sets it
+    later otherwise).
     """
     check_name(name)
+    if kms_key_id is not None:
+        check_kms_key_id(kms_key_id)
     if keyset is not None and keyset.backend != backend_name:
         raise UserError(f"the keyset given is for backend {keyset.backend!r}, not {backend_name!r}")
     if not 0 < chain_id < 2**63:
@@ -106,6 +111,8 @@ async def create_tenant(
             raise UserError(
                 f"tenant {name!r} exists with other keys (key id {existing.key_id.hex()[:16]}...)"
             )
+        if kms_key_id is not None and existing.kms_key_id != kms_key_id:
+            existing = await activate(connection, name, kms_key_id)
         return CreatedTenant(existing, created=False)
     backend = get_backend(backend_name)
     directory = key_dir(settings, name)
@@ -126,10 +133,47 @@ async def create_tenant(
         backend_name,
         keys_location=f"s3://{store.bucket}/{location}",
         public_params=keyset.public_params,
+        kms_key_id=kms_key_id,
     )
     # The server key is in S3 now; the local copy was only there for restarts.
     (directory / "server_key").unlink(missing_ok=True)
     return CreatedTenant(tenant, created=True)
+
+
+def parse_kms_key_id(text: str) -> int:
+    """A KMS key id as people type it: decimal or 0x-hex, a uint256."""
+    try:
+        value = int(text, 16) if text.lower().startswith("0x") else int(text)
+    except ValueError:
+        raise UserError(f"KMS key id {text!r} is not a decimal or 0x-hex integer") from None
+    return check_kms_key_id(value)
+
+
+def check_kms_key_id(value: int) -> int:
+    if not 0 <= value < 2**256:
+        raise UserError(f"KMS key id {value} does not fit a uint256")
+    return value
+
+
+async def activate(connection: asyncpg.Connection, name: str, kms_key_id: int) -> queries.Tenant:
+    """Record the KMS key id the tenant's keyset was activated under (what the gateway
+    listener does on ``ActivateKey``; by hand where no KMS stand-in runs). Idempotent;
+    a tenant activated under another id is refused: a keyset's id never changes."""
+    check_kms_key_id(kms_key_id)
+    tenant = await queries.get_tenant(connection, name)
+    if tenant is None:
+        raise UserError(f"tenant {name!r} does not exist; create it with `fhectl tenant create`")
+    try:
+        activated_now = await queries.activate_tenant(connection, name, kms_key_id)
+    except asyncpg.UniqueViolationError:
+        raise UserError(f"KMS key id {kms_key_id:#x} belongs to another tenant") from None
+    if not activated_now:
+        raise UserError(
+            f"tenant {name!r} is already activated under KMS key id {tenant.kms_key_id:#x}"
+        )
+    activated = await queries.get_tenant(connection, name)
+    assert activated is not None
+    return activated
 
 
 def load_client(settings: Settings, tenant: queries.Tenant) -> Client:

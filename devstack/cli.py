@@ -54,8 +54,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from .gateway import ensure_dev_gateway
 
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-    gateway = ensure_dev_gateway(state_dir, load_settings().gateway_rpc_url)
-    emit(gateway.as_dict(), args.output)
+    gateway = ensure_dev_gateway(state_dir, load_settings(), args.host_chain_id or ())
+    if args.env:
+        for key, value in gateway.env().items():
+            print(f"export {key}={shlex.quote(value)}")
+    else:
+        emit(gateway.as_dict(), args.output)
     return 0
 
 
@@ -104,10 +108,22 @@ def register(groups: argparse._SubParsersAction) -> None:
     gateway = commands.add_parser(
         "gateway",
         parents=[OUTPUT],
-        help="deploy CiphertextCommits with a dev signer on the stack's chain "
-        "(idempotent); prints its address and where the signer key is",
+        help="deploy the gateway contracts (GatewayConfig, CiphertextCommits, "
+        "MultichainACL) with a dev tx sender on the stack's chain (idempotent); prints "
+        "their addresses and where the tx sender key is",
     )
-    gateway.add_argument("--state-dir", help="where the address and key are kept")
+    gateway.add_argument("--state-dir", help="where the addresses and key are kept")
+    gateway.add_argument(
+        "--host-chain-id",
+        type=int,
+        action="append",
+        metavar="ID",
+        help="host chain to register (repeatable; default: the chain's own id and "
+        "12345, fhectl tenant create's default)",
+    )
+    gateway.add_argument(
+        "--env", action="store_true", help="print export lines (FHE_GATEWAY_*_ADDRESS=...)"
+    )
     gateway.set_defaults(handler=cmd_gateway)
 
     host_chain = commands.add_parser(

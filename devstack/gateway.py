@@ -1,76 +1,158 @@
-"""The dev stack's gateway: CiphertextCommits on the local anvil with one signer.
+"""The dev stack's gateway: GatewayConfig, CiphertextCommits and MultichainACL on anvil.
 
-Production deploys the contract once per gateway chain and registers every
-coprocessor's signer; locally ``fhectl dev gateway`` does the same for this one
-coprocessor (threshold 1) so the send stage has something to commit to. Idempotent:
-the address and the signer key live in the state directory (the key in a 0600 file,
-handed to Kubernetes as a Secret, never printed) and are reused while the chain still
-has the contract.
+Production has one gateway chain where every coprocessor is registered (its tx sender,
+its signer and the URL of its ct128 bucket) with the host chains it serves; locally
+``fhectl dev gateway`` deploys our ABI-compatible contracts (``contracts/gateway/``)
+with this one coprocessor (majority 1) and the dev host chains, so the send stage has
+somewhere to commit and relay ACL calls. Idempotent: the addresses and the tx sender
+key live in the state directory (the key in a 0600 file, handed to Kubernetes as a
+Secret, never printed) and are reused while the chain still has the contracts; a host
+chain id not registered yet is added (``addHostChain``).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from web3 import Web3
+from web3.contract import Contract
 
 from coprocessor.chain.contracts import bound, deploy, funded_account
 from coprocessor.errors import ServiceUnavailable
+from coprocessor.settings import Settings
 
-from .keys import save_key
+from .keys import key_at, save_key
 
 FUNDING_WEI = 100 * 10**18  # anvil's accounts hold 10,000 ether each
+# `fhectl tenant create`'s default chain id: inline batches of such tenants make handles
+# of that chain, so the dev gateway registers it besides the chain it runs on.
+DEFAULT_TENANT_CHAIN_ID = 12345
+NO_ADDRESS = "0x" + "00" * 20
 
 
 @dataclass(frozen=True)
 class DevGateway:
-    address: str
-    signer: str
+    config: str
+    commits: str
+    acl: str
+    tx_sender: str
     key_file: Path
-    threshold: int
+    bucket_url: str
+    majority: int
+    host_chain_ids: tuple[int, ...] = field(default=())
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "address": self.address,
-            "signer": self.signer,
+            "config": self.config,
+            "commits": self.commits,
+            "acl": self.acl,
+            "tx_sender": self.tx_sender,
             "key_file": str(self.key_file),
-            "threshold": self.threshold,
+            "bucket_url": self.bucket_url,
+            "majority": self.majority,
+            "host_chain_ids": list(self.host_chain_ids),
+        }
+
+    def env(self) -> dict[str, str]:
+        return {
+            "FHE_GATEWAY_CONFIG_ADDRESS": self.config,
+            "FHE_GATEWAY_COMMITS_ADDRESS": self.commits,
+            "FHE_GATEWAY_ACL_ADDRESS": self.acl,
         }
 
 
-def _load(directory: Path, w3: Web3) -> DevGateway | None:
+def bucket_url(settings: Settings) -> str:
+    """What the coprocessor registers: where a KMS fetches its ct128 objects by digest."""
+    return f"{settings.s3_endpoint.rstrip('/')}/{settings.s3_bucket_ct128}"
+
+
+def host_chain(chain_id: int, executor: str = NO_ADDRESS, acl: str = NO_ADDRESS) -> tuple:
+    """A GatewayConfig ``HostChain`` (chainId, fhevmExecutor, acl, name, website)."""
+    return (chain_id, executor, acl, f"dev host chain {chain_id}", "")
+
+
+def deploy_gateway(
+    w3: Web3,
+    coprocessors: Sequence[tuple[str, str, str]],
+    host_chains: Sequence[tuple],
+) -> tuple[Contract, Contract, Contract]:
+    """GatewayConfig (coprocessors as (tx sender, signer, bucket URL)), CiphertextCommits
+    and MultichainACL gated by it; the deployer (anvil's first account) owns the config."""
+    config = deploy(w3, "GatewayConfig", list(coprocessors), list(host_chains))
+    commits = deploy(w3, "CiphertextCommits", config.address)
+    acl = deploy(w3, "MultichainACL", config.address)
+    return config, commits, acl
+
+
+def _load(directory: Path, w3: Web3) -> dict | None:
     record = directory / "gateway.json"
-    key_file = directory / "signer.key"
-    if not (record.is_file() and key_file.is_file()):
+    if not (record.is_file() and (directory / "tx-sender.key").is_file()):
         return None
     data = json.loads(record.read_text())
-    if w3.eth.get_code(Web3.to_checksum_address(data["address"])) == b"":
-        return None  # the chain was reset: deploy again
-    contract = bound(w3, "CiphertextCommits", data["address"])
-    if not contract.functions.isCoprocessorSigner(data["signer"]).call():
+    for name in ("config", "commits", "acl"):
+        if name not in data or w3.eth.get_code(Web3.to_checksum_address(data[name])) == b"":
+            return None  # the chain was reset (or an older layout): deploy again
+    config = bound(w3, "GatewayConfig", data["config"])
+    if not config.functions.isCoprocessorTxSender(data["tx_sender"]).call():
         return None
-    return DevGateway(
-        data["address"], data["signer"], key_file, contract.functions.threshold().call()
-    )
+    return data
 
 
-def ensure_dev_gateway(state_dir: Path, rpc_url: str) -> DevGateway:
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 10}))
+def ensure_dev_gateway(
+    state_dir: Path,
+    settings: Settings,
+    host_chain_ids: Sequence[int] = (),
+    signer_address: str | None = None,
+) -> DevGateway:
+    """Deploy (or find) the dev gateway; register ``host_chain_ids`` (default: the
+    chain's own id and DEFAULT_TENANT_CHAIN_ID)."""
+    w3 = Web3(Web3.HTTPProvider(settings.gateway_rpc_url, request_kwargs={"timeout": 10}))
     if not w3.is_connected():
-        raise ServiceUnavailable("chain", f"no JSON-RPC answer at {rpc_url}; run `fhectl dev up`")
+        raise ServiceUnavailable(
+            "chain", f"no JSON-RPC answer at {settings.gateway_rpc_url}; run `fhectl dev up`"
+        )
+    wanted = list(dict.fromkeys(host_chain_ids or (w3.eth.chain_id, DEFAULT_TENANT_CHAIN_ID)))
     directory = state_dir / "gateway"
     directory.mkdir(parents=True, exist_ok=True)
-    existing = _load(directory, w3)
-    if existing is not None:
-        return existing
-    signer = funded_account(w3, FUNDING_WEI)
-    key_file = directory / "signer.key"
-    save_key(key_file, signer, replace=True)
-    contract = deploy(w3, "CiphertextCommits", [signer.address], 1)
-    gateway = DevGateway(contract.address, signer.address, key_file, 1)
-    (directory / "gateway.json").write_text(
-        json.dumps({"address": gateway.address, "signer": gateway.signer})
+    key_file = directory / "tx-sender.key"
+    url = bucket_url(settings)
+    data = _load(directory, w3)
+    if data is None:
+        tx_sender = funded_account(w3, FUNDING_WEI)
+        save_key(key_file, tx_sender, replace=True)
+        signer = signer_address or tx_sender.address
+        config, commits, acl = deploy_gateway(
+            w3, [(tx_sender.address, signer, url)], [host_chain(c) for c in wanted]
+        )
+        data = {
+            "config": config.address,
+            "commits": commits.address,
+            "acl": acl.address,
+            "tx_sender": tx_sender.address,
+        }
+        (directory / "gateway.json").write_text(json.dumps(data))
+    config = bound(w3, "GatewayConfig", data["config"])
+    for chain_id in wanted:
+        if not config.functions.isHostChainRegistered(chain_id).call():
+            receipt = w3.eth.wait_for_transaction_receipt(
+                config.functions.addHostChain(host_chain(chain_id)).transact(
+                    {"from": w3.eth.accounts[0]}
+                )
+            )
+            if receipt["status"] != 1:
+                raise ServiceUnavailable("chain", f"addHostChain({chain_id}) reverted")
+    registered = tuple(int(h[0]) for h in config.functions.getHostChains().call())
+    assert key_at(key_file).address == data["tx_sender"]
+    return DevGateway(
+        data["config"],
+        data["commits"],
+        data["acl"],
+        data["tx_sender"],
+        key_file,
+        url,
+        config.functions.getCoprocessorMajorityThreshold().call(),
+        registered,
     )
-    return gateway

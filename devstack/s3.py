@@ -31,6 +31,7 @@ class MinioS3:
 
     def up(self, state_dir: Path, previous: Info | None) -> Info:
         if previous and self.health(previous)["healthy"]:
+            self._ensure_bucket(previous)  # a stack made before a bucket was added gets it
             return previous
         binary = process.require_installed(minio_binary(), "MinIO")
         settings = load_settings()
@@ -82,14 +83,17 @@ class MinioS3:
             aws_secret_access_key=info["secret_key"],
             region_name="us-east-1",
         )
-        try:
-            client.create_bucket(Bucket=info["bucket"])
-        except ClientError as error:
-            if error.response["Error"]["Code"] not in (
-                "BucketAlreadyOwnedByYou",
-                "BucketAlreadyExists",
-            ):
-                raise
+        settings = load_settings()
+        # The coprocessor's own bucket, and the two the protocol publishes into.
+        for bucket in (info["bucket"], settings.s3_bucket_ct64, settings.s3_bucket_ct128):
+            try:
+                client.create_bucket(Bucket=bucket)
+            except ClientError as error:
+                if error.response["Error"]["Code"] not in (
+                    "BucketAlreadyOwnedByYou",
+                    "BucketAlreadyExists",
+                ):
+                    raise
 
     def down(self, info: Info) -> None:
         process.stop(info.get("pid"), expect="minio")

@@ -166,7 +166,7 @@ def _committed(o: Observed) -> str:
         return ""
     summary = send.summary
     return (
-        f"; {summary.get('completed', 0)}/{summary.get('total', 0)} committed in "
+        f"; {summary.get('completed', 0)}/{summary.get('total', 0)} sent to the gateway in "
         f"{summary.get('transactions', 0)} transaction(s)"
     )
 

@@ -1,15 +1,20 @@
-"""``fhe-job send``: commit a batch's published digests to the gateway chain.
+"""``fhe-job send``: what a batch owes the gateway chain, sent by this coprocessor.
 
-The last stage of a batch (the reference's transaction-sender, ``add_ciphertext``):
-every handle the SNS stage published has a ``ciphertext_digest`` row; this coprocessor's
-signer submits each to CiphertextCommits (coprocessor.chain.committer does the
-exactly-once part). The stage succeeds when every one of the batch's submissions is
-on chain; whether the *threshold* of signers agreed is reported (``accepted``), not
-waited for - the other coprocessors run on their own schedule.
+The last stage of a batch (the reference's transaction-sender): every handle the SNS
+stage published has a ``ciphertext_digest`` row, committed with
+``CiphertextCommits.addCiphertextMaterial`` under the tenant's KMS key id; every host
+ACL event about the batch's handles has a ``gateway_acl_calls`` row, relayed to the
+gateway's ``MultichainACL``. One transaction per call, from this coprocessor's tx
+sender (``coprocessor.chain.committer`` does the exactly-once part). The stage
+succeeds when each of the batch's calls is on chain; whether the coprocessors' majority
+agreed is reported (``accepted``), not waited for - the others run on their own
+schedule. ACL events about handles no batch computes (inputs, later blocks) are the
+long-running sender's (``fhe-listener sender``).
 
-Exit codes: 0 all committed; 75 the chain did not answer, a handle is not published
-yet, or a receipt is late (a re-run continues where this one stopped); 3 the key is not
-a registered signer, a setting is missing, or the contract refused a handle.
+Exit codes: 0 all sent; 75 the chain did not answer, a handle is not published yet, or
+a receipt is late (a re-run continues where this one stopped); 3 the key is not a
+registered tx sender, a setting is missing, the tenant's keyset is not activated by the
+KMS, or a contract refused a call.
 """
 
 from __future__ import annotations
@@ -19,14 +24,20 @@ import logging
 import time
 
 from coprocessor.api.summary import SendSummary
-from coprocessor.chain.committer import CommitResult, Committer
+from coprocessor.chain.committer import CommitResult, Committer, Row
 from coprocessor.chain.gateway import GatewayClient, load_signer, require_gateway
-from coprocessor.db import commits
+from coprocessor.db import acl, commits, queries
 from coprocessor.db.pool import create_pool
-from coprocessor.errors import Recoverable
+from coprocessor.errors import Irrecoverable, Recoverable
 from coprocessor.settings import Settings
 
+from .compute import batch_tenant
+
 log = logging.getLogger(__name__)
+
+
+class NotActivated(Irrecoverable):
+    """The tenant's keyset has no KMS key id: nothing of it can be committed."""
 
 
 async def run_send(settings: Settings, batch_id: str) -> SendSummary:
@@ -36,25 +47,35 @@ async def run_send(settings: Settings, batch_id: str) -> SendSummary:
     pool = await create_pool(settings.database_url, size=max(3, settings.database_pool_size))
     try:
         async with pool.acquire() as connection:
+            tenant = await batch_tenant(connection, batch_id)
+            kms_key_id = await queries.kms_key_id(connection, tenant.tenant_id)
             wanted = await commits.batch_commits(connection, batch_id)
-        summary = SendSummary(total=len(wanted), signer=signer.address)
+            calls = await acl.batch_calls(connection, batch_id)
+        if kms_key_id is None and wanted:
+            raise NotActivated(
+                f"tenant {tenant.name!r} has no KMS key id: the KMS has not activated its "
+                "keyset, and material is committed under the KMS's key id; set it with "
+                f"`fhectl tenant activate {tenant.name} --kms-key-id <id>`"
+            )
+        summary = SendSummary(total=len(wanted) + len(calls), signer=signer.address)
         unpublished = [w for w in wanted if w.digest is None and not w.publish_error]
         for item in wanted:
             if item.publish_error:
                 summary.failures["0x" + item.handle.hex()] = f"not published: {item.publish_error}"
-        rows = [w.digest for w in wanted if w.digest and not w.digest.txn_is_sent]
+        rows: list[Row] = [w.digest for w in wanted if w.digest and not w.digest.txn_is_sent]
+        rows += [c for c in calls if not c.txn_is_sent]
         gateway = GatewayClient.connect(settings, signer)
         log.info(
             "send started",
             extra={
                 "fields": {
                     "batch": batch_id,
-                    "signer": signer.address,
+                    "tx_sender": signer.address,
                     "handles": len(wanted),
+                    "acl_calls": len(calls),
                     "to_send": len(rows),
                     "unpublished": len(unpublished),
-                    "contract": gateway.contract.address,
-                    "batch_size": settings.sender_batch_size,
+                    "max_in_flight": settings.sender_max_in_flight,
                 }
             },
         )
@@ -66,15 +87,19 @@ async def run_send(settings: Settings, batch_id: str) -> SendSummary:
             summary.error = str(error)
         finally:
             summary.retries = gateway.retries
-        for handle, reason in result.rejected.items():
-            summary.failures["0x" + handle.hex()] = reason
+        summary.failures.update(result.rejected)
         summary.failed = len(summary.failures)
         summary.sent, summary.found, summary.gas_used = (result.sent, result.found, result.gas_used)
         async with pool.acquire() as connection:
             after = await commits.batch_commits(connection, batch_id)
-            summary.transactions = await commits.batch_transactions(connection, batch_id)
+            calls_after = await acl.batch_calls(connection, batch_id)
+            acl_transactions = {c.txn_hash for c in calls_after if c.txn_is_sent and c.txn_hash}
+            summary.transactions = (
+                await commits.batch_transactions(connection, batch_id) + len(acl_transactions)
+            )
         committed = [a.handle for a in after if a.digest and a.digest.txn_is_sent]
-        summary.completed = len(committed)
+        summary.acl_calls = sum(c.txn_is_sent for c in calls_after)
+        summary.completed = len(committed) + summary.acl_calls
         if summary.error is None:
             try:
                 summary.accepted = sum(
@@ -89,8 +114,7 @@ async def run_send(settings: Settings, batch_id: str) -> SendSummary:
             )
         if summary.error:
             summary.error = (
-                f"{summary.error} ({summary.completed}/{summary.total} "
-                "committed; a re-run continues)"
+                f"{summary.error} ({summary.completed}/{summary.total} sent; a re-run continues)"
             )
         summary.seconds = time.monotonic() - started
         return summary

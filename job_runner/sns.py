@@ -2,19 +2,22 @@
 
 For every published handle (the reference's sns-worker, one batch at a time):
 
-1. squash the computed ciphertext into its decryption-ready form (ct128) on a thread
-   pool - one thread is the reference's Sequential policy, several its RayonParallel;
-2. upload ``ct64/<hex handle>`` (the stored ciphertext) and ``ct128/<hex handle>``
-   with bounded concurrency, retries with backoff and a circuit breaker;
+1. squash the computed ciphertext into its decryption-ready form (ct128) and compress
+   it into the ct64 object on a thread pool - one thread is the reference's
+   Sequential policy, several its RayonParallel;
+2. upload both as the protocol lays them out (``coprocessor.outputs``: raw TFHE-rs
+   bytes, the ct64 and ct128 buckets, key = hex keccak256 of the object, ``Ct-Format``
+   on ct128) with bounded concurrency, retries with backoff and a circuit breaker; an
+   object already there is never overwritten;
 3. in the handle's own transaction, which has held its queue row
-   (``FOR UPDATE SKIP LOCKED``) since step 1: store ct128, write keccak256 digests of
-   both objects to ``ciphertext_digest``, mark the row done, NOTIFY.
+   (``FOR UPDATE SKIP LOCKED``) since step 1: store ct128, write the keccak256 digests
+   of both objects to ``ciphertext_digest``, mark the row done, NOTIFY.
 
 A crash anywhere loses only handles in flight: their transactions roll back and a
-re-run re-squashes them (deterministic) and finds the objects already in S3 with the
-same bytes, so nothing is uploaded or recorded twice. Bad bytes fail that handle
-with the reason and the others still publish (exit 3); S3 unreachable after the
-retries is recoverable (exit 75) and keeps what was done.
+re-run re-squashes and re-compresses them (deterministic) and finds the objects
+already in S3 under the same digests, so nothing is uploaded or recorded twice. Bad
+bytes fail that handle with the reason and the others still publish (exit 3); S3
+unreachable after the retries is recoverable (exit 75) and keeps what was done.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import asyncpg
-from eth_hash.auto import keccak
 
+from coprocessor import outputs
 from coprocessor.api.summary import SnsSummary
 from coprocessor.db import publish, queries
 from coprocessor.db.pool import create_pool
@@ -39,7 +42,7 @@ from coprocessor.fhe.engine import Evaluator, SquashedFormat
 from coprocessor.fhe.envelope import Envelope, Kind
 from coprocessor.retry import CircuitBreaker
 from coprocessor.settings import Settings
-from coprocessor.storage import ObjectStore
+from coprocessor.storage import ForeignObject, ObjectStore
 from coprocessor.tenants import load_evaluator
 from coprocessor.types import FheType
 
@@ -50,11 +53,6 @@ from .upload import CircuitOpen, Uploader
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 5.0
-
-
-def object_keys(handle: bytes) -> tuple[str, str]:
-    """The S3 keys of a handle's two forms (docs/design.md section 5)."""
-    return f"ct64/{handle.hex()}", f"ct128/{handle.hex()}"
 
 
 @dataclass(frozen=True)
@@ -77,12 +75,18 @@ class Publisher:
     """Publishes handles of one tenant; one instance per SNS pod."""
 
     def __init__(
-        self, pool: asyncpg.Pool, tenant: queries.Tenant, settings: Settings, uploader: Uploader
+        self,
+        pool: asyncpg.Pool,
+        tenant: queries.Tenant,
+        settings: Settings,
+        uploader: Uploader,
+        buckets: tuple[ObjectStore, ObjectStore],
     ) -> None:
         self.pool = pool
         self.tenant = tenant
         self.settings = settings
         self.uploader = uploader
+        self.ct64_store, self.ct128_store = buckets
         self._evaluator: Evaluator | None = None
         self._evaluator_lock = asyncio.Lock()
         self._squash_pool = ThreadPoolExecutor(
@@ -133,7 +137,7 @@ class Publisher:
                 raise CircuitOpen("s3", "circuit open; handle left for a re-run")
             source = await publish.publication_source(connection, tenant_id, handle)
             # A missing or unloadable key is the pod's problem, not this handle's.
-            evaluator = await self.evaluator() if source.ciphertext128 is None else None
+            evaluator = await self.evaluator() if source.ciphertext is not None else None
             try:
                 squashed = await self._squash(source, evaluator)
             except Irrecoverable as error:
@@ -144,17 +148,31 @@ class Publisher:
                 )
                 return _Failed(str(error))
             loop = asyncio.get_running_loop()
-            key64, key128 = object_keys(handle)
-            uploaded = sum(
-                await asyncio.gather(
-                    loop.run_in_executor(
-                        self._upload_pool, self.uploader.put, key64, squashed.ct64
-                    ),
-                    loop.run_in_executor(
-                        self._upload_pool, self.uploader.put, key128, squashed.ct128
-                    ),
+            ct64_object = squashed.ct64_object
+            ct128_object = Envelope.from_bytes(squashed.ct128).payload
+            uploads = [
+                (self.ct64_store, ct64_object, None),
+                (self.ct128_store, ct128_object, outputs.ct128_metadata(squashed.format)),
+            ]
+            try:
+                uploaded = sum(
+                    await asyncio.gather(
+                        *(
+                            loop.run_in_executor(
+                                self._upload_pool,
+                                self.uploader.publish,
+                                store,
+                                outputs.object_key(data),
+                                data,
+                                metadata,
+                            )
+                            for store, data, metadata in uploads
+                        )
+                    )
                 )
-            )
+            except ForeignObject as error:
+                await publish.fail_publication(connection, tenant_id, handle, str(error))
+                return _Failed(str(error))
             await publish.complete_publication(
                 connection,
                 tenant_id,
@@ -162,9 +180,11 @@ class Publisher:
                 squashed.ct128,
                 publish.Digests(
                     self.tenant.key_id,
-                    keccak(squashed.ct64),
-                    keccak(squashed.ct128),
+                    outputs.digest(ct64_object),
+                    outputs.digest(ct128_object),
                     int(squashed.format),
+                    self.ct64_store.bucket,
+                    self.ct128_store.bucket,
                 ),
             )
             log.info(
@@ -175,8 +195,8 @@ class Publisher:
                         "type": squashed.fhe_type.name,
                         "squashed": squashed.fresh,
                         "uploaded": uploaded,
-                        "ct64_bytes": len(squashed.ct64),
-                        "ct128_bytes": len(squashed.ct128),
+                        "ct64_bytes": len(ct64_object),
+                        "ct128_bytes": len(ct128_object),
                     }
                 },
             )
@@ -188,7 +208,7 @@ class Publisher:
         """The handle's two forms; Irrecoverable when there is nothing valid to publish."""
         if source.computation_error:
             raise _NotPublishable(f"its computation failed: {source.computation_error}")
-        if source.ciphertext is None or source.ciphertext_type is None:
+        if source.ciphertext is None or source.ciphertext_type is None or evaluator is None:
             # Its computation may still run (an sns-only batch, another batch's node):
             # leave the queue row alone and let the Job retry the pod.
             raise _NotComputedYet("no ciphertext is stored for it yet (not computed)")
@@ -198,29 +218,29 @@ class Publisher:
         Envelope.from_bytes(source.ciphertext).expect(
             backend=self.tenant.backend, digest=digest, fhe_type=declared
         )
-        if evaluator is None:  # squashed by an earlier run whose upload did not finish
-            assert source.ciphertext128 is not None
+        loop = asyncio.get_running_loop()
+        ct64_object = await loop.run_in_executor(
+            self._squash_pool, evaluator.compress, source.ciphertext
+        )
+        if source.ciphertext128 is not None:  # squashed by an earlier run
             Envelope.from_bytes(source.ciphertext128).expect(
                 backend=self.tenant.backend, digest=digest, fhe_type=declared, kind=Kind.SQUASHED
             )
             return _Squashed(
-                source.ciphertext,
+                ct64_object,
                 source.ciphertext128,
                 False,
                 declared,
                 SquashedFormat(source.ciphertext128_format or 0),
             )
-        loop = asyncio.get_running_loop()
         ct128 = await loop.run_in_executor(self._squash_pool, evaluator.squash, source.ciphertext)
-        return _Squashed(
-            source.ciphertext, ct128, True, declared, evaluator.squashed_format(declared)
-        )
+        return _Squashed(ct64_object, ct128, True, declared, evaluator.squashed_format(declared))
 
 
 @dataclass(frozen=True)
 class _Squashed:
-    ct64: bytes
-    ct128: bytes
+    ct64_object: bytes  # raw, for S3 (the database keeps the enveloped ciphertext)
+    ct128: bytes  # enveloped, for the database; its payload goes to S3
     fresh: bool  # squashed by this run
     fhe_type: FheType
     format: SquashedFormat
@@ -249,7 +269,12 @@ async def run_sns(settings: Settings, batch_id: str) -> SnsSummary:
                 queued = await publish.enqueue_batch_outputs(connection, batch_id)
             publications = await publish.batch_publications(connection, batch_id)
         store = ObjectStore(settings, connect_timeout=HEALTH_TIMEOUT_S, attempts=1)
-        await asyncio.to_thread(store.check)  # the bucket answers, or exit 75 now
+        buckets = (
+            ObjectStore(settings, bucket=settings.s3_bucket_ct64),
+            ObjectStore(settings, bucket=settings.s3_bucket_ct128),
+        )
+        for bucket in (store, *buckets):  # every bucket answers, or exit 75 now
+            await asyncio.to_thread(bucket.check)
         pending = [p.handle for p in publications if not (p.is_completed or p.is_error)]
         log.info(
             "sns started",
@@ -272,7 +297,7 @@ async def run_sns(settings: Settings, batch_id: str) -> SnsSummary:
             max_delay_s=settings.sns_backoff_cap_s,
             breaker=CircuitBreaker(settings.sns_breaker_threshold),
         )
-        publisher = Publisher(pool, tenant, settings, uploader)
+        publisher = Publisher(pool, tenant, settings, uploader, buckets)
         try:
             outcomes = await asyncio.gather(
                 *(publisher.publish(h) for h in pending), return_exceptions=True

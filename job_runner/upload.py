@@ -2,7 +2,8 @@
 
 Called from worker threads (boto3 clients are thread-safe), so several uploads are in
 flight at once. Each object is idempotent: ``ObjectStore.put`` skips an object already
-stored with the same bytes, so a re-run after a crash re-uses what was uploaded.
+stored with the same bytes, so a re-run after a crash re-uses what was uploaded. One
+uploader (one breaker, one set of counters) serves every bucket a pod writes to.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ class Uploader:
 
     def put(self, key: str, data: bytes) -> bool:
         """Store ``data`` at ``key``; True if uploaded now, False if already there."""
+        return self._retried(key, data, lambda: self.store.put(key, data))
+
+    def publish(
+        self, store: ObjectStore, key: str, data: bytes, metadata: dict[str, str] | None = None
+    ) -> bool:
+        """Store a content-addressed published object in ``store``'s bucket, never
+        overwriting one (``ObjectStore.put_content_addressed``); True if uploaded now."""
+        return self._retried(key, data, lambda: store.put_content_addressed(key, data, metadata))
+
+    def _retried(self, key: str, data: bytes, upload: Callable[[], bool]) -> bool:
         delays = backoff_delays(self.attempts, self.first_delay_s, self.max_delay_s)
         while True:
             if self.breaker.is_open:
@@ -55,7 +66,7 @@ class Uploader:
                     f"consecutive failures; not uploading {key}",
                 )
             try:
-                uploaded = self.store.put(key, data)
+                uploaded = upload()
             except ServiceUnavailable as error:
                 if self.breaker.failure():
                     log.warning(

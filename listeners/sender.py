@@ -1,10 +1,14 @@
-"""``fhe-listener sender``: commit every tenant's published digests as they appear.
+"""``fhe-listener sender``: send every tenant's gateway calls as they appear.
+
+Digests the SNS stage published (``addCiphertextMaterial``) and the MultichainACL calls
+the host listener stored, including those about handles no batch computes (inputs
+allowed with ``FHE.allowThis``, handles allowed in a later block).
 
 The long-running form of the send stage, for deployments that run the reference's
 standalone transaction-sender instead of (or besides) per-batch ``send`` Jobs. It
 wakes on the SNS stage's ``event_ciphertexts_uploaded`` NOTIFY, or every poll interval
 in any case, and runs one Committer pass over the oldest unsent rows. Both forms share
-the signer's advisory lock, so they never race for nonces, and the write-ahead hash,
+the tx sender's advisory lock, so they never race for nonces, and the write-ahead hash,
 so either may die at any line.
 """
 
@@ -16,11 +20,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from coprocessor.chain.committer import Committer
+from coprocessor.chain.committer import Committer, Row
 from coprocessor.chain.gateway import GatewayClient
-from coprocessor.db import commits
+from coprocessor.db import acl, commits
 from coprocessor.db.notify import NotificationWaiter
-from coprocessor.db.queries import CIPHERTEXTS_UPLOADED
+from coprocessor.db.queries import CIPHERTEXTS_UPLOADED, WORK_AVAILABLE
 from coprocessor.errors import Recoverable
 from coprocessor.settings import Settings
 
@@ -50,8 +54,13 @@ class Sender:
     async def pass_once(self) -> int:
         """Commit one slice of the backlog; returns how many rows it looked at."""
         async with self.pool.acquire() as connection:
-            rows = await commits.unsent(
-                connection, PASS_LIMIT, max_retries=self.settings.sender_attempts
+            rows: list[Row] = [
+                *await commits.unsent(
+                    connection, PASS_LIMIT, max_retries=self.settings.sender_attempts
+                )
+            ]
+            rows += await acl.unsent(
+                connection, PASS_LIMIT - len(rows), max_retries=self.settings.sender_attempts
             )
         result = await self.committer.commit(rows)
         self.counters.passes += 1
@@ -80,14 +89,14 @@ class Sender:
             "sender started",
             extra={
                 "fields": {
-                    "signer": self.gateway.address,
-                    "contract": self.gateway.contract.address,
+                    "tx_sender": self.gateway.address,
+                    "contracts": {n: c.address for n, c in self.gateway.contracts.items()},
                 }
             },
         )
         async with NotificationWaiter(
             self.settings.database_url,
-            (CIPHERTEXTS_UPLOADED,),
+            (CIPHERTEXTS_UPLOADED, WORK_AVAILABLE),
             poll_interval=self.settings.notify_poll_interval_s,
         ) as waiter:
             while not stop.is_set():

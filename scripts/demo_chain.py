@@ -69,6 +69,8 @@ async def main() -> int:
     )
     assert settings.gateway_commits_address, "scripts/demo deploys the gateway first"
     commits = bound(w3, "CiphertextCommits", settings.gateway_commits_address)
+    assert settings.gateway_acl_address, "scripts/demo deploys the gateway first"
+    gateway_acl = bound(w3, "MultichainACL", settings.gateway_acl_address)
     pool = await create_pool(settings.database_url, size=2)
     try:
         async with pool.acquire() as connection:
@@ -121,11 +123,15 @@ async def main() -> int:
                 print(f"  {name:6s} handle 0x{handle.hex()} has NO CIPHERTEXT")
                 continue
             value = tenant_client.decrypt(stored[handle].ciphertext)
-            committed = commits.functions.isAccepted(handle).call()
-            ok &= value == expected[account] and committed
+            committed = commits.functions.isCiphertextMaterialAdded(handle).call()
+            # The token allowed each new balance to its owner on the host ACL; the send
+            # stage relayed it, so the gateway lets the owner ask the KMS to decrypt it.
+            allowed = gateway_acl.functions.isAccountAllowed(handle, account).call()
+            ok &= value == expected[account] and committed and allowed
             print(
                 f"  {name:6s} {value:5d} (expected {expected[account]}), digests "
-                f"{'committed on the gateway chain' if committed else 'NOT COMMITTED'}"
+                f"{'committed on the gateway chain' if committed else 'NOT COMMITTED'}, "
+                f"{'owner allowed on' if allowed else 'owner NOT ALLOWED on'} MultichainACL"
             )
     finally:
         await pool.close()

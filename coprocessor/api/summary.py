@@ -95,7 +95,8 @@ class SendSummary(StageSummary):
     sent: int = shown()  # carried by this run's transactions
     found: int = 0  # already on chain when this run looked (a lost record)
     transactions: int = shown()  # distinct transactions that carried the batch's commits
-    accepted: int = shown()  # handles whose material reached the signers' threshold
+    accepted: int = shown()  # handles whose material reached the coprocessors' majority
+    acl_calls: int = shown()  # MultichainACL calls about the batch's handles, on chain
     retries: int = shown()  # gateway RPC calls retried
     gas_used: int = 0
     signer: str = ""

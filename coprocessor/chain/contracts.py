@@ -1,10 +1,10 @@
 """Compiled contracts and their deployment through web3.
 
-``scripts/install`` compiles ``contracts/*.sol`` with solc into ``compiled/`` next to
-this module, which the wheel ships as package data; contracts only tests deploy
-(``contracts/testing``) go to ``contracts/build/testing`` in the checkout instead. The
-ABIs are read from the build output, never copied by hand, so the listener decodes
-exactly the events the deployed bytecode emits.
+``scripts/install`` compiles ``contracts/*.sol`` and ``contracts/gateway/*.sol`` with
+solc into ``compiled/`` next to this module, which the wheel ships as package data;
+contracts only tests deploy (``contracts/testing``) go to ``contracts/build/testing`` in
+the checkout instead. The ABIs are read from the build output, never copied by hand, so
+the listener decodes exactly the events the deployed bytecode emits.
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
-"""One coprocessor signer talking to the gateway chain's CiphertextCommits contract.
+"""One coprocessor tx sender talking to the gateway chain's contracts.
 
 Synchronous on purpose (web3's HTTP provider; the async sender calls it from a worker
 thread): every method is one or a few RPCs, each retried with capped backoff when the
-node does not answer. What the contract says no to is classified once, here:
-
-* ``CoprocessorAlreadyAdded``  - this signer's submission is already on chain: done;
-* ``NotCoprocessorSigner``     - the key is not registered: no retry can help (exit 3);
-* any other revert             - that submission is bad (exit 3 for its handles).
+node does not answer. ``GatewayConfig`` says who may send; ``CiphertextCommits`` and
+``MultichainACL`` take the calls (``calls`` says what each one is and what its reverts
+mean).
 
 Transactions are built and signed locally with an explicit nonce, gas limit and fees,
 so their hash is known before they are broadcast - the sender records it first
@@ -16,9 +14,10 @@ a second one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,43 +29,19 @@ from web3.contract import Contract
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 from web3.types import TxParams
 
-from ..errors import ConfigError, Irrecoverable, Recoverable, ServiceUnavailable
+from ..errors import ConfigError, Recoverable, ServiceUnavailable
 from ..retry import backoff_delays
 from ..settings import Settings
-from .contracts import bound, revert_selector
+from .calls import AlreadyDone, GatewayCall, classify_revert, not_a_tx_sender
+from .contracts import bound
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ALREADY_ADDED = revert_selector("CoprocessorAlreadyAdded(bytes32,address)")
-NOT_A_SIGNER = revert_selector("NotCoprocessorSigner(address)")
-
-
-@dataclass(frozen=True)
-class Material:
-    """What one coprocessor published for a handle (a ``ciphertext_digest`` row)."""
-
-    handle: bytes
-    key_id: int
-    ciphertext_digest: bytes  # keccak256 of the ct64 object
-    sns_ciphertext_digest: bytes  # keccak256 of the ct128 object
-
-
-class NotASigner(Irrecoverable):
-    """The configured key is not one of the contract's coprocessor signers."""
-
-
-class SubmissionRejected(Irrecoverable):
-    """The contract reverted a submission for a reason no retry changes."""
-
-
-class AlreadyAdded(Exception):
-    """This signer already submitted the handle: its material is on chain (not an error)."""
-
 
 class NonceTooLow(Exception):
-    """Another transaction of this signer took the nonce; sign again with a fresh one."""
+    """Another transaction of this key took the nonce; sign again with a fresh one."""
 
 
 def revert_data(error: BaseException) -> str:
@@ -80,19 +55,6 @@ def revert_data(error: BaseException) -> str:
         nested = data.get("data")
         return nested if isinstance(nested, str) and nested.startswith("0x") else ""
     return ""
-
-
-def classify_revert(data: str, reason: str, signer: str) -> Exception:
-    """The exception a revert of this signer's submission stands for."""
-    if data.startswith(ALREADY_ADDED):
-        return AlreadyAdded()
-    if data.startswith(NOT_A_SIGNER):
-        return NotASigner(
-            f"signer {signer} is not a registered coprocessor signer of the "
-            "CiphertextCommits contract; register it or set "
-            "FHE_SENDER_PRIVATE_KEY to a registered key"
-        )
-    return SubmissionRejected(f"CiphertextCommits reverted: {reason or data or 'no reason'}")
 
 
 def _transient(error: BaseException) -> bool:
@@ -140,18 +102,33 @@ def load_signer(settings: Settings) -> LocalAccount:
     return Account.from_key(settings.sender_private_key.get_secret_value())
 
 
-def require_gateway(settings: Settings) -> str:
-    if settings.gateway_commits_address is None:
+GATEWAY_SETTINGS = {
+    "GatewayConfig": "gateway_config_address",
+    "CiphertextCommits": "gateway_commits_address",
+    "MultichainACL": "gateway_acl_address",
+}
+
+
+def require_gateway(settings: Settings) -> dict[str, str]:
+    """The gateway contracts' addresses by name; ConfigError naming what is missing."""
+    missing = {
+        name: f"FHE_{field.upper()}"
+        for name, field in GATEWAY_SETTINGS.items()
+        if getattr(settings, field) is None
+    }
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
         raise ConfigError(
-            "setting FHE_GATEWAY_COMMITS_ADDRESS is not set: the send stage "
-            "needs the CiphertextCommits contract's address"
+            f"setting {', '.join(missing.values())} {verb} not set: the send stage needs "
+            f"the address of the gateway's {', '.join(missing)} "
+            "(`fhectl dev gateway --env` prints them locally)"
         )
-    return settings.gateway_commits_address
+    return {name: getattr(settings, field) for name, field in GATEWAY_SETTINGS.items()}
 
 
 @dataclass(frozen=True)
-class SignedSubmission:
-    materials: tuple[Material, ...]
+class SignedCall:
+    call: GatewayCall
     nonce: int
     tx_hash: bytes
     raw: bytes
@@ -166,7 +143,7 @@ class Receipt:
 
 
 class GatewayClient:
-    """The sender's view of CiphertextCommits, as one signer."""
+    """The sender's view of the gateway, as one coprocessor tx sender."""
 
     def __init__(
         self,
@@ -178,7 +155,9 @@ class GatewayClient:
         self.w3 = w3
         self.settings = settings
         self.signer = signer or load_signer(settings)
-        self.contract: Contract = bound(w3, "CiphertextCommits", require_gateway(settings))
+        self.contracts: dict[str, Contract] = {
+            name: bound(w3, name, address) for name, address in require_gateway(settings).items()
+        }
         self.sleep = sleep
         self.retries = 0  # RPC calls retried, for the summary
         self._chain_id: int | None = None
@@ -237,29 +216,28 @@ class GatewayClient:
         return self._chain_id
 
     def check_signer(self) -> None:
-        """Fail before sending anything when the key cannot submit."""
-        if self.rpc("eth_getCode", lambda: self.w3.eth.get_code(self.contract.address)) == b"":
-            raise ConfigError(
-                f"no contract at FHE_GATEWAY_COMMITS_ADDRESS "
-                f"{self.contract.address} on the gateway chain"
+        """Fail before sending anything when the key cannot send (or a contract is missing)."""
+        for name, contract in self.contracts.items():
+            code = self.rpc(
+                "eth_getCode", functools.partial(self.w3.eth.get_code, contract.address)
             )
-        registered = self.rpc(
-            "isCoprocessorSigner",
-            lambda: self.contract.functions.isCoprocessorSigner(self.address).call(),
-        )
-        if not registered:
-            raise classify_revert(NOT_A_SIGNER, "", self.address)
-
-    def threshold(self) -> int:
-        return self.rpc("threshold", lambda: self.contract.functions.threshold().call())
+            if code == b"":
+                raise ConfigError(
+                    f"no contract at FHE_{GATEWAY_SETTINGS[name].upper()} "
+                    f"{contract.address} ({name}) on the gateway chain"
+                )
+        config = self.contracts["GatewayConfig"].functions
+        if not self.rpc(
+            "isCoprocessorTxSender", lambda: config.isCoprocessorTxSender(self.address).call()
+        ):
+            raise not_a_tx_sender(self.address)
 
     def is_accepted(self, handle: bytes) -> bool:
-        return self.rpc("isAccepted", lambda: self.contract.functions.isAccepted(handle).call())
-
-    def has_submitted(self, handle: bytes) -> bool:
+        """Whether the coprocessors reached consensus on the handle's material."""
+        commits = self.contracts["CiphertextCommits"].functions
         return self.rpc(
-            "hasSubmitted",
-            lambda: self.contract.functions.hasSubmitted(handle, self.address).call(),
+            "isCiphertextMaterialAdded",
+            lambda: commits.isCiphertextMaterialAdded(handle).call(),
         )
 
     def next_nonce(self) -> int:
@@ -295,35 +273,30 @@ class GatewayClient:
 
         return self.rpc("eth_getTransactionByHash", fetch)
 
-    def why_reverted(self, tx_hash: bytes, block_number: int) -> Exception:
+    def why_reverted(self, call: GatewayCall, tx_hash: bytes, block_number: int) -> Exception:
         """Replay a reverted transaction at its block to read the contract's error."""
         tx = self.rpc(
             "eth_getTransactionByHash", lambda: self.w3.eth.get_transaction(HexBytes(tx_hash))
         )
-        call: TxParams = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]}
+        replay: TxParams = {
+            "from": tx["from"],
+            "to": tx["to"],
+            "data": tx["input"],
+            "gas": tx["gas"],
+        }
         try:
-            self.rpc("eth_call", lambda: self.w3.eth.call(call, block_number - 1))
+            self.rpc("eth_call", lambda: self.w3.eth.call(replay, block_number - 1))
         except ContractLogicError as error:
-            return classify_revert(revert_data(error), str(error), self.address)
+            return classify_revert(call, revert_data(error), str(error), self.address)
         # Replayed before its block it passes: an earlier transaction of the same block
-        # (ours or another pod's) submitted the handle first.
-        return AlreadyAdded()
+        # (ours or another pod's) made the same call first.
+        return AlreadyDone()
 
     # --- writes ---------------------------------------------------------------------
 
-    def _call(self, materials: Sequence[Material]) -> Any:
-        functions = self.contract.functions
-        if len(materials) == 1:
-            m = materials[0]
-            return functions.addCiphertextMaterial(
-                m.handle, m.key_id, m.ciphertext_digest, m.sns_ciphertext_digest
-            )
-        return functions.addCiphertextMaterials(
-            [m.handle for m in materials],
-            [m.key_id for m in materials],
-            [m.ciphertext_digest for m in materials],
-            [m.sns_ciphertext_digest for m in materials],
-        )
+    def function(self, call: GatewayCall) -> Any:
+        name, args = call.function()
+        return getattr(self.contracts[call.contract].functions, name)(*args)
 
     def fees(self) -> tuple[int, int]:
         """(maxFeePerGas, maxPriorityFeePerGas): room for the base fee to double."""
@@ -331,23 +304,20 @@ class GatewayClient:
         tip = self.rpc("eth_maxPriorityFeePerGas", lambda: self.w3.eth.max_priority_fee)
         return 2 * int(block.get("baseFeePerGas", 0)) + tip, tip
 
-    def sign(
-        self, materials: Sequence[Material], nonce: int, fees: tuple[int, int]
-    ) -> SignedSubmission:
+    def sign(self, call: GatewayCall, nonce: int, fees: tuple[int, int]) -> SignedCall:
         """Estimate (which surfaces a revert before paying for it) and sign.
 
-        Raises AlreadyAdded, NotASigner or SubmissionRejected when the contract would
-        revert the submission.
+        Raises AlreadyDone, NotATxSender or CallRejected when the contract would revert.
         """
-        call = self._call(materials)
+        function = self.function(call)
         try:
             estimate = self.rpc(
-                "eth_estimateGas", lambda: call.estimate_gas({"from": self.address})
+                "eth_estimateGas", lambda: function.estimate_gas({"from": self.address})
             )
         except ContractLogicError as error:
-            raise classify_revert(revert_data(error), str(error), self.address) from None
+            raise classify_revert(call, revert_data(error), str(error), self.address) from None
         max_fee, tip = fees
-        transaction = call.build_transaction(
+        transaction = function.build_transaction(
             {
                 "from": self.address,
                 "nonce": nonce,
@@ -359,11 +329,9 @@ class GatewayClient:
             }
         )
         signed = self.signer.sign_transaction(transaction)
-        return SignedSubmission(
-            tuple(materials), nonce, bytes(signed.hash), bytes(signed.raw_transaction)
-        )
+        return SignedCall(call, nonce, bytes(signed.hash), bytes(signed.raw_transaction))
 
-    def broadcast(self, submission: SignedSubmission) -> None:
+    def broadcast(self, submission: SignedCall) -> None:
         """Send the signed bytes; a node that already has them is fine (a retry).
 
         Raises NonceTooLow when another transaction of this signer took the nonce.

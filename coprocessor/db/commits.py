@@ -1,6 +1,7 @@
 """Queries of the send stage: which digests to commit and what happened to them.
 
-A ``ciphertext_digest`` row is in one of three states:
+A ``ciphertext_digest`` row is in one of three states (``gateway_acl_calls`` rows, the
+MultichainACL calls of ``acl``, share them):
 
 * unsent                - ``NOT txn_is_sent AND txn_hash IS NULL``;
 * pending               - ``NOT txn_is_sent AND txn_hash IS NOT NULL``: a transaction
@@ -30,10 +31,13 @@ class DigestRow:
     txn_is_sent: bool
     txn_hash: bytes | None
     txn_last_error: str | None
+    kms_key_id: int | None = None  # the tenant's, at read time (NULL: not activated)
 
 
 _COLUMNS = """d.tenant_id, d.handle, d.key_id, d.ciphertext, d.ciphertext128,
-              d.txn_is_sent, d.txn_hash, d.txn_last_error"""
+              d.txn_is_sent, d.txn_hash, d.txn_last_error,
+              (SELECT t.kms_key_id FROM tenants t WHERE t.tenant_id = d.tenant_id)
+                AS kms_key_id"""
 
 
 def _row(record: asyncpg.Record) -> DigestRow:
@@ -47,6 +51,7 @@ def _row(record: asyncpg.Record) -> DigestRow:
         record["txn_is_sent"],
         bytes(txn_hash) if txn_hash else None,
         record["txn_last_error"],
+        int(record["kms_key_id"]) if record["kms_key_id"] is not None else None,
     )
 
 
@@ -87,11 +92,14 @@ async def batch_commits(connection: asyncpg.Connection, batch_id: str) -> list[B
 async def unsent(connection: asyncpg.Connection, limit: int, max_retries: int) -> list[DigestRow]:
     """Digests of every tenant waiting for a transaction (or pending in one), oldest
     first: what the long-running sender works through. A row the contract refused
-    ``max_retries`` times is left out (its ``txn_last_error`` says why)."""
+    ``max_retries`` times is left out (its ``txn_last_error`` says why), and so are the
+    rows of tenants the KMS has not activated yet (they wait, they do not fail)."""
     rows = await connection.fetch(
         f"""SELECT {_COLUMNS} FROM ciphertext_digest d
             WHERE NOT d.txn_is_sent AND d.ciphertext IS NOT NULL
               AND d.ciphertext128 IS NOT NULL AND d.txn_retry_count < $2
+              AND EXISTS (SELECT 1 FROM tenants t WHERE t.tenant_id = d.tenant_id
+                          AND t.kms_key_id IS NOT NULL)
             ORDER BY d.created_at, d.tenant_id, d.handle LIMIT $1""",
         limit,
         max_retries,

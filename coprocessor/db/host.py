@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from .acl import AclCall, record_calls
 from .queries import WORK_AVAILABLE, notify, require_transaction
 from .rows import ComputationRow
 
@@ -198,6 +199,7 @@ async def record_block(connection: asyncpg.Connection, block: BlockRecord) -> bo
             for d in block.delegations
         ],
     )
+    await record_calls(connection, gateway_acl_calls(block))
     await connection.executemany(
         """INSERT INTO block_transactions (chain_id, block_hash, transaction_id, batch_part)
            VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
@@ -209,6 +211,50 @@ async def record_block(connection: asyncpg.Connection, block: BlockRecord) -> bo
     if block.computations:
         await notify(connection, WORK_AVAILABLE, f"block:{block.chain_id}:{block.number}")
     return True
+
+
+def gateway_acl_calls(block: BlockRecord) -> list[AclCall]:
+    """The MultichainACL calls the block's ACL events owe the gateway (docs/design.md
+    section 2): the KMS checks them before it decrypts anything."""
+    calls = []
+    for allowed in block.allowed:
+        if allowed.event_type == 0:  # Allowed(caller, account, handle)
+            calls.append(
+                AclCall(
+                    block.tenant_id,
+                    "allow_account",
+                    allowed.transaction_id,
+                    handle=allowed.handle,
+                    account_address=allowed.account_address,
+                )
+            )
+        elif allowed.event_type == 1:  # AllowedForDecryption(caller, handles)
+            calls.append(
+                AclCall(
+                    block.tenant_id,
+                    "allow_public_decrypt",
+                    allowed.transaction_id,
+                    handle=allowed.handle,
+                )
+            )
+    for delegation in block.delegations:
+        revoked = delegation.new_expiration is None
+        calls.append(
+            AclCall(
+                block.tenant_id,
+                "revoke" if revoked else "delegate",
+                delegation.transaction_id,
+                chain_id=block.chain_id,
+                delegator=delegation.delegator,
+                delegate=delegation.delegate,
+                contract_address=delegation.contract_address,
+                delegation_counter=delegation.delegation_counter,
+                expiration_date=(
+                    delegation.old_expiration if revoked else delegation.new_expiration
+                ),
+            )
+        )
+    return calls
 
 
 async def orphan_above(

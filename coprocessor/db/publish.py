@@ -127,10 +127,12 @@ async def publication_source(
 
 @dataclass(frozen=True)
 class Digests:
-    key_id: bytes
-    ciphertext: bytes  # keccak256 of the ct64 object
+    key_id: bytes  # our digest of the keyset (tenants.key_id), not the KMS key id
+    ciphertext: bytes  # keccak256 of the ct64 object (also its S3 key, in hex)
     ciphertext128: bytes  # keccak256 of the ct128 object
     ciphertext128_format: int
+    ct64_bucket: str | None = None
+    ct128_bucket: str | None = None
 
 
 async def complete_publication(
@@ -152,12 +154,13 @@ async def complete_publication(
     )
     await connection.execute(
         """INSERT INTO ciphertext_digest (tenant_id, handle, key_id, ciphertext,
-               ciphertext128, ciphertext128_format)
-           VALUES ($1, $2, $3, $4, $5, $6)
+               ciphertext128, ciphertext128_format, ct64_bucket, ct128_bucket)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
            ON CONFLICT (tenant_id, handle) DO UPDATE
              SET key_id = EXCLUDED.key_id, ciphertext = EXCLUDED.ciphertext,
                  ciphertext128 = EXCLUDED.ciphertext128,
-                 ciphertext128_format = EXCLUDED.ciphertext128_format
+                 ciphertext128_format = EXCLUDED.ciphertext128_format,
+                 ct64_bucket = EXCLUDED.ct64_bucket, ct128_bucket = EXCLUDED.ct128_bucket
              WHERE NOT ciphertext_digest.txn_is_sent""",
         tenant_id,
         handle,
@@ -165,6 +168,8 @@ async def complete_publication(
         digests.ciphertext,
         digests.ciphertext128,
         digests.ciphertext128_format,
+        digests.ct64_bucket,
+        digests.ct128_bucket,
     )
     await connection.execute(
         """UPDATE pbs_computations SET is_completed = true, completed_at = now()

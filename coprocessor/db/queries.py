@@ -74,6 +74,20 @@ class Tenant:
     key_id: bytes
     backend: str
     keys_location: str | None
+    kms_key_id: int | None = None  # the KMS's id of the keyset; None until activated
+
+
+_TENANT_COLUMNS = "tenant_id, name, chain_id, key_id, backend, keys_location, kms_key_id"
+
+
+def _tenant(row: asyncpg.Record | None) -> Tenant | None:
+    if row is None:
+        return None
+    fields = dict(row)
+    if fields["kms_key_id"] is not None:
+        fields["kms_key_id"] = int(fields["kms_key_id"])
+    fields["key_id"] = bytes(fields["key_id"])
+    return Tenant(**fields)
 
 
 async def create_tenant(
@@ -86,12 +100,13 @@ async def create_tenant(
     server_key: bytes | None = None,
     keys_location: str | None = None,
     public_params: bytes | None = None,
+    kms_key_id: int | None = None,
 ) -> Tenant:
     """Idempotent by name: a second call returns the existing tenant unchanged."""
     await connection.execute(
         """INSERT INTO tenants (name, chain_id, key_id, backend, server_key, keys_location,
-                                public_params)
-           VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING""",
+                                public_params, kms_key_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO NOTHING""",
         name,
         chain_id,
         key_id,
@@ -99,6 +114,7 @@ async def create_tenant(
         server_key,
         keys_location,
         public_params,
+        kms_key_id,
     )
     tenant = await get_tenant(connection, name)
     assert tenant is not None
@@ -106,21 +122,35 @@ async def create_tenant(
 
 
 async def get_tenant(connection: asyncpg.Connection, name: str) -> Tenant | None:
-    row = await connection.fetchrow(
-        """SELECT tenant_id, name, chain_id, key_id, backend, keys_location
-           FROM tenants WHERE name = $1""",
-        name,
-    )
-    return Tenant(**dict(row)) if row else None
+    row = await connection.fetchrow(f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE name = $1", name)
+    return _tenant(row)
 
 
 async def get_tenant_by_id(connection: asyncpg.Connection, tenant_id: int) -> Tenant | None:
     row = await connection.fetchrow(
-        """SELECT tenant_id, name, chain_id, key_id, backend, keys_location
-           FROM tenants WHERE tenant_id = $1""",
-        tenant_id,
+        f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE tenant_id = $1", tenant_id
     )
-    return Tenant(**dict(row)) if row else None
+    return _tenant(row)
+
+
+async def kms_key_id(connection: asyncpg.Connection, tenant_id: int) -> int | None:
+    value = await connection.fetchval(
+        "SELECT kms_key_id FROM tenants WHERE tenant_id = $1", tenant_id
+    )
+    return int(value) if value is not None else None
+
+
+async def activate_tenant(connection: asyncpg.Connection, name: str, kms_key_id: int) -> bool:
+    """Record the KMS key id the tenant's keyset was activated under; False when the
+    tenant already has another one (a keyset's id never changes) or does not exist."""
+    row = await connection.fetchrow(
+        """UPDATE tenants SET kms_key_id = $2
+           WHERE name = $1 AND (kms_key_id IS NULL OR kms_key_id = $2)
+           RETURNING tenant_id""",
+        name,
+        kms_key_id,
+    )
+    return row is not None
 
 
 async def get_public_params(connection: asyncpg.Connection, tenant_id: int) -> bytes | None:

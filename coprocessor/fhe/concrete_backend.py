@@ -25,7 +25,8 @@ engine issue's notes):
   ``FHE_CONCRETE_MAX_PBS``; encrypted shift amounts on Uint160 (modulo 160 needs a
   division). There is no 128-bit switch-and-squash: ``squash`` refreshes the
   ciphertext by bootstrapping (minimum noise), which is what this backend's own
-  decryption needs.
+  decryption needs. Nor is there list compression: ``compress`` publishes the sealed
+  payload as it is.
 """
 
 from __future__ import annotations
@@ -386,6 +387,15 @@ class ConcreteClient:
             raise BadCiphertext("decrypted chunk out of range: not a ciphertext of this backend")
         return reference.check_value(cc.from_chunks(chunks), envelope.fhe_type)
 
+    def decrypt_published(self, data: bytes, fhe_type: FheType, *, squashed: bool) -> int:
+        """A raw published object (``ConcreteEvaluator.compress``, or a squashed
+        ciphertext's payload): the same sealed payload either way, so both decrypt alike;
+        its own type code and digest refuse another type or damaged bytes."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise BadCiphertext(f"a published object must be bytes, got {type(data).__name__}")
+        kind = Kind.SQUASHED if squashed else Kind.CIPHERTEXT
+        return self.decrypt(Envelope(NAME, fhe_type, kind, self._digest, bytes(data)).to_bytes())
+
 
 def _keys_from_secrets(header: dict, body: bytes, p_error: float):
     """Rebuild a full keyset from the stored secret keys: concrete has no client-only
@@ -538,6 +548,13 @@ class ConcreteEvaluator:
         value = _unseal(envelope)
         refreshed = self._run(cc.refresh_spec(cc.chunk_count(envelope.fhe_type)), value)
         return self._wrap(envelope.fhe_type, refreshed, Kind.SQUASHED)
+
+    def compress(self, ciphertext: bytes) -> bytes:
+        """concrete has no ciphertext compression: the ct64 object is the sealed payload
+        itself (checked first), deterministic like the ciphertext it comes from."""
+        envelope = self._open(ciphertext)
+        _unseal(envelope)
+        return envelope.payload
 
     def verify_inputs(
         self, crs: bytes, public_key: bytes, proven_list: bytes, metadata: bytes

@@ -10,7 +10,7 @@ Roles follow who holds which key:
 * ``Backend.generate_keyset`` makes a tenant's keys (once, by ``fhectl tenant create``);
 * a ``Client`` holds the secret key: encrypt and decrypt (CLI, tests, demo);
 * an ``Evaluator`` holds only the server key: evaluate, trivially encrypt, draw
-  randoms, and squash for decryption (the Jobs' pods).
+  randoms, squash for decryption and compress for publication (the Jobs' pods).
 """
 
 from __future__ import annotations
@@ -91,6 +91,13 @@ class Client(Protocol):
 
     def decrypt(self, ciphertext: bytes) -> int: ...
 
+    def decrypt_published(self, data: bytes, fhe_type: FheType, *, squashed: bool) -> int:
+        """A raw published object (what a KMS or a test reads back from S3; no envelope, so
+        the caller names the type): the ct64 object (``Evaluator.compress``) when
+        ``squashed`` is false, the ct128 one (a squashed ciphertext's payload) when true.
+        Bytes that are not such an object raise BadCiphertext."""
+        ...
+
 
 class SquashedFormat(IntEnum):
     """How a squashed (ct128) object is stored; the reference's ``ciphertext128_format``."""
@@ -113,6 +120,12 @@ class Evaluator(Protocol):
         ...
 
     def squash(self, ciphertext: bytes) -> bytes: ...
+
+    def compress(self, ciphertext: bytes) -> bytes:
+        """The ct64 object for S3: raw backend bytes, no envelope (the ct128 object is the
+        squashed ciphertext's ``Envelope.payload``). Deterministic, so every coprocessor
+        uploads the same bytes and agrees on their digest."""
+        ...
 
     def verify_inputs(
         self, crs: bytes, public_key: bytes, proven_list: bytes, metadata: bytes

@@ -81,6 +81,23 @@ class TfheRsClient:
             raise BadCiphertext(f"cannot decrypt: {error}") from None
         return _from_le(raw)
 
+    def decrypt_published(self, data: bytes, fhe_type: FheType, *, squashed: bool) -> int:
+        """A raw S3 object: ct128 (a compressed squashed list or a bare squashed
+        ciphertext) or ct64 (a one-element CompressedCiphertextList). The first ct64 read
+        derives a decompression key from the client key (about a second)."""
+        if fhe_type not in SUPPORTED_TYPES:
+            raise UnsupportedOperation(f"{fhe_type.name} is not supported by {NAME} yet")
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise BadCiphertext(f"a published object must be bytes, got {type(data).__name__}")
+        method = "decrypt_squashed" if squashed else "decrypt_compressed"
+        try:
+            raw = getattr(self._client, method)(int(fhe_type), bytes(data))
+        except ValueError as error:
+            raise BadCiphertext(f"cannot decrypt the published object: {error}") from None
+        except RuntimeError as error:  # the key, not the object: a keyset from before ct64
+            raise UnsupportedOperation(str(error)) from None
+        return _from_le(raw)
+
 
 class TfheRsEvaluator:
     backend = NAME
@@ -92,6 +109,7 @@ class TfheRsEvaluator:
             raise BadCiphertext(f"not a {NAME} server key: {error}") from None
         self.key_digest = key_digest(server_key)
         self._can_compress_squashed = bool(self._evaluator.can_compress_squashed)
+        self._can_compress = bool(self._evaluator.can_compress)
 
     # --- helpers -------------------------------------------------------------------
     def _open(self, ciphertext: bytes) -> Envelope:
@@ -260,6 +278,33 @@ class TfheRsEvaluator:
         compress = self.squashed_format(envelope.fhe_type) is SquashedFormat.COMPRESSED_ON_CPU
         payload = self._call("squash", int(envelope.fhe_type), envelope.payload, compress)
         return self._wrap(int(envelope.fhe_type), payload, Kind.SQUASHED)
+
+    def compress(self, ciphertext: bytes) -> bytes:
+        """The ct64 object: a one-element CompressedCiphertextList, raw TFHE-rs bytes, as
+        the reference's sns-worker uploads it; deterministic (same bytes on every run and
+        every coprocessor). About 2 KB whatever the type: one GLWE packs up to 256 blocks."""
+        envelope = self._open(ciphertext)
+        self._require_compression()
+        return self._call("compress", int(envelope.fhe_type), envelope.payload)
+
+    def decompress(self, data: bytes, fhe_type: FheType) -> bytes:
+        """A ct64 object back to a computable (enveloped) ciphertext of this keyset: what
+        the reference's workers do with the compressed ciphertexts they store. Not part of
+        the engine interface. The object names no key: one made under another keyset
+        decompresses to garbage, not to an error."""
+        if fhe_type not in SUPPORTED_TYPES:
+            raise UnsupportedOperation(f"{fhe_type.name} is not supported by {NAME} yet")
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise BadCiphertext(f"a published object must be bytes, got {type(data).__name__}")
+        self._require_compression()
+        return self._wrap(*self._call("decompress", int(fhe_type), bytes(data)))
+
+    def _require_compression(self) -> None:
+        if not self._can_compress:
+            raise UnsupportedOperation(
+                f"this tenant's {NAME} keyset has no compression key (it was made before "
+                "ct64 objects became compressed lists): regenerate the tenant keyset"
+            )
 
     def verify_inputs(
         self, crs: bytes, public_key: bytes, proven_list: bytes, metadata: bytes

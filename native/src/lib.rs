@@ -14,13 +14,17 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 #[cfg(not(feature = "test-prover"))]
 use pyo3::types::{PyDict, PyTuple};
+use std::sync::OnceLock;
 use tfhe::conformance::ParameterSetConformant;
 use tfhe::integer::ciphertext::IntegerCiphertext;
 use tfhe::integer::ciphertext::IntegerProvenCompactCiphertextListConformanceParams;
+use tfhe::integer::compression_keys::DecompressionKey;
 use tfhe::integer::U256;
 use tfhe::prelude::*;
 use tfhe::safe_serialization::{DeserializationConfig, SerializationConfig};
+use tfhe::shortint::ciphertext::NoiseLevel;
 use tfhe::shortint::parameters::{
+    COMP_PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
     NOISE_SQUASHING_COMP_PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
     NOISE_SQUASHING_PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
     PARAM_KEYSWITCH_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
@@ -31,10 +35,11 @@ use tfhe::shortint::parameters::{
 use tfhe::zk::ZkComputeLoad;
 use tfhe::zk::{CompactPkeCrs, ZkVerificationOutcome};
 use tfhe::{
-    set_server_key, ClientKey, CompactPublicKey, CompressedServerKey,
-    CompressedSquashedNoiseCiphertextList, Config, ConfigBuilder, FheBool, FheTypes, FheUint128,
-    FheUint16, FheUint160, FheUint256, FheUint32, FheUint4, FheUint64, FheUint8,
-    ProvenCompactCiphertextList, Seed, ServerKey, SquashedNoiseFheBool, SquashedNoiseFheUint,
+    set_server_key, ClientKey, CompactPublicKey, CompressedCiphertextList,
+    CompressedCiphertextListBuilder, CompressedServerKey, CompressedSquashedNoiseCiphertextList,
+    Config, ConfigBuilder, FheBool, FheTypes, FheUint128, FheUint16, FheUint160, FheUint256,
+    FheUint32, FheUint4, FheUint64, FheUint8, HlExpandable, ProvenCompactCiphertextList, Seed,
+    ServerKey, SquashedNoiseFheBool, SquashedNoiseFheUint,
 };
 
 const KEY_LIMIT: u64 = 1 << 31;
@@ -191,6 +196,9 @@ fn config() -> Config {
             PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
             PARAM_KEYSWITCH_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
         ))
+        // Computable ciphertexts packed into GLWEs for S3 (the "ct64" object): what the
+        // reference's sns-worker uploads, a one-element CompressedCiphertextList.
+        .enable_compression(COMP_PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128)
         .enable_noise_squashing(NOISE_SQUASHING_PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128)
         // Squashed (128-bit) ciphertexts packed into GLWEs for S3: the reference's
         // ciphertext128 format "compressed on CPU".
@@ -314,6 +322,24 @@ macro_rules! on_any {
     };
 }
 
+/// `on_uint!(ct, c => expr)`: the same expression for every unsigned variant (Bool is
+/// the caller's own arm).
+macro_rules! on_uint {
+    ($value:expr, $c:ident => $e:expr) => {
+        match $value {
+            Ct::Bool(_) => unreachable!("on_uint! on a Bool"),
+            Ct::U4($c) => $e,
+            Ct::U8($c) => $e,
+            Ct::U16($c) => $e,
+            Ct::U32($c) => $e,
+            Ct::U64($c) => $e,
+            Ct::U128($c) => $e,
+            Ct::U160($c) => $e,
+            Ct::U256($c) => $e,
+        }
+    };
+}
+
 impl Ct {
     fn fhe_type(&self) -> FheType {
         match self {
@@ -342,35 +368,152 @@ impl Ct {
     /// scalar ops, so it is kept for client inputs (proofs) only.
     fn from_bytes(kind: FheType, bytes: &[u8], check: bool) -> PyResult<Ct> {
         let cfg = DeserializationConfig::new(CT_LIMIT).disable_conformance();
-        let bad = || {
-            PyValueError::new_err("ciphertext does not match the keyset's parameters or its type")
-        };
         macro_rules! load {
             ($variant:ident, $ty:ident, $code:ident, $clear:ty) => {
                 if kind == FheType::$code {
                     let value: $ty = cfg.deserialize_from(bytes).map_err(err)?;
-                    if check {
-                        let (radix, _, _, _) = value.clone().into_raw_parts();
-                        let expected = $ty::num_bits().div_ceil(2);
-                        if radix.blocks().len() != expected || !radix.blocks().iter().all(block_ok)
-                        {
-                            return Err(bad());
-                        }
-                    }
-                    return Ok(Ct::$variant(value));
+                    return Ct::$variant(value).checked(check);
                 }
             };
         }
         if kind == FheType::Bool {
             let value: FheBool = cfg.deserialize_from(bytes).map_err(err)?;
-            if check && !block_ok(&value.clone().into_raw_parts()) {
-                return Err(bad());
-            }
-            return Ok(Ct::Bool(value));
+            return Ct::Bool(value).checked(check);
         }
         each_uint!(load);
         unreachable!("each_uint! covers every FheType but Bool")
     }
+
+    /// The ciphertext's blocks (a copy: TFHE-rs hands them out by value only).
+    fn blocks(&self) -> Vec<tfhe::shortint::Ciphertext> {
+        match self {
+            Ct::Bool(c) => vec![c.clone().into_raw_parts()],
+            _ => on_uint!(self, c => c.clone().into_raw_parts().0.blocks().to_vec()),
+        }
+    }
+
+    /// Itself, if `check` is off or its structure matches our parameters (see `from_bytes`).
+    fn checked(self, check: bool) -> PyResult<Ct> {
+        if check {
+            let blocks = self.blocks();
+            let expected = self.fhe_type().bits().div_ceil(2) as usize;
+            if blocks.len() != expected || !blocks.iter().all(block_ok) {
+                return Err(PyValueError::new_err(
+                    "ciphertext does not match the keyset's parameters or its type",
+                ));
+            }
+        }
+        Ok(self)
+    }
+
+    /// Whether TFHE-rs's list compression takes it: every block with empty carries and at
+    /// most nominal noise (its packing asserts both). Every result of the HL API is; a
+    /// ciphertext that is not was not made by TFHE-rs's operations.
+    fn compressible(&self) -> bool {
+        self.blocks()
+            .iter()
+            .all(|b| b.carry_is_empty() && b.noise_level() <= NoiseLevel::NOMINAL)
+    }
+
+    /// The plaintext, decrypted with the client key.
+    fn decrypt(&self, ck: &ClientKey) -> U256 {
+        match self {
+            Ct::Bool(c) => U256::from(c.decrypt(ck) as u128),
+            Ct::U4(c) => FheDecrypt::<u8>::decrypt(c, ck).into_u256(),
+            Ct::U8(c) => FheDecrypt::<u8>::decrypt(c, ck).into_u256(),
+            Ct::U16(c) => FheDecrypt::<u16>::decrypt(c, ck).into_u256(),
+            Ct::U32(c) => FheDecrypt::<u32>::decrypt(c, ck).into_u256(),
+            Ct::U64(c) => FheDecrypt::<u64>::decrypt(c, ck).into_u256(),
+            Ct::U128(c) => FheDecrypt::<u128>::decrypt(c, ck).into_u256(),
+            Ct::U160(c) => FheDecrypt::<U256>::decrypt(c, ck),
+            Ct::U256(c) => FheDecrypt::<U256>::decrypt(c, ck),
+        }
+    }
+
+    /// A one-element CompressedCiphertextList of it, safe-serialized: the "ct64" object of
+    /// the reference's S3 bucket. Needs the thread's server key (with a compression key).
+    /// Deterministic: packing keyswitch and modulus switch draw no randomness.
+    fn compress(self) -> PyResult<Vec<u8>> {
+        if !self.compressible() {
+            return Err(PyValueError::new_err(
+                "ciphertext has carries or above-nominal noise in a block: not a TFHE-rs \
+                 operation's result, cannot be compressed",
+            ));
+        }
+        let mut builder = CompressedCiphertextListBuilder::new();
+        on_any!(self, c => builder.push(c));
+        ser(&builder.build().map_err(err)?, CT_LIMIT)
+    }
+
+    /// Element 0 of a published one-element list, as a ciphertext of `kind`.
+    fn expand(kind: FheType, list: &impl ElementSource) -> PyResult<Ct> {
+        macro_rules! take {
+            ($variant:ident, $ty:ident, $code:ident, $clear:ty) => {
+                if kind == FheType::$code {
+                    return Ok(Ct::$variant(list.element::<$ty>()?));
+                }
+            };
+        }
+        if kind == FheType::Bool {
+            return Ok(Ct::Bool(list.element::<FheBool>()?));
+        }
+        each_uint!(take);
+        unreachable!("each_uint! covers every FheType but Bool")
+    }
+}
+
+/// Where the element of a published list comes from: the HL list with the thread's server
+/// key (its decompression key), or the integer list with a decompression key in hand.
+trait ElementSource {
+    fn element<T: HlExpandable + Tagged>(&self) -> PyResult<T>;
+}
+
+impl ElementSource for CompressedCiphertextList {
+    fn element<T: HlExpandable + Tagged>(&self) -> PyResult<T> {
+        self.get(0)
+            .map_err(err)?
+            .ok_or_else(|| err("the list is empty"))
+    }
+}
+
+/// An integer-level list with the decompression key to read it (the client's way).
+struct WithKey<'a>(
+    &'a tfhe::integer::ciphertext::CompressedCiphertextList,
+    &'a DecompressionKey,
+);
+
+impl ElementSource for WithKey<'_> {
+    fn element<T: HlExpandable + Tagged>(&self) -> PyResult<T> {
+        self.0
+            .get(0, self.1)
+            .map_err(err)?
+            .ok_or_else(|| err("the list is empty"))
+    }
+}
+
+/// A published ct64 object, deserialized and checked to be one element of `kind` before
+/// any decompression work (a list of many or of another type is refused here).
+fn published_list(kind: FheType, bytes: &[u8]) -> PyResult<CompressedCiphertextList> {
+    let list: CompressedCiphertextList = de(bytes, CT_LIMIT)?;
+    if list.len() != 1 {
+        return Err(PyValueError::new_err(format!(
+            "a published ciphertext is a one-element list, this one has {} elements",
+            list.len()
+        )));
+    }
+    match list.get_kind_of(0).and_then(FheType::from_tfhe) {
+        Some(stored) if stored == kind => Ok(list),
+        Some(stored) => Err(PyValueError::new_err(format!(
+            "the list holds a {stored:?}, not a {kind:?}"
+        ))),
+        None => Err(PyValueError::new_err("the list holds no type of ours")),
+    }
+}
+
+/// Run `f` with TFHE-rs panics (malformed lists reach `unwrap`s inside it) as ValueErrors.
+fn no_panic<T>(what: &str, f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|_| PyValueError::new_err(format!("{what}: TFHE-rs panicked on it")))?
 }
 
 fn block_ok(block: &tfhe::shortint::Ciphertext) -> bool {
@@ -519,6 +662,11 @@ fn prove_inputs(
 #[pyclass(frozen)]
 struct Client {
     key: ClientKey,
+    /// Made from the client key on the first `decrypt_compressed` (None: the key has no
+    /// compression private key). TFHE-rs decompresses a CompressedCiphertextList only
+    /// with a DecompressionKey, which the server key carries; a holder of the secret key
+    /// alone derives an equivalent one (about a second, once).
+    decompression: OnceLock<Option<DecompressionKey>>,
 }
 
 #[pymethods]
@@ -526,7 +674,10 @@ impl Client {
     #[new]
     fn new(py: Python<'_>, client_key: Vec<u8>) -> PyResult<Self> {
         let key = py.allow_threads(|| de::<ClientKey>(&client_key, KEY_LIMIT))?;
-        Ok(Client { key })
+        Ok(Client {
+            key,
+            decompression: OnceLock::new(),
+        })
     }
 
     fn encrypt(&self, py: Python<'_>, type_code: u8, value: Vec<u8>) -> PyResult<Py<PyBytes>> {
@@ -552,19 +703,39 @@ impl Client {
 
     fn decrypt(&self, py: Python<'_>, type_code: u8, ciphertext: Vec<u8>) -> PyResult<Py<PyBytes>> {
         let out = py.allow_threads(|| -> PyResult<[u8; 32]> {
-            let ck = &self.key;
-            let value = match Ct::from_bytes(type_arg(type_code)?, &ciphertext, false)? {
-                Ct::Bool(c) => U256::from(c.decrypt(ck) as u128),
-                Ct::U4(c) => FheDecrypt::<u8>::decrypt(&c, ck).into_u256(),
-                Ct::U8(c) => FheDecrypt::<u8>::decrypt(&c, ck).into_u256(),
-                Ct::U16(c) => FheDecrypt::<u16>::decrypt(&c, ck).into_u256(),
-                Ct::U32(c) => FheDecrypt::<u32>::decrypt(&c, ck).into_u256(),
-                Ct::U64(c) => FheDecrypt::<u64>::decrypt(&c, ck).into_u256(),
-                Ct::U128(c) => FheDecrypt::<u128>::decrypt(&c, ck).into_u256(),
-                Ct::U160(c) => FheDecrypt::<U256>::decrypt(&c, ck),
-                Ct::U256(c) => FheDecrypt::<U256>::decrypt(&c, ck),
-            };
-            Ok(u256_bytes(value))
+            let ct = Ct::from_bytes(type_arg(type_code)?, &ciphertext, false)?;
+            Ok(u256_bytes(ct.decrypt(&self.key)))
+        })?;
+        Ok(PyBytes::new(py, &out).into())
+    }
+
+    /// A published ct64 object (a one-element CompressedCiphertextList, `Evaluator.compress`)
+    /// -> its plaintext, 32 LE bytes. Needs only this client key (see `decompression`); a
+    /// key made before compression was configured has none: RuntimeError.
+    fn decrypt_compressed(
+        &self,
+        py: Python<'_>,
+        type_code: u8,
+        list: Vec<u8>,
+    ) -> PyResult<Py<PyBytes>> {
+        let out = py.allow_threads(|| -> PyResult<[u8; 32]> {
+            let kind = type_arg(type_code)?;
+            let list = published_list(kind, &list)?;
+            let key = self
+                .decompression
+                .get_or_init(|| derive_decompression_key(&self.key))
+                .as_ref()
+                .ok_or_else(|| {
+                    PyRuntimeError::new_err(
+                        "this client key has no compression key (a keyset made before ct64 \
+                         objects were compressed lists): regenerate the tenant keyset",
+                    )
+                })?;
+            let (inner, _, _) = list.into_raw_parts();
+            let ct = no_panic("malformed compressed list", || {
+                Ct::expand(kind, &WithKey(&inner, key))
+            })?;
+            Ok(u256_bytes(ct.decrypt(&self.key)))
         })?;
         Ok(PyBytes::new(py, &out).into())
     }
@@ -606,6 +777,15 @@ impl Client {
         })?;
         Ok(PyBytes::new(py, &out).into())
     }
+}
+
+/// A decompression key from the secret key alone: the same derivation as the server
+/// key's (a fresh encryption of the same secret, so it decompresses the same lists).
+fn derive_decompression_key(ck: &ClientKey) -> Option<DecompressionKey> {
+    let (integer_key, _, compression_key, ..) = ck.clone().into_raw_parts();
+    let compression_key = compression_key?;
+    let (_, decompression_key) = integer_key.new_compression_decompression_keys(&compression_key);
+    Some(decompression_key)
 }
 
 /// The list checked for shape against the CRS (TFHE-rs conformance), its proof verified
@@ -1079,6 +1259,40 @@ impl Evaluator {
     #[getter]
     fn can_compress_squashed(&self) -> bool {
         self.key.supports_noise_squashing_compression()
+    }
+
+    /// The published ("ct64") form of a ciphertext: a one-element CompressedCiphertextList,
+    /// safe-serialized, as the reference's sns-worker uploads it. Needs `can_compress`.
+    fn compress(&self, py: Python<'_>, type_code: u8, a: Vec<u8>) -> PyResult<Py<PyBytes>> {
+        let key = self.key.clone();
+        let bytes = py.allow_threads(move || -> PyResult<Vec<u8>> {
+            set_server_key(key);
+            let x = Ct::from_bytes(type_arg(type_code)?, &a, true)?;
+            no_panic("ciphertext", || x.compress())
+        })?;
+        Ok(PyBytes::new(py, &bytes).into())
+    }
+
+    /// A published ct64 object back to a computable ciphertext (one PBS per block):
+    /// (type code, bytes), checked like every other ciphertext this evaluator takes.
+    fn decompress(
+        &self,
+        py: Python<'_>,
+        type_code: u8,
+        list: Vec<u8>,
+    ) -> PyResult<(u8, Py<PyBytes>)> {
+        self.run(py, || {
+            let kind = type_arg(type_code)?;
+            let list = published_list(kind, &list)?;
+            no_panic("malformed compressed list", || Ct::expand(kind, &list))?.checked(true)
+        })
+    }
+
+    /// Whether the keyset has the compression and decompression keys (keysets made since
+    /// they were added to `config()`).
+    #[getter]
+    fn can_compress(&self) -> bool {
+        self.key.has_compression_key() && self.key.has_decompression_key()
     }
 
     /// Verify a client's proven input list against the CRS, the compact public key and the

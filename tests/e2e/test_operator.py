@@ -31,7 +31,7 @@ from coprocessor.types import FheType, Op
 from devstack import process
 from devstack.kube import operator_kubeconfig
 from devstack.state import StackState
-from job_runner.sns import object_keys
+from tests.published import published_objects
 from tests.paths import REPO_ROOT
 
 from ..keysets import session_keyset
@@ -39,6 +39,7 @@ from .conftest import wait_for
 
 GROUP, VERSION, PLURAL = "fhe.coprocessor.dev", "v1alpha1", "fhebatches"
 CHAIN_ID = 12345
+KMS_KEY_ID = (4 << 248) + 7  # as Zama's KMSGeneration numbers keys
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,7 @@ async def tenant(settings):
             CHAIN_ID,
             "tfhe-rs",
             keyset=session_keyset("tfhe-rs"),
+            kms_key_id=KMS_KEY_ID,
         )
     finally:
         await connection.close()
@@ -132,21 +134,34 @@ def operator(kube_cluster, installed, settings, tenant, dev_stack, tmp_path_fact
 
 
 class Gateway:
-    """CiphertextCommits on the dev chain with one registered, funded signer."""
+    """The gateway contracts on the dev chain with one registered, funded tx sender
+    (majority 1) and the host chains of this module's handles."""
 
     def __init__(self, rpc_url: str) -> None:
         from web3 import Web3
 
-        from coprocessor.chain.contracts import deploy, funded_account
+        from coprocessor.chain.contracts import funded_account
+        from devstack.gateway import deploy_gateway, host_chain
 
         self.w3 = Web3(Web3.HTTPProvider(rpc_url))
         self.signer = funded_account(self.w3, 10**19)
         self.stranger = funded_account(self.w3, 10**19)  # never registered
-        self.contract = deploy(self.w3, "CiphertextCommits", [self.signer.address], 1)
+        self.config, self.contract, self.acl = deploy_gateway(
+            self.w3,
+            [(self.signer.address, self.signer.address, "")],
+            [host_chain(CHAIN_ID), host_chain(self.w3.eth.chain_id)],
+        )
+
+    def env(self) -> dict[str, str]:
+        return {
+            "FHE_GATEWAY_CONFIG_ADDRESS": self.config.address,
+            "FHE_GATEWAY_COMMITS_ADDRESS": self.contract.address,
+            "FHE_GATEWAY_ACL_ADDRESS": self.acl.address,
+        }
 
     def submitted(self, handle_hex: str) -> bool:
-        return self.contract.functions.hasSubmitted(
-            bytes.fromhex(handle_hex[2:]), self.signer.address
+        return self.contract.functions.isCiphertextMaterialAdded(
+            bytes.fromhex(handle_hex[2:])
         ).call()
 
 
@@ -177,7 +192,7 @@ def ns(namespace, kube_api, settings, dev_stack, gateway):
             "FHE_LOG_FORMAT": "json",
             "FHE_COMPUTE_INPUT_WAIT_S": "30",
             "FHE_GATEWAY_RPC_URL": dev_stack["FHE_GATEWAY_RPC_URL"],
-            "FHE_GATEWAY_COMMITS_ADDRESS": gateway.contract.address,
+            **gateway.env(),
         }
     )
     client.CoreV1Api(kube_api).create_namespaced_config_map(
@@ -272,7 +287,9 @@ async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(
     assert status["stages"]["compute"]["state"] == "Succeeded"
     assert status["stages"]["sns"]["state"] == "Succeeded"
     assert status["stages"]["sns"]["summary"]["completed"] == 3
-    assert "3/3 outputs published; 3/3 committed in 3 transaction(s)" in status["message"]
+    assert "3/3 outputs published; 3/3 sent to the gateway in 3 transaction(s)" in (
+        status["message"]
+    )
     assert status["stages"]["send"]["summary"]["transactions"] == 3
     assert status["observedGeneration"] == 1
     expected = {
@@ -282,7 +299,6 @@ async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(
     }
     assert set(status["outputs"]) == set(expected)
     record, client_ = tenant
-    store = ObjectStore(settings)
     connection = await asyncpg.connect(settings.database_url)
     try:
         digests = {
@@ -298,16 +314,18 @@ async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(
     for name, value in expected.items():
         assert await decrypt_output(settings, tenant, status["outputs"][name]) == value
         handle = bytes.fromhex(status["outputs"][name][2:])
-        ct64, ct128 = (store.get(key) for key in object_keys(handle))
-        assert client_.decrypt(ct128) == value
-        assert bytes(digests[handle]["ciphertext"]) == keccak(ct64)
-        assert bytes(digests[handle]["ciphertext128"]) == keccak(ct128)
-        # What the gateway chain holds is the digest of what S3 holds.
-        key_id, ct64_digest, ct128_digest, agreed = (
-            gateway.contract.functions.getCiphertextMaterial(handle).call()
+        ct64, ct128 = published_objects(settings, digests[handle])  # by digest, checked
+        fhe_type = FheType(handle[30])
+        assert client_.decrypt_published(ct128, fhe_type, squashed=True) == value
+        # What the gateway chain holds is the digest of what S3 holds, under the KMS key id.
+        ((_, key_id, ct64_digest, agreed),) = (
+            gateway.contract.functions.getCiphertextMaterials([handle]).call()
+        )
+        ((_, _, ct128_digest, _),) = (
+            gateway.contract.functions.getSnsCiphertextMaterials([handle]).call()
         )
         assert (ct64_digest, ct128_digest) == (keccak(ct64), keccak(ct128))
-        assert key_id == int.from_bytes(bytes(digests[handle]["key_id"]), "big")
+        assert key_id == KMS_KEY_ID
         assert agreed == [gateway.signer.address]
     jobs = {j.metadata.labels["fhe.coprocessor.dev/stage"]: j for j in jobs_in(kube_api, ns)}
     assert set(jobs) == {"compute", "sns", "send"}
@@ -416,8 +434,8 @@ async def test_a_key_that_is_not_a_registered_signer_fails_the_batch(
     )
     assert status["phase"] == "Failed", status
     assert (
-        f"stage send failed: signer {gateway.stranger.address} is not a registered "
-        "coprocessor signer"
+        f"stage send failed: {gateway.stranger.address} is not a registered "
+        "coprocessor tx sender"
     ) in status["message"], status["message"]
     assert status["stages"]["sns"]["state"] == "Succeeded"
     assert status["stages"]["send"]["attempts"] == 1  # exit 3: not retried
@@ -945,6 +963,9 @@ async def test_host_chain_transfer_to_decrypted_balances(
     balances = {who: "0x" + token.functions.balanceOf(who).call().hex() for who in (alice, bob)}
     assert await decrypt_output(settings, tenant, balances[alice]) == 700
     assert await decrypt_output(settings, tenant, balances[bob]) == 300
-    # The token allows the balances (FHE.allow): they were published and committed.
+    # The token allows the balances (FHE.allow): they were published and committed, and
+    # the send stage relayed the allow to the gateway's MultichainACL.
     for who in (alice, bob):
         assert gateway.submitted(balances[who]), who
+        handle = bytes.fromhex(balances[who][2:])
+        assert gateway.acl.functions.isAccountAllowed(handle, who).call(), who

@@ -136,16 +136,36 @@ def test_corrupt_state_file_is_set_aside(state_dir):
 
 
 def test_dev_gateway_is_idempotent_and_keeps_its_key_private(dev_stack, tmp_path):
-    """`fhectl dev gateway` deploys CiphertextCommits once per state dir; the signer key
-    file is 0600 and a second call reuses contract and key."""
-    env = {"FHE_GATEWAY_RPC_URL": dev_stack["FHE_GATEWAY_RPC_URL"]}
+    """`fhectl dev gateway` deploys the gateway contracts once per state dir; the tx
+    sender key file is 0600, a second call reuses contracts and key, and a host chain
+    asked for later is registered without a new deployment."""
+    env = {
+        "FHE_GATEWAY_RPC_URL": dev_stack["FHE_GATEWAY_RPC_URL"],
+        "FHE_S3_ENDPOINT": dev_stack["FHE_S3_ENDPOINT"],
+    }
     args = ("dev", "gateway", "--state-dir", str(tmp_path), "-o", "json")
     first = json.loads(fhectl(*args, env=env).stdout)
     again = json.loads(fhectl(*args, env=env).stdout)
     assert first == again
-    key_file = tmp_path / "gateway" / "signer.key"
+    assert first["majority"] == 1 and 12345 in first["host_chain_ids"]
+    assert first["bucket_url"] == f"{dev_stack['FHE_S3_ENDPOINT']}/fhe-ct128"
+    key_file = tmp_path / "gateway" / "tx-sender.key"
     assert first["key_file"] == str(key_file)
     assert key_file.stat().st_mode & 0o777 == 0o600
+    more = json.loads(fhectl(*args, "--host-chain-id", "777", env=env).stdout)
+    assert (more["config"], more["commits"], more["acl"]) == (
+        first["config"],
+        first["commits"],
+        first["acl"],
+    )
+    assert 777 in more["host_chain_ids"]
+    lines = fhectl("dev", "gateway", "--state-dir", str(tmp_path), "--env", env=env).stdout
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in lines.splitlines())
+    assert exports == {
+        "FHE_GATEWAY_CONFIG_ADDRESS": first["config"],
+        "FHE_GATEWAY_COMMITS_ADDRESS": first["commits"],
+        "FHE_GATEWAY_ACL_ADDRESS": first["acl"],
+    }
 
 
 def test_dev_host_chain_prints_env_lines(dev_stack):

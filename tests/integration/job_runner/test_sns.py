@@ -13,17 +13,17 @@ import subprocess
 import sys
 
 import pytest
-from eth_hash.auto import keccak
 
+from coprocessor import outputs as published
 from coprocessor.fhe.engine import SquashedFormat
-from coprocessor.fhe.envelope import Envelope, Kind
 from coprocessor.storage import ObjectStore
 from coprocessor.tenants import server_key_object
 from coprocessor.types import FheType, Op
 from devstack.s3 import MinioS3
 from job_runner.__main__ import run_stage
 from job_runner.compute import run_compute
-from job_runner.sns import object_keys, run_sns
+from job_runner.sns import run_sns
+from tests.published import buckets, published_objects
 
 U8 = FheType.Uint8
 
@@ -68,28 +68,33 @@ async def test_outputs_are_squashed_uploaded_and_decrypt(graph, conn, compute_se
         summary.exit_code,
     ) == (3, 3, 3, 6, 0, 0)
 
-    store = ObjectStore(compute_settings)
+    ct64_bucket, ct128_bucket = buckets(compute_settings)
     digests = await digest_rows(conn, graph.tenant_id, handles.values())
     assert set(digests) == set(outputs)  # b is not an output: not published
-    assert store.digest_of(object_keys(handles["b"])[0]) is None
     stored = await graph.check(conn, outputs)  # the computed ciphertexts
     for handle in outputs:
-        key64, key128 = object_keys(handle)
-        ct64, ct128 = store.get(key64), store.get(key128)
         row = digests[handle]
-        assert bytes(row["ciphertext"]) == keccak(ct64)
-        assert bytes(row["ciphertext128"]) == keccak(ct128)
+        # Named by their keccak256 in their own buckets, raw TFHE-rs bytes (no envelope).
+        ct64, ct128 = published_objects(compute_settings, row)
+        assert not ct64.startswith(b"FHE1") and not ct128.startswith(b"FHE1")
+        assert b"CompressedCiphertextList" in ct64[:256]
         assert bytes(row["key_id"]) == record.key_id
         # tfhe-rs packs U8 and wider into a compressed list; a Bool stays bare (smaller).
-        assert row["ciphertext128_format"] == (
+        expected_format = (
             SquashedFormat.UNCOMPRESSED_ON_CPU
             if graph.types[handle] is FheType.Bool
             else SquashedFormat.COMPRESSED_ON_CPU
         )
+        assert row["ciphertext128_format"] == expected_format
+        assert ct128_bucket.metadata(bytes(row["ciphertext128"]).hex())["ct-format"] == (
+            published.ct_format_name(expected_format)
+        )
         assert not row["txn_is_sent"]
-        assert Envelope.from_bytes(ct128).kind is Kind.SQUASHED
-        assert client.decrypt(ct64) == client.decrypt(ct128) == graph.expected[handle]
+        fhe_type = graph.types[handle]
+        assert client.decrypt_published(ct64, fhe_type, squashed=False) == graph.expected[handle]
+        assert client.decrypt_published(ct128, fhe_type, squashed=True) == graph.expected[handle]
         assert stored[handle] == graph.expected[handle]
+    assert all(ct64_bucket.exists(bytes(r["ciphertext"]).hex()) for r in digests.values())
 
     # A second run finds every handle published and does nothing.
     again = await run_sns(compute_settings, batch)
@@ -166,9 +171,10 @@ async def test_corrupted_ciphertext_fails_that_handle_only(
     assert row["is_error"] and "rejected by TFHE-rs" in row["error_message"]
     digests = await digest_rows(conn, graph.tenant_id, outputs)
     assert set(digests) == {handles["ok"], handles["out"]}
-    store = ObjectStore(compute_settings)
+    _, ct128 = published_objects(compute_settings, digests[handles["out"]])
     assert (
-        client.decrypt(store.get(object_keys(handles["out"])[1])) == graph.expected[handles["out"]]
+        client.decrypt_published(ct128, FheType.Uint8, squashed=True)
+        == graph.expected[handles["out"]]
     )
 
 
@@ -291,8 +297,10 @@ async def test_s3_stopped_mid_stage_then_rerun_completes_without_duplicates(
         graph.tenant_id,
         outputs,
     ) == len(outputs)
-    keys = ObjectStore(own).keys("ct")
-    assert keys == sorted(k for h in outputs for k in object_keys(h))
+    rows = await digest_rows(conn, graph.tenant_id, outputs)
+    ct64_bucket, ct128_bucket = buckets(own)
+    assert ct64_bucket.keys() == sorted(bytes(r["ciphertext"]).hex() for r in rows.values())
+    assert ct128_bucket.keys() == sorted(bytes(r["ciphertext128"]).hex() for r in rows.values())
 
 
 async def test_an_output_not_computed_yet_is_left_for_a_retry(graph, conn, compute_settings):

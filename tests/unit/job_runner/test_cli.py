@@ -26,11 +26,22 @@ def test_bad_arguments_exit_with_one_clear_line(argv, code, message, capsys):
     assert message in capsys.readouterr().err
 
 
+GATEWAY = {
+    "FHE_GATEWAY_CONFIG_ADDRESS": "0x" + "21" * 20,
+    "FHE_GATEWAY_COMMITS_ADDRESS": "0x" + "22" * 20,
+    "FHE_GATEWAY_ACL_ADDRESS": "0x" + "23" * 20,
+}
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({}, "FHE_GATEWAY_COMMITS_ADDRESS is not set"),
-        ({"FHE_GATEWAY_COMMITS_ADDRESS": "0x" + "22" * 20}, "FHE_SENDER_PRIVATE_KEY is not set"),
+        ({}, "FHE_GATEWAY_COMMITS_ADDRESS, FHE_GATEWAY_ACL_ADDRESS are not set"),
+        (GATEWAY, "FHE_SENDER_PRIVATE_KEY is not set"),
+        (
+            {k: v for k, v in GATEWAY.items() if k != "FHE_GATEWAY_ACL_ADDRESS"},
+            "setting FHE_GATEWAY_ACL_ADDRESS is not set",
+        ),
         ({"FHE_GATEWAY_COMMITS_ADDRESS": "0x22"}, "FHE_GATEWAY_COMMITS_ADDRESS is invalid"),
     ],
 )
@@ -43,7 +54,7 @@ def test_send_without_its_settings_exits_3_before_touching_anything(
 
     from coprocessor.settings import load_settings
 
-    for name in ("FHE_GATEWAY_COMMITS_ADDRESS", "FHE_SENDER_PRIVATE_KEY"):
+    for name in (*GATEWAY, "FHE_SENDER_PRIVATE_KEY"):
         monkeypatch.delenv(name, raising=False)
     for name, value in {
         **env,

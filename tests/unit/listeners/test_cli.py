@@ -5,13 +5,19 @@ import pytest
 from coprocessor.settings import load_settings
 from listeners.__main__ import main
 
+GATEWAY = {
+    "FHE_GATEWAY_CONFIG_ADDRESS": "0x" + "11" * 20,
+    "FHE_GATEWAY_COMMITS_ADDRESS": "0x" + "12" * 20,
+    "FHE_GATEWAY_ACL_ADDRESS": "0x" + "13" * 20,
+}
+
 
 @pytest.fixture(autouse=True)
 def fresh_settings(monkeypatch):
     for name in (
         "FHE_HOST_EXECUTOR_ADDRESS",
         "FHE_HOST_ACL_ADDRESS",
-        "FHE_GATEWAY_COMMITS_ADDRESS",
+        *GATEWAY,
         "FHE_SENDER_PRIVATE_KEY",
     ):
         monkeypatch.delenv(name, raising=False)
@@ -32,16 +38,11 @@ def fresh_settings(monkeypatch):
             "setting FHE_HOST_EXECUTOR_ADDRESS is invalid",
         ),
         (["teleport"], {}, 2, "invalid choice: 'teleport'"),
-        (["sender"], {}, 3, "FHE_GATEWAY_COMMITS_ADDRESS is not set"),
+        (["sender"], {}, 3, "FHE_GATEWAY_COMMITS_ADDRESS, FHE_GATEWAY_ACL_ADDRESS are not set"),
+        (["sender"], GATEWAY, 3, "FHE_SENDER_PRIVATE_KEY is not set"),
         (
             ["sender"],
-            {"FHE_GATEWAY_COMMITS_ADDRESS": "0x" + "11" * 20},
-            3,
-            "FHE_SENDER_PRIVATE_KEY is not set",
-        ),
-        (
-            ["sender"],
-            {"FHE_GATEWAY_COMMITS_ADDRESS": "0x" + "11" * 20, "FHE_SENDER_PRIVATE_KEY": "0x1234"},
+            {**GATEWAY, "FHE_SENDER_PRIVATE_KEY": "0x1234"},
             3,
             "setting FHE_SENDER_PRIVATE_KEY is invalid: Value error, must be 64 hex digits",
         ),

@@ -192,8 +192,7 @@ SEND_FAILED = JobView(
     "b-send",
     failed=True,
     summary={
-        "error": "signer 0xabc is not a registered coprocessor signer of the CiphertextCommits "
-        "contract"
+        "error": "0xabc is not a registered coprocessor tx sender of the gateway's GatewayConfig"
     },
 )
 
@@ -224,14 +223,14 @@ SEND_FAILED = JobView(
             "Succeeded",
             False,
             [],
-            "1/1 outputs published; 3/3 committed in 2 transaction(s)",
+            "1/1 outputs published; 3/3 sent to the gateway in 2 transaction(s)",
         ),
         (
             dict(jobs={"compute": DONE, "sns": SNS_DONE, "send": SEND_FAILED}),
             "Failed",
             False,
             [],
-            "stage send failed: signer 0xabc is not a registered coprocessor signer",
+            "stage send failed: 0xabc is not a registered coprocessor tx sender",
         ),
     ],
 )

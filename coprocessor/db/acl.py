@@ -1,0 +1,214 @@
+"""The MultichainACL outbox: one ``gateway_acl_calls`` row per call this coprocessor owes.
+
+The host listener writes a row for every ``Allowed`` (allowAccount),
+``AllowedForDecryption`` (allowPublicDecrypt) and delegation or revocation event, in the
+block's own transaction. The sender (the batch's send stage for its handles, the
+long-running sender for all) sends each once, in the states of ``ciphertext_digest``:
+unsent, pending (hash recorded before the broadcast) and sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from .queries import storable_reason
+
+KINDS = ("allow_account", "allow_public_decrypt", "delegate", "revoke")
+
+
+@dataclass(frozen=True)
+class AclCall:
+    """What the host asked for; ``call_key`` identifies the call on the gateway."""
+
+    tenant_id: int
+    kind: str
+    transaction_id: bytes | None
+    handle: bytes | None = None
+    account_address: bytes | None = None
+    chain_id: int | None = None
+    delegator: bytes | None = None
+    delegate: bytes | None = None
+    contract_address: bytes | None = None
+    delegation_counter: int | None = None
+    expiration_date: int | None = None
+
+    @property
+    def call_key(self) -> str:
+        """The same text migration 0006 builds for rows stored before it."""
+        if self.kind == "allow_account":
+            assert self.handle is not None and self.account_address is not None
+            return f"allow_account:{self.handle.hex()}:{self.account_address.hex()}"
+        if self.kind == "allow_public_decrypt":
+            assert self.handle is not None
+            return f"allow_public_decrypt:{self.handle.hex()}"
+        assert self.delegator and self.delegate and self.contract_address
+        return (
+            f"{self.kind}:{self.chain_id}:{self.delegator.hex()}:{self.delegate.hex()}:"
+            f"{self.contract_address.hex()}:{self.delegation_counter}:{self.expiration_date}"
+        )
+
+
+@dataclass(frozen=True)
+class AclCallRow:
+    call_id: int
+    call: AclCall
+    txn_is_sent: bool
+    txn_hash: bytes | None
+    txn_last_error: str | None
+
+
+_FIELDS = (
+    "tenant_id",
+    "kind",
+    "transaction_id",
+    "handle",
+    "account_address",
+    "chain_id",
+    "delegator",
+    "delegate",
+    "contract_address",
+    "delegation_counter",
+    "expiration_date",
+)
+_COLUMNS = "call_id, " + ", ".join(_FIELDS) + ", txn_is_sent, txn_hash, txn_last_error"
+
+
+def _bytes(value: object) -> bytes | None:
+    return bytes(value) if value is not None else None  # type: ignore[call-overload]
+
+
+def _int(value: object) -> int | None:
+    return int(value) if value is not None else None  # type: ignore[call-overload]
+
+
+def _row(record: asyncpg.Record) -> AclCallRow:
+    call = AclCall(
+        tenant_id=record["tenant_id"],
+        kind=record["kind"],
+        transaction_id=_bytes(record["transaction_id"]),
+        handle=_bytes(record["handle"]),
+        account_address=_bytes(record["account_address"]),
+        chain_id=record["chain_id"],
+        delegator=_bytes(record["delegator"]),
+        delegate=_bytes(record["delegate"]),
+        contract_address=_bytes(record["contract_address"]),
+        delegation_counter=_int(record["delegation_counter"]),
+        expiration_date=_int(record["expiration_date"]),
+    )
+    return AclCallRow(
+        record["call_id"],
+        call,
+        record["txn_is_sent"],
+        _bytes(record["txn_hash"]),
+        record["txn_last_error"],
+    )
+
+
+async def record_calls(connection: asyncpg.Connection, calls: Sequence[AclCall]) -> int:
+    """Owe these calls (idempotent by ``call_key``); returns how many are new."""
+    if not calls:
+        return 0
+    rows = await connection.fetch(
+        f"""INSERT INTO gateway_acl_calls (call_key, {", ".join(_FIELDS)})
+            SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[], $5::bytea[],
+                                 $6::bytea[], $7::bigint[], $8::bytea[], $9::bytea[],
+                                 $10::bytea[], $11::numeric[], $12::numeric[])
+            ON CONFLICT (call_key) DO NOTHING RETURNING call_id""",
+        [c.call_key for c in calls],
+        *([getattr(c, name) for c in calls] for name in _FIELDS),
+    )
+    return len(rows)
+
+
+async def unsent(connection: asyncpg.Connection, limit: int, max_retries: int) -> list[AclCallRow]:
+    """Calls of every tenant waiting for (or pending in) a transaction, oldest first."""
+    rows = await connection.fetch(
+        f"""SELECT {_COLUMNS} FROM gateway_acl_calls
+            WHERE NOT txn_is_sent AND txn_retry_count < $2
+            ORDER BY created_at, call_id LIMIT $1""",
+        limit,
+        max_retries,
+    )
+    return [_row(r) for r in rows]
+
+
+async def batch_calls(connection: asyncpg.Connection, batch_id: str) -> list[AclCallRow]:
+    """The calls about the batch's handles (what its send stage owes besides commits)."""
+    rows = await connection.fetch(
+        f"""SELECT {_COLUMNS} FROM gateway_acl_calls g
+            WHERE (g.tenant_id, g.handle) IN (
+                SELECT bc.tenant_id, bc.output_handle FROM batch_computations bc
+                WHERE bc.batch_id = $1)
+            ORDER BY g.call_id""",
+        batch_id,
+    )
+    return [_row(r) for r in rows]
+
+
+async def reload(connection: asyncpg.Connection, call_ids: Sequence[int]) -> list[AclCallRow]:
+    rows = await connection.fetch(
+        f"SELECT {_COLUMNS} FROM gateway_acl_calls WHERE call_id = ANY($1::bigint[])",
+        list(call_ids),
+    )
+    return [_row(r) for r in rows]
+
+
+async def record_pending(
+    connection: asyncpg.Connection,
+    call_ids: Sequence[int],
+    tx_hash: bytes,
+    signer: bytes,
+    nonce: int,
+) -> None:
+    """Write-ahead: remember the signed transaction before it is broadcast."""
+    await connection.execute(
+        """UPDATE gateway_acl_calls SET txn_hash = $2, txn_signer = $3, txn_nonce = $4
+           WHERE call_id = ANY($1::bigint[]) AND NOT txn_is_sent""",
+        list(call_ids),
+        tx_hash,
+        signer,
+        nonce,
+    )
+
+
+async def mark_sent(
+    connection: asyncpg.Connection,
+    call_ids: Sequence[int],
+    tx_hash: bytes | None,
+    block_number: int | None,
+) -> None:
+    """This tx sender's call is on chain; ``tx_hash`` None when found, not sent."""
+    await connection.execute(
+        """UPDATE gateway_acl_calls
+           SET txn_is_sent = true, txn_hash = $2, txn_block_number = $3,
+               txn_sent_at = now(), txn_last_error = NULL
+           WHERE call_id = ANY($1::bigint[])""",
+        list(call_ids),
+        tx_hash,
+        block_number,
+    )
+
+
+async def reset_unsent(
+    connection: asyncpg.Connection, call_ids: Sequence[int], reason: str
+) -> None:
+    await connection.execute(
+        """UPDATE gateway_acl_calls
+           SET txn_hash = NULL, txn_nonce = NULL, txn_retry_count = txn_retry_count + 1,
+               txn_last_error = $2
+           WHERE call_id = ANY($1::bigint[]) AND NOT txn_is_sent""",
+        list(call_ids),
+        storable_reason(reason),
+    )
+
+
+async def sent_transactions(connection: asyncpg.Connection, tx_sender: bytes) -> int:
+    """Distinct transactions this tx sender's ACL calls were sent in (tests, figures)."""
+    return await connection.fetchval(
+        """SELECT count(DISTINCT txn_hash) FROM gateway_acl_calls
+           WHERE txn_is_sent AND txn_hash IS NOT NULL AND txn_signer = $1""",
+        tx_sender,
+    )
