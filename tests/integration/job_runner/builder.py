@@ -7,6 +7,7 @@ compute stage stored, after decryption, with ``expected`` - never with a constan
 from __future__ import annotations
 
 import uuid
+import zlib
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -23,6 +24,11 @@ from coprocessor.types import FheType, Op, derive_handle
 from ...keysets import session_keyset
 
 CHAIN_ID = 12345
+
+
+def kms_key_id_for(name: str) -> int:
+    """A KMS key id in Zama's numbering ((4 << 248) + n), one per tenant name."""
+    return (4 << 248) + zlib.crc32(name.encode())
 
 
 @dataclass
@@ -128,6 +134,7 @@ async def new_tenant(settings: Settings, name: str, backend: str):
             CHAIN_ID,
             backend,
             keyset=session_keyset(backend),
+            kms_key_id=kms_key_id_for(name),
         )
     finally:
         await connection.close()
