@@ -4,9 +4,11 @@ import uuid
 
 import pytest
 
+from coprocessor import outputs
 from coprocessor.errors import ServiceUnavailable
+from coprocessor.fhe.engine import SquashedFormat
 from coprocessor.settings import Settings
-from coprocessor.storage import ObjectStore
+from coprocessor.storage import ForeignObject, ObjectStore
 
 
 @pytest.fixture
@@ -43,3 +45,31 @@ def test_missing_bucket_fails_the_health_check(dev_stack, monkeypatch):
     monkeypatch.setenv("FHE_S3_BUCKET", f"nope-{uuid.uuid4().hex[:8]}")
     with pytest.raises(ServiceUnavailable, match="bucket nope-"):
         ObjectStore(Settings()).check()
+
+
+def test_a_published_object_is_written_once_and_never_overwritten(dev_stack):
+    """Content-addressed: the key is the object's keccak256. A re-run finds it; bytes
+    that are not what the name says (someone else's upload) are refused, never replaced."""
+    settings = Settings()
+    store = ObjectStore(settings, bucket=settings.s3_bucket_ct128)
+    data = uuid.uuid4().bytes * 50
+    key = outputs.object_key(data)
+    metadata = outputs.ct128_metadata(SquashedFormat.COMPRESSED_ON_CPU)
+    assert store.put_content_addressed(key, data, metadata) is True
+    assert store.put_content_addressed(key, data, metadata) is False
+    assert store.metadata(key)["ct-format"] == "compressed_on_cpu"
+    assert store.get(key) == data
+
+    squatted = outputs.object_key(b"the real object")
+    store.put(squatted, b"something else")  # bytes that do not hash to the name
+    with pytest.raises(ForeignObject, match="holds other bytes"):
+        store.put_content_addressed(squatted, b"the real object")
+    assert store.get(squatted) == b"something else"  # left as it was
+    store.delete([key, squatted])
+
+
+def test_ct_format_names_are_zamas():
+    assert outputs.ct_format_name(SquashedFormat.UNCOMPRESSED_ON_CPU) == "uncompressed_on_cpu"
+    assert outputs.ct_format_name(SquashedFormat.COMPRESSED_ON_GPU) == "compressed_on_gpu"
+    with pytest.raises(ValueError, match="no Ct-Format"):
+        outputs.ct_format_name(SquashedFormat.UNKNOWN)
