@@ -41,13 +41,23 @@ def read(engine, ct64: bytes, ct128: bytes, fhe_type: FheType) -> tuple[int, int
     )
 
 
-@pytest.mark.parametrize(
-    ("fhe_type", "value"),
-    [(B, 1), (B, 0), (U8, 201), (U64, 2**64 - 2), (U256, 2**256 - 3)],
-)
+FRESH = [(B, 1), (B, 0), (U8, 201), (U64, 2**64 - 2), (U256, 2**256 - 3)]
+_FRESH: dict[tuple[str, FheType, int], tuple[bytes, bytes, bytes]] = {}
+
+
+def fresh(engine, fhe_type: FheType, value: int) -> tuple[bytes, bytes, bytes]:
+    """(ciphertext, ct64, ct128) of a fresh encryption, made once per session: squashing
+    a Uint256 takes half a minute on two cores."""
+    key = (engine.name, fhe_type, value)
+    if key not in _FRESH:
+        ciphertext = engine.enc(value, fhe_type)
+        _FRESH[key] = (ciphertext, *published(engine, ciphertext))
+    return _FRESH[key]
+
+
+@pytest.mark.parametrize(("fhe_type", "value"), FRESH)
 def test_fresh_ciphertexts_publish_and_decrypt(engine, fhe_type, value):
-    ciphertext = engine.enc(value, fhe_type)
-    ct64, ct128 = published(engine, ciphertext)
+    _, ct64, ct128 = fresh(engine, fhe_type, value)
     assert read(engine, ct64, ct128, fhe_type) == (value, value)
 
 
@@ -71,13 +81,12 @@ def test_publishing_is_deterministic(engine):
     assert engine.evaluator.compress(ciphertext) == first
     with ThreadPoolExecutor(1) as pool:  # another thread: TFHE-rs keeps per-thread state
         assert pool.submit(engine.evaluator.compress, ciphertext).result() == first
-    squashed = engine.evaluator.squash(ciphertext)
-    assert engine.evaluator.squash(ciphertext) == squashed
+    small = engine.enc(41, U8)  # ct128 too (a Uint64 takes seconds to squash)
+    assert engine.evaluator.squash(small) == engine.evaluator.squash(small)
 
 
 def test_damaged_objects_are_refused(engine):
-    ciphertext = engine.enc(77, U64)
-    ct64, ct128 = published(engine, ciphertext)
+    ciphertext, ct64, ct128 = fresh(engine, U64, 2**64 - 2)
     client = engine.client
     wrong = [ct64[:-100], ct64[: len(ct64) // 2], b"", b"\x00" * 64]
     if engine.name == "tfhe-rs":  # concrete publishes one format for both
@@ -100,21 +109,24 @@ def test_an_object_of_another_type_is_refused(engine):
         engine.client.decrypt_published(ct64, U64, squashed=False)
 
 
-# --- tfhe-rs: the reference's formats ------------------------------------------------------
-
-
-def test_ct64_is_a_compressed_list_and_far_smaller_than_the_ciphertext(tfhe_engine):
+def test_object_sizes(engine):
+    """tfhe-rs: ct64 is a CompressedCiphertextList, far smaller than the ciphertext (one
+    GLWE packs up to 256 blocks, so a Uint256 of 128 blocks is one GLWE like a Bool).
+    concrete: no compression, ct64 is the ciphertext's payload as it is."""
     sizes = {}
-    for fhe_type in (B, U8, U64, U256):
-        ciphertext = tfhe_engine.enc(1, fhe_type)
-        ct64, ct128 = published(tfhe_engine, ciphertext)
-        assert LIST_NAME in ct64[:256]
-        bare = len(Envelope.from_bytes(ciphertext).payload)
-        sizes[fhe_type.name] = (bare, len(ct64), len(ct128))
-        assert len(ct64) < bare
-    print("\nbytes (bare ciphertext, ct64 compressed list, ct128):", sizes)
-    # One GLWE packs up to 256 blocks: a Uint256 (128 blocks) is one GLWE like a Bool.
-    assert sizes["Uint256"][1] < 4096
+    for fhe_type, value in FRESH:
+        ciphertext, ct64, ct128 = fresh(engine, fhe_type, value)
+        bare = Envelope.from_bytes(ciphertext).payload
+        sizes[fhe_type.name] = (len(bare), len(ct64), len(ct128))
+        if engine.name == "tfhe-rs":
+            assert LIST_NAME in ct64[:256]
+            assert len(ct64) < min(len(bare), 4096)
+        else:
+            assert ct64 == bare
+    print(f"\n{engine.name} bytes (bare ciphertext, ct64, ct128): {sizes}")
+
+
+# --- tfhe-rs: the reference's formats ------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -187,3 +199,27 @@ def test_a_keyset_without_compression_keys_names_the_fix(tfhe_engine, monkeypatc
     monkeypatch.setattr(evaluator, "_can_compress", False)
     with pytest.raises(UnsupportedOperation, match="regenerate the tenant keyset"):
         evaluator.compress(tfhe_engine.enc(1, B))
+
+
+def test_verified_client_inputs_compress(tfhe_engine):
+    """Most stored ciphertexts come from client inputs: expanded from a proven list."""
+    import fhe_native
+
+    from coprocessor.fhe.engine import input_metadata
+    from coprocessor.fhe.tfhe_backend import TfheRsBackend
+
+    if not fhe_native.HAS_TEST_PROVER:
+        pytest.skip("fhe_native built without the test prover")
+    crs = TfheRsBackend().generate_crs(64)
+    metadata = input_metadata("0x" + "11" * 20, "0x" + "22" * 20, 12345)
+    values = [(U64, 2**63 + 1), (B, 1), (U8, 42)]
+    proven = fhe_native.prove_inputs(
+        tfhe_engine.public_params,
+        crs,
+        metadata,
+        [(int(t), v.to_bytes(32, "little")) for t, v in values],
+    )
+    inputs = tfhe_engine.evaluator.verify_inputs(crs, tfhe_engine.public_params, proven, metadata)
+    for ciphertext, (fhe_type, value) in zip(inputs, values, strict=True):
+        ct64 = tfhe_engine.evaluator.compress(ciphertext)
+        assert tfhe_engine.client.decrypt_published(ct64, fhe_type, squashed=False) == value
