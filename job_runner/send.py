@@ -94,8 +94,8 @@ async def run_send(settings: Settings, batch_id: str) -> SendSummary:
             after = await commits.batch_commits(connection, batch_id)
             calls_after = await acl.batch_calls(connection, batch_id)
             acl_transactions = {c.txn_hash for c in calls_after if c.txn_is_sent and c.txn_hash}
-            summary.transactions = (
-                await commits.batch_transactions(connection, batch_id) + len(acl_transactions)
+            summary.transactions = await commits.batch_transactions(connection, batch_id) + len(
+                acl_transactions
             )
         committed = [a.handle for a in after if a.digest and a.digest.txn_is_sent]
         summary.acl_calls = sum(c.txn_is_sent for c in calls_after)

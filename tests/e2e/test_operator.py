@@ -31,8 +31,8 @@ from coprocessor.types import FheType, Op
 from devstack import process
 from devstack.kube import operator_kubeconfig
 from devstack.state import StackState
-from tests.published import published_objects
 from tests.paths import REPO_ROOT
+from tests.published import published_objects
 
 from ..keysets import session_keyset
 from .conftest import wait_for
@@ -287,8 +287,8 @@ async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(
     assert status["stages"]["compute"]["state"] == "Succeeded"
     assert status["stages"]["sns"]["state"] == "Succeeded"
     assert status["stages"]["sns"]["summary"]["completed"] == 3
-    assert "3/3 outputs published; 3/3 sent to the gateway in 3 transaction(s)" in (
-        status["message"]
+    assert (
+        "3/3 outputs published; 3/3 sent to the gateway in 3 transaction(s)" in (status["message"])
     )
     assert status["stages"]["send"]["summary"]["transactions"] == 3
     assert status["observedGeneration"] == 1
@@ -318,12 +318,12 @@ async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(
         fhe_type = FheType(handle[30])
         assert client_.decrypt_published(ct128, fhe_type, squashed=True) == value
         # What the gateway chain holds is the digest of what S3 holds, under the KMS key id.
-        ((_, key_id, ct64_digest, agreed),) = (
-            gateway.contract.functions.getCiphertextMaterials([handle]).call()
-        )
-        ((_, _, ct128_digest, _),) = (
-            gateway.contract.functions.getSnsCiphertextMaterials([handle]).call()
-        )
+        ((_, key_id, ct64_digest, agreed),) = gateway.contract.functions.getCiphertextMaterials(
+            [handle]
+        ).call()
+        ((_, _, ct128_digest, _),) = gateway.contract.functions.getSnsCiphertextMaterials(
+            [handle]
+        ).call()
         assert (ct64_digest, ct128_digest) == (keccak(ct64), keccak(ct128))
         assert key_id == KMS_KEY_ID
         assert agreed == [gateway.signer.address]
@@ -434,8 +434,7 @@ async def test_a_key_that_is_not_a_registered_signer_fails_the_batch(
     )
     assert status["phase"] == "Failed", status
     assert (
-        f"stage send failed: {gateway.stranger.address} is not a registered "
-        "coprocessor tx sender"
+        f"stage send failed: {gateway.stranger.address} is not a registered coprocessor tx sender"
     ) in status["message"], status["message"]
     assert status["stages"]["sns"]["state"] == "Succeeded"
     assert status["stages"]["send"]["attempts"] == 1  # exit 3: not retried

@@ -4,9 +4,12 @@ from coprocessor.db import queries
 from coprocessor.db.rows import BatchAdmission, ComputationRow
 from coprocessor.types import FheType, Op
 
+CHAIN_ID = 12345  # the tenants' host chain, in the handles handle(...) makes by default
+KMS_KEY_ID = (4 << 248) + 1  # a KMS key id as KMSGeneration numbers them (type 4, counter 1)
 
-def handle(n: int, fhe_type: FheType = FheType.Uint64) -> bytes:
-    return n.to_bytes(21, "big") + b"\xff" + (12345).to_bytes(8, "big") + bytes([fhe_type, 0])
+
+def handle(n: int, fhe_type: FheType = FheType.Uint64, chain_id: int = CHAIN_ID) -> bytes:
+    return n.to_bytes(21, "big") + b"\xff" + chain_id.to_bytes(8, "big") + bytes([fhe_type, 0])
 
 
 def add(out: int, a: int, b: int, chain: int | None = None) -> ComputationRow:
@@ -19,8 +22,11 @@ def add(out: int, a: int, b: int, chain: int | None = None) -> ComputationRow:
     )
 
 
-async def tenant(connection, name: str = "acme") -> int:
-    created = await queries.create_tenant(connection, name, 12345, b"key-1", "reference")
+async def tenant(connection, name: str = "acme", kms_key_id: int | None = KMS_KEY_ID) -> int:
+    """A tenant of chain CHAIN_ID; activated by the KMS under ``kms_key_id`` (None: not yet)."""
+    created = await queries.create_tenant(
+        connection, name, CHAIN_ID, b"key-1", "reference", kms_key_id=kms_key_id
+    )
     return created.tenant_id
 
 
