@@ -32,7 +32,7 @@ from coprocessor.fhe.engine import get_backend, input_metadata
 from coprocessor.fhe.tfhe_backend import _native
 from coprocessor.settings import MIGRATIONS_DIR, Settings
 from coprocessor.storage import ObjectStore
-from coprocessor.tenants import create_tenant, server_key_object
+from coprocessor.tenants import create_tenant, key_objects
 from job_runner.verify import run_verify
 
 CONTRACT, USER, CHAIN_ID = "0x" + "11" * 20, "0x" + "22" * 20, 31337
@@ -120,7 +120,7 @@ async def stage_throughput(server_env: dict[str, str], keyset, requests: int) ->
                 )
             finally:
                 await connection.close()
-                store.delete([server_key_object(tenant)])
+                store.delete(key_objects(tenant))
     if verified != requests or summary.verified != requests:
         raise SystemExit(f"{verified} of {requests} verified ({summary.as_dict()})")
     return {

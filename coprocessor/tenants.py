@@ -4,7 +4,10 @@ Where each key lives:
 * the **client key** (secret) stays on the machine that created the tenant, under
   ``<cache>/keys/<tenant>/`` with mode 0600; the coprocessor never stores it;
 * the **server key** (hundreds of MB for TFHE-rs) goes to S3 at
-  ``keys/<tenant>/<key id>/server_key``, named on the tenant row (keys_location);
+  ``keys/<tenant>/<key id>/server_key``, named on the tenant row (keys_location), and,
+  where the backend splits it, the compute and verify stages' shares next to it
+  (``compute_key``, ``verify_key``, named with their SHA-256 in ``key_parts``), so
+  those pods fetch and expand a tenth of it;
 * the **public parameters** (compact public key) are small and stay in the row.
 
 Creation is restartable: the keyset is first written locally, so a run that dies after
@@ -23,7 +26,7 @@ import asyncpg
 
 from .db import queries
 from .errors import UserError
-from .fhe.engine import Client, Keyset, get_backend
+from .fhe.engine import KEY_PURPOSES, Client, Keyset, get_backend
 from .settings import Settings
 from .storage import ObjectStore
 
@@ -125,6 +128,14 @@ async def create_tenant(
         _save_locally(directory, keyset, with_server_key=True)
     location = f"keys/{name}/{keyset.key_id.hex()}/server_key"
     store.put(location, keyset.server_key)
+    key_parts = {}
+    for purpose, part in backend.key_parts(keyset.server_key).items():
+        part_location = f"keys/{name}/{keyset.key_id.hex()}/{purpose}_key"
+        store.put(part_location, part)
+        key_parts[purpose] = {
+            "object": part_location,
+            "sha256": hashlib.sha256(part).hexdigest(),
+        }
     tenant = await queries.create_tenant(
         connection,
         name,
@@ -134,6 +145,7 @@ async def create_tenant(
         keys_location=f"s3://{store.bucket}/{location}",
         public_params=keyset.public_params,
         kms_key_id=kms_key_id,
+        key_parts=key_parts,
     )
     # The server key is in S3 now; the local copy was only there for restarts.
     (directory / "server_key").unlink(missing_ok=True)
@@ -193,6 +205,11 @@ def server_key_object(tenant: queries.Tenant) -> str:
     return tenant.keys_location.split("/", 3)[3]
 
 
+def key_objects(tenant: queries.Tenant) -> list[str]:
+    """Every S3 key (within the bucket) holding the tenant's server key or a part of it."""
+    return [server_key_object(tenant), *(p["object"] for p in tenant.key_parts.values())]
+
+
 def load_server_key(store: ObjectStore, tenant: queries.Tenant) -> bytes:
     data = store.get(server_key_object(tenant))
     if hashlib.sha256(data).digest() != tenant.key_id:
@@ -212,6 +229,29 @@ def input_handle(ciphertext: bytes, chain_id: int, fhe_type: int) -> bytes:
     return make_handle(keccak(b"fhectl-input" + ciphertext), 0, chain_id, FheType(fhe_type)).raw
 
 
-def load_evaluator(store: ObjectStore, tenant: queries.Tenant):
-    """The tenant's evaluator; the backend keeps an LRU, so once per process."""
-    return get_backend(tenant.backend).evaluator(load_server_key(store, tenant))
+def load_key_part(store: ObjectStore, tenant: queries.Tenant, purpose: str) -> bytes | None:
+    """The stage's share of the tenant's server key, checked against the SHA-256 on the
+    tenant row; None when the tenant has no such part (it has the whole key only)."""
+    if purpose not in KEY_PURPOSES:
+        raise ValueError(f"unknown key purpose {purpose!r}; known: {KEY_PURPOSES}")
+    part = tenant.key_parts.get(purpose)
+    if not part:
+        return None
+    data = store.get(part["object"])
+    if hashlib.sha256(data).hexdigest() != part["sha256"]:
+        raise UserError(
+            f"the {purpose} key of tenant {tenant.name!r} at {part['object']} does not match "
+            "the digest on the tenant row"
+        )
+    return data
+
+
+def load_evaluator(store: ObjectStore, tenant: queries.Tenant, purpose: str | None = None):
+    """The tenant's evaluator for one stage (``purpose``: only that share of the key is
+    fetched and expanded) or, without one or where there are no parts, the whole key.
+    The backend keeps an LRU, so once per process."""
+    backend = get_backend(tenant.backend)
+    part = load_key_part(store, tenant, purpose) if purpose else None
+    if part is not None:
+        return backend.evaluator(part, key_id=tenant.key_id)
+    return backend.evaluator(load_server_key(store, tenant))

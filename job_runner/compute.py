@@ -54,7 +54,9 @@ async def run_compute(
         if all(n.completed or n.error for n in share.nodes.values()):
             evaluator = None  # nothing to compute: do not load a key of hundreds of MB
         else:
-            evaluator = await asyncio.to_thread(load_evaluator, ObjectStore(settings), tenant)
+            evaluator = await asyncio.to_thread(
+                load_evaluator, ObjectStore(settings), tenant, "compute"
+            )
         key_load_s = time.monotonic() - loading
         executor = Executor(
             pool,

@@ -74,7 +74,7 @@ class _Verifier:
             self._evaluators.move_to_end(tenant.tenant_id)
         else:
             try:
-                loaded = await asyncio.to_thread(load_evaluator, self.store, tenant)
+                loaded = await asyncio.to_thread(load_evaluator, self.store, tenant, "verify")
             except KeyError:
                 raise UserError(
                     f"tenant {tenant.name!r}'s server key is missing from S3 "

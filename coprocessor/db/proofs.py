@@ -17,6 +17,7 @@ from .queries import (
     ZKPOK_COMPUTED,
     ZKPOK_NEW_WORK,
     Tenant,
+    get_tenant_by_id,
     notify,
     require_transaction,
     storable_reason,
@@ -77,15 +78,15 @@ async def claim_pending(
 
 async def tenant_for_chain(connection: asyncpg.Connection, chain_id: int) -> ChainTenant | None:
     row = await connection.fetchrow(
-        """SELECT tenant_id, name, chain_id, key_id, backend, keys_location, public_params
-           FROM tenants WHERE chain_id = $1 ORDER BY tenant_id DESC LIMIT 1""",
+        """SELECT tenant_id, public_params FROM tenants
+           WHERE chain_id = $1 ORDER BY tenant_id DESC LIMIT 1""",
         chain_id,
     )
     if row is None:
         return None
-    fields = dict(row)
-    public_params = fields.pop("public_params")
-    return ChainTenant(Tenant(**fields), public_params)
+    tenant = await get_tenant_by_id(connection, row["tenant_id"])
+    assert tenant is not None
+    return ChainTenant(tenant, row["public_params"])
 
 
 async def record_verified(

@@ -6,8 +6,9 @@ must run inside a caller's transaction say so and check it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -75,9 +76,11 @@ class Tenant:
     backend: str
     keys_location: str | None
     kms_key_id: int | None = None  # the KMS's id of the keyset; None until activated
+    # {purpose: {"object": S3 key, "sha256": hex}}: each stage's share of the server key
+    key_parts: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-_TENANT_COLUMNS = "tenant_id, name, chain_id, key_id, backend, keys_location, kms_key_id"
+_TENANT_COLUMNS = "tenant_id, name, chain_id, key_id, backend, keys_location, kms_key_id, key_parts"
 
 
 def _tenant(row: asyncpg.Record | None) -> Tenant | None:
@@ -87,6 +90,8 @@ def _tenant(row: asyncpg.Record | None) -> Tenant | None:
     if fields["kms_key_id"] is not None:
         fields["kms_key_id"] = int(fields["kms_key_id"])
     fields["key_id"] = bytes(fields["key_id"])
+    parts = fields["key_parts"]
+    fields["key_parts"] = json.loads(parts) if isinstance(parts, str) else dict(parts)
     return Tenant(**fields)
 
 
@@ -101,12 +106,13 @@ async def create_tenant(
     keys_location: str | None = None,
     public_params: bytes | None = None,
     kms_key_id: int | None = None,
+    key_parts: dict[str, dict[str, str]] | None = None,
 ) -> Tenant:
     """Idempotent by name: a second call returns the existing tenant unchanged."""
     await connection.execute(
         """INSERT INTO tenants (name, chain_id, key_id, backend, server_key, keys_location,
-                                public_params, kms_key_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO NOTHING""",
+                                public_params, kms_key_id, key_parts)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb) ON CONFLICT (name) DO NOTHING""",
         name,
         chain_id,
         key_id,
@@ -115,6 +121,7 @@ async def create_tenant(
         keys_location,
         public_params,
         kms_key_id,
+        json.dumps(key_parts or {}),
     )
     tenant = await get_tenant(connection, name)
     assert tenant is not None

@@ -632,5 +632,9 @@ class ConcreteBackend:
         except (KeyError, ValueError, RuntimeError) as error:
             raise BadCiphertext(f"not a {NAME} client key: {error}") from None
 
-    def evaluator(self, server_key: bytes) -> ConcreteEvaluator:
+    def key_parts(self, server_key: bytes) -> dict[str, bytes]:
+        """One key for every stage: concrete's evaluation keys do not split by use."""
+        return {}
+
+    def evaluator(self, server_key: bytes, key_id: bytes | None = None) -> ConcreteEvaluator:
         return self._evaluators.get(server_key, ConcreteEvaluator)  # type: ignore[return-value]

@@ -99,6 +99,11 @@ class Client(Protocol):
         ...
 
 
+# The stages that load only their share of a tenant's server key (``Backend.key_parts``);
+# SNS needs the noise squashing material, which is most of the key, and loads it whole.
+KEY_PURPOSES = ("compute", "verify")
+
+
 class SquashedFormat(IntEnum):
     """How a squashed (ct128) object is stored; the reference's ``ciphertext128_format``."""
 
@@ -152,7 +157,15 @@ class Backend(Protocol):
         """A client needs only its secret key and the keyset's id (to label ciphertexts
         with the key digest), never the server key."""
 
-    def evaluator(self, server_key: bytes) -> Evaluator: ...
+    def key_parts(self, server_key: bytes) -> dict[str, bytes]:
+        """The server key split into what each stage uses ({purpose: key}, purposes of
+        KEY_PURPOSES), so a pod loads only its share; {} when the backend cannot split."""
+        ...
+
+    def evaluator(self, server_key: bytes, key_id: bytes | None = None) -> Evaluator:
+        """An evaluator of the whole key or of one part; ``key_id`` (the keyset's) labels
+        what a part computes, since a part's own digest names nothing."""
+        ...
 
 
 class EvaluatorCache:

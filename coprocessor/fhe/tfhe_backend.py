@@ -102,12 +102,14 @@ class TfheRsClient:
 class TfheRsEvaluator:
     backend = NAME
 
-    def __init__(self, server_key: bytes) -> None:
+    def __init__(self, server_key: bytes, key_id: bytes | None = None) -> None:
+        """``server_key`` is the whole key or one stage's part (``key_parts``); a part
+        labels ciphertexts with the keyset's id, ``key_id``, not with its own digest."""
         try:
             self._evaluator = _native().Evaluator(server_key)
         except ValueError as error:  # a corrupted or foreign key object, e.g. from S3
             raise BadCiphertext(f"not a {NAME} server key: {error}") from None
-        self.key_digest = key_digest(server_key)
+        self.key_digest = key_id[:8] if key_id else key_digest(server_key)
         self._can_compress_squashed = bool(self._evaluator.can_compress_squashed)
         self._can_compress = bool(self._evaluator.can_compress)
 
@@ -362,5 +364,17 @@ class TfheRsBackend:
         except ValueError as error:
             raise BadCiphertext(f"not a {NAME} client key: {error}") from None
 
-    def evaluator(self, server_key: bytes) -> TfheRsEvaluator:
-        return self._evaluators.get(server_key, TfheRsEvaluator)  # type: ignore[return-value]
+    def key_parts(self, server_key: bytes) -> dict[str, bytes]:
+        """The shares of the compute and verify stages (``engine.KEY_PURPOSES``): 60 MB
+        each and about 1 s to load, against 511 MB and 16 s for the whole key, which is
+        mostly the noise squashing material only SNS uses (SNS loads the whole key)."""
+        try:
+            compute, verify = _native().split_server_key(server_key)
+        except ValueError as error:
+            raise BadCiphertext(f"not a {NAME} server key: {error}") from None
+        return {"compute": compute, "verify": verify}
+
+    def evaluator(self, server_key: bytes, key_id: bytes | None = None) -> TfheRsEvaluator:
+        return self._evaluators.get(  # type: ignore[return-value]
+            server_key, lambda key: TfheRsEvaluator(key, key_id)
+        )

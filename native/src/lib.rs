@@ -563,6 +563,41 @@ fn generate_keys(py: Python<'_>) -> PyResult<(Py<PyBytes>, Py<PyBytes>, Py<PyByt
     ))
 }
 
+/// The shares of a compressed server key that the compute and verify stages need, as
+/// compressed server keys of their own: (compute, verify). Both hold the integer (PBS
+/// and key-switching) key; compute adds only the OPRF key (Rand), verify the compact-list
+/// key-switching key and the re-randomization key. The noise squashing material, most
+/// of the keyset's size, is in neither: SNS loads the whole key.
+#[pyfunction]
+fn split_server_key(
+    py: Python<'_>,
+    compressed_server_key: Vec<u8>,
+) -> PyResult<(Py<PyBytes>, Py<PyBytes>)> {
+    let (compute, verify) = py.allow_threads(move || -> PyResult<_> {
+        let csk: CompressedServerKey = de(&compressed_server_key, KEY_LIMIT)?;
+        let (integer, ksk, _, _, _, _, rerand, oprf, tag) = csk.into_raw_parts();
+        let compute = CompressedServerKey::from_raw_parts(
+            integer.clone(),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            oprf.clone(),
+            tag.clone(),
+        );
+        let verify = CompressedServerKey::from_raw_parts(
+            integer, ksk, None, None, None, None, rerand, oprf, tag,
+        );
+        Ok((ser(&compute, KEY_LIMIT)?, ser(&verify, KEY_LIMIT)?))
+    })?;
+    Ok((
+        PyBytes::new(py, &compute).into(),
+        PyBytes::new(py, &verify).into(),
+    ))
+}
+
 // --- input proofs (ZK proof of knowledge of compact-list plaintexts) ------------------------
 
 /// Bits one proven list may carry at most; fhEVM's input limit.
@@ -1359,6 +1394,7 @@ fn fhe_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TFHE_VERSION", "1.7.0")?;
     m.add("HAS_TEST_PROVER", cfg!(feature = "test-prover"))?;
     m.add_function(wrap_pyfunction!(generate_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(split_server_key, m)?)?;
     m.add_function(wrap_pyfunction!(generate_crs, m)?)?;
     m.add_function(wrap_pyfunction!(prove_inputs, m)?)?;
     m.add_class::<Client>()?;

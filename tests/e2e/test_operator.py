@@ -26,7 +26,12 @@ from coprocessor.fhe import reference
 from coprocessor.fhe.envelope import Envelope
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
-from coprocessor.tenants import create_tenant, input_handle, load_client, server_key_object
+from coprocessor.tenants import (
+    create_tenant,
+    input_handle,
+    key_objects,
+    load_client,
+)
 from coprocessor.types import FheType, Op
 from devstack import process
 from devstack.kube import operator_kubeconfig
@@ -66,7 +71,7 @@ async def tenant(settings):
     finally:
         await connection.close()
     yield created.tenant, load_client(settings, created.tenant)
-    ObjectStore(settings).delete([server_key_object(created.tenant)])
+    ObjectStore(settings).delete(key_objects(created.tenant))
 
 
 class Operator:

@@ -18,7 +18,7 @@ from coprocessor.fhe import reference
 from coprocessor.fhe.engine import Client
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
-from coprocessor.tenants import create_tenant, load_client, server_key_object
+from coprocessor.tenants import create_tenant, key_objects, load_client
 from coprocessor.types import FheType, Op, derive_handle
 
 from ...keysets import session_keyset
@@ -143,4 +143,4 @@ async def new_tenant(settings: Settings, name: str, backend: str):
 
 def drop_server_key(settings: Settings, tenant: queries.Tenant) -> None:
     """Free the tenant's copy of the server key in S3 (keeps the suite's disk use low)."""
-    ObjectStore(settings).delete([server_key_object(tenant)])
+    ObjectStore(settings).delete(key_objects(tenant))
