@@ -60,16 +60,20 @@ class ObjectStore:
         except (BotoCoreError, ClientError, EndpointConnectionError) as error:
             raise self._unavailable(error) from None
 
-    def digest_of(self, key: str) -> str | None:
+    def _head(self, key: str) -> dict | None:
+        """The object's HEAD response; None when there is no object at ``key``."""
         try:
-            head = self._client.head_object(Bucket=self.bucket, Key=key)
+            return self._client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as error:
             if error.response["Error"]["Code"] in _MISSING:
                 return None
             raise self._unavailable(error) from None
         except (BotoCoreError, EndpointConnectionError) as error:
             raise self._unavailable(error) from None
-        return head.get("Metadata", {}).get(DIGEST_METADATA)
+
+    def digest_of(self, key: str) -> str | None:
+        head = self._head(key)
+        return None if head is None else head.get("Metadata", {}).get(DIGEST_METADATA)
 
     def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> bool:
         """Store ``data`` at ``key`` unless an identical object is there; True if uploaded."""
@@ -111,27 +115,14 @@ class ObjectStore:
         raise ForeignObject(f"s3://{self.bucket}/{key} keeps changing; it is left as it is")
 
     def exists(self, key: str) -> bool:
-        try:
-            self._client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as error:
-            if error.response["Error"]["Code"] in _MISSING:
-                return False
-            raise self._unavailable(error) from None
-        except (BotoCoreError, EndpointConnectionError) as error:
-            raise self._unavailable(error) from None
-        return True
+        return self._head(key) is not None
 
     def metadata(self, key: str) -> dict[str, str]:
         """The object's user metadata (``Ct-Format`` of a ct128, our sha256); KeyError
         when absent."""
-        try:
-            head = self._client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as error:
-            if error.response["Error"]["Code"] in _MISSING:
-                raise KeyError(key) from None
-            raise self._unavailable(error) from None
-        except (BotoCoreError, EndpointConnectionError) as error:
-            raise self._unavailable(error) from None
+        head = self._head(key)
+        if head is None:
+            raise KeyError(key)
         return dict(head.get("Metadata", {}))
 
     def put_if_absent(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> bool:
