@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from web3 import Web3
 from web3.contract import Contract
@@ -69,22 +70,39 @@ def bucket_url(settings: Settings) -> str:
     return f"{settings.s3_endpoint.rstrip('/')}/{settings.s3_bucket_ct128}"
 
 
-def host_chain(chain_id: int, executor: str = NO_ADDRESS, acl: str = NO_ADDRESS) -> tuple:
+def host_chain(
+    chain_id: int,
+    executor: str = NO_ADDRESS,
+    acl: str = NO_ADDRESS,
+    name: str = "",
+    website: str = "",
+) -> tuple[int, str, str, str, str]:
     """A GatewayConfig ``HostChain`` (chainId, fhevmExecutor, acl, name, website)."""
-    return (chain_id, executor, acl, f"dev host chain {chain_id}", "")
+    return (chain_id, executor, acl, name or f"dev host chain {chain_id}", website)
+
+
+class GatewayContracts(NamedTuple):
+    config: Contract
+    commits: Contract
+    acl: Contract
 
 
 def deploy_gateway(
     w3: Web3,
     coprocessors: Sequence[tuple[str, str, str]],
-    host_chains: Sequence[tuple],
-) -> tuple[Contract, Contract, Contract]:
+    host_chains: Sequence[tuple[int, str, str, str, str]],
+    *,
+    owner: str | None = None,
+) -> GatewayContracts:
     """GatewayConfig (coprocessors as (tx sender, signer, bucket URL)), CiphertextCommits
-    and MultichainACL gated by it; the deployer (anvil's first account) owns the config."""
-    config = deploy(w3, "GatewayConfig", list(coprocessors), list(host_chains))
-    commits = deploy(w3, "CiphertextCommits", config.address)
-    acl = deploy(w3, "MultichainACL", config.address)
-    return config, commits, acl
+    and MultichainACL gated by it; ``owner`` (default: the node's first account) owns
+    the config."""
+    config = deploy(w3, "GatewayConfig", list(coprocessors), list(host_chains), sender=owner)
+    return GatewayContracts(
+        config,
+        deploy(w3, "CiphertextCommits", config.address, sender=owner),
+        deploy(w3, "MultichainACL", config.address, sender=owner),
+    )
 
 
 def _load(directory: Path, w3: Web3) -> dict | None:
