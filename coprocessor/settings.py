@@ -50,13 +50,15 @@ class Settings(BaseSettings):
         min_length=3,
         max_length=63,
         description="Bucket of published ct64 objects (raw TFHE-rs bytes, named by their "
-        "keccak256); its URL is what the coprocessor registers in GatewayConfig.",
+        "keccak256).",
     )
     s3_bucket_ct128: str = Field(
         "fhe-ct128",
         min_length=3,
         max_length=63,
-        description="Bucket of published ct128 (squashed) objects, named by their keccak256.",
+        description="Bucket of published ct128 (squashed) objects, named by their "
+        "keccak256; its URL is what the coprocessor registers in GatewayConfig (the KMS "
+        "fetches ct128 by digest).",
     )
     s3_access_key: str = Field("fheadmin", description="S3 access key id.")
     s3_secret_key: str = Field(

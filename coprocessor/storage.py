@@ -96,15 +96,14 @@ class ObjectStore:
     ) -> bool:
         """Store a published object whose name is its digest; True if uploaded now.
 
-        Already there with the same bytes: nothing to do (a re-run, another batch). There
-        with other bytes: ForeignObject - someone wrote under a digest that is not theirs,
-        and what may already be committed under that name is never overwritten."""
-        digest = hashlib.sha256(data).hexdigest()
+        Already there with the same bytes (compared by content, not by metadata anyone
+        can set): nothing to do (a re-run, another batch). There with other bytes:
+        ForeignObject - someone wrote under a digest that is not theirs, and what may
+        already be committed under that name is never overwritten."""
         for _ in range(2):
-            existing = self.digest_of(key)
-            if existing == digest:
-                return False
-            if existing is not None or self.exists(key):
+            if self.exists(key):
+                if self.get(key) == data:
+                    return False
                 raise ForeignObject(
                     f"s3://{self.bucket}/{key} holds other bytes than the object named by "
                     "that digest; it is left as it is"
@@ -137,7 +136,13 @@ class ObjectStore:
                 Metadata={**(metadata or {}), DIGEST_METADATA: hashlib.sha256(data).hexdigest()},
             )
         except ClientError as error:
-            if error.response["Error"]["Code"] in ("PreconditionFailed", "412"):
+            # 412: something is there; 409: a concurrent conditional write is in flight.
+            if error.response["Error"]["Code"] in (
+                "PreconditionFailed",
+                "412",
+                "ConditionalRequestConflict",
+                "409",
+            ):
                 return False
             raise self._unavailable(error) from None
         except (BotoCoreError, EndpointConnectionError) as error:

@@ -12,9 +12,9 @@ schedule. ACL events about handles no batch computes (inputs, later blocks) are 
 long-running sender's (``fhe-listener sender``).
 
 Exit codes: 0 all sent; 75 the chain did not answer, a handle is not published yet, or
-a receipt is late (a re-run continues where this one stopped); 3 the key is not a
-registered tx sender, a setting is missing, the tenant's keyset is not activated by the
-KMS, or a contract refused a call.
+a receipt is late, or the KMS has not activated the tenant's keyset yet (a re-run
+continues where this one stopped); 3 the key is not a registered tx sender, a setting
+is missing, or a contract refused a call.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from coprocessor.chain.committer import CommitResult, Committer, Row
 from coprocessor.chain.gateway import GatewayClient, load_signer, require_gateway
 from coprocessor.db import acl, commits, queries
 from coprocessor.db.pool import create_pool
-from coprocessor.errors import Irrecoverable, Recoverable
+from coprocessor.errors import Recoverable
 from coprocessor.settings import Settings
 
 from .compute import batch_tenant
@@ -36,8 +36,9 @@ from .compute import batch_tenant
 log = logging.getLogger(__name__)
 
 
-class NotActivated(Irrecoverable):
-    """The tenant's keyset has no KMS key id: nothing of it can be committed."""
+class NotActivated(Recoverable):
+    """The tenant's keyset has no KMS key id yet: nothing of it can be committed until the
+    KMS activates it. A wait, not a failure (exit 75: the Job retries the pod)."""
 
 
 async def run_send(settings: Settings, batch_id: str) -> SendSummary:
@@ -112,6 +113,9 @@ async def run_send(settings: Settings, batch_id: str) -> SendSummary:
                 f"{len(unpublished)} handle(s) not published yet (the sns stage "
                 f"has not squashed them), e.g. 0x{unpublished[0].handle.hex()}"
             )
+        owed = summary.total - summary.completed - summary.failed
+        if owed > 0 and summary.error is None:  # e.g. a vote that ran out of gas
+            summary.error = f"{owed} call(s) not on chain yet"
         if summary.error:
             summary.error = (
                 f"{summary.error} ({summary.completed}/{summary.total} sent; a re-run continues)"

@@ -56,6 +56,7 @@ class CommitResult:
     found: int = 0  # calls already on chain
     transactions: list[str] = field(default_factory=list)  # mined by this pass, 0x-hex
     rejected: dict[str, str] = field(default_factory=dict)  # call label -> reason
+    again: int = 0  # reverted but would pass now: back to unsent, for the next pass
     gas_used: int = 0
 
 
@@ -177,8 +178,11 @@ class Committer:
             order = {_key(r): i for i, r in enumerate(rows)}
             current.sort(key=lambda r: order.get(_key(r), len(order)))
             todo = [r for r in current if r.txn_hash is None]
-            todo += await self._settle_recorded([r for r in current if r.txn_hash], result)
-            await self._send(todo, result)
+            again, waiting = await self._settle_recorded([r for r in current if r.txn_hash], result)
+            # Send before waiting: a recorded transaction the node lost leaves a nonce
+            # gap that the ones still waiting cannot be mined past until it is filled.
+            await self._send(again + todo, result)
+            await self._await_receipts(waiting, result)
         return result
 
     @contextlib.asynccontextmanager
@@ -200,8 +204,11 @@ class Committer:
 
     # --- step 1 ---------------------------------------------------------------------
 
-    async def _settle_recorded(self, rows: list[Row], result: CommitResult) -> list[Row]:
-        """Settle rows pending in a recorded transaction; returns those to send again."""
+    async def _settle_recorded(
+        self, rows: list[Row], result: CommitResult
+    ) -> tuple[list[Row], list[tuple[bytes, list[Row]]]]:
+        """Settle rows pending in a recorded transaction whose receipt is there; returns
+        those to send again and the transactions still in the mempool."""
         by_hash: dict[bytes, list[Row]] = {}
         for row in rows:
             assert row.txn_hash is not None
@@ -224,8 +231,7 @@ class Committer:
                         connection, group, f"transaction 0x{tx_hash.hex()} never reached the chain"
                     )
                 again += group
-        await self._await_receipts(waiting, result)
-        return again
+        return again, waiting
 
     # --- steps 2 and 3 --------------------------------------------------------------
 
@@ -326,13 +332,21 @@ class Committer:
             result.gas_used += receipt.gas_used
             result.transactions.append("0x" + receipt.tx_hash.hex())
             return
-        why = await asyncio.to_thread(
-            self.gateway.why_reverted,
-            gateway_call(group[0]),
-            receipt.tx_hash,
-            receipt.block_number,
-        )
-        if isinstance(why, AlreadyDone):
+        why = await asyncio.to_thread(self.gateway.why_reverted, gateway_call(group[0]))
+        if why is None:  # it would pass now (out of gas): send it again
+            log.info(
+                "reverted transaction would pass now; sending again",
+                extra={"fields": {"tx": "0x" + receipt.tx_hash.hex(), "calls": len(group)}},
+            )
+            async with self.pool.acquire() as connection:
+                await _reset_unsent(
+                    connection,
+                    group,
+                    f"transaction 0x{receipt.tx_hash.hex()} reverted (gas {receipt.gas_used}) "
+                    "but the call would pass now: sent again",
+                )
+            result.again += len(group)
+        elif isinstance(why, AlreadyDone):
             await self._mark_sent(group, None, None)
             result.found += len(group)
         elif isinstance(why, CallRejected):

@@ -27,17 +27,21 @@ from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
-from web3.types import TxParams
 
 from ..errors import ConfigError, Recoverable, ServiceUnavailable
 from ..retry import backoff_delays
 from ..settings import Settings
-from .calls import AlreadyDone, GatewayCall, classify_revert, not_a_tx_sender
+from .calls import GatewayCall, classify_revert, not_a_tx_sender
 from .contracts import bound
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Gas added to every estimate: the estimate sees the chain before our call, where our
+# vote may not reach consensus; if other coprocessors' votes land first, ours becomes
+# the consensus vote, which writes the accepted material (about five more slots).
+CONSENSUS_GAS = 200_000
 
 
 class NonceTooLow(Exception):
@@ -273,24 +277,21 @@ class GatewayClient:
 
         return self.rpc("eth_getTransactionByHash", fetch)
 
-    def why_reverted(self, call: GatewayCall, tx_hash: bytes, block_number: int) -> Exception:
-        """Replay a reverted transaction at its block to read the contract's error."""
-        tx = self.rpc(
-            "eth_getTransactionByHash", lambda: self.w3.eth.get_transaction(HexBytes(tx_hash))
-        )
-        replay: TxParams = {
-            "from": tx["from"],
-            "to": tx["to"],
-            "data": tx["input"],
-            "gas": tx["gas"],
-        }
+    def why_reverted(self, call: GatewayCall) -> Exception | None:
+        """What a mined-but-reverted call means, asked of the chain as it is now: the
+        contract's error if it would revert again (its "already" error: done), None if
+        it would pass (it ran out of gas, e.g. because another coprocessor's vote made
+        ours the consensus vote after we estimated): send it again.
+
+        Not a replay at the block before: a replay there passes whenever an earlier
+        transaction of the same block changed what ours would do, which says nothing
+        about whether ours landed."""
+        function = self.function(call)
         try:
-            self.rpc("eth_call", lambda: self.w3.eth.call(replay, block_number - 1))
+            self.rpc("eth_estimateGas", lambda: function.estimate_gas({"from": self.address}))
         except ContractLogicError as error:
             return classify_revert(call, revert_data(error), str(error), self.address)
-        # Replayed before its block it passes: an earlier transaction of the same block
-        # (ours or another pod's) made the same call first.
-        return AlreadyDone()
+        return None
 
     # --- writes ---------------------------------------------------------------------
 
@@ -322,7 +323,7 @@ class GatewayClient:
                 "from": self.address,
                 "nonce": nonce,
                 "chainId": self.chain_id(),
-                "gas": int(estimate * self.settings.sender_gas_margin),
+                "gas": int(estimate * self.settings.sender_gas_margin) + CONSENSUS_GAS,
                 "maxFeePerGas": max_fee,
                 "maxPriorityFeePerGas": tip,
                 "value": 0,

@@ -2,9 +2,11 @@
 
 The host listener writes a row for every ``Allowed`` (allowAccount),
 ``AllowedForDecryption`` (allowPublicDecrypt) and delegation or revocation event, in the
-block's own transaction. The sender (the batch's send stage for its handles, the
-long-running sender for all) sends each once, in the states of ``ciphertext_digest``:
-unsent, pending (hash recorded before the broadcast) and sent.
+block's own transaction, naming that block: a call whose block a reorg orphaned is not
+sent (until the block comes back, or another canonical block asks for the same call).
+The sender (the batch's send stage for its handles, the long-running sender for all)
+sends each once, in the states of ``ciphertext_digest``: unsent, pending (hash recorded
+before the broadcast) and sent.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class AclCall:
     contract_address: bytes | None = None
     delegation_counter: int | None = None
     expiration_date: int | None = None
+    host_block_hash: bytes | None = None  # the block of the host event
 
     @property
     def call_key(self) -> str:
@@ -72,8 +75,12 @@ _FIELDS = (
     "contract_address",
     "delegation_counter",
     "expiration_date",
+    "host_block_hash",
 )
 _COLUMNS = "call_id, " + ", ".join(_FIELDS) + ", txn_is_sent, txn_hash, txn_last_error"
+# The call's host block was orphaned by a reorg (and not revived): it is not owed.
+_ORPHANED = """EXISTS (SELECT 1 FROM blocks b WHERE b.block_hash = g.host_block_hash
+                           AND b.is_orphaned)"""
 
 
 def _bytes(value: object) -> bytes | None:
@@ -97,6 +104,7 @@ def _row(record: asyncpg.Record) -> AclCallRow:
         contract_address=_bytes(record["contract_address"]),
         delegation_counter=_int(record["delegation_counter"]),
         expiration_date=_int(record["expiration_date"]),
+        host_block_hash=_bytes(record["host_block_hash"]),
     )
     return AclCallRow(
         record["call_id"],
@@ -108,26 +116,32 @@ def _row(record: asyncpg.Record) -> AclCallRow:
 
 
 async def record_calls(connection: asyncpg.Connection, calls: Sequence[AclCall]) -> int:
-    """Owe these calls (idempotent by ``call_key``); returns how many are new."""
+    """Owe these calls (idempotent by ``call_key``); returns how many are new. A call owed
+    from a block a reorg orphaned is re-pointed at the block asking for it now."""
+    calls = list({c.call_key: c for c in calls}.values())  # one row per call, last wins
     if not calls:
         return 0
     rows = await connection.fetch(
-        f"""INSERT INTO gateway_acl_calls (call_key, {", ".join(_FIELDS)})
+        f"""INSERT INTO gateway_acl_calls AS g (call_key, {", ".join(_FIELDS)})
             SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[], $5::bytea[],
                                  $6::bytea[], $7::bigint[], $8::bytea[], $9::bytea[],
-                                 $10::bytea[], $11::numeric[], $12::numeric[])
-            ON CONFLICT (call_key) DO NOTHING RETURNING call_id""",
+                                 $10::bytea[], $11::numeric[], $12::numeric[], $13::bytea[])
+            ON CONFLICT (call_key) DO UPDATE
+              SET host_block_hash = EXCLUDED.host_block_hash,
+                  transaction_id = EXCLUDED.transaction_id
+              WHERE NOT g.txn_is_sent AND {_ORPHANED}
+            RETURNING call_id, (xmax = 0) AS inserted""",
         [c.call_key for c in calls],
         *([getattr(c, name) for c in calls] for name in _FIELDS),
     )
-    return len(rows)
+    return sum(r["inserted"] for r in rows)
 
 
 async def unsent(connection: asyncpg.Connection, limit: int, max_retries: int) -> list[AclCallRow]:
     """Calls of every tenant waiting for (or pending in) a transaction, oldest first."""
     rows = await connection.fetch(
-        f"""SELECT {_COLUMNS} FROM gateway_acl_calls
-            WHERE NOT txn_is_sent AND txn_retry_count < $2
+        f"""SELECT {_COLUMNS} FROM gateway_acl_calls g
+            WHERE NOT txn_is_sent AND txn_retry_count < $2 AND NOT {_ORPHANED}
             ORDER BY created_at, call_id LIMIT $1""",
         limit,
         max_retries,
@@ -142,6 +156,7 @@ async def batch_calls(connection: asyncpg.Connection, batch_id: str) -> list[Acl
             WHERE (g.tenant_id, g.handle) IN (
                 SELECT bc.tenant_id, bc.output_handle FROM batch_computations bc
                 WHERE bc.batch_id = $1)
+              AND (g.txn_is_sent OR NOT {_ORPHANED})
             ORDER BY g.call_id""",
         batch_id,
     )

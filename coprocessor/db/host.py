@@ -226,6 +226,7 @@ def gateway_acl_calls(block: BlockRecord) -> list[AclCall]:
                     allowed.transaction_id,
                     handle=allowed.handle,
                     account_address=allowed.account_address,
+                    host_block_hash=block.hash,
                 )
             )
         elif allowed.event_type == 1:  # AllowedForDecryption(caller, handles)
@@ -235,6 +236,7 @@ def gateway_acl_calls(block: BlockRecord) -> list[AclCall]:
                     "allow_public_decrypt",
                     allowed.transaction_id,
                     handle=allowed.handle,
+                    host_block_hash=block.hash,
                 )
             )
     for delegation in block.delegations:
@@ -252,6 +254,7 @@ def gateway_acl_calls(block: BlockRecord) -> list[AclCall]:
                 expiration_date=(
                     delegation.old_expiration if revoked else delegation.new_expiration
                 ),
+                host_block_hash=block.hash,
             )
         )
     return calls

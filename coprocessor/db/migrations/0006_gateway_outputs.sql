@@ -35,6 +35,10 @@ CREATE TABLE gateway_acl_calls (
     delegation_counter  NUMERIC(20),
     expiration_date     NUMERIC(20),
     transaction_id      BYTEA CHECK (length(transaction_id) = 32),      -- the host event's
+    -- The block of that event: a call whose block a reorg orphaned is not sent (a grant
+    -- the canonical chain never made must not reach the gateway) unless the block
+    -- comes back or another canonical block asks for the same call.
+    host_block_hash     BYTEA CHECK (length(host_block_hash) = 32),
     txn_is_sent         BOOLEAN NOT NULL DEFAULT false,
     txn_retry_count     INT NOT NULL DEFAULT 0,
     txn_last_error      TEXT,

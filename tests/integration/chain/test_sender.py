@@ -432,7 +432,7 @@ async def test_a_tenant_the_kms_has_not_activated_sends_nothing(w3, database_url
 
     with pytest.raises(NotActivated) as raised:
         await run_send(settings, batch_id)
-    assert raised.value.exit_code == EXIT_IRRECOVERABLE
+    assert raised.value.exit_code == 75  # a wait for the KMS, not a failure
     assert "fhectl tenant activate acme" in str(raised.value)
     assert w3.eth.get_transaction_count(sender.address) == 0
     assert not any(r["txn_is_sent"] or r["txn_hash"] for r in await digest_rows(database_url))
@@ -808,3 +808,37 @@ async def test_a_nonce_taken_by_another_transaction_is_signed_again(w3, database
     assert not reads  # the stale value was used
     assert (result.sent, len(result.transactions)) == (1, 1)
     assert w3.eth.get_transaction_count(sender.address) == stale + 2
+
+
+async def test_a_vote_that_becomes_the_consensus_vote_after_its_estimate_lands(
+    w3, database_url, dev_stack, monkeypatch
+):
+    """Two coprocessors, majority 2, both estimating before either vote is mined: the
+    second to land is the consensus vote, which writes more than either estimate saw.
+    With the consensus allowance it lands; without it, it runs out of gas, and the
+    sender reads that as 'send again' (the call would pass now), never as done."""
+    import coprocessor.chain.gateway as gateway_module
+    from coprocessor.chain.calls import Commit
+    from coprocessor.chain.gateway import GatewayClient
+
+    senders = [new_tx_sender(w3), new_tx_sender(w3)]
+    gateway = gateway_for(w3, senders)
+    rpc = dev_stack["FHE_GATEWAY_RPC_URL"]
+    clients = [
+        GatewayClient(w3, settings_for(database_url, rpc, gateway, s, sender_gas_margin=1.0))
+        for s in senders
+    ]
+    for n, (allowance, landed) in enumerate(((0, False), (gateway_module.CONSENSUS_GAS, True))):
+        monkeypatch.setattr(gateway_module, "CONSENSUS_GAS", allowance)
+        call = Commit(handle(2000 + n), KMS_KEY_ID, *digests(2000 + n))
+        # Both sign (and so estimate) before either vote is on chain.
+        signed = [c.sign(call, c.next_nonce(), c.fees()) for c in clients]
+        for client, tx in zip(clients, signed, strict=True):
+            client.broadcast(tx)
+            w3.eth.wait_for_transaction_receipt(tx.tx_hash)
+        receipt = clients[1].receipt(signed[1].tx_hash)
+        assert receipt is not None and receipt.succeeded is landed, (allowance, receipt)
+        if landed:
+            assert gateway.commits.functions.isCiphertextMaterialAdded(call.handle).call()
+        else:
+            assert clients[1].why_reverted(call) is None  # it would pass now: send again

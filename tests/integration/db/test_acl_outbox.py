@@ -165,7 +165,8 @@ async def test_events_stored_before_0006_are_owed_with_the_products_call_keys(
                     for d in DELEGATIONS
                 ],
             )
-        assert await migrate.migrate(url, MIGRATIONS_DIR) == [6]
+        latest = migrate.latest_version(MIGRATIONS_DIR)
+        assert await migrate.migrate(url, MIGRATIONS_DIR) == list(range(6, latest + 1))
         backfilled = {
             r["call_key"] for r in await connection.fetch("SELECT call_key FROM gateway_acl_calls")
         }
@@ -175,3 +176,20 @@ async def test_events_stored_before_0006_are_owed_with_the_products_call_keys(
         assert await acl.record_calls(connection, expected) == 0
     finally:
         await connection.close()
+
+
+async def test_a_call_of_an_orphaned_block_is_not_owed_until_a_canonical_block_asks(db):
+    """A grant the canonical chain never made must not reach the gateway."""
+    async with db.acquire() as connection:
+        tenant_id = await tenant(connection)
+        async with connection.transaction():
+            await host.record_block(connection, block(7, tenant_id, EVENTS[:1]))
+        assert len(await acl.unsent(connection, 10, max_retries=5)) == 1
+        async with connection.transaction():
+            await host.orphan_above(connection, CHAIN_ID, tenant_id, 6)  # block 7 reorged out
+        assert await acl.unsent(connection, 10, max_retries=5) == []
+        # The same grant in a block of the new branch: owed again, now from that block.
+        async with connection.transaction():
+            await host.record_block(connection, block(17, tenant_id, EVENTS[:1]))
+        (row,) = await acl.unsent(connection, 10, max_retries=5)
+        assert row.call.host_block_hash == (17).to_bytes(32, "big")
