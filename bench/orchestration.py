@@ -57,7 +57,7 @@ def stack_env() -> dict[str, str]:
         key, _, value = line.removeprefix("export ").partition("=")
         env[key] = value
     sh(str(BIN / "fhectl"), "db", "migrate", env=env)
-    sh(str(BIN / "fhectl"), "tenant", "create", TENANT, env=env)
+    sh(str(BIN / "fhectl"), "tenant", "create", TENANT, "--namespace", NAMESPACE, env=env)
     return env
 
 

@@ -42,6 +42,16 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_namespace(namespace: str) -> str:
+    """A Kubernetes namespace name (RFC 1123 label), or UserError."""
+    if not isinstance(namespace, str) or not _NAME.fullmatch(namespace):
+        raise UserError(
+            f"namespace {namespace!r} is not a Kubernetes namespace name (lowercase letters, "
+            "digits and '-', at most 63)"
+        )
+    return namespace
+
+
 def key_dir(settings: Settings, name: str) -> Path:
     return settings.cache_dir / "keys" / check_name(name)
 

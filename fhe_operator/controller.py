@@ -255,6 +255,15 @@ class Controller:
             tenant = await queries.get_tenant(connection, spec.tenant)
             if tenant is None:
                 return spec, f"tenant {spec.tenant!r} does not exist", None, None
+            if not await queries.namespace_may_use(connection, tenant.tenant_id, namespace):
+                return (
+                    spec,
+                    f"tenant {spec.tenant!r} is not bound to namespace {namespace!r}; its "
+                    f"owner binds it with `fhectl tenant bind {spec.tenant} --namespace "
+                    f"{namespace}`",
+                    None,
+                    None,
+                )
             planned = None
             if spec.graph is not None:
                 try:

@@ -140,6 +140,46 @@ async def get_tenant_by_id(connection: asyncpg.Connection, tenant_id: int) -> Te
     return _tenant(row)
 
 
+async def bind_namespaces(
+    connection: asyncpg.Connection, tenant_id: int, namespaces: Sequence[str]
+) -> list[str]:
+    """Let FheBatches of these namespaces use the tenant (idempotent); returns all of the
+    tenant's namespaces."""
+    await connection.executemany(
+        """INSERT INTO tenant_namespaces (tenant_id, namespace) VALUES ($1, $2)
+           ON CONFLICT DO NOTHING""",
+        [(tenant_id, n) for n in namespaces],
+    )
+    return await tenant_namespaces(connection, tenant_id)
+
+
+async def unbind_namespaces(
+    connection: asyncpg.Connection, tenant_id: int, namespaces: Sequence[str]
+) -> list[str]:
+    await connection.execute(
+        "DELETE FROM tenant_namespaces WHERE tenant_id = $1 AND namespace = ANY($2::text[])",
+        tenant_id,
+        list(namespaces),
+    )
+    return await tenant_namespaces(connection, tenant_id)
+
+
+async def tenant_namespaces(connection: asyncpg.Connection, tenant_id: int) -> list[str]:
+    rows = await connection.fetch(
+        "SELECT namespace FROM tenant_namespaces WHERE tenant_id = $1 ORDER BY namespace",
+        tenant_id,
+    )
+    return [r["namespace"] for r in rows]
+
+
+async def namespace_may_use(connection: asyncpg.Connection, tenant_id: int, namespace: str) -> bool:
+    return await connection.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM tenant_namespaces WHERE tenant_id = $1 AND namespace = $2)",
+        tenant_id,
+        namespace,
+    )
+
+
 async def kms_key_id(connection: asyncpg.Connection, tenant_id: int) -> int | None:
     value = await connection.fetchval(
         "SELECT kms_key_id FROM tenants WHERE tenant_id = $1", tenant_id

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -189,9 +190,14 @@ def signer_secret(kube_api, namespace: str, account) -> None:
 
 
 @pytest.fixture
-def ns(namespace, kube_api, settings, dev_stack, gateway):
-    """A namespace whose pods get the database, S3 and gateway settings (the chart's
-    ConfigMap) and the signer key (its Secret)."""
+async def ns(namespace, kube_api, settings, dev_stack, gateway, tenant):
+    """A namespace the tenant is bound to, whose pods get the database, S3 and gateway
+    settings (the chart's ConfigMap) and the signer key (its Secret)."""
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        await queries.bind_namespaces(connection, tenant[0].tenant_id, [namespace])
+    finally:
+        await connection.close()
     data = {key: value for key, value in dev_stack.items() if key.startswith("FHE_S3")}
     data.update(
         {
@@ -571,6 +577,39 @@ async def test_invalid_graphs_fail_with_a_message_and_no_job(
     events = client.CoreV1Api(kube_api).list_namespaced_event(ns).items
     failed = {e.involved_object.name for e in events if e.reason == "Failed"}
     assert failed == {name for name, _, _ in cases}
+
+
+async def test_a_tenant_not_bound_to_the_namespace_fails_the_batch_and_starts_nothing(
+    operator, ns, kube_api, settings, tenant
+):
+    """Whoever may create FheBatches in some namespace cannot use another namespace's
+    tenant: the batch fails at admission, naming the binding to ask for, and no Job runs."""
+    a = await store_input(settings, tenant, 1, FheType.Uint8)
+    other = f"t-{uuid.uuid4().hex[:8]}"  # a namespace the tenant is not bound to
+    client.CoreV1Api(kube_api).create_namespace({"metadata": {"name": other}})
+    custom(kube_api).create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        other,
+        PLURAL,
+        batch(
+            "intruder",
+            {"inputs": {"a": a}, "nodes": [{"name": "x", "op": "FheNot", "args": ["a"]}]},
+        ),
+    )
+    status = await asyncio.to_thread(
+        wait_for,
+        phase_in(kube_api, other, "intruder", "Failed"),
+        timeout=60,
+        what="batch intruder to fail",
+    )
+    record, _ = tenant
+    assert f"tenant {record.name!r} is not bound to namespace {other!r}" in status["message"], (
+        status
+    )
+    assert f"fhectl tenant bind {record.name} --namespace {other}" in status["message"]
+    assert jobs_in(kube_api, other) == []
+    client.CoreV1Api(kube_api).delete_namespace(other)
 
 
 @pytest.mark.parametrize(

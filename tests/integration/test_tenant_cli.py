@@ -51,6 +51,26 @@ def test_create_is_idempotent_and_keys_land_where_they_belong(tenant_env):
     assert not os.path.exists(os.path.join(os.path.dirname(client_key), "server_key"))
 
 
+def test_namespaces_and_the_kms_key_id_of_a_tenant(tenant_env):
+    """Bound namespaces are what FheBatches may use it from; the KMS key id is set once."""
+    import json
+
+    def run(*args):
+        return json.loads(fhectl(tenant_env, "tenant", *args, "-o", "json").stdout)
+
+    assert run("create", "acme", "--namespace", "team-a")["namespaces"] == ["team-a"]
+    assert run("bind", "acme", "--namespace", "team-b", "--namespace", "team-a")["namespaces"] == [
+        "team-a",
+        "team-b",
+    ]
+    assert run("bind", "acme", "--namespace", "team-a", "--unbind")["namespaces"] == ["team-b"]
+    key_id = f"0x{(4 << 248) + 99:064x}"
+    assert run("activate", "acme", "--kms-key-id", key_id)["kms_key_id"] == key_id
+    assert run("activate", "acme", "--kms-key-id", str((4 << 248) + 99))["kms_key_id"] == key_id
+    refused = fhectl(tenant_env, "tenant", "activate", "acme", "--kms-key-id", "5", check=False)
+    assert refused.returncode == 3 and "already activated under KMS key id" in refused.stderr
+
+
 @pytest.mark.parametrize(
     ("fhe_type", "value"),
     [
@@ -81,6 +101,11 @@ def test_encrypt_then_decrypt(tenant_env, fhe_type, value):
         (["decrypt", "--tenant", "acme", "0x" + "00" * 32], "no ciphertext"),
         (["tenant", "create", "Not_OK"], "tenant name 'Not_OK'"),
         (["tenant", "create", "x", "--backend", "paillier"], "unknown FHE backend"),
+        (["tenant", "create", "x", "--namespace", "Bad_NS"], "namespace 'Bad_NS' is not"),
+        (["tenant", "create", "x", "--kms-key-id", "0x10g"], "is not a decimal or 0x-hex"),
+        (["tenant", "create", "x", "--kms-key-id", str(2**256)], "does not fit a uint256"),
+        (["tenant", "bind", "nobody", "--namespace", "ns"], "unknown tenant 'nobody'"),
+        (["tenant", "activate", "nobody", "--kms-key-id", "1"], "tenant 'nobody' does not"),
     ],
 )
 def test_bad_input_is_one_line_and_nothing_is_stored(tenant_env, args, needle):
