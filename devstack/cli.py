@@ -43,10 +43,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if all(c["healthy"] for c in report.values()) else 1
 
 
+def _print_exports(variables: dict[str, str]) -> None:
+    """Lines a shell can `eval`: one `export KEY=value` per variable, quoted."""
+    for key, value in variables.items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     state_dir, components = _stack_args(args)
-    for key, value in stack.env(state_dir, components).items():
-        print(f"export {key}={shlex.quote(value)}")
+    _print_exports(stack.env(state_dir, components))
     return 0
 
 
@@ -56,8 +61,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     gateway = ensure_dev_gateway(state_dir, load_settings(), args.host_chain_id or ())
     if args.env:
-        for key, value in gateway.env().items():
-            print(f"export {key}={shlex.quote(value)}")
+        _print_exports(gateway.env())
     else:
         emit(gateway.as_dict(), args.output)
     return 0
@@ -72,8 +76,7 @@ def cmd_host_chain(args: argparse.Namespace) -> int:
     w3 = Web3(Web3.HTTPProvider(load_settings().host_rpc_url, request_kwargs={"timeout": 10}))
     host = ensure_host_chain(w3, state_dir)
     if args.env:
-        for key, value in host.env().items():
-            print(f"export {key}={shlex.quote(value)}")
+        _print_exports(host.env())
     else:
         emit(host.as_dict(), args.output)
     return 0
