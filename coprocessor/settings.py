@@ -194,9 +194,9 @@ class Settings(BaseSettings):
     )
     sender_private_key: SecretStr | None = Field(
         None,
-        description="This coprocessor's signer key (0x + 64 hex digits) for the "
-        "gateway chain. Give it through the Job Secret (FHE_JOB_SECRET), never a CR; it is "
-        "never logged.",
+        description="This coprocessor's tx sender key (0x + 64 hex digits) for the "
+        "gateway chain, registered in its GatewayConfig. Give it through the Job Secret "
+        "(FHE_JOB_SECRET), never a CR; it is never logged.",
     )
     sender_max_in_flight: int = Field(
         16,

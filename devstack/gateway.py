@@ -22,7 +22,7 @@ from web3 import Web3
 from web3.contract import Contract
 
 from coprocessor.chain.contracts import bound, deploy, funded_account
-from coprocessor.errors import ServiceUnavailable
+from coprocessor.errors import ServiceUnavailable, UserError
 from coprocessor.settings import Settings
 
 from .keys import key_at, save_key
@@ -132,6 +132,9 @@ def ensure_dev_gateway(
         raise ServiceUnavailable(
             "chain", f"no JSON-RPC answer at {settings.gateway_rpc_url}; run `fhectl dev up`"
         )
+    for chain_id in host_chain_ids:
+        if not 0 < chain_id < 2**64:  # GatewayConfig's own rule (ChainIdNotUint64)
+            raise UserError(f"host chain id {chain_id} must be a positive 64-bit integer")
     wanted = list(dict.fromkeys(host_chain_ids or (w3.eth.chain_id, DEFAULT_TENANT_CHAIN_ID)))
     directory = state_dir / "gateway"
     directory.mkdir(parents=True, exist_ok=True)

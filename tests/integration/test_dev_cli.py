@@ -159,6 +159,9 @@ def test_dev_gateway_is_idempotent_and_keeps_its_key_private(dev_stack, tmp_path
         first["acl"],
     )
     assert 777 in more["host_chain_ids"]
+    for bad in ("0", str(2**64)):
+        refused = fhectl(*args, "--host-chain-id", bad, env=env, check=False)
+        assert refused.returncode == 3 and "positive 64-bit integer" in refused.stderr
     lines = fhectl("dev", "gateway", "--state-dir", str(tmp_path), "--env", env=env).stdout
     exports = dict(line.removeprefix("export ").split("=", 1) for line in lines.splitlines())
     assert exports == {
