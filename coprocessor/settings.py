@@ -192,6 +192,48 @@ class Settings(BaseSettings):
         description="MultichainACL contract on the gateway chain (0x address); "
         "required by the send stage (the host ACL events it relays).",
     )
+    gateway_input_verification_address: str | None = Field(
+        None,
+        description="InputVerification contract on the gateway chain (0x address): "
+        "where input proof requests come from and verdicts go; required by the gateway "
+        "listener and the proof-response sender.",
+    )
+    gateway_kms_generation_address: str | None = Field(
+        None,
+        description="KMSGeneration contract on the gateway chain (0x address): its "
+        "ActivateKey / ActivateCrs events bring the KMS's keys and CRS.",
+    )
+    gateway_start_block: int = Field(
+        0, ge=0, description="First gateway block the gateway listener reads without a cursor."
+    )
+    gateway_finality_depth: int = Field(
+        0, ge=0, description="Blocks behind the gateway head the gateway listener stays."
+    )
+    gateway_reorg_window: int = Field(
+        64, ge=1, description="Recent gateway blocks re-read when the cursor's block was reorged."
+    )
+    gateway_poll_interval_s: float = Field(
+        1.0, gt=0, description="Gateway head polling period (the fallback of newHeads)."
+    )
+    gateway_ws_url: str | None = Field(
+        None,
+        description="WebSocket RPC of the gateway chain for newHeads; default: "
+        "FHE_GATEWAY_RPC_URL with ws://; 'off' polls only.",
+    )
+    signer_private_key: SecretStr | None = Field(
+        None,
+        description="This coprocessor's signer key (0x + 64 hex digits): signs the "
+        "EIP-712 CiphertextVerification of verified input lists; registered in "
+        "GatewayConfig and the host InputVerifier. Separate from the tx sender key; give "
+        "it through a Secret; it is never logged.",
+    )
+    input_max_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        le=64 << 20,
+        description="Largest ciphertextWithZKProof accepted; a larger one is rejected "
+        "before any deserialisation.",
+    )
     sender_private_key: SecretStr | None = Field(
         None,
         description="This coprocessor's tx sender key (0x + 64 hex digits) for the "
@@ -292,6 +334,8 @@ class Settings(BaseSettings):
         "gateway_config_address",
         "gateway_commits_address",
         "gateway_acl_address",
+        "gateway_input_verification_address",
+        "gateway_kms_generation_address",
     )
     @classmethod
     def _address(cls, value: str | None) -> str | None:
@@ -299,7 +343,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a 0x-prefixed 20-byte address")
         return value
 
-    @field_validator("sender_private_key")
+    @field_validator("sender_private_key", "signer_private_key")
     @classmethod
     def _private_key(cls, value: SecretStr | None) -> SecretStr | None:
         """Checked here so a mistyped key fails at start, naming the setting, not the key."""
