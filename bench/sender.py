@@ -43,11 +43,12 @@ KMS_KEY_ID = (4 << 248) + 1
 
 async def one_mode(env: dict[str, str], w3: Web3, handles: int, in_flight: int) -> dict:
     tx_sender = funded_account(w3, 10**20)
-    config, ciphertext_commits, multichain_acl = deploy_gateway(
+    gateway = deploy_gateway(
         w3,
         [(tx_sender.address, Account.create().address, "s3://bench-ct128")],
         [host_chain(HOST_CHAIN_ID)],
     )
+    config, ciphertext_commits, multichain_acl = gateway.config, gateway.commits, gateway.acl
     async with scratch_database(
         env["FHE_DATABASE_URL"], Settings().migrations_dir, "bench_sender"
     ) as url:

@@ -36,19 +36,20 @@ from coprocessor.tenants import create_tenant, key_objects
 from job_runner.verify import run_verify
 
 CONTRACT, USER, CHAIN_ID = "0x" + "11" * 20, "0x" + "22" * 20, 31337
+ACL = "0x" + "33" * 20  # the host chain's ACL: the proof and the handles are bound to it
 CRS_BITS = 2048
 
 
 def prove(keyset, crs: bytes, count: int) -> bytes:
     values = [(5, (1000 + i).to_bytes(32, "little")) for i in range(count)]
     return _native().prove_inputs(
-        keyset.public_params, crs, input_metadata(CONTRACT, USER, CHAIN_ID), values
+        keyset.public_params, crs, input_metadata(CONTRACT, USER, ACL, CHAIN_ID), values
     )
 
 
 def list_costs(keyset, crs: bytes, sizes: list[int], repeat: int) -> dict:
     evaluator = get_backend("tfhe-rs").evaluator(keyset.server_key)
-    metadata = input_metadata(CONTRACT, USER, CHAIN_ID)
+    metadata = input_metadata(CONTRACT, USER, ACL, CHAIN_ID)
     result: dict = {}
     for count in sizes:
         started = time.perf_counter()
@@ -110,6 +111,7 @@ async def stage_throughput(server_env: dict[str, str], keyset, requests: int) ->
                             bytes.fromhex(CONTRACT[2:]),
                             bytes.fromhex(USER[2:]),
                             proven,
+                            acl_address=bytes.fromhex(ACL[2:]),
                         ),
                     )
                 started = time.perf_counter()

@@ -4,11 +4,12 @@ Every coprocessor that verifies the same list must name its values alike, so the
 handle is a pure function of the list's bytes and what the proof is bound to:
 
     blob hash  = keccak256("ZK-w_rct" | list bytes)
-    prehandle  = keccak256("ZK-w_hdl" | blob hash | index (1) | contract (20) | chain id (32))
-    handle     = prehandle[0:21] | index | chain id (8, BE) | type code | version
+    prehandle  = keccak256("ZK-w_hdl" | blob hash | index (1) | ACL (20) | chain id (32))
+    handle     = prehandle[0:21] | index | chain id (8, BE) | type code | version 0
 
-(the layout of docs/design.md section 5; fhEVM also hashes its ACL contract's address in,
-which our verify_proofs rows do not carry, so these are not byte-equal to Zama's).
+exactly fhEVM's rule (FHEVM_WIRE.md, Inputs): the ACL is the host chain's ACL contract,
+so the handles the client SDK computes, the host's InputVerifier accepts and every
+coprocessor stores are the same bytes.
 """
 
 from __future__ import annotations
@@ -28,16 +29,17 @@ def blob_hash(proven_list: bytes) -> bytes:
 
 
 def input_handles(
-    proven_list: bytes, contract: bytes, chain_id: int, types: Sequence[FheType]
+    proven_list: bytes, acl_address: bytes, chain_id: int, types: Sequence[FheType]
 ) -> list[bytes]:
     if len(types) > MAX_INPUTS:
         raise InvalidInputProof(f"{len(types)} values in one input list; at most {MAX_INPUTS}")
-    if len(contract) != 20:
-        raise InvalidInputProof(f"contract address must be 20 bytes, got {len(contract)}")
+    if len(acl_address) != 20:
+        raise InvalidInputProof(f"ACL address must be 20 bytes, got {len(acl_address)}")
     blob = blob_hash(proven_list)
+    chain_bytes = chain_id.to_bytes(32, "big")
     return [
         make_handle(
-            keccak(b"ZK-w_hdl" + blob + bytes([index]) + contract + chain_id.to_bytes(32, "big")),
+            keccak(b"ZK-w_hdl" + blob + bytes([index]) + acl_address + chain_bytes),
             index,
             chain_id,
             fhe_type,

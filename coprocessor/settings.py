@@ -220,6 +220,13 @@ class Settings(BaseSettings):
         description="WebSocket RPC of the gateway chain for newHeads; default: "
         "FHE_GATEWAY_RPC_URL with ws://; 'off' polls only.",
     )
+    gateway_tenant_chain_id: int | None = Field(
+        None,
+        ge=1,
+        lt=2**63,
+        description="Host chain whose tenant a keyset the KMS activates becomes (when "
+        "no tenant holds that keyset yet); default: the chain FHE_HOST_RPC_URL serves.",
+    )
     signer_private_key: SecretStr | None = Field(
         None,
         description="This coprocessor's signer key (0x + 64 hex digits): signs the "

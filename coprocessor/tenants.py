@@ -130,7 +130,8 @@ async def create_tenant(
     backend = get_backend(backend_name)
     directory = key_dir(settings, name)
     if keyset is not None:
-        _save_locally(directory, keyset, with_server_key=False)
+        if keyset.client_key:  # a keyset from the KMS has none: its nodes share it
+            _save_locally(directory, keyset, with_server_key=False)
     else:
         keyset = _local_keyset(directory, backend_name)
     if keyset is None:

@@ -64,13 +64,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not 0 < args.chain_id < 2**63 or not 0 <= args.id < 2**63:
         raise UserError("--chain-id must be in 1..2^63-1 and --id in 0..2^63-1")
     contract, user = _address(args.contract, "contract"), _address(args.user, "user")
+    acl = _address(args.acl, "ACL") if args.acl else None
     try:
         data = Path(args.file).read_bytes()
     except OSError as error:
         raise UserError(f"cannot read {args.file}: {error.strerror}") from None
     if not data:
         raise UserError(f"{args.file} is empty")
-    request = proofs.ProofRequest(args.id, args.chain_id, contract, user, data)
+    request = proofs.ProofRequest(args.id, args.chain_id, contract, user, data, acl_address=acl)
     queued = asyncio.run(connected(lambda c: proofs.insert_request(c, request)))
     emit({"zk_proof_id": args.id, "queued": queued}, args.output)
     return 0
@@ -113,6 +114,11 @@ def register(groups: argparse._SubParsersAction) -> None:
     queue.add_argument("--chain-id", type=int, required=True)
     queue.add_argument("--contract", required=True, help="0x + 20 bytes")
     queue.add_argument("--user", required=True, help="0x + 20 bytes")
+    queue.add_argument(
+        "--acl",
+        help="the host chain's ACL address the list is bound to (0x + 20 bytes); "
+        "default FHE_HOST_ACL_ADDRESS",
+    )
     queue.add_argument("file", help="the serialized ProvenCompactCiphertextList")
     queue.set_defaults(handler=cmd_submit)
     status = commands.add_parser(

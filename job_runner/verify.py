@@ -1,10 +1,14 @@
 """``fhe-job verify``: check the zero-knowledge proofs of queued input lists.
 
 Each pending verify_proofs row is claimed (FOR UPDATE SKIP LOCKED, so several pods
-share the queue), its list verified against the deployment's CRS, the compact public
-key of the tenant serving its chain and the metadata it must be bound to (contract,
-user, chain id), then expanded: one ciphertext per value, stored under the handles of
-coprocessor.inputs, and the verdict recorded, all in the row's transaction.
+share the queue), its list verified against the deployment's CRS (the one the KMS
+activated, else the generated one), the compact public key of the tenant serving its
+chain and the 92 bytes fhEVM binds a proof to (contract, user, the host chain's ACL,
+chain id), then expanded: one ciphertext per value, stored under fhEVM's input handles
+(coprocessor.inputs), and the verdict recorded, all in the row's transaction. A list
+larger than FHE_INPUT_MAX_BYTES is refused before anything parses it. The verdict of a
+request read from the gateway is then sent back by the committer (signed there: the
+signer key never reaches this stage).
 
 Three outcomes per row:
 * answered: verified, or refused (bad proof, other metadata, malformed list, a chain
@@ -24,8 +28,10 @@ from collections import OrderedDict
 
 import asyncpg
 
+from coprocessor import kms
 from coprocessor.api.summary import VerifySummary
 from coprocessor.crs import ensure_crs
+from coprocessor.db import kms as kms_rows
 from coprocessor.db import proofs, queries
 from coprocessor.db.notify import NotificationWaiter
 from coprocessor.db.pool import classify, connect
@@ -58,16 +64,34 @@ class _Verifier:
 
     def __init__(self, settings: Settings) -> None:
         self.store = ObjectStore(settings)
+        self.settings = settings
         self.crs_bits = settings.crs_max_bits
         self._evaluators: OrderedDict[int, Evaluator] = OrderedDict()
         self._crs: dict[str, bytes] = {}
 
-    async def crs(self, backend: str) -> bytes:
-        if backend not in self._crs:
-            self._crs[backend] = await asyncio.to_thread(
-                ensure_crs, self.store, backend, self.crs_bits
+    async def crs(self, connection: asyncpg.Connection, backend: str) -> bytes:
+        """The KMS's active CRS when one was activated (it may change: looked up per
+        request, cached by object), else the deployment's generated one."""
+        active = await kms_rows.active_crs(connection) if backend == "tfhe-rs" else None
+        key = active.object_key if active else backend
+        if key not in self._crs:
+            if active:
+                self._crs[key] = await asyncio.to_thread(kms.load_crs, self.store, active)
+            else:
+                self._crs[key] = await asyncio.to_thread(
+                    ensure_crs, self.store, backend, self.crs_bits
+                )
+        return self._crs[key]
+
+    def acl_address(self, request: proofs.ProofRequest) -> bytes:
+        if request.acl_address is not None:
+            return request.acl_address
+        if self.settings.host_acl_address is None:
+            raise _Rejected(
+                f"no ACL address is known for chain id {request.chain_id}: the request "
+                "carries none and FHE_HOST_ACL_ADDRESS is not set"
             )
-        return self._crs[backend]
+        return bytes.fromhex(self.settings.host_acl_address[2:])
 
     async def evaluator(self, tenant: queries.Tenant) -> Evaluator:
         if tenant.tenant_id in self._evaluators:
@@ -96,6 +120,12 @@ class _Verifier:
             raise _Rejected(f"no tenant serves chain id {request.chain_id}")
         if not request.input:
             raise _Rejected("the request carries no input list")
+        if len(request.input) > self.settings.input_max_bytes:
+            raise _Rejected(
+                f"the input list is {len(request.input)} bytes; at most "
+                f"{self.settings.input_max_bytes} (FHE_INPUT_MAX_BYTES) are accepted"
+            )
+        acl_address = self.acl_address(request)
         tenant = served.tenant
         if tenant.backend != "tfhe-rs":
             raise _Rejected(
@@ -103,21 +133,20 @@ class _Verifier:
             )
         if not served.public_params:
             raise UserError(f"tenant {tenant.name!r} has no compact public key")
-        crs = await self.crs(tenant.backend)
+        crs = await self.crs(connection, tenant.backend)
         evaluator = await self.evaluator(tenant)
         try:
             metadata = input_metadata(
                 "0x" + request.contract_address.hex(),
                 "0x" + request.user_address.hex(),
+                "0x" + acl_address.hex(),
                 request.chain_id,
             )
             ciphertexts = await asyncio.to_thread(
                 evaluator.verify_inputs, crs, served.public_params, request.input, metadata
             )
             types = [Envelope.from_bytes(c).fhe_type for c in ciphertexts]
-            handles = input_handles(
-                request.input, request.contract_address, request.chain_id, types
-            )
+            handles = input_handles(request.input, acl_address, request.chain_id, types)
         except (InvalidInputProof, UnsupportedOperation) as error:
             raise _Rejected(str(error)) from None
         for handle, ciphertext, fhe_type in zip(handles, ciphertexts, types, strict=True):

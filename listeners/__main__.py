@@ -17,7 +17,7 @@ from coprocessor.logs import configure_logging
 from coprocessor.settings import load_settings
 
 LISTENERS = ("host", "gateway", "sender")
-AVAILABLE = ("host", "sender")
+AVAILABLE = LISTENERS
 
 log = logging.getLogger("fhe-listener")
 
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.listener == "sender":
             asyncio.run(_run_sender(settings))
+        elif args.listener == "gateway":
+            asyncio.run(_run_gateway(settings))
         else:
             asyncio.run(_run_host(settings, batches=not args.no_batches))
     except Exception as error:
@@ -67,6 +69,7 @@ def _stop_on_signals() -> asyncio.Event:
 
 async def _run_sender(settings) -> None:
     from coprocessor.chain.gateway import GatewayClient, load_signer, require_gateway
+    from coprocessor.chain.verdicts import VerdictSigner
     from coprocessor.db.pool import create_pool
 
     from .sender import Sender
@@ -76,9 +79,37 @@ async def _run_sender(settings) -> None:
     stop = _stop_on_signals()
     pool = await create_pool(settings.database_url, size=4)
     try:
-        sender = Sender(settings, pool, GatewayClient.connect(settings, signer))
+        gateway = GatewayClient.connect(settings, signer)
+        verdicts = None
+        if settings.signer_private_key is not None:
+            chain_id = await asyncio.to_thread(gateway.chain_id)
+            verdicts = VerdictSigner.from_settings(settings, chain_id)
+        else:
+            log.warning(
+                "FHE_SIGNER_PRIVATE_KEY is not set: this sender sends no verdicts on input requests"
+            )
+        sender = Sender(settings, pool, gateway, verdicts)
         await sender.run(stop)
         log.info("sender stopped", extra={"fields": vars(sender.counters)})
+    finally:
+        await pool.close()
+
+
+async def _run_gateway(settings) -> None:
+    from web3 import Web3
+
+    from coprocessor.db.pool import create_pool
+
+    from .gateway import GatewayListener, require_gateway_contracts
+
+    require_gateway_contracts(settings)  # before any connection: the message says what to set
+    stop = _stop_on_signals()
+    w3 = Web3(Web3.HTTPProvider(settings.gateway_rpc_url, request_kwargs={"timeout": 10}))
+    pool = await create_pool(settings.database_url, size=4)
+    try:
+        listener = GatewayListener(settings, w3, pool)
+        await listener.run(stop)
+        log.info("gateway listener stopped", extra={"fields": vars(listener.counters)})
     finally:
         await pool.close()
 

@@ -43,6 +43,7 @@ from coprocessor.db.pool import classify
 from coprocessor.errors import Fatal, Recoverable, ServiceUnavailable
 from coprocessor.settings import Settings
 
+from .heads import follow_heads, wait_for_head, ws_url
 from .host_events import (
     DELEGATED,
     IGNORED_EVENTS,
@@ -198,7 +199,7 @@ class HostListener:
         ``host_poll_interval_s`` (the fallback when there is no subscription)."""
         await self.start()
         new_head = asyncio.Event()
-        heads = asyncio.create_task(self._follow_heads(new_head, stop))
+        heads = asyncio.create_task(follow_heads(self.ws_url(), new_head, stop, self.counters))
         try:
             while not stop.is_set():
                 new_head.clear()
@@ -209,58 +210,14 @@ class HostListener:
                     if not isinstance(error, Recoverable):
                         raise
                     log.warning("host poll deferred", extra={"fields": {"error": str(error)}})
-                wake = asyncio.ensure_future(new_head.wait())
-                stopping = asyncio.ensure_future(stop.wait())
-                await asyncio.wait(
-                    {wake, stopping},
-                    timeout=self.settings.host_poll_interval_s,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                wake.cancel()
-                stopping.cancel()
+                await wait_for_head(new_head, stop, self.settings.host_poll_interval_s)
         finally:
             heads.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heads
 
     def ws_url(self) -> str | None:
-        configured = self.settings.host_ws_url
-        if configured == "off":
-            return None
-        if configured:
-            return configured
-        rpc = self.settings.host_rpc_url
-        return "ws" + rpc[4:] if rpc.startswith("http") else rpc
-
-    async def _follow_heads(self, new_head: asyncio.Event, stop: asyncio.Event) -> None:
-        """Set ``new_head`` on every newHeads notification; on any failure, log it,
-        rely on polling for a while and subscribe again."""
-        url = self.ws_url()
-        if url is None:
-            return
-        from web3 import AsyncWeb3, WebSocketProvider
-
-        while not stop.is_set():
-            try:
-                async with AsyncWeb3(WebSocketProvider(url)) as w3:
-                    await w3.eth.subscribe("newHeads")
-                    self.counters.subscribed = True
-                    log.info("subscribed", extra={"fields": {"url": url}})
-                    async for _ in w3.socket.process_subscriptions():
-                        self.counters.heads += 1
-                        new_head.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # no ws endpoint, a dropped connection, ...
-                self.counters.subscribed = False
-                log.warning(
-                    "newHeads subscription unavailable; polling",
-                    extra={
-                        "fields": {"url": url, "error": f"{type(error).__name__}: {error}"[:300]}
-                    },
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 30)
+        return ws_url(self.settings.host_ws_url, self.settings.host_rpc_url)
 
     # --- reorgs ----------------------------------------------------------------------
     async def _check_reorg(self) -> None:

@@ -1,12 +1,17 @@
 """``fhe-listener sender``: send every tenant's gateway calls as they appear.
 
-Digests the SNS stage published (``addCiphertextMaterial``) and the MultichainACL calls
-the host listener stored, including those about handles no batch computes (inputs
-allowed with ``FHE.allowThis``, handles allowed in a later block).
+Verdicts on the gateway's input requests (``verifyProofResponse``, signed with the
+coprocessor's signer key, or ``rejectProofResponse``) first - a user waits on them -
+then the digests the SNS stage published (``addCiphertextMaterial``) and the
+MultichainACL calls the host listener stored, including those about handles no batch
+computes (inputs allowed with ``FHE.allowThis``, handles allowed in a later block).
+Verdicts are sent only where FHE_SIGNER_PRIVATE_KEY and
+FHE_GATEWAY_INPUT_VERIFICATION_ADDRESS are set.
 
 The long-running form of the send stage, for deployments that run the reference's
 standalone transaction-sender instead of (or besides) per-batch ``send`` Jobs. It
-wakes on the SNS stage's ``event_ciphertexts_uploaded`` NOTIFY, or every poll interval
+wakes on the SNS stage's ``event_ciphertexts_uploaded`` and the verify stage's
+``event_zkpok_computed`` NOTIFY, or every poll interval
 in any case, and runs one Committer pass over the oldest unsent rows. Both forms share
 the tx sender's advisory lock, so they never race for nonces, and the write-ahead hash,
 so either may die at any line.
@@ -22,9 +27,10 @@ import asyncpg
 
 from coprocessor.chain.committer import Committer, Row
 from coprocessor.chain.gateway import GatewayClient
-from coprocessor.db import acl, commits
+from coprocessor.chain.verdicts import VerdictSigner
+from coprocessor.db import acl, commits, proofs
 from coprocessor.db.notify import NotificationWaiter
-from coprocessor.db.queries import CIPHERTEXTS_UPLOADED, WORK_AVAILABLE
+from coprocessor.db.queries import CIPHERTEXTS_UPLOADED, WORK_AVAILABLE, ZKPOK_COMPUTED
 from coprocessor.errors import Recoverable
 from coprocessor.settings import Settings
 
@@ -44,21 +50,31 @@ class SenderCounters:
 
 
 class Sender:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, gateway: GatewayClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        gateway: GatewayClient,
+        verdicts: VerdictSigner | None = None,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.gateway = gateway
-        self.committer = Committer(pool, gateway, settings)
+        self.verdicts = verdicts
+        self.committer = Committer(pool, gateway, settings, verdicts)
         self.counters = SenderCounters()
 
     async def pass_once(self) -> int:
         """Commit one slice of the backlog; returns how many rows it looked at."""
         async with self.pool.acquire() as connection:
-            rows: list[Row] = [
-                *await commits.unsent(
+            rows: list[Row] = []
+            if self.verdicts is not None:
+                rows += await proofs.unanswered(
                     connection, PASS_LIMIT, max_retries=self.settings.sender_attempts
                 )
-            ]
+            rows += await commits.unsent(
+                connection, PASS_LIMIT - len(rows), max_retries=self.settings.sender_attempts
+            )
             rows += await acl.unsent(
                 connection, PASS_LIMIT - len(rows), max_retries=self.settings.sender_attempts
             )
@@ -90,13 +106,14 @@ class Sender:
             extra={
                 "fields": {
                     "tx_sender": self.gateway.address,
+                    "signer": self.verdicts.address if self.verdicts else None,
                     "contracts": {n: c.address for n, c in self.gateway.contracts.items()},
                 }
             },
         )
         async with NotificationWaiter(
             self.settings.database_url,
-            (CIPHERTEXTS_UPLOADED, WORK_AVAILABLE),
+            (CIPHERTEXTS_UPLOADED, WORK_AVAILABLE, ZKPOK_COMPUTED),
             poll_interval=self.settings.notify_poll_interval_s,
         ) as waiter:
             while not stop.is_set():

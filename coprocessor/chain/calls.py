@@ -18,6 +18,11 @@ error's selector, once for the whole product:
   retry helps; fatal for the batch, naming the address;
 * ``HostChainNotRegistered(uint256)`` and any other revert - this call can never
   succeed (irrecoverable for it; the others go on).
+
+and ``InputVerification`` takes our verdicts on input lists: ``verifyProofResponse``
+(signed by the coprocessor's *signer* key, sent by its tx sender) or
+``rejectProofResponse``; ``CoprocessorSignerDoesNotMatchTxSender`` stops the pass like a
+missing registration does.
 """
 
 from __future__ import annotations
@@ -137,7 +142,69 @@ class Delegation:
         )
 
 
-GatewayCall = Commit | AllowAccount | AllowPublicDecrypt | Delegation
+# One answer per coprocessor and request, whichever it was: each call's "already" check
+# looks at both verdicts (InputVerification's _checkCoprocessorAlreadyResponded).
+ALREADY_VERIFIED = revert_selector("CoprocessorAlreadyVerified(uint256,address,address)")
+ALREADY_REJECTED = revert_selector("CoprocessorAlreadyRejected(uint256,address,address)")
+SIGNER_MISMATCH = revert_selector("CoprocessorSignerDoesNotMatchTxSender(address,address)")
+NOT_REQUESTED = revert_selector("VerifyProofNotRequested(uint256)")
+
+
+@dataclass(frozen=True)
+class VerifyProofResponse:
+    """``InputVerification.verifyProofResponse``: the list verified, here are its input
+    handles, signed (EIP-712 ``CiphertextVerification``) by the coprocessor's signer."""
+
+    zk_proof_id: int
+    handles: tuple[bytes, ...]
+    signature: bytes
+    extra_data: bytes
+
+    contract = "InputVerification"
+    already = ALREADY_VERIFIED
+    also_done = ALREADY_REJECTED
+
+    def function(self) -> tuple[str, tuple[object, ...]]:
+        return "verifyProofResponse", (
+            self.zk_proof_id,
+            list(self.handles),
+            self.signature,
+            self.extra_data,
+        )
+
+    @property
+    def label(self) -> str:
+        return f"verifyProofResponse {self.zk_proof_id}"
+
+
+@dataclass(frozen=True)
+class RejectProofResponse:
+    """``InputVerification.rejectProofResponse``: the list is refused (the reason stays
+    on our row: the gateway takes none)."""
+
+    zk_proof_id: int
+    extra_data: bytes
+
+    contract = "InputVerification"
+    already = ALREADY_REJECTED
+    also_done = ALREADY_VERIFIED
+
+    def function(self) -> tuple[str, tuple[object, ...]]:
+        return "rejectProofResponse", (self.zk_proof_id, self.extra_data)
+
+    @property
+    def label(self) -> str:
+        return f"rejectProofResponse {self.zk_proof_id}"
+
+
+GatewayCall = (
+    Commit
+    | AllowAccount
+    | AllowPublicDecrypt
+    | Delegation
+    | VerifyProofResponse
+    | RejectProofResponse
+)
 
 
 def _address(raw: bytes) -> str:
@@ -159,6 +226,11 @@ class AlreadyDone(Exception):
     """This tx sender's call is already on chain (not an error)."""
 
 
+class SignerMismatch(Irrecoverable):
+    """The signer key is not the one GatewayConfig registers for this tx sender: no
+    verdict of ours can land until the keys are fixed."""
+
+
 def not_a_tx_sender(address: str) -> NotATxSender:
     return NotATxSender(
         f"{address} is not a registered coprocessor tx sender of the gateway's "
@@ -169,8 +241,19 @@ def not_a_tx_sender(address: str) -> NotATxSender:
 
 def classify_revert(call: GatewayCall, data: str, reason: str, sender: str) -> Exception:
     """The exception a revert of ``call`` sent by ``sender`` stands for."""
-    if data.startswith(call.already):
+    if data.startswith(call.already) or data.startswith(getattr(call, "also_done", "-")):
         return AlreadyDone()
+    if data.startswith(SIGNER_MISMATCH):
+        return SignerMismatch(
+            f"{call.contract} refused {call.label}: the signature is not by the signer "
+            f"GatewayConfig registers for tx sender {sender}; set FHE_SIGNER_PRIVATE_KEY to "
+            "that key (or register this signer with updateCoprocessors)"
+        )
+    if data.startswith(NOT_REQUESTED):
+        return CallRejected(
+            f"{call.contract} refused {call.label}: the gateway has no such request "
+            "(VerifyProofNotRequested): was it read from another gateway?"
+        )
     if data.startswith(NOT_TX_SENDER):
         named = _decoded_address(data) or sender
         return not_a_tx_sender(named)

@@ -1,9 +1,12 @@
 """Sending what this coprocessor owes the gateway, exactly once per tx sender and call.
 
-Two outboxes feed it: ``ciphertext_digest`` rows (one ``addCiphertextMaterial`` per
-published handle) and ``gateway_acl_calls`` rows (one MultichainACL call per host ACL
-event). Shared by the send stage (one batch's rows) and the long-running sender (every
-tenant's). One pass, under the tx sender's advisory lock:
+Three outboxes feed it: ``ciphertext_digest`` rows (one ``addCiphertextMaterial`` per
+published handle), ``gateway_acl_calls`` rows (one MultichainACL call per host ACL
+event) and answered ``verify_proofs`` requests from the gateway (one
+``verifyProofResponse``, signed by the coprocessor's signer key, or
+``rejectProofResponse``). Shared by the send stage (one batch's rows) and the
+long-running sender (every tenant's, and the verdicts). One pass, under the tx
+sender's advisory lock:
 
 1. settle rows a previous pass left *pending* (a transaction was recorded, then the
    process died or the node stopped answering): a receipt marks them sent, a
@@ -29,10 +32,11 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from ..db import acl, commits
+from ..db import acl, commits, proofs
 from ..db.acl import AclCallRow
 from ..db.commits import DigestRow
-from ..errors import Recoverable
+from ..db.proofs import ResponseRow
+from ..errors import ConfigError, Recoverable
 from ..settings import Settings
 from .calls import (
     AllowAccount,
@@ -42,12 +46,15 @@ from .calls import (
     Commit,
     Delegation,
     GatewayCall,
+    RejectProofResponse,
+    VerifyProofResponse,
 )
 from .gateway import GatewayClient, NonceTooLow, Receipt, SignedCall
+from .verdicts import VerdictSigner
 
 log = logging.getLogger(__name__)
 
-Row = DigestRow | AclCallRow
+Row = DigestRow | AclCallRow | ResponseRow
 
 
 @dataclass
@@ -64,9 +71,27 @@ class NotActivated(CallRejected):
     """The tenant has no KMS key id: its material cannot be committed yet."""
 
 
-def gateway_call(row: Row) -> GatewayCall:
+def gateway_call(row: Row, verdicts: VerdictSigner | None = None) -> GatewayCall:
     """The call a row stands for; NotActivated for a digest of a tenant the KMS has not
-    activated (the key id committed must be the KMS's)."""
+    activated (the key id committed must be the KMS's). A verified input list's answer
+    is signed with ``verdicts`` (the coprocessor's signer)."""
+    if isinstance(row, ResponseRow):
+        if not row.verified:
+            return RejectProofResponse(row.zk_proof_id, proofs.NO_EXTRA_DATA)
+        if verdicts is None:
+            raise ConfigError(
+                f"input request {row.zk_proof_id} is verified, but setting "
+                "FHE_SIGNER_PRIVATE_KEY is not set: its answer must be signed by this "
+                "coprocessor's signer key"
+            )
+        signature = verdicts.sign(
+            row.handles,
+            row.user_address,
+            row.contract_address,
+            row.chain_id,
+            proofs.NO_EXTRA_DATA,
+        )
+        return VerifyProofResponse(row.zk_proof_id, row.handles, signature, proofs.NO_EXTRA_DATA)
     if isinstance(row, DigestRow):
         if row.kms_key_id is None:
             raise NotActivated(
@@ -98,72 +123,96 @@ def gateway_call(row: Row) -> GatewayCall:
 def label(row: Row) -> str:
     if isinstance(row, DigestRow):
         return "0x" + row.handle.hex()
+    if isinstance(row, ResponseRow):
+        verb = "verifyProofResponse" if row.verified else "rejectProofResponse"
+        return f"{verb} {row.zk_proof_id}"
     try:
         return gateway_call(row).label
     except CallRejected:
         return f"gateway ACL call {row.call_id}"
 
 
-# --- the two outboxes, behind one set of verbs -------------------------------------------
+# --- the three outboxes, behind one set of verbs -----------------------------------------
 
 
-def _split(rows: Sequence[Row]) -> tuple[list[DigestRow], list[int]]:
+def _split(rows: Sequence[Row]) -> tuple[list[DigestRow], list[int], list[int]]:
     digests = [r for r in rows if isinstance(r, DigestRow)]
-    return digests, [r.call_id for r in rows if isinstance(r, AclCallRow)]
+    return (
+        digests,
+        [r.call_id for r in rows if isinstance(r, AclCallRow)],
+        [r.zk_proof_id for r in rows if isinstance(r, ResponseRow)],
+    )
 
 
 async def _reload(connection: asyncpg.Connection, rows: Sequence[Row]) -> list[Row]:
-    digests, call_ids = _split(rows)
+    digests, call_ids, proof_ids = _split(rows)
     current: list[Row] = []
     if digests:
         current += await commits.reload(connection, [(r.tenant_id, r.handle) for r in digests])
     if call_ids:
         current += await acl.reload(connection, call_ids)
+    if proof_ids:
+        current += await proofs.reload_responses(connection, proof_ids)
     return current
 
 
 async def _record_pending(
     connection: asyncpg.Connection, rows: Sequence[Row], tx_hash: bytes, signer: bytes, nonce: int
 ) -> None:
-    digests, call_ids = _split(rows)
+    digests, call_ids, proof_ids = _split(rows)
     async with connection.transaction():
         if digests:
             await commits.record_pending(connection, digests, tx_hash, signer, nonce)
         if call_ids:
             await acl.record_pending(connection, call_ids, tx_hash, signer, nonce)
+        if proof_ids:
+            await proofs.record_pending(connection, proof_ids, tx_hash, signer, nonce)
 
 
 async def _mark_sent(
     connection: asyncpg.Connection, rows: Sequence[Row], tx_hash: bytes | None, block: int | None
 ) -> None:
-    digests, call_ids = _split(rows)
+    digests, call_ids, proof_ids = _split(rows)
     async with connection.transaction():
         if digests:
             await commits.mark_sent(connection, digests, tx_hash, block)
         if call_ids:
             await acl.mark_sent(connection, call_ids, tx_hash, block)
+        if proof_ids:
+            await proofs.mark_sent(connection, proof_ids, tx_hash, block)
 
 
 async def _reset_unsent(connection: asyncpg.Connection, rows: Sequence[Row], reason: str) -> None:
-    digests, call_ids = _split(rows)
+    digests, call_ids, proof_ids = _split(rows)
     async with connection.transaction():
         if digests:
             await commits.reset_unsent(connection, digests, reason)
         if call_ids:
             await acl.reset_unsent(connection, call_ids, reason)
+        if proof_ids:
+            await proofs.reset_unsent(connection, proof_ids, reason)
 
 
 def _key(row: Row) -> tuple[object, ...]:
     if isinstance(row, DigestRow):
         return ("digest", row.tenant_id, row.handle)
+    if isinstance(row, ResponseRow):
+        return ("proof", row.zk_proof_id)
     return ("acl", row.call_id)
 
 
 class Committer:
-    def __init__(self, pool: asyncpg.Pool, gateway: GatewayClient, settings: Settings) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        gateway: GatewayClient,
+        settings: Settings,
+        verdicts: VerdictSigner | None = None,
+    ) -> None:
         self.pool = pool
         self.gateway = gateway
         self.settings = settings
+        self.verdicts = verdicts
         self._signer = bytes.fromhex(gateway.address[2:])
 
     async def commit(self, rows: Sequence[Row]) -> CommitResult:
@@ -280,7 +329,7 @@ class Committer:
         """The signed transaction, or None when there is nothing to send (already on
         chain) or the call is refused (recorded as rejected)."""
         try:
-            call = gateway_call(row)
+            call = gateway_call(row, self.verdicts)
         except NotActivated as error:  # waits for the KMS: left as it is, not a retry
             result.rejected[label(row)] = str(error)
             return None
@@ -332,7 +381,9 @@ class Committer:
             result.gas_used += receipt.gas_used
             result.transactions.append("0x" + receipt.tx_hash.hex())
             return
-        why = await asyncio.to_thread(self.gateway.why_reverted, gateway_call(group[0]))
+        why = await asyncio.to_thread(
+            self.gateway.why_reverted, gateway_call(group[0], self.verdicts)
+        )
         if why is None:  # it would pass now (out of gas): send it again
             log.info(
                 "reverted transaction would pass now; sending again",

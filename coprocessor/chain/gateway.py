@@ -113,6 +113,10 @@ GATEWAY_SETTINGS = {
 }
 
 
+# Bound when set: only the verdict sender talks to InputVerification.
+OPTIONAL_GATEWAY_SETTINGS = {"InputVerification": "gateway_input_verification_address"}
+
+
 def require_gateway(settings: Settings) -> dict[str, str]:
     """The gateway contracts' addresses by name; ConfigError naming what is missing."""
     missing = {
@@ -162,6 +166,9 @@ class GatewayClient:
         self.contracts: dict[str, Contract] = {
             name: bound(w3, name, address) for name, address in require_gateway(settings).items()
         }
+        for name, setting in OPTIONAL_GATEWAY_SETTINGS.items():
+            if getattr(settings, setting) is not None:
+                self.contracts[name] = bound(w3, name, getattr(settings, setting))
         self.sleep = sleep
         self.retries = 0  # RPC calls retried, for the summary
         self._chain_id: int | None = None
@@ -226,8 +233,9 @@ class GatewayClient:
                 "eth_getCode", functools.partial(self.w3.eth.get_code, contract.address)
             )
             if code == b"":
+                setting = GATEWAY_SETTINGS.get(name) or OPTIONAL_GATEWAY_SETTINGS[name]
                 raise ConfigError(
-                    f"no contract at FHE_{GATEWAY_SETTINGS[name].upper()} "
+                    f"no contract at FHE_{setting.upper()} "
                     f"{contract.address} ({name}) on the gateway chain"
                 )
         config = self.contracts["GatewayConfig"].functions
@@ -297,7 +305,14 @@ class GatewayClient:
 
     def function(self, call: GatewayCall) -> Any:
         name, args = call.function()
-        return getattr(self.contracts[call.contract].functions, name)(*args)
+        contract = self.contracts.get(call.contract)
+        if contract is None:
+            setting = OPTIONAL_GATEWAY_SETTINGS.get(call.contract, "?")
+            raise ConfigError(
+                f"setting FHE_{setting.upper()} is not set: {call.label} goes to the "
+                f"gateway's {call.contract}"
+            )
+        return getattr(contract.functions, name)(*args)
 
     def fees(self) -> tuple[int, int]:
         """(maxFeePerGas, maxPriorityFeePerGas): room for the base fee to double."""

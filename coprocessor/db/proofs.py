@@ -4,6 +4,10 @@ A request row is written once (by the gateway listener, or ``insert_request``); 
 verify stage claims pending rows with FOR UPDATE SKIP LOCKED, and in the same
 transaction stores the expanded ciphertexts and the verdict, so a pod that dies half
 way leaves the row pending and nothing half-stored.
+
+A request read from the gateway (``from_gateway``) also owes the gateway its verdict:
+the row is then an outbox too (``unanswered`` ... ``mark_sent``), sent by the
+committer with the same write-ahead discipline as the digests and ACL calls.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from .queries import (
     storable_reason,
 )
 
+NO_EXTRA_DATA = b"\x00"  # what Zama's gateway and SDK pass as extraData (version 0)
+
 
 @dataclass(frozen=True)
 class ProofRequest:
@@ -31,6 +37,14 @@ class ProofRequest:
     contract_address: bytes
     user_address: bytes
     input: bytes | None
+    acl_address: bytes | None = None  # the host chain's ACL; None: FHE_HOST_ACL_ADDRESS
+    extra_data: bytes = NO_EXTRA_DATA
+    from_gateway: bool = False  # the gateway is owed a verdict transaction
+    gateway_block_hash: bytes | None = None
+
+
+_REQUEST_COLUMNS = """zk_proof_id, chain_id, contract_address, user_address, input,
+                      acl_address, extra_data, from_gateway, gateway_block_hash"""
 
 
 @dataclass(frozen=True)
@@ -43,17 +57,32 @@ class ChainTenant:
 
 
 async def insert_request(connection: asyncpg.Connection, request: ProofRequest) -> bool:
-    """Queue a request once (its id is the gateway's); True if this call queued it."""
+    """Queue a request once (its id is the gateway's); True if this call queued it.
+
+    The same id read again from another gateway block (a reorg moved the request) takes
+    the new block's content while it is still pending; an answered one never changes."""
     async with connection.transaction():
         status = await connection.execute(
-            """INSERT INTO verify_proofs (zk_proof_id, chain_id, contract_address,
-                                          user_address, input)
-               VALUES ($1, $2, $3, $4, $5) ON CONFLICT (zk_proof_id) DO NOTHING""",
+            f"""INSERT INTO verify_proofs ({_REQUEST_COLUMNS})
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               ON CONFLICT (zk_proof_id) DO UPDATE SET
+                   chain_id = EXCLUDED.chain_id, contract_address = EXCLUDED.contract_address,
+                   user_address = EXCLUDED.user_address, input = EXCLUDED.input,
+                   acl_address = EXCLUDED.acl_address, extra_data = EXCLUDED.extra_data,
+                   from_gateway = EXCLUDED.from_gateway,
+                   gateway_block_hash = EXCLUDED.gateway_block_hash
+               WHERE verify_proofs.verified IS NULL AND EXCLUDED.from_gateway
+                 AND verify_proofs.gateway_block_hash IS DISTINCT FROM
+                     EXCLUDED.gateway_block_hash""",
             request.zk_proof_id,
             request.chain_id,
             request.contract_address,
             request.user_address,
             request.input,
+            request.acl_address,
+            request.extra_data,
+            request.from_gateway,
+            request.gateway_block_hash,
         )
         inserted = status.endswith(" 1")
         if inserted:
@@ -68,12 +97,22 @@ async def claim_pending(
     locked until the caller's transaction ends; rows other pods hold are skipped."""
     require_transaction(connection)
     row = await connection.fetchrow(
-        """SELECT zk_proof_id, chain_id, contract_address, user_address, input
+        f"""SELECT {_REQUEST_COLUMNS}
            FROM verify_proofs WHERE verified IS NULL AND zk_proof_id <> ALL($1::bigint[])
            ORDER BY created_at, zk_proof_id LIMIT 1 FOR UPDATE SKIP LOCKED""",
         list(passed_over),
     )
-    return ProofRequest(**dict(row)) if row else None
+    return _request(row) if row else None
+
+
+def _request(row: asyncpg.Record) -> ProofRequest:
+    fields = dict(row)
+    for name in ("contract_address", "user_address", "input", "acl_address", "extra_data"):
+        if fields[name] is not None:
+            fields[name] = bytes(fields[name])
+    if fields["gateway_block_hash"] is not None:
+        fields["gateway_block_hash"] = bytes(fields["gateway_block_hash"])
+    return ProofRequest(**fields)
 
 
 async def tenant_for_chain(connection: asyncpg.Connection, chain_id: int) -> ChainTenant | None:
@@ -137,4 +176,121 @@ async def get_request_state(
         row["verified"],
         tuple(packed[i : i + 32] for i in range(0, len(packed), 32)),
         row["error_message"],
+    )
+
+
+# --- the verdict's outbox ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResponseRow:
+    """A verdict owed to the gateway: ``verifyProofResponse`` with the handles (signed by
+    the coprocessor's signer) when verified, ``rejectProofResponse`` when not."""
+
+    zk_proof_id: int
+    chain_id: int
+    contract_address: bytes
+    user_address: bytes
+    verified: bool
+    handles: tuple[bytes, ...]
+    extra_data: bytes
+    txn_is_sent: bool
+    txn_hash: bytes | None
+    txn_last_error: str | None
+
+
+_RESPONSE_COLUMNS = """zk_proof_id, chain_id, contract_address, user_address, verified,
+                       handles, extra_data, txn_is_sent, txn_hash, txn_last_error"""
+
+
+def _response(row: asyncpg.Record) -> ResponseRow:
+    packed = bytes(row["handles"] or b"")
+    return ResponseRow(
+        row["zk_proof_id"],
+        row["chain_id"],
+        bytes(row["contract_address"]),
+        bytes(row["user_address"]),
+        row["verified"],
+        tuple(packed[i : i + 32] for i in range(0, len(packed), 32)),
+        bytes(row["extra_data"]),
+        row["txn_is_sent"],
+        bytes(row["txn_hash"]) if row["txn_hash"] is not None else None,
+        row["txn_last_error"],
+    )
+
+
+async def unanswered(
+    connection: asyncpg.Connection, limit: int, max_retries: int
+) -> list[ResponseRow]:
+    """Verdicts of gateway requests not on the gateway yet (or pending in a transaction),
+    oldest verdict first; a row refused ``max_retries`` times is left out (its
+    ``txn_last_error`` says why)."""
+    rows = await connection.fetch(
+        f"""SELECT {_RESPONSE_COLUMNS} FROM verify_proofs
+            WHERE verified IS NOT NULL AND from_gateway AND NOT txn_is_sent
+              AND txn_retry_count < $2
+            ORDER BY verified_at, zk_proof_id LIMIT $1""",
+        limit,
+        max_retries,
+    )
+    return [_response(r) for r in rows]
+
+
+async def reload_responses(
+    connection: asyncpg.Connection, zk_proof_ids: Sequence[int]
+) -> list[ResponseRow]:
+    rows = await connection.fetch(
+        f"""SELECT {_RESPONSE_COLUMNS} FROM verify_proofs
+            WHERE zk_proof_id = ANY($1::bigint[]) AND verified IS NOT NULL AND from_gateway""",
+        list(zk_proof_ids),
+    )
+    return [_response(r) for r in rows]
+
+
+async def record_pending(
+    connection: asyncpg.Connection,
+    zk_proof_ids: Sequence[int],
+    tx_hash: bytes,
+    signer: bytes,
+    nonce: int,
+) -> None:
+    """Write-ahead: remember the signed transaction before it is broadcast."""
+    await connection.execute(
+        """UPDATE verify_proofs SET txn_hash = $2, txn_signer = $3, txn_nonce = $4
+           WHERE zk_proof_id = ANY($1::bigint[]) AND NOT txn_is_sent""",
+        list(zk_proof_ids),
+        tx_hash,
+        signer,
+        nonce,
+    )
+
+
+async def mark_sent(
+    connection: asyncpg.Connection,
+    zk_proof_ids: Sequence[int],
+    tx_hash: bytes | None,
+    block_number: int | None,
+) -> None:
+    """The verdict is on the gateway; ``tx_hash`` None when found there, not sent."""
+    await connection.execute(
+        """UPDATE verify_proofs
+           SET txn_is_sent = true, txn_hash = $2, txn_block_number = $3,
+               txn_sent_at = now(), txn_last_error = NULL
+           WHERE zk_proof_id = ANY($1::bigint[])""",
+        list(zk_proof_ids),
+        tx_hash,
+        block_number,
+    )
+
+
+async def reset_unsent(
+    connection: asyncpg.Connection, zk_proof_ids: Sequence[int], reason: str
+) -> None:
+    await connection.execute(
+        """UPDATE verify_proofs
+           SET txn_hash = NULL, txn_nonce = NULL, txn_retry_count = txn_retry_count + 1,
+               txn_last_error = $2
+           WHERE zk_proof_id = ANY($1::bigint[]) AND NOT txn_is_sent""",
+        list(zk_proof_ids),
+        storable_reason(reason),
     )

@@ -41,18 +41,25 @@ class InvalidInputProof(Irrecoverable):
     CRS, other metadata) or that is not a well-formed list; nothing of it is used."""
 
 
-def input_metadata(contract_address: str, user_address: str, chain_id: int) -> bytes:
-    """What an input proof is bound to: contract (20 bytes) | user (20) | chain id (32, BE).
-    A proof made for one contract, user or chain does not verify for another."""
+def input_metadata(
+    contract_address: str, user_address: str, acl_address: str, chain_id: int
+) -> bytes:
+    """What an input proof is bound to, as fhEVM's client SDK binds it (92 bytes):
+    contract (20) | user (20) | the host chain's ACL (20) | chain id (32, BE). A proof
+    made for one contract, user, ACL or chain does not verify for another."""
     parts = []
-    for name, address in (("contract", contract_address), ("user", user_address)):
+    for name, address in (
+        ("contract", contract_address),
+        ("user", user_address),
+        ("ACL", acl_address),
+    ):
         raw = address_bytes(address)
         if raw is None:
             raise InvalidInputProof(f"{name} address must be 0x and 20 bytes, got {address!r}")
         parts.append(raw)
     if not isinstance(chain_id, int) or not 0 < chain_id < 2**256:
         raise InvalidInputProof(f"chain id must be a positive 256-bit integer, got {chain_id!r}")
-    return parts[0] + parts[1] + chain_id.to_bytes(32, "big")
+    return b"".join(parts) + chain_id.to_bytes(32, "big")
 
 
 @dataclass(frozen=True)

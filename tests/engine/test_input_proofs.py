@@ -16,6 +16,7 @@ from ..prover import node_prove
 
 CONTRACT = "0x" + "11" * 20
 USER = "0x" + "22" * 20
+ACL = "0x" + "33" * 20
 CHAIN = 12345
 CRS_BITS = 128  # enough for the lists below; production uses 2048
 
@@ -39,7 +40,7 @@ def proven(engine, crs, tmp_path_factory) -> bytes:
         tmp_path_factory.mktemp("prove"),
         engine.public_params,
         crs,
-        input_metadata(CONTRACT, USER, CHAIN),
+        input_metadata(CONTRACT, USER, ACL, CHAIN),
         "Uint64:1000",
         "Bool:1",
         "Uint8:7",
@@ -55,11 +56,11 @@ def test_backends_without_input_proofs_say_so(crs):
 
     concrete = harness_for("concrete")
     with pytest.raises(UnsupportedOperation, match="input proofs"):
-        verify(concrete, crs, b"list", input_metadata(CONTRACT, USER, CHAIN))
+        verify(concrete, crs, b"list", input_metadata(CONTRACT, USER, ACL, CHAIN))
 
 
 def test_a_node_tfhe_list_is_verified_expanded_and_computed_on(engine, crs, proven):
-    inputs = verify(engine, crs, proven, input_metadata(CONTRACT, USER, CHAIN))
+    inputs = verify(engine, crs, proven, input_metadata(CONTRACT, USER, ACL, CHAIN))
     types = [Envelope.from_bytes(c).fhe_type for c in inputs]
     assert types == [FheType.Uint64, FheType.Bool, FheType.Uint8]
     assert [engine.dec(c) for c in inputs] == [1000, 1, 7]
@@ -70,21 +71,24 @@ def test_a_node_tfhe_list_is_verified_expanded_and_computed_on(engine, crs, prov
 
 
 @pytest.mark.parametrize(
-    ("contract", "user", "chain"),
+    ("contract", "user", "acl", "chain"),
     [
-        ("0x" + "33" * 20, USER, CHAIN),
-        (CONTRACT, "0x" + "44" * 20, CHAIN),
-        (CONTRACT, USER, 1),
+        ("0x" + "55" * 20, USER, ACL, CHAIN),
+        (CONTRACT, "0x" + "44" * 20, ACL, CHAIN),
+        (CONTRACT, USER, "0x" + "66" * 20, CHAIN),
+        (CONTRACT, USER, ACL, 1),
     ],
-    ids=["other-contract", "other-user", "other-chain"],
+    ids=["other-contract", "other-user", "other-acl", "other-chain"],
 )
-def test_a_proof_bound_to_other_metadata_is_refused(engine, crs, proven, contract, user, chain):
+def test_a_proof_bound_to_other_metadata_is_refused(
+    engine, crs, proven, contract, user, acl, chain
+):
     with pytest.raises(InvalidInputProof, match="proof is invalid"):
-        verify(engine, crs, proven, input_metadata(contract, user, chain))
+        verify(engine, crs, proven, input_metadata(contract, user, acl, chain))
 
 
 def test_tampered_and_truncated_lists_are_refused(engine, crs, proven):
-    metadata = input_metadata(CONTRACT, USER, CHAIN)
+    metadata = input_metadata(CONTRACT, USER, ACL, CHAIN)
     flipped = bytearray(proven)
     flipped[len(flipped) // 2] ^= 0x40
     for bad in (bytes(flipped), proven[:-100], proven[: len(proven) // 3], b"", b"\x00" * 64):
@@ -97,13 +101,13 @@ def test_a_list_proven_under_another_crs_is_refused(engine, crs, proven):
 
     other = TfheRsBackend().generate_crs(CRS_BITS)
     with pytest.raises(InvalidInputProof):
-        verify(engine, other, proven, input_metadata(CONTRACT, USER, CHAIN))
+        verify(engine, other, proven, input_metadata(CONTRACT, USER, ACL, CHAIN))
 
 
 def test_the_native_prover_agrees_with_the_verifier(engine, crs):
     import fhe_native
 
-    metadata = input_metadata(CONTRACT, USER, CHAIN)
+    metadata = input_metadata(CONTRACT, USER, ACL, CHAIN)
     proven_list = fhe_native.prove_inputs(
         engine.public_params,
         crs,
@@ -129,4 +133,14 @@ def test_the_native_prover_agrees_with_the_verifier(engine, crs):
 )
 def test_malformed_metadata_is_refused_before_any_proof_work(contract, user, chain, message):
     with pytest.raises(InvalidInputProof, match=message):
-        input_metadata(contract, user, chain)
+        input_metadata(contract, user, ACL, chain)
+    with pytest.raises(InvalidInputProof, match="ACL address"):
+        input_metadata(CONTRACT, USER, "0x" + "33" * 19, CHAIN)
+
+
+def test_the_bound_metadata_is_the_92_bytes_of_the_client_sdk():
+    metadata = input_metadata(CONTRACT, USER, ACL, CHAIN)
+    assert len(metadata) == 92
+    assert metadata == (
+        bytes.fromhex("11" * 20 + "22" * 20 + "33" * 20) + CHAIN.to_bytes(32, "big")
+    )

@@ -211,7 +211,7 @@ def test_verified_client_inputs_compress(tfhe_engine):
     if not fhe_native.HAS_TEST_PROVER:
         pytest.skip("fhe_native built without the test prover")
     crs = TfheRsBackend().generate_crs(64)
-    metadata = input_metadata("0x" + "11" * 20, "0x" + "22" * 20, 12345)
+    metadata = input_metadata("0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 20, 12345)
     values = [(U64, 2**63 + 1), (B, 1), (U8, 42)]
     proven = fhe_native.prove_inputs(
         tfhe_engine.public_params,

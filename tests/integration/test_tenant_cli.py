@@ -142,13 +142,13 @@ def test_a_client_proves_against_the_params_and_the_queue_answers(tenant_env, tm
         ).stdout
     )
     assert params["chain_id"] == 8009 and params["crs_bits"] == 128
-    contract, user = "0x" + "11" * 20, "0x" + "22" * 20
+    contract, user, acl = "0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 20
     (tmp_path / "prove").mkdir()
     proven = node_prove(
         tmp_path / "prove",
         Path(params["public_key"]).read_bytes(),
         Path(params["crs"]).read_bytes(),
-        input_metadata(contract, user, 8009),
+        input_metadata(contract, user, acl, 8009),
         "Uint64:1000",
         "Bool:1",
     )
@@ -164,6 +164,8 @@ def test_a_client_proves_against_the_params_and_the_queue_answers(tenant_env, tm
         contract,
         "--user",
         user,
+        "--acl",
+        acl,
         str(tmp_path / "list"),
         "-o",
         "json",
@@ -257,6 +259,24 @@ def test_a_client_proves_against_the_params_and_the_queue_answers(tenant_env, tm
                 "/nonexistent",
             ],
             "cannot read /nonexistent",
+        ),
+        (
+            [
+                "input",
+                "submit",
+                "--id",
+                "1",
+                "--chain-id",
+                "8009",
+                "--contract",
+                "0x" + "11" * 20,
+                "--user",
+                "0x" + "22" * 20,
+                "--acl",
+                "0xabc",
+                "/etc/hostname",
+            ],
+            "ACL address must be 0x and 20 bytes",
         ),
         (["input", "status", "999999"], "no verify request 999999"),
         (

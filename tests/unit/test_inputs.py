@@ -9,18 +9,18 @@ from coprocessor.fhe.engine import InvalidInputProof
 from coprocessor.inputs import MAX_INPUTS, input_handles
 from coprocessor.types import FheType, Handle
 
-CONTRACT = bytes.fromhex("11" * 20)
+ACL = bytes.fromhex("11" * 20)
 
 
-def test_handles_are_a_function_of_the_list_the_contract_and_the_chain():
+def test_handles_are_a_function_of_the_list_the_acl_and_the_chain():
     types = [FheType.Uint8, FheType.Bool]
-    first = input_handles(b"list", CONTRACT, 5, types)
-    assert first == input_handles(b"list", CONTRACT, 5, types)
+    first = input_handles(b"list", ACL, 5, types)
+    assert first == input_handles(b"list", ACL, 5, types)
     assert len(set(first)) == 2
     for other in (
-        input_handles(b"list2", CONTRACT, 5, types),
+        input_handles(b"list2", ACL, 5, types),
         input_handles(b"list", bytes(20), 5, types),
-        input_handles(b"list", CONTRACT, 6, types),
+        input_handles(b"list", ACL, 6, types),
     ):
         assert not set(other) & set(first)
     parsed = [Handle(h) for h in first]
@@ -30,9 +30,9 @@ def test_handles_are_a_function_of_the_list_the_contract_and_the_chain():
     ]
 
 
-def test_too_many_values_or_a_bad_contract_are_refused():
+def test_too_many_values_or_a_bad_acl_are_refused():
     with pytest.raises(InvalidInputProof, match=f"at most {MAX_INPUTS}"):
-        input_handles(b"list", CONTRACT, 5, [FheType.Bool] * (MAX_INPUTS + 1))
+        input_handles(b"list", ACL, 5, [FheType.Bool] * (MAX_INPUTS + 1))
     with pytest.raises(InvalidInputProof, match="20 bytes"):
         input_handles(b"list", b"short", 5, [FheType.Bool])
 
@@ -43,6 +43,6 @@ def test_a_known_answer_the_layout_spells_out():
     from eth_hash.auto import keccak
 
     blob = keccak(b"ZK-w_rct" + b"list")
-    prehandle = keccak(b"ZK-w_hdl" + blob + bytes([1]) + CONTRACT + (5).to_bytes(32, "big"))
+    prehandle = keccak(b"ZK-w_hdl" + blob + bytes([1]) + ACL + (5).to_bytes(32, "big"))
     expected = prehandle[:21] + bytes([1]) + (5).to_bytes(8, "big") + bytes([2, 0])
-    assert input_handles(b"list", CONTRACT, 5, [FheType.Bool, FheType.Uint8])[1] == expected
+    assert input_handles(b"list", ACL, 5, [FheType.Bool, FheType.Uint8])[1] == expected

@@ -23,6 +23,7 @@ from ...prover import node_prove
 from .builder import CHAIN_ID
 
 CONTRACT, USER = bytes.fromhex("11" * 20), bytes.fromhex("22" * 20)
+ACL = bytes.fromhex("33" * 20)  # the host chain's ACL: fhEVM binds proofs and handles to it
 CRS_BITS = 128  # enough for the lists below; deployments use 2048
 
 
@@ -42,7 +43,7 @@ def proven(settings, tenant, tmp_path_factory) -> bytes:
         tmp_path_factory.mktemp("prove"),
         public_key,
         crs,
-        input_metadata("0x" + CONTRACT.hex(), "0x" + USER.hex(), CHAIN_ID),
+        input_metadata("0x" + CONTRACT.hex(), "0x" + USER.hex(), "0x" + ACL.hex(), CHAIN_ID),
         "Uint64:1000",
         "Bool:1",
         "Uint8:7",
@@ -63,7 +64,7 @@ _ids = iter(range(1000, 10**6))
 
 
 def request(input_list: bytes | None, **changes) -> proofs.ProofRequest:
-    base = proofs.ProofRequest(next(_ids), CHAIN_ID, CONTRACT, USER, input_list)
+    base = proofs.ProofRequest(next(_ids), CHAIN_ID, CONTRACT, USER, input_list, acl_address=ACL)
     return replace(base, **changes)
 
 
@@ -87,7 +88,7 @@ async def test_a_proven_list_becomes_stored_ciphertexts_under_its_handles(
     assert row["verified"] is True and row["error_message"] is None
     handles = [bytes(row["handles"])[i : i + 32] for i in range(0, len(row["handles"]), 32)]
     types = [FheType.Uint64, FheType.Bool, FheType.Uint8]
-    assert handles == input_handles(proven, CONTRACT, CHAIN_ID, types)
+    assert handles == input_handles(proven, ACL, CHAIN_ID, types)
     assert [Handle(h).fhe_type for h in handles] == types
     assert [Handle(h).index for h in handles] == [0, 1, 2]
     stored = await queries.get_ciphertexts(conn, record.tenant_id, handles)
@@ -112,6 +113,9 @@ def _tampered(proven: bytes) -> bytes:
         ("tampered", "input proof is invalid"),
         ("other user", "input proof is invalid"),
         ("other contract", "input proof is invalid"),
+        ("other ACL", "input proof is invalid"),
+        ("no ACL", "no ACL address is known for chain id"),
+        ("oversized", "at most 1024 (FHE_INPUT_MAX_BYTES)"),
         ("unknown chain", "no tenant serves chain id 999"),
         ("empty", "carries no input list"),
         ("garbage", "malformed input list"),
@@ -123,13 +127,18 @@ async def test_bad_requests_are_answered_no_with_the_reason_and_store_nothing(
     ask = {
         "tampered": request(_tampered(proven)),
         "other user": request(proven, user_address=bytes(20)),
-        "other contract": request(proven, contract_address=bytes.fromhex("33" * 20)),
+        "other contract": request(proven, contract_address=bytes.fromhex("44" * 20)),
+        "other ACL": request(proven, acl_address=bytes.fromhex("55" * 20)),
+        "no ACL": request(proven, acl_address=None),
+        "oversized": request(proven + b"\x00"),
         "unknown chain": request(proven, chain_id=999),
         "empty": request(b""),
         "garbage": request(b"\x00" * 64),
     }[case]
     before = await conn.fetchval("SELECT count(*) FROM ciphertexts")
     await proofs.insert_request(conn, ask)
+    if case == "oversized":  # the cap is checked before anything parses the list
+        settings = settings.model_copy(update={"input_max_bytes": 1024})
     summary = await run_verify(settings)
     assert (summary.total, summary.verified, summary.rejected) == (1, 0, 1)
     assert summary.exit_code == 0  # an answer, not a failure

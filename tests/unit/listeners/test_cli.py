@@ -18,7 +18,10 @@ def fresh_settings(monkeypatch):
         "FHE_HOST_EXECUTOR_ADDRESS",
         "FHE_HOST_ACL_ADDRESS",
         *GATEWAY,
+        "FHE_GATEWAY_INPUT_VERIFICATION_ADDRESS",
+        "FHE_GATEWAY_KMS_GENERATION_ADDRESS",
         "FHE_SENDER_PRIVATE_KEY",
+        "FHE_SIGNER_PRIVATE_KEY",
     ):
         monkeypatch.delenv(name, raising=False)
     load_settings.cache_clear()
@@ -29,7 +32,19 @@ def fresh_settings(monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "env", "code", "message"),
     [
-        (["gateway"], {}, 3, "listener 'gateway' is not available in this release"),
+        (
+            ["gateway"],
+            {},
+            3,
+            "FHE_GATEWAY_CONFIG_ADDRESS, FHE_GATEWAY_INPUT_VERIFICATION_ADDRESS, "
+            "FHE_GATEWAY_KMS_GENERATION_ADDRESS not set",
+        ),
+        (
+            ["gateway"],
+            {"FHE_GATEWAY_INPUT_VERIFICATION_ADDRESS": "0xabc"},
+            3,
+            "setting FHE_GATEWAY_INPUT_VERIFICATION_ADDRESS is invalid",
+        ),
         (["host"], {}, 1, "FHE_HOST_EXECUTOR_ADDRESS and FHE_HOST_ACL_ADDRESS are required"),
         (
             ["host"],
@@ -45,6 +60,12 @@ def fresh_settings(monkeypatch):
             {**GATEWAY, "FHE_SENDER_PRIVATE_KEY": "0x1234"},
             3,
             "setting FHE_SENDER_PRIVATE_KEY is invalid: Value error, must be 64 hex digits",
+        ),
+        (
+            ["sender"],
+            {**GATEWAY, "FHE_SIGNER_PRIVATE_KEY": "0x" + "00" * 32},
+            3,
+            "setting FHE_SIGNER_PRIVATE_KEY is invalid: Value error, must not be zero",
         ),
     ],
 )
