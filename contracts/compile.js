@@ -19,7 +19,17 @@ for (const dir of [".", "gateway", "testing"]) {  // testing/: contracts only te
   }
 }
 // Sources are named by their path under contracts/, so solc resolves a relative import
-// ("./Structs.sol" in gateway/) to another source itself, without the import callback.
+// ("./Structs.sol" in gateway/) to another source itself, without the import callback; the
+// callback reads OpenZeppelin's (pinned in tools/versions.env) from node_modules.
+const nodeModules = path.resolve(path.dirname(require.resolve("solc/package.json")), "..");
+function findImport(name) {
+  if (sources[name]) return { contents: sources[name].content };
+  const file = path.join(nodeModules, name);
+  if (name.startsWith("@openzeppelin/") && fs.existsSync(file)) {
+    return { contents: fs.readFileSync(file, "utf8") };
+  }
+  return { error: `not found: ${name}` };
+}
 const input = {
   language: "Solidity",
   sources,
@@ -29,9 +39,7 @@ const input = {
     outputSelection: { "*": { "*": ["abi", "evm.bytecode.object"] } },
   },
 };
-const output = JSON.parse(solc.compile(JSON.stringify(input), {
-  import: (name) => (sources[name] ? { contents: sources[name].content } : { error: `not found: ${name}` }),
-}));
+const output = JSON.parse(solc.compile(JSON.stringify(input), { import: findImport }));
 const errors = (output.errors || []).filter((e) => e.severity === "error");
 for (const message of output.errors || []) console.error(message.formattedMessage);
 if (errors.length) process.exit(1);
@@ -40,6 +48,7 @@ const testing = path.join(here, "build", "testing");
 for (const dir of [product, testing]) fs.mkdirSync(dir, { recursive: true });
 const written = {};
 for (const [file, contracts] of Object.entries(output.contracts)) {
+  if (!sources[file]) continue;  // imported from node_modules (OpenZeppelin's libraries)
   const out = file.startsWith("testing/") ? testing : product;
   for (const [name, artifact] of Object.entries(contracts)) {
     if (!artifact.evm.bytecode.object) continue;

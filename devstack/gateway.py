@@ -1,13 +1,18 @@
-"""The dev stack's gateway: GatewayConfig, CiphertextCommits and MultichainACL on anvil.
+"""The dev stack's gateway: GatewayConfig, CiphertextCommits, MultichainACL,
+InputVerification and KMSGeneration (a stand-in for the KMS's) on anvil.
 
 Production has one gateway chain where every coprocessor is registered (its tx sender,
 its signer and the URL of its ct128 bucket) with the host chains it serves; locally
 ``fhectl dev gateway`` deploys our ABI-compatible contracts (``contracts/gateway/``)
 with this one coprocessor (majority 1) and the dev host chains, so the send stage has
-somewhere to commit and relay ACL calls. Idempotent: the addresses and the tx sender
-key live in the state directory (the key in a 0600 file, handed to Kubernetes as a
-Secret, never printed) and are reused while the chain still has the contracts; a host
-chain id not registered yet is added (``addHostChain``).
+somewhere to commit and relay ACL calls, input proof requests somewhere to arrive and
+their verdicts somewhere to go, and the KMS's key and CRS activations somewhere to be
+recorded (by the deployer, who owns GatewayConfig: the real KMS, an MPC network, cannot
+run here). Idempotent: the addresses and the tx sender key live in the state directory
+(the key in a 0600 file, handed to Kubernetes as a Secret, never printed) and are reused
+while the chain still has all the contracts (a state without one of them, such as one
+written before InputVerification and KMSGeneration, deploys again); a host chain id not
+registered yet is added (``addHostChain``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class DevGateway:
     config: str
     commits: str
     acl: str
+    input_verification: str
+    kms_generation: str
     tx_sender: str
     key_file: Path
     bucket_url: str
@@ -50,6 +57,8 @@ class DevGateway:
             "config": self.config,
             "commits": self.commits,
             "acl": self.acl,
+            "input_verification": self.input_verification,
+            "kms_generation": self.kms_generation,
             "tx_sender": self.tx_sender,
             "key_file": str(self.key_file),
             "bucket_url": self.bucket_url,
@@ -62,6 +71,8 @@ class DevGateway:
             "FHE_GATEWAY_CONFIG_ADDRESS": self.config,
             "FHE_GATEWAY_COMMITS_ADDRESS": self.commits,
             "FHE_GATEWAY_ACL_ADDRESS": self.acl,
+            "FHE_GATEWAY_INPUT_VERIFICATION_ADDRESS": self.input_verification,
+            "FHE_GATEWAY_KMS_GENERATION_ADDRESS": self.kms_generation,
         }
 
 
@@ -85,6 +96,8 @@ class GatewayContracts(NamedTuple):
     config: Contract
     commits: Contract
     acl: Contract
+    input_verification: Contract
+    kms_generation: Contract
 
 
 def deploy_gateway(
@@ -94,15 +107,26 @@ def deploy_gateway(
     *,
     owner: str | None = None,
 ) -> GatewayContracts:
-    """GatewayConfig (coprocessors as (tx sender, signer, bucket URL)), CiphertextCommits
-    and MultichainACL gated by it; ``owner`` (default: the node's first account) owns
-    the config."""
+    """GatewayConfig (coprocessors as (tx sender, signer, bucket URL)), then
+    CiphertextCommits, MultichainACL, InputVerification and KMSGeneration gated by it;
+    ``owner`` (default: the node's first account) owns the config, and so activates the
+    KMSGeneration stand-in's keys."""
     config = deploy(w3, "GatewayConfig", list(coprocessors), list(host_chains), sender=owner)
+
+    def gated(name: str) -> Contract:
+        return deploy(w3, name, config.address, sender=owner)
+
     return GatewayContracts(
         config,
-        deploy(w3, "CiphertextCommits", config.address, sender=owner),
-        deploy(w3, "MultichainACL", config.address, sender=owner),
+        gated("CiphertextCommits"),
+        gated("MultichainACL"),
+        gated("InputVerification"),
+        gated("KMSGeneration"),
     )
+
+
+# gateway.json's keys for the contracts' addresses.
+_CONTRACT_KEYS = GatewayContracts._fields
 
 
 def _load(directory: Path, w3: Web3) -> dict | None:
@@ -110,7 +134,7 @@ def _load(directory: Path, w3: Web3) -> dict | None:
     if not (record.is_file() and (directory / "tx-sender.key").is_file()):
         return None
     data = json.loads(record.read_text())
-    for name in ("config", "commits", "acl"):
+    for name in _CONTRACT_KEYS:
         if name not in data or w3.eth.get_code(Web3.to_checksum_address(data[name])) == b"":
             return None  # the chain was reset (or an older layout): deploy again
     config = bound(w3, "GatewayConfig", data["config"])
@@ -145,13 +169,11 @@ def ensure_dev_gateway(
         tx_sender = funded_account(w3, FUNDING_WEI)
         save_key(key_file, tx_sender, replace=True)
         signer = signer_address or tx_sender.address
-        config, commits, acl = deploy_gateway(
+        contracts = deploy_gateway(
             w3, [(tx_sender.address, signer, url)], [host_chain(c) for c in wanted]
         )
         data = {
-            "config": config.address,
-            "commits": commits.address,
-            "acl": acl.address,
+            **{name: contract.address for name, contract in contracts._asdict().items()},
             "tx_sender": tx_sender.address,
         }
         (directory / "gateway.json").write_text(json.dumps(data))
@@ -168,12 +190,14 @@ def ensure_dev_gateway(
     registered = tuple(int(h[0]) for h in config.functions.getHostChains().call())
     assert key_at(key_file).address == data["tx_sender"]
     return DevGateway(
-        data["config"],
-        data["commits"],
-        data["acl"],
-        data["tx_sender"],
-        key_file,
-        url,
-        config.functions.getCoprocessorMajorityThreshold().call(),
-        registered,
+        config=data["config"],
+        commits=data["commits"],
+        acl=data["acl"],
+        input_verification=data["input_verification"],
+        kms_generation=data["kms_generation"],
+        tx_sender=data["tx_sender"],
+        key_file=key_file,
+        bucket_url=url,
+        majority=config.functions.getCoprocessorMajorityThreshold().call(),
+        host_chain_ids=registered,
     )

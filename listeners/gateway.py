@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,11 @@ def require_gateway_contracts(settings: Settings) -> None:
             "gateway's GatewayConfig, InputVerification and KMSGeneration "
             "(`fhectl dev gateway --env` prints them locally)"
         )
+
+
+def _member(struct: Any, name: str, index: int) -> Any:
+    """A struct member of a decoded event (web3 gives dicts; a tuple where it cannot name)."""
+    return struct[name] if isinstance(struct, Mapping) else struct[index]
 
 
 class _Skip(Exception):
@@ -339,9 +345,12 @@ class GatewayListener:
             event = kms.ActivateKey(
                 int(args["keyId"]),
                 tuple(args["kmsNodeStorageUrls"]),
-                {kms.KeyType(int(d[0])): bytes(d[1]) for d in args["keyDigests"]},
+                {
+                    kms.KeyType(int(_member(d, "keyType", 0))): bytes(_member(d, "digest", 1))
+                    for d in args["keyDigests"]
+                },
             )
-        except ValueError as error:
+        except (ValueError, KeyError, IndexError, TypeError) as error:
             raise _Skip(f"ActivateKey {args.get('keyId')}: {error}") from None
         async with self.pool.acquire() as connection:
             if await kms_rows.key_applied(connection, event.key_id) is not None:

@@ -147,6 +147,7 @@ class Delegation:
 ALREADY_VERIFIED = revert_selector("CoprocessorAlreadyVerified(uint256,address,address)")
 ALREADY_REJECTED = revert_selector("CoprocessorAlreadyRejected(uint256,address,address)")
 SIGNER_MISMATCH = revert_selector("CoprocessorSignerDoesNotMatchTxSender(address,address)")
+NOT_SIGNER = revert_selector("NotCoprocessorSigner(address)")
 NOT_REQUESTED = revert_selector("VerifyProofNotRequested(uint256)")
 
 
@@ -243,7 +244,7 @@ def classify_revert(call: GatewayCall, data: str, reason: str, sender: str) -> E
     """The exception a revert of ``call`` sent by ``sender`` stands for."""
     if data.startswith(call.already) or data.startswith(getattr(call, "also_done", "-")):
         return AlreadyDone()
-    if data.startswith(SIGNER_MISMATCH):
+    if data.startswith(SIGNER_MISMATCH) or data.startswith(NOT_SIGNER):
         return SignerMismatch(
             f"{call.contract} refused {call.label}: the signature is not by the signer "
             f"GatewayConfig registers for tx sender {sender}; set FHE_SIGNER_PRIVATE_KEY to "

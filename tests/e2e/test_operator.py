@@ -152,13 +152,14 @@ class Gateway:
         self.w3 = Web3(Web3.HTTPProvider(rpc_url))
         self.signer = funded_account(self.w3, 10**19)
         self.stranger = funded_account(self.w3, 10**19)  # never registered
-        self.config, self.contract, self.acl = deploy_gateway(
+        gateway = deploy_gateway(
             self.w3,
             [(self.signer.address, self.signer.address, "")],
             # This module's handles, and the dev chain's own (the host-chain test); the
             # dev stack's anvil may serve CHAIN_ID itself.
             [host_chain(c) for c in sorted({CHAIN_ID, self.w3.eth.chain_id})],
         )
+        self.config, self.contract, self.acl = gateway.config, gateway.commits, gateway.acl
 
     def env(self) -> dict[str, str]:
         return {

@@ -153,11 +153,8 @@ def test_dev_gateway_is_idempotent_and_keeps_its_key_private(dev_stack, tmp_path
     assert first["key_file"] == str(key_file)
     assert key_file.stat().st_mode & 0o777 == 0o600
     more = json.loads(fhectl(*args, "--host-chain-id", "777", env=env).stdout)
-    assert (more["config"], more["commits"], more["acl"]) == (
-        first["config"],
-        first["commits"],
-        first["acl"],
-    )
+    contracts = ("config", "commits", "acl", "input_verification", "kms_generation")
+    assert [more[name] for name in contracts] == [first[name] for name in contracts]
     assert 777 in more["host_chain_ids"]
     for bad in ("0", str(2**64)):
         refused = fhectl(*args, "--host-chain-id", bad, env=env, check=False)
@@ -168,7 +165,17 @@ def test_dev_gateway_is_idempotent_and_keeps_its_key_private(dev_stack, tmp_path
         "FHE_GATEWAY_CONFIG_ADDRESS": first["config"],
         "FHE_GATEWAY_COMMITS_ADDRESS": first["commits"],
         "FHE_GATEWAY_ACL_ADDRESS": first["acl"],
+        "FHE_GATEWAY_INPUT_VERIFICATION_ADDRESS": first["input_verification"],
+        "FHE_GATEWAY_KMS_GENERATION_ADDRESS": first["kms_generation"],
     }
+    # a state recorded before InputVerification and KMSGeneration existed: deployed anew
+    record = tmp_path / "gateway" / "gateway.json"
+    older = json.loads(record.read_text())
+    del older["input_verification"], older["kms_generation"]
+    record.write_text(json.dumps(older))
+    anew = json.loads(fhectl(*args, env=env).stdout)
+    assert anew["config"] != first["config"]
+    assert set(json.loads(record.read_text())) >= {"input_verification", "kms_generation"}
 
 
 def test_dev_host_chain_prints_env_lines(dev_stack):

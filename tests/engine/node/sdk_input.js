@@ -14,7 +14,11 @@
 //          to FILE; prints {handles, bytes, proveMs}, handles as the SDK computes them.
 // encrypt: the SDK's real encrypt(): POST URL/input-proof, poll, check the signatures,
 //          print {handles, inputProof}. URL is used as given (no /v2 appended);
-//          --relayer-version 1 selects the old synchronous API.
+//          --relayer-version 1 selects the old synchronous API. With --network (the host
+//          chain's RPC) createInstance reads InputVerifier and KMSVerifier there and refuses
+//          a config that differs: --input-verifier, --kms-verifier, --decryption,
+//          --input-verification and --gateway-chain-id must then match the deployment.
+//          Without it, --signers/--threshold (default 1) stand in for the chain's values.
 // Types: Bool, Uint8, Uint16, Uint32, Uint64, Uint128, Uint256, Address (or Uint160).
 // Needs NODE_PATH to hold @zama-fhe/relayer-sdk (and its ethers).
 "use strict";

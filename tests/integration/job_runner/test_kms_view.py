@@ -43,7 +43,7 @@ class KmsStandIn:
     threshold decryption replaced by the tenant's client key."""
 
     def __init__(self, w3: Web3, contracts, settings: Settings, client: Client, key_id: int):
-        self.config, self.commits, self.acl = contracts
+        self.config, self.commits, self.acl = contracts.config, contracts.commits, contracts.acl
         self.settings = settings
         self.client = client
         self.key_id = key_id
@@ -91,7 +91,7 @@ async def test_a_kms_decrypts_exactly_what_the_gateway_allows(
         [(tx_sender.address, tx_sender.address, bucket_url(compute_settings))],
         [host_chain(CHAIN_ID)],
     )
-    config, commits, gateway_acl = contracts
+    config, commits, gateway_acl = contracts.config, contracts.commits, contracts.acl
     settings = compute_settings.model_copy(
         update={
             "gateway_rpc_url": dev_stack["FHE_GATEWAY_RPC_URL"],
