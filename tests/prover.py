@@ -40,3 +40,66 @@ def node_prove(
     )
     assert done.returncode == 0, done.stderr
     return out.read_bytes()
+
+
+SDK_INPUT = Path(__file__).parent / "engine" / "node" / "sdk_input.js"
+
+
+def sdk_prove(
+    tmp_path: Path,
+    public_key: bytes,
+    crs: bytes,
+    *,
+    contract: str,
+    user: str,
+    acl: str,
+    chain_id: int,
+    gateway_chain_id: int,
+    input_verification: str,
+    items: list[str],
+) -> tuple[bytes, list[bytes]]:
+    """A proven list made by Zama's client SDK (@zama-fhe/relayer-sdk, its own node-tfhe
+    1.4) as a dapp front end makes it, and the handles the SDK expects for it."""
+    import json
+
+    node_modules = npm_prefix(load_settings().cache_dir) / "node_modules"
+    assert (node_modules / "@zama-fhe" / "relayer-sdk").is_dir(), (
+        "run `make setup` (installs @zama-fhe/relayer-sdk)"
+    )
+    (tmp_path / "pk").write_bytes(public_key)
+    (tmp_path / "crs").write_bytes(crs)
+    out = tmp_path / "sdk-list"
+    done = subprocess.run(
+        [
+            shutil.which("node") or "node",
+            str(SDK_INPUT),
+            "prove",
+            "--public-key",
+            str(tmp_path / "pk"),
+            "--crs",
+            str(tmp_path / "crs"),
+            "--contract",
+            contract,
+            "--user",
+            user,
+            "--acl",
+            acl,
+            "--chain-id",
+            str(chain_id),
+            "--gateway-chain-id",
+            str(gateway_chain_id),
+            "--input-verification",
+            input_verification,
+            "--out",
+            str(out),
+            *items,
+        ],
+        env={**os.environ, "NODE_PATH": str(node_modules)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    handles = [bytes.fromhex(h[2:]) for h in json.loads(done.stdout.splitlines()[-1])["handles"]]
+    return out.read_bytes(), handles

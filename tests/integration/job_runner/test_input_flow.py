@@ -245,6 +245,50 @@ async def test_a_request_is_verified_and_answered_and_a_majority_signs_it(
     assert w3.eth.get_transaction_count(coprocessors[0][0].address) == 1
 
 
+async def test_a_list_made_by_the_real_client_sdk_is_verified_under_the_sdks_handles(
+    w3, gateway, coprocessors, settings, pool, tenant, tmp_path
+):
+    """@zama-fhe/relayer-sdk proves (92-byte metadata, its node-tfhe 1.4) against our
+    tenant's public key and the deployment's CRS; the handles we store are the ones the
+    SDK will accept back from a relayer, and the values decrypt."""
+    from tests.prover import sdk_prove
+
+    record, client = tenant
+    crs = ensure_crs(ObjectStore(settings), record.backend, CRS_BITS)
+    public_key = await _public_key(settings, record.tenant_id)
+    sdk_list, sdk_handles = await asyncio.to_thread(
+        sdk_prove,
+        tmp_path,
+        public_key,
+        crs,
+        contract=Web3.to_checksum_address(CONTRACT),
+        user=Web3.to_checksum_address(USER),
+        acl=Web3.to_checksum_address(ACL),
+        chain_id=CHAIN_ID,
+        gateway_chain_id=w3.eth.chain_id,
+        input_verification=gateway.input_verification.address,
+        items=["Uint64:4242", "Bool:1", "Uint8:7"],
+    )
+    listener = listener_for(settings, w3, pool)
+    zk_proof_id = request_proof(w3, gateway, sdk_list)
+    await listener.poll()
+    summary = await run_verify(settings)
+    assert (summary.verified, summary.rejected) == (1, 0), summary.failures
+    row = await row_of(pool, zk_proof_id)
+    stored = [bytes(row["handles"])[i : i + 32] for i in range(0, len(row["handles"]), 32)]
+    assert stored == sdk_handles
+    async with pool.acquire() as connection:
+        found = await queries.get_ciphertexts(connection, record.tenant_id, stored)
+    assert [client.decrypt(found[h].ciphertext) for h in stored] == [4242, 1, 7]
+    sender = sender_for(settings, w3, pool)
+    await sender.pass_once()
+    (call,) = gateway.input_verification.events.VerifyProofResponseCall().get_logs(
+        from_block=w3.eth.block_number - 1,
+        argument_filters={"zkProofId": zk_proof_id},
+    )
+    assert [bytes(h) for h in call["args"]["ctHandles"]] == sdk_handles
+
+
 async def test_a_bad_list_is_rejected_on_the_gateway_and_the_queue_moves(
     w3, gateway, settings, pool, proven
 ):
