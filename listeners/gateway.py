@@ -50,6 +50,7 @@ from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
 
 from .heads import follow_heads, wait_for_head, ws_url
+from .skips import record_skip
 
 log = logging.getLogger(__name__)
 
@@ -402,16 +403,4 @@ class GatewayListener:
                 log.info("CRS activated", extra={"fields": {"crs_id": hex(event.crs_id)}})
 
     def _skip(self, entry: Any, reason: str) -> None:
-        self.counters.skipped_logs += 1
-        if len(self.counters.skipped_reasons) < 20:
-            self.counters.skipped_reasons.append(reason)
-        log.warning(
-            "gateway log skipped",
-            extra={
-                "fields": {
-                    "tx": "0x" + bytes(entry["transactionHash"]).hex(),
-                    "log_index": entry["logIndex"],
-                    "reason": reason[:300],
-                }
-            },
-        )
+        record_skip(self.counters, entry, reason, "gateway log skipped")

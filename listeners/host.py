@@ -58,6 +58,7 @@ from .host_events import (
     delegation_row,
     verified_input,
 )
+from .skips import record_skip
 
 log = logging.getLogger(__name__)
 
@@ -410,19 +411,7 @@ class HostListener:
             yield entry, decoded[0]
 
     def _skip(self, entry: Any, reason: str) -> None:
-        self.counters.skipped_logs += 1
-        if len(self.counters.skipped_reasons) < 20:
-            self.counters.skipped_reasons.append(reason)
-        log.warning(
-            "log skipped",
-            extra={
-                "fields": {
-                    "tx": "0x" + bytes(entry["transactionHash"]).hex(),
-                    "log_index": entry["logIndex"],
-                    "reason": reason[:300],
-                }
-            },
-        )
+        record_skip(self.counters, entry, reason, "log skipped")
 
     # --- batches ---------------------------------------------------------------------
     async def _sync_batches(self) -> None:

@@ -3,9 +3,13 @@ send a call, and sign an input proof as the gateway's coprocessors would."""
 
 from __future__ import annotations
 
-from eth_account import Account
 from web3 import Web3
 
+from coprocessor.chain.eip712 import (
+    InputVerificationDomain,
+    ciphertext_verification,
+    sign_ciphertext_verification,
+)
 from devstack.host_chain import deploy_dapp, signer_key
 
 __all__ = ["deploy_dapp", "send", "signed_input_proof"]
@@ -22,29 +26,9 @@ def signed_input_proof(host, handles: list[bytes], user: str, contract: str) -> 
     handles | signatures | extraData, signed (EIP-712, InputVerification domain) by our dev
     coprocessor signer. The handles need no ciphertext for the host to accept them."""
     extra = b"\x00"
-    signature = Account.sign_typed_data(
-        signer_key(host).key,
-        domain_data={
-            "name": "InputVerification",
-            "version": "1",
-            "chainId": host.gateway_chain_id,
-            "verifyingContract": host.input_verification_address,
-        },
-        message_types={
-            "CiphertextVerification": [
-                {"name": "ctHandles", "type": "bytes32[]"},
-                {"name": "userAddress", "type": "address"},
-                {"name": "contractAddress", "type": "address"},
-                {"name": "contractChainId", "type": "uint256"},
-                {"name": "extraData", "type": "bytes"},
-            ]
-        },
-        message_data={
-            "ctHandles": handles,
-            "userAddress": user,
-            "contractAddress": contract,
-            "contractChainId": host.chain_id,
-            "extraData": extra,
-        },
-    ).signature
-    return bytes([len(handles), 1]) + b"".join(handles) + bytes(signature) + extra
+    signature = sign_ciphertext_verification(
+        signer_key(host),
+        InputVerificationDomain(host.gateway_chain_id, host.input_verification_address),
+        ciphertext_verification(handles, user, contract, host.chain_id, extra),
+    )
+    return bytes([len(handles), 1]) + b"".join(handles) + signature + extra

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from .queries import storable_reason
+from .outbox import Outbox
 
 KINDS = ("allow_account", "allow_public_decrypt", "delegate", "revoke")
 
@@ -171,53 +171,11 @@ async def reload(connection: asyncpg.Connection, call_ids: Sequence[int]) -> lis
     return [_row(r) for r in rows]
 
 
-async def record_pending(
-    connection: asyncpg.Connection,
-    call_ids: Sequence[int],
-    tx_hash: bytes,
-    signer: bytes,
-    nonce: int,
-) -> None:
-    """Write-ahead: remember the signed transaction before it is broadcast."""
-    await connection.execute(
-        """UPDATE gateway_acl_calls SET txn_hash = $2, txn_signer = $3, txn_nonce = $4
-           WHERE call_id = ANY($1::bigint[]) AND NOT txn_is_sent""",
-        list(call_ids),
-        tx_hash,
-        signer,
-        nonce,
-    )
-
-
-async def mark_sent(
-    connection: asyncpg.Connection,
-    call_ids: Sequence[int],
-    tx_hash: bytes | None,
-    block_number: int | None,
-) -> None:
-    """This tx sender's call is on chain; ``tx_hash`` None when found, not sent."""
-    await connection.execute(
-        """UPDATE gateway_acl_calls
-           SET txn_is_sent = true, txn_hash = $2, txn_block_number = $3,
-               txn_sent_at = now(), txn_last_error = NULL
-           WHERE call_id = ANY($1::bigint[])""",
-        list(call_ids),
-        tx_hash,
-        block_number,
-    )
-
-
-async def reset_unsent(
-    connection: asyncpg.Connection, call_ids: Sequence[int], reason: str
-) -> None:
-    await connection.execute(
-        """UPDATE gateway_acl_calls
-           SET txn_hash = NULL, txn_nonce = NULL, txn_retry_count = txn_retry_count + 1,
-               txn_last_error = $2
-           WHERE call_id = ANY($1::bigint[]) AND NOT txn_is_sent""",
-        list(call_ids),
-        storable_reason(reason),
-    )
+# Write-ahead verbs (record_pending, mark_sent, reset_unsent), as the other outboxes.
+ACL_CALLS = Outbox("gateway_acl_calls", "call_id")
+record_pending = ACL_CALLS.record_pending
+mark_sent = ACL_CALLS.mark_sent
+reset_unsent = ACL_CALLS.reset_unsent
 
 
 async def sent_transactions(connection: asyncpg.Connection, tx_sender: bytes) -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from .outbox import Outbox
 from .queries import (
     ZKPOK_COMPUTED,
     ZKPOK_NEW_WORK,
@@ -247,50 +248,8 @@ async def reload_responses(
     return [_response(r) for r in rows]
 
 
-async def record_pending(
-    connection: asyncpg.Connection,
-    zk_proof_ids: Sequence[int],
-    tx_hash: bytes,
-    signer: bytes,
-    nonce: int,
-) -> None:
-    """Write-ahead: remember the signed transaction before it is broadcast."""
-    await connection.execute(
-        """UPDATE verify_proofs SET txn_hash = $2, txn_signer = $3, txn_nonce = $4
-           WHERE zk_proof_id = ANY($1::bigint[]) AND NOT txn_is_sent""",
-        list(zk_proof_ids),
-        tx_hash,
-        signer,
-        nonce,
-    )
-
-
-async def mark_sent(
-    connection: asyncpg.Connection,
-    zk_proof_ids: Sequence[int],
-    tx_hash: bytes | None,
-    block_number: int | None,
-) -> None:
-    """The verdict is on the gateway; ``tx_hash`` None when found there, not sent."""
-    await connection.execute(
-        """UPDATE verify_proofs
-           SET txn_is_sent = true, txn_hash = $2, txn_block_number = $3,
-               txn_sent_at = now(), txn_last_error = NULL
-           WHERE zk_proof_id = ANY($1::bigint[])""",
-        list(zk_proof_ids),
-        tx_hash,
-        block_number,
-    )
-
-
-async def reset_unsent(
-    connection: asyncpg.Connection, zk_proof_ids: Sequence[int], reason: str
-) -> None:
-    await connection.execute(
-        """UPDATE verify_proofs
-           SET txn_hash = NULL, txn_nonce = NULL, txn_retry_count = txn_retry_count + 1,
-               txn_last_error = $2
-           WHERE zk_proof_id = ANY($1::bigint[]) AND NOT txn_is_sent""",
-        list(zk_proof_ids),
-        storable_reason(reason),
-    )
+# Write-ahead verbs (record_pending, mark_sent, reset_unsent), as the other outboxes.
+VERDICTS = Outbox("verify_proofs", "zk_proof_id")
+record_pending = VERDICTS.record_pending
+mark_sent = VERDICTS.mark_sent
+reset_unsent = VERDICTS.reset_unsent
