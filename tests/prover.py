@@ -45,6 +45,37 @@ def node_prove(
 SDK_INPUT = Path(__file__).parent / "engine" / "node" / "sdk_input.js"
 
 
+def _run_sdk(tmp_path: Path, public_key: bytes, crs: bytes, *args: str) -> dict:
+    """tests/engine/node/sdk_input.js with the key and CRS as files; its JSON line."""
+    import json
+
+    node_modules = npm_prefix(load_settings().cache_dir) / "node_modules"
+    assert (node_modules / "@zama-fhe" / "relayer-sdk").is_dir(), (
+        "run `make setup` (installs @zama-fhe/relayer-sdk)"
+    )
+    (tmp_path / "pk").write_bytes(public_key)
+    (tmp_path / "crs").write_bytes(crs)
+    done = subprocess.run(
+        [
+            shutil.which("node") or "node",
+            str(SDK_INPUT),
+            args[0],
+            "--public-key",
+            str(tmp_path / "pk"),
+            "--crs",
+            str(tmp_path / "crs"),
+            *args[1:],
+        ],
+        env={**os.environ, "NODE_PATH": str(node_modules)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def sdk_prove(
     tmp_path: Path,
     public_key: bytes,
@@ -60,46 +91,49 @@ def sdk_prove(
 ) -> tuple[bytes, list[bytes]]:
     """A proven list made by Zama's client SDK (@zama-fhe/relayer-sdk, its own node-tfhe
     1.4) as a dapp front end makes it, and the handles the SDK expects for it."""
-    import json
-
-    node_modules = npm_prefix(load_settings().cache_dir) / "node_modules"
-    assert (node_modules / "@zama-fhe" / "relayer-sdk").is_dir(), (
-        "run `make setup` (installs @zama-fhe/relayer-sdk)"
-    )
-    (tmp_path / "pk").write_bytes(public_key)
-    (tmp_path / "crs").write_bytes(crs)
     out = tmp_path / "sdk-list"
-    done = subprocess.run(
-        [
-            shutil.which("node") or "node",
-            str(SDK_INPUT),
-            "prove",
-            "--public-key",
-            str(tmp_path / "pk"),
-            "--crs",
-            str(tmp_path / "crs"),
-            "--contract",
-            contract,
-            "--user",
-            user,
-            "--acl",
-            acl,
-            "--chain-id",
-            str(chain_id),
-            "--gateway-chain-id",
-            str(gateway_chain_id),
-            "--input-verification",
-            input_verification,
-            "--out",
-            str(out),
-            *items,
-        ],
-        env={**os.environ, "NODE_PATH": str(node_modules)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    printed = _run_sdk(
+        tmp_path,
+        public_key,
+        crs,
+        "prove",
+        *("--contract", contract, "--user", user, "--acl", acl),
+        *("--chain-id", str(chain_id), "--gateway-chain-id", str(gateway_chain_id)),
+        *("--input-verification", input_verification, "--out", str(out)),
+        *items,
     )
-    assert done.returncode == 0, done.stderr
-    handles = [bytes.fromhex(h[2:]) for h in json.loads(done.stdout.splitlines()[-1])["handles"]]
-    return out.read_bytes(), handles
+    return out.read_bytes(), [bytes.fromhex(h[2:]) for h in printed["handles"]]
+
+
+def sdk_encrypt(
+    tmp_path: Path,
+    public_key: bytes,
+    crs: bytes,
+    host,
+    *,
+    contract: str,
+    user: str,
+    relayer_url: str,
+    rpc_url: str,
+    items: list[str],
+) -> tuple[list[bytes], bytes]:
+    """The SDK's real ``encrypt()``: createInstance reads the host chain's InputVerifier
+    (signers, threshold, EIP-712 domain) over ``rpc_url``, the list goes to the relayer,
+    and the SDK checks the signatures it gets back; (handles, inputProof)."""
+    printed = _run_sdk(
+        tmp_path,
+        public_key,
+        crs,
+        "encrypt",
+        *("--contract", contract, "--user", user, "--acl", host.acl),
+        *("--chain-id", str(host.chain_id), "--gateway-chain-id", str(host.gateway_chain_id)),
+        *("--input-verification", host.input_verification_address),
+        *("--input-verifier", host.input_verifier, "--kms-verifier", host.kms_verifier),
+        *("--decryption", host.decryption_address),
+        *("--relayer-url", relayer_url, "--network", rpc_url),
+        *items,
+    )
+    return (
+        [bytes.fromhex(h[2:]) for h in printed["handles"]],
+        bytes.fromhex(printed["inputProof"][2:]),
+    )
