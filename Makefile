@@ -57,6 +57,7 @@ bench: setup      ## benchmarks: print figures, write JSON under bench/results/
 	$(VENV)/python bench/graph.py
 	$(VENV)/python bench/sns.py
 	$(VENV)/python bench/verify.py
+	$(VENV)/python bench/input_flow.py
 	$(VENV)/python bench/listener.py
 	$(VENV)/python bench/sender.py
 	$(VENV)/python bench/orchestration.py

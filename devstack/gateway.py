@@ -8,8 +8,9 @@ with this one coprocessor (majority 1) and the dev host chains, so the send stag
 somewhere to commit and relay ACL calls, input proof requests somewhere to arrive and
 their verdicts somewhere to go, and the KMS's key and CRS activations somewhere to be
 recorded (by the deployer, who owns GatewayConfig: the real KMS, an MPC network, cannot
-run here). Idempotent: the addresses and the tx sender key live in the state directory
-(the key in a 0600 file, handed to Kubernetes as a Secret, never printed) and are reused
+run here). Idempotent: the addresses, the tx sender key and the signer key (two keys, as
+in production: the signer's signatures are what the host trusts) live in the state
+directory (0600 files, handed to Kubernetes as Secrets, never printed) and are reused
 while the chain still has all the contracts (a state without one of them, such as one
 written before InputVerification and KMSGeneration, deploys again); a host chain id not
 registered yet is added (``addHostChain``).
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from eth_account import Account
 from web3 import Web3
 from web3.contract import Contract
 
@@ -49,6 +51,8 @@ class DevGateway:
     tx_sender: str
     key_file: Path
     bucket_url: str
+    signer: str = ""  # signs the verdicts on input lists (EIP-712); its own key
+    signer_key_file: Path | None = None
     majority: int
     host_chain_ids: tuple[int, ...] = field(default=())
 
@@ -61,6 +65,8 @@ class DevGateway:
             "kms_generation": self.kms_generation,
             "tx_sender": self.tx_sender,
             "key_file": str(self.key_file),
+            "signer": self.signer,
+            "signer_key_file": str(self.signer_key_file) if self.signer_key_file else None,
             "bucket_url": self.bucket_url,
             "majority": self.majority,
             "host_chain_ids": list(self.host_chain_ids),
@@ -131,7 +137,8 @@ _CONTRACT_KEYS = GatewayContracts._fields
 
 def _load(directory: Path, w3: Web3) -> dict | None:
     record = directory / "gateway.json"
-    if not (record.is_file() and (directory / "tx-sender.key").is_file()):
+    keys = (directory / "tx-sender.key", directory / "signer.key")
+    if not (record.is_file() and all(k.is_file() for k in keys)):
         return None
     data = json.loads(record.read_text())
     for name in _CONTRACT_KEYS:
@@ -140,6 +147,9 @@ def _load(directory: Path, w3: Web3) -> dict | None:
     config = bound(w3, "GatewayConfig", data["config"])
     if not config.functions.isCoprocessorTxSender(data["tx_sender"]).call():
         return None
+    registered = config.functions.getCoprocessor(data["tx_sender"]).call()[1]
+    if registered != key_at(keys[1]).address:
+        return None  # a state from before the signer had its own key
     return data
 
 
@@ -147,10 +157,10 @@ def ensure_dev_gateway(
     state_dir: Path,
     settings: Settings,
     host_chain_ids: Sequence[int] = (),
-    signer_address: str | None = None,
 ) -> DevGateway:
     """Deploy (or find) the dev gateway; register ``host_chain_ids`` (default: the
-    chain's own id and DEFAULT_TENANT_CHAIN_ID)."""
+    chain's own id and DEFAULT_TENANT_CHAIN_ID). The coprocessor's tx sender and signer
+    are two dev keys (``gateway/tx-sender.key``, ``gateway/signer.key``)."""
     w3 = Web3(Web3.HTTPProvider(settings.gateway_rpc_url, request_kwargs={"timeout": 10}))
     if not w3.is_connected():
         raise ServiceUnavailable(
@@ -163,14 +173,16 @@ def ensure_dev_gateway(
     directory = state_dir / "gateway"
     directory.mkdir(parents=True, exist_ok=True)
     key_file = directory / "tx-sender.key"
+    signer_file = directory / "signer.key"
     url = bucket_url(settings)
     data = _load(directory, w3)
     if data is None:
         tx_sender = funded_account(w3, FUNDING_WEI)
+        signer = Account.create()
         save_key(key_file, tx_sender, replace=True)
-        signer = signer_address or tx_sender.address
+        save_key(signer_file, signer, replace=True)
         contracts = deploy_gateway(
-            w3, [(tx_sender.address, signer, url)], [host_chain(c) for c in wanted]
+            w3, [(tx_sender.address, signer.address, url)], [host_chain(c) for c in wanted]
         )
         data = {
             **{name: contract.address for name, contract in contracts._asdict().items()},
@@ -197,6 +209,8 @@ def ensure_dev_gateway(
         kms_generation=data["kms_generation"],
         tx_sender=data["tx_sender"],
         key_file=key_file,
+        signer=key_at(signer_file).address,
+        signer_key_file=signer_file,
         bucket_url=url,
         majority=config.functions.getCoprocessorMajorityThreshold().call(),
         host_chain_ids=registered,

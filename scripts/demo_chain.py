@@ -7,10 +7,19 @@ Run by scripts/demo with the dev stack's environment (FHE_*, KUBECONFIG) and the
 operator already running; exits non-zero if a balance is not what plain arithmetic
 says.
 
-The transfers use ``transferTrivial``: the amount is trivially encrypted on chain
+Three transfers use ``transferTrivial``: the amount is trivially encrypted on chain
 (TrivialEncrypt) while the balances stay encrypted. Handles follow the host's rule (no
 transaction in the hash), so equal computations in different transactions, such as the
 TrivialEncrypt(0) of every transfer, share one handle.
+
+The fourth is what a real dapp does: the amount is encrypted by Zama's client SDK
+(``@zama-fhe/relayer-sdk``, ``encrypt()``) under the tenant's public key, sent to a
+relayer stand-in, verified by this coprocessor's input path (gateway listener, verify
+worker, sender, in-process here) and answered on the gateway with its signer's
+signature; the SDK builds the inputProof from the consensus, and the host's
+InputVerifier accepts it in ``transfer(to, externalEuint64, inputProof)``. A host chain
+initialised for another gateway (an older dev stack) cannot check our signatures: the
+demo then says so and skips that transfer.
 """
 
 from __future__ import annotations
@@ -27,18 +36,23 @@ from coprocessor.api.batch import GROUP, PLURAL, VERSION
 from coprocessor.chain.contracts import bound
 from coprocessor.db import queries
 from coprocessor.db.pool import create_pool
+from coprocessor.errors import Fatal
 from coprocessor.settings import load_settings
 from coprocessor.tenants import load_client
-from devstack.host_chain import deploy_dapp, ensure_host_chain
+from devstack.host_chain import HostChain, deploy_dapp, ensure_host_chain
 from devstack.settings import default_state_dir
 from listeners.host import HostListener
 
 NAMESPACE, TENANT = "fhe-demo", "demo"
 MINTED = 1000
+ENCRYPTED_AMOUNT = 250
 
 
-def transact(w3: Web3, token: Contract, names: dict[str, str]) -> tuple[int, dict[str, int]]:
-    """Mint, then the transfers; returns the first block and the expected balances."""
+def transact(
+    w3: Web3, token: Contract, names: dict[str, str], encrypted: tuple[bytes, bytes] | None
+) -> tuple[int, dict[str, int]]:
+    """Mint, then the transfers (the last with an SDK-encrypted amount when ``encrypted``
+    holds its handle and inputProof); returns the first block and the expected balances."""
     owner, alice, bob, carol = w3.eth.accounts[:4]
     start = w3.eth.block_number + 1
     expected = dict.fromkeys(names, 0)
@@ -52,7 +66,93 @@ def transact(w3: Web3, token: Contract, names: dict[str, str]) -> tuple[int, dic
             expected[sender] -= value
             expected[to] += value
         print(f"transfer {names[sender]} -> {names[to]}: {value} (balances encrypted)")
+    if encrypted is not None:
+        handle, proof = encrypted
+        send(w3, token.functions.transfer(bob, handle, proof), alice)
+        expected[alice] -= ENCRYPTED_AMOUNT
+        expected[bob] += ENCRYPTED_AMOUNT
+        print(
+            f"transfer alice -> bob: {ENCRYPTED_AMOUNT}, encrypted by the client SDK "
+            "(inputProof accepted by the host's InputVerifier)"
+        )
     return start, expected
+
+
+def host_for_inputs(w3: Web3, settings, gateway) -> tuple[HostChain, bool]:
+    """The host contracts, trusting our gateway's InputVerification and signer where the
+    chain is new enough to be initialised so; (host, whether inputs can be verified)."""
+    try:
+        host = ensure_host_chain(
+            w3,
+            default_state_dir(),
+            coprocessor_signers=[gateway.signer],
+            gateway_chain_id=w3.eth.chain_id,
+            input_verification_address=gateway.input_verification,
+        )
+        return host, True
+    except Fatal as error:
+        print(f"host chain: {error}; the SDK-encrypted transfer is skipped")
+        return ensure_host_chain(w3, default_state_dir()), False
+
+
+async def encrypt_amount(settings, w3: Web3, host, gateway, tenant, token, user, public_key):
+    """The SDK's encrypt() through the relayer stand-in, answered by this coprocessor's
+    input path; (handle, inputProof)."""
+    import tempfile
+    from pathlib import Path
+
+    from pydantic import SecretStr
+
+    from coprocessor.crs import ensure_crs
+    from coprocessor.storage import ObjectStore
+    from devstack.input_path import run_input_path
+    from devstack.keys import key_at
+    from devstack.relayer import RelayerStandIn
+    from devstack.sdk import sdk_encrypt
+
+    inputs = settings.model_copy(
+        update={
+            "signer_private_key": SecretStr(
+                "0x" + bytes(key_at(gateway.signer_key_file).key).hex()
+            ),
+            "sender_private_key": SecretStr("0x" + bytes(key_at(gateway.key_file).key).hex()),
+            "gateway_start_block": w3.eth.block_number,
+            "gateway_ws_url": "off",
+            "gateway_poll_interval_s": 0.2,
+            "host_acl_address": host.acl,
+        }
+    )
+    crs = ensure_crs(ObjectStore(settings), tenant.backend, settings.crs_max_bits)
+    relayer = RelayerStandIn(
+        w3, bound(w3, "InputVerification", gateway.input_verification), w3.eth.accounts[5]
+    )
+    stop = asyncio.Event()
+    path = asyncio.create_task(run_input_path(inputs, w3, host.chain_id, stop))
+    url = relayer.start()
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="fhe-demo-sdk-") as scratch:
+            handles, proof = await asyncio.to_thread(
+                sdk_encrypt,
+                Path(scratch),
+                public_key,
+                crs,
+                host,
+                contract=token.address,
+                user=user,
+                relayer_url=url,
+                rpc_url=settings.host_rpc_url,
+                items=[f"Uint64:{ENCRYPTED_AMOUNT}"],
+            )
+    finally:
+        relayer.stop()
+        stop.set()
+        await asyncio.wait_for(path, 60)
+    print(
+        f"input: SDK encrypt() -> relayer -> gateway request -> verified and signed by this "
+        f"coprocessor -> inputProof, {time.monotonic() - started:.1f} s"
+    )
+    return handles[0], proof
 
 
 async def main() -> int:
@@ -60,7 +160,10 @@ async def main() -> int:
     w3 = Web3(Web3.HTTPProvider(settings.host_rpc_url))
     alice, bob, carol = w3.eth.accounts[1:4]
     names = {alice: "alice", bob: "bob", carol: "carol"}
-    host = ensure_host_chain(w3, default_state_dir())
+    from devstack.gateway import ensure_dev_gateway
+
+    gateway = ensure_dev_gateway(default_state_dir(), settings)
+    host, inputs_ok = host_for_inputs(w3, settings, gateway)
     token = deploy_dapp(w3, host, "ConfidentialToken")
     print(
         f"host contracts: FHEVMExecutor {host.executor}, ACL {host.acl}, "
@@ -78,7 +181,14 @@ async def main() -> int:
         assert tenant is not None, "scripts/demo creates the tenant first"
         tenant_client = load_client(settings, tenant)
 
-        start, expected = transact(w3, token, names)
+        encrypted = None
+        if inputs_ok:
+            async with pool.acquire() as connection:
+                public_key = await queries.get_public_params(connection, tenant.tenant_id)
+            encrypted = await encrypt_amount(
+                settings, w3, host, gateway, tenant, token, alice, public_key
+            )
+        start, expected = transact(w3, token, names, encrypted)
 
         listener_settings = settings.model_copy(
             update={

@@ -152,6 +152,11 @@ def test_dev_gateway_is_idempotent_and_keeps_its_key_private(dev_stack, tmp_path
     key_file = tmp_path / "gateway" / "tx-sender.key"
     assert first["key_file"] == str(key_file)
     assert key_file.stat().st_mode & 0o777 == 0o600
+    # The signer is a key of its own (what the host trusts), registered for the tx sender.
+    signer_file = tmp_path / "gateway" / "signer.key"
+    assert first["signer_key_file"] == str(signer_file)
+    assert signer_file.stat().st_mode & 0o777 == 0o600
+    assert first["signer"] not in (first["tx_sender"], "")
     more = json.loads(fhectl(*args, "--host-chain-id", "777", env=env).stdout)
     contracts = ("config", "commits", "acl", "input_verification", "kms_generation")
     assert [more[name] for name in contracts] == [first[name] for name in contracts]

@@ -251,7 +251,7 @@ async def test_a_list_made_by_the_real_client_sdk_is_verified_under_the_sdks_han
     """@zama-fhe/relayer-sdk proves (92-byte metadata, its node-tfhe 1.4) against our
     tenant's public key and the deployment's CRS; the handles we store are the ones the
     SDK will accept back from a relayer, and the values decrypt."""
-    from tests.prover import sdk_prove
+    from devstack.sdk import sdk_prove
 
     record, client = tenant
     crs = ensure_crs(ObjectStore(settings), record.backend, CRS_BITS)

@@ -24,8 +24,6 @@ from pydantic import SecretStr
 from web3 import Web3
 
 from coprocessor.chain.contracts import funded_account
-from coprocessor.chain.gateway import GatewayClient
-from coprocessor.chain.verdicts import VerdictSigner
 from coprocessor.crs import ensure_crs
 from coprocessor.db import migrate, queries
 from coprocessor.settings import MIGRATIONS_DIR, Settings
@@ -34,15 +32,13 @@ from coprocessor.tenants import create_tenant, key_objects, load_client
 from devstack import process
 from devstack.chain import Anvil
 from devstack.host_chain import deploy_dapp, ensure_host_chain
+from devstack.input_path import run_input_path
 from devstack.relayer import RelayerStandIn
-from job_runner.verify import follow
-from listeners.gateway import GatewayListener
+from devstack.sdk import sdk_encrypt
 from listeners.host import HostListener
-from listeners.sender import Sender
 from tests.gateway import coprocessor, deploy_gateway, host_chain
 from tests.hostchain import send
 from tests.keysets import session_keyset
-from tests.prover import sdk_encrypt
 
 from .builder import kms_key_id_for
 
@@ -57,18 +53,6 @@ def chain(tmp_path_factory):
     info = anvil.up(tmp_path_factory.mktemp("anvil"), None)
     yield anvil.env(info)["FHE_HOST_RPC_URL"]
     anvil.down(info)
-
-
-async def _pipeline(settings: Settings, w3: Web3, chain_id: int, stop: asyncio.Event):
-    """One coprocessor's long-running input path: gateway listener, verify worker, sender."""
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
-    try:
-        listener = GatewayListener(settings, w3, pool, host_chain_id=chain_id)
-        verdicts = VerdictSigner.from_settings(settings, chain_id)
-        sender = Sender(settings, pool, GatewayClient(w3, settings), verdicts)
-        await asyncio.gather(listener.run(stop), follow(settings, stop), sender.run(stop))
-    finally:
-        await pool.close()
 
 
 async def test_an_sdk_input_verified_by_a_majority_is_accepted_by_the_host(
@@ -141,7 +125,7 @@ async def test_an_sdk_input_verified_by_a_majority_is_accepted_by_the_host(
             settings.append(each)
         store = ObjectStore(settings[0])
         crs = ensure_crs(store, "tfhe-rs", CRS_BITS)
-        tasks = [asyncio.create_task(_pipeline(each, w3, chain_id, stop)) for each in settings]
+        tasks = [asyncio.create_task(run_input_path(each, w3, chain_id, stop)) for each in settings]
         relayer = RelayerStandIn(w3, gateway.input_verification, w3.eth.accounts[5])
         relayer_url = relayer.start()
         try:
