@@ -28,21 +28,26 @@ def blob_hash(proven_list: bytes) -> bytes:
     return keccak(b"ZK-w_rct" + proven_list)
 
 
-def input_handles(
-    proven_list: bytes, acl_address: bytes, chain_id: int, types: Sequence[FheType]
-) -> list[bytes]:
-    if len(types) > MAX_INPUTS:
-        raise InvalidInputProof(f"{len(types)} values in one input list; at most {MAX_INPUTS}")
+def prehandles(proven_list: bytes, acl_address: bytes, chain_id: int, count: int) -> list[bytes]:
+    """The full 32-byte hashes the first ``count`` handles are cut from: what fhEVM attaches
+    to each input ciphertext as its re-randomisation metadata."""
     if len(acl_address) != 20:
         raise InvalidInputProof(f"ACL address must be 20 bytes, got {len(acl_address)}")
     blob = blob_hash(proven_list)
     chain_bytes = chain_id.to_bytes(32, "big")
     return [
-        make_handle(
-            keccak(b"ZK-w_hdl" + blob + bytes([index]) + acl_address + chain_bytes),
-            index,
-            chain_id,
-            fhe_type,
-        ).raw
+        keccak(b"ZK-w_hdl" + blob + bytes([index]) + acl_address + chain_bytes)
+        for index in range(count)
+    ]
+
+
+def input_handles(
+    proven_list: bytes, acl_address: bytes, chain_id: int, types: Sequence[FheType]
+) -> list[bytes]:
+    if len(types) > MAX_INPUTS:
+        raise InvalidInputProof(f"{len(types)} values in one input list; at most {MAX_INPUTS}")
+    hashes = prehandles(proven_list, acl_address, chain_id, len(types))
+    return [
+        make_handle(hashes[index], index, chain_id, fhe_type).raw
         for index, fhe_type in enumerate(types)
     ]

@@ -203,8 +203,19 @@ class Settings(BaseSettings):
         description="KMSGeneration contract on the gateway chain (0x address): its "
         "ActivateKey / ActivateCrs events bring the KMS's keys and CRS.",
     )
-    gateway_start_block: int = Field(
-        0, ge=0, description="First gateway block the gateway listener reads without a cursor."
+    gateway_start_block: int | None = Field(
+        None,
+        ge=0,
+        description="First gateway block the gateway listener reads without a cursor; "
+        "default: the head (requests made before it started are not its to answer).",
+    )
+    kms_storage_url_prefixes: list[str] = Field(
+        [],
+        description="KMS storage URLs the gateway listener fetches keys and CRSs from "
+        "(prefixes; empty = any http(s) URL): the URLs come from chain events.",
+    )
+    kms_fetch_backoff_s: float = Field(
+        5.0, gt=0, description="First retry delay of a KMS activation whose storage is down."
     )
     gateway_finality_depth: int = Field(
         0, ge=0, description="Blocks behind the gateway head the gateway listener stays."

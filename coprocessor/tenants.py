@@ -137,23 +137,14 @@ async def create_tenant(
     if keyset is None:
         keyset = backend.generate_keyset()
         _save_locally(directory, keyset, with_server_key=True)
-    location = f"keys/{name}/{keyset.key_id.hex()}/server_key"
-    store.put(location, keyset.server_key)
-    key_parts = {}
-    for purpose, part in backend.key_parts(keyset.server_key).items():
-        part_location = f"keys/{name}/{keyset.key_id.hex()}/{purpose}_key"
-        store.put(part_location, part)
-        key_parts[purpose] = {
-            "object": part_location,
-            "sha256": hashlib.sha256(part).hexdigest(),
-        }
+    keys_location, key_parts = store_keyset(store, name, keyset)
     tenant = await queries.create_tenant(
         connection,
         name,
         chain_id,
         keyset.key_id,
         backend_name,
-        keys_location=f"s3://{store.bucket}/{location}",
+        keys_location=keys_location,
         public_params=keyset.public_params,
         kms_key_id=kms_key_id,
         key_parts=key_parts,
@@ -161,6 +152,25 @@ async def create_tenant(
     # The server key is in S3 now; the local copy was only there for restarts.
     (directory / "server_key").unlink(missing_ok=True)
     return CreatedTenant(tenant, created=True)
+
+
+def store_keyset(
+    store: ObjectStore, name: str, keyset: Keyset
+) -> tuple[str, dict[str, dict[str, str]]]:
+    """Put the server key and each stage's part of it in S3 (idempotent: same bytes, same
+    keys); returns the keys' location and the parts with their digests, for the tenant
+    row. Slow (a split and ~0.6 GB of uploads): async callers run it in a thread."""
+    location = f"keys/{name}/{keyset.key_id.hex()}/server_key"
+    store.put(location, keyset.server_key)
+    key_parts = {}
+    for purpose, part in get_backend(keyset.backend).key_parts(keyset.server_key).items():
+        part_location = f"keys/{name}/{keyset.key_id.hex()}/{purpose}_key"
+        store.put(part_location, part)
+        key_parts[purpose] = {
+            "object": part_location,
+            "sha256": hashlib.sha256(part).hexdigest(),
+        }
+    return f"s3://{store.bucket}/{location}", key_parts
 
 
 def parse_kms_key_id(text: str) -> int:

@@ -51,10 +51,10 @@ class DevGateway:
     tx_sender: str
     key_file: Path
     bucket_url: str
-    signer: str = ""  # signs the verdicts on input lists (EIP-712); its own key
-    signer_key_file: Path | None = None
     majority: int
     host_chain_ids: tuple[int, ...] = field(default=())
+    signer: str = ""  # signs the verdicts on input lists (EIP-712); its own key
+    signer_key_file: Path | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -6,9 +6,9 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from coprocessor.crs import ensure_crs
 from coprocessor.db import proofs, queries
 from coprocessor.errors import UserError
+from coprocessor.kms import deployment_crs
 from coprocessor.settings import load_settings
 from coprocessor.storage import ObjectStore
 from coprocessor.types import address_bytes
@@ -19,7 +19,8 @@ from .output import OUTPUT, emit
 
 def cmd_params(args: argparse.Namespace) -> int:
     """The deployment's CRS and the tenant's compact public key, as files a client
-    (node-tfhe) proves against; the CRS is made on first use (crs.ensure_crs)."""
+    proves against: the CRS the KMS activated, else the generated one (made on first
+    use, crs.ensure_crs)."""
     settings = load_settings()
 
     async def public_key(connection):
@@ -32,8 +33,14 @@ def cmd_params(args: argparse.Namespace) -> int:
             )
         return tenant, key
 
-    tenant, key = asyncio.run(connected(public_key))
-    crs = ensure_crs(ObjectStore(settings), tenant.backend, settings.crs_max_bits)
+    async def params(connection):
+        tenant, key = await public_key(connection)
+        crs = await deployment_crs(
+            connection, ObjectStore(settings), tenant.backend, settings.crs_max_bits
+        )
+        return tenant, key, crs
+
+    tenant, key, crs = asyncio.run(connected(params))
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "crs").write_bytes(crs)

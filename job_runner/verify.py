@@ -30,12 +30,11 @@ import asyncpg
 
 from coprocessor import kms
 from coprocessor.api.summary import VerifySummary
-from coprocessor.crs import ensure_crs
 from coprocessor.db import kms as kms_rows
 from coprocessor.db import proofs, queries
 from coprocessor.db.notify import NotificationWaiter
 from coprocessor.db.pool import classify, connect
-from coprocessor.errors import Irrecoverable, Recoverable, UserError
+from coprocessor.errors import ConfigError, Irrecoverable, Recoverable, UserError
 from coprocessor.fhe.engine import (
     Evaluator,
     InvalidInputProof,
@@ -43,7 +42,7 @@ from coprocessor.fhe.engine import (
     input_metadata,
 )
 from coprocessor.fhe.envelope import Envelope
-from coprocessor.inputs import input_handles
+from coprocessor.inputs import MAX_INPUTS, input_handles, prehandles
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
 from coprocessor.tenants import load_evaluator
@@ -75,19 +74,16 @@ class _Verifier:
         active = await kms_rows.active_crs(connection) if backend == "tfhe-rs" else None
         key = active.object_key if active else backend
         if key not in self._crs:
-            if active:
-                self._crs[key] = await asyncio.to_thread(kms.load_crs, self.store, active)
-            else:
-                self._crs[key] = await asyncio.to_thread(
-                    ensure_crs, self.store, backend, self.crs_bits
-                )
+            self._crs[key] = await kms.deployment_crs(
+                connection, self.store, backend, self.crs_bits
+            )
         return self._crs[key]
 
     def acl_address(self, request: proofs.ProofRequest) -> bytes:
         if request.acl_address is not None:
             return request.acl_address
-        if self.settings.host_acl_address is None:
-            raise _Rejected(
+        if self.settings.host_acl_address is None:  # ours to fix: the row waits
+            raise ConfigError(
                 f"no ACL address is known for chain id {request.chain_id}: the request "
                 "carries none and FHE_HOST_ACL_ADDRESS is not set"
             )
@@ -142,8 +138,12 @@ class _Verifier:
                 "0x" + acl_address.hex(),
                 request.chain_id,
             )
+            # Each input carries the full hash its handle is cut from (fhEVM's
+            # re-randomisation metadata): one per possible index, the list's count is
+            # known only once it is expanded.
+            rerand = prehandles(request.input, acl_address, request.chain_id, MAX_INPUTS)
             ciphertexts = await asyncio.to_thread(
-                evaluator.verify_inputs, crs, served.public_params, request.input, metadata
+                evaluator.verify_inputs, crs, served.public_params, request.input, metadata, rerand
             )
             types = [Envelope.from_bytes(c).fhe_type for c in ciphertexts]
             handles = input_handles(request.input, acl_address, request.chain_id, types)

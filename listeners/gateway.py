@@ -1,30 +1,32 @@
 """``fhe-listener gateway``: follow the gateway chain and take what it asks of us.
 
 Zama's gw-listener, for this coprocessor. Events read, block by block up to
-``head - FHE_GATEWAY_FINALITY_DEPTH``:
+``head - FHE_GATEWAY_FINALITY_DEPTH`` (without a cursor: from FHE_GATEWAY_START_BLOCK,
+default the head):
 
 * ``InputVerification.VerifyProofRequest`` - a ``verify_proofs`` row (idempotent by
   zkProofId) carrying the host chain's ACL address from GatewayConfig's host chain
   registry (the proof and the input handles are bound to it), to be answered by the
   verify stage and sent back by the sender;
-* ``KMSGeneration.ActivateKey`` - the server and public keys are fetched from the KMS
-  storage URLs, each checked against its digest, and the keyset becomes a tenant's
-  (the tenant that already holds it is activated under the KMS key id; else a tenant is
-  created for FHE_GATEWAY_TENANT_CHAIN_ID);
-* ``KMSGeneration.ActivateCrs`` - the CRS, digest-checked, pinned as the deployment's.
+* ``KMSGeneration.ActivateKey`` / ``ActivateCrs`` - queued (``kms_activations``), then
+  applied apart from the cursor: the objects are fetched from the KMS storage URLs
+  (``FHE_KMS_STORAGE_URL_PREFIXES``, no redirects, size caps), each checked against its
+  announced digest; the keyset becomes a tenant's (the tenant already holding it is
+  activated under the KMS key id, else one is created for FHE_GATEWAY_TENANT_CHAIN_ID),
+  the CRS is pinned. Storage that is down is retried with backoff while requests keep
+  flowing; material that does not match, or conflicts with what is here, is refused
+  (logged, counted) and nothing about it changes.
 
-A block's rows and its cursor row are written in one transaction. Material that cannot
-be fetched now (storage down) stops the listener at that block: the cursor does not
-move, and the next polls retry with backoff; material whose digest does not match is
-refused (logged, counted) and nothing about it changes. A log that does not decode,
-a request whose ids do not fit, or one for an unregistered host chain is skipped with a
-warning (the gateway itself refuses requests for unregistered chains).
+A block's requests, queued activations and cursor row are written in one transaction;
+each block must extend the stored one (its parent hash), else the poll stops and the
+next one finds the fork. A log that does not decode, a request whose ids do not fit, or
+one for an unregistered host chain is skipped with a warning (the gateway itself
+refuses requests for unregistered chains).
 
-Reorgs: the cursor's block is compared with the chain's on every poll; when it changed,
-the stored blocks above the highest one still canonical are forgotten and read again.
-A request moved to another block is re-queued with that block's content while it is
-still unanswered; an answered one is left as it is (the gateway refuses an answer to a
-request it no longer has).
+Reorgs: the stored window is compared with the chain on every poll; above the highest
+block still canonical, blocks are forgotten and read again. A request read again with
+other content (the gateway reused its id on the new branch) is queued anew, answered or
+not; an activation is the same row whichever block carried it.
 """
 
 from __future__ import annotations
@@ -93,6 +95,33 @@ def require_gateway_contracts(settings: Settings) -> None:
 def _member(struct: Any, name: str, index: int) -> Any:
     """A struct member of a decoded event (web3 gives dicts; a tuple where it cannot name)."""
     return struct[name] if isinstance(struct, Mapping) else struct[index]
+
+
+KMS_BACKOFF_CAP_S = 300.0
+
+
+def _label(activation: kms_rows.Activation) -> str:
+    return f"{activation.kind} {activation.material_id:#x}"
+
+
+def _activation(
+    name: str, args: dict[str, Any]
+) -> tuple[str, int, tuple[str, ...], dict[str, str]]:
+    """(kind, id, storage URLs, {object directory: hex digest}) of an ActivateKey /
+    ActivateCrs event; _Skip when it cannot be one."""
+    try:
+        urls = tuple(str(u) for u in args["kmsNodeStorageUrls"])
+        if name == "ActivateCrs":
+            return "crs", int(args["crsId"]), urls, {kms.CRS_DIR: bytes(args["crsDigest"]).hex()}
+        digests = {
+            kms.OBJECT_DIRS[kms.KeyType(int(_member(d, "keyType", 0)))]: bytes(
+                _member(d, "digest", 1)
+            ).hex()
+            for d in args["keyDigests"]
+        }
+        return "key", int(args["keyId"]), urls, digests
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise _Skip(f"{name}: {type(error).__name__}: {error}") from None
 
 
 class _Skip(Exception):
@@ -176,7 +205,10 @@ class GatewayListener:
     # --- the loop ---------------------------------------------------------------------
 
     async def poll(self) -> int:
-        """One round: reorg check, then new blocks. Returns the blocks processed."""
+        """One round: reorg check, new blocks, then the activations that are due.
+        Returns the blocks processed."""
+        if not self.chain_id:
+            await self.start()
         head = await self._rpc(lambda: self.w3.eth.block_number)
         target = head - self.settings.gateway_finality_depth
         await self._check_reorg()
@@ -186,11 +218,20 @@ class GatewayListener:
                    ORDER BY block_number DESC LIMIT 1""",
                 self.chain_id,
             )
-        start = last["block_number"] + 1 if last else self.settings.gateway_start_block
+        if last is not None:
+            start, parent = last["block_number"] + 1, bytes(last["block_hash"])
+        else:  # no cursor: from the setting, else from the head on
+            start = self.settings.gateway_start_block
+            start, parent = (target if start is None else start), None
         processed = 0
         for number in range(start, target + 1):
-            await self._process(number)
+            parent = await self._process(number, parent)
+            if parent is None:  # the chain moved under us: the next poll finds the fork
+                break
             processed += 1
+        if processed:
+            await self._prune()
+        await self.apply_activations()
         return processed
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -274,9 +315,19 @@ class GatewayListener:
 
     # --- one block --------------------------------------------------------------------
 
-    async def _process(self, number: int) -> None:
-        block = await self._rpc(lambda: self.w3.eth.get_block(number))
+    async def _process(self, number: int, parent: bytes | None) -> bytes | None:
+        """Record one block's requests and activations with the cursor, in one
+        transaction; None (nothing written) when it does not extend the stored chain."""
+        from web3.exceptions import BlockNotFound
+
+        try:
+            block = await self._rpc(lambda: self.w3.eth.get_block(number))
+        except BlockNotFound:  # a reorg to a shorter chain since the head was read
+            return None
         block_hash = bytes(block["hash"])
+        if parent is not None and bytes(block["parentHash"]) != parent:
+            log.warning("gateway parent mismatch", extra={"fields": {"number": number}})
+            return None
         logs = await self._rpc(
             lambda: self.w3.eth.get_logs(
                 {"blockHash": block_hash, "address": [self.inputs.address, self.kms.address]}
@@ -284,6 +335,7 @@ class GatewayListener:
         )
         ordered = sorted(logs, key=lambda e: (e["transactionIndex"], e["logIndex"]))
         requests: list[proofs.ProofRequest] = []
+        activations: list[tuple[str, int, tuple[str, ...], dict[str, str]]] = []
         for entry in ordered:
             contract = self.inputs if entry["address"] == self.inputs.address else self.kms
             try:
@@ -297,16 +349,16 @@ class GatewayListener:
             try:
                 if name == "VerifyProofRequest":
                     requests.append(await self._request(args, block_hash))
-                elif name == "ActivateKey":
-                    await self._activate_key(args)
-                elif name == "ActivateCrs":
-                    await self._activate_crs(args)
+                elif name in ("ActivateKey", "ActivateCrs"):
+                    activations.append(_activation(name, args))
             except _Skip as skipped:
                 self._skip(entry, str(skipped))
         async with self.pool.acquire() as connection, connection.transaction():
             for request in requests:
                 if await proofs.insert_request(connection, request):
                     self.counters.requests += 1
+            for kind, material_id, urls, digests in activations:
+                await kms_rows.queue_activation(connection, kind, material_id, urls, digests)
             await connection.execute(
                 """INSERT INTO gateway_blocks (chain_id, block_number, block_hash)
                    VALUES ($1, $2, $3) ON CONFLICT (chain_id, block_number)
@@ -316,10 +368,27 @@ class GatewayListener:
                 block_hash,
             )
         self.counters.blocks += 1
-        if requests:
+        if requests or activations:
             log.info(
                 "gateway block",
-                extra={"fields": {"number": number, "requests": len(requests)}},
+                extra={
+                    "fields": {
+                        "number": number,
+                        "requests": len(requests),
+                        "activations": len(activations),
+                    }
+                },
+            )
+        return block_hash
+
+    async def _prune(self) -> None:
+        """Keep the cursor and the reorg window, no more."""
+        async with self.pool.acquire() as connection:
+            await connection.execute(
+                """DELETE FROM gateway_blocks WHERE chain_id = $1 AND block_number <
+                   (SELECT max(block_number) FROM gateway_blocks WHERE chain_id = $1) - $2""",
+                self.chain_id,
+                self.settings.gateway_reorg_window,
             )
 
     async def _request(self, args: dict[str, Any], block_hash: bytes) -> proofs.ProofRequest:
@@ -341,66 +410,92 @@ class GatewayListener:
             gateway_block_hash=block_hash,
         )
 
-    async def _activate_key(self, args: dict[str, Any]) -> None:
-        try:
-            event = kms.ActivateKey(
-                int(args["keyId"]),
-                tuple(args["kmsNodeStorageUrls"]),
-                {
-                    kms.KeyType(int(_member(d, "keyType", 0))): bytes(_member(d, "digest", 1))
-                    for d in args["keyDigests"]
-                },
-            )
-        except (ValueError, KeyError, IndexError, TypeError) as error:
-            raise _Skip(f"ActivateKey {args.get('keyId')}: {error}") from None
-        async with self.pool.acquire() as connection:
-            if await kms_rows.key_applied(connection, event.key_id) is not None:
-                return  # read again after a restart or reorg: already applied
-        assert self.tenant_chain_id is not None
-        try:
-            keyset = await asyncio.to_thread(kms.fetch_keyset, event, "tfhe-rs", self.fetch)
-            async with self.pool.acquire() as connection:
-                tenant = await kms.apply_key(
-                    connection, self.store, self.settings, event, keyset, self.tenant_chain_id
-                )
-        except ServiceUnavailable:
-            self.counters.fetch_retries += 1
-            raise
-        except Irrecoverable as error:
-            self.counters.refused_activations += 1
-            log.error(
-                "key activation refused",
-                extra={"fields": {"key_id": hex(event.key_id), "error": str(error)[:500]}},
-            )
-            return
-        self.counters.keys_activated += 1
-        log.info(
-            "key activated",
-            extra={"fields": {"key_id": hex(event.key_id), "tenant": tenant.name}},
-        )
+    # --- KMS activations, apart from the cursor ----------------------------------------
 
-    async def _activate_crs(self, args: dict[str, Any]) -> None:
-        event = kms.ActivateCrs(
-            int(args["crsId"]), tuple(args["kmsNodeStorageUrls"]), bytes(args["crsDigest"])
-        )
-        if len(event.digest) != 32:
-            raise _Skip(f"ActivateCrs {event.crs_id:#x}: digest of {len(event.digest)} bytes")
-        try:
-            crs = await asyncio.to_thread(kms.fetch_crs, event, self.fetch)
-        except ServiceUnavailable:
-            self.counters.fetch_retries += 1
-            raise
-        except Irrecoverable as error:
-            self.counters.refused_activations += 1
-            log.error(
-                "CRS activation refused",
-                extra={"fields": {"crs_id": hex(event.crs_id), "error": str(error)[:500]}},
-            )
-            return
+    async def apply_activations(self) -> None:
+        """Apply the queued activations that are due: fetched and digest-checked, then
+        applied in one transaction, or refused (never retried), or - storage down - left
+        for later with backoff. The cursor never waits on them."""
         async with self.pool.acquire() as connection:
-            if await kms.apply_crs(connection, self.store, event, crs):
-                self.counters.crs_activated += 1
-                log.info("CRS activated", extra={"fields": {"crs_id": hex(event.crs_id)}})
+            due = await kms_rows.due_activations(connection)
+        for activation in due:
+            try:
+                what = await self._apply(activation)
+            except ServiceUnavailable as error:
+                self.counters.fetch_retries += 1
+                delay = min(
+                    self.settings.kms_fetch_backoff_s * 2**activation.attempts, KMS_BACKOFF_CAP_S
+                )
+                async with self.pool.acquire() as connection:
+                    await kms_rows.retry_activation(
+                        connection, activation.activation_id, str(error)[:2000], delay
+                    )
+                log.warning(
+                    "KMS activation deferred",
+                    extra={
+                        "fields": {
+                            "material": _label(activation),
+                            "error": str(error)[:300],
+                            "retry_in_s": delay,
+                        }
+                    },
+                )
+                continue
+            except Irrecoverable as error:
+                self.counters.refused_activations += 1
+                async with self.pool.acquire() as connection:
+                    await kms_rows.settle_activation(
+                        connection, activation.activation_id, "refused", str(error)[:2000]
+                    )
+                log.error(
+                    "KMS activation refused",
+                    extra={"fields": {"material": _label(activation), "error": str(error)[:500]}},
+                )
+                continue
+            async with self.pool.acquire() as connection:
+                await kms_rows.settle_activation(connection, activation.activation_id, "applied")
+            log.info("KMS activation applied", extra={"fields": {"material": what}})
+
+    async def _apply(self, activation: kms_rows.Activation) -> str:
+        allowed = self.settings.kms_storage_url_prefixes
+        if activation.kind == "crs":
+            crs_event = kms.ActivateCrs(
+                activation.material_id,
+                activation.storage_urls,
+                bytes.fromhex(activation.digests[kms.CRS_DIR]),
+            )
+            crs = await asyncio.to_thread(kms.fetch_crs, crs_event, self.fetch, allowed)
+            async with self.pool.acquire() as connection:
+                if await kms.apply_crs(connection, self.store, crs_event, crs):
+                    self.counters.crs_activated += 1
+            return _label(activation)
+        event = kms.ActivateKey(
+            activation.material_id,
+            activation.storage_urls,
+            {
+                t: bytes.fromhex(activation.digests[d])
+                for t, d in kms.OBJECT_DIRS.items()
+                if d in activation.digests
+            },
+        )
+        async with self.pool.acquire() as connection:
+            applied = await kms_rows.key_applied(connection, event.key_id)
+            if applied is not None:
+                known = await kms_rows.key_digests(connection, event.key_id)
+                if known != activation.digests:
+                    raise kms.KeysetConflict(
+                        f"KMS key {event.key_id:#x} is activated again with other digests; "
+                        "a key id names one keyset: the first one is kept"
+                    )
+                return _label(activation)
+        assert self.tenant_chain_id is not None
+        keyset = await asyncio.to_thread(kms.fetch_keyset, event, "tfhe-rs", self.fetch, allowed)
+        async with self.pool.acquire() as connection:
+            tenant = await kms.apply_key(
+                connection, self.store, self.settings, event, keyset, self.tenant_chain_id
+            )
+        self.counters.keys_activated += 1
+        return f"{_label(activation)} -> tenant {tenant.name}"
 
     def _skip(self, entry: Any, reason: str) -> None:
         record_skip(self.counters, entry, reason, "gateway log skipped")

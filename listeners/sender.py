@@ -100,7 +100,10 @@ class Sender:
         return len(rows)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.to_thread(self.gateway.check_signer)  # a wrong key stops us at once
+        # A wrong key stops us at once, the signer's too.
+        await asyncio.to_thread(
+            self.gateway.check_signer, self.verdicts.address if self.verdicts else None
+        )
         log.info(
             "sender started",
             extra={

@@ -95,7 +95,7 @@ def host_for_inputs(w3: Web3, settings, gateway) -> tuple[HostChain, bool]:
         return ensure_host_chain(w3, default_state_dir()), False
 
 
-async def encrypt_amount(settings, w3: Web3, host, gateway, tenant, token, user, public_key):
+async def encrypt_amount(settings, pool, w3: Web3, host, gateway, tenant, token, user, public_key):
     """The SDK's encrypt() through the relayer stand-in, answered by this coprocessor's
     input path; (handle, inputProof)."""
     import tempfile
@@ -103,7 +103,7 @@ async def encrypt_amount(settings, w3: Web3, host, gateway, tenant, token, user,
 
     from pydantic import SecretStr
 
-    from coprocessor.crs import ensure_crs
+    from coprocessor.kms import deployment_crs
     from coprocessor.storage import ObjectStore
     from devstack.input_path import run_input_path
     from devstack.keys import key_at
@@ -122,7 +122,10 @@ async def encrypt_amount(settings, w3: Web3, host, gateway, tenant, token, user,
             "host_acl_address": host.acl,
         }
     )
-    crs = ensure_crs(ObjectStore(settings), tenant.backend, settings.crs_max_bits)
+    async with pool.acquire() as connection:  # the KMS's CRS if one was activated
+        crs = await deployment_crs(
+            connection, ObjectStore(settings), tenant.backend, settings.crs_max_bits
+        )
     relayer = RelayerStandIn(
         w3, bound(w3, "InputVerification", gateway.input_verification), w3.eth.accounts[5]
     )
@@ -186,7 +189,7 @@ async def main() -> int:
             async with pool.acquire() as connection:
                 public_key = await queries.get_public_params(connection, tenant.tenant_id)
             encrypted = await encrypt_amount(
-                settings, w3, host, gateway, tenant, token, alice, public_key
+                settings, pool, w3, host, gateway, tenant, token, alice, public_key
             )
         start, expected = transact(w3, token, names, encrypted)
 

@@ -223,13 +223,13 @@ class CallRejected(Irrecoverable):
     """The contract refused this call for a reason no retry changes."""
 
 
+class SignerMismatch(CallRejected):
+    """The signature is not by the signer GatewayConfig registers for this tx sender (the
+    sender checks its keys at start, so here it is this row's: a stale verdict)."""
+
+
 class AlreadyDone(Exception):
     """This tx sender's call is already on chain (not an error)."""
-
-
-class SignerMismatch(Irrecoverable):
-    """The signer key is not the one GatewayConfig registers for this tx sender: no
-    verdict of ours can land until the keys are fixed."""
 
 
 def not_a_tx_sender(address: str) -> NotATxSender:

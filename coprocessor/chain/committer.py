@@ -76,8 +76,10 @@ def gateway_call(row: Row, verdicts: VerdictSigner | None = None) -> GatewayCall
     activated (the key id committed must be the KMS's). A verified input list's answer
     is signed with ``verdicts`` (the coprocessor's signer)."""
     if isinstance(row, ResponseRow):
+        # The request's extraData, signed and sent back as it came (Zama's sender does the
+        # same): another value would be another EIP-712 digest than the others sign.
         if not row.verified:
-            return RejectProofResponse(row.zk_proof_id, proofs.NO_EXTRA_DATA)
+            return RejectProofResponse(row.zk_proof_id, row.extra_data)
         if verdicts is None:
             raise ConfigError(
                 f"input request {row.zk_proof_id} is verified, but setting "
@@ -89,9 +91,9 @@ def gateway_call(row: Row, verdicts: VerdictSigner | None = None) -> GatewayCall
             row.user_address,
             row.contract_address,
             row.chain_id,
-            proofs.NO_EXTRA_DATA,
+            row.extra_data,
         )
-        return VerifyProofResponse(row.zk_proof_id, row.handles, signature, proofs.NO_EXTRA_DATA)
+        return VerifyProofResponse(row.zk_proof_id, row.handles, signature, row.extra_data)
     if isinstance(row, DigestRow):
         if row.kms_key_id is None:
             raise NotActivated(

@@ -226,8 +226,10 @@ class GatewayClient:
             self._chain_id = self.rpc("eth_chainId", lambda: self.w3.eth.chain_id)
         return self._chain_id
 
-    def check_signer(self) -> None:
-        """Fail before sending anything when the key cannot send (or a contract is missing)."""
+    def check_signer(self, verdict_signer: str | None = None) -> None:
+        """Fail before sending anything when the key cannot send (or a contract is
+        missing), or when ``verdict_signer`` is not the signer GatewayConfig registers for
+        this tx sender (its verdicts would all be refused)."""
         for name, contract in self.contracts.items():
             code = self.rpc(
                 "eth_getCode", functools.partial(self.w3.eth.get_code, contract.address)
@@ -243,6 +245,17 @@ class GatewayClient:
             "isCoprocessorTxSender", lambda: config.isCoprocessorTxSender(self.address).call()
         ):
             raise not_a_tx_sender(self.address)
+        if verdict_signer is not None:
+            registered = self.rpc(
+                "getCoprocessor", lambda: config.getCoprocessor(self.address).call()
+            )[1]
+            if Web3.to_checksum_address(registered) != Web3.to_checksum_address(verdict_signer):
+                raise ConfigError(
+                    f"setting FHE_SIGNER_PRIVATE_KEY is the key of {verdict_signer}, but "
+                    f"GatewayConfig registers signer {registered} for tx sender "
+                    f"{self.address}: set the registered signer's key (or register this "
+                    "signer with updateCoprocessors)"
+                )
 
     def is_accepted(self, handle: bytes) -> bool:
         """Whether the coprocessors reached consensus on the handle's material."""

@@ -73,3 +73,92 @@ async def active_crs(connection: asyncpg.Connection) -> KmsCrs | None:
     if row is None:
         return None
     return KmsCrs(int(row["crs_id"]), row["object_key"], bytes(row["digest"]))
+
+
+# --- the queue of activations read from the gateway -----------------------------------
+
+
+@dataclass(frozen=True)
+class Activation:
+    activation_id: int
+    kind: str  # "key" | "crs"
+    material_id: int
+    storage_urls: tuple[str, ...]
+    digests: dict[str, str]  # object directory -> hex digest
+    attempts: int
+
+
+async def queue_activation(
+    connection: asyncpg.Connection,
+    kind: str,
+    material_id: int,
+    storage_urls: Sequence[str],
+    digests: dict[str, str],
+) -> bool:
+    """Queue an activation once (read again after a restart or reorg: nothing new)."""
+    status = await connection.execute(
+        """INSERT INTO kms_activations (kind, material_id, storage_urls, digests)
+           VALUES ($1, $2, $3, $4::jsonb)
+           ON CONFLICT (kind, material_id, digests) DO NOTHING""",
+        kind,
+        material_id,
+        list(storage_urls),
+        json.dumps(digests, sort_keys=True),
+    )
+    return status.endswith(" 1")
+
+
+async def due_activations(connection: asyncpg.Connection, limit: int = 8) -> list[Activation]:
+    rows = await connection.fetch(
+        """SELECT activation_id, kind, material_id, storage_urls, digests, attempts
+           FROM kms_activations WHERE state = 'pending' AND next_attempt_at <= now()
+           ORDER BY activation_id LIMIT $1""",
+        limit,
+    )
+    return [
+        Activation(
+            r["activation_id"],
+            r["kind"],
+            int(r["material_id"]),
+            tuple(r["storage_urls"]),
+            json.loads(r["digests"]) if isinstance(r["digests"], str) else dict(r["digests"]),
+            r["attempts"],
+        )
+        for r in rows
+    ]
+
+
+async def settle_activation(
+    connection: asyncpg.Connection, activation_id: int, state: str, error: str | None = None
+) -> None:
+    await connection.execute(
+        """UPDATE kms_activations SET state = $2, last_error = $3, attempts = attempts + 1
+           WHERE activation_id = $1""",
+        activation_id,
+        state,
+        error,
+    )
+
+
+async def retry_activation(
+    connection: asyncpg.Connection, activation_id: int, error: str, delay_s: float
+) -> None:
+    await connection.execute(
+        """UPDATE kms_activations
+           SET attempts = attempts + 1, last_error = $2,
+               next_attempt_at = now() + make_interval(secs => $3)
+           WHERE activation_id = $1""",
+        activation_id,
+        error,
+        delay_s,
+    )
+
+
+async def key_digests(connection: asyncpg.Connection, kms_key_id: int) -> dict[str, str] | None:
+    """The digests an applied key was activated with."""
+    value = await connection.fetchval(
+        "SELECT digests FROM kms_keys WHERE kms_key_id = $1", kms_key_id
+    )
+    if value is None:
+        return None
+    return json.loads(value) if isinstance(value, str) else dict(value)

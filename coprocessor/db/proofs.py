@@ -12,6 +12,7 @@ committer with the same write-ahead discipline as the digests and ACL calls.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from .queries import (
     require_transaction,
     storable_reason,
 )
+
+log = logging.getLogger(__name__)
 
 NO_EXTRA_DATA = b"\x00"  # what Zama's gateway and SDK pass as extraData (version 0)
 
@@ -60,35 +63,83 @@ class ChainTenant:
 async def insert_request(connection: asyncpg.Connection, request: ProofRequest) -> bool:
     """Queue a request once (its id is the gateway's); True if this call queued it.
 
-    The same id read again from another gateway block (a reorg moved the request) takes
-    the new block's content while it is still pending; an answered one never changes."""
+    Read again from the gateway with other content - a reorg, and the gateway gave the id
+    to another request on the new branch - it is queued anew, even if answered: the
+    verdict owed is on the new request. A hand-queued row never replaces one."""
     async with connection.transaction():
         status = await connection.execute(
             f"""INSERT INTO verify_proofs ({_REQUEST_COLUMNS})
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-               ON CONFLICT (zk_proof_id) DO UPDATE SET
-                   chain_id = EXCLUDED.chain_id, contract_address = EXCLUDED.contract_address,
-                   user_address = EXCLUDED.user_address, input = EXCLUDED.input,
-                   acl_address = EXCLUDED.acl_address, extra_data = EXCLUDED.extra_data,
-                   from_gateway = EXCLUDED.from_gateway,
-                   gateway_block_hash = EXCLUDED.gateway_block_hash
-               WHERE verify_proofs.verified IS NULL AND EXCLUDED.from_gateway
-                 AND verify_proofs.gateway_block_hash IS DISTINCT FROM
-                     EXCLUDED.gateway_block_hash""",
-            request.zk_proof_id,
-            request.chain_id,
-            request.contract_address,
-            request.user_address,
-            request.input,
-            request.acl_address,
-            request.extra_data,
-            request.from_gateway,
-            request.gateway_block_hash,
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                ON CONFLICT (zk_proof_id) DO NOTHING""",
+            *_request_values(request),
         )
         inserted = status.endswith(" 1")
+        if not inserted and request.from_gateway:
+            inserted = await _requeue_if_changed(connection, request)
         if inserted:
             await notify(connection, ZKPOK_NEW_WORK, str(request.zk_proof_id))
     return inserted
+
+
+def _request_values(request: ProofRequest) -> tuple[object, ...]:
+    return (
+        request.zk_proof_id,
+        request.chain_id,
+        request.contract_address,
+        request.user_address,
+        request.input,
+        request.acl_address,
+        request.extra_data,
+        request.from_gateway,
+        request.gateway_block_hash,
+    )
+
+
+async def _requeue_if_changed(connection: asyncpg.Connection, request: ProofRequest) -> bool:
+    row = await connection.fetchrow(
+        f"SELECT {_REQUEST_COLUMNS} FROM verify_proofs WHERE zk_proof_id = $1 FOR UPDATE",
+        request.zk_proof_id,
+    )
+    assert row is not None
+    stored = _request(row)
+    same = (
+        stored.chain_id,
+        stored.contract_address,
+        stored.user_address,
+        stored.input,
+        stored.acl_address,
+        stored.extra_data,
+    ) == (
+        request.chain_id,
+        request.contract_address,
+        request.user_address,
+        request.input,
+        request.acl_address,
+        request.extra_data,
+    )
+    if same:  # the same request (perhaps in another block of a reorg): nothing owed anew
+        await connection.execute(
+            "UPDATE verify_proofs SET gateway_block_hash = $2, from_gateway = true "
+            "WHERE zk_proof_id = $1",
+            request.zk_proof_id,
+            request.gateway_block_hash,
+        )
+        return False
+    log.warning(
+        "input request id reused with other content: queued anew",
+        extra={"fields": {"zk_proof_id": request.zk_proof_id}},
+    )
+    await connection.execute(
+        f"""UPDATE verify_proofs SET ({_REQUEST_COLUMNS}) =
+                ($1, $2, $3, $4, $5, $6, $7, $8, $9),
+                verified = NULL, handles = NULL, error_message = NULL, verified_at = NULL,
+                txn_is_sent = false, txn_hash = NULL, txn_signer = NULL, txn_nonce = NULL,
+                txn_block_number = NULL, txn_sent_at = NULL, txn_retry_count = 0,
+                txn_last_error = NULL
+            WHERE zk_proof_id = $1""",
+        *_request_values(request),
+    )
+    return True
 
 
 async def claim_pending(

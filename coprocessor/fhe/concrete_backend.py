@@ -41,6 +41,7 @@ import tempfile
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -557,7 +558,12 @@ class ConcreteEvaluator:
         return envelope.payload
 
     def verify_inputs(
-        self, crs: bytes, public_key: bytes, proven_list: bytes, metadata: bytes
+        self,
+        crs: bytes,
+        public_key: bytes,
+        proven_list: bytes,
+        metadata: bytes,
+        rerand: Sequence[bytes] = (),
     ) -> list[bytes]:
         raise UnsupportedOperation(
             "the concrete backend has no public-key encryption or "

@@ -140,10 +140,16 @@ class Evaluator(Protocol):
         ...
 
     def verify_inputs(
-        self, crs: bytes, public_key: bytes, proven_list: bytes, metadata: bytes
+        self,
+        crs: bytes,
+        public_key: bytes,
+        proven_list: bytes,
+        metadata: bytes,
+        rerand: Sequence[bytes] = (),
     ) -> list[bytes]:
         """A client's proven input list -> ciphertexts, or InvalidInputProof; backends
-        without input proofs raise UnsupportedOperation."""
+        without input proofs raise UnsupportedOperation. ``rerand[i]``, when given, is
+        attached to value i as its re-randomisation metadata."""
 
     def fhe_type_of(self, ciphertext: bytes) -> FheType: ...
 

@@ -12,6 +12,8 @@ truncation), and Sum / IsIn (folds of Add and Eq/Or).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..errors import ConfigError
 from ..types import SEED_BYTES, FheType, Op
 from . import reference
@@ -309,15 +311,21 @@ class TfheRsEvaluator:
             )
 
     def verify_inputs(
-        self, crs: bytes, public_key: bytes, proven_list: bytes, metadata: bytes
+        self,
+        crs: bytes,
+        public_key: bytes,
+        proven_list: bytes,
+        metadata: bytes,
+        rerand: Sequence[bytes] = (),
     ) -> list[bytes]:
         """A client's proven input list -> one enveloped ciphertext per value, only if the
-        proof holds for this CRS, this tenant's compact public key and ``metadata``."""
+        proof holds for this CRS, this tenant's compact public key and ``metadata``;
+        ``rerand[i]`` becomes value i's re-randomisation metadata."""
         if not isinstance(proven_list, bytes | bytearray) or not proven_list:
             raise InvalidInputProof("the input list is empty or not bytes")
         try:
             expanded = self._evaluator.verify_inputs(
-                crs, public_key, bytes(proven_list), bytes(metadata)
+                crs, public_key, bytes(proven_list), bytes(metadata), [bytes(r) for r in rerand]
             )
         except ValueError as error:
             raise InvalidInputProof(f"input list refused: {error}") from None
@@ -330,6 +338,11 @@ class TfheRsEvaluator:
         envelope = self._open(ciphertext)
         self._call("check", int(envelope.fhe_type), envelope.payload)
         return envelope.fhe_type
+
+    def rerand_metadata(self, ciphertext: bytes) -> bytes:
+        """The re-randomisation metadata the ciphertext carries (b"" when none)."""
+        envelope = self._open(ciphertext)
+        return bytes(self._call("rerand_metadata", int(envelope.fhe_type), envelope.payload))
 
 
 class TfheRsBackend:

@@ -366,6 +366,20 @@ impl Ct {
     /// TFHE-rs's own conformance check demands *fresh* ciphertexts (exact degree and
     /// nominal noise), which refuses valid results of trivial encryption, casts and
     /// scalar ops, so it is kept for client inputs (proofs) only.
+    fn rerand_metadata(&self) -> Vec<u8> {
+        match self {
+            Ct::Bool(c) => c.re_randomization_metadata().data().to_vec(),
+            Ct::U4(c) => c.re_randomization_metadata().data().to_vec(),
+            Ct::U8(c) => c.re_randomization_metadata().data().to_vec(),
+            Ct::U16(c) => c.re_randomization_metadata().data().to_vec(),
+            Ct::U32(c) => c.re_randomization_metadata().data().to_vec(),
+            Ct::U64(c) => c.re_randomization_metadata().data().to_vec(),
+            Ct::U128(c) => c.re_randomization_metadata().data().to_vec(),
+            Ct::U160(c) => c.re_randomization_metadata().data().to_vec(),
+            Ct::U256(c) => c.re_randomization_metadata().data().to_vec(),
+        }
+    }
+
     fn from_bytes(kind: FheType, bytes: &[u8], check: bool) -> PyResult<Ct> {
         let cfg = DeserializationConfig::new(CT_LIMIT).disable_conformance();
         macro_rules! load {
@@ -825,11 +839,15 @@ fn derive_decompression_key(ck: &ClientKey) -> Option<DecompressionKey> {
 
 /// The list checked for shape against the CRS (TFHE-rs conformance), its proof verified
 /// against the CRS, the key and the metadata, then expanded: [(type code, bytes)].
+/// `rerand[i]`, when given, becomes entry i's re-randomisation metadata: fhEVM attaches
+/// the full 32-byte hash its input handle is cut from, so every coprocessor later
+/// re-randomises the input alike (an empty `rerand` attaches nothing).
 fn verify_and_expand(
     crs: &CompactPkeCrs,
     pk: &CompactPublicKey,
     list: &[u8],
     metadata: &[u8],
+    rerand: &[Vec<u8>],
 ) -> PyResult<Vec<(u8, Vec<u8>)>> {
     let params = IntegerProvenCompactCiphertextListConformanceParams::from_crs_and_parameters(
         PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
@@ -846,6 +864,13 @@ fn verify_and_expand(
     // Verified just above on this very object: expanding without a second
     // verification halves the work a hostile list can cost us.
     let expander = list.expand_without_verification().map_err(err)?;
+    if !rerand.is_empty() && rerand.len() < expander.len() {
+        return Err(PyValueError::new_err(format!(
+            "{} re-randomisation metadata for {} inputs",
+            rerand.len(),
+            expander.len()
+        )));
+    }
     let mut out = Vec::with_capacity(expander.len());
     for index in 0..expander.len() {
         let kind = expander
@@ -856,20 +881,26 @@ fn verify_and_expand(
         macro_rules! take {
             ($variant:ident, $ty:ident, $code:ident, $clear:ty) => {
                 if code == FheType::$code {
-                    let value: $ty = expander
+                    let mut value: $ty = expander
                         .get(index)
                         .map_err(err)?
                         .ok_or_else(|| PyValueError::new_err("input list entry missing"))?;
+                    if let Some(data) = rerand.get(index) {
+                        value.re_randomization_metadata_mut().set_data(data);
+                    }
                     out.push((code as u8, Ct::$variant(value).to_bytes()?));
                     continue;
                 }
             };
         }
         if code == FheType::Bool {
-            let value: FheBool = expander
+            let mut value: FheBool = expander
                 .get(index)
                 .map_err(err)?
                 .ok_or_else(|| PyValueError::new_err("input list entry missing"))?;
+            if let Some(data) = rerand.get(index) {
+                value.re_randomization_metadata_mut().set_data(data);
+            }
             out.push((code as u8, Ct::Bool(value).to_bytes()?));
             continue;
         }
@@ -1343,6 +1374,7 @@ impl Evaluator {
         public_key: Vec<u8>,
         list: Vec<u8>,
         metadata: Vec<u8>,
+        rerand: Vec<Vec<u8>>,
     ) -> PyResult<Vec<(u8, Py<PyBytes>)>> {
         let key = self.key.clone();
         let out = py.allow_threads(move || -> PyResult<Vec<(u8, Vec<u8>)>> {
@@ -1355,7 +1387,7 @@ impl Evaluator {
                 PyRuntimeError::new_err(format!("the compact public key does not load: {e}"))
             })?;
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                verify_and_expand(&crs, &pk, &list, &metadata)
+                verify_and_expand(&crs, &pk, &list, &metadata, &rerand)
             }))
             .map_err(|_| PyValueError::new_err("malformed input list: TFHE-rs panicked on it"))?
         })?;
@@ -1368,6 +1400,14 @@ impl Evaluator {
     /// Check that bytes are a ciphertext of this key's parameters and the given type.
     fn check(&self, py: Python<'_>, type_code: u8, a: Vec<u8>) -> PyResult<()> {
         py.allow_threads(|| Ct::from_bytes(type_arg(type_code)?, &a, true).map(|_| ()))
+    }
+
+    /// The re-randomisation metadata a ciphertext carries (empty when none).
+    fn rerand_metadata(&self, py: Python<'_>, type_code: u8, a: Vec<u8>) -> PyResult<Py<PyBytes>> {
+        let data = py.allow_threads(|| -> PyResult<Vec<u8>> {
+            Ok(Ct::from_bytes(type_arg(type_code)?, &a, false)?.rerand_metadata())
+        })?;
+        Ok(PyBytes::new(py, &data).into())
     }
 }
 

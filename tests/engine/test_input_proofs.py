@@ -87,6 +87,26 @@ def test_a_proof_bound_to_other_metadata_is_refused(
         verify(engine, crs, proven, input_metadata(contract, user, acl, chain))
 
 
+def test_each_input_carries_the_hash_its_handle_is_cut_from(engine, crs, proven):
+    """fhEVM attaches the full 32-byte pre-handle as re-randomisation metadata, so every
+    coprocessor re-randomises the input alike; without it given, nothing is attached."""
+    from coprocessor.inputs import input_handles, prehandles
+
+    metadata = input_metadata(CONTRACT, USER, ACL, CHAIN)
+    acl = bytes.fromhex(ACL[2:])
+    hashes = prehandles(proven, acl, CHAIN, 255)
+    inputs = engine.evaluator.verify_inputs(crs, engine.public_params, proven, metadata, hashes)
+    carried = [engine.evaluator.rerand_metadata(c) for c in inputs]
+    assert carried == hashes[: len(inputs)]
+    types = [Envelope.from_bytes(c).fhe_type for c in inputs]
+    assert [h[:21] for h in input_handles(proven, acl, CHAIN, types)] == [h[:21] for h in carried]
+    assert [engine.dec(c) for c in inputs] == [1000, 1, 7]  # the values are untouched
+    bare = verify(engine, crs, proven, metadata)
+    assert [engine.evaluator.rerand_metadata(c) for c in bare] == [b""] * len(bare)
+    with pytest.raises(InvalidInputProof, match="re-randomisation metadata for 3 inputs"):
+        engine.evaluator.verify_inputs(crs, engine.public_params, proven, metadata, hashes[:2])
+
+
 def test_tampered_and_truncated_lists_are_refused(engine, crs, proven):
     metadata = input_metadata(CONTRACT, USER, ACL, CHAIN)
     flipped = bytearray(proven)

@@ -14,6 +14,8 @@ from coprocessor.kms import (
     ActivateKey,
     DigestMismatch,
     KeyType,
+    StorageRefused,
+    check_storage_url,
     crs_object_key,
     fetch_keyset,
     fetch_url,
@@ -42,7 +44,7 @@ def test_objects_are_named_by_the_id_in_64_hex_digits():
 
 
 def serving(objects: dict[str, bytes], down: set[str] = frozenset()):
-    def fetch(url: str) -> bytes:
+    def fetch(url: str, limit: int) -> bytes:
         for prefix in down:
             if url.startswith(prefix):
                 raise ServiceUnavailable("kms storage", f"GET {url}: refused")
@@ -85,11 +87,51 @@ def test_bytes_that_match_nowhere_are_refused_and_a_node_down_is_retried():
         fetch_verified([], "ServerKey", 1, KEY_SEPARATOR, digest, serving({}))
 
 
-def test_only_http_urls_are_fetched():
-    with pytest.raises(DigestMismatch, match="not http"):
-        fetch_url("file:///etc/passwd")
+def test_only_allowed_http_urls_are_fetched():
+    with pytest.raises(StorageRefused, match="not http"):
+        check_storage_url("file:///etc/passwd")
+    with pytest.raises(StorageRefused, match="FHE_KMS_STORAGE_URL_PREFIXES"):
+        check_storage_url("http://169.254.169.254/latest", ["https://kms.example/"])
+    check_storage_url("https://kms.example/bucket/ServerKey/1", ["https://kms.example/"])
     with pytest.raises(ServiceUnavailable):
-        fetch_url("http://127.0.0.1:9/nothing-listens-here", timeout=2)
+        fetch_url("http://127.0.0.1:9/nothing-listens-here", 1024, deadline_s=2)
+    # A node serving a refused URL counts as refused, not as down: the digest decides.
+    digest = material_digest(KEY_SEPARATOR, b"the key")
+    with pytest.raises(DigestMismatch, match="not http"):
+        fetch_verified(["ftp://a"], "ServerKey", 1, KEY_SEPARATOR, digest, serving({}))
+
+
+def test_redirects_and_oversized_bodies_are_refused(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/moved":
+                self.send_response(302)
+                self.send_header("Location", "http://169.254.169.254/")
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    (tmp_path / "big").write_bytes(b"x" * 5000)
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(StorageRefused, match="redirected"):
+            fetch_url(f"{base}/moved", 1024)
+        with pytest.raises(StorageRefused, match="more than 1024"):
+            fetch_url(f"{base}/big", 1024)
+        assert fetch_url(f"{base}/big", 5000) == b"x" * 5000
+    finally:
+        server.shutdown()
 
 
 def test_a_keyset_needs_both_digests():

@@ -36,6 +36,28 @@ CREATE TABLE gateway_blocks (
     PRIMARY KEY (chain_id, block_number)
 );
 
+-- Activations read from the gateway, queued in the block's transaction so the cursor
+-- never waits on KMS storage: applied (or refused) by the listener apart, with backoff.
+-- The same id announced again with other digests is a row of its own (and refused: a
+-- key id names one keyset).
+CREATE TABLE kms_activations (
+    activation_id    BIGSERIAL PRIMARY KEY,
+    kind             TEXT NOT NULL CHECK (kind IN ('key', 'crs')),
+    material_id      NUMERIC(78) NOT NULL
+                     CHECK (material_id >= 0 AND material_id < 2::numeric ^ 256),
+    storage_urls     TEXT[] NOT NULL,
+    digests          JSONB NOT NULL,    -- {"ServerKey": "hex", "PublicKey": "hex"} / {"CRS": "hex"}
+    state            TEXT NOT NULL DEFAULT 'pending'
+                     CHECK (state IN ('pending', 'applied', 'refused')),
+    attempts         INT NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    next_attempt_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+    UNIQUE (kind, material_id, digests)
+);
+CREATE INDEX kms_activations_pending ON kms_activations (next_attempt_at)
+    WHERE state = 'pending';
+
 -- Key material the KMS activated (ActivateKey / ActivateCrs), applied once each: a row
 -- exists only after every object was fetched and matched its digest.
 CREATE TABLE kms_keys (

@@ -93,6 +93,14 @@ async def test_a_proven_list_becomes_stored_ciphertexts_under_its_handles(
     assert [Handle(h).index for h in handles] == [0, 1, 2]
     stored = await queries.get_ciphertexts(conn, record.tenant_id, handles)
     assert [client.decrypt(stored[h].ciphertext) for h in handles] == [1000, 1, 7]
+    # Each stored input carries the full hash its handle is cut from (re-randomisation).
+    from coprocessor.inputs import prehandles
+    from coprocessor.tenants import load_evaluator
+
+    evaluator = load_evaluator(ObjectStore(settings), record, "verify")
+    assert [evaluator.rerand_metadata(stored[h].ciphertext) for h in handles] == prehandles(
+        proven, ACL, CHAIN_ID, 3
+    )
 
     # Nothing is pending: a second run answers nothing and stores nothing twice.
     again = await run_verify(settings)
@@ -114,7 +122,6 @@ def _tampered(proven: bytes) -> bytes:
         ("other user", "input proof is invalid"),
         ("other contract", "input proof is invalid"),
         ("other ACL", "input proof is invalid"),
-        ("no ACL", "no ACL address is known for chain id"),
         ("oversized", "at most 1024 (FHE_INPUT_MAX_BYTES)"),
         ("unknown chain", "no tenant serves chain id 999"),
         ("empty", "carries no input list"),
@@ -129,7 +136,6 @@ async def test_bad_requests_are_answered_no_with_the_reason_and_store_nothing(
         "other user": request(proven, user_address=bytes(20)),
         "other contract": request(proven, contract_address=bytes.fromhex("44" * 20)),
         "other ACL": request(proven, acl_address=bytes.fromhex("55" * 20)),
-        "no ACL": request(proven, acl_address=None),
         "oversized": request(proven + b"\x00"),
         "unknown chain": request(proven, chain_id=999),
         "empty": request(b""),
@@ -147,6 +153,22 @@ async def test_bad_requests_are_answered_no_with_the_reason_and_store_nothing(
     assert message in row["error_message"]
     assert summary.failures[str(ask.zk_proof_id)] in row["error_message"]
     assert await conn.fetchval("SELECT count(*) FROM ciphertexts") == before
+
+
+async def test_a_row_without_an_acl_address_waits_for_ours_to_be_configured(conn, settings, proven):
+    """A hand-queued row without --acl and no FHE_HOST_ACL_ADDRESS: our configuration is
+    missing, not the requester's proof - the row stays pending, the run says why."""
+    ask = request(proven, acl_address=None)
+    await proofs.insert_request(conn, ask)
+    try:
+        summary = await run_verify(settings)
+        assert (summary.verified, summary.rejected, summary.failed) == (0, 0, 1)
+        assert "FHE_HOST_ACL_ADDRESS is not set" in summary.failures[str(ask.zk_proof_id)]
+        assert (await row_of(conn, ask.zk_proof_id))["verified"] is None
+        configured = settings.model_copy(update={"host_acl_address": "0x" + ACL.hex()})
+        assert (await run_verify(configured)).verified == 1
+    finally:
+        await conn.execute("DELETE FROM verify_proofs WHERE zk_proof_id = $1", ask.zk_proof_id)
 
 
 async def test_a_pod_dying_mid_request_leaves_it_pending_for_the_next(conn, settings, proven):
