@@ -314,6 +314,43 @@ async def test_a_bad_list_is_rejected_on_the_gateway_and_the_queue_moves(
     assert (await row_of(pool, good))["txn_is_sent"]
 
 
+async def test_a_reorg_that_gives_the_id_to_another_request_queues_that_one(
+    w3, gateway, settings, pool, proven, tenant
+):
+    """The gateway's request id n is mined, read and answered; a reorg replaces its block
+    and n is now another request: the listener finds the fork, reads the new block and
+    queues the new request anew, so the verdict sent is about the list actually asked."""
+    import fhe_native
+
+    record, _client = tenant
+    listener = listener_for(settings, w3, pool)
+    snapshot = w3.provider.make_request("evm_snapshot", [])["result"]
+    first = request_proof(w3, gateway, proven)
+    await listener.poll()
+    await run_verify(settings)
+    answered = await row_of(pool, first)
+    assert answered["verified"] is True
+    assert w3.provider.make_request("evm_revert", [snapshot])["result"]
+    w3.provider.make_request("evm_mine", [])  # the new branch: other blocks, same heights
+    other_list = fhe_native.prove_inputs(
+        await _public_key(settings, record.tenant_id),
+        ensure_crs(ObjectStore(settings), record.backend, CRS_BITS),
+        input_metadata(CONTRACT, USER, ACL, CHAIN_ID),
+        [(int(FheType.Uint8), (42).to_bytes(32, "little"))],
+    )
+    second = request_proof(w3, gateway, other_list)
+    assert second == first  # the gateway's counter was rewound with its state
+    await listener.poll()
+    assert listener.counters.reorgs >= 1
+    requeued = await row_of(pool, first)
+    assert bytes(requeued["input"]) == other_list
+    assert requeued["verified"] is None and not requeued["txn_is_sent"]
+    summary = await run_verify(settings)
+    assert summary.verified >= 1
+    row = await row_of(pool, first)
+    assert len(bytes(row["handles"])) == 32  # the new list: one value
+
+
 async def test_a_request_for_an_unregistered_chain_never_reaches_the_queue(w3, gateway):
     from web3.exceptions import ContractLogicError
 
