@@ -138,6 +138,10 @@ class Controller:
             ttl_seconds_after_finished=settings.job_ttl_s,
         )
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        # One capacity decision per device class at a time, held until the Job it allows
+        # exists: batches reconciled side by side would each count the others' Jobs as
+        # not yet there and all start (seen: 4 running under a limit of 2).
+        self._capacity_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._gpu_nodes: tuple[float, bool] | None = None
 
     # --- entry points ----------------------------------------------------------------
@@ -194,52 +198,65 @@ class Controller:
                     progress = Progress(counts.total, counts.completed, counts.failed)
         jobs = await self._job_views(namespace, name, ident) if admitted else {}
         device = await self._device(spec) if spec else "cpu"
-        may_start, wait_reason = True, None
-        if spec and admitted and "compute" not in jobs and not spec.suspend and not error:
-            may_start, wait_reason = await self._capacity(namespace, name, meta, spec, device)
-        observed = Observed(
-            generation=meta.get("generation", 1),
-            created_at=_parse_time(meta.get("creationTimestamp")),
-            now=now,
-            spec=spec,
-            spec_error=error,
-            batch_id=ident,
-            admitted=admitted,
-            progress=progress,
-            outputs=planned.outputs if planned else {},
-            jobs=jobs,
-            device=device,
-            may_start=may_start,
-            wait_reason=wait_reason,
-            previous=previous,
+        wants_capacity = bool(
+            spec and admitted and "compute" not in jobs and not spec.suspend and not error
         )
-        result = plan(observed)
-        if result.admit:
-            assert spec is not None and tenant is not None and ident is not None
-            assert planned is not None
-            async with self.pool.acquire() as connection:
-                await queries.admit_batch(
-                    connection,
-                    BatchAdmission(
-                        ident,
-                        tenant.tenant_id,
-                        namespace,
-                        name,
-                        spec.spec_hash(),
-                        meta["uid"],
-                        planned.rows,
-                        frozenset(bytes.fromhex(h[2:]) for h in planned.outputs.values()),
-                    ),
-                )
-            log.info(
-                "batch admitted", extra={"fields": {"batch": ident, "rows": len(planned.rows)}}
+        # Decided and carried out under the device's lock when this batch wants to start
+        # computing, so a second batch counts the Job this one creates.
+        capacity_lock = self._capacity_locks[device] if wants_capacity else None
+        if capacity_lock is not None:
+            await capacity_lock.acquire()
+        try:
+            may_start, wait_reason = True, None
+            if wants_capacity:
+                assert spec is not None
+                may_start, wait_reason = await self._capacity(namespace, name, meta, spec, device)
+            observed = Observed(
+                generation=meta.get("generation", 1),
+                created_at=_parse_time(meta.get("creationTimestamp")),
+                now=now,
+                spec=spec,
+                spec_error=error,
+                batch_id=ident,
+                admitted=admitted,
+                progress=progress,
+                outputs=planned.outputs if planned else {},
+                jobs=jobs,
+                device=device,
+                may_start=may_start,
+                wait_reason=wait_reason,
+                previous=previous,
             )
-            return await self._reconcile(namespace, name)
-        for stage in result.create_jobs:
-            await self._create_job(body, spec, ident, stage, device, observed)
-        await self._post_events(body, result.events)
-        await self._write_status(namespace, name, previous, result.status)
-        return result
+            result = plan(observed)
+            if result.admit:
+                assert spec is not None and tenant is not None and ident is not None
+                assert planned is not None
+                async with self.pool.acquire() as connection:
+                    await queries.admit_batch(
+                        connection,
+                        BatchAdmission(
+                            ident,
+                            tenant.tenant_id,
+                            namespace,
+                            name,
+                            spec.spec_hash(),
+                            meta["uid"],
+                            planned.rows,
+                            frozenset(bytes.fromhex(h[2:]) for h in planned.outputs.values()),
+                        ),
+                    )
+                log.info(
+                    "batch admitted", extra={"fields": {"batch": ident, "rows": len(planned.rows)}}
+                )
+                return await self._reconcile(namespace, name)
+            for stage in result.create_jobs:
+                await self._create_job(body, spec, ident, stage, device, observed)
+            await self._post_events(body, result.events)
+            await self._write_status(namespace, name, previous, result.status)
+            return result
+        finally:
+            if capacity_lock is not None:
+                capacity_lock.release()
 
     async def _validate(self, namespace: str, name: str, body: dict[str, Any]):
         """(spec, error, planned graph, tenant): error is one line naming what is wrong."""
@@ -358,6 +375,12 @@ class Controller:
             self._gpu_nodes = (now, has_gpu)
         return "gpu" if self._gpu_nodes[1] else "cpu"
 
+    def _resolved(self, device: str) -> str:
+        """A spec's device as _device resolves it, from the cached node view."""
+        if device != "auto":
+            return device
+        return "gpu" if self._gpu_nodes and self._gpu_nodes[1] else "cpu"
+
     async def _capacity(
         self, namespace: str, name: str, meta: dict[str, Any], spec: FheBatchSpec, device: str
     ) -> tuple[bool, str | None]:
@@ -395,10 +418,14 @@ class Controller:
         waiting = []
         for item in batches["items"]:
             status = item.get("status") or {}
+            item_spec = item.get("spec") or {}
+            # A batch created but not yet validated (no phase) waits too, for the device
+            # its spec asks: otherwise whichever is admitted first starts first.
+            item_device = status.get("device") or self._resolved(item_spec.get("device", "auto"))
             if (
-                status.get("phase") in ("Pending", "Admitted")
-                and status.get("device") == device
-                and not (item.get("spec") or {}).get("suspend")
+                status.get("phase") in (None, "", "Pending", "Admitted")
+                and item_device == device
+                and not item_spec.get("suspend")
             ):
                 waiting.append(
                     QueueEntry(
