@@ -95,21 +95,9 @@ def _request_values(request: ProofRequest) -> tuple[object, ...]:
     )
 
 
-async def _requeue_if_changed(connection: asyncpg.Connection, request: ProofRequest) -> bool:
-    row = await connection.fetchrow(
-        f"SELECT {_REQUEST_COLUMNS} FROM verify_proofs WHERE zk_proof_id = $1 FOR UPDATE",
-        request.zk_proof_id,
-    )
-    assert row is not None
-    stored = _request(row)
-    same = (
-        stored.chain_id,
-        stored.contract_address,
-        stored.user_address,
-        stored.input,
-        stored.acl_address,
-        stored.extra_data,
-    ) == (
+def _content(request: ProofRequest) -> tuple[object, ...]:
+    """What a request asks (not where it was read from)."""
+    return (
         request.chain_id,
         request.contract_address,
         request.user_address,
@@ -117,6 +105,15 @@ async def _requeue_if_changed(connection: asyncpg.Connection, request: ProofRequ
         request.acl_address,
         request.extra_data,
     )
+
+
+async def _requeue_if_changed(connection: asyncpg.Connection, request: ProofRequest) -> bool:
+    row = await connection.fetchrow(
+        f"SELECT {_REQUEST_COLUMNS} FROM verify_proofs WHERE zk_proof_id = $1 FOR UPDATE",
+        request.zk_proof_id,
+    )
+    assert row is not None
+    same = _content(_request(row)) == _content(request)
     if same:  # the same request (perhaps in another block of a reorg): nothing owed anew
         await connection.execute(
             "UPDATE verify_proofs SET gateway_block_hash = $2, from_gateway = true "
