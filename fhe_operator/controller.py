@@ -106,8 +106,11 @@ def job_view(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobView:
                 and condition.get("reason") == "Unschedulable"
             ):
                 waiting = f"pod unschedulable: {condition.get('message', '')}"[:300]
-    attempts = (
-        (status.get("failed") or 0) + (status.get("succeeded") or 0) + (status.get("active") or 0)
+    # Pods too: a pod that exited 75 (waiting) is ignored by the Job's failure policy, so
+    # the Job's own counters leave it out.
+    attempts = max(
+        (status.get("failed") or 0) + (status.get("succeeded") or 0) + (status.get("active") or 0),
+        len(pods),
     )
     return JobView(
         name=job["metadata"]["name"],

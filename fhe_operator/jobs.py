@@ -20,6 +20,7 @@ from coprocessor.api.names import (
     LABEL_STAGE,
     LABEL_TENANT,
 )
+from coprocessor.errors import EXIT_RECOVERABLE
 
 GPU_RESOURCE = "nvidia.com/gpu"
 CONTAINER = "stage"
@@ -111,6 +112,17 @@ def job_manifest(
                 {
                     "action": "FailJob",
                     "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [3]},
+                },
+                # Waiting is not failing: a pod that exits 75 (the inputs another batch
+                # computes are not there yet, the database or S3 is down) is retried
+                # without using up backoffLimit; the batch's deadline still bounds it.
+                {
+                    "action": "Ignore",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": [EXIT_RECOVERABLE],
+                    },
                 },
                 # A node drained or a pod preempted is not the batch's fault.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},

@@ -144,6 +144,44 @@ def test_exit_3_under_fail_job_rule_fails_at_once(kube_api, namespace):
     assert (done["type"], done["reason"], done["failed"]) == ("Failed", "PodFailurePolicy", 1)
 
 
+def test_a_waiting_pod_exit_75_is_retried_without_using_up_the_backoff_limit(
+    kube_api, namespace, tmp_path
+):
+    """The stage Jobs' own podFailurePolicy (fhe_operator.jobs): a pod that exits 75 (its
+    inputs are another batch's, not computed yet) is retried as often as it takes; with
+    backoffLimit 0 a single counted failure would have failed the Job."""
+    from coprocessor.api.batch import FheBatchSpec
+    from fhe_operator.jobs import CONTAINER, JobSettings, job_manifest
+
+    product = job_manifest(
+        namespace=namespace,
+        name="waits",
+        uid="u1",
+        batch_id=f"{namespace}/waits@1",
+        spec=FheBatchSpec.model_validate(
+            {"tenant": "t", "graph": {"nodes": [{"name": "x", "op": "FheNot", "args": ["a"]}]}}
+        ),
+        stage="compute",
+        device="cpu",
+        settings=JobSettings(),
+        remaining_seconds=300,
+    )
+    tmp_path.chmod(0o777)
+    tries = tmp_path / "tries"
+    # Exit 75 twice (waiting), then succeed: what a dependent batch's pod does.
+    script = f"echo x >> {tries}; [ $(wc -l < {tries}) -ge 3 ] && exit 0; exit 75"
+    waiting = job("waits", script, backoff_limit=0)
+    waiting["spec"]["template"]["spec"]["containers"][0]["name"] = CONTAINER
+    waiting["spec"]["podFailurePolicy"] = product["spec"]["podFailurePolicy"]
+    batch = client.BatchV1Api(kube_api)
+    batch.create_namespaced_job(namespace, waiting)
+    done = wait_for(
+        lambda: job_condition(batch, "waits", namespace), timeout=180, what="the job to finish"
+    )
+    assert (done["type"], done["succeeded"]) == ("Complete", 1), done
+    assert len(tries.read_text().splitlines()) == 3
+
+
 def test_termination_message_and_env_reach_the_pod_status(kube_api, namespace):
     batch, core = client.BatchV1Api(kube_api), client.CoreV1Api(kube_api)
     script = 'printf \'{"completed": 4, "pod": "%s"}\' "$POD_NAME" > /dev/termination-log'

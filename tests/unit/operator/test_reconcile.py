@@ -311,7 +311,10 @@ def test_job_manifest_for_gpu_has_limits_toleration_and_failure_policy():
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert container["command"] == ["fhe-job", "compute", "--batch", "fhe/b@1", "--count", "3"]
     assert manifest["spec"]["completionMode"] == "Indexed"
-    assert manifest["spec"]["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
+    rules = manifest["spec"]["podFailurePolicy"]["rules"]
+    assert (rules[0]["action"], rules[0]["onExitCodes"]["values"]) == ("FailJob", [3])
+    # Waiting (exit 75) is retried without using up backoffLimit.
+    assert (rules[1]["action"], rules[1]["onExitCodes"]["values"]) == ("Ignore", [75])
     assert manifest["metadata"]["ownerReferences"][0]["uid"] == "u1"
     cpu = job_manifest(
         namespace="fhe",
