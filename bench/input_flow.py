@@ -39,8 +39,6 @@ from pydantic import SecretStr
 from web3 import Web3
 
 from coprocessor.chain.contracts import funded_account
-from coprocessor.chain.gateway import GatewayClient
-from coprocessor.chain.verdicts import VerdictSigner
 from coprocessor.db import migrate, queries
 from coprocessor.fhe.engine import get_backend, input_metadata
 from coprocessor.fhe.tfhe_backend import _native
@@ -49,9 +47,7 @@ from coprocessor.settings import MIGRATIONS_DIR, Settings
 from coprocessor.storage import ObjectStore
 from coprocessor.tenants import key_objects
 from devstack.gateway import deploy_gateway, host_chain
-from job_runner.verify import follow
-from listeners.gateway import GatewayListener
-from listeners.sender import Sender
+from devstack.input_path import run_input_path
 
 CONTRACT, USER, ACL = "0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 20
 CRS_BITS = 2048
@@ -113,28 +109,14 @@ async def run(env: dict[str, str], sizes: list[int], rounds: int, burst: int) ->
                 gateway_ws_url="off",
                 gateway_poll_interval_s=0.1,
                 gateway_start_block=w3.eth.block_number,
-                gateway_config_address=gateway.config.address,
-                gateway_commits_address=gateway.commits.address,
-                gateway_acl_address=gateway.acl.address,
-                gateway_input_verification_address=gateway.input_verification.address,
-                gateway_kms_generation_address=gateway.kms_generation.address,
+                **gateway.settings(),
                 gateway_tenant_chain_id=chain_id,
                 sender_private_key=SecretStr("0x" + bytes(tx_sender.key).hex()),
                 signer_private_key=SecretStr("0x" + bytes(signer.key).hex()),
             )
             pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
             stop = asyncio.Event()
-            listener = GatewayListener(settings, w3, pool, host_chain_id=chain_id)
-            sender = Sender(
-                settings,
-                pool,
-                GatewayClient(w3, settings),
-                VerdictSigner.from_settings(settings, chain_id),
-            )
-            tasks = [
-                asyncio.create_task(c)
-                for c in (listener.run(stop), follow(settings, stop), sender.run(stop))
-            ]
+            tasks = [asyncio.create_task(run_input_path(settings, w3, chain_id, stop))]
             try:
                 result["activation"] = await _activation(
                     w3, gateway, pool, root, storage, keyset, crs

@@ -105,6 +105,16 @@ class GatewayContracts(NamedTuple):
     input_verification: Contract
     kms_generation: Contract
 
+    def settings(self) -> dict[str, str]:
+        """The Settings fields (FHE_GATEWAY_*_ADDRESS) that name these contracts."""
+        return {
+            "gateway_config_address": self.config.address,
+            "gateway_commits_address": self.commits.address,
+            "gateway_acl_address": self.acl.address,
+            "gateway_input_verification_address": self.input_verification.address,
+            "gateway_kms_generation_address": self.kms_generation.address,
+        }
+
 
 def deploy_gateway(
     w3: Web3,

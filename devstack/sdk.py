@@ -20,24 +20,14 @@ from .versions import REPO_ROOT, npm_prefix
 SDK_INPUT = REPO_ROOT / "tools" / "sdk" / "sdk_input.js"
 
 
-def _run_sdk(tmp_path: Path, public_key: bytes, crs: bytes, *args: str) -> dict:
-    """tools/sdk/sdk_input.js with the key and CRS as files; its JSON line."""
+def run_node(script: Path, args: list[str], package: str) -> str:
+    """``node script args...`` with the installer's npm packages on NODE_PATH (``package``
+    must be among them); its stdout. Fatal, with its stderr, when it fails."""
     node_modules = npm_prefix(load_settings().cache_dir) / "node_modules"
-    if not (node_modules / "@zama-fhe" / "relayer-sdk").is_dir():
-        raise Fatal("@zama-fhe/relayer-sdk is not installed; run `make setup`")
-    (tmp_path / "pk").write_bytes(public_key)
-    (tmp_path / "crs").write_bytes(crs)
+    if not (node_modules / package).is_dir():
+        raise Fatal(f"{package} is not installed; run `make setup`")
     done = subprocess.run(
-        [
-            shutil.which("node") or "node",
-            str(SDK_INPUT),
-            args[0],
-            "--public-key",
-            str(tmp_path / "pk"),
-            "--crs",
-            str(tmp_path / "crs"),
-            *args[1:],
-        ],
+        [shutil.which("node") or "node", str(script), *args],
         env={**os.environ, "NODE_PATH": str(node_modules)},
         capture_output=True,
         text=True,
@@ -45,8 +35,17 @@ def _run_sdk(tmp_path: Path, public_key: bytes, crs: bytes, *args: str) -> dict:
         check=False,
     )
     if done.returncode != 0:
-        raise Fatal(f"the client SDK failed ({args[0]}): {done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout.splitlines()[-1])
+        raise Fatal(f"{script.name} failed: {done.stderr.strip()[-2000:]}")
+    return done.stdout
+
+
+def _run_sdk(tmp_path: Path, public_key: bytes, crs: bytes, *args: str) -> dict:
+    """tools/sdk/sdk_input.js with the key and CRS as files; its JSON line."""
+    (tmp_path / "pk").write_bytes(public_key)
+    (tmp_path / "crs").write_bytes(crs)
+    files = ["--public-key", str(tmp_path / "pk"), "--crs", str(tmp_path / "crs")]
+    out = run_node(SDK_INPUT, [args[0], *files, *args[1:]], "@zama-fhe/relayer-sdk")
+    return json.loads(out.splitlines()[-1])
 
 
 def sdk_prove(

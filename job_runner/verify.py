@@ -30,6 +30,7 @@ import asyncpg
 
 from coprocessor import kms
 from coprocessor.api.summary import VerifySummary
+from coprocessor.crs import ensure_crs
 from coprocessor.db import kms as kms_rows
 from coprocessor.db import proofs, queries
 from coprocessor.db.notify import NotificationWaiter
@@ -74,9 +75,12 @@ class _Verifier:
         active = await kms_rows.active_crs(connection) if backend == "tfhe-rs" else None
         key = active.object_key if active else backend
         if key not in self._crs:
-            self._crs[key] = await kms.deployment_crs(
-                connection, self.store, backend, self.crs_bits
-            )
+            if active:
+                self._crs[key] = await asyncio.to_thread(kms.load_crs, self.store, active)
+            else:
+                self._crs[key] = await asyncio.to_thread(
+                    ensure_crs, self.store, backend, self.crs_bits
+                )
         return self._crs[key]
 
     def acl_address(self, request: proofs.ProofRequest) -> bytes:

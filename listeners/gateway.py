@@ -51,7 +51,7 @@ from coprocessor.retry import backoff_delays
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
 
-from .heads import follow_heads, wait_for_head, ws_url
+from .heads import chain_call, follow_heads, wait_for_head, ws_url
 from .skips import record_skip
 
 log = logging.getLogger(__name__)
@@ -159,14 +159,7 @@ class GatewayListener:
         return backoff_delays(10**9, 1.0, 60.0)
 
     async def _rpc(self, call):
-        from web3.exceptions import BlockNotFound, Web3Exception
-
-        try:
-            return await asyncio.to_thread(call)
-        except BlockNotFound:
-            raise
-        except (OSError, ConnectionError, Web3Exception) as error:
-            raise ServiceUnavailable("gateway chain", f"{type(error).__name__}: {error}") from None
+        return await chain_call(call, "gateway chain")
 
     async def start(self) -> None:
         self.chain_id = await self._rpc(lambda: self.w3.eth.chain_id)

@@ -1,5 +1,6 @@
 """Following a chain's head: a ``newHeads`` WebSocket subscription that wakes the poll
-loop, with polling as the fallback. Shared by the host and the gateway listener."""
+loop, with polling as the fallback, and chain reads that turn node errors into waits.
+Shared by the host and the gateway listener."""
 
 from __future__ import annotations
 
@@ -16,6 +17,21 @@ RESUBSCRIBE_S = 30.0  # how long polling alone carries on before subscribing aga
 class HeadCounters(Protocol):
     heads: int
     subscribed: bool
+
+
+async def chain_call(call, service: str):
+    """A chain read off the event loop; transport and node errors are recoverable
+    (ServiceUnavailable naming ``service``); BlockNotFound is the caller's to interpret."""
+    from web3.exceptions import BlockNotFound, Web3Exception
+
+    from coprocessor.errors import ServiceUnavailable
+
+    try:
+        return await asyncio.to_thread(call)
+    except BlockNotFound:
+        raise
+    except (OSError, ConnectionError, Web3Exception) as error:
+        raise ServiceUnavailable(service, f"{type(error).__name__}: {error}") from None
 
 
 def ws_url(configured: str | None, rpc_url: str) -> str | None:

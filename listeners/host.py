@@ -43,7 +43,7 @@ from coprocessor.db.pool import classify
 from coprocessor.errors import Fatal, Recoverable, ServiceUnavailable
 from coprocessor.settings import Settings
 
-from .heads import follow_heads, wait_for_head, ws_url
+from .heads import chain_call, follow_heads, wait_for_head, ws_url
 from .host_events import (
     DELEGATED,
     IGNORED_EVENTS,
@@ -156,16 +156,7 @@ class HostListener:
             )
 
     async def _rpc(self, call):
-        """A chain call off the event loop; transport and node errors are recoverable
-        (BlockNotFound is the caller's to interpret)."""
-        from web3.exceptions import BlockNotFound, Web3Exception
-
-        try:
-            return await asyncio.to_thread(call)
-        except BlockNotFound:
-            raise
-        except (OSError, ConnectionError, Web3Exception) as error:
-            raise ServiceUnavailable("host chain", f"{type(error).__name__}: {error}") from None
+        return await chain_call(call, "host chain")
 
     async def _block_hash_at(self, number: int) -> bytes | None:
         from web3.exceptions import BlockNotFound

@@ -81,20 +81,6 @@ async def insert_request(connection: asyncpg.Connection, request: ProofRequest) 
     return inserted
 
 
-def _request_values(request: ProofRequest) -> tuple[object, ...]:
-    return (
-        request.zk_proof_id,
-        request.chain_id,
-        request.contract_address,
-        request.user_address,
-        request.input,
-        request.acl_address,
-        request.extra_data,
-        request.from_gateway,
-        request.gateway_block_hash,
-    )
-
-
 def _content(request: ProofRequest) -> tuple[object, ...]:
     """What a request asks (not where it was read from)."""
     return (
@@ -104,6 +90,16 @@ def _content(request: ProofRequest) -> tuple[object, ...]:
         request.input,
         request.acl_address,
         request.extra_data,
+    )
+
+
+def _request_values(request: ProofRequest) -> tuple[object, ...]:
+    """The values of _REQUEST_COLUMNS, in order."""
+    return (
+        request.zk_proof_id,
+        *_content(request),
+        request.from_gateway,
+        request.gateway_block_hash,
     )
 
 

@@ -82,11 +82,7 @@ def settings(compute_settings, dev_stack, gateway, coprocessors):
         update={
             "crs_max_bits": CRS_BITS,
             "gateway_rpc_url": dev_stack["FHE_GATEWAY_RPC_URL"],
-            "gateway_config_address": gateway.config.address,
-            "gateway_commits_address": gateway.commits.address,
-            "gateway_acl_address": gateway.acl.address,
-            "gateway_input_verification_address": gateway.input_verification.address,
-            "gateway_kms_generation_address": gateway.kms_generation.address,
+            **gateway.settings(),
             "gateway_ws_url": "off",
             "sender_private_key": _secret(tx_sender),
             "signer_private_key": _secret(signer),

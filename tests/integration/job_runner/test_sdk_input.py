@@ -96,11 +96,7 @@ async def test_an_sdk_input_verified_by_a_majority_is_accepted_by_the_host(
                 gateway_ws_url="off",
                 gateway_poll_interval_s=0.2,
                 gateway_start_block=w3.eth.block_number,
-                gateway_config_address=gateway.config.address,
-                gateway_commits_address=gateway.commits.address,
-                gateway_acl_address=gateway.acl.address,
-                gateway_input_verification_address=gateway.input_verification.address,
-                gateway_kms_generation_address=gateway.kms_generation.address,
+                **gateway.settings(),
                 host_acl_address=host.acl,  # GatewayConfig registers the chain without it
                 sender_private_key=SecretStr("0x" + bytes(tx_sender.key).hex()),
                 signer_private_key=SecretStr("0x" + bytes(signer.key).hex()),
