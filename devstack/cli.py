@@ -82,6 +82,52 @@ def cmd_host_chain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kms(args: argparse.Namespace) -> int:
+    """Publish a tenant's keyset and the deployment's CRS as a KMS would, and activate
+    them on the dev gateway's KMSGeneration (devstack.kms)."""
+    import asyncio
+
+    from web3 import Web3
+
+    from coprocessor.errors import UserError
+    from coprocessor.kms import deployment_crs
+    from coprocessor.storage import ObjectStore
+    from coprocessor.tenants import load_server_key, parse_kms_key_id
+    from fhectl.database import connected, tenant_named
+
+    from .kms import DEV_CRS_ID, publish_and_activate
+
+    settings = load_settings()
+    store = ObjectStore(settings)
+
+    async def material(connection):
+        tenant = await tenant_named(connection, args.tenant)
+        public_key = await connection.fetchval(
+            "SELECT public_params FROM tenants WHERE tenant_id = $1", tenant.tenant_id
+        )
+        crs = await deployment_crs(connection, store, tenant.backend, settings.crs_max_bits)
+        return tenant, public_key, crs
+
+    tenant, public_key, crs = asyncio.run(connected(material))
+    key_id = parse_kms_key_id(args.key_id) if args.key_id else tenant.kms_key_id
+    if key_id is None:
+        raise UserError(f"tenant {tenant.name!r} has no KMS key id; give --key-id")
+    if not public_key:
+        raise UserError(f"tenant {tenant.name!r} has no compact public key to publish")
+    w3 = Web3(Web3.HTTPProvider(settings.gateway_rpc_url, request_kwargs={"timeout": 10}))
+    published = publish_and_activate(
+        settings,
+        w3,
+        key_id,
+        load_server_key(store, tenant),
+        bytes(public_key),
+        crs,
+        parse_kms_key_id(args.crs_id) if args.crs_id else DEV_CRS_ID,
+    )
+    emit(published.as_dict(), args.output)
+    return 0
+
+
 def register(groups: argparse._SubParsersAction) -> None:
     dev = groups.add_parser("dev", help="the local stack (PostgreSQL, S3, chain)")
     commands = dev.add_subparsers(dest="command", required=True, metavar="ACTION")
@@ -141,3 +187,15 @@ def register(groups: argparse._SubParsersAction) -> None:
         "--env", action="store_true", help="print export lines (FHE_HOST_ACL_ADDRESS=...)"
     )
     host_chain.set_defaults(handler=cmd_host_chain)
+
+    kms = commands.add_parser(
+        "kms",
+        parents=[OUTPUT],
+        help="KMS stand-in: publish a tenant's keyset and the CRS in the KMS storage layout "
+        "(bucket fhe-kms) and activate them on the dev gateway's KMSGeneration (idempotent)",
+    )
+    kms.add_argument("action", choices=["activate"])
+    kms.add_argument("--tenant", required=True)
+    kms.add_argument("--key-id", help="KMS key id (default: the tenant's)")
+    kms.add_argument("--crs-id", help="CRS id (default: (5 << 248) + 1)")
+    kms.set_defaults(handler=cmd_kms)

@@ -279,6 +279,7 @@ def test_a_client_proves_against_the_params_and_the_queue_answers(tenant_env, tm
             "ACL address must be 0x and 20 bytes",
         ),
         (["input", "status", "999999"], "no verify request 999999"),
+        (["dev", "kms", "activate", "--tenant", "nobody"], "unknown tenant 'nobody'"),
         (
             ["input", "params", "--tenant", "nobody", "--out-dir", "/tmp/x-params"],
             "unknown tenant 'nobody'",

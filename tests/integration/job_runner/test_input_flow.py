@@ -486,3 +486,38 @@ async def test_activations_apply_only_matching_material_and_only_once(
     # The verify stage now proves against the pinned CRS (the same bytes here).
     summary = await run_verify(settings)
     assert summary.failed == 0 and summary.verified >= 1
+
+
+async def test_the_dev_kms_stand_in_publishes_what_the_listener_fetches_from_s3(
+    w3, gateway, settings, pool, tenant
+):
+    """`fhectl dev kms activate`'s work: the keyset and the CRS in the KMS layout in a
+    public S3 bucket, activated on KMSGeneration; the listener fetches them over plain
+    HTTP from MinIO, checks the digests and pins the CRS; a second run sends nothing."""
+    from devstack.kms import publish_and_activate
+
+    record, _client = tenant
+    store = ObjectStore(settings)
+    crs = ensure_crs(store, record.backend, CRS_BITS)
+    args = (
+        settings,
+        w3,
+        record.kms_key_id,
+        load_server_key(store, record),
+        await _public_key(settings, record.tenant_id),
+        crs,
+    )
+    crs_id = (5 << 248) | 77
+    listener = listener_for(settings, w3, pool)
+    published = publish_and_activate(*args, crs_id=crs_id)
+    assert published.storage_url.endswith("/fhe-kms") and published.transactions
+    assert publish_and_activate(*args, crs_id=crs_id).transactions == ()  # idempotent
+    await listener.poll()
+    async with pool.acquire() as connection:
+        pinned = await connection.fetchrow(
+            "SELECT object_key, digest FROM kms_crs WHERE crs_id = $1", crs_id
+        )
+        tenant_row = await queries.get_tenant_by_id(connection, record.tenant_id)
+    assert pinned is not None and store.get(pinned["object_key"]) == crs
+    assert bytes(pinned["digest"]) == material_digest(CRS_SEPARATOR, crs)
+    assert tenant_row.kms_key_id == record.kms_key_id
