@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
@@ -77,6 +77,19 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+
+    metrics_host: str = Field(
+        "0.0.0.0",
+        description="Address the long-running components (listeners, sender, verify "
+        "--follow) serve /metrics, /healthz and /readyz on.",
+    )
+    metrics_port: int = Field(
+        9090,
+        ge=0,
+        le=65535,
+        description="Port of /metrics, /healthz and /readyz; 0 = serve nothing. Stage "
+        "Jobs' pods never serve.",
+    )
 
     notify_poll_interval_s: float = Field(
         5.0, gt=0, description="Waiters poll this often even without a NOTIFY."
@@ -293,6 +306,29 @@ class Settings(BaseSettings):
         description="Every batch is reconciled at least this often, so a lost "
         "watch event only adds latency.",
     )
+    operator_leader_election: bool = Field(
+        False,
+        description="Reconcile only while holding the coordination.k8s.io Lease "
+        "`operator_lease_name` in `namespace`: several replicas, one active.",
+    )
+    operator_lease_name: str = Field("fhe-operator", min_length=1, max_length=253)
+    operator_lease_duration_s: float = Field(
+        15.0,
+        ge=2,
+        le=600,
+        description="A standby takes the Lease over once its holder has not renewed "
+        "it for this long (client-go's leaseDuration).",
+    )
+    operator_lease_renew_s: float = Field(
+        5.0, gt=0, le=300, description="The holder renews the Lease this often."
+    )
+    operator_lease_renew_deadline_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="The holder stops reconciling when it could not renew for this "
+        "long; must stay below the lease duration, so two leaders never overlap.",
+    )
     job_image: str = Field(
         "ghcr.io/fhe-coprocessor/fhe-coprocessor:0.1.0",
         description="Image of the stage Jobs' pods.",
@@ -301,7 +337,19 @@ class Settings(BaseSettings):
         "fhe-coprocessor-config", description="ConfigMap of FHE_* settings given to stage pods."
     )
     job_secret: str = Field(
-        "fhe-coprocessor-secrets", description="Secret of credentials given to stage pods."
+        "fhe-coprocessor-secrets",
+        description="Secret of credentials every stage pod gets (envFrom, in the batch's "
+        "namespace): FHE_DATABASE_URL, FHE_S3_ACCESS_KEY, FHE_S3_SECRET_KEY.",
+    )
+    job_send_secret: str = Field(
+        "fhe-coprocessor-keys",
+        description="Secret only the send stage's pods get (envFrom): the gateway "
+        "transaction key FHE_SENDER_PRIVATE_KEY (and FHE_SIGNER_PRIVATE_KEY).",
+    )
+    job_service_account: str | None = Field(
+        None,
+        description="ServiceAccount of stage pods (no API access needed; its token is "
+        "never mounted); None = the namespace's default.",
     )
     job_ttl_s: int = Field(86400, ge=0, description="ttlSecondsAfterFinished of stage Jobs.")
     max_running_batches_gpu: int | None = Field(
@@ -384,11 +432,27 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s):// or ws(s):// URL")
         return value
 
+    @model_validator(mode="after")
+    def _lease_timings(self) -> Settings:
+        if self.operator_leader_election and not (
+            self.operator_lease_renew_s
+            < self.operator_lease_renew_deadline_s
+            < self.operator_lease_duration_s
+        ):
+            raise ValueError(
+                "operator lease timings must satisfy renew_s < renew_deadline_s < "
+                "duration_s (FHE_OPERATOR_LEASE_*), or two replicas could both reconcile"
+            )
+        return self
+
 
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "?"
-    return f"setting FHE_{field.upper()} is invalid: {first['msg']}"
+    field = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if not field:  # a rule across several settings names them in its message
+        return f"settings are inconsistent: {message}"
+    return f"setting FHE_{field.upper()} is invalid: {message}"
 
 
 @lru_cache(maxsize=1)

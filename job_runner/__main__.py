@@ -5,6 +5,11 @@ podFailurePolicy fails the Job at once), 75 recoverable (database or S3 down, in
 not produced yet; the Job controller retries the pod), 1 fatal. Whatever happens, a
 JSON summary goes to the termination log, where Kubernetes (and our node agent)
 reads it into the pod status for the operator.
+
+Stage pods serve nothing. ``fhe-job verify --follow`` (a Deployment) serves /metrics,
+/healthz and /readyz on FHE_METRICS_HOST:FHE_METRICS_PORT while it runs
+(coprocessor.observability): ready when PostgreSQL and S3 answer, alive while its loop
+turns. SIGTERM lets the request in hand finish, then the server is closed.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ from coprocessor.logs import configure_logging
 from coprocessor.settings import Settings, load_settings
 
 log = logging.getLogger("fhe-job")
+
+# The verify worker's loop beats per request; one request may wait on a tenant's server
+# key (hundreds of MB from S3, GBs decompressed), so its liveness is generous.
+VERIFY_LIVENESS_S = 900.0
 
 
 def _index_default() -> int:
@@ -93,13 +102,11 @@ def follow_verify() -> int:
         return settings
 
     async def run() -> None:
-        from .verify import follow
-
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await follow(settings, stop)
+        await serve_verify(settings, stop)
 
     try:
         asyncio.run(run())
@@ -113,6 +120,24 @@ def follow_verify() -> int:
         )
         return code
     return 0
+
+
+async def serve_verify(settings: Settings, stop: asyncio.Event) -> None:
+    """The verify worker until ``stop``, serving its probes meanwhile."""
+    from coprocessor import metrics
+    from coprocessor.observability import Probes, postgres_check, s3_check, serving
+
+    from .verify import WORKER, follow
+
+    probes = Probes()
+    heartbeat = probes.heartbeat(
+        "verify", max(VERIFY_LIVENESS_S, 3 * settings.notify_poll_interval_s)
+    )
+    probes.readiness("postgres", postgres_check(settings.database_url))
+    probes.readiness("s3", s3_check(settings))
+    metrics.declare_worker(WORKER)
+    async with serving(settings, probes):
+        await follow(settings, stop, heartbeat=heartbeat)
 
 
 def run_stage(stage: str, batch_id: str | None, index: int, count: int) -> int:

@@ -17,6 +17,10 @@ Three outcomes per row:
   or damaged in S3, a CRS that does not load); counted as failed (exit 3) and retried
   by the next run, never answered 'no' on the requester's behalf;
 * left pending, the run stops: the database or S3 is down (exit 75; the Job retries).
+
+Metrics (``worker="verify"``): answered requests count as processed, requests left
+pending and passes cut short as errors, each proof verification is timed; ``--follow``
+counts its wake-ups (NOTIFY or poll) and beats its heartbeat per request and per turn.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections import OrderedDict
 
 import asyncpg
 
-from coprocessor import kms
+from coprocessor import kms, metrics
 from coprocessor.api.summary import VerifySummary
 from coprocessor.crs import ensure_crs
 from coprocessor.db import kms as kms_rows
@@ -44,6 +48,7 @@ from coprocessor.fhe.engine import (
 )
 from coprocessor.fhe.envelope import Envelope
 from coprocessor.inputs import MAX_INPUTS, input_handles, prehandles
+from coprocessor.observability import Heartbeat
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
 from coprocessor.tenants import load_evaluator
@@ -52,6 +57,7 @@ log = logging.getLogger(__name__)
 
 EVALUATORS_KEPT = 2  # each holds a tenant's decompressed server key (GBs)
 PASS_LIMIT = 64  # requests a --follow pass answers before it looks for new ones
+WORKER = "verify"  # the worker label of its series
 
 
 class _Rejected(Exception):
@@ -146,9 +152,15 @@ class _Verifier:
             # re-randomisation metadata): one per possible index, the list's count is
             # known only once it is expanded.
             rerand = prehandles(request.input, acl_address, request.chain_id, MAX_INPUTS)
-            ciphertexts = await asyncio.to_thread(
-                evaluator.verify_inputs, crs, served.public_params, request.input, metadata, rerand
-            )
+            with metrics.ZKPROOF_VERIFY_LATENCY.time():
+                ciphertexts = await asyncio.to_thread(
+                    evaluator.verify_inputs,
+                    crs,
+                    served.public_params,
+                    request.input,
+                    metadata,
+                    rerand,
+                )
             types = [Envelope.from_bytes(c).fhe_type for c in ciphertexts]
             handles = input_handles(request.input, acl_address, request.chain_id, types)
         except (InvalidInputProof, UnsupportedOperation) as error:
@@ -178,6 +190,7 @@ async def _answer_next(
         except _Rejected as rejected:
             await proofs.record_rejected(connection, request.zk_proof_id, str(rejected))
             summary.rejected += 1
+            metrics.WORK_ITEMS_PROCESSED.labels(WORKER).inc()
             summary.failures.setdefault(key, str(rejected)[:200])
             log.info(
                 "input list rejected",
@@ -190,6 +203,7 @@ async def _answer_next(
                 raise error from raised  # outages stop the run: the row stays pending
             passed_over.append(request.zk_proof_id)
             summary.failed += 1
+            metrics.WORKER_ERRORS.labels(WORKER).inc()
             summary.failures.setdefault(key, str(error)[:200])
             log.error(
                 "input list left pending",
@@ -199,6 +213,7 @@ async def _answer_next(
         await proofs.record_verified(connection, request.zk_proof_id, handles)
     summary.verified += 1
     summary.inputs += len(handles)
+    metrics.WORK_ITEMS_PROCESSED.labels(WORKER).inc()
     log.info(
         "input list verified",
         extra={"fields": {"zk_proof_id": request.zk_proof_id, "inputs": len(handles)}},
@@ -211,8 +226,10 @@ async def run_verify(
     limit: int | None = None,
     verifier: _Verifier | None = None,
     stop: asyncio.Event | None = None,
+    heartbeat: Heartbeat | None = None,
 ) -> VerifySummary:
-    """Answer pending requests until none is left, ``limit`` were looked at, or ``stop``."""
+    """Answer pending requests until none is left, ``limit`` were looked at, or ``stop``
+    (the request in hand is finished first); ``heartbeat`` beats after each."""
     started = time.monotonic()
     summary = VerifySummary()
     verifier = verifier or _Verifier(settings)
@@ -222,6 +239,8 @@ async def run_verify(
         while (limit is None or summary.total < limit) and not (stop and stop.is_set()):
             if not await _answer_next(connection, verifier, summary, passed_over):
                 break
+            if heartbeat is not None:
+                heartbeat.beat()
     finally:
         await connection.close()
         summary.seconds = time.monotonic() - started
@@ -229,13 +248,17 @@ async def run_verify(
 
 
 async def follow(
-    settings: Settings, stop: asyncio.Event, idle: asyncio.Event | None = None
+    settings: Settings,
+    stop: asyncio.Event,
+    idle: asyncio.Event | None = None,
+    heartbeat: Heartbeat | None = None,
 ) -> None:
     """``fhe-job verify --follow``: the long-running form (a Deployment, like the
     reference's zkproof-worker). Answers the queue, then sleeps until a request is
     queued (event_zkpok_new_work) or the poll interval passes; the database being down
     is logged and waited out. Sets ``idle`` whenever it goes to sleep; returns when
-    ``stop`` is set."""
+    ``stop`` is set, once the request in hand is answered. ``heartbeat`` beats per
+    request and per turn of the loop."""
     verifier = _Verifier(settings)
     async with NotificationWaiter(
         settings.database_url,
@@ -246,12 +269,17 @@ async def follow(
             waiter.drain()  # the pass below sees everything queued before it starts
             looked_at = 0
             try:
-                looked_at = (await run_verify(settings, PASS_LIMIT, verifier, stop)).total
+                looked_at = (
+                    await run_verify(settings, PASS_LIMIT, verifier, stop, heartbeat)
+                ).total
             except Exception as raised:
                 error = classify(raised)
                 if not isinstance(error, Recoverable):
                     raise error from raised
+                metrics.WORKER_ERRORS.labels(WORKER).inc()
                 log.warning("verify pass cut short", extra={"fields": {"error": str(error)}})
+            if heartbeat is not None:
+                heartbeat.beat()
             if looked_at >= PASS_LIMIT:
                 continue  # more backlog: no need to wait
             if idle is not None:
@@ -261,5 +289,7 @@ async def follow(
             await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
             for task in (waiting, stopping):
                 task.cancel()
+            if waiting.done() and not waiting.cancelled() and waiting.exception() is None:
+                metrics.count_wakeup(WORKER, waiting.result().reason)
             if idle is not None:
                 idle.clear()

@@ -2,6 +2,13 @@
 
 Exit codes as every deployable: 0 stopped by a signal, 1 fatal (misconfiguration: the
 supervisor restarts it, the log says what to fix), 3 a listener this release lacks.
+
+Each serves /metrics, /healthz and /readyz on FHE_METRICS_HOST:FHE_METRICS_PORT
+(coprocessor.observability) while it runs. Readiness: the host listener checks
+PostgreSQL, the host RPC and (when it creates batches) the API server; the gateway
+listener and the sender check PostgreSQL and the gateway RPC. Liveness: the loop's
+heartbeat. SIGTERM or SIGINT lets the poll or pass in flight finish, then the server
+and the pool are closed.
 """
 
 from __future__ import annotations
@@ -14,10 +21,16 @@ import sys
 
 from coprocessor.errors import EXIT_IRRECOVERABLE, EXIT_OK, exit_code_for
 from coprocessor.logs import configure_logging
-from coprocessor.settings import load_settings
+from coprocessor.settings import Settings, load_settings
 
 LISTENERS = ("host", "gateway", "sender")
 AVAILABLE = LISTENERS
+
+# A loop that has not turned for this long is stuck: /healthz fails and the kubelet
+# restarts the pod. Generous: one turn may read many blocks (each beats), wait out a
+# backoff of up to a minute, or - the gateway listener - fetch a KMS keyset.
+LIVENESS_S = 300.0
+GATEWAY_LIVENESS_S = 600.0
 
 log = logging.getLogger("fhe-listener")
 
@@ -42,12 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exit_code_for(error))
     configure_logging(settings.log_level, settings.log_format)
     try:
-        if args.listener == "sender":
-            asyncio.run(_run_sender(settings))
-        elif args.listener == "gateway":
-            asyncio.run(_run_gateway(settings))
-        else:
-            asyncio.run(_run_host(settings, batches=not args.no_batches))
+        asyncio.run(_until_signalled(args.listener, settings, batches=not args.no_batches))
     except Exception as error:
         code = exit_code_for(error)
         log.error(
@@ -67,62 +75,104 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def _run_sender(settings) -> None:
+async def _until_signalled(listener: str, settings: Settings, *, batches: bool) -> None:
+    stop = _stop_on_signals()
+    if listener == "sender":
+        await run_sender(settings, stop)
+    elif listener == "gateway":
+        await run_gateway(settings, stop)
+    else:
+        await run_host(settings, stop, batches=batches)
+
+
+async def run_sender(settings: Settings, stop: asyncio.Event) -> None:
+    """``fhe-listener sender`` until ``stop``, serving its probes meanwhile."""
+    from coprocessor import metrics
     from coprocessor.chain.gateway import GatewayClient, load_signer, require_gateway
     from coprocessor.chain.verdicts import VerdictSigner
     from coprocessor.db.pool import create_pool
+    from coprocessor.observability import Probes, postgres_check, rpc_check, serving
 
-    from .sender import Sender
+    from .sender import WORKER, Sender
 
     require_gateway(settings)  # before any connection: the message says what to set
     signer = load_signer(settings)
-    stop = _stop_on_signals()
+    probes = Probes()
+    heartbeat = probes.heartbeat("sender", max(LIVENESS_S, 3 * settings.notify_poll_interval_s))
+    metrics.declare_worker(WORKER)
     pool = await create_pool(settings.database_url, size=4)
     try:
-        gateway = GatewayClient.connect(settings, signer)
-        verdicts = None
-        if settings.signer_private_key is not None:
-            chain_id = await asyncio.to_thread(gateway.chain_id)
-            verdicts = VerdictSigner.from_settings(settings, chain_id)
-        else:
-            log.warning(
-                "FHE_SIGNER_PRIVATE_KEY is not set: this sender sends no verdicts on input requests"
-            )
-        sender = Sender(settings, pool, gateway, verdicts)
-        await sender.run(stop)
-        log.info("sender stopped", extra={"fields": vars(sender.counters)})
+        probes.readiness("postgres", postgres_check(pool))
+        probes.readiness("gateway-rpc", rpc_check(settings.gateway_rpc_url))
+        async with serving(settings, probes):
+            gateway = GatewayClient.connect(settings, signer)
+            verdicts = None
+            if settings.signer_private_key is not None:
+                chain_id = await asyncio.to_thread(gateway.chain_id)
+                verdicts = VerdictSigner.from_settings(settings, chain_id)
+            else:
+                log.warning(
+                    "FHE_SIGNER_PRIVATE_KEY is not set: this sender sends no verdicts on "
+                    "input requests"
+                )
+            sender = Sender(settings, pool, gateway, verdicts, heartbeat)
+            await sender.run(stop)
+            log.info("sender stopped", extra={"fields": vars(sender.counters)})
     finally:
         await pool.close()
 
 
-async def _run_gateway(settings) -> None:
+async def run_gateway(settings: Settings, stop: asyncio.Event) -> None:
+    """``fhe-listener gateway`` until ``stop``, serving its probes meanwhile."""
     from web3 import Web3
 
+    from coprocessor import metrics
     from coprocessor.db.pool import create_pool
+    from coprocessor.observability import Probes, postgres_check, rpc_check, serving
 
-    from .gateway import GatewayListener, require_gateway_contracts
+    from .gateway import WORKER, GatewayListener, require_gateway_contracts
 
     require_gateway_contracts(settings)  # before any connection: the message says what to set
-    stop = _stop_on_signals()
+    probes = Probes()
+    heartbeat = probes.heartbeat(
+        "gateway-listener", max(GATEWAY_LIVENESS_S, 10 * settings.gateway_poll_interval_s)
+    )
+    metrics.WORKER_ERRORS.labels(WORKER)
     w3 = Web3(Web3.HTTPProvider(settings.gateway_rpc_url, request_kwargs={"timeout": 10}))
     pool = await create_pool(settings.database_url, size=4)
     try:
-        listener = GatewayListener(settings, w3, pool)
-        await listener.run(stop)
-        log.info("gateway listener stopped", extra={"fields": vars(listener.counters)})
+        probes.readiness("postgres", postgres_check(pool))
+        probes.readiness("gateway-rpc", rpc_check(settings.gateway_rpc_url))
+        async with serving(settings, probes):
+            listener = GatewayListener(settings, w3, pool, heartbeat=heartbeat)
+            await listener.run(stop)
+            log.info("gateway listener stopped", extra={"fields": vars(listener.counters)})
     finally:
         await pool.close()
 
 
-async def _run_host(settings, *, batches: bool) -> None:
+async def run_host(settings: Settings, stop: asyncio.Event, *, batches: bool = True) -> None:
+    """``fhe-listener host`` until ``stop``, serving its probes meanwhile."""
     from web3 import Web3
 
+    from coprocessor import metrics
     from coprocessor.db.pool import create_pool
+    from coprocessor.observability import (
+        Probes,
+        kubernetes_check,
+        postgres_check,
+        rpc_check,
+        serving,
+    )
 
-    from .host import HostListener, require_contracts
+    from .host import WORKER, HostListener, require_contracts
 
     require_contracts(settings)  # before any connection: the message says what to set
-    stop = _stop_on_signals()
+    probes = Probes()
+    heartbeat = probes.heartbeat(
+        "host-listener", max(LIVENESS_S, 10 * settings.host_poll_interval_s)
+    )
+    metrics.WORKER_ERRORS.labels(WORKER)
     api = None
     if batches:
         from kubernetes import client
@@ -130,12 +180,16 @@ async def _run_host(settings, *, batches: bool) -> None:
         from coprocessor.api.kube import api_client
 
         api = client.CustomObjectsApi(api_client(settings.kubeconfig))
+        probes.readiness("kubernetes", kubernetes_check(api.api_client))
     w3 = Web3(Web3.HTTPProvider(settings.host_rpc_url, request_kwargs={"timeout": 10}))
     pool = await create_pool(settings.database_url, size=4)
     try:
-        listener = HostListener(settings, w3, pool, api)
-        await listener.run(stop)
-        log.info("listener stopped", extra={"fields": vars(listener.counters)})
+        probes.readiness("postgres", postgres_check(pool))
+        probes.readiness("host-rpc", rpc_check(settings.host_rpc_url))
+        async with serving(settings, probes):
+            listener = HostListener(settings, w3, pool, api, heartbeat)
+            await listener.run(stop)
+            log.info("listener stopped", extra={"fields": vars(listener.counters)})
     finally:
         await pool.close()
 

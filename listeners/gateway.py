@@ -27,6 +27,10 @@ Reorgs: the stored window is compared with the chain on every poll; above the hi
 block still canonical, blocks are forgotten and read again. A request read again with
 other content (the gateway reused its id on the new branch) is queued anew, answered or
 not; an activation is the same row whichever block carried it.
+
+Metrics: ``fhe_listener_blocks_processed`` and ``fhe_listener_lag_blocks``
+(``listener="gateway"``), ``coprocessor_worker_errors{worker="gateway-listener"}`` per
+deferred poll; the heartbeat beats per block and per turn of the loop.
 """
 
 from __future__ import annotations
@@ -41,12 +45,13 @@ from typing import Any
 import asyncpg
 from web3 import Web3
 
-from coprocessor import kms
+from coprocessor import kms, metrics
 from coprocessor.chain.contracts import bound, decode_logs
 from coprocessor.db import kms as kms_rows
 from coprocessor.db import proofs
 from coprocessor.db.pool import classify
 from coprocessor.errors import ConfigError, Irrecoverable, Recoverable, ServiceUnavailable
+from coprocessor.observability import Heartbeat
 from coprocessor.retry import backoff_delays
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
@@ -57,6 +62,8 @@ from .skips import record_skip
 log = logging.getLogger(__name__)
 
 MAX_ID = 2**63 - 1  # zkProofId and chain ids are BIGINT rows
+LISTENER = "gateway"  # the listener label of its series
+WORKER = "gateway-listener"  # the worker label of its error count
 
 
 @dataclass
@@ -137,9 +144,11 @@ class GatewayListener:
         store: ObjectStore | None = None,
         fetch=kms.fetch_url,
         host_chain_id: int | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         require_gateway_contracts(settings)
         self.settings = settings
+        self.heartbeat = heartbeat
         self.w3 = w3
         self.pool = pool
         self.store = store or ObjectStore(settings)
@@ -222,6 +231,9 @@ class GatewayListener:
             if parent is None:  # the chain moved under us: the next poll finds the fork
                 break
             processed += 1
+            metrics.LISTENER_BLOCKS_PROCESSED.labels(LISTENER).inc()
+            self._beat()
+        metrics.LISTENER_LAG_BLOCKS.labels(LISTENER).set(max(0, head - (start - 1 + processed)))
         if processed:
             await self._prune()
         await self.apply_activations()
@@ -254,16 +266,22 @@ class GatewayListener:
                     error = classify(raised)
                     if not isinstance(error, Recoverable):
                         raise
+                    metrics.WORKER_ERRORS.labels(WORKER).inc()
                     pause = max(pause, next(self._delays, 60.0))
                     log.warning(
                         "gateway poll deferred",
                         extra={"fields": {"error": str(error)[:500], "retry_in_s": pause}},
                     )
+                self._beat()
                 await wait_for_head(new_head, stop, pause)
         finally:
             heads.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heads
+
+    def _beat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
 
     # --- reorgs -----------------------------------------------------------------------
 

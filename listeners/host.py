@@ -21,6 +21,10 @@ fallback when there is none (or it drops), every ``FHE_HOST_POLL_INTERVAL_S``.
 
 Restartable at any line: the cursor is the database, block rows are unique, rows are
 inserted ON CONFLICT DO NOTHING, and batch names are deterministic.
+
+Metrics: ``fhe_listener_blocks_processed`` and ``fhe_listener_lag_blocks``
+(``listener="host"``), ``coprocessor_worker_errors{worker="host-listener"}`` per
+deferred poll; the heartbeat beats per block and per turn of the loop.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 import asyncpg
 from web3 import Web3
 
+from coprocessor import metrics
 from coprocessor.api.batch import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from coprocessor.api.names import ANNOTATION_BLOCK, LABEL_SOURCE, SOURCE_HOST_LISTENER
 from coprocessor.chain.contracts import bound, decode_logs
@@ -41,6 +46,7 @@ from coprocessor.db import host as host_db
 from coprocessor.db import proofs, queries
 from coprocessor.db.pool import classify
 from coprocessor.errors import Fatal, Recoverable, ServiceUnavailable
+from coprocessor.observability import Heartbeat
 from coprocessor.settings import Settings
 
 from .heads import chain_call, follow_heads, wait_for_head, ws_url
@@ -61,6 +67,9 @@ from .host_events import (
 from .skips import record_skip
 
 log = logging.getLogger(__name__)
+
+LISTENER = "host"  # the listener label of its series
+WORKER = "host-listener"  # the worker label of its error count
 
 
 def batch_name(chain_id: int, number: int, block_hash: bytes) -> str:
@@ -117,11 +126,17 @@ class Counters:
 
 class HostListener:
     def __init__(
-        self, settings: Settings, w3: Web3, pool: asyncpg.Pool, batches_api: Any | None
+        self,
+        settings: Settings,
+        w3: Web3,
+        pool: asyncpg.Pool,
+        batches_api: Any | None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         """``batches_api`` is a kubernetes CustomObjectsApi, or None to write rows only."""
         require_contracts(settings)
         self.settings = settings
+        self.heartbeat = heartbeat
         self.w3 = w3
         self.pool = pool
         self.batches_api = batches_api
@@ -183,8 +198,15 @@ class HostListener:
                 break
             parent = block_hash
             processed += 1
+            metrics.LISTENER_BLOCKS_PROCESSED.labels(LISTENER).inc()
+            self._beat()
+        metrics.LISTENER_LAG_BLOCKS.labels(LISTENER).set(max(0, head - (start - 1 + processed)))
         await self._sync_batches()
         return processed
+
+    def _beat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll on every new head the subscription reports, and at least every
@@ -201,7 +223,9 @@ class HostListener:
                     error = classify(raised)
                     if not isinstance(error, Recoverable):
                         raise
+                    metrics.WORKER_ERRORS.labels(WORKER).inc()
                     log.warning("host poll deferred", extra={"fields": {"error": str(error)}})
+                self._beat()
                 await wait_for_head(new_head, stop, self.settings.host_poll_interval_s)
         finally:
             heads.cancel()

@@ -59,13 +59,13 @@ def fresh_settings(monkeypatch):
             ["sender"],
             {**GATEWAY, "FHE_SENDER_PRIVATE_KEY": "0x1234"},
             3,
-            "setting FHE_SENDER_PRIVATE_KEY is invalid: Value error, must be 64 hex digits",
+            "setting FHE_SENDER_PRIVATE_KEY is invalid: must be 64 hex digits",
         ),
         (
             ["sender"],
             {**GATEWAY, "FHE_SIGNER_PRIVATE_KEY": "0x" + "00" * 32},
             3,
-            "setting FHE_SIGNER_PRIVATE_KEY is invalid: Value error, must not be zero",
+            "setting FHE_SIGNER_PRIVATE_KEY is invalid: must not be zero",
         ),
     ],
 )
