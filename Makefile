@@ -4,8 +4,11 @@ VENV := .venv/bin
 CARGO_TARGET_DIR ?= $(HOME)/.cache/fhe-coprocessor/cargo-target
 export CARGO_TARGET_DIR
 NATIVE := --manifest-path native/Cargo.toml
+# The image every deployable runs (the operator's default job image has the same name).
+VERSION := $(shell sed -nE 's/^version = "([^"]+)"/\1/p' pyproject.toml | head -1)
+IMAGE ?= ghcr.io/fhe-coprocessor/fhe-coprocessor:$(VERSION)
 
-.PHONY: help setup demo test unit integration e2e engine fmt lint bench lock down wheel
+.PHONY: help setup demo test unit integration e2e engine fmt lint bench lock down wheel image
 
 help:             ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:[^#]*## /\t/' | expand -t 18
@@ -49,6 +52,14 @@ lint:             ## ruff, formatting, import contracts, mypy on the library, ca
 wheel:            ## the product wheel (and the native one) into dist/
 	$(VENV)/pip wheel --no-deps --no-build-isolation -w dist .
 	$(VENV)/maturin build --release --locked $(NATIVE) --out dist
+
+image:            ## the container image (Dockerfile) as $(IMAGE), with docker, podman or buildah
+	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then builder="docker build"; \
+	elif command -v podman >/dev/null; then builder="podman build"; \
+	elif command -v buildah >/dev/null; then builder="buildah bud"; \
+	else echo "make image: no container builder: install docker (and start its daemon), podman or buildah" >&2; exit 1; fi; \
+	set -x; DOCKER_BUILDKIT=1 $$builder -f Dockerfile -t $(IMAGE) --build-arg VERSION=$(VERSION) \
+	  --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) .
 
 bench: setup      ## benchmarks: print figures, write JSON under bench/results/
 	$(VENV)/python bench/db.py

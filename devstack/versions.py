@@ -82,3 +82,15 @@ def kubectl_binary(cache_dir: Path | None = None) -> Path:
     if built.exists():
         return built
     return Path(shutil.which("kubectl") or built)
+
+
+def helm_binary(cache_dir: Path | None = None) -> Path:
+    """The helm scripts/build-helm builds, at the helm.sh/helm/v3 release pinned in
+    tools/helm/go.mod."""
+    for line in (REPO_ROOT / "tools" / "helm" / "go.mod").read_text().splitlines():
+        parts = line.split()
+        if parts[:1] == ["require"]:  # a lone requirement: `require helm.sh/helm/v3 vX`
+            parts = parts[1:]
+        if len(parts) == 2 and parts[0] == "helm.sh/helm/v3":
+            return bin_dir(cache_dir) / f"helm-{parts[1]}" / "helm"
+    raise RuntimeError("tools/helm/go.mod does not require helm.sh/helm/v3")
