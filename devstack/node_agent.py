@@ -951,12 +951,37 @@ class NodeAgent:
             raise
 
     def sync_all(self) -> None:
+        seen: set[str] = set()
         for node in self.nodes:
             pods = self.core.list_pod_for_all_namespaces(
                 field_selector=f"spec.nodeName={node}", _preload_content=False
             )
             for pod in json.loads(pods.data)["items"]:
+                seen.add(pod["metadata"]["uid"])
                 self.sync_pod(pod)
+        # Housekeeping, as the kubelet's: a process whose pod no longer exists (force
+        # deleted, or its DELETED event missed) is stopped.
+        with self.lock:
+            orphans = [(uid, e) for uid, e in self.pods.items() if uid not in seen]
+        for uid, entry in orphans:
+            self.pod_gone(
+                {"metadata": {"uid": uid, "name": entry.name, "namespace": entry.namespace}}
+            )
+
+    def pod_gone(self, pod: dict[str, Any]) -> None:
+        """The pod object is gone from the API (grace period 0, or deleted while we were
+        not looking): stop its process at once, there is nothing left to report to."""
+        uid = pod["metadata"]["uid"]
+        with self.lock:
+            entry = self.pods.get(uid)
+            if entry is None or entry.deleting:
+                return
+            entry.deleting = True
+        if entry.process is not None and entry.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(entry.process.pid, signal.SIGKILL)
+            entry.process.wait()
+        self._remove(pod)
 
     def sync_pod(self, pod: dict[str, Any]) -> None:
         """Level-triggered: decide from the pod as it is now and our process table."""
@@ -1466,7 +1491,10 @@ class NodeAgent:
                 )
                 for event in stream:
                     raw = client.ApiClient().sanitize_for_serialization(event["object"])
-                    self.sync_pod(raw)
+                    if event["type"] == "DELETED":
+                        self.pod_gone(raw)
+                    else:
+                        self.sync_pod(raw)
                     if time.monotonic() - last_sync > RESYNC_S:
                         break
             except (ApiException, OSError, ValueError) as error:

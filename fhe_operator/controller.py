@@ -19,6 +19,7 @@ import asyncpg
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from coprocessor import metrics
 from coprocessor.api.batch import (
     API_VERSION,
     GROUP,
@@ -46,6 +47,7 @@ from .jobs import (
     JobSettings,
     job_manifest,
 )
+from .probes import OperatorMetrics
 from .reconcile import (
     JobView,
     Observed,
@@ -138,7 +140,9 @@ class Controller:
             image=settings.job_image,
             config_map=settings.job_config_map,
             secret=settings.job_secret,
+            send_secret=settings.job_send_secret,
             ttl_seconds_after_finished=settings.job_ttl_s,
+            service_account=settings.job_service_account,
         )
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         # One capacity decision per device class at a time, held until the Job it allows
@@ -146,12 +150,14 @@ class Controller:
         # not yet there and all start (seen: 4 running under a limit of 2).
         self._capacity_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._gpu_nodes: tuple[float, bool] | None = None
+        self.observed = OperatorMetrics()
 
     # --- entry points ----------------------------------------------------------------
     async def reconcile(self, namespace: str, name: str) -> Plan | None:
         async with self._locks[(namespace, name)]:
             try:
-                return await self._reconcile(namespace, name)
+                with metrics.OPERATOR_RECONCILE_SECONDS.time():
+                    return await self._reconcile(namespace, name)
             except Recoverable as error:  # retried by the next event or the timer
                 log.warning(
                     "reconcile deferred",
@@ -176,16 +182,19 @@ class Controller:
     async def _reconcile(self, namespace: str, name: str) -> Plan | None:
         body = await self._get_batch(namespace, name)
         if body is None:
+            self.observed.phase(namespace, name, None)
             return None
         meta = body["metadata"]
         finalizers = list(meta.get("finalizers") or [])
         if meta.get("deletionTimestamp"):
+            self.observed.phase(namespace, name, None)
             if FINALIZER in finalizers:
                 await self.release(namespace, name, body)
                 await self._set_finalizers(body, [f for f in finalizers if f != FINALIZER])
             return None
         previous = body.get("status") or {}
         if is_settled(meta.get("generation", 1), previous):
+            self.observed.phase(namespace, name, previous.get("phase"))
             return None
         if FINALIZER not in finalizers:
             await self._set_finalizers(body, [*finalizers, FINALIZER])
@@ -256,6 +265,8 @@ class Controller:
                 await self._create_job(body, spec, ident, stage, device, observed)
             await self._post_events(body, result.events)
             await self._write_status(namespace, name, previous, result.status)
+            self.observed.phase(namespace, name, result.status.get("phase"))
+            self.observed.status_written(previous, result.status)
             return result
         finally:
             if capacity_lock is not None:
@@ -485,6 +496,7 @@ class Controller:
             await asyncio.to_thread(
                 self.batch_api.create_namespaced_job, meta["namespace"], manifest
             )
+            self.observed.job_started(stage)
             log.info(
                 "job created",
                 extra={

@@ -25,6 +25,12 @@ from coprocessor.errors import EXIT_RECOVERABLE
 GPU_RESOURCE = "nvidia.com/gpu"
 CONTAINER = "stage"
 MAX_NAME = 63
+# What a stage needs of the node: nothing privileged (restricted Pod Security Standard).
+POD_SECURITY: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class JobSettings:
     image: str = "ghcr.io/fhe-coprocessor/fhe-coprocessor:0.1.0"
     config_map: str = "fhe-coprocessor-config"  # FHE_* settings for the pods (envFrom)
     secret: str = "fhe-coprocessor-secrets"  # database/S3 credentials (envFrom)
+    send_secret: str = "fhe-coprocessor-keys"  # the gateway keys: the send stage only
     ttl_seconds_after_finished: int = 86400
     service_account: str | None = None
 
@@ -73,18 +80,25 @@ def job_manifest(
         "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
         "limits": {"memory": spec.resources.memory},
     }
+    env_from: list[dict[str, Any]] = [
+        {"configMapRef": {"name": settings.config_map, "optional": True}},
+        {"secretRef": {"name": settings.secret, "optional": True}},
+    ]
+    if stage == "send":  # the only stage that signs gateway transactions
+        env_from.append({"secretRef": {"name": settings.send_secret, "optional": True}})
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # required by podFailurePolicy; the Job retries pods
+        # Stage pods never call the Kubernetes API: no token to steal.
+        "automountServiceAccountToken": False,
+        "securityContext": POD_SECURITY,
         "containers": [
             {
                 "name": CONTAINER,
                 "image": settings.image,
                 "command": command,
-                "envFrom": [
-                    {"configMapRef": {"name": settings.config_map, "optional": True}},
-                    {"secretRef": {"name": settings.secret, "optional": True}},
-                ],
+                "envFrom": env_from,
                 "resources": resources,
+                "securityContext": CONTAINER_SECURITY,
                 "terminationMessagePath": "/dev/termination-log",
                 "terminationMessagePolicy": "FallbackToLogsOnError",
             }

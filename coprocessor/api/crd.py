@@ -102,7 +102,11 @@ def crd() -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "metadata": {
+            "name": f"{PLURAL}.{GROUP}",
+            # Argo CD syncs the CRD before the operator (wave 0) and any FheBatch.
+            "annotations": {"argocd.argoproj.io/sync-wave": "-2"},
+        },
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",

@@ -180,11 +180,11 @@ def gateway(dev_stack) -> Gateway:
 
 
 def signer_secret(kube_api, namespace: str, account) -> None:
-    """The chart's Secret: the signer key reaches the send pods only through it."""
+    """The chart's key Secret: the signer key reaches the send pods only through it."""
     client.CoreV1Api(kube_api).create_namespaced_secret(
         namespace,
         {
-            "metadata": {"name": "fhe-coprocessor-secrets"},
+            "metadata": {"name": "fhe-coprocessor-keys"},
             "stringData": {"FHE_SENDER_PRIVATE_KEY": "0x" + bytes(account.key).hex()},
         },
     )
@@ -199,10 +199,19 @@ async def ns(namespace, kube_api, settings, dev_stack, gateway, tenant):
         await queries.bind_namespaces(connection, tenant[0].tenant_id, [namespace])
     finally:
         await connection.close()
-    data = {key: value for key, value in dev_stack.items() if key.startswith("FHE_S3")}
+    secret_names = ("FHE_S3_ACCESS_KEY", "FHE_S3_SECRET_KEY")
+    data = {
+        key: value
+        for key, value in dev_stack.items()
+        if key.startswith("FHE_S3") and key not in secret_names
+    }
+    credentials = {key: dev_stack[key] for key in secret_names}
+    credentials["FHE_DATABASE_URL"] = settings.database_url
+    client.CoreV1Api(kube_api).create_namespaced_secret(
+        namespace, {"metadata": {"name": "fhe-coprocessor-secrets"}, "stringData": credentials}
+    )
     data.update(
         {
-            "FHE_DATABASE_URL": settings.database_url,
             "FHE_LOG_FORMAT": "json",
             "FHE_COMPUTE_INPUT_WAIT_S": "30",
             "FHE_GATEWAY_RPC_URL": dev_stack["FHE_GATEWAY_RPC_URL"],

@@ -451,3 +451,30 @@ def test_only_jobs_an_existing_batch_owns_take_capacity():
     assert not owned_by_batch([], {"u1"})  # a Job someone labelled like ours
     assert not owned_by_batch([("FheBatch", "gone")], {"u1"})  # its batch was deleted
     assert not owned_by_batch([("Deployment", "u1")], {"u1"})
+
+
+@pytest.mark.parametrize("stage", ["compute", "sns", "send"])
+def test_stage_pods_get_only_what_their_stage_needs(stage):
+    """No API token in any stage pod, a restricted security context, and the gateway
+    keys' Secret only in send pods."""
+    settings = JobSettings(secret="creds", send_secret="keys", service_account="fhe-job")
+    manifest = job_manifest(
+        namespace="fhe",
+        name="b",
+        uid="u1",
+        batch_id="fhe/b@1",
+        spec=spec(),
+        stage=stage,
+        device="cpu",
+        settings=settings,
+        remaining_seconds=100,
+    )
+    pod = manifest["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == "fhe-job"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    secrets = [ref["secretRef"]["name"] for ref in container["envFrom"] if "secretRef" in ref]
+    assert secrets == (["creds", "keys"] if stage == "send" else ["creds"])
