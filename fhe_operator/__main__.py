@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 from coprocessor.errors import EXIT_OK, EXIT_RECOVERABLE, exit_code_for
@@ -123,19 +124,24 @@ async def _run_kopf(
 
     from .probes import watch_task
 
-    kopf_stop = asyncio.Event()
-    operator = asyncio.create_task(
-        kopf.operator(
+    # kopf runs on an event loop of its own, in a thread: at shutdown it waits for, then
+    # cancels, every task of its loop, which must not include our Lease renewals or the
+    # probe server's requests (on a shared loop each stop took kopf's 5 s hung-task
+    # timeout, and cut the Lease's release short). Signals reach our loop only.
+    kopf_stop = threading.Event()
+
+    def run_kopf() -> None:
+        kopf.run(
             standalone=True,
             clusterwide=not namespaces,
             namespaces=namespaces,
             liveness_endpoint=liveness,
             stop_flag=kopf_stop,
         )
-    )
+
+    operator = asyncio.create_task(asyncio.to_thread(run_kopf))
     kopf_alive = probes.heartbeat("kopf", max_age_s=30)
     watchdog = asyncio.create_task(watch_task(kopf_alive, operator, every_s=5))
-    # kopf installs its own SIGTERM/SIGINT handlers: it stops by itself on a signal.
     waiters = {
         asyncio.create_task(stop.wait()): "signal",
         asyncio.create_task(lost.wait()): "lease lost",

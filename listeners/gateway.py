@@ -146,6 +146,7 @@ class GatewayListener:
         host_chain_id: int | None = None,
         heartbeat: Heartbeat | None = None,
     ) -> None:
+        self.stopping = asyncio.Event()  # run() replaces it with its stop event
         require_gateway_contracts(settings)
         self.settings = settings
         self.heartbeat = heartbeat
@@ -227,6 +228,8 @@ class GatewayListener:
             start, parent = (target if start is None else start), None
         processed = 0
         for number in range(start, target + 1):
+            if self.stopping.is_set():  # SIGTERM: each block is committed; stop between
+                break
             parent = await self._process(number, parent)
             if parent is None:  # the chain moved under us: the next poll finds the fork
                 break
@@ -240,6 +243,7 @@ class GatewayListener:
         return processed
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.stopping = stop
         await self.start()
         log.info(
             "gateway listener started",

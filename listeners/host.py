@@ -134,6 +134,7 @@ class HostListener:
         heartbeat: Heartbeat | None = None,
     ) -> None:
         """``batches_api`` is a kubernetes CustomObjectsApi, or None to write rows only."""
+        self.stopping = asyncio.Event()  # run() replaces it with its stop event
         require_contracts(settings)
         self.settings = settings
         self.heartbeat = heartbeat
@@ -193,6 +194,8 @@ class HostListener:
         processed = 0
         parent = last.hash if last else None
         for number in range(start, target + 1):
+            if self.stopping.is_set():  # SIGTERM: each block is committed; stop between
+                break
             block_hash = await self._process(number, parent)
             if block_hash is None:  # the chain moved under us: re-check for a reorg
                 break
@@ -210,7 +213,9 @@ class HostListener:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll on every new head the subscription reports, and at least every
-        ``host_poll_interval_s`` (the fallback when there is no subscription)."""
+        ``host_poll_interval_s`` (the fallback when there is no subscription). On
+        ``stop`` the block in hand is finished and committed, then it returns."""
+        self.stopping = stop
         await self.start()
         new_head = asyncio.Event()
         heads = asyncio.create_task(follow_heads(self.ws_url(), new_head, stop, self.counters))

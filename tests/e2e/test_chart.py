@@ -489,6 +489,32 @@ async def test_one_operator_reconciles_and_another_takes_over_within_the_lease(r
     assert len(stage_jobs(release, "first")) == 1
 
 
+def test_a_stopped_operator_hands_the_lease_over_at_once(release):
+    """SIGTERM (a rollout, a drain): kopf stops, the Lease is released, and the standby
+    takes it at its next try instead of after a lease duration."""
+    wait_for(lambda: len(release.ready_pods("operator")) == 2, timeout=60, what="two operators")
+    holder = release.lease_holder()
+    pods = release.ready_pods("operator")
+    leader = next(p for p in pods if holder.startswith(p.metadata.name + "_"))
+    standby = next(p for p in pods if p is not leader)
+    stopped = time.monotonic()
+    client.CoreV1Api(release.kube_api).delete_namespaced_pod(
+        leader.metadata.name, release.namespace
+    )  # the Deployment's grace period: SIGTERM first
+    seen = set()
+
+    def taken_over():
+        now = release.lease_holder()
+        seen.add(now)
+        return now if now and now.startswith(standby.metadata.name + "_") else None
+
+    wait_for(taken_over, timeout=30, what="the standby to lead", interval=0.05)
+    handover = time.monotonic() - stopped
+    print(f"\noperator handover on SIGTERM: {handover:.1f} s")
+    assert None in seen  # released (no holder), not expired
+    assert handover < LEASE["leaseDurationSeconds"] / 2
+
+
 def test_an_upgrade_with_a_changed_value_rolls_every_deployment(release):
     apps = client.AppsV1Api(release.kube_api)
     release.wait_rolled_out()
