@@ -71,6 +71,9 @@ class Settings(BaseSettings):
 
     kubeconfig: Path | None = Field(None, description="Kubeconfig; None = in-cluster or default.")
     namespace: str = Field("fhe", description="Namespace the operator and its Jobs use.")
+    kube_request_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Longest wait for one Kubernetes API call."
+    )
 
     cache_dir: Path = Field(default_factory=default_cache_dir)
     migrations_dir: Path = Field(MIGRATIONS_DIR)
@@ -352,6 +355,35 @@ class Settings(BaseSettings):
         "never mounted); None = the namespace's default.",
     )
     job_ttl_s: int = Field(86400, ge=0, description="ttlSecondsAfterFinished of stage Jobs.")
+    batch_max_cost: int = Field(
+        2_000_000,
+        ge=1,
+        description="Estimated PBS (coprocessor/costs.py) one FheBatch may ask for; a "
+        "costlier batch is refused at validation with its cost and this limit.",
+    )
+    batch_max_outputs: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Outputs one FheBatch may mark (each is squashed, uploaded twice and "
+        "committed on the gateway).",
+    )
+    namespace_max_running_cost: int | None = Field(
+        None,
+        ge=1,
+        description="Estimated PBS of the batches computing at once in one namespace; a "
+        "batch that would exceed it waits (Admitted) until others finish. None = no limit.",
+    )
+    max_priority: int = Field(
+        100,
+        ge=-1000,
+        le=1000,
+        description="Highest spec.priority outside `priority_namespaces` (the operator's "
+        "own namespace, where the listener creates batches, is always one of them).",
+    )
+    priority_namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces whose batches may use any priority."
+    )
     max_running_batches_gpu: int | None = Field(
         None, ge=1, description="Batches computing at once on GPU nodes; None = no limit."
     )

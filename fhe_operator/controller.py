@@ -54,12 +54,13 @@ from .reconcile import (
     Plan,
     Progress,
     QueueEntry,
+    budget_decision,
     capacity_decision,
     is_settled,
     owned_by_batch,
     plan,
 )
-from .validation import InvalidSpec, PlannedGraph, check_stages, plan_graph
+from .validation import Bounds, InvalidSpec, PlannedGraph, check_bounds, check_stages, plan_graph
 
 log = logging.getLogger(__name__)
 FINALIZER = FINALIZER_RELEASE  # ours: releases the batch in the database
@@ -151,6 +152,24 @@ class Controller:
         self._capacity_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._gpu_nodes: tuple[float, bool] | None = None
         self.observed = OperatorMetrics()
+        self.bounds = Bounds(
+            max_cost=settings.batch_max_cost,
+            max_outputs=settings.batch_max_outputs,
+            max_priority=settings.max_priority,
+            priority_namespaces=frozenset({settings.namespace, *settings.priority_namespaces}),
+        )
+
+    async def _api(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """One Kubernetes API call, off the loop, bounded by FHE_KUBE_REQUEST_TIMEOUT_S: an
+        API server that hangs defers this reconcile (Recoverable), it never stalls it."""
+        import urllib3
+
+        try:
+            return await asyncio.to_thread(
+                call, *args, _request_timeout=self.settings.kube_request_timeout_s, **kwargs
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise ServiceUnavailable("kubernetes", f"{type(error).__name__}: {error}") from None
 
     # --- entry points ----------------------------------------------------------------
     async def reconcile(self, namespace: str, name: str) -> Plan | None:
@@ -222,7 +241,9 @@ class Controller:
             may_start, wait_reason = True, None
             if wants_capacity:
                 assert spec is not None
-                may_start, wait_reason = await self._capacity(namespace, name, meta, spec, device)
+                may_start, wait_reason = await self._capacity(
+                    namespace, name, meta, spec, device, planned.cost if planned else 0
+                )
             observed = Observed(
                 generation=meta.get("generation", 1),
                 created_at=_parse_time(meta.get("creationTimestamp")),
@@ -233,6 +254,7 @@ class Controller:
                 admitted=admitted,
                 progress=progress,
                 outputs=planned.outputs if planned else {},
+                cost=planned.cost if planned else None,
                 jobs=jobs,
                 device=device,
                 may_start=may_start,
@@ -305,6 +327,7 @@ class Controller:
                         chain_id=tenant.chain_id,
                         backend=get_backend(tenant.backend),
                     )
+                    check_bounds(spec, planned, namespace, self.bounds)
                 except (InvalidSpec, ValueError) as invalid:
                     return spec, str(invalid), None, tenant
                 known = await queries.known_handles(connection, tenant.tenant_id, planned.inputs)
@@ -334,12 +357,16 @@ class Controller:
                         tenant,
                     )
                 planned = PlannedGraph(tuple(rows), {}, {}, ())
+                try:
+                    check_bounds(spec, planned, namespace, self.bounds)
+                except InvalidSpec as invalid:
+                    return spec, str(invalid), None, tenant
         return spec, None, planned, tenant
 
     # --- Kubernetes reads ------------------------------------------------------------
     async def _get_batch(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await asyncio.to_thread(
+            return await self._api(
                 self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
             )
         except ApiException as error:
@@ -351,12 +378,10 @@ class Controller:
         """This batch id's Jobs by stage; Jobs of an earlier spec of the same resource
         are not this batch's progress."""
         selector = f"{LABEL_BATCH}={name}"
-        jobs = await asyncio.to_thread(
+        jobs = await self._api(
             self.batch_api.list_namespaced_job, namespace, label_selector=selector
         )
-        pods = await asyncio.to_thread(
-            self.core.list_namespaced_pod, namespace, label_selector=selector
-        )
+        pods = await self._api(self.core.list_namespaced_pod, namespace, label_selector=selector)
         pod_dicts = [_as_dict(self.api, p) for p in pods.items]
         views = {}
         for job in jobs.items:
@@ -382,7 +407,7 @@ class Controller:
             return spec.device
         now = time.monotonic()
         if self._gpu_nodes is None or now - self._gpu_nodes[0] > NODE_CACHE_S:
-            nodes = await asyncio.to_thread(self.core.list_node)
+            nodes = await self._api(self.core.list_node)
             has_gpu = any(
                 int((n.status.allocatable or {}).get(GPU_RESOURCE, "0")) > 0 for n in nodes.items
             )
@@ -396,21 +421,39 @@ class Controller:
         return "gpu" if self._gpu_nodes and self._gpu_nodes[1] else "cpu"
 
     async def _capacity(
-        self, namespace: str, name: str, meta: dict[str, Any], spec: FheBatchSpec, device: str
+        self,
+        namespace: str,
+        name: str,
+        meta: dict[str, Any],
+        spec: FheBatchSpec,
+        device: str,
+        my_cost: int,
     ) -> tuple[bool, str | None]:
         limit = (
             self.settings.max_running_batches_gpu
             if device == "gpu"
             else self.settings.max_running_batches_cpu
         )
+        budget = self.settings.namespace_max_running_cost
+        if limit is None and budget is None:
+            return True, None
+        batches = await self._api(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+        if budget is not None:
+            running_cost = [
+                (item.get("status") or {}).get("cost")
+                for item in batches["items"]
+                if item["metadata"].get("namespace") == namespace
+                and item["metadata"].get("name") != name
+                and (item.get("status") or {}).get("phase") == "Running"
+            ]
+            fits, why = budget_decision(my_cost, running_cost, budget, namespace)
+            if not fits:
+                return False, why
         if limit is None:
             return True, None
-        jobs = await asyncio.to_thread(
+        jobs = await self._api(
             self.batch_api.list_job_for_all_namespaces,
             label_selector=f"{LABEL_STAGE}=compute,{LABEL_DEVICE}={device}",
-        )
-        batches = await asyncio.to_thread(
-            self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL
         )
         # Labels can be set by anyone who may create a Job: only Jobs an existing
         # FheBatch owns (owner reference uid) take capacity.
@@ -460,7 +503,7 @@ class Controller:
         meta = body["metadata"]
         patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
         try:
-            await asyncio.to_thread(
+            await self._api(
                 self.custom.patch_namespaced_custom_object,
                 GROUP,
                 VERSION,
@@ -493,9 +536,7 @@ class Controller:
             remaining_seconds=int(spec.deadline_seconds - elapsed),
         )
         try:
-            await asyncio.to_thread(
-                self.batch_api.create_namespaced_job, meta["namespace"], manifest
-            )
+            await self._api(self.batch_api.create_namespaced_job, meta["namespace"], manifest)
             self.observed.job_started(stage)
             log.info(
                 "job created",
@@ -531,9 +572,10 @@ class Controller:
                 "reportingInstance": "fhe-operator",
             }
             try:
-                await asyncio.to_thread(self.core.create_namespaced_event, meta["namespace"], event)
-            except ApiException as error:  # an event is best effort, never a failure
-                log.warning("event not posted", extra={"fields": {"error": error.reason}})
+                await self._api(self.core.create_namespaced_event, meta["namespace"], event)
+            except (ApiException, ServiceUnavailable) as error:  # best effort, never a failure
+                reason = error.reason if isinstance(error, ApiException) else error.detail
+                log.warning("event not posted", extra={"fields": {"error": reason}})
 
     async def _write_status(
         self, namespace: str, name: str, previous: dict[str, Any], status: dict[str, Any]
@@ -543,7 +585,7 @@ class Controller:
         # Merge patch: keys we no longer report are set to null so they disappear.
         patch = {**{k: None for k in previous if k not in status}, **status}
         try:
-            await asyncio.to_thread(
+            await self._api(
                 self.custom.patch_namespaced_custom_object_status,
                 GROUP,
                 VERSION,

@@ -59,6 +59,7 @@ class Observed:
     may_start: bool = True
     wait_reason: str | None = None
     previous: dict[str, Any] = field(default_factory=dict)  # status on the resource now
+    cost: int | None = None  # estimated PBS of its computations (coprocessor/costs.py)
 
 
 @dataclass
@@ -222,6 +223,8 @@ def _status(o: Observed, phase: str, message: str) -> dict[str, Any]:
     }
     if o.batch_id:
         status["batchId"] = o.batch_id
+    if o.cost is not None:
+        status["cost"] = o.cost
     return status
 
 
@@ -281,4 +284,20 @@ def capacity_decision(
     return False, (
         f"waiting for capacity: {running} of {limit} {device} batches running"
         + (f", {ahead} waiting ahead" if ahead else "")
+    )
+
+
+def budget_decision(
+    my_cost: int, running: list[Any], budget: int, namespace: str
+) -> tuple[bool, str | None]:
+    """May a batch of ``my_cost`` start while batches of ``running`` costs compute in
+    its namespace? A running batch whose cost is unknown (an older operator wrote its
+    status) counts as the whole budget: unknown is not free. A batch alone may always
+    start (it passed the per-batch limit), or a budget below it would block it forever."""
+    used = sum(c if isinstance(c, int) and c >= 0 else budget for c in running)
+    if not running or used + my_cost <= budget:
+        return True, None
+    return False, (
+        f"waiting for the namespace budget: {used:,} of {budget:,} PBS running in "
+        f"{namespace!r}, this batch needs {my_cost:,} (FHE_NAMESPACE_MAX_RUNNING_COST)"
     )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from coprocessor.api.batch import Graph, GraphNode, Scalar
+from coprocessor.api.batch import FheBatchSpec, Graph, GraphNode, Scalar
+from coprocessor.costs import batch_cost, describe_heaviest
 from coprocessor.db.rows import ComputationRow
 from coprocessor.errors import Irrecoverable, UserError
 from coprocessor.fhe.engine import Backend, operand_type, require_support, result_type_of
@@ -35,6 +36,11 @@ class PlannedGraph:
     outputs: dict[str, str]  # node name -> 0x handle, for nodes marked output
     handles: dict[str, str]  # every node name -> 0x handle
     inputs: tuple[bytes, ...]  # handles the graph reads and does not compute
+
+    @property
+    def cost(self) -> int:
+        """Estimated PBS of its computations (coprocessor/costs.py)."""
+        return batch_cost(self.rows)
 
 
 def graph_context(namespace: str, name: str) -> bytes:
@@ -196,4 +202,38 @@ def check_stages(stages: list[str], available: tuple[str, ...], graph: Graph | N
     if "send" in stages and "sns" not in stages:
         raise InvalidSpec(
             "stage send commits the digests stage sns publishes; list sns before send"
+        )
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What one batch may ask for (the operator's settings)."""
+
+    max_cost: int
+    max_outputs: int
+    max_priority: int
+    priority_namespaces: frozenset[str]
+
+
+def check_bounds(spec: FheBatchSpec, planned: PlannedGraph, namespace: str, bounds: Bounds) -> None:
+    """Refuse, with the figure and the limit, a batch that asks for too much: anyone who
+    may create an FheBatch must not be able to buy hours of CPU, a GB of S3 or
+    hundreds of gateway transactions, nor jump every queue."""
+    cost = planned.cost
+    if cost > bounds.max_cost:
+        raise InvalidSpec(
+            f"the batch costs an estimated {cost:,} PBS, over the limit of "
+            f"{bounds.max_cost:,} (FHE_BATCH_MAX_COST); heaviest: "
+            f"{describe_heaviest(planned.rows)}; split it into smaller batches"
+        )
+    if len(planned.outputs) > bounds.max_outputs:
+        raise InvalidSpec(
+            f"the batch marks {len(planned.outputs)} outputs, over the limit of "
+            f"{bounds.max_outputs} (FHE_BATCH_MAX_OUTPUTS)"
+        )
+    if spec.priority > bounds.max_priority and namespace not in bounds.priority_namespaces:
+        raise InvalidSpec(
+            f"priority {spec.priority} is above {bounds.max_priority}, the highest allowed "
+            f"in namespace {namespace!r} (FHE_MAX_PRIORITY; FHE_PRIORITY_NAMESPACES may "
+            f"use any)"
         )

@@ -572,6 +572,32 @@ async def test_invalid_graphs_fail_with_a_message_and_no_job(
             "no node is marked output: true",
         )
     )
+    # Too costly: 500 encrypted divisions on Uint256 (the figure and the limit named).
+    wide = "0x" + (b"\x02" * 22 + CHAIN_ID.to_bytes(8, "big") + bytes([8, 0])).hex()
+    divisions = [
+        {"name": f"d{i}", "op": "FheDiv", "args": [f"d{i - 1}" if i else "w", "w"]}
+        for i in range(500)
+    ]
+    divisions[-1]["output"] = True
+    cases.append(
+        (
+            "over-cost",
+            batch("over-cost", {"inputs": {"w": wide}, "nodes": divisions}),
+            "PBS, over the limit of 2,000,000 (FHE_BATCH_MAX_COST); heaviest: FheDiv on "
+            "Uint256 x 500",
+        )
+    )
+    cases.append(
+        (
+            "priority",
+            batch(
+                "priority",
+                {"inputs": {"a": a}, "nodes": [{"name": "x", "op": "FheNot", "args": ["a"]}]},
+                priority=900,
+            ),
+            "priority 900 is above 100, the highest allowed in namespace",
+        )
+    )
     for _, manifest, _ in cases:
         custom(kube_api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, manifest)
     for name, _, message in cases:
