@@ -308,9 +308,15 @@ class HostListener:
         )
         assert self.tenant is not None
         computations, allowed, transactions, inputs, delegations = self._decode(logs)
-        name = batch_name(self.chain_id, number, block_hash) if computations else None
+        late_allowed = await self._late_allowed(computations, allowed)
+        for tx, _ in late_allowed:  # an ACL-only transaction has FHE work now: publishing
+            if tx not in transactions:
+                transactions.append(tx)
+        name = batch_name(self.chain_id, number, block_hash) if transactions else None
         per_transaction = [
-            sum(1 for r in computations if r.transaction_id == t) for t in transactions
+            sum(1 for r in computations if r.transaction_id == t)
+            + sum(1 for link_tx, _ in late_allowed if link_tx == t)
+            for t in transactions
         ]
         parts = batch_parts(per_transaction, self.settings.host_batch_max_computations)
         if parts and parts[-1] > 0:
@@ -342,6 +348,7 @@ class HostListener:
             tuple(parts),
             tuple(inputs),
             tuple(delegations),
+            tuple(late_allowed),
         )
         async with self.pool.acquire() as connection, connection.transaction():
             new = await host_db.record_block(connection, record)
@@ -363,6 +370,30 @@ class HostListener:
             },
         )
         return block_hash
+
+    async def _late_allowed(
+        self, computations: list[Any], allowed: list[AllowedRow]
+    ) -> list[tuple[bytes, bytes]]:
+        """(transaction, handle) of the handles this block allows (``Allowed`` or
+        ``AllowedForDecryption``) that an earlier block computed: a persistent allow is
+        what makes a handle decryptable, so it is published however late it comes.
+        Handles of this block's own computations are published with them already;
+        inputs and unknown handles have nothing to publish."""
+        here = {r.output_handle for r in computations}
+        wanted = {a.handle for a in allowed if a.event_type in (0, 1)} - here
+        if not wanted:
+            return []
+        assert self.tenant is not None
+        async with self.pool.acquire() as connection:
+            known = await host_db.computed_handles(
+                connection, self.tenant.tenant_id, sorted(wanted)
+            )
+        links = dict.fromkeys(
+            (a.transaction_id, a.handle)
+            for a in allowed
+            if a.handle in known and a.event_type in (0, 1)
+        )
+        return list(links)
 
     def _decode(self, logs: list[Any]) -> tuple[list, list[AllowedRow], list[bytes], list, list]:
         """Rows of the block's logs. A transaction with an executor event that cannot

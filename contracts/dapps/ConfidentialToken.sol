@@ -42,6 +42,12 @@ contract ConfidentialToken {
         _transfer(msg.sender, to, FHE.asEuint64(amount));
     }
 
+    /// @notice Let `viewer` decrypt the sender's balance: an ACL grant with no computation
+    /// (the coprocessor publishes a handle however late it is allowed).
+    function shareBalance(address viewer) external {
+        FHE.allow(_balances[msg.sender], viewer);
+    }
+
     function balanceOf(address holder) external view returns (euint64) {
         return _balances[holder];
     }

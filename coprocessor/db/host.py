@@ -99,6 +99,24 @@ class BlockRecord:
     parts: tuple[int, ...] = ()  # batch part of each transaction; empty: all part 0
     verified_inputs: tuple[VerifiedInputRow, ...] = ()
     delegations: tuple[Delegation, ...] = ()
+    # (transaction, handle): a handle computed in an earlier block that this block's
+    # transaction allows; linked to it so the block's batch publishes it (SNS, commit).
+    late_allowed: tuple[tuple[bytes, bytes], ...] = ()
+
+
+async def computed_handles(
+    connection: asyncpg.Connection, tenant_id: int, handles: list[bytes]
+) -> set[bytes]:
+    """Which of ``handles`` are outputs of computations stored for the tenant."""
+    if not handles:
+        return set()
+    rows = await connection.fetch(
+        """SELECT output_handle FROM computations
+           WHERE tenant_id = $1 AND output_handle = ANY($2::bytea[])""",
+        tenant_id,
+        handles,
+    )
+    return {bytes(r["output_handle"]) for r in rows}
 
 
 async def record_block(connection: asyncpg.Connection, block: BlockRecord) -> bool:
@@ -153,7 +171,10 @@ async def record_block(connection: asyncpg.Connection, block: BlockRecord) -> bo
     await connection.executemany(
         """INSERT INTO transaction_computations (tenant_id, transaction_id, output_handle)
            VALUES ($1, $2, $3) ON CONFLICT DO NOTHING""",
-        [(block.tenant_id, r.transaction_id, r.output_handle) for r in block.computations],
+        [
+            *((block.tenant_id, r.transaction_id, r.output_handle) for r in block.computations),
+            *((block.tenant_id, tx, handle) for tx, handle in block.late_allowed),
+        ],
     )
     await connection.executemany(
         """INSERT INTO allowed_handles (tenant_id, handle, account_address, event_type,

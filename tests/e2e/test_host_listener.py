@@ -502,3 +502,41 @@ async def test_verify_input_and_delegations_are_recorded(w3, host, token, listen
         (bytes.fromhex(bob[2:]), expiry),
         (bytes.fromhex(bob[2:]), None),
     ]
+
+
+async def test_a_handle_allowed_in_a_later_block_is_published_by_that_blocks_batch(
+    w3, host, token, listener_settings, pool, kube_api, installed, namespace
+):
+    """An ACL grant with no computation (shareBalance: FHE.allow of a stored balance)
+    in a later block: the balance, computed blocks earlier, is linked to the grant's
+    transaction, so that block gets a batch whose SNS publishes it."""
+    owner, alice, viewer = w3.eth.accounts[:3]
+    mint = send(w3, token.functions.mint(alice, 500), owner)
+    listener = await make_listener(listener_settings, w3, pool, custom(kube_api))
+    await listener.poll()
+    balance = bytes(token.functions.balanceOf(alice).call())
+    share = send(w3, token.functions.shareBalance(viewer), alice)
+    await listener.poll()
+    shared = await rows_of(pool, bytes(share["transactionHash"]))
+    assert [bytes(r["output_handle"]) for r in shared] == [balance]
+    assert balance in {
+        bytes(r["output_handle"]) for r in await rows_of(pool, bytes(mint["transactionHash"]))
+    }
+    by_block = {
+        int(b["metadata"]["annotations"]["fhe.coprocessor.dev/block"]): b
+        for b in batches(kube_api, namespace).values()
+    }
+    spec = by_block[share["blockNumber"]]["spec"]
+    assert spec["source"]["transactions"] == ["0x" + bytes(share["transactionHash"]).hex()]
+    assert "sns" in spec["stages"]
+    # Its SNS stage queues the balance: admitted as the operator admits source batches.
+    async with pool.acquire() as connection, connection.transaction():
+        rows = await queries.transaction_computations(
+            connection, listener.tenant.tenant_id, [bytes(share["transactionHash"])]
+        )
+        assert [r.output_handle for r in rows] == [balance]
+        accounts = await connection.fetch(
+            "SELECT account_address FROM allowed_handles WHERE handle = $1 AND event_type = 0",
+            balance,
+        )
+    assert viewer.lower() in {"0x" + bytes(r["account_address"]).hex() for r in accounts}
