@@ -8,9 +8,12 @@ accounts' balances, so the graph has real dependencies and real width. Figures:
 * single-op times on one core (a child process with RAYON_NUM_THREADS=1) and with
   every core (TFHE-rs parallelises inside an operation);
 * the graph's wall time in ``run_compute`` (PostgreSQL and S3 of the dev stack);
-* parallel efficiency = sum of one-core op times / (cores x wall time).
+* parallel efficiency = sum of one-core op times / (cores x wall time);
+* the same graph in bare TFHE-rs (bench/baseline, a Rust program: no Python, no
+  database, every ready node at once on one rayon thread per core) and the ratio
+  compute-stage wall / bare wall, measured in this run (#26's goal: <= 1.05).
 
-Final balances are decrypted and checked against plain arithmetic. Writes
+Final balances are decrypted and checked against plain arithmetic (by both). Writes
 bench/results/graph.json.
 """
 
@@ -76,6 +79,7 @@ def transfers_graph(
     rng = random.Random(seed)
     context = uuid.uuid4().bytes
     inputs: dict[bytes, bytes] = {}
+    plain_inputs: list[int] = []
     counter = iter(range(1 << 30))
 
     def new_input(value: int) -> bytes:
@@ -88,6 +92,7 @@ def transfers_graph(
             scalar=True,
         ).raw
         inputs[handle] = client.encrypt(value, fhe_type)
+        plain_inputs.append(value)
         return handle
 
     rows: list[ComputationRow] = []
@@ -112,7 +117,19 @@ def transfers_graph(
         if plain[source] >= value:
             plain[source] -= value
             plain[target] = (plain[target] + value) % (1 << fhe_type.bits)
-    return inputs, rows, balance, plain
+    index = {h: i for i, h in enumerate(inputs)}
+    for r in rows:
+        index[r.output_handle] = len(index)
+    portable = {  # the graph as bench/baseline reads it: operands by value index
+        "inputs": plain_inputs,
+        "nodes": [
+            {"op": Op(r.fhe_operation).event_name, "args": [index[h] for h in r.dependencies]}
+            for r in rows
+        ],
+        "outputs": [index[h] for h in balance],
+        "expected": plain,
+    }
+    return inputs, rows, balance, plain, portable
 
 
 async def run_graph(args, settings: Settings, keyset) -> dict:
@@ -126,7 +143,7 @@ async def run_graph(args, settings: Settings, keyset) -> dict:
         ).tenant
         client = load_client(settings, tenant)
         fhe_type = FheType.parse(args.type)
-        inputs, rows, balances, plain = transfers_graph(
+        inputs, rows, balances, plain, portable = transfers_graph(
             tenant.tenant_id, client, fhe_type, args.accounts, args.transfers, args.seed
         )
         for handle, ciphertext in inputs.items():
@@ -151,6 +168,7 @@ async def run_graph(args, settings: Settings, keyset) -> dict:
         raise SystemExit(f"wrong results: {decrypted} != {plain} ({summary.as_dict()})")
     counts = {op.event_name: sum(1 for r in rows if r.fhe_operation == op) for op in OPS}
     return {
+        "portable": portable,
         "nodes": len(rows),
         "op_counts": counts,
         "wall_s": round(summary.seconds, 2),
@@ -192,6 +210,40 @@ def single_core_child(directory: Path, fhe_type: str, repeat: int) -> dict[str, 
     )
     if result.returncode != 0:
         raise SystemExit(f"one-core timing failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+BASELINE = REPO_ROOT / "bench" / "baseline"
+
+
+def bare_tfhe_rs(portable: dict, repeat: int) -> dict:
+    """Build (cached in the shared cargo target dir) and run bench/baseline on the graph."""
+    target = Path(
+        os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/fhe-coprocessor/cargo-target")
+    )
+    subprocess.run(
+        [
+            "cargo",
+            "build",
+            "--release",
+            "--locked",
+            "--manifest-path",
+            str(BASELINE / "Cargo.toml"),
+        ],
+        env={**os.environ, "CARGO_TARGET_DIR": str(target)},
+        check=True,
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as graph_file:
+        json.dump(portable, graph_file)
+        graph_file.flush()
+        print("the same graph in bare TFHE-rs (bench/baseline) ...", flush=True)
+        result = subprocess.run(
+            [str(target / "release" / "fhe-baseline"), graph_file.name, "--repeat", str(repeat)],
+            capture_output=True,
+            text=True,
+        )
+    if result.returncode != 0:
+        raise SystemExit(f"bench/baseline failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -247,6 +299,7 @@ def main() -> None:
         finally:
             if started:
                 stack.down(state_dir, components)
+    bare = bare_tfhe_rs(graph.pop("portable"), args.repeat) if args.type == "Uint64" else None
     serial = sum(graph["op_counts"][name] * one_core[name] for name in one_core)
     efficiency = serial / (cores * graph["wall_s"])
     result = {
@@ -261,6 +314,16 @@ def main() -> None:
         "parallel_efficiency": round(efficiency, 3),
         "ops_per_s": round(graph["nodes"] / graph["wall_s"], 3),
     }
+    if bare is not None:
+        result["bare_tfhe_rs"] = bare
+        result["ratio_to_bare"] = round(graph["wall_s"] / bare["graph_wall_s"], 3)
+        result["single_op_ratio_to_bare"] = {
+            name: round(all_cores[name] / bare["single_op_s"][name], 3) for name in all_cores
+        }
+        print(
+            f"bare TFHE-rs: the same graph in {bare['graph_wall_s']:.2f} s; compute stage / "
+            f"bare = {result['ratio_to_bare']}; per op: {result['single_op_ratio_to_bare']}"
+        )
     print(
         f"{graph['nodes']} nodes in {graph['wall_s']} s ({result['ops_per_s']} ops/s); "
         f"sum of one-core op times {serial:.1f} s; parallel efficiency {efficiency:.3f} "

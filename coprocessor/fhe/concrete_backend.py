@@ -32,6 +32,7 @@ engine issue's notes):
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -66,6 +67,9 @@ from .engine import (
     result_type_of,
 )
 from .envelope import BadCiphertext, Envelope, Kind, key_digest
+
+if importlib.util.find_spec("concrete") is None:  # get_backend makes this one line
+    raise ImportError("concrete-python is not installed (pip install 'fhe-coprocessor[concrete]')")
 
 NAME = "concrete"
 FORMAT_VERSION = 1
