@@ -51,8 +51,8 @@ RUN set -eu; \
     NODE_PATH=/npm/node_modules node contracts/compile-host.js --deployer "$deployer"
 
 # --- requirements: what the other stages install, from pyproject.toml and constraints.txt --
-# A stage of its own: the layers that install these (the runtime's dependencies are GBs,
-# concrete-python pulls torch) depend on the lists' content, not on every edit of the
+# A stage of its own: the layers that install these depend on the lists' content (the
+# base dependencies only: the [concrete] and [gpu] extras are left out), not on every edit of the
 # two files (tool settings in pyproject.toml, pins the build does not use).
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_SUITE} AS requirements
 COPY pyproject.toml constraints.txt /src/
