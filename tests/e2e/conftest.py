@@ -89,3 +89,41 @@ def installed(kube_api):
 
     wait_for(established, timeout=30, what="the FheBatch CRD to be established")
     return True
+
+
+async def store_input(settings, tenant, value: int, fhe_type, chain_id: int = 12345) -> str:
+    """Encrypt ``value`` with the tenant's client key and store it as an input
+    ciphertext; returns its handle as 0x hex (what a graph's inputs name)."""
+    import asyncpg
+
+    from coprocessor.db import queries
+    from coprocessor.tenants import input_handle
+
+    record, client_ = tenant
+    ciphertext = client_.encrypt(value, fhe_type)
+    handle = input_handle(ciphertext, chain_id, int(fhe_type))
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        await queries.insert_ciphertext(
+            connection, record.tenant_id, handle, ciphertext, 0, int(fhe_type)
+        )
+    finally:
+        await connection.close()
+    return "0x" + handle.hex()
+
+
+async def decrypt_output(settings, tenant, handle_hex: str) -> int:
+    """The plaintext of a stored ciphertext, decrypted with the tenant's client key."""
+    import asyncpg
+
+    from coprocessor.db import queries
+
+    record, client_ = tenant
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        stored = await queries.get_ciphertexts(
+            connection, record.tenant_id, [bytes.fromhex(handle_hex[2:])]
+        )
+    finally:
+        await connection.close()
+    return client_.decrypt(next(iter(stored.values())).ciphertext)

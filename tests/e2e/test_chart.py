@@ -30,7 +30,7 @@ from web3 import Web3
 from coprocessor.db import queries
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
-from coprocessor.tenants import create_tenant, input_handle, key_objects, load_client
+from coprocessor.tenants import create_tenant, key_objects, load_client
 from coprocessor.types import FheType
 from devstack import process
 from devstack.host_chain import ensure_host_chain
@@ -38,7 +38,7 @@ from devstack.versions import helm_binary, kubectl_binary
 from tests.paths import REPO_ROOT
 
 from ..keysets import session_keyset
-from .conftest import wait_for
+from .conftest import decrypt_output, store_input, wait_for
 
 CHART = REPO_ROOT / "charts" / "fhe-coprocessor"
 GROUP, VERSION, PLURAL = "fhe.coprocessor.dev", "v1alpha1", "fhebatches"
@@ -355,26 +355,12 @@ async def release(kube_api, kube_cluster, installed, dev_stack, settings, tenant
     helm("uninstall", RELEASE, "-n", chart_ns, "--wait", env=handle.env, check=False)
 
 
-async def store_input(release: Release, value: int, fhe_type: FheType) -> str:
-    record, client_ = release.tenant
-    ciphertext = client_.encrypt(value, fhe_type)
-    handle = input_handle(ciphertext, CHAIN_ID, int(fhe_type))
-    connection = await asyncpg.connect(release.settings.database_url)
-    try:
-        await queries.insert_ciphertext(
-            connection, record.tenant_id, handle, ciphertext, 0, int(fhe_type)
-        )
-    finally:
-        await connection.close()
-    return "0x" + handle.hex()
-
-
 async def run_batch(release: Release, name: str, a: int, b: int) -> dict:
     """An FheBatch through the installed operator; returns its final status."""
     graph = {
         "inputs": {
-            "a": await store_input(release, a, FheType.Uint8),
-            "b": await store_input(release, b, FheType.Uint8),
+            "a": await store_input(release.settings, release.tenant, a, FheType.Uint8),
+            "b": await store_input(release.settings, release.tenant, b, FheType.Uint8),
         },
         "nodes": [{"name": "s", "op": "FheAdd", "args": ["a", "b"], "output": True}],
     }
@@ -396,18 +382,6 @@ async def run_batch(release: Release, name: str, a: int, b: int) -> dict:
     return await asyncio.to_thread(wait_for, finished, timeout=300, what=f"batch {name}")
 
 
-async def decrypt(release: Release, handle_hex: str) -> int:
-    record, client_ = release.tenant
-    connection = await asyncpg.connect(release.settings.database_url)
-    try:
-        stored = await queries.get_ciphertexts(
-            connection, record.tenant_id, [bytes.fromhex(handle_hex[2:])]
-        )
-    finally:
-        await connection.close()
-    return client_.decrypt(next(iter(stored.values())).ciphertext)
-
-
 def stage_jobs(release: Release, batch: str) -> list:
     return (
         client.BatchV1Api(release.kube_api)
@@ -422,7 +396,10 @@ async def test_install_runs_every_component_and_a_batch_succeeds(release):
         assert len(release.ready_pods(component)) == expected, component
     status = await run_batch(release, "first", 200, 100)
     assert status["phase"] == "Succeeded", status
-    assert await decrypt(release, status["outputs"]["s"]) == (200 + 100) % 256
+    assert (
+        await decrypt_output(release.settings, release.tenant, status["outputs"]["s"])
+        == (200 + 100) % 256
+    )
     took = time.monotonic() - release.installed_at
     print(f"\nchart install to first Succeeded batch: {took:.1f} s")
     # The stage pod ran as the chart's stage ServiceAccount, with no token mounted.
@@ -484,7 +461,7 @@ async def test_one_operator_reconciles_and_another_takes_over_within_the_lease(r
     assert failover <= LEASE["leaseDurationSeconds"] + 2 * LEASE["renewSeconds"] + 2
     status = await run_batch(release, "after-failover", 7, 9)
     assert status["phase"] == "Succeeded", status
-    assert await decrypt(release, status["outputs"]["s"]) == 16
+    assert await decrypt_output(release.settings, release.tenant, status["outputs"]["s"]) == 16
     assert len(stage_jobs(release, "after-failover")) == 1  # one Job, created once
     assert len(stage_jobs(release, "first")) == 1
 
@@ -549,4 +526,7 @@ async def test_uninstall_leaves_the_crd_and_the_results(release, kube_api):
     custom = client.CustomObjectsApi(kube_api)
     batch = custom.get_namespaced_custom_object(GROUP, VERSION, release.namespace, PLURAL, "first")
     assert batch["status"]["phase"] == "Succeeded"
-    assert await decrypt(release, batch["status"]["outputs"]["s"]) == 44
+    assert (
+        await decrypt_output(release.settings, release.tenant, batch["status"]["outputs"]["s"])
+        == 44
+    )

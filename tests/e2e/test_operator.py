@@ -41,7 +41,7 @@ from tests.paths import REPO_ROOT
 from tests.published import published_objects
 
 from ..keysets import session_keyset
-from .conftest import wait_for
+from .conftest import decrypt_output, store_input, wait_for
 
 GROUP, VERSION, PLURAL = "fhe.coprocessor.dev", "v1alpha1", "fhebatches"
 CHAIN_ID = 12345
@@ -224,20 +224,6 @@ async def ns(namespace, kube_api, settings, dev_stack, gateway, tenant):
     return namespace
 
 
-async def store_input(settings, tenant, value: int, fhe_type: FheType) -> str:
-    record, client_ = tenant
-    ciphertext = client_.encrypt(value, fhe_type)
-    handle = input_handle(ciphertext, CHAIN_ID, int(fhe_type))
-    connection = await asyncpg.connect(settings.database_url)
-    try:
-        await queries.insert_ciphertext(
-            connection, record.tenant_id, handle, ciphertext, 0, int(fhe_type)
-        )
-    finally:
-        await connection.close()
-    return "0x" + handle.hex()
-
-
 def batch(name: str, graph: dict, **spec) -> dict:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -265,18 +251,6 @@ def phase_in(kube_api, ns: str, name: str, *phases: str):
 
 def jobs_in(kube_api, ns: str) -> list:
     return client.BatchV1Api(kube_api).list_namespaced_job(ns).items
-
-
-async def decrypt_output(settings, tenant, handle_hex: str) -> int:
-    record, client_ = tenant
-    connection = await asyncpg.connect(settings.database_url)
-    try:
-        stored = await queries.get_ciphertexts(
-            connection, record.tenant_id, [bytes.fromhex(handle_hex[2:])]
-        )
-    finally:
-        await connection.close()
-    return client_.decrypt(next(iter(stored.values())).ciphertext)
 
 
 async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(
