@@ -42,6 +42,7 @@ from coprocessor import metrics
 from coprocessor.api.batch import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from coprocessor.api.names import ANNOTATION_BLOCK, LABEL_SOURCE, SOURCE_HOST_LISTENER
 from coprocessor.chain.contracts import bound, decode_logs
+from coprocessor.costs import row_cost
 from coprocessor.db import host as host_db
 from coprocessor.db import proofs, queries
 from coprocessor.db.pool import classify
@@ -318,7 +319,15 @@ class HostListener:
             + sum(1 for link_tx, _ in late_allowed if link_tx == t)
             for t in transactions
         ]
-        parts = batch_parts(per_transaction, self.settings.host_batch_max_computations)
+        costs = [
+            sum(row_cost(r) for r in computations if r.transaction_id == t) for t in transactions
+        ]
+        parts = batch_parts(
+            per_transaction,
+            self.settings.host_batch_max_computations,
+            cost_per_transaction=costs,
+            max_cost=self.settings.batch_max_cost,
+        )
         if parts and parts[-1] > 0:
             self.counters.split_blocks += 1
             log.info(

@@ -267,19 +267,26 @@ def batch_parts(
     computations_per_transaction: list[int],
     max_computations: int,
     max_transactions: int = MAX_INLINE_NODES,
+    cost_per_transaction: list[int] | None = None,
+    max_cost: int = 0,
 ) -> list[int]:
     """The part (FheBatch) of each transaction when a block's work is split into batches
-    of at most ``max_computations`` computations (0: no such limit) and at most
+    of at most ``max_computations`` computations (0: no such limit), at most
     ``max_transactions`` transactions (the CRD's limit on ``source.transactions``, so a
-    busy block never earns a 422 that would stall the listener). Transactions stay whole
-    and in order: one larger than the computation limit gets a part of its own."""
+    busy block never earns a 422 that would stall the listener) and at most ``max_cost``
+    estimated PBS (0: no limit; the operator's FHE_BATCH_MAX_COST, so no part is refused
+    for its cost). Transactions stay whole and in order: one larger than a limit gets a
+    part of its own."""
+    costs = cost_per_transaction or [0] * len(computations_per_transaction)
     parts: list[int] = []
-    part, filled, held = 0, 0, 0
-    for count in computations_per_transaction:
+    part, filled, held, spent = 0, 0, 0, 0
+    for count, cost in zip(computations_per_transaction, costs, strict=True):
         over = max_computations and filled and filled + count > max_computations
-        if over or held >= max_transactions:
-            part, filled, held = part + 1, 0, 0
+        too_costly = max_cost and held and spent + cost > max_cost
+        if over or too_costly or held >= max_transactions:
+            part, filled, held, spent = part + 1, 0, 0, 0
         parts.append(part)
         filled += count
         held += 1
+        spent += cost
     return parts

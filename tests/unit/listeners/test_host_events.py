@@ -208,3 +208,15 @@ def test_a_block_of_600_transactions_fits_the_crd_in_two_batches():
     assert parts == [0] * MAX_INLINE_NODES + [1] * (600 - MAX_INLINE_NODES)
     assert batch_parts([1, 1, 1, 1, 1], 0, max_transactions=2) == [0, 0, 1, 1, 2]
     assert batch_parts([3, 3, 3], 5, max_transactions=2) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("costs", "max_cost", "parts"),
+    [
+        ([40, 40, 40], 100, [0, 0, 1]),  # no part over the operator's FHE_BATCH_MAX_COST
+        ([150, 10, 10], 100, [0, 1, 1]),  # one costlier than the limit goes alone
+        ([40, 40, 40], 0, [0, 0, 0]),  # 0: no cost limit
+    ],
+)
+def test_a_costly_block_splits_so_no_batch_is_refused_for_its_cost(costs, max_cost, parts):
+    assert batch_parts([1] * len(costs), 0, cost_per_transaction=costs, max_cost=max_cost) == parts
