@@ -64,8 +64,21 @@ def op_cost(op: Op, operand: FheType, *, scalar: bool = False, arity: int = 2) -
 
 
 def operand_type(row: ComputationRow) -> FheType:
-    """Its first handle operand's type byte (every fhEVM handle carries its type), else
-    its result's type."""
+    """The type the work is done on: the result's for a select (its first operand is
+    the Bool condition) and the wider side of a cast; otherwise its first handle
+    operand's type byte (every fhEVM handle carries its type), else the result's."""
+    result = FheType(row.output_type)
+    op = Op(row.fhe_operation)
+    if op in (Op.IfThenElse, Op.Cast):
+        widest = result
+        for handle in row.handle_dependencies:
+            try:
+                source = Handle(handle).fhe_type
+            except ValueError:
+                continue
+            if op is Op.Cast and source.bits > widest.bits:
+                widest = source
+        return widest
     for handle in row.handle_dependencies:
         try:
             return Handle(handle).fhe_type

@@ -19,7 +19,7 @@ import sys
 import threading
 from typing import Any
 
-from coprocessor.errors import EXIT_OK, EXIT_RECOVERABLE, exit_code_for
+from coprocessor.errors import EXIT_FATAL, EXIT_OK, EXIT_RECOVERABLE, exit_code_for
 from coprocessor.logs import configure_logging
 from coprocessor.settings import Settings, load_settings
 
@@ -154,6 +154,9 @@ async def _run_kopf(
     await operator  # kopf finishes the handlers in flight, then returns
     if reason == "lease lost" and not stop.is_set():
         return EXIT_RECOVERABLE
+    if reason == "kopf stopped" and not stop.is_set():
+        log.error("kopf stopped on its own: exiting so the pod restarts")
+        return EXIT_FATAL
     log.info("operator stopped", extra={"fields": {"reason": reason}})
     return EXIT_OK
 

@@ -227,6 +227,15 @@ class Controller:
                     admitted = True
                     counts = await queries.batch_progress(connection, ident)
                     progress = Progress(counts.total, counts.completed, counts.failed)
+        if spec and spec.graph is not None and planned and not error and not admitted:
+            # Before admission only (a settings change never fails a batch already
+            # running), and for inline graphs only: a listener's batch comes from host
+            # transactions the host chain already bounded (HCU), and refusing it would
+            # leave their handles uncomputed.
+            try:
+                check_bounds(spec, planned, namespace, self.bounds)
+            except InvalidSpec as invalid:
+                error, planned = str(invalid), None
         jobs = await self._job_views(namespace, name, ident) if admitted else {}
         device = await self._device(spec) if spec else "cpu"
         wants_capacity = bool(
@@ -327,7 +336,6 @@ class Controller:
                         chain_id=tenant.chain_id,
                         backend=get_backend(tenant.backend),
                     )
-                    check_bounds(spec, planned, namespace, self.bounds)
                 except (InvalidSpec, ValueError) as invalid:
                     return spec, str(invalid), None, tenant
                 known = await queries.known_handles(connection, tenant.tenant_id, planned.inputs)
@@ -357,10 +365,6 @@ class Controller:
                         tenant,
                     )
                 planned = PlannedGraph(tuple(rows), {}, {}, ())
-                try:
-                    check_bounds(spec, planned, namespace, self.bounds)
-                except InvalidSpec as invalid:
-                    return spec, str(invalid), None, tenant
         return spec, None, planned, tenant
 
     # --- Kubernetes reads ------------------------------------------------------------

@@ -25,6 +25,7 @@ import datetime as dt
 import logging
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from enum import Enum
@@ -50,20 +51,19 @@ class LeaseRecord:
     transitions: int = 0
     resource_version: str | None = None
 
-    def expires(self) -> dt.datetime | None:
-        if self.renewed is None:
-            return None
-        return self.renewed + dt.timedelta(seconds=self.duration_s)
 
+def decide(record: LeaseRecord | None, me: str, unchanged_for_s: float) -> Move:
+    """What this replica does with the Lease it just read (None: there is none).
 
-def decide(record: LeaseRecord | None, me: str, now: dt.datetime) -> Move:
-    """What this replica does with the Lease it just read (None: there is none)."""
+    ``unchanged_for_s`` is how long, on this replica's own monotonic clock, the record
+    has been seen without a change (client-go's observedTime): expiry never compares
+    another node's renewTime with our wall clock, so clock skew cannot make a standby
+    take over from a holder that keeps renewing."""
     if record is None:
         return Move.CREATE
     if record.holder == me:
         return Move.RENEW
-    expires = record.expires()
-    if not record.holder or expires is None or expires <= now:
+    if not record.holder or unchanged_for_s >= record.duration_s:
         return Move.TAKE_OVER
     return Move.WAIT
 
@@ -155,7 +155,9 @@ class LeaseElector:
         self.renew_deadline_s = renew_deadline_s
         self.me = me or identity()
         self.is_leader = False
-        self.last_renewed: dt.datetime | None = None
+        self.last_renewed: float | None = None  # monotonic
+        # The record as last read and since when (monotonic) it has looked like that.
+        self._seen: tuple[object, float] | None = None
 
     async def try_once(self) -> bool:
         """One read-decide-write round; True when we hold the Lease afterwards."""
@@ -171,7 +173,11 @@ class LeaseElector:
                 raise
             record = None
         now = _now()
-        move = decide(record, self.me, now)
+        looked = time.monotonic()
+        key = None if record is None else (record.holder, record.renewed, record.transitions)
+        if self._seen is None or self._seen[0] != key:
+            self._seen = (key, looked)
+        move = decide(record, self.me, looked - self._seen[1])
         if move is Move.WAIT:
             return False
         body = lease_body(self.name, self.namespace, self.me, now, self.duration_s, record)
@@ -198,7 +204,8 @@ class LeaseElector:
                 extra={"fields": {"lease": self.name, "identity": self.me, "move": move.value}},
             )
         self.is_leader = True
-        self.last_renewed = now
+        self.last_renewed = looked
+        self._seen = None  # our own write: the next read starts a fresh observation
         return True
 
     async def acquire(self, stop: asyncio.Event, beat: Any = None) -> bool:
@@ -228,8 +235,13 @@ class LeaseElector:
             await _sleep_or_stop(lost, self.renew_s)
             if lost.is_set():
                 return
+            # Each try gets only what is left of the deadline, so a slow API server
+            # cannot keep us leading past it.
+            left = self.renew_deadline_s - (
+                time.monotonic() - self.last_renewed if self.last_renewed else 0
+            )
             try:
-                renewed = await asyncio.wait_for(self.try_once(), self.renew_deadline_s)
+                renewed = await asyncio.wait_for(self.try_once(), max(0.1, left))
             except Exception as error:
                 log.warning("lease renewal failed", extra={"fields": {"error": str(error)}})
                 renewed = False
@@ -237,7 +249,7 @@ class LeaseElector:
                 if beat is not None:
                     beat()
                 continue
-            since = (_now() - self.last_renewed).total_seconds() if self.last_renewed else 0
+            since = time.monotonic() - self.last_renewed if self.last_renewed else 0
             if since >= self.renew_deadline_s or await self._held_by_other():
                 self.is_leader = False
                 log.error(

@@ -74,6 +74,17 @@ def test_the_chart_lints_and_renders_every_component():
         assert ("Deployment", f"x-{component}") in kinds
         assert ("Service", f"x-{component}") in kinds
     assert ("PodDisruptionBudget", "x-operator") in kinds
+    # Stage pods can start wherever batches run: the release namespace, the listener's
+    # batch namespace and jobs.namespaces each get the stage ConfigMap and ServiceAccount.
+    spread = yaml.safe_load_all(
+        helm(
+            "template", "x", str(CHART), "-n", "rel", "--set", "hostListener.batchNamespace=tb",
+            "--set", "jobs.namespaces={ta}",
+        ).stdout
+    )  # fmt: skip
+    placed = {(d["kind"], d["metadata"].get("namespace")) for d in spread if d}
+    for namespace in ("rel", "ta", "tb"):
+        assert {("ConfigMap", namespace), ("ServiceAccount", namespace)} <= placed, namespace
     hook = next(d for d in rendered if d["kind"] == "Job")
     assert hook["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     deployments = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "Deployment"}
@@ -98,7 +109,7 @@ def test_the_chart_lints_and_renders_every_component():
         "x-operator": set(),
         "x-host-listener": set(),
         "x-gateway-listener": set(),
-        "x-verify-worker": {"FHE_SIGNER_PRIVATE_KEY"},
+        "x-verify-worker": set(),
         "x-sender": {"FHE_SENDER_PRIVATE_KEY", "FHE_SIGNER_PRIVATE_KEY"},
     }
 
@@ -113,6 +124,8 @@ def test_the_chart_lints_and_renders_every_component():
         ("config.log_level=x", "does not match pattern '^FHE_[A-Z0-9_]+$'"),
         ("config.FHE_DATABASE_URL=postgresql://u:p@db/x", "credentials never go in values"),
         ("config.FHE_NAMESPACE=elsewhere", "config.FHE_NAMESPACE is set by the chart"),
+        ("operator.renewSeconds=20", "renewSeconds (20) < renewDeadlineSeconds (10) <"),
+        ("fullnameOverride=Bad_Name", "at '/fullnameOverride'"),
     ],
 )
 def test_a_wrong_value_fails_with_its_path(value, message):

@@ -547,7 +547,7 @@ async def test_invalid_graphs_fail_with_a_message_and_no_job(
         )
     )
     # Too costly: 500 encrypted divisions on Uint256 (the figure and the limit named).
-    wide = "0x" + (b"\x02" * 22 + CHAIN_ID.to_bytes(8, "big") + bytes([8, 0])).hex()
+    wide = await store_input(settings, tenant, 12345, FheType.Uint256)
     divisions = [
         {"name": f"d{i}", "op": "FheDiv", "args": [f"d{i - 1}" if i else "w", "w"]}
         for i in range(500)

@@ -113,3 +113,15 @@ def test_budget_decision(mine, running, fits):
     assert (why is None) is fits
     if why:
         assert "of 100 PBS running in 'team'" in why and "FHE_NAMESPACE_MAX_RUNNING_COST" in why
+
+
+def test_a_select_is_costed_by_its_result_and_a_cast_by_its_wider_side():
+    select = ComputationRow(
+        handle(FheType.Uint256, 7), int(FheType.Uint256), int(Op.IfThenElse),
+        (handle(FheType.Bool), handle(FheType.Uint256, 1), handle(FheType.Uint256, 2)),
+    )  # fmt: skip
+    assert row_cost(select) == 3 * blocks(FheType.Uint256)
+    narrowing = ComputationRow(
+        handle(FheType.Uint8, 8), int(FheType.Uint8), int(Op.Cast), (handle(FheType.Uint256),)
+    )
+    assert row_cost(narrowing) == blocks(FheType.Uint256)

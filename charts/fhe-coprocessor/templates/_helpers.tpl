@@ -30,12 +30,20 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "fhe.configMap" -}}{{ include "fhe.fullname" . }}-config{{- end -}}
 {{- define "fhe.jobServiceAccount" -}}{{ include "fhe.fullname" . }}-job{{- end -}}
 
+{{- /* Where stage Jobs run: jobs.namespaces, plus the release namespace and the host
+       listener's batch namespace (its batches run there), each once. */ -}}
 {{- define "fhe.jobNamespaces" -}}
-{{- if .Values.jobs.namespaces -}}
-{{- toJson .Values.jobs.namespaces -}}
-{{- else -}}
-{{- toJson (list .Release.Namespace) -}}
+{{- $namespaces := list .Release.Namespace -}}
+{{- if .Values.hostListener.enabled -}}
+{{- $namespaces = append $namespaces (default .Release.Namespace .Values.hostListener.batchNamespace) -}}
 {{- end -}}
+{{- toJson (uniq (concat $namespaces .Values.jobs.namespaces)) -}}
+{{- end -}}
+
+{{- /* Cluster-scoped objects carry the release namespace: two releases of one name in
+       two namespaces must not share (or fight over) a ClusterRole. */ -}}
+{{- define "fhe.clusterName" -}}
+{{- printf "%s-%s-operator" .Release.Namespace (include "fhe.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{/* A secretKeyRef env entry: (dict "name" "FHE_DATABASE_URL" "secret" "x") */}}
@@ -45,6 +53,9 @@ app.kubernetes.io/component: {{ .component }}
     secretKeyRef:
       name: {{ .secret }}
       key: {{ .name }}
+      {{- if .optional }}
+      optional: true
+      {{- end }}
 {{- end -}}
 
 {{/*
@@ -165,6 +176,11 @@ spec:
             {{- end }}
             {{- range .keys }}
             {{- include "fhe.secretEnv" (dict "name" . "secret" $root.Values.secrets.keys) | nindent 12 }}
+            {{- end }}
+            {{- /* RPC URLs often carry a provider's API key: taken from the credentials
+                   Secret when it has them (over the ConfigMap's). */}}
+            {{- range list "FHE_HOST_RPC_URL" "FHE_GATEWAY_RPC_URL" "FHE_GATEWAY_WS_URL" }}
+            {{- include "fhe.secretEnv" (dict "name" . "secret" $root.Values.secrets.credentials "optional" true) | nindent 12 }}
             {{- end }}
             {{- range $key, $value := .env }}
             - name: {{ $key }}

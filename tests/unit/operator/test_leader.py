@@ -17,20 +17,21 @@ def record(holder, seconds_ago, duration=15.0, version="7", transitions=2):
 
 
 @pytest.mark.parametrize(
-    ("lease", "expected"),
+    ("lease", "unchanged_for_s", "expected"),
     [
-        (None, Move.CREATE),
-        (record("me", 100), Move.RENEW),  # ours, even if late: renewing is safe
-        (record("other", 3), Move.WAIT),
-        (record("other", 14.9), Move.WAIT),
-        (record("other", 15), Move.TAKE_OVER),  # expired exactly at the duration
-        (record("other", 60), Move.TAKE_OVER),
-        (record(None, 1), Move.TAKE_OVER),  # released
-        (record("other", None), Move.TAKE_OVER),  # never renewed
+        (None, 0, Move.CREATE),
+        (record("me", 100), 100, Move.RENEW),  # ours, even if late: renewing is safe
+        (record("other", 3), 3, Move.WAIT),
+        (record("other", 3), 14.9, Move.WAIT),
+        (record("other", 3), 15, Move.TAKE_OVER),  # unchanged for a whole duration
+        # Its renewTime says an hour ago (another node's clock), yet we saw it change
+        # a moment ago: it is alive, skew does not make us take over.
+        (record("other", 3600), 1, Move.WAIT),
+        (record(None, 1), 0, Move.TAKE_OVER),  # released
     ],
 )
-def test_decide(lease, expected):
-    assert decide(lease, "me", T0) is expected
+def test_decide(lease, unchanged_for_s, expected):
+    assert decide(lease, "me", unchanged_for_s) is expected
 
 
 def test_taking_over_counts_a_transition_and_carries_the_version_read():
@@ -51,7 +52,7 @@ def test_a_released_lease_is_expired_and_has_no_holder():
     spec = lease_body("op", "fhe", "me", T0, 15, record("me", 1), release=True)["spec"]
     assert spec["holderIdentity"] == ""
     released = LeaseRecord(None, dt.datetime.fromisoformat(spec["renewTime"]), 15)
-    assert decide(released, "next", T0) is Move.TAKE_OVER
+    assert decide(released, "next", 0) is Move.TAKE_OVER
 
 
 def test_identities_differ_per_process_start(monkeypatch):
