@@ -31,12 +31,14 @@ engine issue's notes):
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import json
 import math
 import os
 import secrets
+import shutil
 import struct
 import tempfile
 import threading
@@ -160,11 +162,13 @@ def compile_spec(spec: cc.CircuitSpec, p_error: float, restriction: str | None):
     _prepare_thread()
     compiler = fhe.Compiler(_traceable(spec), spec.arguments())
     try:
-        return compiler.compile(spec.inputset(), _configuration(p_error, restriction))
+        circuit = compiler.compile(spec.inputset(), _configuration(p_error, restriction))
     except Exception as error:  # concrete raises RuntimeError/ValueError with its reasons
         raise CompilationFailed(
             f"circuit {spec.name} does not compile under this keyset: {error}"
         ) from error
+    _removed_at_exit(circuit.server)
+    return circuit
 
 
 _BASES: dict[str, object] = {}
@@ -288,7 +292,7 @@ class CircuitCache:
         path = self._path(spec)
         if path.exists():
             try:
-                return fhe.Server.load(path)
+                return _removed_at_exit(fhe.Server.load(path))
             except Exception:  # a truncated or foreign file: rebuild it
                 path.unlink(missing_ok=True)
         server = compile_spec(spec, self.p_error, self.restriction).server
@@ -299,6 +303,31 @@ class CircuitCache:
             server.save(staged)
             os.replace(staged, path)  # atomic: a concurrent pod sees all or nothing
         return server
+
+
+_SCRATCH_DIRS: set[str] = set()
+
+
+def _removed_at_exit(server):
+    """concrete-python unpacks every circuit it loads or compiles into a mkdtemp()
+    directory (its shared library, specs) and its ``cleanup()`` no longer removes it
+    (2.11): left alone, each process leaves one directory per circuit in /tmp. The
+    library stays in use while the process runs, so ours go when it exits."""
+    try:
+        directory = server._library.get_output_dir_path()
+    except Exception:  # another concrete version: nothing we know to remove
+        directory = None
+    if directory and Path(directory).resolve().is_relative_to(Path(tempfile.gettempdir())):
+        if not _SCRATCH_DIRS:
+            atexit.register(_remove_scratch_dirs)
+        _SCRATCH_DIRS.add(str(directory))
+    return server
+
+
+def _remove_scratch_dirs() -> None:
+    for directory in list(_SCRATCH_DIRS):
+        shutil.rmtree(directory, ignore_errors=True)
+    _SCRATCH_DIRS.clear()
 
 
 def _cache_dir() -> Path:
