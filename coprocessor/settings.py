@@ -37,6 +37,25 @@ class Settings(BaseSettings):
         repr=False,
     )
     database_pool_size: int = Field(8, ge=1, le=256, description="Connections per process.")
+    database_connect_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Longest wait to open one PostgreSQL connection."
+    )
+    database_command_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="Longest one SQL statement may run before it is cancelled and the call "
+        "fails as 'postgres unavailable' (a server that stops answering never hangs a "
+        "process).",
+    )
+    database_sslmode: (
+        Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None
+    ) = Field(
+        None,
+        description="libpq's sslmode for every connection; unset: what database_url says "
+        "(its ?sslmode=, else prefer). verify-ca/verify-full check the server against "
+        "~/.postgresql/root.crt or the URL's sslrootcert.",
+    )
 
     s3_endpoint: str = Field("http://127.0.0.1:9000", description="S3 API endpoint URL.")
     s3_bucket: str = Field(
@@ -65,9 +84,16 @@ class Settings(BaseSettings):
         "fheadmin-secret", description="S3 secret key (never in repr or logs).", repr=False
     )
     s3_region: str = Field("us-east-1")
+    s3_connect_timeout_s: float = Field(5.0, gt=0, le=300, description="S3 connect timeout.")
+    s3_read_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="Longest wait for S3 to answer one request."
+    )
 
     host_rpc_url: str = Field("http://127.0.0.1:8545", description="Host chain JSON-RPC.")
     gateway_rpc_url: str = Field("http://127.0.0.1:8545", description="Gateway chain JSON-RPC.")
+    rpc_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Longest wait for one JSON-RPC request to either chain."
+    )
 
     kubeconfig: Path | None = Field(None, description="Kubeconfig; None = in-cluster or default.")
     namespace: str = Field("fhe", description="Namespace the operator and its Jobs use.")

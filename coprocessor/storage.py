@@ -32,7 +32,7 @@ class ObjectStore:
         settings: Settings,
         *,
         bucket: str | None = None,
-        connect_timeout: float = 5.0,
+        connect_timeout: float | None = None,
         attempts: int = 3,
     ) -> None:
         self.bucket = bucket or settings.s3_bucket
@@ -44,8 +44,8 @@ class ObjectStore:
             aws_access_key_id=settings.s3_access_key,
             aws_secret_access_key=settings.s3_secret_key,
             config=Config(
-                connect_timeout=connect_timeout,
-                read_timeout=60,
+                connect_timeout=connect_timeout or settings.s3_connect_timeout_s,
+                read_timeout=settings.s3_read_timeout_s,
                 retries={"max_attempts": attempts, "mode": "standard"},
             ),
         )

@@ -42,23 +42,7 @@ def ensure_pki(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     for ca, subject in (("ca", "/CN=fhe-dev-ca"), ("front-proxy-ca", "/CN=fhe-front-proxy-ca")):
-        if not (directory / f"{ca}.crt").exists():
-            _openssl(
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                f"{ca}.key",
-                "-out",
-                f"{ca}.crt",
-                "-days",
-                "3650",
-                "-subj",
-                subject,
-                cwd=directory,
-            )
+        _ensure_ca(directory, ca, subject)
     # The aggregation layer's client: without it the controller-manager and scheduler
     # log "missing content for CA bundle ... requestheader-client-ca-file" forever.
     if not (directory / "front-proxy-client.crt").exists():
@@ -84,6 +68,38 @@ def ensure_pki(directory: Path) -> Path:
             subject = f"/CN={common_name}" + (f"/O={organisation}" if organisation else "")
             _sign(directory, name, subject, "extendedKeyUsage=clientAuth")
     return directory
+
+
+def _ensure_ca(directory: Path, ca: str, subject: str) -> None:
+    if not (directory / f"{ca}.crt").exists():
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{ca}.key",
+            "-out",
+            f"{ca}.crt",
+            "-days",
+            "3650",
+            "-subj",
+            subject,
+            cwd=directory,
+        )
+
+
+def ensure_serving_cert(directory: Path, service: str, sans: str) -> tuple[Path, Path, Path]:
+    """A CA of its own and a serving certificate for ``service`` signed by it (once per
+    directory): (ca.crt, <service>.crt, <service>.key). Clients verify the server with
+    ca.crt (libpq's sslrootcert)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    _ensure_ca(directory, "ca", f"/CN=fhe-dev-{service}-ca")
+    if not (directory / f"{service}.crt").exists():
+        _sign(directory, service, f"/CN={service}", f"subjectAltName={sans}")
+    return directory / "ca.crt", directory / f"{service}.crt", directory / f"{service}.key"
 
 
 def _sign(directory: Path, name: str, subject: str, extension: str, ca: str = "ca") -> None:

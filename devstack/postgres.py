@@ -3,7 +3,9 @@
 PostgreSQL refuses to run as root, so when ``fhectl`` runs as root the cluster belongs
 to the ``postgres`` system user (created by Debian's package; created here if missing).
 Clients connect over TCP on 127.0.0.1 as role ``fhe`` with trust authentication: a dev
-stack on loopback, never a production configuration.
+stack on loopback, never a production configuration. The server also speaks TLS, with
+a certificate from a CA of its own (``<state>/postgres/tls/ca.crt``), so clients can be
+tried with every sslmode, verify-full included.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from coprocessor.errors import ServiceUnavailable
 
 from . import process
 from .component import Info
+from .pki import ensure_serving_cert
 from .versions import postgres_bin_dir
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,13 @@ class Postgres:
         if user:
             _grant_traverse(data.parent)
             shutil.chown(data.parent, user=user)
+        ca, certificate, key = ensure_serving_cert(
+            state_dir / "postgres" / "tls", "postgres", "IP:127.0.0.1,DNS:localhost"
+        )
+        key.chmod(0o600)  # PostgreSQL refuses a key others can read
+        if user:
+            for path in (key.parent, certificate, key):
+                shutil.chown(path, user=user)
         if not (data / "PG_VERSION").exists():
             _run(
                 [
@@ -114,6 +124,12 @@ class Postgres:
                 f"unix_socket_directories={data}",
                 "-c",
                 "max_connections=200",
+                "-c",
+                "ssl=on",
+                "-c",
+                f"ssl_cert_file={certificate}",
+                "-c",
+                f"ssl_key_file={key}",
             ],
             logfile,
             user=user,
@@ -124,6 +140,7 @@ class Postgres:
             "data_dir": str(data),
             "log": str(logfile),
             "user": user,
+            "tls_ca": str(ca),
         }
         process.wait_until(
             lambda: self._ready(port), timeout=60, service="postgres", log_path=logfile, pid=pid

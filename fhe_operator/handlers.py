@@ -21,7 +21,7 @@ import kopf
 from coprocessor.api.batch import GROUP, PLURAL, VERSION
 from coprocessor.api.kube import api_client
 from coprocessor.api.names import FINALIZER_KOPF, LABEL_BATCH
-from coprocessor.db.pool import create_pool
+from coprocessor.db.pool import pool_of
 from coprocessor.settings import load_settings
 
 from .controller import Controller
@@ -46,7 +46,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.connect_timeout = 10
     settings.posting.level = logging.WARNING
     api = api_client(ours.kubeconfig)
-    pool = await create_pool(ours.database_url, size=ours.database_pool_size)
+    pool = await pool_of(ours)
     memo["controller"] = Controller(ours, api, pool)
     log.info("operator started", extra={"fields": {"resync_s": ours.operator_resync_s}})
 

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from coprocessor.db import queries
-from coprocessor.db.pool import connect
+from coprocessor.db.pool import connect_settings
 from coprocessor.errors import UserError
 from coprocessor.settings import load_settings
 
@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 async def connected(action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     """Run ``action(connection)`` on one database connection."""
-    connection = await connect(load_settings().database_url)
+    connection = await connect_settings(load_settings())
     try:
         return await action(connection)
     finally:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 
 from coprocessor.db import migrate
+from coprocessor.db.pool import ConnectOptions
 from coprocessor.settings import load_settings
 
 from .output import OUTPUT, emit
@@ -13,7 +14,9 @@ from .output import OUTPUT, emit
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = load_settings()
-    applied = asyncio.run(migrate.migrate(settings.database_url, settings.migrations_dir))
+    applied = asyncio.run(
+        migrate.migrate(settings.database_url, settings.migrations_dir, ConnectOptions.of(settings))
+    )
     emit(
         {"applied": applied, "version": migrate.latest_version(settings.migrations_dir)},
         args.output,

@@ -8,7 +8,7 @@ import time
 
 from coprocessor.api.summary import ComputeSummary
 from coprocessor.db import queries
-from coprocessor.db.pool import create_pool
+from coprocessor.db.pool import pool_of
 from coprocessor.errors import Irrecoverable
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
@@ -28,7 +28,7 @@ class UnknownBatch(Irrecoverable):
 async def run_compute(
     settings: Settings, batch_id: str, index: int = 0, count: int = 1
 ) -> ComputeSummary:
-    pool = await create_pool(settings.database_url, size=settings.database_pool_size)
+    pool = await pool_of(settings)
     try:
         async with pool.acquire() as connection:
             tenant = await batch_tenant(connection, batch_id)

@@ -27,7 +27,7 @@ from coprocessor.api.summary import SendSummary
 from coprocessor.chain.committer import CommitResult, Committer, Row
 from coprocessor.chain.gateway import GatewayClient, load_signer, require_gateway
 from coprocessor.db import acl, commits, queries
-from coprocessor.db.pool import create_pool
+from coprocessor.db.pool import pool_of
 from coprocessor.errors import Recoverable
 from coprocessor.settings import Settings
 
@@ -45,7 +45,7 @@ async def run_send(settings: Settings, batch_id: str) -> SendSummary:
     started = time.monotonic()
     require_gateway(settings)  # a missing setting fails before any connection
     signer = load_signer(settings)
-    pool = await create_pool(settings.database_url, size=max(3, settings.database_pool_size))
+    pool = await pool_of(settings, size=max(3, settings.database_pool_size))
     try:
         async with pool.acquire() as connection:
             tenant = await batch_tenant(connection, batch_id)

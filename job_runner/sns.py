@@ -33,7 +33,7 @@ import asyncpg
 from coprocessor import outputs
 from coprocessor.api.summary import SnsSummary
 from coprocessor.db import publish, queries
-from coprocessor.db.pool import create_pool
+from coprocessor.db.pool import pool_of
 from coprocessor.errors import (
     Irrecoverable,
     Recoverable,
@@ -261,7 +261,7 @@ class _HeldElsewhere(Recoverable):
 
 async def run_sns(settings: Settings, batch_id: str) -> SnsSummary:
     started = time.monotonic()
-    pool = await create_pool(settings.database_url, size=settings.database_pool_size)
+    pool = await pool_of(settings)
     try:
         async with pool.acquire() as connection:
             tenant = await batch_tenant(connection, batch_id)

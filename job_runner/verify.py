@@ -38,7 +38,7 @@ from coprocessor.crs import ensure_crs
 from coprocessor.db import kms as kms_rows
 from coprocessor.db import proofs, queries
 from coprocessor.db.notify import NotificationWaiter
-from coprocessor.db.pool import classify, connect
+from coprocessor.db.pool import ConnectOptions, classify, connect_settings
 from coprocessor.errors import ConfigError, Irrecoverable, Recoverable, UserError
 from coprocessor.fhe.engine import (
     Evaluator,
@@ -234,7 +234,7 @@ async def run_verify(
     summary = VerifySummary()
     verifier = verifier or _Verifier(settings)
     passed_over: list[int] = []
-    connection = await connect(settings.database_url)
+    connection = await connect_settings(settings)
     try:
         while (limit is None or summary.total < limit) and not (stop and stop.is_set()):
             if not await _answer_next(connection, verifier, summary, passed_over):
@@ -264,6 +264,7 @@ async def follow(
         settings.database_url,
         (queries.ZKPOK_NEW_WORK,),
         poll_interval=settings.notify_poll_interval_s,
+        options=ConnectOptions.of(settings),
     ) as waiter:
         while not stop.is_set():
             waiter.drain()  # the pass below sees everything queued before it starts

@@ -90,7 +90,7 @@ async def run_sender(settings: Settings, stop: asyncio.Event) -> None:
     from coprocessor import metrics
     from coprocessor.chain.gateway import GatewayClient, load_signer, require_gateway
     from coprocessor.chain.verdicts import VerdictSigner
-    from coprocessor.db.pool import create_pool
+    from coprocessor.db.pool import pool_of
     from coprocessor.observability import Probes, postgres_check, rpc_check, serving
 
     from .sender import WORKER, Sender
@@ -100,7 +100,7 @@ async def run_sender(settings: Settings, stop: asyncio.Event) -> None:
     probes = Probes()
     heartbeat = probes.heartbeat("sender", max(LIVENESS_S, 3 * settings.notify_poll_interval_s))
     metrics.declare_worker(WORKER)
-    pool = await create_pool(settings.database_url, size=4)
+    pool = await pool_of(settings, size=4)
     try:
         probes.readiness("postgres", postgres_check(pool))
         probes.readiness("gateway-rpc", rpc_check(settings.gateway_rpc_url))
@@ -124,10 +124,9 @@ async def run_sender(settings: Settings, stop: asyncio.Event) -> None:
 
 async def run_gateway(settings: Settings, stop: asyncio.Event) -> None:
     """``fhe-listener gateway`` until ``stop``, serving its probes meanwhile."""
-    from web3 import Web3
-
     from coprocessor import metrics
-    from coprocessor.db.pool import create_pool
+    from coprocessor.chain.rpc import gateway_web3
+    from coprocessor.db.pool import pool_of
     from coprocessor.observability import Probes, postgres_check, rpc_check, serving
 
     from .gateway import WORKER, GatewayListener, require_gateway_contracts
@@ -138,8 +137,8 @@ async def run_gateway(settings: Settings, stop: asyncio.Event) -> None:
         "gateway-listener", max(GATEWAY_LIVENESS_S, 10 * settings.gateway_poll_interval_s)
     )
     metrics.WORKER_ERRORS.labels(WORKER)
-    w3 = Web3(Web3.HTTPProvider(settings.gateway_rpc_url, request_kwargs={"timeout": 10}))
-    pool = await create_pool(settings.database_url, size=4)
+    w3 = gateway_web3(settings)
+    pool = await pool_of(settings, size=4)
     try:
         probes.readiness("postgres", postgres_check(pool))
         probes.readiness("gateway-rpc", rpc_check(settings.gateway_rpc_url))
@@ -153,10 +152,9 @@ async def run_gateway(settings: Settings, stop: asyncio.Event) -> None:
 
 async def run_host(settings: Settings, stop: asyncio.Event, *, batches: bool = True) -> None:
     """``fhe-listener host`` until ``stop``, serving its probes meanwhile."""
-    from web3 import Web3
-
     from coprocessor import metrics
-    from coprocessor.db.pool import create_pool
+    from coprocessor.chain.rpc import host_web3
+    from coprocessor.db.pool import pool_of
     from coprocessor.observability import (
         Probes,
         kubernetes_check,
@@ -181,8 +179,8 @@ async def run_host(settings: Settings, stop: asyncio.Event, *, batches: bool = T
 
         api = client.CustomObjectsApi(api_client(settings.kubeconfig))
         probes.readiness("kubernetes", kubernetes_check(api.api_client))
-    w3 = Web3(Web3.HTTPProvider(settings.host_rpc_url, request_kwargs={"timeout": 10}))
-    pool = await create_pool(settings.database_url, size=4)
+    w3 = host_web3(settings)
+    pool = await pool_of(settings, size=4)
     try:
         probes.readiness("postgres", postgres_check(pool))
         probes.readiness("host-rpc", rpc_check(settings.host_rpc_url))

@@ -47,6 +47,7 @@ from web3 import Web3
 
 from coprocessor import kms, metrics
 from coprocessor.chain.contracts import bound, decode_logs
+from coprocessor.chain.rpc import host_web3
 from coprocessor.db import kms as kms_rows
 from coprocessor.db import proofs
 from coprocessor.db.pool import classify
@@ -174,9 +175,7 @@ class GatewayListener:
     async def start(self) -> None:
         self.chain_id = await self._rpc(lambda: self.w3.eth.chain_id)
         if self.tenant_chain_id is None:
-            host = Web3(
-                Web3.HTTPProvider(self.settings.host_rpc_url, request_kwargs={"timeout": 10})
-            )
+            host = host_web3(self.settings)
             try:
                 self.tenant_chain_id = await asyncio.to_thread(lambda: host.eth.chain_id)
             except Exception as error:

@@ -37,6 +37,7 @@ from coprocessor.chain.gateway import GatewayClient, Receipt, SignedCall
 from coprocessor.chain.verdicts import VerdictSigner
 from coprocessor.db import acl, commits, proofs
 from coprocessor.db.notify import NotificationWaiter
+from coprocessor.db.pool import ConnectOptions
 from coprocessor.db.queries import CIPHERTEXTS_UPLOADED, WORK_AVAILABLE, ZKPOK_COMPUTED
 from coprocessor.errors import Recoverable
 from coprocessor.observability import Heartbeat
@@ -201,6 +202,7 @@ class Sender:
             self.settings.database_url,
             (CIPHERTEXTS_UPLOADED, WORK_AVAILABLE, ZKPOK_COMPUTED),
             poll_interval=self.settings.notify_poll_interval_s,
+            options=ConnectOptions.of(self.settings),
         ) as waiter:
             while not stop.is_set():
                 try:

@@ -33,6 +33,7 @@ from ..retry import backoff_delays
 from ..settings import Settings
 from .calls import GatewayCall, classify_revert, not_a_tx_sender
 from .contracts import bound
+from .rpc import gateway_web3
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class GatewayClient:
 
     @classmethod
     def connect(cls, settings: Settings, signer: LocalAccount | None = None) -> GatewayClient:
-        w3 = Web3(Web3.HTTPProvider(settings.gateway_rpc_url, request_kwargs={"timeout": 10}))
+        w3 = gateway_web3(settings)
         return cls(w3, settings, signer)
 
     @property

@@ -13,13 +13,13 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import asyncpg
 
 from ..errors import Fatal, SchemaTooNew
-from .pool import connect
+from .pool import DEFAULT_OPTIONS, ConnectOptions, connect
 
 MIGRATION_LOCK_KEY = 0x46484543  # "FHEC"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -54,10 +54,15 @@ def latest_version(directory: Path) -> int:
     return migrations[-1].version if migrations else 0
 
 
-async def migrate(database_url: str, directory: Path) -> list[int]:
-    """Apply what is missing; return the versions applied now (empty when up to date)."""
+async def migrate(
+    database_url: str, directory: Path, options: ConnectOptions = DEFAULT_OPTIONS
+) -> list[int]:
+    """Apply what is missing; return the versions applied now (empty when up to date).
+
+    A migration may rewrite a large table: its statements run without the usual
+    command timeout."""
     migrations = load_migrations(directory)
-    connection = await connect(database_url)
+    connection = await connect(database_url, replace(options, command_timeout_s=None))
     try:
         await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
         try:

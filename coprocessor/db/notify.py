@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from ..errors import ServiceUnavailable
-from .pool import connect
+from .pool import DEFAULT_OPTIONS, ConnectOptions, connect
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,10 @@ class NotificationWaiter:
         *,
         poll_interval: float = 5.0,
         max_reconnect_delay: float = 5.0,
+        options: ConnectOptions = DEFAULT_OPTIONS,
     ) -> None:
         self.database_url = database_url
+        self.options = options
         self.channels = channels
         self.poll_interval = poll_interval
         self.max_reconnect_delay = max_reconnect_delay
@@ -84,7 +86,7 @@ class NotificationWaiter:
         if self.connected or time.monotonic() < self._next_connect_at:
             return
         try:
-            connection = await connect(self.database_url)
+            connection = await connect(self.database_url, self.options)
             for channel in self.channels:
                 await connection.add_listener(channel, self._on_notification)
             connection.add_termination_listener(self._on_termination)
