@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import asyncpg
 from eth_hash.auto import keccak
 
-from .crs import ensure_crs
+from .crs import pinned_crs
 from .db import kms as kms_rows
 from .db import queries
 from .errors import Irrecoverable, ServiceUnavailable
@@ -322,4 +322,4 @@ async def deployment_crs(
     active = await kms_rows.active_crs(connection) if backend == "tfhe-rs" else None
     if active is not None:
         return await asyncio.to_thread(load_crs, store, active)
-    return await asyncio.to_thread(ensure_crs, store, backend, max_bits)
+    return await pinned_crs(connection, store, backend, max_bits)

@@ -34,7 +34,7 @@ import asyncpg
 
 from coprocessor import kms, metrics
 from coprocessor.api.summary import VerifySummary
-from coprocessor.crs import ensure_crs
+from coprocessor.crs import pinned_crs
 from coprocessor.db import kms as kms_rows
 from coprocessor.db import proofs, queries
 from coprocessor.db.notify import NotificationWaiter
@@ -84,9 +84,7 @@ class _Verifier:
             if active:
                 self._crs[key] = await asyncio.to_thread(kms.load_crs, self.store, active)
             else:
-                self._crs[key] = await asyncio.to_thread(
-                    ensure_crs, self.store, backend, self.crs_bits
-                )
+                self._crs[key] = await pinned_crs(connection, self.store, backend, self.crs_bits)
         return self._crs[key]
 
     def acl_address(self, request: proofs.ProofRequest) -> bytes:

@@ -81,7 +81,10 @@ async def test_a_statement_over_the_command_timeout_is_cancelled_and_unavailable
             await connection.fetchval("SELECT pg_sleep(30)")
         assert time.monotonic() - started < 10
         assert isinstance(classify(raised.value), ServiceUnavailable)
-        running = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'"
+        running = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'"
+        )
         for _ in range(100):  # the cancel request reaches the server within moments
             if await watcher.fetchval(running) == 0:
                 break

@@ -11,8 +11,8 @@ from dataclasses import replace
 
 import pytest
 
-from coprocessor.crs import crs_key, ensure_crs
-from coprocessor.db import proofs, queries
+from coprocessor.crs import CrsMismatch, crs_key, ensure_crs, pinned_crs
+from coprocessor.db import crs_pins, proofs, queries
 from coprocessor.fhe.engine import input_metadata
 from coprocessor.inputs import input_handles
 from coprocessor.storage import ObjectStore
@@ -262,3 +262,49 @@ async def test_the_follow_worker_answers_requests_as_they_are_queued(conn, setti
     finally:
         stop.set()
         await asyncio.wait_for(worker, 30)
+
+
+async def test_a_swapped_crs_is_refused_and_the_request_waits_for_the_right_one(
+    conn, settings, tenant, proven
+):
+    """The CRS's digest is pinned in PostgreSQL at first use: an S3 object swapped
+    afterwards (here one flipped byte) is refused, the request is left pending with the
+    reason, and once the pinned bytes are back the same request verifies."""
+    record, _client = tenant
+    store = ObjectStore(settings)
+    key = crs_key(record.backend, CRS_BITS)
+    good = await pinned_crs(conn, store, record.backend, CRS_BITS)  # pins it for this database
+    pin = await crs_pins.pinned(conn, record.backend, CRS_BITS)
+    assert pin is not None and pin.object_key == key
+    ask = request(proven)
+    assert await proofs.insert_request(conn, ask)
+    store.put(key, good[:-1] + bytes([good[-1] ^ 1]))
+    try:
+        with pytest.raises(CrsMismatch, match=f"the CRS at {key} .* is not the one pinned"):
+            await pinned_crs(conn, store, record.backend, CRS_BITS)
+        summary = await run_verify(settings)
+        assert (summary.verified, summary.rejected, summary.failed) == (0, 0, 1)
+        assert "is not the one pinned" in summary.failures[str(ask.zk_proof_id)]
+        assert (await row_of(conn, ask.zk_proof_id))["verified"] is None  # not answered 'no'
+    finally:
+        store.put(key, good)
+    summary = await run_verify(settings)
+    assert summary.verified == 1
+    assert (await row_of(conn, ask.zk_proof_id))["verified"] is True
+
+
+async def test_a_pinned_crs_missing_from_s3_is_not_silently_regenerated(conn, settings, tenant):
+    record, _client = tenant
+    store = ObjectStore(settings)
+    bits = 8  # a size of its own: its object is deleted below
+    key = crs_key(record.backend, bits)
+    store.delete([key])
+    try:
+        made = await pinned_crs(conn, store, record.backend, bits)
+        store.delete([key])
+        with pytest.raises(CrsMismatch, match="missing from S3"):
+            await pinned_crs(conn, store, record.backend, bits)
+        store.put(key, made)
+        assert await pinned_crs(conn, store, record.backend, bits) == made
+    finally:
+        store.delete([key])
