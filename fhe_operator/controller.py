@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import time
 from collections import defaultdict
@@ -32,6 +31,7 @@ from coprocessor.api.batch import (
 )
 from coprocessor.api.names import FINALIZER_RELEASE
 from coprocessor.api.stages import BATCH_STAGES
+from coprocessor.api.summary import read_termination_message
 from coprocessor.db import queries
 from coprocessor.db.rows import BatchAdmission
 from coprocessor.errors import Recoverable, ServiceUnavailable
@@ -93,14 +93,8 @@ def job_view(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobView:
         ),
         key=lambda t: t.get("finishedAt") or "",
     )
-    if finished and finished[-1].get("message"):
-        text = finished[-1]["message"]
-        try:
-            summary = json.loads(text)
-        except ValueError:
-            summary = {"error": text.strip().splitlines()[-1][:500] if text.strip() else ""}
-        if not isinstance(summary, dict):
-            summary = {"error": str(summary)[:500]}
+    if finished and isinstance(message := finished[-1].get("message"), str) and message:
+        summary = read_termination_message(message)
     for pod in pods:
         for condition in (pod.get("status") or {}).get("conditions") or []:
             if (

@@ -10,6 +10,8 @@ and dropped by the other.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -118,3 +120,32 @@ def _shown_keys() -> tuple[str, ...]:
 
 # Counters of the stage pods' termination messages shown in status.stages.<stage>.summary.
 STATUS_KEYS = _shown_keys()
+
+
+def read_termination_message(text: str) -> dict[str, Any]:
+    """What the operator keeps of a stage pod's termination message: the shown counters
+    (numbers only), the error (a string, trimmed) and nothing else.
+
+    The message is whatever the pod left in /dev/termination-log, or with
+    FallbackToLogsOnError the tail of its log: a crash's traceback, a half-written JSON,
+    a counter that is a list. None of it may reach the status unchecked or break a
+    reconcile."""
+    stripped = text.strip()
+    try:
+        parsed = json.loads(stripped) if stripped else {}
+    except ValueError:
+        return {"error": stripped.splitlines()[-1][:MAX_ERROR_CHARS]}
+    if not isinstance(parsed, dict):
+        return {"error": str(parsed)[:MAX_ERROR_CHARS]}
+    kept: dict[str, Any] = {}
+    for key in STATUS_KEYS:
+        value = parsed.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        kept[key] = value if abs(value) < 2**53 else float(value)
+    error = parsed.get("error")
+    if error is not None:
+        kept["error"] = (error if isinstance(error, str) else json.dumps(error))[:MAX_ERROR_CHARS]
+    return kept
