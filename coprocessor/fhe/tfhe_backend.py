@@ -12,9 +12,11 @@ truncation), and Sum / IsIn (folds of Add and Eq/Or).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Irrecoverable
 from ..types import SEED_BYTES, FheType, Op
 from . import reference
 from .engine import (
@@ -39,14 +41,55 @@ EVALUATOR_CACHE_SIZE = 4
 _BARE_SQUASHED_TYPES = frozenset({FheType.Bool, FheType.Uint4})
 
 
-def _native():
+class NativePanic(Irrecoverable):
+    """TFHE-rs panicked (an ``assert!`` on an input it does not check, or a bug): this
+    call failed, the process goes on. Each caller treats it like any other irrecoverable
+    error of the item in hand (one computation, one input list)."""
+
+
+def _is_panic(error: BaseException) -> bool:
+    # pyo3's PanicException (module pyo3_runtime) exists only once raised: known by name.
+    return type(error).__name__ == "PanicException"
+
+
+def _contain(call: Callable[..., Any], what: str) -> Callable[..., Any]:
+    @functools.wraps(call)
+    def contained(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = call(*args, **kwargs)
+        except BaseException as error:
+            if not _is_panic(error):
+                raise
+            raise NativePanic(f"TFHE-rs panicked in {what}: {error}") from None
+        return _Contained(result, what) if isinstance(call, type) else result
+
+    return contained
+
+
+class _Contained:
+    """The extension module, or one of its objects, with every call and attribute read
+    contained: pyo3 turns a Rust panic into PanicException, a BaseException that
+    ``except Exception`` does not catch, so without this a panic anywhere in TFHE-rs
+    would end a worker, a listener or the operator instead of failing one item."""
+
+    def __init__(self, target: Any, name: str) -> None:
+        self._target = target
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        what = f"{self._name}.{attribute}"
+        value = _contain(getattr, what)(self._target, attribute)
+        return _contain(value, what) if callable(value) else value
+
+
+def _native() -> Any:
     try:
         import fhe_native
     except ImportError as error:
         raise UnsupportedOperation(
             "the tfhe-rs extension is not built; run `make setup` (native/)"
         ) from error
-    return fhe_native
+    return _Contained(fhe_native, "fhe_native")
 
 
 def _le(value: int) -> bytes:

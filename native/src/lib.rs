@@ -706,6 +706,16 @@ fn prove_inputs(
     ))
 }
 
+/// Panics with `message`, as a TFHE-rs `assert!` would: the test suite checks with it
+/// that a panic in any native call reaches Python as the product's NativePanic error, not
+/// as pyo3's PanicException (a BaseException that `except Exception` lets through and
+/// that would crash the process). Test builds only (feature `test-prover`).
+#[cfg(feature = "test-prover")]
+#[pyfunction]
+fn panic_for_tests(py: Python<'_>, message: String) -> PyResult<()> {
+    py.allow_threads(move || -> PyResult<()> { panic!("{message}") })
+}
+
 // --- client side ---------------------------------------------------------------------------
 
 #[pyclass(frozen)]
@@ -1437,6 +1447,8 @@ fn fhe_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(split_server_key, m)?)?;
     m.add_function(wrap_pyfunction!(generate_crs, m)?)?;
     m.add_function(wrap_pyfunction!(prove_inputs, m)?)?;
+    #[cfg(feature = "test-prover")]
+    m.add_function(wrap_pyfunction!(panic_for_tests, m)?)?;
     m.add_class::<Client>()?;
     m.add_class::<Evaluator>()?;
     Ok(())
