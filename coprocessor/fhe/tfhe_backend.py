@@ -104,7 +104,10 @@ class TfheRsClient:
     backend = NAME
 
     def __init__(self, client_key: bytes, key_id: bytes) -> None:
-        self._client = _native().Client(client_key)
+        try:
+            self._client = _native().Client(client_key)
+        except ValueError as error:  # a corrupted or foreign key file
+            raise BadCiphertext(f"not a {NAME} client key: {error}") from None
         self._digest = key_id[:8]  # == key_digest(server_key): key_id is its SHA-256
 
     def encrypt(self, value: int, fhe_type: FheType) -> bytes:
