@@ -381,6 +381,23 @@ class Settings(BaseSettings):
         "never mounted); None = the namespace's default.",
     )
     job_ttl_s: int = Field(86400, ge=0, description="ttlSecondsAfterFinished of stage Jobs.")
+    job_key_cache_host_path: str | None = Field(
+        None,
+        description="A directory on each node (hostPath) that stage pods mount at the "
+        "same path and use as FHE_KEY_CACHE_DIR: expanded keys are read from it instead "
+        "of being decompressed in every pod. Must exist and be writable by the stage "
+        "pods' user; None = no cache.",
+    )
+    key_cache_dir: Path | None = Field(
+        None,
+        description="The node-local cache of expanded server keys (coprocessor/keycache.py); "
+        "None = every process decompresses its keys.",
+    )
+    key_cache_max_bytes: int = Field(
+        16 * 2**30,
+        ge=0,
+        description="Largest total size of the key cache; least recently used files go first.",
+    )
     batch_max_cost: int = Field(
         2_000_000,
         ge=1,

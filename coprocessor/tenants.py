@@ -27,6 +27,7 @@ import asyncpg
 from .db import queries
 from .errors import UserError
 from .fhe.engine import KEY_PURPOSES, Client, Keyset, get_backend
+from .keycache import KeyCache, cache_name
 from .settings import Settings
 from .storage import ObjectStore
 
@@ -267,12 +268,39 @@ def load_key_part(store: ObjectStore, tenant: queries.Tenant, purpose: str) -> b
     return data
 
 
-def load_evaluator(store: ObjectStore, tenant: queries.Tenant, purpose: str | None = None):
+def load_evaluator(
+    store: ObjectStore,
+    tenant: queries.Tenant,
+    purpose: str | None = None,
+    cache: KeyCache | None = None,
+):
     """The tenant's evaluator for one stage (``purpose``: only that share of the key is
     fetched and expanded) or, without one or where there are no parts, the whole key.
-    The backend keeps an LRU, so once per process."""
+    The backend keeps an LRU, so once per process; with ``cache`` (the node-local cache
+    of expanded keys, for backends that can save theirs), once per node: a hit is read
+    from disk, a miss is loaded from S3 and then written to the cache."""
     backend = get_backend(tenant.backend)
-    part = load_key_part(store, tenant, purpose) if purpose else None
-    if part is not None:
+    purpose = purpose if purpose and tenant.key_parts.get(purpose) else None
+    load_expanded = getattr(backend, "load_expanded", None)
+    if cache is None or load_expanded is None:
+        return _load_from_s3(backend, store, tenant, purpose)
+    name = cache_name(tenant.key_id, purpose, getattr(backend, "version", "0"))
+    named = backend.named_evaluators  # type: ignore[attr-defined]
+
+    def from_node_cache():
+        return cache.get(name, lambda path, digest: load_expanded(path, digest, tenant.key_id))
+
+    evaluator = named.get_or_load(name, from_node_cache)
+    if evaluator is None:
+        evaluator = _load_from_s3(backend, store, tenant, purpose)
+        cache.put(name, evaluator.save_expanded)
+        named.get_or_load(name, lambda: evaluator)
+    return evaluator
+
+
+def _load_from_s3(backend, store: ObjectStore, tenant: queries.Tenant, purpose: str | None):
+    if purpose is not None:
+        part = load_key_part(store, tenant, purpose)
+        assert part is not None  # purpose is kept only where the tenant has that part
         return backend.evaluator(part, key_id=tenant.key_id)
     return backend.evaluator(load_server_key(store, tenant))

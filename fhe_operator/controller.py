@@ -138,6 +138,7 @@ class Controller:
             send_secret=settings.job_send_secret,
             ttl_seconds_after_finished=settings.job_ttl_s,
             service_account=settings.job_service_account,
+            key_cache_host_path=settings.job_key_cache_host_path,
         )
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         # One capacity decision per device class at a time, held until the Job it allows

@@ -43,6 +43,11 @@ class JobSettings:
     send_secret: str = "fhe-coprocessor-keys"  # the gateway keys: the send stage only
     ttl_seconds_after_finished: int = 86400
     service_account: str | None = None
+    key_cache_host_path: str | None = None  # a node directory for expanded keys
+
+
+# The stages that load a tenant's server key (send only reads digests and signs).
+KEY_STAGES = frozenset({"compute", "sns", "verify"})
 
 
 def job_name(batch: str, stage: str) -> str:
@@ -106,6 +111,16 @@ def job_manifest(
     }
     if settings.service_account:
         pod_spec["serviceAccountName"] = settings.service_account
+    if settings.key_cache_host_path and stage in KEY_STAGES:
+        # The node-local key cache: the first pod on a node to expand a key writes its
+        # expanded form there, later ones read it (coprocessor/keycache.py).
+        path = settings.key_cache_host_path
+        pod_spec["volumes"] = [
+            {"name": "key-cache", "hostPath": {"path": path, "type": "Directory"}}
+        ]
+        container = pod_spec["containers"][0]
+        container["volumeMounts"] = [{"name": "key-cache", "mountPath": path}]
+        container["env"] = [{"name": "FHE_KEY_CACHE_DIR", "value": path}]
     if device == "gpu" and stage == "compute" and spec.resources.gpus:
         gpus = str(spec.resources.gpus)
         resources["limits"][GPU_RESOURCE] = gpus

@@ -10,6 +10,7 @@ from coprocessor.api.summary import ComputeSummary
 from coprocessor.db import queries
 from coprocessor.db.pool import pool_of
 from coprocessor.errors import Irrecoverable
+from coprocessor.keycache import KeyCache
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
 from coprocessor.tenants import load_evaluator
@@ -55,7 +56,7 @@ async def run_compute(
             evaluator = None  # nothing to compute: do not load a key of hundreds of MB
         else:
             evaluator = await asyncio.to_thread(
-                load_evaluator, ObjectStore(settings), tenant, "compute"
+                load_evaluator, ObjectStore(settings), tenant, "compute", KeyCache.of(settings)
             )
         key_load_s = time.monotonic() - loading
         executor = Executor(

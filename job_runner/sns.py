@@ -40,6 +40,7 @@ from coprocessor.errors import (
 )
 from coprocessor.fhe.engine import Evaluator, SquashedFormat
 from coprocessor.fhe.envelope import Envelope, Kind
+from coprocessor.keycache import KeyCache
 from coprocessor.retry import CircuitBreaker
 from coprocessor.settings import Settings
 from coprocessor.storage import ForeignObject, ObjectStore
@@ -107,7 +108,11 @@ class Publisher:
         async with self._evaluator_lock:
             if self._evaluator is None:
                 self._evaluator = await asyncio.to_thread(
-                    load_evaluator, self.uploader.store, self.tenant
+                    load_evaluator,
+                    self.uploader.store,
+                    self.tenant,
+                    None,
+                    KeyCache.of(self.settings),
                 )
             return self._evaluator
 

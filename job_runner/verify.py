@@ -48,6 +48,7 @@ from coprocessor.fhe.engine import (
 )
 from coprocessor.fhe.envelope import Envelope
 from coprocessor.inputs import MAX_INPUTS, input_handles, prehandles
+from coprocessor.keycache import KeyCache
 from coprocessor.observability import Heartbeat
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
@@ -102,7 +103,9 @@ class _Verifier:
             self._evaluators.move_to_end(tenant.tenant_id)
         else:
             try:
-                loaded = await asyncio.to_thread(load_evaluator, self.store, tenant, "verify")
+                loaded = await asyncio.to_thread(
+                    load_evaluator, self.store, tenant, "verify", KeyCache.of(self.settings)
+                )
             except KeyError:
                 raise UserError(
                     f"tenant {tenant.name!r}'s server key is missing from S3 "

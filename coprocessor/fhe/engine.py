@@ -203,6 +203,22 @@ class EvaluatorCache:
                 self._items.popitem(last=False)
         return evaluator
 
+    def get_or_load(self, name: str, load: Callable[[], Evaluator | None]) -> Evaluator | None:
+        """The evaluator kept under ``name`` (a node key cache name), else ``load()``'s,
+        kept when it is not None."""
+        key = name.encode()
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        evaluator = load()
+        if evaluator is not None:
+            with self._lock:
+                self._items[key] = evaluator
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+        return evaluator
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, Irrecoverable
@@ -150,16 +151,39 @@ class TfheRsClient:
 class TfheRsEvaluator:
     backend = NAME
 
-    def __init__(self, server_key: bytes, key_id: bytes | None = None) -> None:
+    def __init__(
+        self, server_key: bytes, key_id: bytes | None = None, *, native: Any = None
+    ) -> None:
         """``server_key`` is the whole key or one stage's part (``key_parts``); a part
-        labels ciphertexts with the keyset's id, ``key_id``, not with its own digest."""
-        try:
-            self._evaluator = _native().Evaluator(server_key)
-        except ValueError as error:  # a corrupted or foreign key object, e.g. from S3
-            raise BadCiphertext(f"not a {NAME} server key: {error}") from None
+        labels ciphertexts with the keyset's id, ``key_id``, not with its own digest.
+        ``native``: an already expanded key (``load_expanded``), then ``server_key`` is
+        unused and ``key_id`` required."""
+        if native is None:
+            try:
+                native = _native().Evaluator(server_key)
+            except ValueError as error:  # a corrupted or foreign key object, e.g. from S3
+                raise BadCiphertext(f"not a {NAME} server key: {error}") from None
+        elif key_id is None:
+            raise ValueError("an expanded key needs its keyset's key_id")
+        self._evaluator = native
         self.key_digest = key_id[:8] if key_id else key_digest(server_key)
         self._can_compress_squashed = bool(self._evaluator.can_compress_squashed)
         self._can_compress = bool(self._evaluator.can_compress)
+
+    @classmethod
+    def load_expanded(cls, path: Path, digest: str, key_id: bytes) -> TfheRsEvaluator:
+        """An evaluator from a file ``save_expanded`` wrote (the node-local key cache):
+        a read instead of a decompression. BadCiphertext unless the whole file hashes to
+        ``digest``."""
+        try:
+            native = _native().Evaluator.load_expanded(str(path), digest)
+        except ValueError as error:
+            raise BadCiphertext(f"not a usable expanded {NAME} key: {error}") from None
+        return cls(b"", key_id, native=native)
+
+    def save_expanded(self, path: Path) -> str:
+        """Write the expanded key to ``path`` (synced); its BLAKE3 digest (hex)."""
+        return str(self._evaluator.save_expanded(str(path)))
 
     # --- helpers -------------------------------------------------------------------
     def _open(self, ciphertext: bytes) -> Envelope:
@@ -437,3 +461,15 @@ class TfheRsBackend:
         return self._evaluators.get(  # type: ignore[return-value]
             server_key, lambda key: TfheRsEvaluator(key, key_id)
         )
+
+    # --- the node-local key cache (coprocessor/keycache.py) --------------------------
+    named_evaluators = EvaluatorCache(EVALUATOR_CACHE_SIZE)  # by cache name
+
+    @property
+    def version(self) -> str:
+        """TFHE-rs's version: part of a cached key's name."""
+        return str(_native().TFHE_VERSION)
+
+    @staticmethod
+    def load_expanded(path: Path, digest: str, key_id: bytes) -> TfheRsEvaluator:
+        return TfheRsEvaluator.load_expanded(path, digest, key_id)

@@ -44,6 +44,15 @@ use tfhe::{
 
 const KEY_LIMIT: u64 = 1 << 31;
 const CT_LIMIT: u64 = 1 << 26;
+/// An expanded server key (decompressed, bootstrapping keys in the Fourier domain) is
+/// several times its compressed size: the noise squashing key alone is GBs.
+const EXPANDED_LIMIT: u64 = 1 << 35;
+
+/// BLAKE3 (hex) of an expanded key (GBs for the whole key: about a third of a second
+/// per GB on one core here; hashing on every core measured no faster).
+fn digest_of(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
 
 fn err<E: std::fmt::Display>(e: E) -> PyErr {
     PyValueError::new_err(e.to_string())
@@ -1091,6 +1100,39 @@ impl Evaluator {
         let key = py.allow_threads(|| -> PyResult<ServerKey> {
             let csk: CompressedServerKey = de(&compressed_server_key, KEY_LIMIT)?;
             Ok(csk.decompress())
+        })?;
+        Ok(Evaluator { key })
+    }
+
+    /// Write the expanded key (what decompression produced) to `path`, synced, and
+    /// return the file's BLAKE3 digest (hex): the node-local key cache, where loading
+    /// is a read instead of a decompression. The caller renames the file into place.
+    /// Serialised in memory first: bincode through a writer goes element by element.
+    fn save_expanded(&self, py: Python<'_>, path: String) -> PyResult<String> {
+        let key = &self.key;
+        py.allow_threads(move || -> PyResult<String> {
+            let bytes = ser(key, EXPANDED_LIMIT)?;
+            let digest = digest_of(&bytes);
+            let mut file = std::fs::File::create(&path).map_err(err)?;
+            std::io::Write::write_all(&mut file, &bytes).map_err(err)?;
+            file.sync_all().map_err(err)?;
+            Ok(digest)
+        })
+    }
+
+    /// An evaluator from a key `save_expanded` wrote, refused (ValueError) unless the
+    /// whole file hashes to `digest`: a torn or altered file never becomes a key.
+    #[staticmethod]
+    fn load_expanded(py: Python<'_>, path: String, digest: String) -> PyResult<Self> {
+        let key = py.allow_threads(move || -> PyResult<ServerKey> {
+            let bytes = std::fs::read(&path).map_err(err)?;
+            let found = digest_of(&bytes);
+            if found != digest {
+                return Err(PyValueError::new_err(format!(
+                    "the expanded key at {path} hashes to {found}, not {digest}"
+                )));
+            }
+            de(&bytes, EXPANDED_LIMIT)
         })?;
         Ok(Evaluator { key })
     }

@@ -254,3 +254,41 @@ async def test_failed_nodes_make_the_pod_exit_3_after_finishing_the_rest(stage_e
     assert (message["completed"], message["failed"]) == (1, 1)
     assert "1 computation(s) failed" in message["error"]
     await assert_results(graph, conn, [fine])
+
+
+async def test_fresh_pods_on_one_node_share_the_expanded_key(
+    graph, conn, compute_settings, tmp_path
+):
+    """With FHE_KEY_CACHE_DIR (the Job's hostPath), the first compute pod on a node
+    expands the tenant's compute key and writes it to the node cache; the next pod
+    reads it from there instead of S3, and computes the same results."""
+    from coprocessor.fhe.tfhe_backend import TfheRsBackend
+    from coprocessor.keycache import KeyCache
+
+    settings = compute_settings.model_copy(update={"key_cache_dir": tmp_path / "keys"})
+    cache = KeyCache.of(settings)
+    assert cache is not None
+    results = []
+    for value in (11, 12):
+        TfheRsBackend._evaluators.clear()  # a fresh pod: nothing in the process
+        TfheRsBackend.named_evaluators.clear()
+        x = graph.input(value, U8)
+        node = graph.node(Op.Add, x, 100)
+        batch = await graph.admit(conn)
+        assert (await run_compute(settings, batch)).computed == 1
+        results.append(node)
+        files = list((tmp_path / "keys").glob("*-compute-*.key"))
+        assert len(files) == 1, files  # written by the first pod, reused by the second
+        if value == 11:
+            first = files[0].stat().st_mtime_ns
+    assert files[0].stat().st_mtime_ns >= first  # touched (LRU), not rewritten: same name
+    await assert_results(graph, conn, results)
+    # The second pod's key came from the node: with S3 unreachable it still computes.
+    TfheRsBackend._evaluators.clear()
+    TfheRsBackend.named_evaluators.clear()
+    x = graph.input(13, U8)
+    node = graph.node(Op.Add, x, 1)
+    batch = await graph.admit(conn)
+    offline = settings.model_copy(update={"s3_endpoint": "http://127.0.0.1:1"})
+    assert (await run_compute(offline, batch)).computed == 1
+    await assert_results(graph, conn, [node])
