@@ -83,7 +83,10 @@ def plan_graph(
     context = graph_context(namespace, name)
     known: dict[str, tuple[bytes, FheType]] = {}
     for input_name, text in graph.inputs.items():
-        handle = Handle.parse(text)
+        try:
+            handle = Handle.parse(text)
+        except ValueError as error:
+            raise InvalidSpec(f"input {input_name!r}: {error}") from None
         if handle.chain_id != chain_id:
             raise InvalidSpec(
                 f"input {input_name!r} is a handle of chain {handle.chain_id}, "

@@ -66,7 +66,7 @@ def _malformed(name: str, transaction: bytes) -> Iterator[None]:
     """A missing or mistyped field anywhere in an event is one UndecodableEvent."""
     try:
         yield
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, OverflowError, IndexError) as error:
         raise UndecodableEvent(
             f"tx 0x{transaction.hex()}: {name}: missing or malformed "
             f"field ({type(error).__name__}: {error})"
@@ -81,6 +81,23 @@ class AllowedRow:
     transaction_id: bytes
 
 
+def _raw(value: Any) -> bytes:
+    """A bytes field as the ABI decoder gives it. Never ``bytes(value)`` of anything
+    else: ``bytes(10**9)`` is a gigabyte of zeros, ``bytes(32)`` a valid-looking handle."""
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError(f"{type(value).__name__} where bytes were expected")
+    return bytes(value)
+
+
+def _uint(value: Any, bits: int) -> int:
+    """An ``uint<bits>`` field: an int (not a bool, not a float) in range."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{type(value).__name__} where a uint{bits} was expected")
+    if not 0 <= value < 1 << bits:
+        raise ValueError(f"{value} does not fit a uint{bits}")
+    return value
+
+
 def _address(value: Any) -> bytes:
     raw = address_bytes(value)
     if raw is None:
@@ -93,14 +110,14 @@ def _handle(args: Mapping[str, Any], key: str, transaction: bytes) -> bytes:
     if value is None:
         raise UndecodableEvent(f"tx 0x{transaction.hex()}: field {key!r} is missing")
     try:
-        return Handle(bytes(value)).raw  # type: ignore[arg-type]
+        return Handle(_raw(value)).raw
     except (TypeError, ValueError) as error:
         raise UndecodableEvent(f"tx 0x{transaction.hex()}: field {key!r}: {error}") from None
 
 
 def _type(value: Any, transaction: bytes) -> FheType:
     try:
-        return FheType(int(value))
+        return FheType(_uint(value, 8))
     except (TypeError, ValueError):
         raise UndecodableEvent(
             f"tx 0x{transaction.hex()}: type code {value!r} is not a ciphertext type"
@@ -138,8 +155,8 @@ def _computation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> 
     h = lambda key: _handle(args, key, transaction)  # noqa: E731
     if name in BINARY_OPS:
         op = BINARY_OPS[name]
-        scalar = bytes(args.get("scalarByte", b"")) == b"\x01"
-        rhs = plaintext_operand(int.from_bytes(bytes(args["rhs"]), "big")) if scalar else h("rhs")
+        scalar = _raw(args.get("scalarByte", b"")) == b"\x01"
+        rhs = plaintext_operand(int.from_bytes(_raw(args["rhs"]), "big")) if scalar else h("rhs")
         return ComputationRow(
             result,
             result_type,
@@ -163,7 +180,7 @@ def _computation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> 
             result,
             result_type,
             int(Op.TrivialEncrypt),
-            (plaintext_operand(int(args["pt"])),),
+            (plaintext_operand(_uint(args["pt"], 256)),),
             is_scalar=True,
             transaction_id=transaction,
         )
@@ -180,7 +197,7 @@ def _computation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> 
             result,
             result_type,
             int(Op.Rand),
-            (bytes(args["seed"]),),
+            (_raw(args["seed"]),),
             is_scalar=True,
             transaction_id=transaction,
         )
@@ -189,7 +206,7 @@ def _computation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> 
             result,
             result_type,
             int(Op.RandBounded),
-            (plaintext_operand(int(args["upperBound"])), bytes(args["seed"])),
+            (plaintext_operand(_uint(args["upperBound"], 256)), _raw(args["seed"])),
             is_scalar=True,
             transaction_id=transaction,
         )
@@ -235,9 +252,9 @@ def delegation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> De
             _address(args["delegator"]),
             _address(args["delegate"]),
             _address(args["contractAddress"]),
-            int(args["delegationCounter"]),
-            int(args["oldExpirationDate"]),
-            None if revoked else int(args["newExpirationDate"]),
+            _uint(args["delegationCounter"], 64),
+            _uint(args["oldExpirationDate"], 64),
+            None if revoked else _uint(args["newExpirationDate"], 64),
             transaction,
         )
 
@@ -257,7 +274,7 @@ def _allowed_rows(name: str, args: Mapping[str, Any], transaction: bytes) -> lis
     if name == "AllowedForDecryption":
         caller = _address(args["caller"])
         return [
-            AllowedRow(Handle(bytes(h)).raw, caller, ALLOWED_FOR_DECRYPTION, transaction)
+            AllowedRow(Handle(_raw(h)).raw, caller, ALLOWED_FOR_DECRYPTION, transaction)
             for h in args["handlesList"]
         ]
     raise UndecodableEvent(f"tx 0x{transaction.hex()}: {name!r} is not an ACL event")

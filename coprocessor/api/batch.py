@@ -155,6 +155,11 @@ def batch_id(namespace: str, name: str, spec: FheBatchSpec) -> str:
     return f"{namespace}/{name}@{spec.spec_hash()}"
 
 
+# Where pydantic tags the branch of GraphNode.args' union in an error's location
+# (..., "args", 1, "Scalar", "scalar"): not a field name, left out of the path shown.
+_ARG_BRANCHES = frozenset({"str", "Scalar"})
+
+
 def describe_error(error: Exception) -> str:
     """One line from a pydantic ValidationError: where, and what is wrong."""
     from pydantic import ValidationError
@@ -163,10 +168,11 @@ def describe_error(error: Exception) -> str:
         # With a union (an argument is a name or {scalar}), the deepest error is the
         # branch the user meant; union branch tags (str, Scalar) are not field names.
         first = max(error.errors(), key=lambda e: len(e["loc"]))
+        loc = first["loc"]
         where = ".".join(
-            str(p)
-            for p in first["loc"]
-            if not (isinstance(p, str) and (p == "str" or p[:1].isupper()))
+            str(part)
+            for i, part in enumerate(loc)
+            if not (part in _ARG_BRANCHES and i >= 2 and loc[i - 2] == "args")
         )
         extra = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
         return f"spec.{where}: {first['msg']}{extra}" if where else f"spec: {first['msg']}"

@@ -133,7 +133,7 @@ def read_termination_message(text: str) -> dict[str, Any]:
     stripped = text.strip()
     try:
         parsed = json.loads(stripped) if stripped else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return {"error": stripped.splitlines()[-1][:MAX_ERROR_CHARS]}
     if not isinstance(parsed, dict):
         return {"error": str(parsed)[:MAX_ERROR_CHARS]}
@@ -144,8 +144,17 @@ def read_termination_message(text: str) -> dict[str, Any]:
             continue
         if isinstance(value, float) and not math.isfinite(value):
             continue
-        kept[key] = value if abs(value) < 2**53 else float(value)
+        if isinstance(value, int) and abs(value) >= 2**53:
+            continue  # no counter is that large, and JSON readers lose such ints
+        kept[key] = value
     error = parsed.get("error")
     if error is not None:
-        kept["error"] = (error if isinstance(error, str) else json.dumps(error))[:MAX_ERROR_CHARS]
+        kept["error"] = (error if isinstance(error, str) else _shown(error))[:MAX_ERROR_CHARS]
     return kept
+
+
+def _shown(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (ValueError, RecursionError):
+        return f"<{type(value).__name__}>"

@@ -5,11 +5,11 @@ the same: a well-formed result, or the project's own error for that input with a
 message; never another exception, never a hang (``deadline`` bounds one example, the
 module's timeout a hang).
 
-Known leaks: the ``KNOWN_*_LEAKS`` tuples name exception types that escape today. Each
-is pinned at the end of this file by an ``xfail(strict=True, raises=...)`` test with the
-smallest input that triggers it. When a leak is fixed its pinned test passes, which
-``strict`` turns into a failure: then drop the xfail mark and the type from the tuple,
-and the fuzz tests keep the fix.
+Leaks these tests found (an OverflowError, a MemoryError or a RecursionError where
+the caller expects the module's own error) are fixed; the smallest input of each is kept
+at the end of this file as a regression test, with what used to escape. Should a new
+leak turn up, name its type in a ``KNOWN_*_LEAKS`` tuple and pin it there with
+``xfail(strict=True, raises=...)`` until it is fixed.
 """
 
 from __future__ import annotations
@@ -65,10 +65,10 @@ QUICK = settings(max_examples=500, deadline=1000, suppress_health_check=[HealthC
 PLAN_CATCHES = (InvalidSpec, ValueError)  # fhe_operator/controller.py, around plan_graph
 HOST_CATCHES = (UndecodableEvent, KeyError, TypeError, ValueError)  # listeners/host.py _decode
 
-# Leaks pinned by the xfail tests at the end; remove a type here once its leak is fixed.
-KNOWN_HOST_LEAKS: tuple[type[BaseException], ...] = (OverflowError,)
-KNOWN_GATEWAY_LEAKS: tuple[type[BaseException], ...] = (OverflowError,)
-KNOWN_SUMMARY_LEAKS: tuple[type[BaseException], ...] = (OverflowError,)
+# Exception types known to escape today (none: the leaks found are fixed).
+KNOWN_HOST_LEAKS: tuple[type[BaseException], ...] = ()
+KNOWN_GATEWAY_LEAKS: tuple[type[BaseException], ...] = ()
+KNOWN_SUMMARY_LEAKS: tuple[type[BaseException], ...] = ()
 
 CHAIN = 12345
 TX = bytes.fromhex("ab" * 32)
@@ -1005,13 +1005,15 @@ def test_handle_parse_gives_a_handle_or_value_error(text):
     assert Handle.parse(handle.hex()) == handle
 
 
-# --- pinned leaks (each fails today; strict, so fixing it flags this file) -------------------
+# --- the leaks found, fixed: each input once escaped with ``raises`` ----------------------
 
 H = host_handle()
 
 
 def leak(*values: Any, raises: type[BaseException] | tuple, reason: str) -> Any:
-    return pytest.param(*values, marks=pytest.mark.xfail(raises=raises, strict=True, reason=reason))
+    """A fixed leak's input; ``raises`` and ``reason`` say what it did before the fix."""
+    del raises, reason  # documentation only
+    return pytest.param(*values)
 
 
 NEGATIVE = "plaintext_operand(negative) raises OverflowError, outside _malformed's catch"
@@ -1116,12 +1118,12 @@ INFINITE = "int(float('inf')) raises OverflowError, outside the caught types"
     ],
 )
 def test_pinned_host_event_leaks(decoder, name, args):
-    """listeners/host_events.py: each input is a malformed log that should be one
-    UndecodableEvent (counted, logged, skipped) but escapes as OverflowError or
-    MemoryError, which listeners/host.py _decode does not catch: the listener exits,
-    and meets the same block after its restart. web3's ABI decoding does not yield
-    these values (negative uints, ints for bytesN, floats), so it takes a decoder
-    change or a hand-built log, but the module promises the one error."""
+    """listeners/host_events.py: each input is a malformed log that is one
+    UndecodableEvent (counted, logged, skipped). It used to escape as OverflowError or
+    MemoryError, which listeners/host.py _decode does not catch: the listener exited
+    and met the same block after its restart. web3's ABI decoding does not yield these
+    values (negative uints, ints for bytesN, floats): it takes a decoder change or a
+    hand-built log."""
     with pytest.raises(UndecodableEvent, match="tx 0x"):
         decoder(name, args, TX)
 
@@ -1156,8 +1158,8 @@ def test_pinned_host_event_leaks(decoder, name, args):
     ],
 )
 def test_pinned_gateway_activation_leaks(name, args):
-    """listeners/gateway.py _activation: these should be _Skip (the listener catches only
-    that around it) but escape as OverflowError."""
+    """listeners/gateway.py _activation: these are _Skip (the listener catches only that
+    around it); they used to escape as OverflowError."""
     with pytest.raises(_Skip):
         _activation(name, args)
 
@@ -1198,9 +1200,9 @@ PINNED_MESSAGES = [
 
 @pytest.mark.parametrize("text", PINNED_MESSAGES)
 def test_pinned_termination_message_leaks(text):
-    """coprocessor.api.summary.read_termination_message must read any text; these raise
-    instead (the reconcile of the batch raises on every event and timer while the pod
-    is there, and its status is never updated)."""
+    """coprocessor.api.summary.read_termination_message reads any text; these used to
+    raise (the reconcile of the batch raised on every event and timer while the pod was
+    there, and its status was never updated)."""
     with operator_recursion_limit():
         kept = read_termination_message(text)
     assert_kept(kept)
@@ -1208,8 +1210,8 @@ def test_pinned_termination_message_leaks(text):
 
 @pytest.mark.parametrize("text", PINNED_MESSAGES)
 def test_pinned_job_view_leaks(text):
-    """fhe_operator.controller.job_view passes the same messages on, so the reconcile of
-    the batch raises instead of showing the error in its status."""
+    """fhe_operator.controller.job_view passes the same messages on: the reconcile shows
+    the error in the batch's status instead of raising."""
     pod = {"status": {"containerStatuses": [{"state": {"terminated": {"message": text}}}]}}
     with operator_recursion_limit():
         view = job_view({"metadata": {"name": "b-compute"}}, [pod])
@@ -1217,16 +1219,10 @@ def test_pinned_job_view_leaks(text):
     assert_kept(view.summary)
 
 
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=True,
-    reason="Handle.parse's ValueError escapes plan_graph unwrapped, naming no input",
-)
 def test_pinned_plan_graph_input_with_a_bad_type_byte():
     """fhe_operator.validation.plan_graph: an input handle whose type byte is past
-    Bytes256 passes the CRD's pattern; the module promises one InvalidSpec line naming
-    the input, but a bare ValueError ('handle type byte 255 is out of range 0..11')
-    escapes (the controller catches it, and shows a line that names no input)."""
+    Bytes256 passes the CRD's pattern; it is one InvalidSpec line naming the input (it
+    was a bare ValueError, 'handle type byte 255 is out of range 0..11', naming none)."""
     bad = "0x" + "00" * 30 + "ff00"
     spec = FheBatchSpec.model_validate(
         {
@@ -1267,7 +1263,7 @@ def test_pinned_plan_graph_input_with_a_bad_type_byte():
 def test_pinned_describe_error_names_user_keys(body, where):
     """coprocessor.api.batch.describe_error says where the error is; a key the user chose
     (an input name, an unknown field) that starts with a capital letter, or is 'str',
-    is taken for a pydantic union tag and dropped from the location."""
+    was once taken for a pydantic union tag and dropped from the location."""
     with pytest.raises(ValidationError) as rejected:
         FheBatchSpec.model_validate(body)
     assert where in describe_error(rejected.value)
