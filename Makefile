@@ -66,12 +66,14 @@ bench: setup      ## benchmarks: print figures, write JSON under bench/results/
 	$(VENV)/python bench/kube.py
 	$(VENV)/python bench/ops.py --repeat 1 --types Uint8,Uint16,Uint32  # concrete Mul on Uint64 compiles for >10 min
 	$(VENV)/python bench/graph.py
+	$(VENV)/python bench/key_cache.py
 	$(VENV)/python bench/sns.py
 	$(VENV)/python bench/verify.py
 	$(VENV)/python bench/input_flow.py
 	$(VENV)/python bench/listener.py
 	$(VENV)/python bench/sender.py
 	$(VENV)/python bench/orchestration.py
+	$(VENV)/python bench/profiles.py
 
 lock:             ## re-pin constraints.txt from the current .venv (keeps its two header lines)
 	{ head -2 constraints.txt; $(VENV)/pip freeze --all --exclude-editable \

@@ -13,6 +13,11 @@ operator as a process under its non-admin identity, default settings):
   trips. Median of --repeat;
 * throughput: --batches such batches created at once, until every one is Succeeded.
 
+Both are measured twice in one run: with every pod decompressing its key, then with
+the stage pods sharing the node-local key cache (coprocessor/keycache.py,
+FHE_JOB_KEY_CACHE_HOST_PATH); the ratios compare the two, and the burst's rate is also
+given against 0.12 batches/s, where issue #26 started.
+
 Writes bench/results/orchestration.json.
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -106,10 +112,15 @@ def install(env: dict[str, str]) -> None:
     )
 
 
-def start_operator(env: dict[str, str], log: Path, limit: int | None) -> subprocess.Popen:
+def start_operator(
+    env: dict[str, str], log: Path, limit: int | None, key_cache: Path | None = None
+) -> subprocess.Popen:
     info = StackState.load(Path(env["FHE_STATE_DIR"])).components["kube"]
     port = free_port()
     operator_env = {**env, "FHE_KUBECONFIG": str(operator_kubeconfig(info))}
+    if key_cache is not None:  # stage pods mount it and share expanded keys
+        key_cache.mkdir(parents=True, exist_ok=True)
+        operator_env["FHE_JOB_KEY_CACHE_HOST_PATH"] = str(key_cache)
     if limit:  # device auto picks gpu when the cluster has GPU nodes (the dev stack does)
         operator_env["FHE_MAX_RUNNING_BATCHES_CPU"] = str(limit)
         operator_env["FHE_MAX_RUNNING_BATCHES_GPU"] = str(limit)
@@ -239,6 +250,36 @@ def cleanup(api: client.CustomObjectsApi) -> None:
     api.delete_collection_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)
 
 
+def measure(api, env, log: Path, args, key_cache: Path | None) -> dict:
+    """Single batches and the burst under one operator configuration."""
+    operator = start_operator(env, log, args.limit, key_cache)
+    try:
+        cleanup(api)
+        one_batch(api)  # warm: the tenant's key in the page cache (and the node cache)
+        singles = [one_batch(api) for _ in range(args.repeat)]
+        for single in singles:
+            print(f"one batch: {single}", flush=True)
+        throughput = many_batches(api, args.batches)
+        print(f"{args.batches} batches at once: {throughput}", flush=True)
+        cleanup(api)
+    finally:
+        operator.terminate()
+        operator.wait(timeout=30)
+    return {
+        "samples": singles,
+        "median_apply_to_succeeded_s": statistics.median(
+            s["apply_to_succeeded_s"] for s in singles
+        ),
+        "median_overhead_s": statistics.median(s["overhead_s"] for s in singles),
+        "median_key_load_s": statistics.median(s["key_load_s"] for s in singles),
+        "throughput": throughput,
+    }
+
+
+# Issue #26's starting point (bench/orchestration.py before key parts and the cache).
+FIRST_MEASURED_BATCHES_PER_S = 0.12
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -254,30 +295,27 @@ def main() -> None:
     install(env)
     config.load_kube_config(env["KUBECONFIG"])
     api = client.CustomObjectsApi()
-    log = Path(env["FHE_STATE_DIR"]) / "bench-operator.log"
-    operator = start_operator(env, log, args.limit)
+    state = Path(env["FHE_STATE_DIR"])
+    log = state / "bench-operator.log"
+    key_cache = state / "bench-key-cache"
+    shutil.rmtree(key_cache, ignore_errors=True)
     try:
-        cleanup(api)
-        one_batch(api)  # warm: the tenant's key in the page cache, imports compiled
-        singles = [one_batch(api) for _ in range(args.repeat)]
-        for single in singles:
-            print(f"one batch: {single}", flush=True)
-        throughput = many_batches(api, args.batches)
-        print(f"{args.batches} batches at once: {throughput}", flush=True)
-        cleanup(api)
+        print("== every pod decompresses its key", flush=True)
+        without = measure(api, env, log, args, None)
+        print("== stage pods share the node key cache", flush=True)
+        with_cache = measure(api, env, log, args, key_cache)
     finally:
-        operator.terminate()
-        operator.wait(timeout=30)
+        shutil.rmtree(key_cache, ignore_errors=True)
+    rate = with_cache["throughput"]["batches_per_s"]
     result = {
         "cpus": len(os.sched_getaffinity(0)),
-        "samples": singles,
-        "median_apply_to_succeeded_s": statistics.median(
-            s["apply_to_succeeded_s"] for s in singles
-        ),
-        "median_overhead_s": statistics.median(s["overhead_s"] for s in singles),
-        "median_key_load_s": statistics.median(s["key_load_s"] for s in singles),
         "goal_overhead_s": 2.0,
-        "throughput": throughput,
+        "without_key_cache": without,
+        "with_key_cache": with_cache,
+        "key_load_ratio": round(with_cache["median_key_load_s"] / without["median_key_load_s"], 3),
+        "throughput_ratio": round(rate / without["throughput"]["batches_per_s"], 3),
+        "throughput_vs_first_measured": round(rate / FIRST_MEASURED_BATCHES_PER_S, 2),
+        "goal_throughput_vs_first_measured": 10,
         "limit": args.limit,
         "operator_log": str(log),
     }
