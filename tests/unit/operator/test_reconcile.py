@@ -458,6 +458,18 @@ def test_stage_pods_get_only_what_their_stage_needs(stage):
     """No API token in any stage pod, a restricted security context, and the gateway
     keys' Secret only in send pods."""
     settings = JobSettings(secret="creds", send_secret="keys", service_account="fhe-job")
+    pod = stage_pod(stage, settings)
+    container = pod["containers"][0]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == "fhe-job"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    secrets = [ref["secretRef"]["name"] for ref in container["envFrom"] if "secretRef" in ref]
+    assert secrets == (["creds", "keys"] if stage == "send" else ["creds"])
+
+
+def stage_pod(stage: str, settings: JobSettings) -> dict:
     manifest = job_manifest(
         namespace="fhe",
         name="b",
@@ -469,33 +481,14 @@ def test_stage_pods_get_only_what_their_stage_needs(stage):
         settings=settings,
         remaining_seconds=100,
     )
-    pod = manifest["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    assert pod["automountServiceAccountToken"] is False
-    assert pod["serviceAccountName"] == "fhe-job"
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    secrets = [ref["secretRef"]["name"] for ref in container["envFrom"] if "secretRef" in ref]
-    assert secrets == (["creds", "keys"] if stage == "send" else ["creds"])
+    return manifest["spec"]["template"]["spec"]
 
 
 @pytest.mark.parametrize("stage", ["compute", "sns", "send"])
 def test_stages_that_load_a_key_mount_the_node_key_cache(stage):
     """With FHE_JOB_KEY_CACHE_HOST_PATH, compute and SNS pods mount the node directory at
     the same path and are told to use it; send pods load no key and get neither."""
-    manifest = job_manifest(
-        namespace="fhe",
-        name="b",
-        uid="u1",
-        batch_id="fhe/b@1",
-        spec=spec(),
-        stage=stage,
-        device="cpu",
-        settings=JobSettings(key_cache_host_path="/var/cache/fhe-keys"),
-        remaining_seconds=100,
-    )
-    pod = manifest["spec"]["template"]["spec"]
+    pod = stage_pod(stage, JobSettings(key_cache_host_path="/var/cache/fhe-keys"))
     container = pod["containers"][0]
     if stage == "send":
         assert "volumes" not in pod and "volumeMounts" not in container
@@ -505,15 +498,4 @@ def test_stages_that_load_a_key_mount_the_node_key_cache(stage):
     ]
     assert container["volumeMounts"] == [{"name": "key-cache", "mountPath": "/var/cache/fhe-keys"}]
     assert {"name": "FHE_KEY_CACHE_DIR", "value": "/var/cache/fhe-keys"} in container["env"]
-    unmounted = job_manifest(
-        namespace="fhe",
-        name="b",
-        uid="u1",
-        batch_id="fhe/b@1",
-        spec=spec(),
-        stage=stage,
-        device="cpu",
-        settings=JobSettings(),
-        remaining_seconds=100,
-    )
-    assert "volumes" not in unmounted["spec"]["template"]["spec"]
+    assert "volumes" not in stage_pod(stage, JobSettings())
