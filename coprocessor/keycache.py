@@ -10,23 +10,32 @@ the expanded form here, and later pods on that node read it instead.
 * **Keyed by what it is**: ``<key id>-<purpose>-<TFHE-rs version>``; a new keyset has
   a new key id, so nothing is ever invalidated in place.
 * **Verified**: the file's BLAKE3 digest is in its name and the whole file is hashed
-  while it is read: a torn, truncated or altered file is refused, deleted, and the key
+  when it is read: a torn, truncated or altered file is refused, deleted, and the key
   is loaded from S3 as if there were no cache.
+* **Authenticated**: the name also carries an HMAC of (name, digest) under a secret the
+  stage pods hold (``FHE_KEY_CACHE_SECRET``, else one derived from the S3 secret key),
+  so a file planted by a pod without that secret (another namespace's pod with a
+  hostPath on the same node) is refused and deleted, never loaded.
 * **Written atomically**: into a temporary name in the same directory, synced, then
   renamed; a reader never sees a partial file, and two pods writing the same key at
   once both end with a complete file.
 * **Bounded**: after each write, the least recently used files go until the directory
-  holds at most ``max_bytes`` (the one just written stays).
+  holds at most ``max_bytes`` (the one just written stays). Only files named as the
+  cache names them are ever deleted, whatever else the directory holds.
 * **Best effort**: a full disk or an unwritable directory costs the cache, never the
   stage: the key in memory is used either way.
 
-The directory is trusted like the node's disk: in a cluster it is a hostPath volume the
-stage Jobs mount (``FHE_JOB_KEY_CACHE_HOST_PATH``), writable by the stage pods only.
+In a cluster the directory is a hostPath volume the stage Jobs mount
+(``FHE_JOB_KEY_CACHE_HOST_PATH``): make it writable by the stage pods' user only. Anyone
+who may create pods in a batch namespace can read that namespace's Secrets, so the
+HMAC keeps out other namespaces, not those.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import re
@@ -44,36 +53,62 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _SUFFIX = ".key"
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+# What the cache writes, and so all it ever deletes: <name>.<digest>.<mac>.key, and
+# .<name>.<pid>.<random>.tmp while it writes.
+_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.[0-9a-f]{64}\.[0-9a-f]{32}\.key$")
+_TEMPORARY = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9._-]*\.[0-9]+\.[0-9a-f]{8}\.tmp$")
 STALE_TEMPORARY_S = 3600.0  # a writer that died mid-write left this behind
+
+
+def cache_secret(settings: Settings) -> bytes:
+    """The HMAC key of the cache's names: FHE_KEY_CACHE_SECRET, else derived from the S3
+    secret key every stage pod already holds."""
+    if settings.key_cache_secret is not None:
+        return settings.key_cache_secret.get_secret_value().encode()
+    return hashlib.sha256(b"fhe-key-cache\0" + settings.s3_secret_key.encode()).digest()
 
 
 @dataclass(frozen=True)
 class KeyCache:
     directory: Path
     max_bytes: int
+    secret: bytes = b""
 
     @classmethod
     def of(cls, settings: Settings) -> KeyCache | None:
         """The configured cache, or None when FHE_KEY_CACHE_DIR is unset."""
         if settings.key_cache_dir is None:
             return None
-        return cls(settings.key_cache_dir, settings.key_cache_max_bytes)
+        return cls(settings.key_cache_dir, settings.key_cache_max_bytes, cache_secret(settings))
+
+    def _mac(self, name: str, digest: str) -> str:
+        return hmac.new(self.secret, f"{name}.{digest}".encode(), hashlib.sha256).hexdigest()[:32]
 
     # --- reading ---------------------------------------------------------------------
     def _entries(self, name: str) -> list[tuple[Path, str]]:
-        """(file, digest) of the complete files of ``name``, newest first."""
+        """(file, digest) of the complete files of ``name``, newest first. A file whose
+        HMAC is wrong was not written by a holder of the secret: it is deleted."""
         found = []
         try:
             candidates = list(self.directory.glob(f"{name}.*{_SUFFIX}"))
         except OSError:
             return []
         for path in candidates:
-            digest = path.name[len(name) + 1 : -len(_SUFFIX)]
-            if _DIGEST.match(digest):
-                try:
-                    found.append((path.stat().st_mtime, path, digest))
-                except OSError:
-                    continue  # evicted meanwhile
+            if not _FILE.match(path.name):
+                continue
+            digest, mac = path.name[len(name) + 1 : -len(_SUFFIX)].split(".")
+            if not hmac.compare_digest(mac, self._mac(name, digest)):
+                log.warning(
+                    "a cached key not written by this deployment; deleting it",
+                    extra={"fields": {"file": str(path)}},
+                )
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+                continue
+            try:
+                found.append((path.stat().st_mtime, path, digest))
+            except OSError:
+                continue  # evicted meanwhile
         return [(path, digest) for _, path, digest in sorted(found, reverse=True)]
 
     def get(self, name: str, load: Callable[[Path, str], T]) -> T | None:
@@ -84,9 +119,13 @@ class KeyCache:
             started = time.monotonic()
             try:
                 value = load(path, digest)
-            except FileNotFoundError:
-                continue  # evicted between the listing and the read
-            except Exception as error:  # a bad file is a miss, never a stage failure
+            except OSError as error:  # gone meanwhile, or the disk: a miss, the file stays
+                log.info(
+                    "cached key not readable",
+                    extra={"fields": {"file": str(path), "error": str(error)[:300]}},
+                )
+                continue
+            except Exception as error:  # bad bytes: a miss, never a stage failure
                 log.warning(
                     "cached key refused; deleting it",
                     extra={"fields": {"file": str(path), "error": str(error)[:300]}},
@@ -112,7 +151,7 @@ class KeyCache:
             digest = save(temporary)
             if not _DIGEST.match(digest):
                 raise ValueError(f"not a BLAKE3 hex digest: {digest!r}")
-            final = self.directory / f"{name}.{digest}{_SUFFIX}"
+            final = self.directory / f"{name}.{digest}.{self._mac(name, digest)}{_SUFFIX}"
             os.replace(temporary, final)
         except Exception as error:
             with contextlib.suppress(OSError):
@@ -142,11 +181,11 @@ class KeyCache:
                 stat = path.stat()
             except OSError:
                 continue
-            if path.name.endswith(".tmp"):
+            if _TEMPORARY.match(path.name):
                 if now - stat.st_mtime > STALE_TEMPORARY_S:
                     path.unlink(missing_ok=True)
                     deleted.append(path)
-            elif path.name.endswith(_SUFFIX):
+            elif _FILE.match(path.name):
                 files.append((stat.st_mtime, stat.st_size, path))
         total = sum(size for _, size, _ in files)
         for _, size, path in sorted(files):

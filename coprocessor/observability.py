@@ -221,15 +221,17 @@ def _password(dsn: str) -> list[str]:
     return [password] if password else []
 
 
-def postgres_check(target: Any) -> ReadinessCheck:
+def postgres_check(target: Any, sslmode: str | None = None) -> ReadinessCheck:
     """``SELECT 1`` on an asyncpg pool, or on a connection opened for it from a DSN
-    (closed after). Failures name PostgreSQL, never the DSN."""
+    (closed after, with ``sslmode`` as the product's connections use it). Failures name
+    PostgreSQL, never the DSN."""
     import asyncpg
 
     async def check() -> None:
         try:
             if isinstance(target, str):
-                connection = await asyncpg.connect(target, timeout=READY_TIMEOUT_S)
+                tls = {"ssl": sslmode} if sslmode else {}
+                connection = await asyncpg.connect(target, timeout=READY_TIMEOUT_S, **tls)
                 try:
                     await connection.fetchval("SELECT 1")
                 finally:

@@ -393,6 +393,11 @@ class Settings(BaseSettings):
         description="The node-local cache of expanded server keys (coprocessor/keycache.py); "
         "None = every process decompresses its keys.",
     )
+    key_cache_secret: SecretStr | None = Field(
+        None,
+        description="HMAC key of the key cache's file names (a file without the right "
+        "HMAC is never loaded); unset: derived from s3_secret_key.",
+    )
     key_cache_max_bytes: int = Field(
         16 * 2**30,
         ge=0,

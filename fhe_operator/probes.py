@@ -30,7 +30,7 @@ def operator_probes(settings: Settings) -> Probes:
     from coprocessor.api.kube import api_client
 
     probes = Probes()
-    probes.readiness("postgres", postgres_check(settings.database_url))
+    probes.readiness("postgres", postgres_check(settings.database_url, settings.database_sslmode))
     probes.readiness("kubernetes", kubernetes_check(api_client(settings.kubeconfig)))
     return probes
 

@@ -133,7 +133,7 @@ async def serve_verify(settings: Settings, stop: asyncio.Event) -> None:
     heartbeat = probes.heartbeat(
         "verify", max(VERIFY_LIVENESS_S, 3 * settings.notify_poll_interval_s)
     )
-    probes.readiness("postgres", postgres_check(settings.database_url))
+    probes.readiness("postgres", postgres_check(settings.database_url, settings.database_sslmode))
     probes.readiness("s3", s3_check(settings))
     metrics.declare_worker(WORKER)
     async with serving(settings, probes):

@@ -8,7 +8,7 @@ import time
 
 from coprocessor.api.summary import ComputeSummary
 from coprocessor.db import queries
-from coprocessor.db.pool import pool_of
+from coprocessor.db.pool import ConnectOptions, pool_of
 from coprocessor.errors import Irrecoverable
 from coprocessor.keycache import KeyCache
 from coprocessor.settings import Settings
@@ -69,6 +69,7 @@ async def run_compute(
             strategy=Strategy(settings.compute_strategy),
             input_wait_s=settings.compute_input_wait_s,
             poll_interval_s=min(settings.notify_poll_interval_s, 2.0),
+            connect_options=ConnectOptions.of(settings),
         )
         summary = await executor.run()
         summary.key_load_s = key_load_s

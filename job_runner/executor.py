@@ -26,6 +26,7 @@ import asyncpg
 from coprocessor.api.summary import ComputeSummary
 from coprocessor.db import queries
 from coprocessor.db.notify import NotificationWaiter
+from coprocessor.db.pool import DEFAULT_OPTIONS, ConnectOptions
 from coprocessor.errors import (
     Irrecoverable,
     MissingInputs,
@@ -84,6 +85,7 @@ class Executor:
         strategy: Strategy = Strategy.MAX_PARALLELISM,
         input_wait_s: float = 120.0,
         poll_interval_s: float = 2.0,
+        connect_options: ConnectOptions = DEFAULT_OPTIONS,
     ) -> None:
         self.pool = pool
         self.database_url = database_url
@@ -94,6 +96,7 @@ class Executor:
         self.strategy = strategy
         self.input_wait_s = input_wait_s
         self.poll_interval_s = poll_interval_s
+        self.connect_options = connect_options
         self.schedule = Schedule(graph)
         self.summary = ComputeSummary(total=len(graph.nodes))
         self._cache: dict[bytes, bytes] = {}  # results of this run, until consumed
@@ -117,7 +120,10 @@ class Executor:
         schedule = self.schedule
         tasks: dict[asyncio.Task[_Outcome], bytes] = {}
         async with NotificationWaiter(
-            self.database_url, (queries.CIPHERTEXT_COMPUTED,), poll_interval=self.poll_interval_s
+            self.database_url,
+            (queries.CIPHERTEXT_COMPUTED,),
+            poll_interval=self.poll_interval_s,
+            options=self.connect_options,
         ) as waiter:
             await self._refresh_awaited()
             last_progress = last_refresh = time.monotonic()

@@ -85,7 +85,14 @@ class _Verifier:
             if active:
                 self._crs[key] = await asyncio.to_thread(kms.load_crs, self.store, active)
             else:
-                self._crs[key] = await pinned_crs(connection, self.store, backend, self.crs_bits)
+                # Its own connection: the caller's is inside the request's transaction,
+                # and the pin must commit (and not hold a row lock) whatever happens to
+                # the request.
+                own = await connect_settings(self.settings)
+                try:
+                    self._crs[key] = await pinned_crs(own, self.store, backend, self.crs_bits)
+                finally:
+                    await own.close()
         return self._crs[key]
 
     def acl_address(self, request: proofs.ProofRequest) -> bytes:

@@ -58,6 +58,14 @@ class ConnectOptions:
 
 DEFAULT_OPTIONS = ConnectOptions()
 
+# Settings no retry can fix: a TLS mode without the CA it needs, a CA file that is not
+# there (asyncpg reads sslrootcert before it opens a socket).
+_MISCONFIGURED = (asyncpg.ClientConfigurationError, FileNotFoundError)
+
+
+def _misconfigured(error: BaseException) -> ConfigError:
+    return ConfigError(f"postgres connection settings: {type(error).__name__}: {error}")
+
 
 def _connect_failed(error: BaseException) -> ServiceUnavailable | ConfigError:
     """A TLS mismatch is configuration (retrying cannot help); the rest is the server
@@ -79,6 +87,8 @@ async def connect(
 ) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(database_url, **options.kwargs())
+    except _MISCONFIGURED as error:
+        raise _misconfigured(error) from error
     except _UNAVAILABLE as error:
         raise _connect_failed(error) from error
     except asyncpg.InvalidCatalogNameError as error:
@@ -92,6 +102,8 @@ async def create_pool(
         pool = await asyncpg.create_pool(
             database_url, min_size=1, max_size=size, **options.kwargs()
         )
+    except _MISCONFIGURED as error:
+        raise _misconfigured(error) from error
     except _UNAVAILABLE as error:
         raise _connect_failed(error) from error
     assert pool is not None

@@ -12,7 +12,6 @@ truncation), and Sum / IsIn (folds of Add and Eq/Or).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,6 @@ def _is_panic(error: BaseException) -> bool:
 
 
 def _contain(call: Callable[..., Any], what: str) -> Callable[..., Any]:
-    @functools.wraps(call)
     def contained(*args: Any, **kwargs: Any) -> Any:
         try:
             result = call(*args, **kwargs)
@@ -62,16 +60,27 @@ def _contain(call: Callable[..., Any], what: str) -> Callable[..., Any]:
             if not _is_panic(error):
                 raise
             raise NativePanic(f"TFHE-rs panicked in {what}: {error}") from None
-        return _Contained(result, what) if isinstance(call, type) else result
+        return _Contained(result, what) if _from_extension(result) else result
 
     return contained
 
 
+def _from_extension(value: Any) -> bool:
+    """An object of one of the extension's classes (pyo3 classes say module builtins)."""
+    native = type(value)
+    return native.__module__ == "builtins" and native.__name__ in _NATIVE_CLASSES
+
+
+_NATIVE_CLASSES = frozenset({"Client", "Evaluator"})
+
+
 class _Contained:
-    """The extension module, or one of its objects, with every call and attribute read
-    contained: pyo3 turns a Rust panic into PanicException, a BaseException that
-    ``except Exception`` does not catch, so without this a panic anywhere in TFHE-rs
-    would end a worker, a listener or the operator instead of failing one item."""
+    """The extension module, one of its classes, or one of their objects, with every
+    call and attribute read contained: pyo3 turns a Rust panic into PanicException, a
+    BaseException that ``except Exception`` does not catch, so without this a panic
+    anywhere in TFHE-rs would end a worker, a listener or the operator instead of
+    failing one item. A class stays a proxy (its static methods, e.g.
+    ``Evaluator.load_expanded``, are contained) and what it makes is wrapped again."""
 
     def __init__(self, target: Any, name: str) -> None:
         self._target = target
@@ -80,7 +89,12 @@ class _Contained:
     def __getattr__(self, attribute: str) -> Any:
         what = f"{self._name}.{attribute}"
         value = _contain(getattr, what)(self._target, attribute)
+        if isinstance(value, type) and value.__name__ in _NATIVE_CLASSES:
+            return _Contained(value, what)
         return _contain(value, what) if callable(value) else value
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _contain(self._target, self._name)(*args, **kwargs)
 
 
 def _native() -> Any:

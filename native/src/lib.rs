@@ -48,10 +48,22 @@ const CT_LIMIT: u64 = 1 << 26;
 /// several times its compressed size: the noise squashing key alone is GBs.
 const EXPANDED_LIMIT: u64 = 1 << 35;
 
-/// BLAKE3 (hex) of an expanded key (GBs for the whole key: about a third of a second
-/// per GB on one core here; hashing on every core measured no faster).
-fn digest_of(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
+/// Writes through to `inner`, hashing what was written.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.hasher.update(&buf[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn err<E: std::fmt::Display>(e: E) -> PyErr {
@@ -1107,32 +1119,42 @@ impl Evaluator {
     /// Write the expanded key (what decompression produced) to `path`, synced, and
     /// return the file's BLAKE3 digest (hex): the node-local key cache, where loading
     /// is a read instead of a decompression. The caller renames the file into place.
-    /// Serialised in memory first: bincode through a writer goes element by element.
+    /// Streamed through a hashing buffer: no second copy of the key in memory.
     fn save_expanded(&self, py: Python<'_>, path: String) -> PyResult<String> {
         let key = &self.key;
         py.allow_threads(move || -> PyResult<String> {
-            let bytes = ser(key, EXPANDED_LIMIT)?;
-            let digest = digest_of(&bytes);
-            let mut file = std::fs::File::create(&path).map_err(err)?;
-            std::io::Write::write_all(&mut file, &bytes).map_err(err)?;
-            file.sync_all().map_err(err)?;
-            Ok(digest)
+            let file = std::fs::File::create(&path)?;
+            let mut writer = HashingWriter {
+                inner: std::io::BufWriter::with_capacity(16 << 20, file),
+                hasher: blake3::Hasher::new(),
+            };
+            SerializationConfig::new(EXPANDED_LIMIT)
+                .serialize_into(key, &mut writer)
+                .map_err(err)?;
+            let file = writer.inner.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            Ok(writer.hasher.finalize().to_hex().to_string())
         })
     }
 
     /// An evaluator from a key `save_expanded` wrote, refused (ValueError) unless the
-    /// whole file hashes to `digest`: a torn or altered file never becomes a key.
+    /// whole file hashes to `digest`: a torn or altered file never becomes a key. The
+    /// file is mapped, not read into a buffer (the key is GBs); I/O errors are OSErrors.
     #[staticmethod]
     fn load_expanded(py: Python<'_>, path: String, digest: String) -> PyResult<Self> {
         let key = py.allow_threads(move || -> PyResult<ServerKey> {
-            let bytes = std::fs::read(&path).map_err(err)?;
-            let found = digest_of(&bytes);
-            if found != digest {
+            let file = std::fs::File::open(&path)?;
+            // SAFETY: the cache's files are written once under a temporary name and
+            // renamed into place, never modified in place; a file replaced or deleted
+            // meanwhile keeps its mapped pages (POSIX unlink semantics).
+            let mapped = unsafe { memmap2::Mmap::map(&file)? };
+            let found = blake3::hash(&mapped).to_hex();
+            if found.as_str() != digest {
                 return Err(PyValueError::new_err(format!(
                     "the expanded key at {path} hashes to {found}, not {digest}"
                 )));
             }
-            de(&bytes, EXPANDED_LIMIT)
+            de(&mapped, EXPANDED_LIMIT)
         })?;
         Ok(Evaluator { key })
     }

@@ -35,12 +35,11 @@ def load(path: Path, digest: str) -> bytes:
 
 
 def test_a_written_key_is_read_back_and_a_missing_one_is_a_miss(tmp_path):
-    cache = KeyCache(tmp_path / "keys", 10**6)
+    cache = KeyCache(tmp_path / "keys", 10**6, b"secret")
     assert cache.get("k", load) is None
     written = cache.put("k", saver(b"expanded"))
-    assert (
-        written is not None and written.name == f"k.{hashlib.sha256(b'expanded').hexdigest()}.key"
-    )
+    digest = hashlib.sha256(b"expanded").hexdigest()
+    assert written is not None and written.name.startswith(f"k.{digest}.")
     assert cache.get("k", load) == b"expanded"
     assert cache.get("other", load) is None
     assert not list((tmp_path / "keys").glob("*.tmp"))  # renamed into place
@@ -84,13 +83,54 @@ def test_the_least_recently_used_files_go_first_and_the_new_one_stays(tmp_path):
 
 def test_stale_temporaries_of_dead_writers_are_swept(tmp_path):
     cache = KeyCache(tmp_path, 10**6)
-    stale, fresh = tmp_path / ".k.1.dead.tmp", tmp_path / ".k.2.live.tmp"
+    stale, fresh = tmp_path / ".k.1.deadbeef.tmp", tmp_path / ".k.2.0badcafe.tmp"
     stale.write_bytes(b"half")
     fresh.write_bytes(b"half")
     old = time.time() - STALE_TEMPORARY_S - 10
     os.utime(stale, (old, old))
     cache.evict()
     assert not stale.exists() and fresh.exists()  # a live writer's file is left alone
+
+
+def test_a_file_planted_without_the_secret_is_deleted_never_loaded(tmp_path):
+    """The digest in a name proves nothing about who wrote the file; the HMAC does."""
+    ours = KeyCache(tmp_path, 10**6, b"our secret")
+    theirs = KeyCache(tmp_path, 10**6, b"another namespace's secret")
+    planted = theirs.put("k", saver(b"a key of theirs"))
+    assert planted is not None
+    loaded = []
+    assert ours.get("k", lambda p, d: loaded.append(p) or load(p, d)) is None
+    assert loaded == [] and not planted.exists()  # never handed to the loader
+    forged = tmp_path / f"k.{hashlib.sha256(b'x').hexdigest()}.{'0' * 32}.key"
+    forged.write_bytes(b"x")
+    assert ours.get("k", load) is None and not forged.exists()
+
+
+def test_only_the_caches_own_files_are_ever_deleted(tmp_path):
+    """A directory that also holds other files (a wrong hostPath, a TLS key) keeps them,
+    however old and however far over the bound."""
+    others = [tmp_path / "server.key", tmp_path / "notes.tmp", tmp_path / ".x.tmp"]
+    old = time.time() - STALE_TEMPORARY_S - 10
+    for other in others:
+        other.write_bytes(b"not ours" * 100)
+        os.utime(other, (old, old))
+    cache = KeyCache(tmp_path, 1, b"s")
+    assert cache.put("k", saver(b"ours")) is not None
+    cache.evict()
+    assert all(other.exists() for other in others)
+
+
+def test_a_load_that_cannot_read_is_a_miss_and_keeps_the_file(tmp_path):
+    """An I/O error (EIO, EACCES, a file replaced meanwhile) is not bad bytes: the file
+    may be a fresh one another pod just renamed into place."""
+    cache = KeyCache(tmp_path, 10**6, b"s")
+    written = cache.put("k", saver(b"ours"))
+
+    def unreadable(path: Path, digest: str) -> bytes:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    assert cache.get("k", unreadable) is None
+    assert written is not None and written.exists()
 
 
 def test_a_cache_that_cannot_be_written_costs_the_cache_not_the_caller(tmp_path):
@@ -124,4 +164,9 @@ def test_names_carry_the_key_id_the_purpose_and_the_tfhe_version(purpose):
 def test_the_cache_is_off_unless_configured(tmp_path):
     assert KeyCache.of(Settings()) is None
     cache = KeyCache.of(Settings(key_cache_dir=tmp_path, key_cache_max_bytes=5))
-    assert cache == KeyCache(tmp_path, 5)
+    assert cache is not None and (cache.directory, cache.max_bytes) == (tmp_path, 5)
+    assert cache.secret  # derived from the S3 secret when FHE_KEY_CACHE_SECRET is unset
+    other = KeyCache.of(Settings(key_cache_dir=tmp_path, s3_secret_key="another"))
+    assert other is not None and other.secret != cache.secret
+    chosen = KeyCache.of(Settings(key_cache_dir=tmp_path, key_cache_secret="chosen"))
+    assert chosen is not None and chosen.secret == b"chosen"

@@ -99,3 +99,15 @@ async def test_a_statement_over_the_command_timeout_is_cancelled_and_unavailable
 def test_an_unknown_sslmode_is_refused_by_the_settings():
     with pytest.raises(ValueError, match="database_sslmode"):
         Settings(database_sslmode="sometimes")
+
+
+@pytest.mark.parametrize(
+    "url_suffix", ["?sslrootcert=/nonexistent/ca.crt", ""], ids=["missing-ca-file", "no-ca"]
+)
+async def test_a_tls_setting_no_retry_can_fix_is_a_config_error(server, url_suffix, monkeypatch):
+    """verify-full with a CA file that is not there, or with none at all, fails at once
+    as configuration (a stage pod exits 3), never as an outage to wait out (exit 75)."""
+    url, _ = server
+    monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.postgresql/root.crt either
+    with pytest.raises(ConfigError, match="postgres connection settings"):
+        await connect(url + url_suffix, ConnectOptions(sslmode="verify-full"))
