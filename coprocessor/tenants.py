@@ -287,15 +287,15 @@ def load_evaluator(
     name = cache_name(tenant.key_id, purpose, getattr(backend, "version", "0"))
     named = backend.named_evaluators  # type: ignore[attr-defined]
 
-    def from_node_cache():
-        return cache.get(name, lambda path, digest: load_expanded(path, digest, tenant.key_id))
-
-    evaluator = named.get_or_load(name, from_node_cache)
-    if evaluator is None:
+    def from_node_then_s3():
+        hit = cache.get(name, lambda path, digest: load_expanded(path, digest, tenant.key_id))
+        if hit is not None:
+            return hit
         evaluator = _load_from_s3(backend, store, tenant, purpose)
         cache.put(name, evaluator.save_expanded)
-        named.get_or_load(name, lambda: evaluator)
-    return evaluator
+        return evaluator
+
+    return named.get_or_load(name, from_node_then_s3)
 
 
 def _load_from_s3(backend, store: ObjectStore, tenant: queries.Tenant, purpose: str | None):

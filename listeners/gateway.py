@@ -57,6 +57,7 @@ from coprocessor.retry import backoff_delays
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
 
+from .abi_fields import raw_bytes, uint
 from .heads import chain_call, follow_heads, wait_for_head, ws_url
 from .skips import record_skip
 
@@ -108,19 +109,6 @@ def _member(struct: Any, name: str, index: int) -> Any:
 KMS_BACKOFF_CAP_S = 300.0
 
 
-def _raw(value: Any) -> bytes:
-    """A bytes field as the ABI decoder gives it (never ``bytes(n)`` of an int)."""
-    if not isinstance(value, bytes | bytearray | memoryview):
-        raise TypeError(f"{type(value).__name__} where bytes were expected")
-    return bytes(value)
-
-
-def _uint256(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 256:
-        raise ValueError(f"{value!r} is not a uint256")
-    return value
-
-
 def _label(activation: kms_rows.Activation) -> str:
     return f"{activation.kind} {activation.material_id:#x}"
 
@@ -133,15 +121,15 @@ def _activation(
     try:
         urls = tuple(str(u) for u in args["kmsNodeStorageUrls"])
         if name == "ActivateCrs":
-            crs_id, digest = _uint256(args["crsId"]), _raw(args["crsDigest"])
+            crs_id, digest = uint(args["crsId"], 256), raw_bytes(args["crsDigest"])
             return "crs", crs_id, urls, {kms.CRS_DIR: digest.hex()}
         digests = {
-            kms.OBJECT_DIRS[kms.KeyType(_uint256(_member(d, "keyType", 0)))]: _raw(
+            kms.OBJECT_DIRS[kms.KeyType(uint(_member(d, "keyType", 0), 256))]: raw_bytes(
                 _member(d, "digest", 1)
             ).hex()
             for d in args["keyDigests"]
         }
-        return "key", _uint256(args["keyId"]), urls, digests
+        return "key", uint(args["keyId"], 256), urls, digests
     except (ValueError, KeyError, IndexError, TypeError, OverflowError) as error:
         raise _Skip(f"{name}: {type(error).__name__}: {error}") from None
 

@@ -35,6 +35,8 @@ from coprocessor.types import (
     plaintext_operand,
 )
 
+from .abi_fields import raw_bytes, uint
+
 BINARY_OPS = {Op(code).event_name: Op(code) for code in range(20)}
 UNARY_OPS = {"FheNeg": Op.Neg, "FheNot": Op.Not}
 ALLOWED, ALLOWED_FOR_DECRYPTION = 0, 1
@@ -81,23 +83,6 @@ class AllowedRow:
     transaction_id: bytes
 
 
-def _raw(value: Any) -> bytes:
-    """A bytes field as the ABI decoder gives it. Never ``bytes(value)`` of anything
-    else: ``bytes(10**9)`` is a gigabyte of zeros, ``bytes(32)`` a valid-looking handle."""
-    if not isinstance(value, bytes | bytearray | memoryview):
-        raise TypeError(f"{type(value).__name__} where bytes were expected")
-    return bytes(value)
-
-
-def _uint(value: Any, bits: int) -> int:
-    """An ``uint<bits>`` field: an int (not a bool, not a float) in range."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{type(value).__name__} where a uint{bits} was expected")
-    if not 0 <= value < 1 << bits:
-        raise ValueError(f"{value} does not fit a uint{bits}")
-    return value
-
-
 def _address(value: Any) -> bytes:
     raw = address_bytes(value)
     if raw is None:
@@ -110,14 +95,14 @@ def _handle(args: Mapping[str, Any], key: str, transaction: bytes) -> bytes:
     if value is None:
         raise UndecodableEvent(f"tx 0x{transaction.hex()}: field {key!r} is missing")
     try:
-        return Handle(_raw(value)).raw
+        return Handle(raw_bytes(value)).raw
     except (TypeError, ValueError) as error:
         raise UndecodableEvent(f"tx 0x{transaction.hex()}: field {key!r}: {error}") from None
 
 
 def _type(value: Any, transaction: bytes) -> FheType:
     try:
-        return FheType(_uint(value, 8))
+        return FheType(uint(value, 8))
     except (TypeError, ValueError):
         raise UndecodableEvent(
             f"tx 0x{transaction.hex()}: type code {value!r} is not a ciphertext type"
@@ -155,8 +140,10 @@ def _computation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> 
     h = lambda key: _handle(args, key, transaction)  # noqa: E731
     if name in BINARY_OPS:
         op = BINARY_OPS[name]
-        scalar = _raw(args.get("scalarByte", b"")) == b"\x01"
-        rhs = plaintext_operand(int.from_bytes(_raw(args["rhs"]), "big")) if scalar else h("rhs")
+        scalar = raw_bytes(args.get("scalarByte", b"")) == b"\x01"
+        rhs = (
+            plaintext_operand(int.from_bytes(raw_bytes(args["rhs"]), "big")) if scalar else h("rhs")
+        )
         return ComputationRow(
             result,
             result_type,
@@ -180,7 +167,7 @@ def _computation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> 
             result,
             result_type,
             int(Op.TrivialEncrypt),
-            (plaintext_operand(_uint(args["pt"], 256)),),
+            (plaintext_operand(uint(args["pt"], 256)),),
             is_scalar=True,
             transaction_id=transaction,
         )
@@ -197,7 +184,7 @@ def _computation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> 
             result,
             result_type,
             int(Op.Rand),
-            (_raw(args["seed"]),),
+            (raw_bytes(args["seed"]),),
             is_scalar=True,
             transaction_id=transaction,
         )
@@ -206,7 +193,7 @@ def _computation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> 
             result,
             result_type,
             int(Op.RandBounded),
-            (plaintext_operand(_uint(args["upperBound"], 256)), _raw(args["seed"])),
+            (plaintext_operand(uint(args["upperBound"], 256)), raw_bytes(args["seed"])),
             is_scalar=True,
             transaction_id=transaction,
         )
@@ -252,9 +239,9 @@ def delegation_row(name: str, args: Mapping[str, Any], transaction: bytes) -> De
             _address(args["delegator"]),
             _address(args["delegate"]),
             _address(args["contractAddress"]),
-            _uint(args["delegationCounter"], 64),
-            _uint(args["oldExpirationDate"], 64),
-            None if revoked else _uint(args["newExpirationDate"], 64),
+            uint(args["delegationCounter"], 64),
+            uint(args["oldExpirationDate"], 64),
+            None if revoked else uint(args["newExpirationDate"], 64),
             transaction,
         )
 
@@ -274,7 +261,7 @@ def _allowed_rows(name: str, args: Mapping[str, Any], transaction: bytes) -> lis
     if name == "AllowedForDecryption":
         caller = _address(args["caller"])
         return [
-            AllowedRow(Handle(_raw(h)).raw, caller, ALLOWED_FOR_DECRYPTION, transaction)
+            AllowedRow(Handle(raw_bytes(h)).raw, caller, ALLOWED_FOR_DECRYPTION, transaction)
             for h in args["handlesList"]
         ]
     raise UndecodableEvent(f"tx 0x{transaction.hex()}: {name!r} is not an ACL event")

@@ -1,4 +1,5 @@
-"""Connections to PostgreSQL, with connection failures mapped to ServiceUnavailable."""
+"""Connections to PostgreSQL: a server that is away is ServiceUnavailable
+(recoverable), settings no retry can fix are ConfigError."""
 
 from __future__ import annotations
 
@@ -63,13 +64,11 @@ DEFAULT_OPTIONS = ConnectOptions()
 _MISCONFIGURED = (asyncpg.ClientConfigurationError, FileNotFoundError)
 
 
-def _misconfigured(error: BaseException) -> ConfigError:
-    return ConfigError(f"postgres connection settings: {type(error).__name__}: {error}")
-
-
 def _connect_failed(error: BaseException) -> ServiceUnavailable | ConfigError:
-    """A TLS mismatch is configuration (retrying cannot help); the rest is the server
-    being away."""
+    """Settings and TLS mismatches are configuration (retrying cannot help); the rest is
+    the server being away."""
+    if isinstance(error, _MISCONFIGURED):
+        return ConfigError(f"postgres connection settings: {type(error).__name__}: {error}")
     if isinstance(error, ssl.SSLCertVerificationError):
         return ConfigError(
             f"postgres: the server's TLS certificate is not trusted ({error.verify_message}); "
@@ -87,9 +86,7 @@ async def connect(
 ) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(database_url, **options.kwargs())
-    except _MISCONFIGURED as error:
-        raise _misconfigured(error) from error
-    except _UNAVAILABLE as error:
+    except (*_MISCONFIGURED, *_UNAVAILABLE) as error:
         raise _connect_failed(error) from error
     except asyncpg.InvalidCatalogNameError as error:
         raise ServiceUnavailable("postgres", str(error)) from error
@@ -102,9 +99,7 @@ async def create_pool(
         pool = await asyncpg.create_pool(
             database_url, min_size=1, max_size=size, **options.kwargs()
         )
-    except _MISCONFIGURED as error:
-        raise _misconfigured(error) from error
-    except _UNAVAILABLE as error:
+    except (*_MISCONFIGURED, *_UNAVAILABLE) as error:
         raise _connect_failed(error) from error
     assert pool is not None
     return pool

@@ -191,32 +191,24 @@ class EvaluatorCache:
         self._lock = threading.Lock()
 
     def get(self, server_key: bytes, factory: Callable[[bytes], Evaluator]) -> Evaluator:
+        """The evaluator of these key bytes (kept under their SHA-256)."""
         digest = hashlib.sha256(server_key).digest()
-        with self._lock:
-            if digest in self._items:
-                self._items.move_to_end(digest)
-                return self._items[digest]
-        evaluator = factory(server_key)  # outside the lock: other keysets need not wait
-        with self._lock:
-            self._items[digest] = evaluator
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return evaluator
+        return self._get(digest, lambda: factory(server_key))
 
-    def get_or_load(self, name: str, load: Callable[[], Evaluator | None]) -> Evaluator | None:
-        """The evaluator kept under ``name`` (a node key cache name), else ``load()``'s,
-        kept when it is not None."""
-        key = name.encode()
+    def get_or_load(self, name: str, load: Callable[[], Evaluator]) -> Evaluator:
+        """The evaluator kept under ``name`` (a node key cache name), else ``load()``'s."""
+        return self._get(name.encode(), load)
+
+    def _get(self, key: bytes, load: Callable[[], Evaluator]) -> Evaluator:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        evaluator = load()
-        if evaluator is not None:
-            with self._lock:
-                self._items[key] = evaluator
-                while len(self._items) > self.size:
-                    self._items.popitem(last=False)
+        evaluator = load()  # outside the lock: other keysets need not wait
+        with self._lock:
+            self._items[key] = evaluator
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
         return evaluator
 
     def clear(self) -> None:
