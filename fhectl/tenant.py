@@ -119,6 +119,17 @@ def register(groups: argparse._SubParsersAction) -> None:
     bind.add_argument("--namespace", action="append", required=True, metavar="NS")
     bind.add_argument("--unbind", action="store_true", help="remove the namespaces instead")
     bind.set_defaults(handler=cmd_bind)
+    # The same, in the words of access control: allow adds namespaces, deny removes them.
+    for verb, unbind in (("allow", False), ("deny", True)):
+        alias = commands.add_parser(
+            verb,
+            parents=[OUTPUT],
+            help=f"{'bind' if not unbind else 'unbind'} namespaces (= bind"
+            f"{' --unbind' if unbind else ''})",
+        )
+        alias.add_argument("name")
+        alias.add_argument("--namespace", action="append", required=True, metavar="NS")
+        alias.set_defaults(handler=cmd_bind, unbind=unbind)
     activate = commands.add_parser(
         "activate",
         parents=[OUTPUT],

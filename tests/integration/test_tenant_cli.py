@@ -64,6 +64,9 @@ def test_namespaces_and_the_kms_key_id_of_a_tenant(tenant_env):
         "team-b",
     ]
     assert run("bind", "acme", "--namespace", "team-a", "--unbind")["namespaces"] == ["team-b"]
+    # allow / deny: the same, in the words of access control
+    assert run("allow", "acme", "--namespace", "team-c")["namespaces"] == ["team-b", "team-c"]
+    assert run("deny", "acme", "--namespace", "team-b")["namespaces"] == ["team-c"]
     key_id = f"0x{(4 << 248) + 99:064x}"
     assert run("activate", "acme", "--kms-key-id", key_id)["kms_key_id"] == key_id
     assert run("activate", "acme", "--kms-key-id", str((4 << 248) + 99))["kms_key_id"] == key_id
