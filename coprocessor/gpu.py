@@ -1,39 +1,44 @@
-"""GPU devices and their memory, for the compute stage (cupy).
+"""GPU devices and their memory, for the compute and SNS stages (cupy).
 
-Not wired in yet: no product code calls this module today. The compute stage runs on
-the CPU even on GPU nodes until the native extension is built with TFHE-rs's CUDA
-backend (the GPU issue); that work wires ``DevicePool`` into the compute and SNS stages
-or deletes this module. Its unit tests keep the accounting honest meanwhile.
+A stage pod of a batch placed on GPU nodes runs with ``FHE_COMPUTE_DEVICE=gpu`` (the
+operator sets it in the Job, with the ``nvidia.com/gpu`` request). ``stage_devices``
+then makes the pod's ``DevicePool``: ``CUDA_VISIBLE_DEVICES`` from the allocation the
+device plugin made (``apply_allocation``), the devices CUDA reports, the memory a copy
+of the tenant's key takes on each (``DevicePool.hold``). The tfhe-rs evaluator built
+with that pool (``coprocessor.fhe.tfhe_backend``) reserves each op's memory before it
+runs it and falls back to the CPU when no device has room.
 
 * ``discover()`` lists the CUDA devices with their total and free memory. On a machine
   without a usable GPU (no cupy, no driver, no device) it returns ``[]`` and logs one
   line saying why work runs on CPU; it never raises for that.
-* ``estimate_bytes(op, fhe_type)`` sizes one operation's device memory (pure function).
+* ``estimate_bytes(op, fhe_type)`` sizes one operation's device memory (pure function);
+  ``estimate_squash_bytes(fhe_type)`` one switch-and-squash.
 * ``DevicePool`` reserves that memory on one device in two stages (reserve in our own
   accounting, check the device's real free memory, back off if it is short), starting
   each search at the device after the last one used so work spreads round-robin.
-  ``None`` means no device fits now: the caller runs the work on CPU or retries later.
+  ``None`` means no device fits now: the caller runs the work on CPU.
 
 Typical use in a worker::
 
-    pool = DevicePool.from_settings(load_settings())
+    pool = stage_devices(load_settings())
     with pool.reservation(estimate_bytes(op, fhe_type)) as reserved:
         if reserved is None:
             run_on_cpu()
         else:
-            with cupy.cuda.Device(reserved.device):
-                run_on_gpu()
+            run_on_gpu(reserved.device)
 
-Keys (a tenant's server key is a few hundred MB) are loaded once per device and held
-for the worker's life: reserve them once with ``pool.reserve(key_bytes)`` at start.
+Keys (a tenant's server key is a few hundred MB) are expanded once per device and held
+for the worker's life: ``pool.hold(device, key_bytes)`` takes them out of what ops may
+reserve.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -122,6 +127,56 @@ def cupy_free_bytes(index: int) -> int:
     return int(cupy.cuda.Device(index).mem_info[0])
 
 
+# The values of NVIDIA_VISIBLE_DEVICES that name no list of devices.
+_NOT_A_LIST = {"", "all", "none", "void"}
+
+
+def allocation(environ: MutableMapping[str, str]) -> str | None:
+    """The ``CUDA_VISIBLE_DEVICES`` a pod should use, from its device plugin allocation.
+
+    The NVIDIA device plugin passes the devices it allocated to the container as
+    ``NVIDIA_VISIBLE_DEVICES`` (indexes or ``GPU-<uuid>``s). With the NVIDIA container
+    runtime only those devices exist in the container and CUDA numbers them from 0; on
+    a node where the runtime hook is missing every GPU of the node is visible, and this
+    list is what keeps the pod on its own. An explicit ``CUDA_VISIBLE_DEVICES`` wins;
+    ``all``, ``none`` and ``void`` are not lists and change nothing (None).
+    """
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return None
+    listed = environ.get("NVIDIA_VISIBLE_DEVICES", "").strip()
+    if listed.lower() in _NOT_A_LIST:
+        return None
+    devices = [d.strip() for d in listed.split(",") if d.strip()]
+    return ",".join(devices) or None
+
+
+def apply_allocation(environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """Set ``CUDA_VISIBLE_DEVICES`` from the allocation (``allocation``), before CUDA
+    initialises in this process; the value set, or None when nothing changed."""
+    value = allocation(environ)
+    if value is not None:
+        environ["CUDA_VISIBLE_DEVICES"] = value
+        log.info("GPUs of this pod", extra={"fields": {"cuda_visible_devices": value}})
+    return value
+
+
+def stage_devices(settings: Settings) -> DevicePool | None:
+    """The GPUs a stage pod computes on, or None for the CPU.
+
+    None unless ``settings.compute_device`` is ``gpu``. Then the allocation is applied
+    and the devices discovered; a GPU node where CUDA sees no device logs why (see
+    ``discover``) and computes on the CPU rather than failing the batch.
+    """
+    if settings.compute_device != "gpu":
+        return None
+    apply_allocation()
+    pool = DevicePool.from_settings(settings)
+    if not pool.devices:
+        log.warning("FHE_COMPUTE_DEVICE=gpu but no CUDA device is usable: computing on CPU")
+        return None
+    return pool
+
+
 # --- memory estimate ---------------------------------------------------------------
 
 BLOCK_BITS = 2
@@ -195,6 +250,20 @@ def estimate_bytes(op: Op, fhe_type: FheType, operands: int | None = None) -> in
     return (inputs + 1 + temporaries) * ciphertext_bytes(fhe_type)
 
 
+SQUASHED_BLOCK_BYTES = (2 * 2048 + 1) * 16
+"""One block after switch-and-squash: an LWE of the noise-squashing parameters (a
+larger dimension, 128-bit coefficients)."""
+
+
+def estimate_squash_bytes(fhe_type: FheType) -> int:
+    """Device memory one switch-and-squash of a ``fhe_type`` ciphertext needs: the
+    input, its 128-bit output, and a bootstrapped copy per block while the blocks are
+    squashed in parallel (the 128-bit bootstrap's accumulators). An estimate like
+    ``estimate_bytes``; the noise-squashing key itself is held apart (``hold``)."""
+    per_block = 2 * BLOCK_BYTES + 2 * SQUASHED_BLOCK_BYTES
+    return CIPHERTEXT_BASE_BYTES * 2 + blocks(fhe_type) * per_block
+
+
 # --- reservations ------------------------------------------------------------------
 
 
@@ -254,6 +323,26 @@ class DevicePool:
     def from_settings(cls, settings: Settings) -> DevicePool:
         """The pool of this process's real devices (empty without a GPU)."""
         return cls(discover(), settings.gpu_memory_headroom)
+
+    def hold(self, device: int, nbytes: int) -> None:
+        """Take ``nbytes`` of ``device`` out of what may be reserved, for good: memory
+        the process keeps there (a copy of the server key). Raises ValueError when the
+        device does not have that much capacity: the key does not fit."""
+        if nbytes < 0:
+            raise ValueError(f"cannot hold a negative number of bytes, got {nbytes}")
+        with self._lock:
+            if device not in self._capacity:
+                raise ValueError(f"device {device} is not in this pool")
+            if nbytes > self._capacity[device] - self._reserved[device]:
+                raise ValueError(
+                    f"device {device} cannot hold {nbytes} bytes: "
+                    f"{self._capacity[device] - self._reserved[device]} left"
+                )
+            self._capacity[device] -= nbytes
+
+    def free_bytes(self, device: int) -> int:
+        """Free memory of ``device`` right now, as the driver reports it."""
+        return self._free_bytes(device)
 
     def capacity(self, device: int) -> int:
         """Bytes of ``device`` that may ever be reserved: total minus the headroom."""

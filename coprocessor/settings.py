@@ -458,6 +458,13 @@ class Settings(BaseSettings):
     gpu_memory_headroom: float = Field(
         0.1, ge=0, lt=1, description="Fraction of each GPU's memory never reserved."
     )
+    compute_device: Literal["cpu", "gpu"] = Field(
+        "cpu",
+        description="Where a stage pod's FHE work runs. The operator sets `gpu` in the "
+        "compute and SNS Jobs of batches placed on GPU nodes: the pod then expands its key "
+        "onto every GPU it was allocated and runs each op on one of them (round-robin, "
+        "memory reserved first), on the CPU where none has room or the op has no GPU form.",
+    )
     crs_max_bits: int = Field(
         2048,
         ge=1,

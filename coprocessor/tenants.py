@@ -27,6 +27,7 @@ import asyncpg
 from .db import queries
 from .errors import UserError
 from .fhe.engine import KEY_PURPOSES, Client, Keyset, get_backend
+from .gpu import DevicePool
 from .keycache import KeyCache, cache_name
 from .settings import Settings
 from .storage import ObjectStore
@@ -273,14 +274,21 @@ def load_evaluator(
     tenant: queries.Tenant,
     purpose: str | None = None,
     cache: KeyCache | None = None,
+    devices: DevicePool | None = None,
 ):
     """The tenant's evaluator for one stage (``purpose``: only that share of the key is
     fetched and expanded) or, without one or where there are no parts, the whole key.
     The backend keeps an LRU, so once per process; with ``cache`` (the node-local cache
     of expanded keys, for backends that can save theirs), once per node: a hit is read
-    from disk, a miss is loaded from S3 and then written to the cache."""
+    from disk, a miss is loaded from S3 and then written to the cache.
+
+    ``devices`` (a GPU pod's, ``coprocessor.gpu.stage_devices``), for a backend that
+    computes on GPUs: the key is expanded onto them from its compressed form in S3 (the
+    node cache holds CPU keys only: TFHE-rs makes a GPU key from the compressed one)."""
     backend = get_backend(tenant.backend)
     purpose = purpose if purpose and tenant.key_parts.get(purpose) else None
+    if devices is not None and getattr(backend, "runs_on_gpu", False):
+        return _load_from_s3(backend, store, tenant, purpose, devices)
     load_expanded = getattr(backend, "load_expanded", None)
     if cache is None or load_expanded is None:
         return _load_from_s3(backend, store, tenant, purpose)
@@ -298,9 +306,16 @@ def load_evaluator(
     return named.get_or_load(name, from_node_then_s3)
 
 
-def _load_from_s3(backend, store: ObjectStore, tenant: queries.Tenant, purpose: str | None):
+def _load_from_s3(
+    backend,
+    store: ObjectStore,
+    tenant: queries.Tenant,
+    purpose: str | None,
+    devices: DevicePool | None = None,
+):
+    on_gpu = {"devices": devices} if devices is not None else {}
     if purpose is not None:
         part = load_key_part(store, tenant, purpose)
         assert part is not None  # purpose is kept only where the tenant has that part
-        return backend.evaluator(part, key_id=tenant.key_id)
-    return backend.evaluator(load_server_key(store, tenant))
+        return backend.evaluator(part, key_id=tenant.key_id, **on_gpu)
+    return backend.evaluator(load_server_key(store, tenant), **on_gpu)

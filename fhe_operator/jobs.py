@@ -48,6 +48,8 @@ class JobSettings:
 
 # The stages that load a tenant's server key (send only reads digests and signs).
 KEY_STAGES = frozenset({"compute", "sns", "verify"})
+# The stages whose FHE work runs on a GPU node's GPUs (ops; switch-and-squash).
+GPU_STAGES = frozenset({"compute", "sns"})
 
 
 def job_name(batch: str, stage: str) -> str:
@@ -121,7 +123,7 @@ def job_manifest(
         container = pod_spec["containers"][0]
         container["volumeMounts"] = [{"name": "key-cache", "mountPath": path}]
         container["env"] = [{"name": "FHE_KEY_CACHE_DIR", "value": path}]
-    if device == "gpu" and stage == "compute" and spec.resources.gpus:
+    if device == "gpu" and stage in GPU_STAGES and spec.resources.gpus:
         gpus = str(spec.resources.gpus)
         resources["limits"][GPU_RESOURCE] = gpus
         resources["requests"][GPU_RESOURCE] = gpus
@@ -129,6 +131,9 @@ def job_manifest(
         pod_spec["tolerations"] = [
             {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
         ]
+        # The pod computes on the GPUs it was allocated (coprocessor/gpu.py).
+        container = pod_spec["containers"][0]
+        container.setdefault("env", []).append({"name": "FHE_COMPUTE_DEVICE", "value": "gpu"})
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.retries.backoff_limit,
         "activeDeadlineSeconds": max(1, remaining_seconds),

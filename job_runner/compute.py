@@ -10,6 +10,7 @@ from coprocessor.api.summary import ComputeSummary
 from coprocessor.db import queries
 from coprocessor.db.pool import ConnectOptions, pool_of
 from coprocessor.errors import Irrecoverable
+from coprocessor.gpu import stage_devices
 from coprocessor.keycache import KeyCache
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
@@ -56,7 +57,12 @@ async def run_compute(
             evaluator = None  # nothing to compute: do not load a key of hundreds of MB
         else:
             evaluator = await asyncio.to_thread(
-                load_evaluator, ObjectStore(settings), tenant, "compute", KeyCache.of(settings)
+                load_evaluator,
+                ObjectStore(settings),
+                tenant,
+                "compute",
+                KeyCache.of(settings),
+                stage_devices(settings),
             )
         key_load_s = time.monotonic() - loading
         executor = Executor(

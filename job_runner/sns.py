@@ -40,6 +40,7 @@ from coprocessor.errors import (
 )
 from coprocessor.fhe.engine import Evaluator, SquashedFormat
 from coprocessor.fhe.envelope import Envelope, Kind
+from coprocessor.gpu import stage_devices
 from coprocessor.keycache import KeyCache
 from coprocessor.retry import CircuitBreaker
 from coprocessor.settings import Settings
@@ -113,6 +114,7 @@ class Publisher:
                     self.tenant,
                     None,
                     KeyCache.of(self.settings),
+                    stage_devices(self.settings),
                 )
             return self._evaluator
 

@@ -8,14 +8,23 @@ fhEVM semantics that TFHE-rs does not give by itself are settled here, before th
 native call: a scalar divisor of zero (x / 0 = max, x % 0 = x), scalar shift and
 rotate amounts (modulo the bit width), Cast to Bool (the lowest bit, like every other
 truncation), and Sum / IsIn (folds of Add and Eq/Or).
+
+On GPU nodes (``devices``: a ``coprocessor.gpu.DevicePool``, and an extension built with
+``make setup-gpu``) the key is also expanded onto each GPU of the pod, and every op and
+switch-and-squash runs on one of them: its memory is reserved first (round-robin over
+the devices), and it runs on the CPU when no device has room. Trivial encryptions (no
+FHE work), ct64 compression, input verification and ciphertext checks stay on the CPU.
+Ciphertexts go in and come out in the normal serialised form either way.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import gpu
 from ..errors import ConfigError, Irrecoverable
 from ..types import SEED_BYTES, FheType, Op
 from . import reference
@@ -33,6 +42,8 @@ from .engine import (
     require_support,
 )
 from .envelope import BadCiphertext, Envelope, Kind, key_digest
+
+log = logging.getLogger(__name__)
 
 NAME = "tfhe-rs"
 SUPPORTED_TYPES = frozenset(FheType(code) for code in range(9))  # Bool .. Uint256
@@ -166,23 +177,69 @@ class TfheRsEvaluator:
     backend = NAME
 
     def __init__(
-        self, server_key: bytes, key_id: bytes | None = None, *, native: Any = None
+        self,
+        server_key: bytes,
+        key_id: bytes | None = None,
+        *,
+        native: Any = None,
+        devices: gpu.DevicePool | None = None,
     ) -> None:
         """``server_key`` is the whole key or one stage's part (``key_parts``); a part
         labels ciphertexts with the keyset's id, ``key_id``, not with its own digest.
         ``native``: an already expanded key (``load_expanded``), then ``server_key`` is
-        unused and ``key_id`` required."""
+        unused and ``key_id`` required. ``devices``: the GPUs to compute on as well
+        (the key is expanded onto each; the memory it takes there is held in the pool);
+        with ``native``, the GPUs that key was already expanded onto."""
+        self._devices = devices if native is not None else None
         if native is None:
+            devices = self._usable(devices)
+            indexes = [d.index for d in devices.devices] if devices else []
+            before = [devices.free_bytes(i) for i in indexes] if devices else []
             try:
-                native = _native().Evaluator(server_key)
+                native = _native().Evaluator(server_key, indexes)
             except ValueError as error:  # a corrupted or foreign key object, e.g. from S3
+                if str(error).startswith("unsupported"):  # a device, not the key
+                    raise ConfigError(f"{NAME} cannot use these GPUs: {error}") from None
                 raise BadCiphertext(f"not a {NAME} server key: {error}") from None
+            if devices:
+                for index, free in zip(indexes, before, strict=True):
+                    devices.hold(index, max(0, free - devices.free_bytes(index)))
+                self._devices = devices
+                log.info(
+                    "server key expanded on the GPUs",
+                    extra={
+                        "fields": {
+                            "devices": indexes,
+                            "on_cpu": "trivial encryption, ct64 compression, input "
+                            "verification, ciphertext checks",
+                        }
+                    },
+                )
         elif key_id is None:
             raise ValueError("an expanded key needs its keyset's key_id")
         self._evaluator = native
         self.key_digest = key_id[:8] if key_id else key_digest(server_key)
         self._can_compress_squashed = bool(self._evaluator.can_compress_squashed)
         self._can_compress = bool(self._evaluator.can_compress)
+
+    @staticmethod
+    def _usable(devices: gpu.DevicePool | None) -> gpu.DevicePool | None:
+        """``devices`` if this build of the extension can use them. A GPU node running
+        a CPU build computes on its CPU, loudly, rather than failing the batch."""
+        if devices is None or not devices.devices:
+            return None
+        if not _native().HAS_GPU:
+            log.warning(
+                "GPUs allocated but the tfhe-rs extension is built without GPU support "
+                "(make setup-gpu builds it): computing on CPU"
+            )
+            return None
+        return devices
+
+    @property
+    def gpus(self) -> list[int]:
+        """The CUDA devices this evaluator computes on (empty: the CPU only)."""
+        return [d.index for d in self._devices.devices] if self._devices else []
 
     @classmethod
     def load_expanded(cls, path: Path, digest: str, key_id: bytes) -> TfheRsEvaluator:
@@ -206,10 +263,28 @@ class TfheRsEvaluator:
     def _wrap(self, type_code: int, payload: bytes, kind: Kind = Kind.CIPHERTEXT) -> bytes:
         return Envelope(NAME, FheType(type_code), kind, self.key_digest, payload).to_bytes()
 
-    def _call(self, method: str, *args: object):
-        """Call the native evaluator; its ValueErrors become our error classes."""
+    def _need(self, op: Op | None, fhe_type: FheType) -> int | None:
+        """The device memory ``op`` (None: switch-and-squash) needs on ``fhe_type``, or
+        None where there are no GPUs: the ``need`` of ``_call``."""
+        if self._devices is None:
+            return None
+        if op is None:
+            return gpu.estimate_squash_bytes(fhe_type)
+        return gpu.estimate_bytes(op, fhe_type)
+
+    def _call(self, method: str, *args: object, need: int | None = None):
+        """Call the native evaluator; its ValueErrors become our error classes. With a
+        ``need`` (bytes, from ``_need``), on a GPU that has that much room, else on the
+        CPU; without one, on the CPU."""
+        if need is None or self._devices is None:
+            return self._native_call(method, *args)
+        with self._devices.reservation(need) as reserved:
+            device = None if reserved is None else reserved.device
+            return self._native_call(method, *args, device=device)
+
+    def _native_call(self, method: str, *args: object, **kwargs: object):
         try:
-            return getattr(self._evaluator, method)(*args)
+            return getattr(self._evaluator, method)(*args, **kwargs)
         except ValueError as error:
             text = str(error)
             if text.startswith("unsupported"):
@@ -230,7 +305,16 @@ class TfheRsEvaluator:
             target = request.result_type
             assert target is not None
             require_support(TfheRsBackend(), op, target)
-            return self._wrap(*self._call("cast", int(working), int(target), envelopes[0].payload))
+            wider = max(working, target, key=lambda t: t.bits)
+            return self._wrap(
+                *self._call(
+                    "cast",
+                    int(working),
+                    int(target),
+                    envelopes[0].payload,
+                    need=self._need(Op.Cast, wider),
+                )
+            )
         if op is Op.TrivialEncrypt:
             value = reference.trivial_encrypt(one_scalar(request), working)
             return self._wrap(*self._call("trivial", int(working), _le(value)))
@@ -240,13 +324,26 @@ class TfheRsEvaluator:
             condition, first, second = envelopes
             return self._wrap(
                 *self._call(
-                    "if_then_else", int(working), condition.payload, first.payload, second.payload
+                    "if_then_else",
+                    int(working),
+                    condition.payload,
+                    first.payload,
+                    second.payload,
+                    need=self._need(op, working),
                 )
             )
         if op in (Op.Neg, Op.Not):
             if request.scalars:
                 raise InvalidOperands(f"{op.event_name} takes no scalar")
-            return self._wrap(*self._call("unary", int(op), int(working), envelopes[0].payload))
+            return self._wrap(
+                *self._call(
+                    "unary",
+                    int(op),
+                    int(working),
+                    envelopes[0].payload,
+                    need=self._need(op, working),
+                )
+            )
         if op is Op.Sum:
             return self._fold(envelopes, Op.Add, working)
         if op is Op.IsIn:
@@ -259,7 +356,14 @@ class TfheRsEvaluator:
             if op in (Op.Shl, Op.Shr, Op.Rotl, Op.Rotr):
                 rhs = self._amount_modulo_bits(op, rhs, working)
             return self._wrap(
-                *self._call("binary", int(op), int(working), envelopes[0].payload, rhs)
+                *self._call(
+                    "binary",
+                    int(op),
+                    int(working),
+                    envelopes[0].payload,
+                    rhs,
+                    need=self._need(op, working),
+                )
             )
         if len(envelopes) == 1 and len(request.scalars) == 1:
             return self._binary_scalar(op, envelopes[0], request.scalars[0], working)
@@ -273,9 +377,21 @@ class TfheRsEvaluator:
             if op in (Op.Rotl, Op.Rotr):
                 return amount
             return self._call(
-                "binary_scalar", int(Op.BitAnd), int(fhe_type), amount, _le(bits - 1)
+                "binary_scalar",
+                int(Op.BitAnd),
+                int(fhe_type),
+                amount,
+                _le(bits - 1),
+                need=self._need(Op.BitAnd, fhe_type),
             )[1]
-        return self._call("binary_scalar", int(Op.Rem), int(fhe_type), amount, _le(bits))[1]
+        return self._call(
+            "binary_scalar",
+            int(Op.Rem),
+            int(fhe_type),
+            amount,
+            _le(bits),
+            need=self._need(Op.Rem, fhe_type),
+        )[1]
 
     def _binary_scalar(self, op: Op, lhs: Envelope, scalar: int, fhe_type: FheType) -> bytes:
         if scalar < 0:
@@ -288,7 +404,14 @@ class TfheRsEvaluator:
         if op in (Op.Shl, Op.Shr, Op.Rotl, Op.Rotr):
             value = value % fhe_type.bits  # wrapped first, like fhEVM
         return self._wrap(
-            *self._call("binary_scalar", int(op), int(fhe_type), lhs.payload, _le(value))
+            *self._call(
+                "binary_scalar",
+                int(op),
+                int(fhe_type),
+                lhs.payload,
+                _le(value),
+                need=self._need(op, fhe_type),
+            )
         )
 
     def _mul_div(self, lhs: Envelope, scalars: tuple[int, ...], fhe_type: FheType) -> bytes:
@@ -296,23 +419,46 @@ class TfheRsEvaluator:
         wide, multiplier, divisor = mul_div_plan(scalars, fhe_type)
         if divisor == 0:
             return self._wrap(*self._call("trivial", int(fhe_type), _le(fhe_type.max_value)))
-        _, widened = self._call("cast", int(fhe_type), int(wide), lhs.payload)
-        _, product = self._call("binary_scalar", int(Op.Mul), int(wide), widened, _le(multiplier))
-        _, quotient = self._call("binary_scalar", int(Op.Div), int(wide), product, _le(divisor))
-        return self._wrap(*self._call("cast", int(wide), int(fhe_type), quotient))
+        cast = self._need(Op.Cast, wide)
+        _, widened = self._call("cast", int(fhe_type), int(wide), lhs.payload, need=cast)
+        _, product = self._call(
+            "binary_scalar",
+            int(Op.Mul),
+            int(wide),
+            widened,
+            _le(multiplier),
+            need=self._need(Op.Mul, wide),
+        )
+        _, quotient = self._call(
+            "binary_scalar",
+            int(Op.Div),
+            int(wide),
+            product,
+            _le(divisor),
+            need=self._need(Op.Div, wide),
+        )
+        return self._wrap(*self._call("cast", int(wide), int(fhe_type), quotient, need=cast))
 
     def _fold(self, envelopes: list[Envelope], op: Op, fhe_type: FheType) -> bytes:
         accumulated = envelopes[0].payload
         for item in envelopes[1:]:
-            _, accumulated = self._call("binary", int(op), int(fhe_type), accumulated, item.payload)
+            _, accumulated = self._call(
+                "binary",
+                int(op),
+                int(fhe_type),
+                accumulated,
+                item.payload,
+                need=self._need(op, fhe_type),
+            )
         return self._wrap(int(fhe_type), accumulated)
 
     def _is_in(
         self, envelopes: list[Envelope], scalars: tuple[int, ...], fhe_type: FheType
     ) -> bytes:
         needle, candidates = envelopes[0], envelopes[1:]
+        need = self._need(Op.Eq, fhe_type)
         hits = [
-            self._call("binary", int(Op.Eq), int(fhe_type), needle.payload, c.payload)[1]
+            self._call("binary", int(Op.Eq), int(fhe_type), needle.payload, c.payload, need=need)[1]
             for c in candidates
         ]
         hits += [
@@ -322,6 +468,7 @@ class TfheRsEvaluator:
                 int(fhe_type),
                 needle.payload,
                 _le(reference.wrap(s, fhe_type)),
+                need=need,
             )[1]
             for s in scalars
         ]
@@ -329,7 +476,14 @@ class TfheRsEvaluator:
             raise InvalidOperands("FheIsIn needs at least one candidate")
         found = hits[0]
         for hit in hits[1:]:
-            _, found = self._call("binary", int(Op.BitOr), int(FheType.Bool), found, hit)
+            _, found = self._call(
+                "binary",
+                int(Op.BitOr),
+                int(FheType.Bool),
+                found,
+                hit,
+                need=self._need(Op.BitOr, FheType.Bool),
+            )
         return self._wrap(int(FheType.Bool), found)
 
     def _random(self, request: OpRequest, fhe_type: FheType) -> bytes:
@@ -350,7 +504,9 @@ class TfheRsEvaluator:
                 return self._wrap(*self._call("trivial", int(fhe_type), _le(0)))
         if fhe_type is FheType.Bool and bits:
             raise InvalidOperands("RandBounded is not defined on Bool")
-        return self._wrap(*self._call("random", int(fhe_type), seed, bits))
+        return self._wrap(
+            *self._call("random", int(fhe_type), seed, bits, need=self._need(request.op, fhe_type))
+        )
 
     def squashed_format(self, fhe_type: FheType) -> SquashedFormat:
         """Compressed (a CompressedSquashedNoiseCiphertextList packs the 128-bit blocks
@@ -364,7 +520,13 @@ class TfheRsEvaluator:
     def squash(self, ciphertext: bytes) -> bytes:
         envelope = self._open(ciphertext)
         compress = self.squashed_format(envelope.fhe_type) is SquashedFormat.COMPRESSED_ON_CPU
-        payload = self._call("squash", int(envelope.fhe_type), envelope.payload, compress)
+        payload = self._call(
+            "squash",
+            int(envelope.fhe_type),
+            envelope.payload,
+            compress,
+            need=self._need(None, envelope.fhe_type),
+        )
         return self._wrap(int(envelope.fhe_type), payload, Kind.SQUASHED)
 
     def compress(self, ciphertext: bytes) -> bytes:
@@ -471,7 +633,19 @@ class TfheRsBackend:
             raise BadCiphertext(f"not a {NAME} server key: {error}") from None
         return {"compute": compute, "verify": verify}
 
-    def evaluator(self, server_key: bytes, key_id: bytes | None = None) -> TfheRsEvaluator:
+    runs_on_gpu = True  # evaluator(devices=...) computes on a pod's GPUs
+    _gpu_evaluators = EvaluatorCache(1)  # a GPU pod computes for one tenant
+
+    def evaluator(
+        self,
+        server_key: bytes,
+        key_id: bytes | None = None,
+        devices: gpu.DevicePool | None = None,
+    ) -> TfheRsEvaluator:
+        if devices is not None:
+            return self._gpu_evaluators.get(  # type: ignore[return-value]
+                server_key, lambda key: TfheRsEvaluator(key, key_id, devices=devices)
+            )
         return self._evaluators.get(  # type: ignore[return-value]
             server_key, lambda key: TfheRsEvaluator(key, key_id)
         )

@@ -8,6 +8,13 @@
 //!
 //! Cargo feature `test-prover` (off by default) adds `prove_inputs`, a client-side
 //! prover that only the test suite needs; see its doc comment.
+//!
+//! Cargo feature `gpu` (off by default; `make setup-gpu`) builds TFHE-rs's CUDA backend
+//! in: an `Evaluator` made with `gpus=[...]` also holds its key expanded on each of
+//! those devices, and every op method takes `device=` (None: the CPU). The high-level
+//! API dispatches on the key installed in the thread, and ciphertexts cross between
+//! host and device inside TFHE-rs: what goes in and comes out is always the normal
+//! serialised (CPU) form, so results are interchangeable with the CPU evaluator's.
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -945,6 +952,42 @@ fn verify_and_expand(
 #[pyclass(frozen)]
 struct Evaluator {
     key: ServerKey,
+    /// The same key expanded on each GPU this evaluator may use, by CUDA device index
+    /// (as this process sees them, after CUDA_VISIBLE_DEVICES).
+    #[cfg(feature = "gpu")]
+    gpus: Vec<(u32, tfhe::CudaServerKey)>,
+}
+
+/// The key one call runs under: the CPU key, or its copy on one GPU. Cloning either
+/// is an `Arc` clone.
+enum RunKey {
+    Cpu(ServerKey),
+    #[cfg(feature = "gpu")]
+    Gpu(tfhe::CudaServerKey),
+}
+
+impl RunKey {
+    /// Make this the thread's server key (TFHE-rs keeps it per thread).
+    fn install(self) {
+        match self {
+            RunKey::Cpu(key) => set_server_key(key),
+            #[cfg(feature = "gpu")]
+            RunKey::Gpu(key) => set_server_key(key),
+        }
+    }
+}
+
+/// The number of CUDA devices this process sees (0 in a build without `gpu`).
+#[pyfunction]
+fn gpu_count() -> u32 {
+    #[cfg(feature = "gpu")]
+    {
+        tfhe::core_crypto::gpu::get_number_of_gpus()
+    }
+    #[cfg(not(feature = "gpu"))]
+    {
+        0
+    }
 }
 
 fn binary_uint<T>(op: OpCode, a: &T, b: &T) -> PyResult<Ct>
@@ -1107,13 +1150,56 @@ fn cast_to(target: FheType, source: Ct) -> PyResult<Ct> {
 
 #[pymethods]
 impl Evaluator {
+    /// `gpus`: CUDA device indexes to expand the key onto as well (a `gpu` build only;
+    /// each copy is made from the compressed key, once, here).
     #[new]
-    fn new(py: Python<'_>, compressed_server_key: Vec<u8>) -> PyResult<Self> {
-        let key = py.allow_threads(|| -> PyResult<ServerKey> {
+    #[pyo3(signature = (compressed_server_key, gpus = Vec::new()))]
+    fn new(py: Python<'_>, compressed_server_key: Vec<u8>, gpus: Vec<u32>) -> PyResult<Self> {
+        #[cfg(not(feature = "gpu"))]
+        if !gpus.is_empty() {
+            return Err(no_gpu_support());
+        }
+        py.allow_threads(move || -> PyResult<Evaluator> {
             let csk: CompressedServerKey = de(&compressed_server_key, KEY_LIMIT)?;
-            Ok(csk.decompress())
-        })?;
-        Ok(Evaluator { key })
+            let key = csk.decompress();
+            #[cfg(feature = "gpu")]
+            {
+                let count = tfhe::core_crypto::gpu::get_number_of_gpus();
+                let mut copies = Vec::with_capacity(gpus.len());
+                for index in gpus {
+                    if index >= count {
+                        return Err(PyValueError::new_err(format!(
+                            "unsupported: GPU {index} does not exist here ({count} visible)"
+                        )));
+                    }
+                    let on_device = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        csk.decompress_to_specific_gpu(tfhe::GpuIndex::new(index))
+                    }))
+                    .map_err(|_| {
+                        PyRuntimeError::new_err(format!(
+                            "TFHE-rs panicked expanding the key on GPU {index}"
+                        ))
+                    })?;
+                    copies.push((index, on_device));
+                }
+                Ok(Evaluator { key, gpus: copies })
+            }
+            #[cfg(not(feature = "gpu"))]
+            Ok(Evaluator::on_cpu(key))
+        })
+    }
+
+    /// The CUDA devices holding a copy of the key (empty on the CPU).
+    #[getter]
+    fn gpus(&self) -> Vec<u32> {
+        #[cfg(feature = "gpu")]
+        {
+            self.gpus.iter().map(|(index, _)| *index).collect()
+        }
+        #[cfg(not(feature = "gpu"))]
+        {
+            Vec::new()
+        }
     }
 
     /// Write the expanded key (what decompression produced) to `path`, synced, and
@@ -1156,10 +1242,11 @@ impl Evaluator {
             }
             de(&mapped, EXPANDED_LIMIT)
         })?;
-        Ok(Evaluator { key })
+        Ok(Evaluator::on_cpu(key))
     }
 
     /// Encrypted (op, a, b) -> (result type code, bytes).
+    #[pyo3(signature = (op, type_code, a, b, device = None))]
     fn binary(
         &self,
         py: Python<'_>,
@@ -1167,8 +1254,9 @@ impl Evaluator {
         type_code: u8,
         a: Vec<u8>,
         b: Vec<u8>,
+        device: Option<u32>,
     ) -> PyResult<(u8, Py<PyBytes>)> {
-        self.run(py, || {
+        self.run(py, device, || {
             let sk = true;
             let kind = type_arg(type_code)?;
             let (x, y) = (Ct::from_bytes(kind, &a, sk)?, Ct::from_bytes(kind, &b, sk)?);
@@ -1189,6 +1277,7 @@ impl Evaluator {
     }
 
     /// (op, encrypted a, plaintext scalar as 32 LE bytes).
+    #[pyo3(signature = (op, type_code, a, scalar, device = None))]
     fn binary_scalar(
         &self,
         py: Python<'_>,
@@ -1196,9 +1285,10 @@ impl Evaluator {
         type_code: u8,
         a: Vec<u8>,
         scalar: Vec<u8>,
+        device: Option<u32>,
     ) -> PyResult<(u8, Py<PyBytes>)> {
         let s = u256_from(&scalar)?;
-        self.run(py, || {
+        self.run(py, device, || {
             let x = Ct::from_bytes(type_arg(type_code)?, &a, true)?;
             let op = OpCode::try_from(op).map_err(unsupported_code)?;
             let amount = low(s) as u32;
@@ -1226,14 +1316,16 @@ impl Evaluator {
     }
 
     /// Neg (20) and Not (21).
+    #[pyo3(signature = (op, type_code, a, device = None))]
     fn unary(
         &self,
         py: Python<'_>,
         op: u8,
         type_code: u8,
         a: Vec<u8>,
+        device: Option<u32>,
     ) -> PyResult<(u8, Py<PyBytes>)> {
-        self.run(py, || {
+        self.run(py, device, || {
             let x = Ct::from_bytes(type_arg(type_code)?, &a, true)?;
             let op = OpCode::try_from(op).map_err(unsupported_code)?;
             macro_rules! go {
@@ -1260,14 +1352,16 @@ impl Evaluator {
         })
     }
 
+    #[pyo3(signature = (from_type, to_type, a, device = None))]
     fn cast(
         &self,
         py: Python<'_>,
         from_type: u8,
         to_type: u8,
         a: Vec<u8>,
+        device: Option<u32>,
     ) -> PyResult<(u8, Py<PyBytes>)> {
-        self.run(py, || {
+        self.run(py, device, || {
             let x = Ct::from_bytes(type_arg(from_type)?, &a, true)?;
             let target = FheType::try_from(to_type)
                 .map_err(|e| unsupported(&format!("cast target: {e}")))?;
@@ -1275,6 +1369,7 @@ impl Evaluator {
         })
     }
 
+    #[pyo3(signature = (type_code, condition, a, b, device = None))]
     fn if_then_else(
         &self,
         py: Python<'_>,
@@ -1282,8 +1377,9 @@ impl Evaluator {
         condition: Vec<u8>,
         a: Vec<u8>,
         b: Vec<u8>,
+        device: Option<u32>,
     ) -> PyResult<(u8, Py<PyBytes>)> {
-        self.run(py, || {
+        self.run(py, device, || {
             let sk = true;
             let c = match Ct::from_bytes(FheType::Bool, &condition, sk)? {
                 Ct::Bool(c) => c,
@@ -1313,7 +1409,7 @@ impl Evaluator {
         value: Vec<u8>,
     ) -> PyResult<(u8, Py<PyBytes>)> {
         let v = u256_from(&value)?;
-        self.run(py, || {
+        self.run(py, None, || {
             let kind = FheType::try_from(type_code).map_err(unsupported_code)?;
             macro_rules! go {
                 ($variant:ident, $ty:ident, $code:ident, $clear:ty) => {
@@ -1334,18 +1430,20 @@ impl Evaluator {
     /// host emits it; always TFHE-rs's bounded generator, over [0, 2^bits) with `bits`
     /// > 0 and over the type's full width with `bits` = 0 (what fhEVM's coprocessor does,
     /// so the same seed gives the same ciphertext plaintext everywhere).
+    #[pyo3(signature = (type_code, seed, bits, device = None))]
     fn random(
         &self,
         py: Python<'_>,
         type_code: u8,
         seed: Vec<u8>,
         bits: u64,
+        device: Option<u32>,
     ) -> PyResult<(u8, Py<PyBytes>)> {
         let seed: [u8; 16] = seed
             .try_into()
             .map_err(|_| PyValueError::new_err("seed is 16 bytes"))?;
         let seed = Seed(u128::from_be_bytes(seed));
-        self.run(py, || {
+        self.run(py, device, || {
             let kind = FheType::try_from(type_code).map_err(unsupported_code)?;
             macro_rules! go {
                 ($variant:ident, $ty:ident, $code:ident, $clear:ty) => {
@@ -1367,16 +1465,18 @@ impl Evaluator {
 
     /// Switch-and-squash: the 128-bit, decryption-ready form; with `compress`, as a
     /// one-element CompressedSquashedNoiseCiphertextList (needs `can_compress_squashed`).
+    #[pyo3(signature = (type_code, a, compress, device = None))]
     fn squash(
         &self,
         py: Python<'_>,
         type_code: u8,
         a: Vec<u8>,
         compress: bool,
+        device: Option<u32>,
     ) -> PyResult<Py<PyBytes>> {
-        let key = self.key.clone();
+        let key = self.key_for(device)?;
         let bytes = py.allow_threads(move || -> PyResult<Vec<u8>> {
-            set_server_key(key.clone());
+            key.install();
             let x = Ct::from_bytes(type_arg(type_code)?, &a, true)?;
             on_any!(x, c => {
                 let squashed = c.squash_noise().map_err(err)?;
@@ -1421,7 +1521,7 @@ impl Evaluator {
         type_code: u8,
         list: Vec<u8>,
     ) -> PyResult<(u8, Py<PyBytes>)> {
-        self.run(py, || {
+        self.run(py, None, || {
             let kind = type_arg(type_code)?;
             let list = published_list(kind, &list)?;
             no_panic("malformed compressed list", || Ct::expand(kind, &list))?.checked(true)
@@ -1485,16 +1585,53 @@ impl Evaluator {
     }
 }
 
+#[cfg(not(feature = "gpu"))]
+fn no_gpu_support() -> PyErr {
+    PyValueError::new_err(
+        "unsupported: this build of the extension has no GPU support (build it with make setup-gpu)",
+    )
+}
+
 impl Evaluator {
-    /// Run `f` without the GIL, with this evaluator's key as the thread's server key
-    /// (TFHE-rs keeps it per thread), and serialize the result.
-    fn run<F>(&self, py: Python<'_>, f: F) -> PyResult<(u8, Py<PyBytes>)>
+    fn on_cpu(key: ServerKey) -> Self {
+        Evaluator {
+            key,
+            #[cfg(feature = "gpu")]
+            gpus: Vec::new(),
+        }
+    }
+
+    /// The key for `device`: None is the CPU; a GPU index must be one the key was
+    /// expanded onto when this evaluator was made.
+    fn key_for(&self, device: Option<u32>) -> PyResult<RunKey> {
+        match device {
+            None => Ok(RunKey::Cpu(self.key.clone())),
+            #[cfg(feature = "gpu")]
+            Some(index) => self
+                .gpus
+                .iter()
+                .find(|(held, _)| *held == index)
+                .map(|(_, key)| RunKey::Gpu(key.clone()))
+                .ok_or_else(|| {
+                    PyValueError::new_err(format!(
+                        "unsupported: GPU {index} holds no copy of this key"
+                    ))
+                }),
+            #[cfg(not(feature = "gpu"))]
+            Some(_) => Err(no_gpu_support()),
+        }
+    }
+
+    /// Run `f` without the GIL, with this evaluator's key for `device` as the thread's
+    /// server key (TFHE-rs keeps it per thread), and serialize the result (on a GPU,
+    /// TFHE-rs copies it back to the host for that).
+    fn run<F>(&self, py: Python<'_>, device: Option<u32>, f: F) -> PyResult<(u8, Py<PyBytes>)>
     where
         F: FnOnce() -> PyResult<Ct> + Send,
     {
-        let key = self.key.clone();
+        let key = self.key_for(device)?;
         let (code, bytes) = py.allow_threads(move || -> PyResult<(u8, Vec<u8>)> {
-            set_server_key(key);
+            key.install();
             let ct = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
                 .map_err(|_| PyRuntimeError::new_err("TFHE-rs panicked during the operation"))??;
             Ok((ct.fhe_type() as u8, ct.to_bytes()?))
@@ -1507,6 +1644,8 @@ impl Evaluator {
 fn fhe_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TFHE_VERSION", "1.7.0")?;
     m.add("HAS_TEST_PROVER", cfg!(feature = "test-prover"))?;
+    m.add("HAS_GPU", cfg!(feature = "gpu"))?;
+    m.add_function(wrap_pyfunction!(gpu_count, m)?)?;
     m.add_function(wrap_pyfunction!(generate_keys, m)?)?;
     m.add_function(wrap_pyfunction!(split_server_key, m)?)?;
     m.add_function(wrap_pyfunction!(generate_crs, m)?)?;

@@ -30,10 +30,14 @@ from coprocessor.gpu import (
     DeviceInfo,
     DevicePool,
     Reservation,
+    allocation,
+    apply_allocation,
     blocks,
     ciphertext_bytes,
     discover,
     estimate_bytes,
+    estimate_squash_bytes,
+    stage_devices,
 )
 from coprocessor.settings import Settings
 from coprocessor.types import FheType, Op
@@ -482,3 +486,90 @@ ReservationMachine.TestCase.settings = settings(
     max_examples=200, stateful_step_count=40, deadline=None
 )
 test_reservation_machine = ReservationMachine.TestCase
+
+
+# --- squash estimate, held key memory ---------------------------------------------------
+
+
+def test_squash_estimate_grows_with_width_and_exceeds_an_add():
+    sizes = [estimate_squash_bytes(t) for t in sorted(FheType, key=lambda t: t.bits)]
+    assert all(a < b for a, b in itertools.pairwise(sizes)), sizes
+    # 128-bit output blocks: more than the 64-bit ciphertexts of an Add on the same type.
+    assert estimate_squash_bytes(FheType.Uint64) > estimate_bytes(Op.Add, FheType.Uint64)
+
+
+def test_held_key_memory_is_never_reserved_again():
+    pool, _ = make_pool([10 * GIB], headroom=0.1)
+    capacity = pool.capacity(0)
+    pool.hold(0, 4 * GIB)
+    assert pool.capacity(0) == capacity - 4 * GIB
+    assert pool.reserve(capacity - 4 * GIB + 1) is None  # larger than what is left
+    held = pool.reserve(capacity - 4 * GIB)
+    assert held is not None and held.device == 0
+
+
+def test_holding_more_than_a_device_has_is_refused_and_changes_nothing():
+    pool, _ = make_pool([GIB, GIB], headroom=0.0)
+    with pytest.raises(ValueError, match="cannot hold"):
+        pool.hold(1, GIB + 1)
+    with pytest.raises(ValueError, match="not in this pool"):
+        pool.hold(7, 1)
+    with pytest.raises(ValueError, match="negative"):
+        pool.hold(0, -1)
+    assert pool.capacity(1) == GIB
+    reserved = pool.reserve(GIB // 2)
+    assert reserved is not None
+    with pytest.raises(ValueError, match="cannot hold"):  # reserved bytes are not free
+        pool.hold(reserved.device, GIB // 2 + 1)
+
+
+# --- the pod's allocation -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"NVIDIA_VISIBLE_DEVICES": "0,2"}, "0,2"),
+        ({"NVIDIA_VISIBLE_DEVICES": " GPU-1a2b , GPU-3c4d "}, "GPU-1a2b,GPU-3c4d"),
+        ({"NVIDIA_VISIBLE_DEVICES": "1", "CUDA_VISIBLE_DEVICES": "0"}, None),  # explicit wins
+        ({"NVIDIA_VISIBLE_DEVICES": "all"}, None),
+        ({"NVIDIA_VISIBLE_DEVICES": "none"}, None),
+        ({"NVIDIA_VISIBLE_DEVICES": "void"}, None),
+        ({"NVIDIA_VISIBLE_DEVICES": " , "}, None),
+        ({}, None),
+    ],
+)
+def test_cuda_visible_devices_come_from_the_device_plugin_allocation(environ, expected):
+    assert allocation(environ) == expected
+    before = dict(environ)
+    assert apply_allocation(environ) == expected
+    if expected is None:
+        assert environ == before
+    else:
+        assert environ["CUDA_VISIBLE_DEVICES"] == expected
+
+
+def test_a_cpu_stage_looks_for_no_gpu(monkeypatch):
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "3")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert stage_devices(Settings(compute_device="cpu")) is None
+    import os
+
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ  # not even the allocation is applied
+
+
+@pytest.mark.skipif(_has_cuda_driver(), reason="this machine has a CUDA driver")
+def test_a_gpu_stage_without_a_usable_gpu_computes_on_cpu(monkeypatch, caplog):
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "0")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with caplog.at_level(logging.INFO, logger="coprocessor.gpu"):
+        assert stage_devices(Settings(compute_device="gpu")) is None
+    assert "no CUDA device is usable: computing on CPU" in caplog.text
+    import os
+
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"  # applied before CUDA was asked
+
+
+def test_compute_device_setting_is_checked():
+    with pytest.raises(ValueError, match="compute_device"):
+        Settings(compute_device="tpu")

@@ -333,6 +333,40 @@ def test_job_manifest_for_gpu_has_limits_toleration_and_failure_policy():
     )
 
 
+@pytest.mark.parametrize(
+    ("stage", "on_gpus"), [("compute", True), ("sns", True), ("verify", False), ("send", False)]
+)
+def test_gpu_batches_compute_and_squash_on_their_gpus(stage, on_gpus):
+    """The compute and SNS stages of a GPU batch ask for GPUs and are told to use them
+    (FHE_COMPUTE_DEVICE=gpu); verify and send do no GPU work and ask for none; a CPU
+    batch's stages never do."""
+
+    def container(device, key_cache=None):
+        manifest = job_manifest(
+            namespace="fhe",
+            name="b",
+            uid="u1",
+            batch_id="fhe/b@1",
+            spec=spec(),
+            stage=stage,
+            device=device,
+            settings=JobSettings(key_cache_host_path=key_cache),
+            remaining_seconds=100,
+        )
+        return manifest["spec"]["template"]["spec"]["containers"][0]
+
+    for key_cache in (None, "/var/cache/fhe-keys"):
+        gpu = container("gpu", key_cache)
+        env = {e["name"]: e["value"] for e in gpu.get("env", [])}
+        assert ("nvidia.com/gpu" in gpu["resources"]["limits"]) is on_gpus
+        assert (env.get("FHE_COMPUTE_DEVICE") == "gpu") is on_gpus
+        if key_cache and stage != "send":  # the cache's variable is kept beside it
+            assert env["FHE_KEY_CACHE_DIR"] == key_cache
+        cpu = container("cpu", key_cache)
+        assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
+        assert all(e["name"] != "FHE_COMPUTE_DEVICE" for e in cpu.get("env", []))
+
+
 def test_job_names_stay_valid_and_deterministic():
     long = "b" * 70
     assert len(job_name(long, "compute")) <= 63
