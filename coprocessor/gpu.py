@@ -127,27 +127,27 @@ def cupy_free_bytes(index: int) -> int:
     return int(cupy.cuda.Device(index).mem_info[0])
 
 
-# The values of NVIDIA_VISIBLE_DEVICES that name no list of devices.
-_NOT_A_LIST = {"", "all", "none", "void"}
-
-
 def allocation(environ: MutableMapping[str, str]) -> str | None:
     """The ``CUDA_VISIBLE_DEVICES`` a pod should use, from its device plugin allocation.
 
     The NVIDIA device plugin passes the devices it allocated to the container as
-    ``NVIDIA_VISIBLE_DEVICES`` (indexes or ``GPU-<uuid>``s). With the NVIDIA container
-    runtime only those devices exist in the container and CUDA numbers them from 0; on
-    a node where the runtime hook is missing every GPU of the node is visible, and this
-    list is what keeps the pod on its own. An explicit ``CUDA_VISIBLE_DEVICES`` wins;
-    ``all``, ``none`` and ``void`` are not lists and change nothing (None).
+    ``NVIDIA_VISIBLE_DEVICES``. With the NVIDIA container runtime only those devices
+    exist in the container and CUDA numbers them from 0; on a node where the runtime
+    hook is missing every GPU of the node is visible, and the allocation is what keeps
+    the pod on its own. Only a list of device UUIDs (``GPU-…``, ``MIG-…``, the plugin's
+    default ``deviceIDStrategy``) names the same devices inside and outside the
+    container: host indexes (``deviceIDStrategy=index``) would hide every GPU from a
+    container that numbers its own from 0, and ``all``/``none``/``void`` or a path (the
+    volume-mounts strategy) are no list. Those, and an explicit ``CUDA_VISIBLE_DEVICES``,
+    change nothing (None).
     """
     if "CUDA_VISIBLE_DEVICES" in environ:
         return None
-    listed = environ.get("NVIDIA_VISIBLE_DEVICES", "").strip()
-    if listed.lower() in _NOT_A_LIST:
+    devices = [d.strip() for d in environ.get("NVIDIA_VISIBLE_DEVICES", "").split(",")]
+    devices = [d for d in devices if d]
+    if not devices or not all(d.startswith(("GPU-", "MIG-")) for d in devices):
         return None
-    devices = [d.strip() for d in listed.split(",") if d.strip()]
-    return ",".join(devices) or None
+    return ",".join(devices)
 
 
 def apply_allocation(environ: MutableMapping[str, str] = os.environ) -> str | None:

@@ -56,13 +56,15 @@ async def run_compute(
         if all(n.completed or n.error for n in share.nodes.values()):
             evaluator = None  # nothing to compute: do not load a key of hundreds of MB
         else:
+            # In a thread: S3, the key's expansion and (on GPU nodes) CUDA's start.
             evaluator = await asyncio.to_thread(
-                load_evaluator,
-                ObjectStore(settings),
-                tenant,
-                "compute",
-                KeyCache.of(settings),
-                stage_devices(settings),
+                lambda: load_evaluator(
+                    ObjectStore(settings),
+                    tenant,
+                    "compute",
+                    KeyCache.of(settings),
+                    stage_devices(settings),
+                )
             )
         key_load_s = time.monotonic() - loading
         executor = Executor(

@@ -108,13 +108,15 @@ class Publisher:
         """Loaded on first need: a re-run with every handle squashed needs no key."""
         async with self._evaluator_lock:
             if self._evaluator is None:
+                # In a thread: S3, the key's expansion and (on GPU nodes) CUDA's start.
                 self._evaluator = await asyncio.to_thread(
-                    load_evaluator,
-                    self.uploader.store,
-                    self.tenant,
-                    None,
-                    KeyCache.of(self.settings),
-                    stage_devices(self.settings),
+                    lambda: load_evaluator(
+                        self.uploader.store,
+                        self.tenant,
+                        None,
+                        KeyCache.of(self.settings),
+                        stage_devices(self.settings),
+                    )
                 )
             return self._evaluator
 

@@ -13,7 +13,8 @@ On GPU nodes (``devices``: a ``coprocessor.gpu.DevicePool``, and an extension bu
 ``make setup-gpu``) the key is also expanded onto each GPU of the pod, and every op and
 switch-and-squash runs on one of them: its memory is reserved first (round-robin over
 the devices), and it runs on the CPU when no device has room. Trivial encryptions (no
-FHE work), ct64 compression, input verification and ciphertext checks stay on the CPU.
+FHE work), ct64 compression and decompression, input verification and ciphertext checks
+stay on the CPU.
 Ciphertexts go in and come out in the normal serialised form either way.
 """
 
@@ -210,8 +211,8 @@ class TfheRsEvaluator:
                     extra={
                         "fields": {
                             "devices": indexes,
-                            "on_cpu": "trivial encryption, ct64 compression, input "
-                            "verification, ciphertext checks",
+                            "on_cpu": "trivial encryption, ct64 compression and "
+                            "decompression, input verification, ciphertext checks",
                         }
                     },
                 )
@@ -285,6 +286,10 @@ class TfheRsEvaluator:
     def _native_call(self, method: str, *args: object, **kwargs: object):
         try:
             return getattr(self._evaluator, method)(*args, **kwargs)
+        except RuntimeError as error:
+            if str(error).startswith("TFHE-rs panicked"):  # caught in the extension
+                raise NativePanic(str(error)) from None
+            raise
         except ValueError as error:
             text = str(error)
             if text.startswith("unsupported"):
@@ -634,7 +639,6 @@ class TfheRsBackend:
         return {"compute": compute, "verify": verify}
 
     runs_on_gpu = True  # evaluator(devices=...) computes on a pod's GPUs
-    _gpu_evaluators = EvaluatorCache(1)  # a GPU pod computes for one tenant
 
     def evaluator(
         self,
@@ -643,9 +647,9 @@ class TfheRsBackend:
         devices: gpu.DevicePool | None = None,
     ) -> TfheRsEvaluator:
         if devices is not None:
-            return self._gpu_evaluators.get(  # type: ignore[return-value]
-                server_key, lambda key: TfheRsEvaluator(key, key_id, devices=devices)
-            )
+            # Not cached: its key copies hold memory in this pool for as long as it
+            # lives, and each stage pod makes one (the stage keeps it).
+            return TfheRsEvaluator(server_key, key_id, devices=devices)
         return self._evaluators.get(  # type: ignore[return-value]
             server_key, lambda key: TfheRsEvaluator(key, key_id)
         )

@@ -958,8 +958,10 @@ struct Evaluator {
     gpus: Vec<(u32, tfhe::CudaServerKey)>,
 }
 
-/// The key one call runs under: the CPU key, or its copy on one GPU. Cloning either
-/// is an `Arc` clone.
+/// The key one call runs under: the CPU key, or its copy on one GPU. Cloning the CPU
+/// key is an `Arc` clone; cloning a GPU key also creates its CUDA streams (TFHE-rs's
+/// `CudaStreams::clone`), so each call has streams of its own and calls on several
+/// threads never share one.
 enum RunKey {
     Cpu(ServerKey),
     #[cfg(feature = "gpu")]
@@ -967,13 +969,56 @@ enum RunKey {
 }
 
 impl RunKey {
-    /// Make this the thread's server key (TFHE-rs keeps it per thread).
-    fn install(self) {
+    /// Make this the thread's server key (TFHE-rs keeps it per thread) for as long as
+    /// the returned guard lives.
+    fn install(self) -> Installed {
         match self {
-            RunKey::Cpu(key) => set_server_key(key),
+            RunKey::Cpu(key) => {
+                set_server_key(key);
+                Installed { on_gpu: false }
+            }
             #[cfg(feature = "gpu")]
-            RunKey::Gpu(key) => set_server_key(key),
+            RunKey::Gpu(key) => {
+                set_server_key(key);
+                Installed { on_gpu: true }
+            }
         }
+    }
+}
+
+/// A key installed for one call. A GPU key is taken off the thread when the call ends:
+/// a later call that installs no key (`check`, `rerand_metadata`) then never moves a
+/// ciphertext onto a device nobody reserved memory on, and the key's device memory does
+/// not outlive its evaluator through a worker thread.
+struct Installed {
+    on_gpu: bool,
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        if self.on_gpu {
+            tfhe::unset_server_key();
+        }
+    }
+}
+
+#[cfg(feature = "gpu")]
+extern "C" {
+    /// The CUDA runtime's own count: an error (no driver, no device) is an error code
+    /// here, where TFHE-rs's `get_number_of_gpus` aborts the process.
+    fn cudaGetDeviceCount(count: *mut std::os::raw::c_int) -> std::os::raw::c_int;
+}
+
+/// CUDA devices visible to this process; 0 when the runtime reports an error.
+#[cfg(feature = "gpu")]
+fn visible_gpus() -> u32 {
+    let mut count: std::os::raw::c_int = 0;
+    // SAFETY: cudaGetDeviceCount writes one int through a pointer to a live local.
+    let status = unsafe { cudaGetDeviceCount(&mut count) };
+    if status == 0 && count > 0 {
+        count as u32
+    } else {
+        0
     }
 }
 
@@ -982,7 +1027,7 @@ impl RunKey {
 fn gpu_count() -> u32 {
     #[cfg(feature = "gpu")]
     {
-        tfhe::core_crypto::gpu::get_number_of_gpus()
+        visible_gpus()
     }
     #[cfg(not(feature = "gpu"))]
     {
@@ -1164,7 +1209,7 @@ impl Evaluator {
             let key = csk.decompress();
             #[cfg(feature = "gpu")]
             {
-                let count = tfhe::core_crypto::gpu::get_number_of_gpus();
+                let count = visible_gpus();
                 let mut copies = Vec::with_capacity(gpus.len());
                 for index in gpus {
                     if index >= count {
@@ -1476,20 +1521,24 @@ impl Evaluator {
     ) -> PyResult<Py<PyBytes>> {
         let key = self.key_for(device)?;
         let bytes = py.allow_threads(move || -> PyResult<Vec<u8>> {
-            key.install();
-            let x = Ct::from_bytes(type_arg(type_code)?, &a, true)?;
-            on_any!(x, c => {
-                let squashed = c.squash_noise().map_err(err)?;
-                if compress {
-                    let list = CompressedSquashedNoiseCiphertextList::builder()
-                        .push(squashed)
-                        .build()
-                        .map_err(err)?;
-                    ser(&list, CT_LIMIT)
-                } else {
-                    ser(&squashed, CT_LIMIT)
-                }
-            })
+            let _installed = key.install();
+            let squash = || -> PyResult<Vec<u8>> {
+                let x = Ct::from_bytes(type_arg(type_code)?, &a, true)?;
+                on_any!(x, c => {
+                    let squashed = c.squash_noise().map_err(err)?;
+                    if compress {
+                        let list = CompressedSquashedNoiseCiphertextList::builder()
+                            .push(squashed)
+                            .build()
+                            .map_err(err)?;
+                        ser(&list, CT_LIMIT)
+                    } else {
+                        ser(&squashed, CT_LIMIT)
+                    }
+                })
+            };
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(squash))
+                .map_err(|_| PyRuntimeError::new_err("TFHE-rs panicked during switch-and-squash"))?
         })?;
         Ok(PyBytes::new(py, &bytes).into())
     }
@@ -1631,7 +1680,7 @@ impl Evaluator {
     {
         let key = self.key_for(device)?;
         let (code, bytes) = py.allow_threads(move || -> PyResult<(u8, Vec<u8>)> {
-            key.install();
+            let _installed = key.install();
             let ct = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
                 .map_err(|_| PyRuntimeError::new_err("TFHE-rs panicked during the operation"))??;
             Ok((ct.fhe_type() as u8, ct.to_bytes()?))

@@ -37,9 +37,12 @@ U8, U64 = FheType.Uint8, FheType.Uint64
 
 
 def cuda_devices() -> list[gpu.DeviceInfo]:
+    """The devices a GPU build can use here: cupy asks the driver first (it never aborts
+    the process), then the extension's own count must agree."""
     if not fhe_native.HAS_GPU:
         return []
-    return gpu.discover() if fhe_native.gpu_count() else []
+    devices = gpu.discover()
+    return devices if devices and fhe_native.gpu_count() == len(devices) else []
 
 
 _NO_GPU = (

@@ -529,9 +529,13 @@ def test_holding_more_than_a_device_has_is_refused_and_changes_nothing():
 @pytest.mark.parametrize(
     ("environ", "expected"),
     [
-        ({"NVIDIA_VISIBLE_DEVICES": "0,2"}, "0,2"),
         ({"NVIDIA_VISIBLE_DEVICES": " GPU-1a2b , GPU-3c4d "}, "GPU-1a2b,GPU-3c4d"),
-        ({"NVIDIA_VISIBLE_DEVICES": "1", "CUDA_VISIBLE_DEVICES": "0"}, None),  # explicit wins
+        ({"NVIDIA_VISIBLE_DEVICES": "MIG-5e6f"}, "MIG-5e6f"),
+        ({"NVIDIA_VISIBLE_DEVICES": "GPU-1a2b", "CUDA_VISIBLE_DEVICES": "0"}, None),  # set
+        # Host indexes: inside the container the GPUs may be numbered from 0 again.
+        ({"NVIDIA_VISIBLE_DEVICES": "2,3"}, None),
+        ({"NVIDIA_VISIBLE_DEVICES": "GPU-1a2b,3"}, None),
+        ({"NVIDIA_VISIBLE_DEVICES": "/var/run/nvidia-container-devices"}, None),
         ({"NVIDIA_VISIBLE_DEVICES": "all"}, None),
         ({"NVIDIA_VISIBLE_DEVICES": "none"}, None),
         ({"NVIDIA_VISIBLE_DEVICES": "void"}, None),
@@ -550,8 +554,9 @@ def test_cuda_visible_devices_come_from_the_device_plugin_allocation(environ, ex
 
 
 def test_a_cpu_stage_looks_for_no_gpu(monkeypatch):
-    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "3")
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "GPU-3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # recorded, so the test leaves it as found
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert stage_devices(Settings(compute_device="cpu")) is None
     import os
 
@@ -560,14 +565,15 @@ def test_a_cpu_stage_looks_for_no_gpu(monkeypatch):
 
 @pytest.mark.skipif(_has_cuda_driver(), reason="this machine has a CUDA driver")
 def test_a_gpu_stage_without_a_usable_gpu_computes_on_cpu(monkeypatch, caplog):
-    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "0")
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "GPU-0a")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # recorded, so the test leaves it as found
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     with caplog.at_level(logging.INFO, logger="coprocessor.gpu"):
         assert stage_devices(Settings(compute_device="gpu")) is None
     assert "no CUDA device is usable: computing on CPU" in caplog.text
     import os
 
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"  # applied before CUDA was asked
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "GPU-0a"  # applied before CUDA was asked
 
 
 def test_compute_device_setting_is_checked():

@@ -4,7 +4,11 @@
 //! noise squashing of one output. No Python, no database, no S3: what is left when
 //! everything around the FHE operations is taken away.
 //!
-//!     fhe-baseline GRAPH.json [--repeat N]   -> one JSON object on stdout
+//!     fhe-baseline GRAPH.json [--repeat N] [--squash]   -> one JSON object on stdout
+//!
+//! `--squash`: after the graph, the noise squashing of its outputs, all at once (what
+//! the SNS stage does with a batch's outputs): `squash_wall_s`. `--repeat 0` skips the
+//! per-op table.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -62,6 +66,7 @@ impl Value {
 fn evaluate(op: &str, args: Vec<&Value>) -> Value {
     match op {
         "FheGe" => Value::Bool(args[0].int().ge(args[1].int())),
+        "FheLe" => Value::Bool(args[0].int().le(args[1].int())),
         "FheSub" => Value::Int(args[0].int() - args[1].int()),
         "FheAdd" => Value::Int(args[0].int() + args[1].int()),
         "FheIfThenElse" => Value::Int(args[0].bool().select(args[1].int(), args[2].int())),
@@ -114,6 +119,7 @@ fn main() {
         .position(|a| a == "--repeat")
         .map(|i| args[i + 1].parse().expect("--repeat N"))
         .unwrap_or(3);
+    let squash = args.iter().any(|a| a == "--squash");
     let graph: Graph = serde_json::from_str(&std::fs::read_to_string(path).expect("graph file"))
         .expect("graph JSON");
 
@@ -129,17 +135,19 @@ fn main() {
     let b = FheUint64::encrypt(30u64, &client);
     let condition = a.ge(&b);
     let mut ops = HashMap::new();
-    ops.insert("FheGe", time(repeat, || drop(a.ge(&b))));
-    ops.insert("FheSub", time(repeat, || drop(&a - &b)));
-    ops.insert("FheAdd", time(repeat, || drop(&a + &b)));
-    ops.insert(
-        "FheIfThenElse",
-        time(repeat, || drop(condition.select(&a, &b))),
-    );
-    ops.insert(
-        "SquashNoise",
-        time(repeat, || drop(a.squash_noise().expect("squash"))),
-    );
+    if repeat > 0 {
+        ops.insert("FheGe", time(repeat, || drop(a.ge(&b))));
+        ops.insert("FheSub", time(repeat, || drop(&a - &b)));
+        ops.insert("FheAdd", time(repeat, || drop(&a + &b)));
+        ops.insert(
+            "FheIfThenElse",
+            time(repeat, || drop(condition.select(&a, &b))),
+        );
+        ops.insert(
+            "SquashNoise",
+            time(repeat, || drop(a.squash_noise().expect("squash"))),
+        );
+    }
 
     // The graph: encrypt the inputs, then every ready node at once, level by level.
     let mut values: Vec<Option<Value>> = graph
@@ -176,6 +184,23 @@ fn main() {
         }
     }
     let graph_wall_s = started.elapsed().as_secs_f64();
+    let squash_wall_s = squash.then(|| {
+        let started = Instant::now();
+        let squashed: Vec<_> = graph
+            .outputs
+            .par_iter()
+            .map(|&i| {
+                values[i]
+                    .as_ref()
+                    .unwrap()
+                    .int()
+                    .squash_noise()
+                    .expect("squash")
+            })
+            .collect();
+        assert_eq!(squashed.len(), graph.outputs.len());
+        started.elapsed().as_secs_f64()
+    });
     let decrypted: Vec<u64> = graph
         .outputs
         .iter()
@@ -194,6 +219,7 @@ fn main() {
             "nodes": graph.nodes.len(),
             "depth": depth,
             "graph_wall_s": graph_wall_s,
+            "squash_wall_s": squash_wall_s,
             "correct": true,
         })
     );
