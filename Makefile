@@ -8,7 +8,7 @@ NATIVE := --manifest-path native/Cargo.toml
 VERSION := $(shell sed -nE 's/^version = "([^"]+)"/\1/p' pyproject.toml | head -1)
 IMAGE ?= ghcr.io/fhe-coprocessor/fhe-coprocessor:$(VERSION)
 
-.PHONY: help setup setup-gpu demo test unit integration e2e engine fmt lint bench lock down wheel image
+.PHONY: help setup setup-gpu gpu-check demo test unit integration e2e engine fmt lint bench lock down wheel image
 
 help:             ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:[^#]*## /\t/' | expand -t 18
@@ -18,6 +18,9 @@ setup:            ## install everything (idempotent; caches under ~/.cache/fhe-c
 
 setup-gpu: setup  ## the GPU build of the TFHE-rs extension (CUDA from PyPI; FHE_CUDA_ARCH=90 without a GPU)
 	scripts/install-gpu
+
+gpu-check:        ## on a GPU machine, after setup-gpu: GPU conformance tests, ops and graph benchmarks
+	scripts/gpu-check
 
 demo: setup       ## the main job end to end: stack, tenant, one FheBatch through the operator
 	scripts/demo

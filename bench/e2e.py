@@ -111,17 +111,27 @@ def install(env: dict[str, str]) -> None:
     )
 
 
+def _at(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 def stage_seconds(status: dict) -> dict[str, float]:
     """Each stage's Job time (startedAt to finishedAt) from a batch's status."""
-
-    def at(text: str) -> datetime:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
     out = {}
     for stage, entry in (status.get("stages") or {}).items():
         if entry.get("startedAt") and entry.get("finishedAt"):
-            out[stage] = (at(entry["finishedAt"]) - at(entry["startedAt"])).total_seconds()
+            out[stage] = _at(entry["finishedAt"]) - _at(entry["startedAt"])
     return out
+
+
+def timeline(status: dict, mined_at: float) -> dict[str, list[float]]:
+    """[start, end] of each stage's Job in seconds after the block was mined (the
+    status's timestamps have one-second resolution)."""
+    return {
+        stage: [round(_at(e["startedAt"]) - mined_at, 1), round(_at(e["finishedAt"]) - mined_at, 1)]
+        for stage, e in (status.get("stages") or {}).items()
+        if e.get("startedAt") and e.get("finishedAt")
+    }
 
 
 async def measure(env: dict[str, str], transfers: int) -> dict:
@@ -147,7 +157,7 @@ async def measure(env: dict[str, str], transfers: int) -> dict:
     token = deploy_dapp(w3, host, "ConfidentialToken")
     assert settings.gateway_commits_address
     commits = bound(w3, "CiphertextCommits", settings.gateway_commits_address)
-    config.load_kube_config()
+    config.load_kube_config(config_file=env["KUBECONFIG"])
     api = client.CustomObjectsApi()
     pool = await create_pool(settings.database_url, size=4)
     async with pool.acquire() as connection:
@@ -178,6 +188,7 @@ async def measure(env: dict[str, str], transfers: int) -> dict:
             lambda: w3.eth.wait_for_transaction_receipt(call.transact({"from": sender}))
         )
         t0 = time.perf_counter()
+        mined_at = time.time()
         if receipt["status"] != 1:
             raise SystemExit(f"transaction {receipt['transactionHash'].hex()} reverted")
         handles = {
@@ -207,13 +218,21 @@ async def measure(env: dict[str, str], transfers: int) -> dict:
                 raise SystemExit(f"{name}'s balance decrypted to {value}, not {expected[name]}")
         block = w3.eth.get_block(receipt["blockNumber"])
         name = batch_name(host.chain_id, block["number"], bytes(block["hash"]))
-        batch = api.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
-        status = batch.get("status") or {}
+        status: dict = {}
+        for _ in range(600):  # the send Job ends after the commit it sent is mined
+            batch = api.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name)
+            status = batch.get("status") or {}
+            if status.get("phase") in ("Succeeded", "Failed"):
+                break
+            await asyncio.sleep(0.2)
+        if status.get("phase") != "Succeeded":
+            raise SystemExit(f"batch {name}: {status.get('phase')} {status.get('message')}")
         return {
             "block": block["number"],
             "batch": name,
             "committed_s": committed_s,
             "stages_s": stage_seconds(status),
+            "timeline_s": timeline(status, mined_at),
             "summary": {
                 stage: (entry.get("summary") or {})
                 for stage, entry in (status.get("stages") or {}).items()

@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/ops.py [--backend tfhe-rs] [--types Uint8,Uint64]
                                   [--ops Add,Mul,Lt,IfThenElse] [--repeat 3]
+                                  [--device gpu]
+
+``--device gpu`` (tfhe-rs, a GPU build: ``make setup-gpu``): the GPU column, every op
+placed on the machine's GPUs as the compute stage places it; written as
+ops-tfhe-rs-gpu.json/.md, beside the whitepaper's GPU figure.
 
 Every result is decrypted and checked against the plaintext reference, so a fast wrong
 answer cannot pass as a figure. Writes bench/results/ops-<backend>.json and .md, with
@@ -45,20 +50,47 @@ PUBLISHED_MS = {
 }
 
 
+# Zama's published GPU latency (ms) for the reference: Uint64 add on 2 x H100.
+PUBLISHED_GPU_MS = {"Add": {64: 20}}
+
+
+def gpu_pool():
+    """The GPUs of this machine as the compute stage would use them, or exit saying why."""
+    import fhe_native
+
+    from coprocessor import gpu
+
+    if not fhe_native.HAS_GPU:
+        raise SystemExit("--device gpu: the extension is a CPU build; run `make setup-gpu`")
+    devices = gpu.discover()
+    if not devices:
+        raise SystemExit("--device gpu: no CUDA device is visible here")
+    return gpu.DevicePool(devices, 0.1)
+
+
 def timed(function):
     started = time.perf_counter()
     value = function()
     return value, (time.perf_counter() - started) * 1000
 
 
-def bench_backend(name: str, ops: list[Op], types: list[FheType], repeat: int) -> dict:
+def bench_backend(
+    name: str, ops: list[Op], types: list[FheType], repeat: int, device: str = "cpu"
+) -> dict:
     backend = get_backend(name)
+    pool = gpu_pool() if device == "gpu" else None
     keyset, keygen_ms = timed(backend.generate_keyset)
-    evaluator, load_ms = timed(lambda: backend.evaluator(keyset.server_key))
+    if pool is not None:
+        evaluator, load_ms = timed(
+            lambda: backend.evaluator(keyset.server_key, keyset.key_id, devices=pool)  # type: ignore[call-arg]
+        )
+    else:
+        evaluator, load_ms = timed(lambda: backend.evaluator(keyset.server_key))
     client = backend.client(keyset.client_key, keyset.key_id)
     rng = random.Random(11)
     result: dict = {
         "backend": name,
+        "device": device,
         "cpus": os.cpu_count(),
         "keygen_ms": round(keygen_ms),
         "server_key_load_ms": round(load_ms),
@@ -164,16 +196,24 @@ def main() -> None:
     parser.add_argument("--ops", default=DEFAULT_OPS)
     parser.add_argument("--types", default=DEFAULT_TYPES)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     args = parser.parse_args()
+    if args.device == "gpu":
+        if args.backend not in (None, "tfhe-rs"):
+            raise SystemExit("--device gpu: only the tfhe-rs backend computes on GPUs")
+        args.backend = "tfhe-rs"
     ops = [Op.parse(name) for name in args.ops.split(",")]
     types = [FheType.parse(name) for name in args.types.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     results = {}
     for name in [args.backend] if args.backend else backend_names():
-        result = results[name] = bench_backend(name, ops, types, args.repeat)
-        (RESULTS / f"ops-{name}.json").write_text(json.dumps(result, indent=2))
+        result = results[name] = bench_backend(name, ops, types, args.repeat, args.device)
+        stem = f"ops-{name}" + ("-gpu" if args.device == "gpu" else "")
+        if args.device == "gpu":
+            result["published_gpu_ms"] = PUBLISHED_GPU_MS
+        (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2))
         table = markdown(result, types)
-        (RESULTS / f"ops-{name}.md").write_text(table)
+        (RESULTS / f"{stem}.md").write_text(table)
         print(table)
     if {"concrete", "tfhe-rs"} <= set(results):
         table = ratios(results["concrete"], results["tfhe-rs"], types)
