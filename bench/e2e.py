@@ -9,15 +9,22 @@ node-local key cache on) and the host listener in this process following anvil's
 newHeads, exactly the path of a real deployment:
 
 1. Zama's host contracts and a ConfidentialToken on anvil, the gateway contracts, a
-   tenant; a mint to alice as warm-up (its batch also fills the node's key cache, so
-   the transfers measure the steady state; the mint's own time is reported as cold).
+   tenant; as warm-up a mint to alice (its batch fills the node's key cache; its time
+   is reported as cold) and a transfer to bob of an amount encrypted by Zama's client
+   SDK through this coprocessor's input path (scripts/demo_chain.py's): minted
+   balances are trivial ciphertexts, on which TFHE-rs does no bootstrapping, and this
+   makes both balances real encryptions, as a live token's are.
 2. ``--transfers`` times ``transferTrivial(bob, 1)`` from alice: ``t0`` is its receipt
    (anvil mines on submit), ``t1`` the first moment CiphertextCommits reports the
    material of both new balances (polled every 50 ms). The balances are decrypted and
    checked; the batch's status gives each stage's Job time.
 3. The floor: bench/baseline (bare TFHE-rs, no Python, no database, no pods) on the
-   same graph as the token's ``_transfer`` (Le, IfThenElse, Sub, Add on Uint64) and
-   the noise squashing of the two new balances, on the same cores.
+   same graph as the token's ``_transfer`` (Le, IfThenElse, Sub, Add on Uint64; the
+   amount and the zero trivially encrypted, as ``FHE.asEuint64`` makes them) and the
+   noise squashing of the two new balances, on the same cores.
+
+Needs a dev stack whose host chain trusts this stack's gateway (a fresh one, as
+``make demo`` makes it); it says so otherwise.
 
 Writes bench/results/e2e.json: the median block -> committed time, the floor, their
 ratio (issue #26's goal: <= 1.3), and where the time went.
@@ -31,6 +38,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime
@@ -41,6 +49,9 @@ from benchlib import write_result
 from orchestration import BIN, sh, start_operator
 
 from devstack.versions import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import demo_chain  # the demo's SDK input path, reused as it is
 
 NAMESPACE, TENANT = "fhe-bench-e2e", "bench-e2e"
 # Zama's KMSGeneration numbers key ids (4 << 248) + n; no KMS runs here.
@@ -146,14 +157,21 @@ async def measure(env: dict[str, str], transfers: int) -> dict:
     from coprocessor.db.pool import create_pool
     from coprocessor.settings import load_settings
     from coprocessor.tenants import load_client
-    from devstack.host_chain import deploy_dapp, ensure_host_chain
+    from devstack.gateway import ensure_dev_gateway
+    from devstack.host_chain import deploy_dapp
     from devstack.settings import default_state_dir
     from listeners.host import HostListener, batch_name
 
     settings = load_settings()
     w3 = Web3(Web3.HTTPProvider(settings.host_rpc_url))
     owner, alice, bob = w3.eth.accounts[:3]
-    host = ensure_host_chain(w3, default_state_dir())
+    gateway = ensure_dev_gateway(default_state_dir(), settings)
+    host, inputs_ok = demo_chain.host_for_inputs(w3, settings, gateway)
+    if not inputs_ok:
+        raise SystemExit(
+            "bench/e2e needs a host chain that trusts this stack's gateway: start a fresh "
+            "dev stack (fhectl dev down, then remove ~/.cache/fhe-coprocessor/dev)"
+        )
     token = deploy_dapp(w3, host, "ConfidentialToken")
     assert settings.gateway_commits_address
     commits = bound(w3, "CiphertextCommits", settings.gateway_commits_address)
@@ -243,9 +261,22 @@ async def measure(env: dict[str, str], transfers: int) -> dict:
         print("warm-up: mint to alice (fills the node's key cache) ...", flush=True)
         cold = await through(token.functions.mint(alice, MINTED), owner, {"alice": MINTED})
         print(f"  cold: {cold['committed_s']:.1f} s, stages {cold['stages_s']}", flush=True)
+        print("warm-up: an SDK-encrypted transfer (real ciphertexts from here on) ...")
+        async with pool.acquire() as connection:
+            public_key = await queries.get_public_params(connection, tenant.tenant_id)
+        handle, proof = await demo_chain.encrypt_amount(
+            settings, pool, w3, host, gateway, tenant, token, alice, public_key
+        )
+        sent = demo_chain.ENCRYPTED_AMOUNT
+        encrypted = await through(
+            token.functions.transfer(bob, handle, proof),
+            alice,
+            {"alice": MINTED - sent, "bob": sent},
+        )
+        print(f"  encrypted amount: {encrypted['committed_s']:.1f} s", flush=True)
         runs = []
         for i in range(1, transfers + 1):
-            expected = {"alice": MINTED - i, "bob": i}
+            expected = {"alice": MINTED - sent - i, "bob": sent + i}
             run = await through(token.functions.transferTrivial(bob, 1), alice, expected)
             print(f"  transfer {i}: {run['committed_s']:.1f} s, stages {run['stages_s']}",
                   flush=True)  # fmt: skip
@@ -254,13 +285,14 @@ async def measure(env: dict[str, str], transfers: int) -> dict:
         stop.set()
         await asyncio.wait_for(following, 60)
         await pool.close()
-    return {"cold": cold, "transfers": runs}
+    return {"cold": cold, "encrypted_amount": encrypted, "transfers": runs}
 
 
 # The token's _transfer (contracts/dapps/ConfidentialToken.sol) as bench/baseline reads it:
 # values 0..3 are alice's and bob's balances, the amount and the zero it selects instead.
 TRANSFER_GRAPH = {
-    "inputs": [MINTED, 0, 1, 0],
+    "inputs": [MINTED - 250, 250, 1, 0],
+    "trivial": [2, 3],
     "nodes": [
         {"op": "FheLe", "args": [2, 0]},  # 4: enough = amount <= balance
         {"op": "FheIfThenElse", "args": [4, 2, 3]},  # 5: moved = enough ? amount : 0
@@ -268,7 +300,7 @@ TRANSFER_GRAPH = {
         {"op": "FheAdd", "args": [1, 5]},  # 7: bob's new balance
     ],
     "outputs": [6, 7],
-    "expected": [MINTED - 1, 1],
+    "expected": [MINTED - 251, 251],
 }
 
 
@@ -332,6 +364,7 @@ def main() -> None:
         "goal_ratio": 1.3,
         "runs": measured["transfers"],
         "cold": measured["cold"],
+        "encrypted_amount": measured["encrypted_amount"],
     }
     write_result("e2e", result)
     print(

@@ -8,7 +8,8 @@
 //!
 //! `--squash`: after the graph, the noise squashing of its outputs, all at once (what
 //! the SNS stage does with a batch's outputs): `squash_wall_s`. `--repeat 0` skips the
-//! per-op table.
+//! per-op table. `--compressed`: the server key generated compressed and decompressed,
+//! as the coprocessor gets its tenants' keys.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -30,6 +31,10 @@ use tfhe::{set_server_key, ClientKey, ConfigBuilder, FheBool, FheUint64, ServerK
 struct Graph {
     /// Plaintext inputs (values 0..inputs.len()).
     inputs: Vec<u64>,
+    /// Inputs that are trivially encrypted, as a dapp's plaintext amounts are on chain
+    /// (`FHE.asEuint64`): TFHE-rs computes on them without bootstrapping their blocks.
+    #[serde(default)]
+    trivial: Vec<usize>,
     /// Nodes in a topological order; operands index inputs, then earlier nodes.
     nodes: Vec<Node>,
     /// Value indices of the final balances, and what they must decrypt to.
@@ -74,7 +79,7 @@ fn evaluate(op: &str, args: Vec<&Value>) -> Value {
     }
 }
 
-fn keys() -> (ClientKey, ServerKey) {
+fn keys(compressed: bool) -> (ClientKey, ServerKey) {
     let config =
         ConfigBuilder::with_custom_parameters(PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128)
             .use_dedicated_compact_public_key_parameters((
@@ -88,7 +93,11 @@ fn keys() -> (ClientKey, ServerKey) {
             )
             .build();
     let client = ClientKey::generate(config);
-    let server = ServerKey::new(&client);
+    let server = if compressed {
+        tfhe::CompressedServerKey::new(&client).decompress()
+    } else {
+        ServerKey::new(&client)
+    };
     (client, server)
 }
 
@@ -120,11 +129,14 @@ fn main() {
         .map(|i| args[i + 1].parse().expect("--repeat N"))
         .unwrap_or(3);
     let squash = args.iter().any(|a| a == "--squash");
+    // `--compressed`: the server key made the way tenants' keys reach the coprocessor
+    // (a CompressedServerKey, decompressed), instead of generated expanded.
+    let compressed = args.iter().any(|a| a == "--compressed");
     let graph: Graph = serde_json::from_str(&std::fs::read_to_string(path).expect("graph file"))
         .expect("graph JSON");
 
     let started = Instant::now();
-    let (client, server) = keys();
+    let (client, server) = keys(compressed);
     let keygen_s = started.elapsed().as_secs_f64();
     // The high-level API's key is per thread: every rayon worker gets it.
     set_server_key(server.clone());
@@ -153,7 +165,14 @@ fn main() {
     let mut values: Vec<Option<Value>> = graph
         .inputs
         .iter()
-        .map(|v| Some(Value::Int(FheUint64::encrypt(*v, &client))))
+        .enumerate()
+        .map(|(i, v)| {
+            Some(Value::Int(if graph.trivial.contains(&i) {
+                FheUint64::encrypt_trivial(*v)
+            } else {
+                FheUint64::encrypt(*v, &client)
+            }))
+        })
         .collect();
     let first_node = values.len();
     let mut level = vec![0usize; graph.inputs.len() + graph.nodes.len()];
