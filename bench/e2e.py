@@ -47,6 +47,7 @@ from pathlib import Path
 import yaml
 from benchlib import write_result
 from orchestration import BIN, sh, start_operator
+from profiles import run as run_baseline
 
 from devstack.versions import REPO_ROOT
 
@@ -315,21 +316,11 @@ def floor(repeat: int) -> dict:
         cwd=BASELINE,
         check=True,
     )
-    runs = []
     with tempfile.NamedTemporaryFile("w", suffix=".json") as graph:
         json.dump(TRANSFER_GRAPH, graph)
         graph.flush()
-        for _ in range(repeat):
-            out = subprocess.run(
-                [str(target / "release" / "fhe-baseline"), graph.name, "--repeat", "0", "--squash"],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            result = json.loads(out.stdout)
-            if not result.get("correct"):
-                raise SystemExit(f"bench/baseline got the transfer wrong: {result}")
-            runs.append(result)
+        binary = target / "release" / "fhe-baseline"
+        runs = [run_baseline(binary, Path(graph.name), 0, "--squash") for _ in range(repeat)]
     compute = statistics.median(r["graph_wall_s"] for r in runs)
     squash = statistics.median(r["squash_wall_s"] for r in runs)
     return {"compute_s": compute, "squash_s": squash, "floor_s": compute + squash,

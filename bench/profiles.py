@@ -64,9 +64,10 @@ def build(target: Path, overrides: dict[str, str]) -> Path:
     return target / "release" / "fhe-baseline"
 
 
-def run(binary: Path, graph: Path, repeat: int) -> dict:
+def run(binary: Path, graph: Path, repeat: int, *flags: str) -> dict:
+    """One run of bench/baseline on ``graph`` (``flags``: e.g. ``--squash``), checked."""
     out = subprocess.run(
-        [str(binary), str(graph), "--repeat", str(repeat)],
+        [str(binary), str(graph), "--repeat", str(repeat), *flags],
         capture_output=True,
         text=True,
         check=True,

@@ -342,18 +342,8 @@ def test_gpu_batches_compute_and_squash_on_their_gpus(stage, on_gpus):
     batch's stages never do."""
 
     def container(device, key_cache=None):
-        manifest = job_manifest(
-            namespace="fhe",
-            name="b",
-            uid="u1",
-            batch_id="fhe/b@1",
-            spec=spec(),
-            stage=stage,
-            device=device,
-            settings=JobSettings(key_cache_host_path=key_cache),
-            remaining_seconds=100,
-        )
-        return manifest["spec"]["template"]["spec"]["containers"][0]
+        pod = stage_pod(stage, JobSettings(key_cache_host_path=key_cache), device)
+        return pod["containers"][0]
 
     for key_cache in (None, "/var/cache/fhe-keys"):
         gpu = container("gpu", key_cache)
@@ -503,7 +493,7 @@ def test_stage_pods_get_only_what_their_stage_needs(stage):
     assert secrets == (["creds", "keys"] if stage == "send" else ["creds"])
 
 
-def stage_pod(stage: str, settings: JobSettings) -> dict:
+def stage_pod(stage: str, settings: JobSettings, device: str = "cpu") -> dict:
     manifest = job_manifest(
         namespace="fhe",
         name="b",
@@ -511,7 +501,7 @@ def stage_pod(stage: str, settings: JobSettings) -> dict:
         batch_id="fhe/b@1",
         spec=spec(),
         stage=stage,
-        device="cpu",
+        device=device,
         settings=settings,
         remaining_seconds=100,
     )
