@@ -79,6 +79,7 @@ bench: setup      ## benchmarks: print figures, write JSON under bench/results/
 	$(VENV)/python bench/listener.py
 	$(VENV)/python bench/sender.py
 	$(VENV)/python bench/orchestration.py
+	$(VENV)/python bench/e2e.py
 	$(VENV)/python bench/profiles.py
 
 lock:             ## re-pin constraints.txt from the current .venv (keeps its two header lines)
