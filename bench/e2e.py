@@ -46,7 +46,7 @@ from pathlib import Path
 
 import yaml
 from benchlib import write_result
-from orchestration import BIN, sh, start_operator
+from orchestration import BIN, dev_env, exports, sh, start_operator
 from profiles import run as run_baseline
 
 from devstack.versions import REPO_ROOT
@@ -63,16 +63,8 @@ BASELINE = REPO_ROOT / "bench" / "baseline"
 
 def stack_env() -> dict[str, str]:
     """The dev stack, its gateway contracts and this benchmark's tenant (idempotent)."""
-    env = dict(os.environ)
-    sh(str(BIN / "fhectl"), "dev", "up", env=env)
-    for line in sh(str(BIN / "fhectl"), "dev", "env", env=env).splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        env[key] = value
-    sh(str(BIN / "fhectl"), "db", "migrate", env=env)
-    for line in sh(str(BIN / "fhectl"), "dev", "gateway", "--env", env=env).splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        if key:
-            env[key] = value.strip("'\"")
+    env = dev_env()
+    env.update(exports(sh(str(BIN / "fhectl"), "dev", "gateway", "--env", env=env)))
     gateway = json.loads(sh(str(BIN / "fhectl"), "dev", "gateway", "-o", "json", env=env))
     env["E2E_SENDER_KEY_FILE"] = gateway["key_file"]
     sh(

@@ -56,13 +56,23 @@ def sh(*args: str, env: dict[str, str]) -> str:
     return subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
 
 
-def stack_env() -> dict[str, str]:
+def exports(output: str) -> dict[str, str]:
+    """``export KEY=VALUE`` lines (fhectl dev env, fhectl dev gateway --env) as a dict."""
+    pairs = (line.removeprefix("export ").partition("=") for line in output.splitlines())
+    return {key: value.strip("'\"") for key, _, value in pairs if key}
+
+
+def dev_env() -> dict[str, str]:
+    """The dev stack (started if needed, migrated) and its FHE_* environment."""
     sh(str(BIN / "fhectl"), "dev", "up", env=dict(os.environ))
     env = dict(os.environ)
-    for line in sh(str(BIN / "fhectl"), "dev", "env", env=env).splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        env[key] = value
+    env.update(exports(sh(str(BIN / "fhectl"), "dev", "env", env=env)))
     sh(str(BIN / "fhectl"), "db", "migrate", env=env)
+    return env
+
+
+def stack_env() -> dict[str, str]:
+    env = dev_env()
     sh(str(BIN / "fhectl"), "tenant", "create", TENANT, "--namespace", NAMESPACE, env=env)
     return env
 

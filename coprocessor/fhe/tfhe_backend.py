@@ -264,21 +264,16 @@ class TfheRsEvaluator:
     def _wrap(self, type_code: int, payload: bytes, kind: Kind = Kind.CIPHERTEXT) -> bytes:
         return Envelope(NAME, FheType(type_code), kind, self.key_digest, payload).to_bytes()
 
-    def _need(self, op: Op | None, fhe_type: FheType) -> int | None:
-        """The device memory ``op`` (None: switch-and-squash) needs on ``fhe_type``, or
-        None where there are no GPUs: the ``need`` of ``_call``."""
-        if self._devices is None:
-            return None
-        if op is None:
-            return gpu.estimate_squash_bytes(fhe_type)
-        return gpu.estimate_bytes(op, fhe_type)
-
-    def _call(self, method: str, *args: object, need: int | None = None):
-        """Call the native evaluator; its ValueErrors become our error classes. With a
-        ``need`` (bytes, from ``_need``), on a GPU that has that much room, else on the
-        CPU; without one, on the CPU."""
-        if need is None or self._devices is None:
+    def _call(self, method: str, *args: object, gpu_op: tuple[Op | None, FheType] | None = None):
+        """Call the native evaluator; its ValueErrors become our error classes. With
+        ``gpu_op`` (the op, None for switch-and-squash, and its type), on a GPU that has
+        room for it, else on the CPU; without one, on the CPU."""
+        if gpu_op is None or self._devices is None:
             return self._native_call(method, *args)
+        op, fhe_type = gpu_op
+        need = (
+            gpu.estimate_squash_bytes(fhe_type) if op is None else gpu.estimate_bytes(op, fhe_type)
+        )
         with self._devices.reservation(need) as reserved:
             device = None if reserved is None else reserved.device
             return self._native_call(method, *args, device=device)
@@ -317,7 +312,7 @@ class TfheRsEvaluator:
                     int(working),
                     int(target),
                     envelopes[0].payload,
-                    need=self._need(Op.Cast, wider),
+                    gpu_op=(Op.Cast, wider),
                 )
             )
         if op is Op.TrivialEncrypt:
@@ -334,7 +329,7 @@ class TfheRsEvaluator:
                     condition.payload,
                     first.payload,
                     second.payload,
-                    need=self._need(op, working),
+                    gpu_op=(op, working),
                 )
             )
         if op in (Op.Neg, Op.Not):
@@ -346,7 +341,7 @@ class TfheRsEvaluator:
                     int(op),
                     int(working),
                     envelopes[0].payload,
-                    need=self._need(op, working),
+                    gpu_op=(op, working),
                 )
             )
         if op is Op.Sum:
@@ -367,7 +362,7 @@ class TfheRsEvaluator:
                     int(working),
                     envelopes[0].payload,
                     rhs,
-                    need=self._need(op, working),
+                    gpu_op=(op, working),
                 )
             )
         if len(envelopes) == 1 and len(request.scalars) == 1:
@@ -387,7 +382,7 @@ class TfheRsEvaluator:
                 int(fhe_type),
                 amount,
                 _le(bits - 1),
-                need=self._need(Op.BitAnd, fhe_type),
+                gpu_op=(Op.BitAnd, fhe_type),
             )[1]
         return self._call(
             "binary_scalar",
@@ -395,7 +390,7 @@ class TfheRsEvaluator:
             int(fhe_type),
             amount,
             _le(bits),
-            need=self._need(Op.Rem, fhe_type),
+            gpu_op=(Op.Rem, fhe_type),
         )[1]
 
     def _binary_scalar(self, op: Op, lhs: Envelope, scalar: int, fhe_type: FheType) -> bytes:
@@ -415,7 +410,7 @@ class TfheRsEvaluator:
                 int(fhe_type),
                 lhs.payload,
                 _le(value),
-                need=self._need(op, fhe_type),
+                gpu_op=(op, fhe_type),
             )
         )
 
@@ -424,15 +419,15 @@ class TfheRsEvaluator:
         wide, multiplier, divisor = mul_div_plan(scalars, fhe_type)
         if divisor == 0:
             return self._wrap(*self._call("trivial", int(fhe_type), _le(fhe_type.max_value)))
-        cast = self._need(Op.Cast, wide)
-        _, widened = self._call("cast", int(fhe_type), int(wide), lhs.payload, need=cast)
+        cast = (Op.Cast, wide)
+        _, widened = self._call("cast", int(fhe_type), int(wide), lhs.payload, gpu_op=cast)
         _, product = self._call(
             "binary_scalar",
             int(Op.Mul),
             int(wide),
             widened,
             _le(multiplier),
-            need=self._need(Op.Mul, wide),
+            gpu_op=(Op.Mul, wide),
         )
         _, quotient = self._call(
             "binary_scalar",
@@ -440,9 +435,9 @@ class TfheRsEvaluator:
             int(wide),
             product,
             _le(divisor),
-            need=self._need(Op.Div, wide),
+            gpu_op=(Op.Div, wide),
         )
-        return self._wrap(*self._call("cast", int(wide), int(fhe_type), quotient, need=cast))
+        return self._wrap(*self._call("cast", int(wide), int(fhe_type), quotient, gpu_op=cast))
 
     def _fold(self, envelopes: list[Envelope], op: Op, fhe_type: FheType) -> bytes:
         accumulated = envelopes[0].payload
@@ -453,7 +448,7 @@ class TfheRsEvaluator:
                 int(fhe_type),
                 accumulated,
                 item.payload,
-                need=self._need(op, fhe_type),
+                gpu_op=(op, fhe_type),
             )
         return self._wrap(int(fhe_type), accumulated)
 
@@ -461,9 +456,9 @@ class TfheRsEvaluator:
         self, envelopes: list[Envelope], scalars: tuple[int, ...], fhe_type: FheType
     ) -> bytes:
         needle, candidates = envelopes[0], envelopes[1:]
-        need = self._need(Op.Eq, fhe_type)
+        eq = (Op.Eq, fhe_type)
         hits = [
-            self._call("binary", int(Op.Eq), int(fhe_type), needle.payload, c.payload, need=need)[1]
+            self._call("binary", int(Op.Eq), int(fhe_type), needle.payload, c.payload, gpu_op=eq)[1]
             for c in candidates
         ]
         hits += [
@@ -473,7 +468,7 @@ class TfheRsEvaluator:
                 int(fhe_type),
                 needle.payload,
                 _le(reference.wrap(s, fhe_type)),
-                need=need,
+                gpu_op=eq,
             )[1]
             for s in scalars
         ]
@@ -487,7 +482,7 @@ class TfheRsEvaluator:
                 int(FheType.Bool),
                 found,
                 hit,
-                need=self._need(Op.BitOr, FheType.Bool),
+                gpu_op=(Op.BitOr, FheType.Bool),
             )
         return self._wrap(int(FheType.Bool), found)
 
@@ -510,7 +505,7 @@ class TfheRsEvaluator:
         if fhe_type is FheType.Bool and bits:
             raise InvalidOperands("RandBounded is not defined on Bool")
         return self._wrap(
-            *self._call("random", int(fhe_type), seed, bits, need=self._need(request.op, fhe_type))
+            *self._call("random", int(fhe_type), seed, bits, gpu_op=(request.op, fhe_type))
         )
 
     def squashed_format(self, fhe_type: FheType) -> SquashedFormat:
@@ -530,7 +525,7 @@ class TfheRsEvaluator:
             int(envelope.fhe_type),
             envelope.payload,
             compress,
-            need=self._need(None, envelope.fhe_type),
+            gpu_op=(None, envelope.fhe_type),
         )
         return self._wrap(int(envelope.fhe_type), payload, Kind.SQUASHED)
 
