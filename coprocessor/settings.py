@@ -381,6 +381,14 @@ class Settings(BaseSettings):
         "never mounted); None = the namespace's default.",
     )
     job_ttl_s: int = Field(86400, ge=0, description="ttlSecondsAfterFinished of stage Jobs.")
+    job_fuse_stages: bool = Field(
+        True,
+        description="One pod runs a batch's consecutive stages (compute, then SNS, then "
+        "send) instead of one Job per stage: no pod start, key load or Job hand-over "
+        "between them, and SNS's key loads while compute runs. A compute stage spread "
+        "over several pods (parallelism > 1) still runs alone. false = one Job per "
+        "stage, which keeps the gateway keys (the send stage's Secret) off compute nodes.",
+    )
     job_key_cache_host_path: str | None = Field(
         None,
         description="A directory on each node (hostPath) that stage pods mount at the "

@@ -30,7 +30,7 @@ from coprocessor.api.batch import (
     describe_error,
 )
 from coprocessor.api.names import FINALIZER_RELEASE
-from coprocessor.api.stages import BATCH_STAGES
+from coprocessor.api.stages import BATCH_STAGES, group_of_label
 from coprocessor.api.summary import read_termination_message
 from coprocessor.db import queries
 from coprocessor.db.rows import BatchAdmission
@@ -44,6 +44,7 @@ from .jobs import (
     LABEL_BATCH,
     LABEL_DEVICE,
     LABEL_STAGE,
+    LABEL_STAGES,
     JobSettings,
     job_manifest,
 )
@@ -59,6 +60,7 @@ from .reconcile import (
     is_settled,
     owned_by_batch,
     plan,
+    stage_views,
 )
 from .validation import Bounds, InvalidSpec, PlannedGraph, check_bounds, check_stages, plan_graph
 
@@ -264,6 +266,7 @@ class Controller:
                 may_start=may_start,
                 wait_reason=wait_reason,
                 previous=previous,
+                fuse=self.settings.job_fuse_stages,
             )
             result = plan(observed)
             if result.admit:
@@ -287,8 +290,8 @@ class Controller:
                     "batch admitted", extra={"fields": {"batch": ident, "rows": len(planned.rows)}}
                 )
                 return await self._reconcile(namespace, name)
-            for stage in result.create_jobs:
-                await self._create_job(body, spec, ident, stage, device, observed)
+            for group in result.create_jobs:
+                await self._create_job(body, spec, ident, group, device, observed)
             await self._post_events(body, result.events)
             await self._write_status(namespace, name, previous, result.status)
             self.observed.phase(namespace, name, result.status.get("phase"))
@@ -385,7 +388,8 @@ class Controller:
         views = {}
         for job in jobs.items:
             data = _as_dict(self.api, job)
-            stage = data["metadata"]["labels"].get(LABEL_STAGE)
+            labels = data["metadata"]["labels"]
+            stage = labels.get(LABEL_STAGE)
             annotations = data["metadata"].get("annotations") or {}
             if (
                 data["metadata"].get("deletionTimestamp")
@@ -398,7 +402,8 @@ class Controller:
                 for p in pod_dicts
                 if (p["metadata"].get("labels") or {}).get("job-name") == data["metadata"]["name"]
             ]
-            views[stage] = job_view(data, mine)
+            group = group_of_label(labels.get(LABEL_STAGES), stage)
+            views.update(stage_views(job_view(data, mine), group))
         return views
 
     async def _device(self, spec: FheBatchSpec) -> str:
@@ -519,7 +524,13 @@ class Controller:
             ) from None
 
     async def _create_job(
-        self, body: dict[str, Any], spec, ident, stage: str, device: str, observed: Observed
+        self,
+        body: dict[str, Any],
+        spec,
+        ident,
+        stages: tuple[str, ...],
+        device: str,
+        observed: Observed,
     ) -> None:
         meta = body["metadata"]
         elapsed = (observed.now - observed.created_at).total_seconds()
@@ -529,18 +540,23 @@ class Controller:
             uid=meta["uid"],
             batch_id=ident,
             spec=spec,
-            stage=stage,
+            stages=stages,
             device=device,
             settings=self.job_settings,
             remaining_seconds=int(spec.deadline_seconds - elapsed),
         )
         try:
             await self._api(self.batch_api.create_namespaced_job, meta["namespace"], manifest)
-            self.observed.job_started(stage)
+            for stage in stages:
+                self.observed.job_started(stage)
             log.info(
                 "job created",
                 extra={
-                    "fields": {"job": manifest["metadata"]["name"], "batch": ident, "stage": stage}
+                    "fields": {
+                        "job": manifest["metadata"]["name"],
+                        "batch": ident,
+                        "stages": ",".join(stages),
+                    }
                 },
             )
         except ApiException as error:

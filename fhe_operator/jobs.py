@@ -18,8 +18,10 @@ from coprocessor.api.names import (
     LABEL_BATCH,
     LABEL_DEVICE,
     LABEL_STAGE,
+    LABEL_STAGES,
     LABEL_TENANT,
 )
+from coprocessor.api.stages import COMMAND_SEPARATOR, group_label
 from coprocessor.errors import EXIT_RECOVERABLE
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -67,20 +69,27 @@ def job_manifest(
     uid: str,
     batch_id: str,
     spec: FheBatchSpec,
-    stage: str,
+    stages: tuple[str, ...],
     device: str,
     settings: JobSettings,
     remaining_seconds: int,
 ) -> dict[str, Any]:
-    """The Job for one stage. ``device`` is the resolved class (gpu or cpu)."""
+    """The Job for one stage, or for consecutive stages one pod runs in turn
+    (``coprocessor.api.stages.pod_group``): it gets what each of them needs. ``device``
+    is the resolved class (gpu or cpu).
+
+    Its stage label is the first stage (what capacity counts: a Job that computes); a
+    Job of several stages also names them all in LABEL_STAGES."""
     labels = {
         LABEL_BATCH: name,
-        LABEL_STAGE: stage,
+        LABEL_STAGE: stages[0],
         LABEL_TENANT: spec.tenant,
         LABEL_DEVICE: device,
     }
-    pods = spec.parallelism if stage == "compute" else 1
-    command = ["fhe-job", stage, "--batch", batch_id]
+    if len(stages) > 1:
+        labels[LABEL_STAGES] = group_label(stages)
+    pods = spec.parallelism if stages == ("compute",) else 1
+    command = ["fhe-job", COMMAND_SEPARATOR.join(stages), "--batch", batch_id]
     if pods > 1:
         command += ["--count", str(pods)]
     resources: dict[str, dict[str, str]] = {
@@ -91,7 +100,7 @@ def job_manifest(
         {"configMapRef": {"name": settings.config_map, "optional": True}},
         {"secretRef": {"name": settings.secret, "optional": True}},
     ]
-    if stage == "send":  # the only stage that signs gateway transactions
+    if "send" in stages:  # the only stage that signs gateway transactions
         env_from.append({"secretRef": {"name": settings.send_secret, "optional": True}})
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # required by podFailurePolicy; the Job retries pods
@@ -113,7 +122,7 @@ def job_manifest(
     }
     if settings.service_account:
         pod_spec["serviceAccountName"] = settings.service_account
-    if settings.key_cache_host_path and stage in KEY_STAGES:
+    if settings.key_cache_host_path and KEY_STAGES.intersection(stages):
         # The node-local key cache: the first pod on a node to expand a key writes its
         # expanded form there, later ones read it (coprocessor/keycache.py).
         path = settings.key_cache_host_path
@@ -123,7 +132,7 @@ def job_manifest(
         container = pod_spec["containers"][0]
         container["volumeMounts"] = [{"name": "key-cache", "mountPath": path}]
         container["env"] = [{"name": "FHE_KEY_CACHE_DIR", "value": path}]
-    if device == "gpu" and stage in GPU_STAGES and spec.resources.gpus:
+    if device == "gpu" and GPU_STAGES.intersection(stages) and spec.resources.gpus:
         gpus = str(spec.resources.gpus)
         resources["limits"][GPU_RESOURCE] = gpus
         resources["requests"][GPU_RESOURCE] = gpus
@@ -170,7 +179,7 @@ def job_manifest(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(f"{name}-{spec.spec_hash()[:8]}", stage),
+            "name": job_name(f"{name}-{spec.spec_hash()[:8]}", "-".join(stages)),
             "namespace": namespace,
             "labels": labels,
             "annotations": {ANNOTATION_BATCH_ID: batch_id},

@@ -10,10 +10,11 @@ operator restart converges (docs/design.md section 10).
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from coprocessor.api.batch import FheBatchSpec
+from coprocessor.api.stages import pod_group
 from coprocessor.api.summary import STATUS_KEYS
 
 PHASE_OF_STAGE = {"compute": "Computing", "sns": "Squashing", "send": "Sending"}
@@ -34,6 +35,37 @@ class JobView:
     finished_at: str | None = None
     summary: dict[str, Any] | None = None  # the last pod's termination message (JSON)
     waiting: str | None = None  # why a pod is not running (unschedulable, ...)
+    group: tuple[str, ...] = ()  # the stages its pod runs, when more than one
+
+
+def stage_views(view: JobView, group: tuple[str, ...]) -> dict[str, JobView]:
+    """What a Job of consecutive stages says about each of them.
+
+    Its pod's termination message holds one summary per stage it ran, under ``stages``,
+    and the stage it ended in under ``stage`` (coprocessor.api.summary). Finished: every
+    stage succeeded, each with its own summary. Failed: the stages before the one it
+    ended in succeeded, that one failed, the later ones never started (absent). Running:
+    all of them run (the planner tells compute's end from the database)."""
+    if len(group) < 2:
+        return {group[0]: view}
+    summary = view.summary or {}
+    per_stage = summary.get("stages") if isinstance(summary.get("stages"), dict) else {}
+    shared = replace(view, group=group, summary=None)
+    if not (view.succeeded or view.failed):
+        return {stage: shared for stage in group}
+    ended = summary.get("stage") if summary.get("stage") in group else group[0]
+    views: dict[str, JobView] = {}
+    for stage in group:
+        own = per_stage.get(stage) if isinstance(per_stage.get(stage), dict) else None
+        if view.succeeded or stage != ended:
+            views[stage] = replace(shared, succeeded=True, failed=False, summary=own)
+        else:
+            error = summary.get("error")
+            if error and not (own or {}).get("error"):
+                own = {**(own or {}), "error": error}
+            views[stage] = replace(shared, summary=own)
+            break
+    return views
 
 
 @dataclass(frozen=True)
@@ -60,13 +92,14 @@ class Observed:
     wait_reason: str | None = None
     previous: dict[str, Any] = field(default_factory=dict)  # status on the resource now
     cost: int | None = None  # estimated PBS of its computations (coprocessor/costs.py)
+    fuse: bool = False  # one pod runs consecutive stages (FHE_JOB_FUSE_STAGES)
 
 
 @dataclass
 class Plan:
     status: dict[str, Any]
     admit: bool = False
-    create_jobs: list[str] = field(default_factory=list)
+    create_jobs: list[tuple[str, ...]] = field(default_factory=list)  # stages per Job
     events: list[tuple[str, str, str]] = field(default_factory=list)  # type, reason, msg
 
     @property
@@ -106,13 +139,21 @@ def plan(observed: Observed) -> Plan:
     if phase != before or (phase == "Failed" and message != observed.previous.get("message")):
         kind = "Warning" if phase == "Failed" else "Normal"
         result.events.append((kind, phase, message))
-    for stage in create:
-        result.events.append(("Normal", "JobCreated", f"created Job for stage {stage}"))
+    for group in create:
+        plural = "s" if len(group) > 1 else ""
+        result.events.append(
+            ("Normal", "JobCreated", f"created Job for stage{plural} {', '.join(group)}")
+        )
     return result
 
 
-def _decide(o: Observed) -> tuple[str, str, bool, list[str]]:
-    """(phase, message, admit?, stages whose Job to create)."""
+def _computed(o: Observed) -> bool:
+    """Every computation of the batch is done, as the database counts them."""
+    return o.progress is not None and o.progress.completed == o.progress.total
+
+
+def _decide(o: Observed) -> tuple[str, str, bool, list[tuple[str, ...]]]:
+    """(phase, message, admit?, the Jobs to create, as the stages each runs)."""
     if o.spec is None or o.spec_error:
         return "Failed", o.spec_error or "invalid spec", False, []
     if not o.admitted:
@@ -128,6 +169,8 @@ def _decide(o: Observed) -> tuple[str, str, bool, list[str]]:
             return "Failed", f"stage {stage} failed: {_failure(job)}", False, []
         if state == "Running":
             assert job is not None
+            if stage == "compute" and len(job.group) > 1 and _computed(o):
+                continue  # its pod has gone on to the next stage
             return PHASE_OF_STAGE[stage], _running_message(o, stage, job), False, []
         # No Job yet for this stage: every earlier one succeeded.
         elapsed = (o.now - o.created_at).total_seconds()
@@ -142,7 +185,8 @@ def _decide(o: Observed) -> tuple[str, str, bool, list[str]]:
             return "Suspended", f"suspended before stage {stage}; {_done(o)}", False, []
         if stage == "compute" and not o.may_start:
             return "Admitted", o.wait_reason or "waiting for capacity", False, []
-        return PHASE_OF_STAGE[stage], f"starting stage {stage}", False, [stage]
+        group = pod_group(spec.stages, stage, fuse=o.fuse, parallelism=spec.parallelism)
+        return PHASE_OF_STAGE[stage], f"starting stage {stage}", False, [group]
     return ("Succeeded", f"all stages done; {_done(o)}{_published(o)}{_committed(o)}", False, [])
 
 
@@ -196,7 +240,10 @@ def _status(o: Observed, phase: str, message: str) -> dict[str, Any]:
     stages: dict[str, Any] = {}
     for stage in o.spec.stages if o.spec else []:
         job = o.jobs.get(stage)
-        entry: dict[str, Any] = {"state": stage_state(job)}
+        state = stage_state(job)
+        if state == "Running" and job and stage == "compute" and len(job.group) > 1:
+            state = "Succeeded" if _computed(o) else state  # its pod went on to SNS
+        entry: dict[str, Any] = {"state": state}
         if job is not None:
             entry.update({"job": job.name, "attempts": job.attempts})
             if job.started_at:

@@ -1,4 +1,9 @@
-"""``fhe-job STAGE --batch ID``: the entry point of every stage pod.
+"""``fhe-job STAGE[,STAGE...] --batch ID``: the entry point of every stage pod.
+
+A pod may run several consecutive stages of one batch in turn (``compute,sns,send``,
+coprocessor.api.stages): each runs as it would alone, the next only when the one
+before exited 0, and SNS's key loads while compute runs. The exit code is that of the
+stage it ended in, and the termination message holds every stage's report.
 
 Exit codes follow coprocessor.errors: 0 done, 3 irrecoverable (bad input; the Job's
 podFailurePolicy fails the Job at once), 75 recoverable (database or S3 down, inputs
@@ -23,7 +28,8 @@ import signal
 import sys
 from pathlib import Path
 
-from coprocessor.api.stages import JOB_STAGES
+from coprocessor.api.stages import JOB_STAGES, parse_group
+from coprocessor.api.summary import stages_message
 from coprocessor.db.pool import classify
 from coprocessor.errors import exit_code_for
 from coprocessor.logs import configure_logging
@@ -53,7 +59,13 @@ def write_termination_message(path: Path, summary: dict[str, object]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fhe-job", description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=JOB_STAGES)
+    parser.add_argument(
+        "stage",
+        type=_group,
+        metavar="STAGE[,STAGE...]",
+        help=f"{', '.join(JOB_STAGES)}; or consecutive batch stages to run in turn "
+        "(compute,sns,send)",
+    )
     parser.add_argument(
         "--batch",
         help="batch id (namespace/name@spec-hash); verify "
@@ -72,15 +84,26 @@ def main(argv: list[str] | None = None) -> None:
         help="verify only: keep answering as requests arrive, until SIGTERM",
     )
     args = parser.parse_args(argv)
-    if (args.batch is None) != (args.stage == "verify"):
-        parser.error("verify takes no --batch" if args.batch else f"{args.stage} needs --batch")
+    group: tuple[str, ...] = args.stage
+    named = ",".join(group)
+    if (args.batch is None) != (group == ("verify",)):
+        parser.error("verify takes no --batch" if args.batch else f"{named} needs --batch")
     if args.count < 1 or not 0 <= args.index < args.count:
         parser.error(f"--index {args.index} must be in 0..{args.count - 1}")
-    if args.follow and args.stage != "verify":
+    if args.count > 1 and len(group) > 1:
+        parser.error("--count is for a compute stage alone: SNS and send run once a batch")
+    if args.follow and group != ("verify",):
         parser.error("--follow is for verify only")
     if args.follow:
         sys.exit(follow_verify())
-    sys.exit(run_stage(args.stage, args.batch, args.index, args.count))
+    sys.exit(run_stages(group, args.batch, args.index, args.count))
+
+
+def _group(text: str) -> tuple[str, ...]:
+    try:
+        return parse_group(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _settings_or_exit_code() -> Settings | int:
@@ -141,11 +164,63 @@ async def serve_verify(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def run_stage(stage: str, batch_id: str | None, index: int, count: int) -> int:
+    """One stage in this pod (what ``run_stages`` does for a group of one)."""
+    return run_stages((stage,), batch_id, index, count)
+
+
+def run_stages(group: tuple[str, ...], batch_id: str | None, index: int, count: int) -> int:
     settings = _settings_or_exit_code()
     if isinstance(settings, int):
         return settings
+    reports: dict[str, dict[str, object]] = {}
+    ended, code = asyncio.run(_run_group(group, settings, batch_id, index, count, reports))
+    message = reports[ended] if len(group) == 1 else stages_message(reports, ended, code)
+    write_termination_message(settings.termination_log, message)
+    return code
+
+
+async def _run_group(
+    group: tuple[str, ...],
+    settings: Settings,
+    batch_id: str | None,
+    index: int,
+    count: int,
+    reports: dict[str, dict[str, object]],
+) -> tuple[str, int]:
+    """Each stage in turn until one exits non-zero: (the stage it ended in, its code)."""
+    preloading = None
+    if batch_id and {"compute", "sns"} <= set(group) and settings.compute_device != "gpu":
+        # SNS's key (the whole of it) loads beside compute, which needs only its share.
+        # Not on GPU pods: two keys expanding onto the same devices would each count
+        # the memory as theirs (coprocessor.gpu.DevicePool).
+        from .sns import preload_evaluator
+
+        preloading = asyncio.create_task(preload_evaluator(settings, batch_id))
     try:
-        summary = asyncio.run(_run(stage, settings, batch_id, index, count))
+        for stage in group:
+            code = await _run_reported(stage, settings, batch_id, index, count, reports, preloading)
+            if code != 0:
+                return stage, code
+        return group[-1], 0
+    finally:
+        if preloading is not None and not preloading.done():
+            preloading.cancel()  # the thread finishes; its result is dropped
+        if preloading is not None:
+            await asyncio.gather(preloading, return_exceptions=True)
+
+
+async def _run_reported(
+    stage: str,
+    settings: Settings,
+    batch_id: str | None,
+    index: int,
+    count: int,
+    reports: dict[str, dict[str, object]],
+    preloading: asyncio.Task | None,
+) -> int:
+    """One stage: its exit code, its report in ``reports`` and its log line."""
+    try:
+        summary = await _run(stage, settings, batch_id, index, count, preloading)
     except Exception as raised:  # every class of error maps to its exit code
         error = classify(raised)
         code = exit_code_for(error)
@@ -161,10 +236,12 @@ def run_stage(stage: str, batch_id: str | None, index: int, count: int) -> int:
                 }
             },
         )
-        write_termination_message(
-            settings.termination_log,
-            {"completed": 0, "failed": 0, "error": str(error)[:800], "exit_code": code},
-        )
+        reports[stage] = {
+            "completed": 0,
+            "failed": 0,
+            "error": str(error)[:800],
+            "exit_code": code,
+        }
         return code
     report = summary.as_dict()
     code = summary.exit_code
@@ -172,7 +249,7 @@ def run_stage(stage: str, batch_id: str | None, index: int, count: int) -> int:
         first = next(iter(summary.failures.items()), ("?", "?"))
         report["error"] = (f"{summary.failed} {_ITEMS[stage]} failed; {first[0]}: {first[1]}")[:800]
     report["exit_code"] = code
-    write_termination_message(settings.termination_log, report)
+    reports[stage] = report
     log.info("stage finished", extra={"fields": {"stage": stage, "batch": batch_id, **report}})
     return code
 
@@ -185,7 +262,7 @@ _ITEMS = {
 }
 
 
-async def _run(stage: str, settings, batch_id: str | None, index: int, count: int):
+async def _run(stage: str, settings, batch_id: str | None, index: int, count: int, preloading=None):
     """The stage's runner; imported here so `fhe-job --help` stays fast."""
     if stage == "compute":
         from .compute import run_compute
@@ -201,7 +278,7 @@ async def _run(stage: str, settings, batch_id: str | None, index: int, count: in
         return await run_send(settings, batch_id)
     from .sns import run_sns
 
-    return await run_sns(settings, batch_id)
+    return await run_sns(settings, batch_id, preloading)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -83,8 +84,10 @@ class Publisher:
         settings: Settings,
         uploader: Uploader,
         buckets: tuple[ObjectStore, ObjectStore],
+        preloaded: Awaitable[Evaluator | None] | None = None,
     ) -> None:
         self.pool = pool
+        self._preloaded = preloaded
         self.tenant = tenant
         self.settings = settings
         self.uploader = uploader
@@ -107,16 +110,11 @@ class Publisher:
     async def evaluator(self) -> Evaluator:
         """Loaded on first need: a re-run with every handle squashed needs no key."""
         async with self._evaluator_lock:
+            if self._evaluator is None and self._preloaded is not None:
+                self._evaluator = await self._preloaded  # loading while compute ran
             if self._evaluator is None:
-                # In a thread: S3, the key's expansion and (on GPU nodes) CUDA's start.
                 self._evaluator = await asyncio.to_thread(
-                    lambda: load_evaluator(
-                        self.uploader.store,
-                        self.tenant,
-                        None,
-                        KeyCache.of(self.settings),
-                        stage_devices(self.settings),
-                    )
+                    sns_evaluator, self.settings, self.uploader.store, self.tenant
                 )
             return self._evaluator
 
@@ -268,7 +266,32 @@ class _HeldElsewhere(Recoverable):
         super().__init__(f"handle 0x{handle.hex()} is held by another pod")
 
 
-async def run_sns(settings: Settings, batch_id: str) -> SnsSummary:
+def sns_evaluator(settings: Settings, store: ObjectStore, tenant: queries.Tenant) -> Evaluator:
+    """The whole key (squashing and compression included); blocking: S3, the key's
+    expansion and (on GPU nodes) CUDA's start, so it runs in a thread."""
+    return load_evaluator(store, tenant, None, KeyCache.of(settings), stage_devices(settings))
+
+
+async def preload_evaluator(settings: Settings, batch_id: str) -> Evaluator | None:
+    """SNS's key for a pod that computes first (``fhe-job compute,sns``), to load while
+    compute runs: None when the batch's outputs are all published already (a re-run)
+    and SNS will need no key."""
+    pool = await pool_of(settings)
+    try:
+        async with pool.acquire() as connection:
+            tenant = await batch_tenant(connection, batch_id)
+            publications = await publish.batch_publications(connection, batch_id)
+    finally:
+        await pool.close()
+    if publications and all(p.is_completed or p.is_error for p in publications):
+        return None
+    return await asyncio.to_thread(sns_evaluator, settings, ObjectStore(settings), tenant)
+
+
+async def run_sns(
+    settings: Settings, batch_id: str, preloaded: Awaitable[Evaluator | None] | None = None
+) -> SnsSummary:
+    """``preloaded``: the key, loading since before this stage (``preload_evaluator``)."""
     started = time.monotonic()
     pool = await pool_of(settings)
     try:
@@ -306,7 +329,7 @@ async def run_sns(settings: Settings, batch_id: str) -> SnsSummary:
             max_delay_s=settings.sns_backoff_cap_s,
             breaker=CircuitBreaker(settings.sns_breaker_threshold),
         )
-        publisher = Publisher(pool, tenant, settings, uploader, buckets)
+        publisher = Publisher(pool, tenant, settings, uploader, buckets, preloaded)
         try:
             outcomes = await asyncio.gather(
                 *(publisher.publish(h) for h in pending), return_exceptions=True

@@ -257,23 +257,39 @@ def send(w3: Web3, call, sender: str) -> None:
         raise SystemExit(f"transaction {receipt['transactionHash'].hex()} reverted")
 
 
-def stage_times(status: dict) -> str:
-    """Seconds per stage (Job start to finish) from the batch's status, and their sum."""
+def job_seconds(status: dict) -> dict[str, float]:
+    """Each Job's time (start to finish) from a batch's status, by Job name: one Job may
+    run several stages (FHE_JOB_FUSE_STAGES), and then several stages name it."""
     from datetime import datetime
 
-    def seconds(entry: dict) -> float | None:
-        if not entry.get("startedAt") or not entry.get("finishedAt"):
-            return None
-        start, end = (
-            datetime.fromisoformat(entry[k].replace("Z", "+00:00"))
-            for k in ("startedAt", "finishedAt")
-        )
-        return (end - start).total_seconds()
+    def at(text: str) -> float:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
-    parts = {stage: seconds(entry) for stage, entry in (status.get("stages") or {}).items()}
-    shown = ", ".join(f"{stage} {t:.0f}s" for stage, t in parts.items() if t is not None)
-    total = sum(t for t in parts.values() if t is not None)
-    return f"stages: {shown} (Jobs {total:.0f}s in all)"
+    return {
+        entry["job"]: at(entry["finishedAt"]) - at(entry["startedAt"])
+        for entry in (status.get("stages") or {}).values()
+        if entry.get("job") and entry.get("startedAt") and entry.get("finishedAt")
+    }
+
+
+def work_seconds(status: dict) -> dict[str, float]:
+    """Each stage's own time as its pod reported it (summary ``seconds``; compute's key
+    load, ``key_load_s``, comes before it and is shown apart)."""
+    out = {}
+    for stage, entry in (status.get("stages") or {}).items():
+        summary = entry.get("summary") or {}
+        if stage == "compute" and "key_load_s" in summary:
+            out["compute key"] = summary["key_load_s"]
+        if "seconds" in summary:
+            out[stage] = summary["seconds"]
+    return out
+
+
+def stage_times(status: dict) -> str:
+    """The stages' own times and the Jobs' (start to finish), from the batch's status."""
+    work = ", ".join(f"{stage} {t:.1f}s" for stage, t in work_seconds(status).items())
+    jobs = job_seconds(status)
+    return f"stages: {work}; {len(jobs)} Job(s) {sum(jobs.values()):.0f}s in all"
 
 
 def wait_all(api: client.CustomObjectsApi, names: list[str], timeout: float) -> None:

@@ -11,7 +11,8 @@ GROUP = "fhe.coprocessor.dev"
 
 # On stage Jobs (and their pods), set by the operator.
 LABEL_BATCH = f"{GROUP}/batch"
-LABEL_STAGE = f"{GROUP}/stage"
+LABEL_STAGE = f"{GROUP}/stage"  # the (first) stage a Job runs
+LABEL_STAGES = f"{GROUP}/stages"  # all of them, on a Job that runs several (a.b.c)
 LABEL_TENANT = f"{GROUP}/tenant"
 LABEL_DEVICE = f"{GROUP}/device"
 ANNOTATION_BATCH_ID = f"{GROUP}/batch-id"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..errors import EXIT_IRRECOVERABLE, EXIT_OK, EXIT_RECOVERABLE
+from .stages import BATCH_STAGES
 
 MAX_ERROR_CHARS = 800  # the termination message is capped at 4 KiB
 _TAIL = ("error", "failures")
@@ -122,9 +123,29 @@ def _shown_keys() -> tuple[str, ...]:
 STATUS_KEYS = _shown_keys()
 
 
+def stages_message(
+    reports: dict[str, dict[str, object]], ended: str, exit_code: int
+) -> dict[str, object]:
+    """The termination message of a pod that ran several stages in turn: each stage's
+    own report under ``stages`` (without the error tail of those that went well), the
+    stage it ended in, its exit code and error at the top, as a one-stage pod's."""
+    last = reports.get(ended, {})
+    return {
+        "stage": ended,
+        "exit_code": exit_code,
+        "error": last.get("error"),
+        "stages": {
+            stage: {k: v for k, v in report.items() if k != "failures" and v is not None}
+            for stage, report in reports.items()
+        },
+    }
+
+
 def read_termination_message(text: str) -> dict[str, Any]:
     """What the operator keeps of a stage pod's termination message: the shown counters
-    (numbers only), the error (a string, trimmed) and nothing else.
+    (numbers only), the error (a string, trimmed) and nothing else; for a pod that ran
+    several stages (``stages_message``) the same of each stage's report, and the name of
+    the stage it ended in.
 
     The message is whatever the pod left in /dev/termination-log, or with
     FallbackToLogsOnError the tail of its log: a crash's traceback, a half-written JSON,
@@ -137,6 +158,20 @@ def read_termination_message(text: str) -> dict[str, Any]:
         return {"error": stripped.splitlines()[-1][:MAX_ERROR_CHARS]}
     if not isinstance(parsed, dict):
         return {"error": str(parsed)[:MAX_ERROR_CHARS]}
+    kept = _kept(parsed)
+    stages = parsed.get("stages")
+    if isinstance(stages, dict):
+        kept["stages"] = {
+            stage: _kept(report)
+            for stage, report in stages.items()
+            if stage in BATCH_STAGES and isinstance(report, dict)
+        }
+        if parsed.get("stage") in BATCH_STAGES:
+            kept["stage"] = parsed["stage"]
+    return kept
+
+
+def _kept(parsed: dict[str, Any]) -> dict[str, Any]:
     kept: dict[str, Any] = {}
     for key in STATUS_KEYS:
         value = parsed.get(key)

@@ -324,14 +324,15 @@ async def test_a_valid_graph_succeeds_and_its_outputs_decrypt(
         assert (ct64_digest, ct128_digest) == (keccak(ct64), keccak(ct128))
         assert key_id == KMS_KEY_ID
         assert agreed == [gateway.signer.address]
-    jobs = {j.metadata.labels["fhe.coprocessor.dev/stage"]: j for j in jobs_in(kube_api, ns)}
-    assert set(jobs) == {"compute", "sns", "send"}
-    assert jobs["send"].status.start_time >= jobs["sns"].status.completion_time
-    job = jobs["compute"]
+    # One pod ran the three stages in turn (FHE_JOB_FUSE_STAGES, the default).
+    (job,) = jobs_in(kube_api, ns)
+    assert job.metadata.labels["fhe.coprocessor.dev/stage"] == "compute"
+    assert job.metadata.labels["fhe.coprocessor.dev/stages"] == "compute.sns.send"
+    assert {e["job"] for e in status["stages"].values()} == {job.metadata.name}
+    assert status["stages"]["compute"]["summary"]["completed"] == 6  # its own summary
     assert job.metadata.owner_references[0].kind == "FheBatch"
     assert job.spec.pod_failure_policy.rules[0].on_exit_codes.values == [3]
     assert job.spec.ttl_seconds_after_finished and job.spec.active_deadline_seconds
-    assert jobs["sns"].status.start_time >= job.status.completion_time
     printed = subprocess.run(
         ["kubectl", "get", "fhebatches", "-n", ns],
         env={**os.environ, "KUBECONFIG": kube_cluster["KUBECONFIG"]},
@@ -897,11 +898,42 @@ async def test_a_suspended_batch_starts_no_job_until_resumed(
     )
     assert status["phase"] == "Succeeded", status
     assert status["observedGeneration"] == 2
-    assert {j.metadata.labels["fhe.coprocessor.dev/stage"] for j in jobs_in(kube_api, ns)} == {
-        "compute",
-        "sns",
-    }
+    (job,) = jobs_in(kube_api, ns)
+    assert job.metadata.labels["fhe.coprocessor.dev/stages"] == "compute.sns"
     assert await decrypt_output(settings, tenant, status["outputs"]["x"]) == 42
+
+
+async def test_a_compute_spread_over_pods_runs_alone_then_sns_in_its_own_job(
+    operator, ns, kube_api, settings, tenant
+):
+    """parallelism 2: an Indexed compute Job of two pods, each computing its share; SNS
+    runs once a batch, so it is not fused with them and gets a Job of its own."""
+    a = await store_input(settings, tenant, 3, FheType.Uint8)
+    graph = {
+        "inputs": {"a": a},
+        "nodes": [
+            {"name": "x", "op": "FheAdd", "args": ["a", {"scalar": "1"}], "output": True},
+            {"name": "y", "op": "FheAdd", "args": ["a", {"scalar": "2"}], "output": True},
+        ],
+    }
+    custom(kube_api).create_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, batch("spread", graph, parallelism=2, stages=["compute", "sns"])
+    )
+    status = await asyncio.to_thread(
+        wait_for,
+        phase_in(kube_api, ns, "spread", "Succeeded", "Failed"),
+        timeout=240,
+        what="batch spread to finish",
+    )
+    assert status["phase"] == "Succeeded", status
+    jobs = {j.metadata.labels["fhe.coprocessor.dev/stage"]: j for j in jobs_in(kube_api, ns)}
+    assert set(jobs) == {"compute", "sns"}
+    assert jobs["compute"].spec.completions == 2
+    assert jobs["compute"].spec.completion_mode == "Indexed"
+    assert "fhe.coprocessor.dev/stages" not in jobs["sns"].metadata.labels
+    assert jobs["sns"].status.start_time >= jobs["compute"].status.completion_time
+    assert await decrypt_output(settings, tenant, status["outputs"]["x"]) == 4
+    assert await decrypt_output(settings, tenant, status["outputs"]["y"]) == 5
 
 
 async def test_over_the_limit_batches_wait_in_admitted_and_start_by_priority(

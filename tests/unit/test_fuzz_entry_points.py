@@ -820,6 +820,15 @@ SUMMARY_VALUES = st.one_of(
     JSON,
 )
 SUMMARIES = st.dictionaries(SUMMARY_KEYS | st.text(max_size=8), SUMMARY_VALUES, max_size=8)
+# A pod that ran several stages (coprocessor.api.summary.stages_message): its stage
+# reports under "stages", where anything may stand instead of a stage or a report.
+STAGE_NAMES = st.sampled_from(["compute", "sns", "send", "verify"]) | st.text(max_size=8)
+SUMMARIES = SUMMARIES | st.builds(
+    lambda top, stages, ended: {**top, "stages": stages, "stage": ended},
+    SUMMARIES,
+    st.dictionaries(STAGE_NAMES, SUMMARIES | SUMMARY_VALUES, max_size=4) | SUMMARY_VALUES,
+    STAGE_NAMES | SUMMARY_VALUES,
+)
 MESSAGES = st.one_of(
     st.text(),  # a traceback's tail, nothing, anything
     JSON.map(json.dumps),
@@ -835,9 +844,16 @@ def assert_kept(kept: Any) -> None:
     """What read_termination_message promises: shown counters as finite numbers, an
     error as a trimmed string, nothing else; and it can be written to a status."""
     assert isinstance(kept, dict)
-    assert set(kept) <= {*STATUS_KEYS, "error"}
+    assert set(kept) <= {*STATUS_KEYS, "error", "stages", "stage"}
     for key, value in kept.items():
-        if key == "error":
+        if key == "stages":
+            assert isinstance(value, dict) and set(value) <= {"compute", "sns", "send"}
+            for report in value.values():
+                assert not {"stages", "stage"} & set(report)
+                assert_kept(report)
+        elif key == "stage":
+            assert value in ("compute", "sns", "send")
+        elif key == "error":
             assert isinstance(value, str) and len(value) <= MAX_ERROR_CHARS
         else:
             assert isinstance(value, int | float) and not isinstance(value, bool)

@@ -16,7 +16,13 @@ from job_runner.__main__ import main
             "--index 2 must be in 0..1",
         ),
         (["compute"], 2, "compute needs --batch"),
-        (["paint", "--batch", "x"], 2, "invalid choice: 'paint'"),
+        (["paint", "--batch", "x"], 2, "unknown stage 'paint'"),
+        (["sns,compute", "--batch", "x"], 2, "must be distinct and in the order"),
+        (["compute,compute", "--batch", "x"], 2, "must be distinct and in the order"),
+        (["compute,verify"], 2, "unknown stage 'verify'"),
+        (["compute,", "--batch", "x"], 2, "unknown stage ''"),
+        (["compute,sns", "--batch", "x", "--count", "2"], 2, "--count is for a compute stage"),
+        (["compute,sns"], 2, "compute,sns needs --batch"),
     ],
 )
 def test_bad_arguments_exit_with_one_clear_line(argv, code, message, capsys):
@@ -75,3 +81,33 @@ def test_send_without_its_settings_exits_3_before_touching_anything(
     summary = tmp_path / "summary"
     written = json.loads(summary.read_text())["error"] if summary.exists() else ""
     assert message in written + capsys.readouterr().err
+
+
+def test_a_group_stops_at_the_stage_that_fails_and_reports_it(monkeypatch, tmp_path):
+    """``fhe-job compute,sns,send`` with no database: compute exits 75 (recoverable),
+    SNS and send never start, and the termination message says so in the shape the
+    operator reads (coprocessor.api.summary.stages_message)."""
+    import json
+
+    from coprocessor.api.summary import read_termination_message
+    from coprocessor.settings import load_settings
+
+    for name, value in {
+        "FHE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+        "FHE_TERMINATION_LOG": str(tmp_path / "summary"),
+        "FHE_LOG_FORMAT": "text",
+    }.items():
+        monkeypatch.setenv(name, value)
+    load_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(["compute,sns,send", "--batch", "fhe/b@1"])
+    finally:
+        load_settings.cache_clear()
+    assert exited.value.code == 75
+    written = json.loads((tmp_path / "summary").read_text())
+    assert written["stage"] == "compute" and written["exit_code"] == 75
+    assert set(written["stages"]) == {"compute"}
+    kept = read_termination_message(json.dumps(written))
+    assert kept["stage"] == "compute" and kept["stages"]["compute"]["exit_code"] == 75
+    assert kept["error"] == kept["stages"]["compute"]["error"] != ""

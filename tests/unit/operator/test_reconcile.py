@@ -58,7 +58,7 @@ FAILED = JobView(
     [
         (dict(spec=None, spec_error="spec.tenant: bad"), "Failed", False, [], "spec.tenant: bad"),
         (dict(admitted=False, progress=None), "Pending", True, [], "admitting"),
-        (dict(), "Computing", False, ["compute"], "starting stage compute"),
+        (dict(), "Computing", False, [("compute",)], "starting stage compute"),
         (dict(jobs={"compute": RUNNING}), "Computing", False, [], "computing: 0/3 computed"),
         (
             dict(jobs={"compute": DONE}, progress=Progress(3, 3, 0)),
@@ -126,7 +126,7 @@ SNS_FAILED = JobView(
             dict(jobs={"compute": DONE}, progress=Progress(3, 3, 0)),
             "Squashing",
             False,
-            ["sns"],
+            [("sns",)],
             "starting stage sns",
         ),
         (
@@ -156,7 +156,7 @@ SNS_FAILED = JobView(
             dict(jobs={"compute": DONE}, may_start=False, wait_reason="waiting for capacity"),
             "Squashing",
             False,
-            ["sns"],
+            [("sns",)],
             "starting stage sns",
         ),
         (
@@ -205,7 +205,7 @@ SEND_FAILED = JobView(
             dict(jobs={"compute": DONE, "sns": SNS_DONE}),
             "Sending",
             False,
-            ["send"],
+            [("send",)],
             "starting stage send",
         ),
         (
@@ -300,7 +300,7 @@ def test_job_manifest_for_gpu_has_limits_toleration_and_failure_policy():
         uid="u1",
         batch_id="fhe/b@1",
         spec=spec(parallelism=3),
-        stage="compute",
+        stages=("compute",),
         device="gpu",
         settings=JobSettings(),
         remaining_seconds=100,
@@ -322,7 +322,7 @@ def test_job_manifest_for_gpu_has_limits_toleration_and_failure_policy():
         uid="u1",
         batch_id="fhe/b@1",
         spec=spec(),
-        stage="compute",
+        stages=("compute",),
         device="cpu",
         settings=JobSettings(),
         remaining_seconds=100,
@@ -439,7 +439,7 @@ def test_an_edited_spec_gets_its_own_job_and_the_same_spec_the_same_job():
             uid="u1",
             batch_id="fhe/b@1",
             spec=batch_spec,
-            stage="compute",
+            stages=("compute",),
             device="cpu",
             settings=JobSettings(),
             remaining_seconds=100,
@@ -500,7 +500,7 @@ def stage_pod(stage: str, settings: JobSettings, device: str = "cpu") -> dict:
         uid="u1",
         batch_id="fhe/b@1",
         spec=spec(),
-        stage=stage,
+        stages=(stage,),
         device=device,
         settings=settings,
         remaining_seconds=100,
@@ -523,3 +523,143 @@ def test_stages_that_load_a_key_mount_the_node_key_cache(stage):
     assert container["volumeMounts"] == [{"name": "key-cache", "mountPath": "/var/cache/fhe-keys"}]
     assert {"name": "FHE_KEY_CACHE_DIR", "value": "/var/cache/fhe-keys"} in container["env"]
     assert "volumes" not in stage_pod(stage, JobSettings())
+
+
+# --- one pod for consecutive stages (FHE_JOB_FUSE_STAGES) ---------------------------
+
+FUSED = ("compute", "sns", "send")
+
+
+def fused_views(view: JobView) -> dict[str, JobView]:
+    from fhe_operator.reconcile import stage_views
+
+    return stage_views(view, FUSED)
+
+
+def test_fusing_starts_all_stages_in_one_job_unless_compute_is_spread_over_pods():
+    fused = plan(observed(spec=THREE_STAGES, fuse=True))
+    assert fused.create_jobs == [FUSED]
+    assert ("Normal", "JobCreated", "created Job for stages compute, sns, send") in fused.events
+    assert plan(observed(spec=THREE_STAGES)).create_jobs == [("compute",)]  # not fusing
+    spread = spec(stages=list(FUSED), parallelism=2)
+    assert plan(observed(spec=spread, fuse=True)).create_jobs == [("compute",)]
+    after = plan(observed(spec=spread, fuse=True, jobs={"compute": DONE}))
+    assert after.create_jobs == [("sns", "send")]
+
+
+def test_a_fused_job_running_shows_compute_then_squashing_as_the_database_counts():
+    running = fused_views(JobView("b-compute-sns-send", active=1))
+    computing = plan(observed(spec=THREE_STAGES, fuse=True, jobs=running))
+    assert (computing.phase, computing.create_jobs) == ("Computing", [])
+    assert computing.status["stages"]["compute"]["state"] == "Running"
+    squashing = plan(
+        observed(spec=THREE_STAGES, fuse=True, jobs=running, progress=Progress(3, 3, 0))
+    )
+    assert (squashing.phase, squashing.create_jobs) == ("Squashing", [])
+    states = {s: e["state"] for s, e in squashing.status["stages"].items()}
+    assert states == {"compute": "Succeeded", "sns": "Running", "send": "Running"}
+    assert squashing.status["stages"]["sns"]["job"] == "b-compute-sns-send"
+    # A failed computation stops the pod after compute: it never looks done.
+    failing = plan(observed(spec=THREE_STAGES, jobs=running, progress=Progress(3, 2, 1)))
+    assert failing.phase == "Computing"
+
+
+def test_a_fused_job_that_succeeded_gives_each_stage_its_own_summary():
+    message = {
+        "stage": "send",
+        "exit_code": 0,
+        "stages": {
+            "compute": {"total": 3, "completed": 3, "failed": 0},
+            "sns": {"total": 1, "completed": 1, "uploaded": 2, "failed": 0},
+            "send": {"total": 3, "completed": 3, "sent": 3, "transactions": 2, "failed": 0},
+        },
+    }
+    views = fused_views(JobView("b-css", succeeded=True, summary=message))
+    result = plan(observed(spec=THREE_STAGES, jobs=views, progress=Progress(3, 3, 0)))
+    assert result.phase == "Succeeded"
+    assert (
+        "1/1 outputs published; 3/3 sent to the gateway in 2 transaction(s)"
+        in (result.status["message"])
+    )
+    assert result.status["stages"]["sns"]["summary"]["uploaded"] == 2
+    assert {e["state"] for e in result.status["stages"].values()} == {"Succeeded"}
+
+
+@pytest.mark.parametrize(
+    ("message", "failed_stage", "error"),
+    [
+        (
+            {
+                "stage": "sns",
+                "exit_code": 3,
+                "error": "1 handle(s) failed; 0xab: bad bytes",
+                "stages": {
+                    "compute": {"total": 3, "completed": 3, "failed": 0},
+                    "sns": {"total": 1, "completed": 0, "failed": 1},
+                },
+            },
+            "sns",
+            "1 handle(s) failed; 0xab: bad bytes",
+        ),
+        # The log's last line (FallbackToLogsOnError): no stage named, so the first.
+        ({"error": "Killed"}, "compute", "Killed"),
+    ],
+)
+def test_a_fused_job_that_failed_fails_the_stage_it_ended_in(message, failed_stage, error):
+    views = fused_views(
+        JobView("b-css", failed=True, failure_message="PodFailurePolicy", summary=message)
+    )
+    result = plan(observed(spec=THREE_STAGES, jobs=views, progress=Progress(3, 3, 0)))
+    assert result.phase == "Failed"
+    assert result.status["message"] == f"stage {failed_stage} failed: {error}"
+    states = {s: e["state"] for s, e in result.status["stages"].items()}
+    at = FUSED.index(failed_stage)
+    expected = {
+        s: ("Succeeded", "Failed", "Pending")[1 + (i > at) - (i < at)] for i, s in enumerate(FUSED)
+    }
+    assert states == expected
+
+
+def test_a_fused_job_manifest_has_what_each_of_its_stages_needs():
+    settings = JobSettings(secret="creds", send_secret="keys", key_cache_host_path="/k")
+    manifest = job_manifest(
+        namespace="fhe",
+        name="b",
+        uid="u1",
+        batch_id="fhe/b@1",
+        spec=spec(stages=list(FUSED), resources={"gpus": 1}),
+        stages=FUSED,
+        device="gpu",
+        settings=settings,
+        remaining_seconds=100,
+    )
+    labels = manifest["metadata"]["labels"]
+    assert labels["fhe.coprocessor.dev/stage"] == "compute"  # what capacity counts
+    assert labels["fhe.coprocessor.dev/stages"] == "compute.sns.send"
+    assert manifest["metadata"]["name"].endswith("-compute-sns-send")
+    assert manifest["spec"]["completions"] == 1
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["fhe-job", "compute,sns,send", "--batch", "fhe/b@1"]
+    secrets = [ref["secretRef"]["name"] for ref in container["envFrom"] if "secretRef" in ref]
+    assert secrets == ["creds", "keys"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"name": "FHE_KEY_CACHE_DIR", "value": "/k"} in container["env"]
+    assert {"name": "FHE_COMPUTE_DEVICE", "value": "gpu"} in container["env"]
+
+
+@pytest.mark.parametrize(
+    ("label", "stage", "group"),
+    [
+        ("compute.sns.send", "compute", FUSED),
+        ("sns.send", "sns", ("sns", "send")),
+        (None, "sns", ("sns",)),
+        ("send.compute", "send", ("send",)),  # out of order: not a group we create
+        ("sns.send", "compute", ("compute",)),  # does not begin with its stage label
+        ("compute..sns", "compute", ("compute",)),
+        ("verify", "verify", ("verify",)),
+    ],
+)
+def test_a_jobs_stages_come_from_its_labels_only_when_they_make_sense(label, stage, group):
+    from coprocessor.api.stages import group_of_label
+
+    assert group_of_label(label, stage) == group
