@@ -21,7 +21,9 @@ newHeads, exactly the path of a real deployment:
 3. The floor: bench/baseline (bare TFHE-rs, no Python, no database, no pods) on the
    same graph as the token's ``_transfer`` (Le, IfThenElse, Sub, Add on Uint64; the
    amount and the zero trivially encrypted, as ``FHE.asEuint64`` makes them) and the
-   noise squashing of the two new balances, on the same cores.
+   noise squashing of the two new balances, on the same cores. Reported beside it, the
+   protocol's floor: the squash plus the two compressed lists published per output
+   (ct64, and the squashed ct128), which are FHE work the SNS stage cannot skip.
 
 Needs a dev stack whose host chain trusts this stack's gateway (a fresh one, as
 ``make demo`` makes it); it says so otherwise.
@@ -313,8 +315,17 @@ def floor(repeat: int) -> dict:
         runs = [run_baseline(binary, Path(graph.name), 0, "--squash") for _ in range(repeat)]
     compute = statistics.median(r["graph_wall_s"] for r in runs)
     squash = statistics.median(r["squash_wall_s"] for r in runs)
-    return {"compute_s": compute, "squash_s": squash, "floor_s": compute + squash,
-            "threads": runs[0]["threads"]}  # fmt: skip
+    publish = statistics.median(r["publish_wall_s"] for r in runs)
+    return {
+        "compute_s": compute,
+        "squash_s": squash,
+        "floor_s": compute + squash,  # the floor: compute + squash of the outputs
+        # What the protocol publishes of each output is FHE work too: the ct64 list and
+        # the squashed form's compressed list, as the KMS reads them from S3.
+        "publish_s": publish,
+        "protocol_floor_s": compute + publish,
+        "threads": runs[0]["threads"],
+    }
 
 
 def main() -> None:
@@ -349,6 +360,7 @@ def main() -> None:
         "cold_block_to_committed_s": measured["cold"]["committed_s"],
         "floor": bare,
         "ratio_to_floor": committed / bare["floor_s"],
+        "ratio_to_protocol_floor": committed / bare["protocol_floor_s"],
         "goal_ratio": 1.3,
         "runs": measured["transfers"],
         "cold": measured["cold"],
@@ -358,7 +370,9 @@ def main() -> None:
     print(
         f"block -> committed {committed:.1f} s (median of {args.transfers}), FHE floor "
         f"{bare['floor_s']:.1f} s (compute {bare['compute_s']:.1f} + squash "
-        f"{bare['squash_s']:.1f}): ratio {result['ratio_to_floor']:.2f} (goal <= 1.3)"
+        f"{bare['squash_s']:.1f}): ratio {result['ratio_to_floor']:.2f} (goal <= 1.3); "
+        f"with the compressed ct64 and ct128 the protocol publishes "
+        f"{bare['protocol_floor_s']:.1f} s: ratio {result['ratio_to_protocol_floor']:.2f}"
     )
 
 

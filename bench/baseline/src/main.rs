@@ -7,7 +7,10 @@
 //!     fhe-baseline GRAPH.json [--repeat N] [--squash]   -> one JSON object on stdout
 //!
 //! `--squash`: after the graph, the noise squashing of its outputs, all at once (what
-//! the SNS stage does with a batch's outputs): `squash_wall_s`. `--repeat 0` skips the
+//! the SNS stage does with a batch's outputs): `squash_wall_s`; then, timed apart, what
+//! the protocol publishes of each output, all at once: its ct64 compressed list, its
+//! squashed form and that form's compressed list (`publish_wall_s`: the FHE work of the
+//! SNS stage, without its S3 and database). `--repeat 0` skips the
 //! per-op table. `--compressed`: the server key generated compressed and decompressed,
 //! as the coprocessor gets its tenants' keys.
 
@@ -25,7 +28,10 @@ use tfhe::shortint::parameters::{
     PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
     PARAM_PKE_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
 };
-use tfhe::{set_server_key, ClientKey, ConfigBuilder, FheBool, FheUint64, ServerKey};
+use tfhe::{
+    set_server_key, ClientKey, CompressedCiphertextListBuilder,
+    CompressedSquashedNoiseCiphertextList, ConfigBuilder, FheBool, FheUint64, ServerKey,
+};
 
 #[derive(Deserialize)]
 struct Graph {
@@ -220,6 +226,27 @@ fn main() {
         assert_eq!(squashed.len(), graph.outputs.len());
         started.elapsed().as_secs_f64()
     });
+    let publish_wall_s = squash.then(|| {
+        let started = Instant::now();
+        let published: Vec<_> = graph
+            .outputs
+            .par_iter()
+            .map(|&i| {
+                let value = values[i].as_ref().unwrap().int();
+                let ct64 = CompressedCiphertextListBuilder::new()
+                    .push(value.clone())
+                    .build()
+                    .expect("ct64 list");
+                let ct128 = CompressedSquashedNoiseCiphertextList::builder()
+                    .push(value.squash_noise().expect("squash"))
+                    .build()
+                    .expect("ct128 list");
+                (ct64, ct128)
+            })
+            .collect();
+        assert_eq!(published.len(), graph.outputs.len());
+        started.elapsed().as_secs_f64()
+    });
     let decrypted: Vec<u64> = graph
         .outputs
         .iter()
@@ -239,6 +266,7 @@ fn main() {
             "depth": depth,
             "graph_wall_s": graph_wall_s,
             "squash_wall_s": squash_wall_s,
+            "publish_wall_s": publish_wall_s,
             "correct": true,
         })
     );
