@@ -50,6 +50,7 @@ from .jobs import (
 )
 from .probes import OperatorMetrics
 from .reconcile import (
+    RUNNING_PHASES,
     JobView,
     Observed,
     Plan,
@@ -448,7 +449,7 @@ class Controller:
                 for item in batches["items"]
                 if item["metadata"].get("namespace") == namespace
                 and item["metadata"].get("name") != name
-                and (item.get("status") or {}).get("phase") == "Running"
+                and (item.get("status") or {}).get("phase") in RUNNING_PHASES
             ]
             fits, why = budget_decision(my_cost, running_cost, budget, namespace)
             if not fits:
@@ -461,7 +462,14 @@ class Controller:
         )
         # Labels can be set by anyone who may create a Job: only Jobs an existing
         # FheBatch owns (owner reference uid) take capacity.
-        owners = {item["metadata"].get("uid") for item in batches["items"]}
+        # A pod of several stages that has computed (its batch says so) squashes and
+        # sends now: it no longer takes a computing slot.
+        owners = {
+            item["metadata"].get("uid")
+            for item in batches["items"]
+            if ((item.get("status") or {}).get("stages") or {}).get("compute", {}).get("state")
+            != "Succeeded"
+        }
         running = sum(
             1
             for j in jobs.items

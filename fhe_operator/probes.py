@@ -22,7 +22,16 @@ from coprocessor import metrics
 from coprocessor.observability import Heartbeat, Probes, kubernetes_check, postgres_check
 from coprocessor.settings import Settings
 
-PHASES = ("Pending", "Admitted", "Running", "Succeeded", "Failed", "Suspended")
+PHASES = (
+    "Pending",
+    "Admitted",
+    "Computing",
+    "Squashing",
+    "Sending",
+    "Succeeded",
+    "Failed",
+    "Suspended",
+)
 FINISHED = ("Succeeded", "Failed")
 
 
@@ -53,15 +62,21 @@ def finished_stages(
     previous: Mapping[str, Any], status: Mapping[str, Any]
 ) -> list[tuple[str, dict]]:
     """(stage, summary) of each stage that finished between two statuses: observed
-    once per run, when its state turns Succeeded or Failed."""
+    once per run, when its state turns Succeeded or Failed - or, for a stage shown
+    done while its pod went on to the next (one pod of several stages), when its
+    summary arrives with the pod's end."""
     before = previous.get("stages") or {}
     after = status.get("stages") or {}
     done = []
     for stage, entry in after.items():
         state = (entry or {}).get("state")
-        old = (before.get(stage) or {}).get("state")
-        if state in FINISHED and old not in FINISHED:
-            done.append((stage, dict((entry or {}).get("summary") or {})))
+        old_entry = before.get(stage) or {}
+        summary = dict((entry or {}).get("summary") or {})
+        old = old_entry.get("state")
+        if state in FINISHED and (
+            old not in FINISHED or (summary and not old_entry.get("summary"))
+        ):
+            done.append((stage, summary))
     return done
 
 

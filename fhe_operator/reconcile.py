@@ -18,6 +18,7 @@ from coprocessor.api.stages import pod_group
 from coprocessor.api.summary import STATUS_KEYS
 
 PHASE_OF_STAGE = {"compute": "Computing", "sns": "Squashing", "send": "Sending"}
+RUNNING_PHASES = tuple(PHASE_OF_STAGE.values())  # a stage's Job runs
 TERMINAL = ("Succeeded", "Failed")
 
 
@@ -152,6 +153,13 @@ def _computed(o: Observed) -> bool:
     return o.progress is not None and o.progress.completed == o.progress.total
 
 
+def _moved_on(o: Observed, stage: str, job: JobView, later: list[str]) -> bool:
+    """Whether a running pod of several stages is past ``stage``: compute, once the
+    database counts every computation done, and only towards a stage the batch still
+    lists (a spec edited down to compute alone is not done while its pod runs)."""
+    return stage == "compute" and _computed(o) and any(s in job.group for s in later)
+
+
 def _decide(o: Observed) -> tuple[str, str, bool, list[tuple[str, ...]]]:
     """(phase, message, admit?, the Jobs to create, as the stages each runs)."""
     if o.spec is None or o.spec_error:
@@ -159,7 +167,7 @@ def _decide(o: Observed) -> tuple[str, str, bool, list[tuple[str, ...]]]:
     if not o.admitted:
         return "Pending", "admitting the graph into the database", True, []
     spec = o.spec
-    for stage in spec.stages:
+    for position, stage in enumerate(spec.stages):
         job = o.jobs.get(stage)
         state = stage_state(job)
         if state == "Succeeded":
@@ -169,7 +177,7 @@ def _decide(o: Observed) -> tuple[str, str, bool, list[tuple[str, ...]]]:
             return "Failed", f"stage {stage} failed: {_failure(job)}", False, []
         if state == "Running":
             assert job is not None
-            if stage == "compute" and len(job.group) > 1 and _computed(o):
+            if _moved_on(o, stage, job, spec.stages[position + 1 :]):
                 continue  # its pod has gone on to the next stage
             return PHASE_OF_STAGE[stage], _running_message(o, stage, job), False, []
         # No Job yet for this stage: every earlier one succeeded.

@@ -172,11 +172,7 @@ def run_stages(group: tuple[str, ...], batch_id: str | None, index: int, count: 
     settings = _settings_or_exit_code()
     if isinstance(settings, int):
         return settings
-    reports: dict[str, dict[str, object]] = {}
-    ended, code = asyncio.run(_run_group(group, settings, batch_id, index, count, reports))
-    message = reports[ended] if len(group) == 1 else stages_message(reports, ended, code)
-    write_termination_message(settings.termination_log, message)
-    return code
+    return asyncio.run(_run_group(group, settings, batch_id, index, count))
 
 
 async def _run_group(
@@ -185,23 +181,37 @@ async def _run_group(
     batch_id: str | None,
     index: int,
     count: int,
-    reports: dict[str, dict[str, object]],
-) -> tuple[str, int]:
-    """Each stage in turn until one exits non-zero: (the stage it ended in, its code)."""
+) -> int:
+    """Each stage in turn until one exits non-zero; its exit code.
+
+    A pod of several stages leaves its termination message at each stage's start too
+    (the reports so far, and the stage it is in): a pod killed mid-stage (memory, the
+    deadline, a node lost) then shows which stage it was in, not the first."""
+    reports: dict[str, dict[str, object]] = {}
+
+    def leave(stage: str, code: int) -> None:
+        message = reports[stage] if len(group) == 1 else stages_message(reports, stage, code)
+        write_termination_message(settings.termination_log, message)
+
     preloading = None
-    if batch_id and {"compute", "sns"} <= set(group) and settings.compute_device != "gpu":
-        # SNS's key (the whole of it) loads beside compute, which needs only its share.
-        # Not on GPU pods: two keys expanding onto the same devices would each count
-        # the memory as theirs (coprocessor.gpu.DevicePool).
+    if batch_id and {"compute", "sns"} <= set(group):
+        # SNS's key (the whole of it) loads beside compute, which needs only its share
+        # (on the CPU only: see preload_evaluator).
         from .sns import preload_evaluator
 
         preloading = asyncio.create_task(preload_evaluator(settings, batch_id))
     try:
+        ended, code = group[-1], 0
         for stage in group:
+            if len(group) > 1:
+                leave(stage, 0)
             code = await _run_reported(stage, settings, batch_id, index, count, reports, preloading)
             if code != 0:
-                return stage, code
-        return group[-1], 0
+                ended = stage
+                break
+        # Before waiting for a preload still running, which may take seconds.
+        leave(ended, code)
+        return code
     finally:
         if preloading is not None and not preloading.done():
             preloading.cancel()  # the thread finishes; its result is dropped

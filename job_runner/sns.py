@@ -111,7 +111,14 @@ class Publisher:
         """Loaded on first need: a re-run with every handle squashed needs no key."""
         async with self._evaluator_lock:
             if self._evaluator is None and self._preloaded is not None:
-                self._evaluator = await self._preloaded  # loading while compute ran
+                preloaded, self._preloaded = self._preloaded, None
+                try:
+                    self._evaluator = await preloaded  # loading while compute ran
+                except Exception as error:  # loaded again below, once, with its retries
+                    log.warning(
+                        "the key preloaded beside compute failed; loading it again",
+                        extra={"fields": {"error": str(error)}},
+                    )
             if self._evaluator is None:
                 self._evaluator = await asyncio.to_thread(
                     sns_evaluator, self.settings, self.uploader.store, self.tenant
@@ -274,8 +281,13 @@ def sns_evaluator(settings: Settings, store: ObjectStore, tenant: queries.Tenant
 
 async def preload_evaluator(settings: Settings, batch_id: str) -> Evaluator | None:
     """SNS's key for a pod that computes first (``fhe-job compute,sns``), to load while
-    compute runs: None when the batch's outputs are all published already (a re-run)
-    and SNS will need no key."""
+    compute runs. None, and SNS loads its key when it starts, where the batch's outputs
+    are all published already (a re-run: SNS needs no key) and where the pod computes
+    on GPUs: two keys expanding onto the same devices at once would each count their
+    memory as free (coprocessor.gpu.DevicePool). A GPU node whose CUDA sees no device
+    computes on the CPU, and preloads."""
+    if await asyncio.to_thread(stage_devices, settings) is not None:
+        return None
     pool = await pool_of(settings)
     try:
         async with pool.acquire() as connection:
@@ -285,6 +297,8 @@ async def preload_evaluator(settings: Settings, batch_id: str) -> Evaluator | No
         await pool.close()
     if publications and all(p.is_completed or p.is_error for p in publications):
         return None
+    if not tenant.key_parts.get("compute"):
+        return None  # compute loads the whole key itself, and SNS reuses it (EvaluatorCache)
     return await asyncio.to_thread(sns_evaluator, settings, ObjectStore(settings), tenant)
 
 

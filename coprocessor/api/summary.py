@@ -127,15 +127,18 @@ def stages_message(
     reports: dict[str, dict[str, object]], ended: str, exit_code: int
 ) -> dict[str, object]:
     """The termination message of a pod that ran several stages in turn: each stage's
-    own report under ``stages`` (without the error tail of those that went well), the
-    stage it ended in, its exit code and error at the top, as a one-stage pod's."""
+    own counters under ``stages``, the stage it ended in (or is in, while it runs), its
+    exit code and error at the top, as a one-stage pod's. The error is there once: the
+    message is capped at 4 KiB."""
     last = reports.get(ended, {})
     return {
         "stage": ended,
         "exit_code": exit_code,
         "error": last.get("error"),
         "stages": {
-            stage: {k: v for k, v in report.items() if k != "failures" and v is not None}
+            stage: {
+                k: v for k, v in report.items() if k not in ("failures", "error") and v is not None
+            }
             for stage, report in reports.items()
         },
     }

@@ -110,4 +110,4 @@ def test_a_group_stops_at_the_stage_that_fails_and_reports_it(monkeypatch, tmp_p
     assert set(written["stages"]) == {"compute"}
     kept = read_termination_message(json.dumps(written))
     assert kept["stage"] == "compute" and kept["stages"]["compute"]["exit_code"] == 75
-    assert kept["error"] == kept["stages"]["compute"]["error"] != ""
+    assert "postgres" in kept["error"] and "error" not in kept["stages"]["compute"]  # once

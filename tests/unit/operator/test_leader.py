@@ -74,7 +74,7 @@ def test_lease_timings_that_could_overlap_two_leaders_are_refused(renew, deadlin
 
 def test_phase_counts_report_zero_for_phases_no_batch_has_any_more():
     counts = phase_counts({("a", "x"): "Succeeded", ("a", "y"): "Succeeded", ("b", "z"): None})
-    assert counts["Succeeded"] == 2 and counts["Running"] == 0 and counts["Failed"] == 0
+    assert counts["Succeeded"] == 2 and counts["Computing"] == 0 and counts["Failed"] == 0
 
 
 def test_a_stage_is_observed_once_when_it_finishes():
@@ -83,3 +83,15 @@ def test_a_stage_is_observed_once_when_it_finishes():
     assert finished_stages(running, done) == [("compute", {"seconds": 3.5})]
     assert finished_stages(done, done) == []
     assert finished_stages({}, {"stages": {"sns": {"state": "Failed"}}}) == [("sns", {})]
+
+
+def test_a_stage_shown_done_before_its_pod_ended_is_observed_when_its_summary_comes():
+    """One pod of several stages: compute shows Succeeded (from the database) while the
+    pod squashes; its summary, with its seconds, comes only with the pod's end."""
+    shown_done = {"stages": {"compute": {"state": "Succeeded"}}}
+    ended = {"stages": {"compute": {"state": "Succeeded", "summary": {"seconds": 2.5}}}}
+    assert finished_stages({"stages": {"compute": {"state": "Running"}}}, shown_done) == [
+        ("compute", {})
+    ]
+    assert finished_stages(shown_done, ended) == [("compute", {"seconds": 2.5})]
+    assert finished_stages(ended, ended) == []

@@ -663,3 +663,11 @@ def test_a_jobs_stages_come_from_its_labels_only_when_they_make_sense(label, sta
     from coprocessor.api.stages import group_of_label
 
     assert group_of_label(label, stage) == group
+
+
+def test_a_spec_edited_down_to_compute_is_not_done_while_its_fused_pod_runs():
+    """The stages are not in the batch id: a batch edited from [compute, sns] to
+    [compute] keeps its Job; all computed, it is Succeeded only when that Job ends."""
+    running = fused_views(JobView("b-compute-sns-send", active=1))
+    result = plan(observed(jobs=running, progress=Progress(3, 3, 0)))
+    assert result.phase == "Computing"
