@@ -58,24 +58,11 @@ def test_send_without_its_settings_exits_3_before_touching_anything(
     say what is missing."""
     import json
 
-    from coprocessor.settings import load_settings
 
     for name in (*GATEWAY, "FHE_SENDER_PRIVATE_KEY"):
         monkeypatch.delenv(name, raising=False)
-    for name, value in {
-        **env,
-        "FHE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
-        "FHE_TERMINATION_LOG": str(tmp_path / "summary"),
-        "FHE_LOG_FORMAT": "text",
-    }.items():
-        monkeypatch.setenv(name, value)
-    load_settings.cache_clear()
-    try:
-        with pytest.raises(SystemExit) as exited:
-            main(["send", "--batch", "fhe/b@1"])
-    finally:
-        load_settings.cache_clear()
-    assert exited.value.code == 3
+    code = exit_code_without_services(["send", "--batch", "fhe/b@1"], env, monkeypatch, tmp_path)
+    assert code == 3
     # A malformed setting stops the process before logging is set up (stderr); a
     # missing one is the stage's error, in its termination message too.
     summary = tmp_path / "summary"
@@ -90,9 +77,24 @@ def test_a_group_stops_at_the_stage_that_fails_and_reports_it(monkeypatch, tmp_p
     import json
 
     from coprocessor.api.summary import read_termination_message
+
+    argv = ["compute,sns,send", "--batch", "fhe/b@1"]
+    assert exit_code_without_services(argv, {}, monkeypatch, tmp_path) == 75
+    written = json.loads((tmp_path / "summary").read_text())
+    assert written["stage"] == "compute" and written["exit_code"] == 75
+    assert set(written["stages"]) == {"compute"}
+    kept = read_termination_message(json.dumps(written))
+    assert kept["stage"] == "compute" and kept["stages"]["compute"]["exit_code"] == 75
+    assert "postgres" in kept["error"] and "error" not in kept["stages"]["compute"]  # once
+
+
+def exit_code_without_services(argv, env, monkeypatch, tmp_path) -> int:
+    """fhe-job's exit code with ``env``, a database nobody answers at, and the
+    termination message in tmp_path/summary."""
     from coprocessor.settings import load_settings
 
     for name, value in {
+        **env,
         "FHE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
         "FHE_TERMINATION_LOG": str(tmp_path / "summary"),
         "FHE_LOG_FORMAT": "text",
@@ -101,13 +103,7 @@ def test_a_group_stops_at_the_stage_that_fails_and_reports_it(monkeypatch, tmp_p
     load_settings.cache_clear()
     try:
         with pytest.raises(SystemExit) as exited:
-            main(["compute,sns,send", "--batch", "fhe/b@1"])
+            main(argv)
     finally:
         load_settings.cache_clear()
-    assert exited.value.code == 75
-    written = json.loads((tmp_path / "summary").read_text())
-    assert written["stage"] == "compute" and written["exit_code"] == 75
-    assert set(written["stages"]) == {"compute"}
-    kept = read_termination_message(json.dumps(written))
-    assert kept["stage"] == "compute" and kept["stages"]["compute"]["exit_code"] == 75
-    assert "postgres" in kept["error"] and "error" not in kept["stages"]["compute"]  # once
+    return exited.value.code
