@@ -58,7 +58,6 @@ def test_send_without_its_settings_exits_3_before_touching_anything(
     say what is missing."""
     import json
 
-
     for name in (*GATEWAY, "FHE_SENDER_PRIVATE_KEY"):
         monkeypatch.delenv(name, raising=False)
     code = exit_code_without_services(["send", "--batch", "fhe/b@1"], env, monkeypatch, tmp_path)
