@@ -167,7 +167,7 @@ def test_a_waiting_pod_exit_75_is_retried_without_using_up_the_backoff_limit(
         spec=FheBatchSpec.model_validate(
             {"tenant": "t", "graph": {"nodes": [{"name": "x", "op": "FheNot", "args": ["a"]}]}}
         ),
-        stage="compute",
+        stages=("compute",),
         device="cpu",
         settings=JobSettings(),
         remaining_seconds=300,
