@@ -9,8 +9,10 @@ noise squashing material included) on one fresh keyset:
 * cold: the compressed key (bytes in memory, so S3's download time is left out) to a
   ready evaluator: TfheRsEvaluator(bytes);
 * write: the evaluator to the cache (KeyCache.put: serialise, hash, sync, rename);
-* warm: the cache hit a later pod on the same node gets (KeyCache.get: read, hash,
-  deserialise), file in the page cache; each run in a fresh process, as a pod is.
+* warm: the cache hit a later pod on the same node gets (KeyCache.get: the file
+  mapped, hashed while it is deserialised), file in the page cache; each run in a
+  fresh process, as a pod is, with its kernel time and page faults: most of a warm
+  load is the kernel handing out the key's fresh pages (native/src/large_blocks.rs).
 
 Writes bench/results/key_cache.json: sizes, medians and warm / cold ratios.
 """
@@ -36,11 +38,12 @@ MiB = 2**20
 
 # Run in a fresh interpreter: one load, as a stage pod's first.
 _CHILD = """
-import json, sys, time
+import json, resource, sys, time
 from pathlib import Path
 from coprocessor.fhe.tfhe_backend import TfheRsEvaluator
 from coprocessor.keycache import KeyCache
 mode, name, directory, key_file, key_id = sys.argv[1:6]
+before = resource.getrusage(resource.RUSAGE_SELF)
 started = time.perf_counter()
 if mode == "cold":
     TfheRsEvaluator(Path(key_file).read_bytes(), bytes.fromhex(key_id))
@@ -48,18 +51,26 @@ else:
     cache = KeyCache(Path(directory), 2**40)
     hit = cache.get(name, lambda p, d: TfheRsEvaluator.load_expanded(p, d, bytes.fromhex(key_id)))
     assert hit is not None, "cache miss"
-print(json.dumps({"s": time.perf_counter() - started}))
+seconds = time.perf_counter() - started
+after = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({
+    "s": seconds,
+    "kernel_s": after.ru_stime - before.ru_stime,
+    "page_faults": after.ru_minflt - before.ru_minflt,
+}))
 """
 
 
-def child(mode: str, name: str, directory: Path, key_file: Path, key_id: bytes) -> float:
+def child(mode: str, name: str, directory: Path, key_file: Path, key_id: bytes) -> dict:
+    """One load in a fresh interpreter: its wall seconds (``s``), the seconds it spent
+    in the kernel (``kernel_s``: mostly faulting in fresh pages) and its page faults."""
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, mode, name, str(directory), str(key_file), key_id.hex()],
         capture_output=True,
         text=True,
         check=True,
     )
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["s"])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -97,16 +108,20 @@ def main() -> None:
                 child("warm", name, cache.directory, key_file, keyset.key_id)
                 for _ in range(args.repeat)
             ]
+            cold_s = statistics.median(run["s"] for run in cold)
+            warm_s = statistics.median(run["s"] for run in warm)
             stages[stage] = {
                 "compressed_mib": round(len(compressed) / MiB, 1),
                 "expanded_mib": round(written.stat().st_size / MiB, 1),
-                "cold_s": round(statistics.median(cold), 3),
+                "cold_s": round(cold_s, 3),
                 "write_s": round(write_s, 3),
-                "warm_s": round(statistics.median(warm), 3),
-                "warm_over_cold": round(statistics.median(warm) / statistics.median(cold), 3),
+                "warm_s": round(warm_s, 3),
+                "warm_over_cold": round(warm_s / cold_s, 3),
+                "warm_kernel_s": round(statistics.median(run["kernel_s"] for run in warm), 3),
+                "warm_page_faults": int(statistics.median(run["page_faults"] for run in warm)),
                 "samples": {
-                    "cold": [round(x, 3) for x in cold],
-                    "warm": [round(x, 3) for x in warm],
+                    "cold": [round(run["s"], 3) for run in cold],
+                    "warm": [round(run["s"], 3) for run in warm],
                 },
             }
             print(stage, json.dumps(stages[stage]), flush=True)

@@ -34,7 +34,7 @@ import asyncpg
 from coprocessor import outputs
 from coprocessor.api.summary import SnsSummary
 from coprocessor.db import publish, queries
-from coprocessor.db.pool import pool_of
+from coprocessor.db.pool import connect_settings, pool_of
 from coprocessor.errors import (
     Irrecoverable,
     Recoverable,
@@ -288,13 +288,12 @@ async def preload_evaluator(settings: Settings, batch_id: str) -> Evaluator | No
     computes on the CPU, and preloads."""
     if await asyncio.to_thread(stage_devices, settings) is not None:
         return None
-    pool = await pool_of(settings)
+    connection = await connect_settings(settings)  # two queries: one connection, no pool
     try:
-        async with pool.acquire() as connection:
-            tenant = await batch_tenant(connection, batch_id)
-            publications = await publish.batch_publications(connection, batch_id)
+        tenant = await batch_tenant(connection, batch_id)
+        publications = await publish.batch_publications(connection, batch_id)
     finally:
-        await pool.close()
+        await connection.close()
     if publications and all(p.is_completed or p.is_error for p in publications):
         return None
     if not tenant.key_parts.get("compute"):

@@ -16,6 +16,14 @@
 //! host and device inside TFHE-rs: what goes in and comes out is always the normal
 //! serialised (CPU) form, so results are interchangeable with the CPU evaluator's.
 
+#[cfg(target_os = "linux")]
+mod large_blocks;
+
+/// Large blocks are mappings that grow in place (see large_blocks.rs: why).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: large_blocks::LargeBlocks = large_blocks::LargeBlocks;
+
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -1193,6 +1201,38 @@ fn cast_to(target: FheType, source: Ct) -> PyResult<Ct> {
     unreachable!("each_uint! covers every FheType but Bool")
 }
 
+/// Read an expanded key the node cache holds. The BLAKE3 digest is computed on another
+/// thread (and rayon's pool) while this one deserializes the same mapped bytes: the two
+/// passes overlap instead of following each other, and the key is handed out only once
+/// the whole file matched `digest`. `populate` maps the file's pages in one call rather
+/// than one fault per 4 KiB page.
+fn load_expanded_key(path: &str, digest: &str) -> PyResult<ServerKey> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: the cache's files are written once under a temporary name and renamed into
+    // place, never modified in place; a file replaced or deleted meanwhile keeps its
+    // mapped pages (POSIX unlink semantics).
+    let mapped = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
+    let bytes: &[u8] = &mapped;
+    let (found, key) = std::thread::scope(|scope| {
+        let hashing = scope.spawn(|| {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_rayon(bytes);
+            hasher.finalize()
+        });
+        let key: PyResult<ServerKey> = de(bytes, EXPANDED_LIMIT);
+        (hashing.join(), key)
+    });
+    let found = found
+        .map_err(|_| PyRuntimeError::new_err("hashing the expanded key panicked"))?
+        .to_hex();
+    if found.as_str() != digest {
+        return Err(PyValueError::new_err(format!(
+            "the expanded key at {path} hashes to {found}, not {digest}"
+        )));
+    }
+    key
+}
+
 #[pymethods]
 impl Evaluator {
     /// `gpus`: CUDA device indexes to expand the key onto as well (a `gpu` build only;
@@ -1259,7 +1299,11 @@ impl Evaluator {
                 inner: std::io::BufWriter::with_capacity(16 << 20, file),
                 hasher: blake3::Hasher::new(),
             };
+            // Unversioned: no conversion pass on load (a versioned ABox is rebuilt element
+            // by element from a Vec), and TFHE-rs refuses such a file from any other crate
+            // version, so a cache written by another build is a miss, never a wrong key.
             SerializationConfig::new(EXPANDED_LIMIT)
+                .disable_versioning()
                 .serialize_into(key, &mut writer)
                 .map_err(err)?;
             let file = writer.inner.into_inner().map_err(|e| e.into_error())?;
@@ -1273,20 +1317,7 @@ impl Evaluator {
     /// file is mapped, not read into a buffer (the key is GBs); I/O errors are OSErrors.
     #[staticmethod]
     fn load_expanded(py: Python<'_>, path: String, digest: String) -> PyResult<Self> {
-        let key = py.allow_threads(move || -> PyResult<ServerKey> {
-            let file = std::fs::File::open(&path)?;
-            // SAFETY: the cache's files are written once under a temporary name and
-            // renamed into place, never modified in place; a file replaced or deleted
-            // meanwhile keeps its mapped pages (POSIX unlink semantics).
-            let mapped = unsafe { memmap2::Mmap::map(&file)? };
-            let found = blake3::hash(&mapped).to_hex();
-            if found.as_str() != digest {
-                return Err(PyValueError::new_err(format!(
-                    "the expanded key at {path} hashes to {found}, not {digest}"
-                )));
-            }
-            de(&mapped, EXPANDED_LIMIT)
-        })?;
+        let key = py.allow_threads(move || load_expanded_key(&path, &digest))?;
         Ok(Evaluator::on_cpu(key))
     }
 
