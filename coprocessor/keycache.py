@@ -111,6 +111,11 @@ class KeyCache:
                 continue  # evicted meanwhile
         return [(path, digest) for _, path, digest in sorted(found, reverse=True)]
 
+    def holds(self, name: str) -> bool:
+        """Whether a complete file of ``name`` is here (it may still be refused when
+        read: ``get`` checks its digest)."""
+        return bool(self._entries(name))
+
     def get(self, name: str, load: Callable[[Path, str], T]) -> T | None:
         """``load(path, digest)`` of the newest intact file of ``name``; None on a miss.
         ``load`` raises on a file that does not hash to its digest: that file is

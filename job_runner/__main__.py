@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coprocessor.api.stages import JOB_STAGES, parse_group
 from coprocessor.api.summary import stages_message
@@ -34,6 +35,9 @@ from coprocessor.db.pool import classify
 from coprocessor.errors import exit_code_for
 from coprocessor.logs import configure_logging
 from coprocessor.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # imported where used: `fhe-job --help` stays fast
+    from .sns import Preload
 
 log = logging.getLogger("fhe-job")
 
@@ -193,19 +197,24 @@ async def _run_group(
         message = reports[stage] if len(group) == 1 else stages_message(reports, stage, code)
         write_termination_message(settings.termination_log, message)
 
-    preloading = None
+    preload = None
     if batch_id and {"compute", "sns"} <= set(group):
-        # SNS's key (the whole of it) loads beside compute, which needs only its share
-        # (on the CPU only: see preload_evaluator).
-        from .sns import preload_evaluator
+        # SNS's key (the whole of it) loads from now on: beside compute, or for compute
+        # too where the node cache holds it (on the CPU only: see start_preload).
+        from .sns import start_preload
 
-        preloading = asyncio.create_task(preload_evaluator(settings, batch_id))
+        try:
+            preload = await start_preload(settings, batch_id)
+        except Exception as error:  # each stage loads its own key, and reports what fails
+            log.warning(
+                "no key preload for this pod", extra={"fields": {"error": str(error)[:300]}}
+            )
     try:
         ended, code = group[-1], 0
         for stage in group:
             if len(group) > 1:
                 leave(stage, 0)
-            code = await _run_reported(stage, settings, batch_id, index, count, reports, preloading)
+            code = await _run_reported(stage, settings, batch_id, index, count, reports, preload)
             if code != 0:
                 ended = stage
                 break
@@ -213,10 +222,9 @@ async def _run_group(
         leave(ended, code)
         return code
     finally:
-        if preloading is not None and not preloading.done():
-            preloading.cancel()  # the thread finishes; its result is dropped
-        if preloading is not None:
-            await asyncio.gather(preloading, return_exceptions=True)
+        if preload is not None:
+            preload.cancel()
+            await asyncio.gather(preload.key, return_exceptions=True)
 
 
 async def _run_reported(
@@ -226,11 +234,11 @@ async def _run_reported(
     index: int,
     count: int,
     reports: dict[str, dict[str, object]],
-    preloading: asyncio.Task | None,
+    preload: Preload | None,
 ) -> int:
     """One stage: its exit code, its report in ``reports`` and its log line."""
     try:
-        summary = await _run(stage, settings, batch_id, index, count, preloading)
+        summary = await _run(stage, settings, batch_id, index, count, preload)
     except Exception as raised:  # every class of error maps to its exit code
         error = classify(raised)
         code = exit_code_for(error)
@@ -272,12 +280,20 @@ _ITEMS = {
 }
 
 
-async def _run(stage: str, settings, batch_id: str | None, index: int, count: int, preloading=None):
+async def _run(
+    stage: str,
+    settings,
+    batch_id: str | None,
+    index: int,
+    count: int,
+    preload: Preload | None = None,
+):
     """The stage's runner; imported here so `fhe-job --help` stays fast."""
     if stage == "compute":
         from .compute import run_compute
 
-        return await run_compute(settings, batch_id, index, count)
+        shared = preload.evaluator if preload is not None and preload.for_compute else None
+        return await run_compute(settings, batch_id, index, count, shared)
     if stage == "verify":
         from .verify import run_verify
 
@@ -288,7 +304,7 @@ async def _run(stage: str, settings, batch_id: str | None, index: int, count: in
         return await run_send(settings, batch_id)
     from .sns import run_sns
 
-    return await run_sns(settings, batch_id, preloading)
+    return await run_sns(settings, batch_id, preload)
 
 
 if __name__ == "__main__":

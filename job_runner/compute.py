@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from coprocessor.api.summary import ComputeSummary
 from coprocessor.db import queries
 from coprocessor.db.pool import ConnectOptions, pool_of
 from coprocessor.errors import Irrecoverable
+from coprocessor.fhe.engine import Evaluator
 from coprocessor.gpu import stage_devices
 from coprocessor.keycache import KeyCache
 from coprocessor.settings import Settings
@@ -28,8 +30,15 @@ class UnknownBatch(Irrecoverable):
 
 
 async def run_compute(
-    settings: Settings, batch_id: str, index: int = 0, count: int = 1
+    settings: Settings,
+    batch_id: str,
+    index: int = 0,
+    count: int = 1,
+    shared_key: Callable[[], Awaitable[Evaluator | None]] | None = None,
 ) -> ComputeSummary:
+    """``shared_key``: the whole key a pod that also runs SNS is loading
+    (``sns.Preload``), used instead of loading compute's share; None where that load
+    failed, and the share is loaded after all."""
     pool = await pool_of(settings)
     try:
         async with pool.acquire() as connection:
@@ -53,19 +62,21 @@ async def run_compute(
             },
         )
         loading = time.monotonic()
-        if all(n.completed or n.error for n in share.nodes.values()):
-            evaluator = None  # nothing to compute: do not load a key of hundreds of MB
-        else:
-            # In a thread: S3, the key's expansion and (on GPU nodes) CUDA's start.
-            evaluator = await asyncio.to_thread(
-                lambda: load_evaluator(
-                    ObjectStore(settings),
-                    tenant,
-                    "compute",
-                    KeyCache.of(settings),
-                    stage_devices(settings),
+        evaluator = None  # nothing to compute: do not load a key of hundreds of MB
+        if not all(n.completed or n.error for n in share.nodes.values()):
+            if shared_key is not None:
+                evaluator = await shared_key()
+            if evaluator is None:
+                # In a thread: S3, the key's expansion and (on GPU nodes) CUDA's start.
+                evaluator = await asyncio.to_thread(
+                    lambda: load_evaluator(
+                        ObjectStore(settings),
+                        tenant,
+                        "compute",
+                        KeyCache.of(settings),
+                        stage_devices(settings),
+                    )
                 )
-            )
         key_load_s = time.monotonic() - loading
         executor = Executor(
             pool,

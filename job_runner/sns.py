@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -46,7 +45,7 @@ from coprocessor.keycache import KeyCache
 from coprocessor.retry import CircuitBreaker
 from coprocessor.settings import Settings
 from coprocessor.storage import ForeignObject, ObjectStore
-from coprocessor.tenants import load_evaluator
+from coprocessor.tenants import load_evaluator, whole_key_is_cached
 from coprocessor.types import FheType
 
 from .compute import batch_tenant
@@ -84,7 +83,7 @@ class Publisher:
         settings: Settings,
         uploader: Uploader,
         buckets: tuple[ObjectStore, ObjectStore],
-        preloaded: Awaitable[Evaluator | None] | None = None,
+        preloaded: Preload | None = None,
     ) -> None:
         self.pool = pool
         self._preloaded = preloaded
@@ -112,13 +111,9 @@ class Publisher:
         async with self._evaluator_lock:
             if self._evaluator is None and self._preloaded is not None:
                 preloaded, self._preloaded = self._preloaded, None
-                try:
-                    self._evaluator = await preloaded  # loading while compute ran
-                except Exception as error:  # loaded again below, once, with its retries
-                    log.warning(
-                        "the key preloaded beside compute failed; loading it again",
-                        extra={"fields": {"error": str(error)}},
-                    )
+                # Loading since the pod started; a failed one is loaded again below,
+                # once, with its retries.
+                self._evaluator = await preloaded.evaluator()
             if self._evaluator is None:
                 self._evaluator = await asyncio.to_thread(
                     sns_evaluator, self.settings, self.uploader.store, self.tenant
@@ -279,13 +274,41 @@ def sns_evaluator(settings: Settings, store: ObjectStore, tenant: queries.Tenant
     return load_evaluator(store, tenant, None, KeyCache.of(settings), stage_devices(settings))
 
 
-async def preload_evaluator(settings: Settings, batch_id: str) -> Evaluator | None:
-    """SNS's key for a pod that computes first (``fhe-job compute,sns``), to load while
-    compute runs. None, and SNS loads its key when it starts, where the batch's outputs
-    are all published already (a re-run: SNS needs no key) and where the pod computes
-    on GPUs: two keys expanding onto the same devices at once would each count their
-    memory as free (coprocessor.gpu.DevicePool). A GPU node whose CUDA sees no device
-    computes on the CPU, and preloads."""
+@dataclass
+class Preload:
+    """SNS's key (the whole one), loading from the start of a pod that computes first
+    (``fhe-job compute,sns``). ``for_compute``: compute uses it too, instead of loading
+    its own share; chosen where the node cache holds the whole key, so reading it takes
+    seconds (1.9 s for 2 GB on 2 cores) and one key in memory serves both stages. On a
+    node without it, compute starts on its share (1 s) while the whole key decompresses
+    (13 s) beside it."""
+
+    key: asyncio.Task[Evaluator]
+    for_compute: bool
+
+    async def evaluator(self) -> Evaluator | None:
+        """The key, or None (logged) where its load failed: the stage loads its own."""
+        try:
+            return await self.key
+        except Exception as error:
+            log.warning(
+                "the key preloaded for this pod failed; the stage loads its own",
+                extra={"fields": {"error": str(error)[:300]}},
+            )
+            return None
+
+    def cancel(self) -> None:
+        self.key.cancel()  # a thread already loading finishes; its result is dropped
+
+
+async def start_preload(settings: Settings, batch_id: str) -> Preload | None:
+    """SNS's key, loading in the background from now on, or None (SNS loads its key
+    when it starts): where the batch's outputs are all published already (a re-run: SNS
+    needs no key), where the tenant has no compute share (compute loads the whole key
+    itself, and SNS reuses it from the process's EvaluatorCache), and where the pod
+    computes on GPUs (two keys expanding onto the same devices at once would each count
+    their memory as free, coprocessor.gpu.DevicePool). A GPU node whose CUDA sees no
+    device computes on the CPU, and preloads."""
     if await asyncio.to_thread(stage_devices, settings) is not None:
         return None
     connection = await connect_settings(settings)  # two queries: one connection, no pool
@@ -297,14 +320,18 @@ async def preload_evaluator(settings: Settings, batch_id: str) -> Evaluator | No
     if publications and all(p.is_completed or p.is_error for p in publications):
         return None
     if not tenant.key_parts.get("compute"):
-        return None  # compute loads the whole key itself, and SNS reuses it (EvaluatorCache)
-    return await asyncio.to_thread(sns_evaluator, settings, ObjectStore(settings), tenant)
+        return None
+    warm = await asyncio.to_thread(whole_key_is_cached, tenant, KeyCache.of(settings))
+    loading = asyncio.create_task(
+        asyncio.to_thread(sns_evaluator, settings, ObjectStore(settings), tenant)
+    )
+    return Preload(loading, for_compute=warm)
 
 
 async def run_sns(
-    settings: Settings, batch_id: str, preloaded: Awaitable[Evaluator | None] | None = None
+    settings: Settings, batch_id: str, preloaded: Preload | None = None
 ) -> SnsSummary:
-    """``preloaded``: the key, loading since before this stage (``preload_evaluator``)."""
+    """``preloaded``: the key, loading since before this stage (``start_preload``)."""
     started = time.monotonic()
     pool = await pool_of(settings)
     try:

@@ -7,8 +7,13 @@ import asyncio
 import json
 
 from coprocessor.api.summary import read_termination_message
+from coprocessor.fhe.tfhe_backend import TfheRsBackend
+from coprocessor.keycache import KeyCache
+from coprocessor.settings import load_settings
+from coprocessor.tenants import whole_key_is_cached
 from coprocessor.types import FheType, Op
 from fhe_operator.reconcile import JobView, stage_views
+from job_runner import compute as compute_module
 from job_runner.__main__ import run_stages
 from tests.published import published_objects
 
@@ -80,3 +85,35 @@ async def test_a_failed_computation_stops_the_pod_before_sns(
         out,
     )
     assert queued == 0  # SNS never ran: nothing was queued for publication
+
+
+async def test_on_a_node_caching_the_whole_key_compute_uses_it_instead_of_its_share(
+    graph, conn, compute_settings, tenant, stage_env, monkeypatch, tmp_path
+):
+    """A cold node: compute loads its share while SNS's whole key decompresses beside
+    it (and lands in the node cache). A warm one: the pod reads the whole key once and
+    both stages use it; compute never asks for its share, and its results decrypt."""
+    monkeypatch.setenv("FHE_KEY_CACHE_DIR", str(tmp_path / "key-cache"))
+    _, client = tenant
+    asked: list[str | None] = []
+    original = compute_module.load_evaluator
+
+    def spy(store, record, purpose=None, *args):
+        asked.append(purpose)
+        return original(store, record, purpose, *args)
+
+    monkeypatch.setattr(compute_module, "load_evaluator", spy)
+    TfheRsBackend.named_evaluators.clear()  # this process's keys: only the node cache's
+    for warm in (False, True):
+        asked.clear()
+        x, y = graph.input(9, U8), graph.input(4, U8)
+        out = graph.node(Op.Sub, x, y)
+        batch = await graph.admit(conn, outputs=[out])
+        assert await asyncio.to_thread(run_stages, ("compute", "sns"), batch, 0, 1) == 0
+        assert asked == ([] if warm else ["compute"])
+        assert whole_key_is_cached(tenant[0], KeyCache.of(load_settings()))
+        report = json.loads(stage_env.read_text())
+        assert report["stages"]["compute"]["computed"] == 1
+        digests = await digest_rows(conn, graph.tenant_id, [out])
+        _, ct128 = published_objects(compute_settings, digests[out])
+        assert client.decrypt_published(ct128, U8, squashed=True) == 5
