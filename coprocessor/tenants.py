@@ -292,7 +292,7 @@ def load_evaluator(
     load_expanded = getattr(backend, "load_expanded", None)
     if cache is None or load_expanded is None:
         return _load_from_s3(backend, store, tenant, purpose)
-    name = cache_name(tenant.key_id, purpose, getattr(backend, "version", "0"))
+    name = _node_cache_name(backend, tenant, purpose)
     named = backend.named_evaluators  # type: ignore[attr-defined]
 
     def from_node_then_s3():
@@ -312,7 +312,12 @@ def whole_key_is_cached(tenant: queries.Tenant, cache: KeyCache | None) -> bool:
     backend = get_backend(tenant.backend)
     if cache is None or getattr(backend, "load_expanded", None) is None:
         return False
-    return cache.holds(cache_name(tenant.key_id, None, getattr(backend, "version", "0")))
+    return cache.holds(_node_cache_name(backend, tenant, None))
+
+
+def _node_cache_name(backend, tenant: queries.Tenant, purpose: str | None) -> str:
+    """One name for a key in the node cache, for both its readers and its writers."""
+    return cache_name(tenant.key_id, purpose, getattr(backend, "version", "0"))
 
 
 def _load_from_s3(
