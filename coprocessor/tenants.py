@@ -16,7 +16,9 @@ key generation but before the database row reuses those keys instead of making n
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -27,10 +29,12 @@ import asyncpg
 from .db import queries
 from .errors import UserError
 from .fhe.engine import KEY_PURPOSES, Client, Keyset, get_backend
-from .gpu import DevicePool
+from .gpu import DevicePool, stage_devices
 from .keycache import KeyCache, cache_name
 from .settings import Settings
 from .storage import ObjectStore
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -267,6 +271,31 @@ def load_key_part(store: ObjectStore, tenant: queries.Tenant, purpose: str) -> b
             "the digest on the tenant row"
         )
     return data
+
+
+def devices_for(settings: Settings, tenant: queries.Tenant) -> DevicePool | None:
+    """The GPUs a stage pod computes this tenant's work on, or None for the CPU.
+
+    ``coprocessor.gpu.stage_devices`` asks CUDA (cupy's import and the driver's start:
+    0.7 s of CPU in every pod), so it is asked only where the tenant's backend, as built
+    here, can compute on a GPU. A CPU build on a GPU node says so once and computes on
+    the CPU without the probe: on the dev stack, whose nodes advertise GPUs, that probe
+    was 40% of a one-node batch's CPU (bench/orchestration.py)."""
+    if settings.compute_device != "gpu":
+        return None
+    if not getattr(get_backend(tenant.backend), "runs_on_gpu", False):
+        _warn_cpu_build(tenant.backend)
+        return None
+    return stage_devices(settings)
+
+
+@functools.cache
+def _warn_cpu_build(backend: str) -> None:
+    log.warning(
+        "FHE_COMPUTE_DEVICE=gpu but this build of the backend cannot compute on GPUs "
+        "(make setup-gpu builds one that can): computing on CPU",
+        extra={"fields": {"backend": backend}},
+    )
 
 
 def load_evaluator(

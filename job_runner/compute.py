@@ -12,11 +12,10 @@ from coprocessor.db import queries
 from coprocessor.db.pool import ConnectOptions, pool_of
 from coprocessor.errors import Irrecoverable
 from coprocessor.fhe.engine import Evaluator
-from coprocessor.gpu import stage_devices
 from coprocessor.keycache import KeyCache
 from coprocessor.settings import Settings
 from coprocessor.storage import ObjectStore
-from coprocessor.tenants import load_evaluator
+from coprocessor.tenants import devices_for, load_evaluator
 
 from .dag import build_graph, node_from_row, partition, restrict
 from .executor import Executor, usable_cores
@@ -74,7 +73,7 @@ async def run_compute(
                         tenant,
                         "compute",
                         KeyCache.of(settings),
-                        stage_devices(settings),
+                        devices_for(settings, tenant),
                     )
                 )
         key_load_s = time.monotonic() - loading

@@ -40,12 +40,11 @@ from coprocessor.errors import (
 )
 from coprocessor.fhe.engine import Evaluator, SquashedFormat
 from coprocessor.fhe.envelope import Envelope, Kind
-from coprocessor.gpu import stage_devices
 from coprocessor.keycache import KeyCache
 from coprocessor.retry import CircuitBreaker
 from coprocessor.settings import Settings
 from coprocessor.storage import ForeignObject, ObjectStore
-from coprocessor.tenants import load_evaluator, whole_key_is_cached
+from coprocessor.tenants import devices_for, load_evaluator, whole_key_is_cached
 from coprocessor.types import FheType
 
 from .compute import batch_tenant
@@ -271,7 +270,7 @@ class _HeldElsewhere(Recoverable):
 def sns_evaluator(settings: Settings, store: ObjectStore, tenant: queries.Tenant) -> Evaluator:
     """The whole key (squashing and compression included); blocking: S3, the key's
     expansion and (on GPU nodes) CUDA's start, so it runs in a thread."""
-    return load_evaluator(store, tenant, None, KeyCache.of(settings), stage_devices(settings))
+    return load_evaluator(store, tenant, None, KeyCache.of(settings), devices_for(settings, tenant))
 
 
 @dataclass
@@ -309,14 +308,14 @@ async def start_preload(settings: Settings, batch_id: str) -> Preload | None:
     computes on GPUs (two keys expanding onto the same devices at once would each count
     their memory as free, coprocessor.gpu.DevicePool). A GPU node whose CUDA sees no
     device computes on the CPU, and preloads."""
-    if await asyncio.to_thread(stage_devices, settings) is not None:
-        return None
     connection = await connect_settings(settings)  # two queries: one connection, no pool
     try:
         tenant = await batch_tenant(connection, batch_id)
         publications = await publish.batch_publications(connection, batch_id)
     finally:
         await connection.close()
+    if await asyncio.to_thread(devices_for, settings, tenant) is not None:
+        return None
     if publications and all(p.is_completed or p.is_error for p in publications):
         return None
     if not tenant.key_parts.get("compute"):

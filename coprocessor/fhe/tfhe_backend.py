@@ -633,7 +633,14 @@ class TfheRsBackend:
             raise BadCiphertext(f"not a {NAME} server key: {error}") from None
         return {"compute": compute, "verify": verify}
 
-    runs_on_gpu = True  # evaluator(devices=...) computes on a pod's GPUs
+    @property
+    def runs_on_gpu(self) -> bool:
+        """Whether evaluator(devices=...) can compute on a pod's GPUs: only an extension
+        built with them (make setup-gpu). Asked before any GPU is looked for."""
+        try:
+            return bool(_native().HAS_GPU)
+        except UnsupportedOperation:  # the extension is not built: no GPU either
+            return False
 
     def evaluator(
         self,
