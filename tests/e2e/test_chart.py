@@ -514,8 +514,12 @@ def test_a_stopped_operator_hands_the_lease_over_at_once(release):
         raise AssertionError(f"{error}; holders seen {seen}; operator pods {names}") from None
     handover = time.monotonic() - stopped
     print(f"\noperator handover on SIGTERM: {handover:.1f} s")
-    assert None in seen  # released (no holder), not expired
-    assert handover < LEASE["leaseDurationSeconds"] / 2
+    # Released, not expired: another replica judges the Lease expired only
+    # leaseDurationSeconds after it last saw it renewed, at least 5 s after the stop
+    # here, so a take-over within half of that can only follow a release. The instant
+    # with no holder between the release and the take-over may be shorter than the
+    # sampling (a 0.1 s hand-over was seen), so it is not required to be observed.
+    assert handover < LEASE["leaseDurationSeconds"] / 2, f"holders seen {seen}"
 
 
 def test_an_upgrade_with_a_changed_value_rolls_every_deployment(release):
